@@ -1,0 +1,37 @@
+import { Command } from 'commander';
+import { readFileSync } from 'node:fs';
+
+/**
+ * svcplane's command line. Each subcommand lives in its own module and registers itself here.
+ * Flags follow kube-proxy's names wherever kube-proxy has one.
+ */
+
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
+  return pkg.version;
+}
+
+export function buildProgram(): Command {
+  const program = new Command('svcplane')
+    .description('Kubernetes Service dataplane controller (iptables / IPVS), kube-proxy compatible')
+    .version(packageVersion())
+    .showHelpAfterError();
+  // Subcommand modules register here (one line each).
+  return program;
+}
+
+/** Runs the CLI; resolves to the process exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const program = buildProgram();
+  program.exitOverride();
+  try {
+    await program.parseAsync([...argv]);
+  } catch (err) {
+    const code = (err as { exitCode?: number }).exitCode;
+    if (typeof code === 'number') return code;
+    throw err;
+  }
+  return typeof process.exitCode === 'number' ? process.exitCode : 0;
+}

@@ -1,0 +1,128 @@
+/**
+ * The validated cluster model: everything a dataplane backend needs, nothing else.
+ * Values are plain, immutable and normalized (IPs canonical, defaults applied), so two states
+ * can be compared structurally and renderers stay pure.
+ */
+
+export type IPFamily = 'IPv4' | 'IPv6';
+export type Protocol = 'TCP' | 'UDP' | 'SCTP';
+export type TrafficPolicy = 'Cluster' | 'Local';
+export type ServiceType = 'ClusterIP' | 'NodePort' | 'LoadBalancer';
+
+/** Where a problem or object came from: enough for an operator to find it. */
+export interface ObjectRef {
+  readonly kind: string;
+  readonly namespace?: string;
+  readonly name: string;
+  /** File (and document index) for manifest input; absent for API objects. */
+  readonly source?: string;
+}
+
+/** One reason an object (or part of it) was rejected. The object is skipped; nothing else is. */
+export interface Problem {
+  readonly object: ObjectRef;
+  /** JSON-path-like field, e.g. `spec.ports[1].port`. */
+  readonly field: string;
+  readonly reason: string;
+}
+
+export interface LoadBalancerIngress {
+  /** Canonical IP. */
+  readonly ip: string;
+  /** `Proxy` ingress IPs are not programmed (the load balancer delivers to the node). */
+  readonly ipMode: 'VIP' | 'Proxy';
+}
+
+export type SessionAffinity =
+  | { readonly type: 'None' }
+  | { readonly type: 'ClientIP'; readonly timeoutSeconds: number };
+
+/**
+ * One endpoint of one service port, as kube-proxy's endpointslicecache sees it.
+ * `ready = ready ?? true`, `serving = serving ?? ready`, `terminating = terminating ?? false`.
+ */
+export interface Endpoint {
+  /** Canonical IP (leading zeros removed, IPv6 RFC 5952). */
+  readonly ip: string;
+  readonly port: number;
+  readonly ready: boolean;
+  readonly serving: boolean;
+  readonly terminating: boolean;
+  readonly nodeName?: string;
+  readonly zone?: string;
+  /** `hints.forZones[].name`; undefined when the slice carries no zone hints for this endpoint. */
+  readonly zoneHints?: readonly string[];
+  /** `hints.forNodes[].name`; undefined when absent. */
+  readonly nodeHints?: readonly string[];
+}
+
+/** One port of one Service, with its endpoints (both families, sorted by `ip:port` string). */
+export interface ServicePort {
+  readonly namespace: string;
+  readonly serviceName: string;
+  /** `spec.ports[].name`, '' when unnamed. */
+  readonly portName: string;
+  readonly protocol: Protocol;
+  readonly port: number;
+  /** `spec.ports[].targetPort` as written (number or name); informational, endpoints carry the real port. */
+  readonly targetPort: number | string;
+  /** 0 when none. */
+  readonly nodePort: number;
+  readonly endpoints: readonly Endpoint[];
+}
+
+/** A Service as the dataplane sees it. */
+export interface Service {
+  readonly namespace: string;
+  readonly name: string;
+  readonly type: ServiceType;
+  /** Canonical cluster IPs, at most one per family, in `spec.clusterIPs` order. */
+  readonly clusterIPs: readonly string[];
+  readonly externalIPs: readonly string[];
+  readonly loadBalancerIngress: readonly LoadBalancerIngress[];
+  /** Canonical CIDRs (trimmed, network address normalized). */
+  readonly loadBalancerSourceRanges: readonly string[];
+  readonly sessionAffinity: SessionAffinity;
+  readonly externalTrafficPolicy: TrafficPolicy;
+  readonly internalTrafficPolicy: TrafficPolicy;
+  /** 0 when none. */
+  readonly healthCheckNodePort: number;
+  readonly trafficDistribution?: string;
+  readonly ports: readonly ServicePort[];
+  /**
+   * Set when the Service is recognized but gets no dataplane: `headless`, `ExternalName`,
+   * or `service-proxy-name` (handled by another proxy).
+   */
+  readonly skipReason?: 'headless' | 'ExternalName' | 'service-proxy-name';
+}
+
+export interface NodeInfo {
+  readonly name: string;
+  /** Canonical addresses from `status.addresses` (InternalIP first, then ExternalIP). */
+  readonly addresses: readonly string[];
+  readonly labels: Readonly<Record<string, string>>;
+}
+
+/** A complete, validated snapshot. Keys of `services` are `namespace/name`. */
+export interface ClusterState {
+  readonly services: ReadonlyMap<string, Service>;
+  readonly nodes: ReadonlyMap<string, NodeInfo>;
+  /** Everything that was rejected while building this state. */
+  readonly problems: readonly Problem[];
+}
+
+export const ZONE_LABEL = 'topology.kubernetes.io/zone';
+export const SERVICE_PROXY_NAME_LABEL = 'service.kubernetes.io/service-proxy-name';
+export const SERVICE_NAME_LABEL = 'kubernetes.io/service-name';
+export const DEFAULT_AFFINITY_TIMEOUT_SECONDS = 10800;
+
+export function serviceKey(namespace: string, name: string): string {
+  return `${namespace}/${name}`;
+}
+
+/** kube-proxy's ServicePortName string: `ns/name` plus `:portName` when the port is named. */
+export function servicePortName(sp: Pick<ServicePort, 'namespace' | 'serviceName' | 'portName'>): string {
+  return sp.portName === ''
+    ? `${sp.namespace}/${sp.serviceName}`
+    : `${sp.namespace}/${sp.serviceName}:${sp.portName}`;
+}

@@ -1,0 +1,84 @@
+import { execa } from 'execa';
+
+/**
+ * The one place svcplane starts child processes. Argument arrays only, never a shell.
+ * Errors carry the command, its exit code and its stderr.
+ */
+
+export interface RunOptions {
+  /** Written to the child's stdin. */
+  readonly input?: string;
+  readonly timeoutMs?: number;
+  /** Run inside this named network namespace (`ip netns exec NS ...`). */
+  readonly netns?: string;
+  /** Do not throw on a non-zero exit; the caller inspects `exitCode`. */
+  readonly allowFailure?: boolean;
+  readonly env?: Readonly<Record<string, string>>;
+}
+
+export interface RunResult {
+  readonly argv: readonly string[];
+  readonly exitCode: number;
+  readonly stdout: string;
+  readonly stderr: string;
+  readonly durationMs: number;
+}
+
+export class CommandError extends Error {
+  constructor(
+    readonly argv: readonly string[],
+    readonly exitCode: number | undefined,
+    readonly stderr: string,
+    readonly reason: 'exit' | 'timeout' | 'not-found' | 'spawn',
+  ) {
+    const what =
+      reason === 'timeout'
+        ? 'timed out'
+        : reason === 'not-found'
+          ? 'not found (is it installed?)'
+          : reason === 'spawn'
+            ? 'could not be started'
+            : `exited with status ${String(exitCode)}`;
+    const tail = stderr.trim();
+    super(`command "${argv.join(' ')}" ${what}${tail ? `: ${tail.slice(0, 2000)}` : ''}`);
+    this.name = 'CommandError';
+  }
+}
+
+export function withNetns(netns: string | undefined, argv: readonly string[]): string[] {
+  return netns ? ['ip', 'netns', 'exec', netns, ...argv] : [...argv];
+}
+
+export async function run(argv: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
+  const full = withNetns(opts.netns, argv);
+  const [file, ...args] = full;
+  if (!file) throw new Error('run: empty argv');
+  const started = performance.now();
+  const result = await execa(file, args, {
+    input: opts.input ?? '',
+    timeout: opts.timeoutMs ?? 60_000,
+    reject: false,
+    stripFinalNewline: false,
+    env: opts.env ? { ...opts.env } : undefined,
+    extendEnv: true,
+    maxBuffer: 1024 * 1024 * 1024,
+  });
+  const durationMs = performance.now() - started;
+  if (result.timedOut) throw new CommandError(full, result.exitCode, String(result.stderr ?? ''), 'timeout');
+  const code = (result as { code?: string }).code;
+  if (code === 'ENOENT') throw new CommandError(full, undefined, '', 'not-found');
+  if (result.failed && result.exitCode === undefined) {
+    throw new CommandError(full, undefined, String(result.stderr ?? result.message ?? ''), 'spawn');
+  }
+  const res: RunResult = {
+    argv: full,
+    exitCode: result.exitCode ?? 0,
+    stdout: String(result.stdout ?? ''),
+    stderr: String(result.stderr ?? ''),
+    durationMs,
+  };
+  if (res.exitCode !== 0 && !opts.allowFailure) {
+    throw new CommandError(full, res.exitCode, res.stderr, 'exit');
+  }
+  return res;
+}
