@@ -44,7 +44,7 @@ export function parseCIDR(text: string): { cidr: string; family: IPFamily } | un
   const bytes = net.toByteArray();
   for (let bit = len; bit < bytes.length * 8; bit++) {
     const i = Math.floor(bit / 8);
-    bytes[i] = (bytes[i] ?? 0) & ~(0x80 >> bit % 8);
+    bytes[i] = (bytes[i] ?? 0) & ~(0x80 >> (bit % 8));
   }
   const masked = ipaddr.fromByteArray(bytes);
   const ip = masked.kind() === 'ipv6' ? (masked as ipaddr.IPv6).toRFC5952String() : masked.toString();

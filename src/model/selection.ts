@@ -82,7 +82,8 @@ export interface EndpointCategories {
 
 export const endpointString = (ep: Endpoint): string => joinHostPort(ep.ip, ep.port);
 
-const isLocal = (ep: Endpoint, node: NodeContext): boolean => ep.nodeName !== undefined && ep.nodeName === node.name;
+const isLocal = (ep: Endpoint, node: NodeContext): boolean =>
+  ep.nodeName !== undefined && ep.nodeName === node.name;
 
 type TopologyMode = '' | 'PreferSameNode' | 'PreferSameZone';
 
@@ -156,6 +157,8 @@ export function categorizeEndpoints(
   if (local.length === 0) return { cluster, local, allReachable: cluster, hasAnyEndpoints: hasAny };
   const seen = new Map<string, Endpoint>();
   for (const ep of [...cluster, ...local]) seen.set(endpointString(ep), ep);
-  const allReachable = [...seen.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, ep]) => ep);
+  const allReachable = [...seen.entries()]
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([, ep]) => ep);
   return { cluster, local, allReachable, hasAnyEndpoints: hasAny };
 }

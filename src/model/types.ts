@@ -34,8 +34,7 @@ export interface LoadBalancerIngress {
 }
 
 export type SessionAffinity =
-  | { readonly type: 'None' }
-  | { readonly type: 'ClientIP'; readonly timeoutSeconds: number };
+  { readonly type: 'None' } | { readonly type: 'ClientIP'; readonly timeoutSeconds: number };
 
 /**
  * One endpoint of one service port, as kube-proxy's endpointslicecache sees it.

@@ -24,7 +24,9 @@ export function levelForVerbosity(v: number): string {
 export const log = winston.createLogger({
   level: process.env.SVCPLANE_LOG_LEVEL ?? 'info',
   format: winston.format.combine(serializeErrors(), winston.format.timestamp(), winston.format.json()),
-  transports: [new winston.transports.Console({ stderrLevels: ['error', 'warn', 'info', 'verbose', 'debug'] })],
+  transports: [
+    new winston.transports.Console({ stderrLevels: ['error', 'warn', 'info', 'verbose', 'debug'] }),
+  ],
 });
 
 export function setVerbosity(v: number): void {
