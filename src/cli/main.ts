@@ -1,5 +1,8 @@
 import { Command } from 'commander';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { registerProxyCommands } from './proxy.js';
 
 /**
  * svcplane's command line. Each subcommand lives in its own module and registers itself here.
@@ -7,9 +10,10 @@ import { readFileSync } from 'node:fs';
  */
 
 function packageVersion(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as {
-    version: string;
-  };
+  // Works from src/ (tsx) and from dist/src/ (built): walk up to the package root.
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
+  const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { version: string };
   return pkg.version;
 }
 
@@ -19,6 +23,7 @@ export function buildProgram(): Command {
     .version(packageVersion())
     .showHelpAfterError();
   // Subcommand modules register here (one line each).
+  registerProxyCommands(program);
   return program;
 }
 

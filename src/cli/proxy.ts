@@ -1,0 +1,155 @@
+import type { Command } from 'commander';
+import type { Backend } from '../controller/backend.js';
+import { Controller } from '../controller/controller.js';
+import { cleanupLeftovers } from '../iptables/cleanup.js';
+import { Iptables } from '../iptables/iptables.js';
+import { IptablesProxier } from '../iptables/proxier.js';
+import { ManifestSource } from '../kube/manifests.js';
+import type { StateSource } from '../kube/source.js';
+import type { IPFamily } from '../model/types.js';
+import { CommandError } from '../util/exec.js';
+import { log, setVerbosity } from '../util/log.js';
+import { addProxyOptions, iptablesBinaries, resolveProxyOptions, type ProxyOptions } from './proxy-options.js';
+
+/** `svcplane run`, `svcplane sync` and `svcplane cleanup`. */
+
+export function registerProxyCommands(program: Command): void {
+  addProxyOptions(
+    program
+      .command('run')
+      .description('run the dataplane controller (the daemon): watch the source, keep the kernel converged'),
+  ).action(async (raw: Record<string, unknown>) => {
+    const opts = resolveProxyOptions(raw);
+    setVerbosity(opts.verbosity);
+    process.exitCode = await runDaemon(opts);
+  });
+
+  addProxyOptions(
+    program
+      .command('sync')
+      .description('converge the kernel once from the source and exit (0 once the rules are in the kernel)'),
+  ).action(async (raw: Record<string, unknown>) => {
+    const opts = resolveProxyOptions(raw);
+    setVerbosity(opts.verbosity);
+    process.exitCode = await syncOnce(opts);
+  });
+
+  program
+    .command('cleanup')
+    .description('remove every rule svcplane (or kube-proxy) created, like kube-proxy --cleanup')
+    .option('--iptables-binary <name>', 'iptables command to use, e.g. iptables-legacy', 'iptables')
+    .action(async (raw: { iptablesBinary: string }) => {
+      process.exitCode = await cleanup(raw.iptablesBinary);
+    });
+}
+
+export async function createSource(opts: ProxyOptions): Promise<StateSource> {
+  if (opts.manifests !== undefined) return new ManifestSource(opts.manifests);
+  const { createApiSource } = await import('../kube/api-source-factory.js');
+  return createApiSource(opts);
+}
+
+/** The families whose iptables binaries work here; IPv6 is dropped with a warning when unavailable. */
+export async function usableFamilies(opts: ProxyOptions): Promise<IPFamily[]> {
+  const families: IPFamily[] = [];
+  for (const family of opts.ipFamilies) {
+    const ipt = new Iptables({ family, binaries: iptablesBinaries(opts.iptablesBinary, family) });
+    try {
+      await ipt.save('nat');
+      families.push(family);
+    } catch (err) {
+      log.warn(`${family} iptables unavailable; not programming ${family}`, { error: err });
+    }
+  }
+  if (families.length === 0) throw new Error('no usable iptables binary for any IP family');
+  return families;
+}
+
+export async function createBackends(opts: ProxyOptions): Promise<Backend[]> {
+  if (opts.proxyMode === 'ipvs') {
+    const { createIpvsBackends } = await import('../ipvs/backend-factory.js');
+    return createIpvsBackends(opts);
+  }
+  const families = await usableFamilies(opts);
+  return families.map(
+    (family) =>
+      new IptablesProxier({
+        family,
+        nodeName: opts.hostnameOverride,
+        bindAddress: opts.bindAddress,
+        masqueradeBit: opts.masqueradeBit,
+        masqueradeAll: opts.masqueradeAll,
+        detectLocalMode: opts.detectLocalMode,
+        clusterCIDRs: opts.clusterCIDRs,
+        bridgeInterface: opts.bridgeInterface,
+        interfaceNamePrefix: opts.interfaceNamePrefix,
+        nodePortAddresses: opts.nodePortAddresses,
+        localhostNodePorts: opts.localhostNodePorts,
+        binaries: iptablesBinaries(opts.iptablesBinary, family),
+      }),
+  );
+}
+
+async function syncOnce(opts: ProxyOptions): Promise<number> {
+  const controller = new Controller(await createSource(opts), await createBackends(opts), opts);
+  try {
+    const reports = await controller.syncOnce();
+    for (const r of reports) {
+      process.stdout.write(
+        `${r.backend}: ${r.full ? 'full' : 'partial'} sync, ${r.lines} lines, ${r.writtenServices} services written, ${r.staleChains} stale chains removed, ${Math.round(r.durationMs)} ms\n`,
+      );
+    }
+    const problems = controller.source.current()?.problems ?? [];
+    for (const p of problems) {
+      const o = p.object;
+      process.stderr.write(
+        `skipped ${o.kind} ${o.namespace ? `${o.namespace}/` : ''}${o.name}${o.source ? ` (${o.source})` : ''}: ${p.field}: ${p.reason}\n`,
+      );
+    }
+    return 0;
+  } catch (err) {
+    process.stderr.write(`svcplane sync failed: ${describe(err)}\n`);
+    return 1;
+  }
+}
+
+async function runDaemon(opts: ProxyOptions): Promise<number> {
+  const source = await createSource(opts);
+  const controller = new Controller(source, await createBackends(opts), opts);
+  const { startServers } = await import('../controller/servers-factory.js');
+  const servers = await startServers(opts, controller);
+  let resolveStop: () => void = () => undefined;
+  const stopped = new Promise<void>((r) => (resolveStop = r));
+  const onSignal = (signal: string): void => {
+    log.info('stopping; rules stay in place', { signal });
+    resolveStop();
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+  await controller.start();
+  log.info('svcplane running', { mode: opts.proxyMode, node: opts.hostnameOverride });
+  await stopped;
+  await controller.stop();
+  await servers.close();
+  return 0;
+}
+
+async function cleanup(binary: string): Promise<number> {
+  let status = 0;
+  for (const family of ['IPv4', 'IPv6'] as const) {
+    const ipt = new Iptables({ family, binaries: iptablesBinaries(binary, family) });
+    try {
+      const { removed } = await cleanupLeftovers(ipt);
+      process.stdout.write(`${family}: removed ${removed.length} chains/rules\n`);
+    } catch (err) {
+      if (err instanceof CommandError && err.reason === 'not-found') continue;
+      process.stderr.write(`${family}: cleanup failed: ${describe(err)}\n`);
+      status = 1;
+    }
+  }
+  return status;
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,30 @@
+import type { ClusterState } from '../model/types.js';
+
+/** What one sync did, for logs, metrics and tests. */
+export interface SyncReport {
+  readonly backend: string;
+  readonly full: boolean;
+  readonly durationMs: number;
+  /** Bytes and lines handed to the kernel writer (restore input, ipvsadm batch …). */
+  readonly bytes: number;
+  readonly lines: number;
+  readonly writtenServices: number;
+  readonly staleChains: number;
+  readonly details?: Readonly<Record<string, number | string | boolean>>;
+}
+
+/**
+ * A dataplane backend for one IP family (iptables/IPv4, ipvs/IPv6 …). The controller owns timing;
+ * the backend owns converging the kernel to a state.
+ */
+export interface Backend {
+  readonly name: string;
+  /** Node-level setup done once before the first sync (sysctls, binaries probed). */
+  setup(): Promise<void>;
+  /** Converges the kernel to `state`. Throws (with context) when the kernel write failed. */
+  sync(state: ClusterState): Promise<SyncReport>;
+  /** Cheap periodic check that our rules are still there (canaries); true when a full resync is needed. */
+  detectDrift(): Promise<boolean>;
+  /** The next sync rewrites everything. */
+  forceFullSync(): void;
+}

@@ -1,0 +1,168 @@
+import { EventEmitter } from 'node:events';
+import type { StateSource } from '../kube/source.js';
+import type { ClusterState } from '../model/types.js';
+import { log } from '../util/log.js';
+import type { Backend, SyncReport } from './backend.js';
+import { BoundedFrequencyRunner } from './runner.js';
+
+/**
+ * The reconcile loop: waits for the source's first complete state, then converges every backend to
+ * the latest state, at most once per minSyncPeriod and at least once per syncPeriod (when it also
+ * checks for drift). Failures are retried with backoff; the kernel keeps the previous rules meanwhile.
+ */
+
+export interface ControllerOptions {
+  readonly minSyncPeriodMs: number;
+  readonly syncPeriodMs: number;
+}
+
+export interface ControllerEvents {
+  synced: [reports: SyncReport[], state: ClusterState];
+  syncError: [error: Error];
+}
+
+export class SyncError extends Error {
+  constructor(readonly failures: readonly { backend: string; error: unknown }[]) {
+    super(
+      failures
+        .map((f) => `${f.backend}: ${f.error instanceof Error ? f.error.message : String(f.error)}`)
+        .join('; '),
+    );
+    this.name = 'SyncError';
+  }
+}
+
+export class Controller extends EventEmitter<ControllerEvents> {
+  private readonly runner: BoundedFrequencyRunner;
+  private unsubscribe: (() => void) | undefined;
+  private lastDriftCheck = performance.now();
+  /** Wall-clock ms of the oldest change not yet in the kernel (0 when none). */
+  private queuedSince = 0;
+  private lastSyncedAt = 0;
+  private setupDone = false;
+  private readonly problemsLogged = new Set<string>();
+
+  constructor(
+    readonly source: StateSource,
+    readonly backends: readonly Backend[],
+    private readonly opts: ControllerOptions,
+  ) {
+    super();
+    this.runner = new BoundedFrequencyRunner(
+      () => this.syncAll(),
+      { minIntervalMs: opts.minSyncPeriodMs, maxIntervalMs: opts.syncPeriodMs },
+      (err, retryIn) => {
+        log.error('sync failed; previous rules stay in place', { error: err, retryInMs: retryIn });
+      },
+    );
+  }
+
+  /** Starts the loop; resolves once the first sync has been attempted. */
+  async start(): Promise<void> {
+    await this.source.start();
+    this.unsubscribe = this.source.onChange(() => {
+      if (this.queuedSince === 0) this.queuedSince = Date.now();
+      this.runner.request();
+    });
+    this.queuedSince = Date.now();
+    const first = new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.off('synced', done);
+        this.off('syncError', done);
+        resolve();
+      };
+      this.on('synced', done);
+      this.on('syncError', done);
+    });
+    this.runner.start();
+    await first;
+  }
+
+  async stop(): Promise<void> {
+    this.runner.stop();
+    this.unsubscribe?.();
+    await this.source.stop();
+  }
+
+  /** One convergence, for `svcplane sync`: start the source, sync once, stop. Throws on failure. */
+  async syncOnce(): Promise<SyncReport[]> {
+    await this.source.start();
+    try {
+      return await this.syncState(this.requireState());
+    } finally {
+      await this.source.stop();
+    }
+  }
+
+  /** kube-proxy's healthz view: the oldest unsynced change and the last successful sync. */
+  health(): { queuedSince: number; lastSyncedAt: number } {
+    return { queuedSince: this.queuedSince, lastSyncedAt: this.lastSyncedAt };
+  }
+
+  /** Asks for a sync soon (e.g. an operator signal). */
+  requestSync(): void {
+    this.runner.request();
+  }
+
+  private requireState(): ClusterState {
+    const state = this.source.current();
+    if (!state) throw new Error('source has no complete state yet');
+    return state;
+  }
+
+  private async syncAll(): Promise<void> {
+    if (performance.now() - this.lastDriftCheck >= this.opts.syncPeriodMs) {
+      this.lastDriftCheck = performance.now();
+      for (const b of this.backends) {
+        try {
+          await b.detectDrift();
+        } catch (err) {
+          log.warn('drift check failed; forcing a full sync', { backend: b.name, error: err });
+          b.forceFullSync();
+        }
+      }
+    }
+    const state = this.requireState();
+    const queued = Date.now();
+    try {
+      const reports = await this.syncState(state);
+      if (this.queuedSince !== 0 && this.queuedSince <= queued) this.queuedSince = 0;
+      this.lastSyncedAt = Date.now();
+      this.emit('synced', reports, state);
+    } catch (err) {
+      this.emit('syncError', err instanceof Error ? err : new Error(String(err)));
+      throw err;
+    }
+  }
+
+  private async syncState(state: ClusterState): Promise<SyncReport[]> {
+    this.logProblems(state);
+    if (!this.setupDone) {
+      for (const b of this.backends) await b.setup();
+      this.setupDone = true;
+    }
+    const reports: SyncReport[] = [];
+    const failures: { backend: string; error: unknown }[] = [];
+    for (const b of this.backends) {
+      try {
+        const report = await b.sync(state);
+        reports.push(report);
+        log.info('synced', { ...report, details: undefined, ...report.details });
+      } catch (error) {
+        failures.push({ backend: b.name, error });
+      }
+    }
+    if (failures.length > 0) throw new SyncError(failures);
+    return reports;
+  }
+
+  /** Each distinct problem is logged once, so a broken object does not flood the log every sync. */
+  private logProblems(state: ClusterState): void {
+    for (const p of state.problems) {
+      const key = JSON.stringify(p);
+      if (this.problemsLogged.has(key)) continue;
+      this.problemsLogged.add(key);
+      log.warn('skipped invalid input', { object: p.object, field: p.field, reason: p.reason });
+    }
+  }
+}
