@@ -5,7 +5,15 @@ import { InvalidArgumentError, type Command } from 'commander';
  * and `--flag=true|false`; durations like `1s`, `500ms`, `1m30s`, `0s`; lists comma-separated.
  */
 
-const DURATION_UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const DURATION_UNITS: Record<string, number> = {
+  ns: 1e-6,
+  us: 1e-3,
+  µs: 1e-3,
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+};
 
 /** Go's time.ParseDuration, in milliseconds. */
 export function parseDuration(text: string): number {

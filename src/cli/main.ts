@@ -3,6 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { registerProxyCommands } from './proxy.js';
+import { registerNetnsCommands } from './netns.js';
 
 /**
  * svcplane's command line. Each subcommand lives in its own module and registers itself here.
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
     .showHelpAfterError();
   // Subcommand modules register here (one line each).
   registerProxyCommands(program);
+  registerNetnsCommands(program);
   return program;
 }
 

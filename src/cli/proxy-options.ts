@@ -45,12 +45,19 @@ export function addProxyOptions(cmd: Command): Command {
     .option('--config <file>', 'KubeProxyConfiguration file; flags override it')
     .option('--proxy-mode <mode>', 'iptables or ipvs', 'iptables')
     .option('--hostname-override <name>', 'this node name (default: the hostname)')
-    .option('--bind-address <ip>', 'the node IP (default: from the Node object, else the first global address)')
+    .option(
+      '--bind-address <ip>',
+      'the node IP (default: from the Node object, else the first global address)',
+    )
     .option('--cluster-cidr <cidrs>', 'pod CIDRs (comma-separated), for local-traffic detection', parseList)
     .option('--detect-local-mode <mode>', 'ClusterCIDR, BridgeInterface or InterfaceNamePrefix')
     .option('--pod-bridge-interface <name>', 'bridge for --detect-local-mode=BridgeInterface')
     .option('--pod-interface-name-prefix <prefix>', 'prefix for --detect-local-mode=InterfaceNamePrefix')
-    .option('--nodeport-addresses <cidrs>', 'CIDRs (or "primary") NodePorts listen on; default all', parseList)
+    .option(
+      '--nodeport-addresses <cidrs>',
+      'CIDRs (or "primary") NodePorts listen on; default all',
+      parseList,
+    )
     .option('--iptables-masquerade-bit <n>', 'fwmark bit for SNAT (0-31)', parseIntInRange(0, 31))
     .option('--iptables-min-sync-period <d>', 'minimum interval between syncs (e.g. 1s)', parseDuration)
     .option('--iptables-sync-period <d>', 'maximum interval between syncs (e.g. 30s)', parseDuration)
@@ -66,10 +73,10 @@ export function addProxyOptions(cmd: Command): Command {
 
 /** Turns commander's raw values into validated ProxyOptions; throws with the flag and the reason. */
 export function resolveProxyOptions(raw: Raw): ProxyOptions {
-  const str = (k: string): string | undefined => (typeof raw[k] === 'string' ? (raw[k] as string) : undefined);
+  const str = (k: string): string | undefined => (typeof raw[k] === 'string' ? raw[k] : undefined);
   const list = (k: string): string[] => (Array.isArray(raw[k]) ? (raw[k] as string[]) : []);
-  const bool = (k: string, d: boolean): boolean => (typeof raw[k] === 'boolean' ? (raw[k] as boolean) : d);
-  const num = (k: string, d: number): number => (typeof raw[k] === 'number' ? (raw[k] as number) : d);
+  const bool = (k: string, d: boolean): boolean => (typeof raw[k] === 'boolean' ? raw[k] : d);
+  const num = (k: string, d: number): number => (typeof raw[k] === 'number' ? raw[k] : d);
 
   const mode = str('proxyMode') ?? 'iptables';
   if (mode !== 'iptables' && mode !== 'ipvs') throw new Error(`--proxy-mode: unsupported mode "${mode}"`);

@@ -9,7 +9,12 @@ import type { StateSource } from '../kube/source.js';
 import type { IPFamily } from '../model/types.js';
 import { CommandError } from '../util/exec.js';
 import { log, setVerbosity } from '../util/log.js';
-import { addProxyOptions, iptablesBinaries, resolveProxyOptions, type ProxyOptions } from './proxy-options.js';
+import {
+  addProxyOptions,
+  iptablesBinaries,
+  resolveProxyOptions,
+  type ProxyOptions,
+} from './proxy-options.js';
 
 /** `svcplane run`, `svcplane sync` and `svcplane cleanup`. */
 

@@ -3,11 +3,21 @@ import { cidrContains, parseCIDR } from '../model/ip.js';
 import { nodeContext, type NodeContext } from '../model/selection.js';
 import type { ClusterState, IPFamily, NodeInfo, Service } from '../model/types.js';
 import { log } from '../util/log.js';
-import { addressesInCIDRs, listAddresses, nodeIPsFromInterfaces, type InterfaceAddress } from '../util/netif.js';
+import {
+  addressesInCIDRs,
+  listAddresses,
+  nodeIPsFromInterfaces,
+  type InterfaceAddress,
+} from '../util/netif.js';
 import { readSysctl, writeSysctl } from '../util/sysctl.js';
 import { Iptables } from './iptables.js';
 import { jumpRules } from './jumps.js';
-import { renderRestoreInput, type IptablesRenderConfig, type LocalDetector, type RenderResult } from './render.js';
+import {
+  renderRestoreInput,
+  type IptablesRenderConfig,
+  type LocalDetector,
+  type RenderResult,
+} from './render.js';
 import { parseIptablesSave, serviceChainsOf } from './save-parse.js';
 
 /**
@@ -78,7 +88,9 @@ export class IptablesProxier implements Backend {
 
   async setup(): Promise<void> {
     this.randomFully = await this.ipt.supportsRandomFully();
-    const liberal = await readSysctl('net.netfilter.nf_conntrack_tcp_be_liberal', { netns: this.config.netns });
+    const liberal = await readSysctl('net.netfilter.nf_conntrack_tcp_be_liberal', {
+      netns: this.config.netns,
+    });
     this.beLiberal = liberal !== undefined && liberal.trim() !== '0';
     if (this.config.family === 'IPv4' && this.config.localhostNodePorts) {
       const facts = await this.gatherFacts(undefined);
@@ -246,7 +258,11 @@ export class IptablesProxier implements Backend {
   }
 }
 
-function nodeIPsFor(c: IptablesProxierConfig, node: NodeInfo | undefined, addrs: InterfaceAddress[]): string[] {
+function nodeIPsFor(
+  c: IptablesProxierConfig,
+  node: NodeInfo | undefined,
+  addrs: InterfaceAddress[],
+): string[] {
   const fam = (ip: string): boolean => (ip.includes(':') ? 'IPv6' : 'IPv4') === c.family;
   if (c.bindAddress && fam(c.bindAddress) && c.bindAddress !== '0.0.0.0' && c.bindAddress !== '::') {
     return [c.bindAddress];

@@ -83,6 +83,9 @@ describe('kube-proxy style flags', () => {
       restore: 'iptables-legacy-restore',
       save: 'iptables-legacy-save',
     });
-    assert.equal(iptablesBinaries('/usr/sbin/iptables-nft', 'IPv6').restore, '/usr/sbin/ip6tables-nft-restore');
+    assert.equal(
+      iptablesBinaries('/usr/sbin/iptables-nft', 'IPv6').restore,
+      '/usr/sbin/ip6tables-nft-restore',
+    );
   });
 });

@@ -1,0 +1,364 @@
+import type { IPFamily } from '../model/types.js';
+import { CommandError, run } from '../util/exec.js';
+
+/**
+ * Executor for iptables / ip6tables: runs the binaries (by plain name, so whatever backend the
+ * node's alternatives select, or overridden) and reports what happened. It never decides policy:
+ * which rules to write is the caller's business.
+ */
+
+export interface IptablesBinaries {
+  readonly iptables?: string;
+  readonly restore?: string;
+  readonly save?: string;
+}
+
+export interface IptablesOptions {
+  readonly family: IPFamily;
+  /** Run every command inside this named network namespace. */
+  readonly netns?: string;
+  readonly binaries?: IptablesBinaries;
+  /** Timeout per child process (default 60 s). */
+  readonly timeoutMs?: number;
+}
+
+export interface IptablesVersion {
+  readonly major: number;
+  readonly minor: number;
+  readonly patch: number;
+  /** `nf_tables`, `legacy`, or undefined for old binaries that do not say. */
+  readonly backend?: string;
+  /** The line the binary printed. */
+  readonly text: string;
+}
+
+export interface RestoreOptions {
+  /** `--noflush`: leave tables and chains not mentioned in the input alone. */
+  readonly noflush: boolean;
+  /** `--counters`: take `[pkts:bytes]` from the input. */
+  readonly counters: boolean;
+}
+
+export interface RestoreResult {
+  readonly durationMs: number;
+  /** Size of the input in bytes (UTF-8). */
+  readonly bytes: number;
+  readonly lines: number;
+}
+
+export type TableName = 'filter' | 'nat' | 'mangle' | 'raw' | 'security' | (string & {});
+export type RulePosition = 'prepend' | 'append';
+
+/** iptables-restore failed. Carries stderr and, when the tool named one, the offending input line. */
+export class RestoreError extends CommandError {
+  constructor(
+    argv: readonly string[],
+    exitCode: number | undefined,
+    stderr: string,
+    reason: CommandError['reason'],
+    /** 1-based input line blamed for the failure (corrected from COMMIT to the rule, see below). */
+    readonly line: number | undefined,
+    /** Text of that input line. */
+    readonly lineText: string | undefined,
+    /** The line number iptables-restore itself reported. */
+    readonly reportedLine: number | undefined,
+  ) {
+    super(argv, exitCode, stderr, reason);
+    this.name = 'RestoreError';
+    if (line !== undefined) {
+      this.message = `iptables-restore failed at input line ${line} (${JSON.stringify((lineText ?? '').slice(0, 500))}): ${firstMeaningfulLine(stderr)}`;
+    }
+  }
+}
+
+function firstMeaningfulLine(stderr: string): string {
+  const lines = stderr
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '' && !l.startsWith('Try `') && !/^Error occurred at line/.test(l));
+  return lines.join('; ') || stderr.trim();
+}
+
+/** Parse `iptables --version` output ("iptables v1.8.9 (nf_tables)"). */
+export function parseIptablesVersion(text: string): IptablesVersion | undefined {
+  const m = /v(\d+)\.(\d+)(?:\.(\d+))?(?:\s*\(([^)]+)\))?/.exec(text);
+  if (!m) return undefined;
+  const backend = m[4]?.trim();
+  return {
+    major: Number(m[1]),
+    minor: Number(m[2]),
+    patch: Number(m[3] ?? 0),
+    ...(backend ? { backend } : {}),
+    text: text.trim().split('\n')[0] ?? '',
+  };
+}
+
+export function versionAtLeast(v: Pick<IptablesVersion, 'major' | 'minor' | 'patch'>, min: string): boolean {
+  const [a = 0, b = 0, c = 0] = min.split('.').map(Number);
+  if (v.major !== a) return v.major > a;
+  if (v.minor !== b) return v.minor > b;
+  return v.patch >= c;
+}
+
+/**
+ * The input line iptables-restore blames. Formats seen: "line N failed" (commit errors),
+ * "Error occurred at line: N" (parse errors), "COMMIT expected at line N".
+ */
+export function parseRestoreErrorLine(stderr: string): number | undefined {
+  const m =
+    /line (\d+) failed/.exec(stderr) ??
+    /Error occurred at line: (\d+)/.exec(stderr) ??
+    /at line:? (\d+)/.exec(stderr);
+  return m ? Number(m[1]) : undefined;
+}
+
+/**
+ * Map a reported line to the input line to show. The nf_tables backend reports a jump to a missing
+ * chain at the table's COMMIT line; point at the first rule of that table jumping there instead.
+ */
+export function blameRestoreLine(
+  input: string,
+  stderr: string,
+): { line: number | undefined; lineText: string | undefined; reportedLine: number | undefined } {
+  const reportedLine = parseRestoreErrorLine(stderr);
+  if (reportedLine === undefined) return { line: undefined, lineText: undefined, reportedLine };
+  const lines = input.split('\n');
+  const text = lines[reportedLine - 1];
+  const missing = /Chain '([^']+)' does not exist/.exec(stderr)?.[1];
+  if (missing && text?.trim() === 'COMMIT') {
+    let start = reportedLine - 1;
+    while (start > 0 && !(lines[start - 1] ?? '').startsWith('*')) start--;
+    const re = new RegExp(
+      `\\s(-j|--jump|-g|--goto)\\s+${missing.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(\\s|$)`,
+    );
+    for (let i = start; i < reportedLine - 1; i++) {
+      if (re.test(` ${lines[i] ?? ''}`)) return { line: i + 1, lineText: lines[i], reportedLine };
+    }
+  }
+  return { line: reportedLine, lineText: text, reportedLine };
+}
+
+// iptables allows up to 28 characters; be strict about the rest (no whitespace, no leading '-' or '!').
+const CHAIN_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.:+@-]{0,27}$/;
+const TABLE_NAME = /^[a-z]{1,16}$/;
+
+function checkName(kind: 'table' | 'chain', name: string): void {
+  const ok = kind === 'table' ? TABLE_NAME.test(name) : CHAIN_NAME.test(name);
+  if (!ok) throw new Error(`invalid iptables ${kind} name ${JSON.stringify(name)}`);
+}
+
+export const KUBE_PROXY_CANARY = 'KUBE-PROXY-CANARY';
+
+export class Iptables {
+  readonly family: IPFamily;
+  readonly netns: string | undefined;
+  readonly bin: { readonly iptables: string; readonly restore: string; readonly save: string };
+  private readonly timeoutMs: number;
+  private versionPromise: Promise<IptablesVersion> | undefined;
+  private restoreFlagsPromise: Promise<readonly string[]> | undefined;
+
+  constructor(opts: IptablesOptions) {
+    this.family = opts.family;
+    this.netns = opts.netns;
+    this.timeoutMs = opts.timeoutMs ?? 60_000;
+    const base = opts.family === 'IPv6' ? 'ip6tables' : 'iptables';
+    this.bin = {
+      iptables: opts.binaries?.iptables ?? base,
+      restore: opts.binaries?.restore ?? `${base}-restore`,
+      save: opts.binaries?.save ?? `${base}-save`,
+    };
+  }
+
+  private exec(argv: readonly string[], opts: { input?: string; allowFailure?: boolean } = {}) {
+    return run(argv, { ...opts, netns: this.netns, timeoutMs: this.timeoutMs });
+  }
+
+  /** Version of the iptables binary (cached). */
+  version(): Promise<IptablesVersion> {
+    this.versionPromise ??= this.exec([this.bin.iptables, '--version']).then((r) => {
+      const v = parseIptablesVersion(r.stdout + r.stderr);
+      if (!v)
+        throw new Error(`cannot parse "${this.bin.iptables} --version" output: ${JSON.stringify(r.stdout)}`);
+      return v;
+    });
+    this.versionPromise.catch(() => {
+      this.versionPromise = undefined;
+    });
+    return this.versionPromise;
+  }
+
+  /**
+   * Wait flags for single iptables commands (kube-proxy's getIPTablesWaitFlag): `-w 5 -W 100000`
+   * from 1.6.1, `-w 5` from 1.4.22, `-w` from 1.4.20.
+   */
+  async waitFlags(): Promise<readonly string[]> {
+    const v = await this.version();
+    if (versionAtLeast(v, '1.6.1')) return ['-w', '5', '-W', '100000'];
+    if (versionAtLeast(v, '1.4.22')) return ['-w', '5'];
+    if (versionAtLeast(v, '1.4.20')) return ['-w'];
+    return [];
+  }
+
+  /**
+   * Wait flags for iptables-restore (kube-proxy's getIPTablesRestoreWaitFlag): `-w 5 -W 100000`
+   * when iptables ≥ 1.6.2 (1.8.9 accepts them with both backends; nf_tables ignores -W), else `-w`
+   * if iptables-restore understands `--version`, else none.
+   */
+  restoreWaitFlags(): Promise<readonly string[]> {
+    this.restoreFlagsPromise ??= (async () => {
+      const v = await this.version();
+      if (versionAtLeast(v, '1.6.2')) return ['-w', '5', '-W', '100000'];
+      const r = await this.exec([this.bin.restore, '--version'], { allowFailure: true });
+      return r.exitCode === 0 && parseIptablesVersion(r.stdout) ? ['-w'] : [];
+    })();
+    this.restoreFlagsPromise.catch(() => {
+      this.restoreFlagsPromise = undefined;
+    });
+    return this.restoreFlagsPromise;
+  }
+
+  /** kube-proxy uses MASQUERADE --random-fully when iptables ≥ 1.6.2. */
+  async supportsRandomFully(): Promise<boolean> {
+    return versionAtLeast(await this.version(), '1.6.2');
+  }
+
+  /** One iptables-restore run with `input` on stdin. Throws RestoreError. */
+  async restore(input: string, opts: RestoreOptions): Promise<RestoreResult> {
+    const argv = [
+      this.bin.restore,
+      ...(await this.restoreWaitFlags()),
+      ...(opts.noflush ? ['--noflush'] : []),
+      ...(opts.counters ? ['--counters'] : []),
+    ];
+    const started = performance.now();
+    let res;
+    try {
+      res = await this.exec(argv, { input, allowFailure: true });
+    } catch (err) {
+      if (err instanceof CommandError) {
+        throw new RestoreError(
+          err.argv,
+          err.exitCode,
+          err.stderr,
+          err.reason,
+          undefined,
+          undefined,
+          undefined,
+        );
+      }
+      throw err;
+    }
+    if (res.exitCode !== 0) {
+      const blame = blameRestoreLine(input, res.stderr);
+      throw new RestoreError(
+        res.argv,
+        res.exitCode,
+        res.stderr,
+        'exit',
+        blame.line,
+        blame.lineText,
+        blame.reportedLine,
+      );
+    }
+    return {
+      durationMs: performance.now() - started,
+      bytes: Buffer.byteLength(input, 'utf8'),
+      lines: countLines(input),
+    };
+  }
+
+  /** iptables-save output, of one table or all. */
+  async save(table?: string, opts: { counters?: boolean } = {}): Promise<string> {
+    if (table !== undefined) checkName('table', table);
+    const argv = [this.bin.save, ...(table ? ['-t', table] : []), ...(opts.counters ? ['-c'] : [])];
+    return (await this.exec(argv)).stdout;
+  }
+
+  private async cmd(table: string, args: readonly string[], allowFailure = false) {
+    checkName('table', table);
+    return this.exec([this.bin.iptables, ...(await this.waitFlags()), '-t', table, ...args], {
+      allowFailure,
+    });
+  }
+
+  /** Whether a chain exists (`-S CHAIN 1`: exit 1 means no such chain). */
+  async chainExists(table: TableName, chain: string): Promise<boolean> {
+    checkName('chain', chain);
+    const r = await this.cmd(table, ['-S', chain, '1'], true);
+    if (r.exitCode === 0) return true;
+    if (r.exitCode === 1) return false;
+    throw new CommandError(r.argv, r.exitCode, r.stderr, 'exit');
+  }
+
+  /** Create a chain unless it exists. Returns whether it existed. */
+  async ensureChain(table: TableName, chain: string): Promise<boolean> {
+    checkName('chain', chain);
+    const r = await this.cmd(table, ['-N', chain], true);
+    if (r.exitCode === 0) return false;
+    if (await this.chainExists(table, chain)) return true;
+    throw new CommandError(r.argv, r.exitCode, r.stderr, 'exit');
+  }
+
+  /** Whether the rule exists (`-C`). */
+  async ruleExists(table: TableName, chain: string, args: readonly string[]): Promise<boolean> {
+    checkName('chain', chain);
+    const r = await this.cmd(table, ['-C', chain, ...args], true);
+    if (r.exitCode === 0) return true;
+    if (r.exitCode === 1) return false;
+    throw new CommandError(r.argv, r.exitCode, r.stderr, 'exit');
+  }
+
+  /**
+   * kube-proxy's EnsureRule: `-C` check, then `-I CHAIN 1` (prepend) or `-A` (append).
+   * Returns whether the rule already existed.
+   */
+  async ensureRule(
+    position: RulePosition,
+    table: TableName,
+    chain: string,
+    args: readonly string[],
+  ): Promise<boolean> {
+    if (await this.ruleExists(table, chain, args)) return true;
+    await this.cmd(table, position === 'prepend' ? ['-I', chain, '1', ...args] : ['-A', chain, ...args]);
+    return false;
+  }
+
+  /** Delete one occurrence of a rule if present. Returns whether it existed. */
+  async deleteRule(table: TableName, chain: string, args: readonly string[]): Promise<boolean> {
+    if (!(await this.ruleExists(table, chain, args))) return false;
+    await this.cmd(table, ['-D', chain, ...args]);
+    return true;
+  }
+
+  /** `-F CHAIN`; throws if the chain does not exist. */
+  async flushChain(table: TableName, chain: string): Promise<void> {
+    checkName('chain', chain);
+    await this.cmd(table, ['-F', chain]);
+  }
+
+  /** `-X CHAIN`; throws if it does not exist, is not empty or is still referenced. */
+  async deleteChain(table: TableName, chain: string): Promise<void> {
+    checkName('chain', chain);
+    await this.cmd(table, ['-X', chain]);
+  }
+
+  /** Ensure the empty canary chain in each table (kube-proxy's Monitor). */
+  async ensureCanary(
+    tables: readonly TableName[] = ['mangle', 'nat', 'filter'],
+    name = KUBE_PROXY_CANARY,
+  ): Promise<void> {
+    for (const t of tables) await this.ensureChain(t, name);
+  }
+
+  /** Whether the canary still exists; kube-proxy watches the mangle one. */
+  canaryExists(table: TableName = 'mangle', name = KUBE_PROXY_CANARY): Promise<boolean> {
+    return this.chainExists(table, name);
+  }
+}
+
+function countLines(text: string): number {
+  if (text === '') return 0;
+  let n = 0;
+  for (let i = text.indexOf('\n'); i !== -1; i = text.indexOf('\n', i + 1)) n++;
+  return text.endsWith('\n') ? n : n + 1;
+}

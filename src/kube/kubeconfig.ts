@@ -1,0 +1,128 @@
+/**
+ * Explicit cluster configuration: `--kubeconfig FILE`, else in-cluster (service account), else a
+ * clear error. Never client-node's `loadFromDefault()`, which silently falls back to localhost:8080.
+ */
+import fs from 'node:fs';
+import { KubeConfig } from '@kubernetes/client-node';
+import type { Cluster } from '@kubernetes/client-node';
+
+export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
+
+export interface LoadKubeConfigOptions {
+  /** `--kubeconfig`: path to a kubeconfig file. */
+  readonly kubeconfig?: string;
+  /** `--master`: API server URL; overrides the kubeconfig's server (as in kube-proxy). */
+  readonly master?: string;
+  /** Environment (tests). Default `process.env`. */
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  /** Prefix for the service-account paths (tests). Default ''. */
+  readonly inClusterPathPrefix?: string;
+}
+
+export class KubeConfigError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'KubeConfigError';
+  }
+}
+
+export const NO_CLUSTER_CONFIG =
+  'no cluster configuration: pass --kubeconfig, run in a pod, or use --manifests';
+
+/** client-node refuses plain-HTTP servers unless skipTLSVerify is set (there is no TLS to verify). */
+function withHttpFix(c: Cluster, server = c.server): Cluster {
+  const plain = server.startsWith('http://');
+  return { ...c, server, skipTLSVerify: plain ? true : c.skipTLSVerify };
+}
+
+function checkServerUrl(server: string, what: string): void {
+  let u: URL;
+  try {
+    u = new URL(server);
+  } catch {
+    throw new KubeConfigError(`${what}: invalid API server URL "${server}"`);
+  }
+  if (u.protocol !== 'https:' && u.protocol !== 'http:') {
+    throw new KubeConfigError(`${what}: API server URL "${server}" must be http:// or https://`);
+  }
+}
+
+/** Rewrites the current cluster (master override, plain-HTTP fix) in place. */
+function fixCurrentCluster(kc: KubeConfig, what: string, master?: string): void {
+  const current = kc.getCurrentCluster();
+  if (!current) {
+    throw new KubeConfigError(
+      `${what}: no current cluster (current-context "${kc.getCurrentContext() ?? ''}" missing or without a cluster)`,
+    );
+  }
+  const server = master ?? current.server;
+  if (!server) throw new KubeConfigError(`${what}: cluster "${current.name}" has no server`);
+  checkServerUrl(server, what);
+  kc.clusters = kc.clusters.map((c) => (c.name === current.name ? withHttpFix(c, server) : c));
+}
+
+/**
+ * Loads the cluster configuration the way kube-proxy chooses it:
+ * 1. `kubeconfig` given → that file (with `master` overriding its server);
+ * 2. in a pod (KUBERNETES_SERVICE_HOST/PORT and a service-account token) → in-cluster config
+ *    (with `master` overriding the server);
+ * 3. only `master` → that server, no credentials;
+ * 4. otherwise → KubeConfigError (never a silent localhost default).
+ */
+export function loadKubeConfig(options: LoadKubeConfigOptions = {}): KubeConfig {
+  const env = options.env ?? process.env;
+  const master = options.master === '' ? undefined : options.master;
+  if (master !== undefined) checkServerUrl(master, '--master');
+  const kc = new KubeConfig();
+
+  if (options.kubeconfig) {
+    const file = options.kubeconfig;
+    try {
+      kc.loadFromFile(file);
+    } catch (err) {
+      const reason = err instanceof Error ? err.message : String(err);
+      throw new KubeConfigError(`cannot load kubeconfig ${file}: ${reason}`, { cause: err });
+    }
+    fixCurrentCluster(kc, `kubeconfig ${file}`, master);
+    return kc;
+  }
+
+  const prefix = options.inClusterPathPrefix ?? '';
+  const host = env.KUBERNETES_SERVICE_HOST;
+  const port = env.KUBERNETES_SERVICE_PORT;
+  if (host && port) {
+    const tokenFile = `${prefix}${SERVICE_ACCOUNT_DIR}/token`;
+    if (!fs.existsSync(tokenFile)) {
+      throw new KubeConfigError(
+        `in-cluster configuration: KUBERNETES_SERVICE_HOST is set but the service-account token ${tokenFile} ` +
+          'is missing (automountServiceAccountToken: false?)',
+      );
+    }
+    // client-node reads the env itself; keep it in step with `env` for tests.
+    const saved = { host: process.env.KUBERNETES_SERVICE_HOST, port: process.env.KUBERNETES_SERVICE_PORT };
+    process.env.KUBERNETES_SERVICE_HOST = host;
+    process.env.KUBERNETES_SERVICE_PORT = port;
+    try {
+      kc.loadFromCluster(prefix);
+    } finally {
+      restoreEnv('KUBERNETES_SERVICE_HOST', saved.host);
+      restoreEnv('KUBERNETES_SERVICE_PORT', saved.port);
+    }
+    fixCurrentCluster(kc, 'in-cluster configuration', master);
+    return kc;
+  }
+
+  if (master !== undefined) {
+    kc.loadFromClusterAndUser(withHttpFix({ name: 'master', server: master, skipTLSVerify: false }), {
+      name: 'anonymous',
+    });
+    return kc;
+  }
+
+  throw new KubeConfigError(NO_CLUSTER_CONFIG);
+}
+
+function restoreEnv(name: string, value: string | undefined): void {
+  if (value === undefined) delete process.env[name];
+  else process.env[name] = value;
+}

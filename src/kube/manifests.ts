@@ -1,0 +1,381 @@
+import { watch, type FSWatcher } from 'node:fs';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { basename, dirname, extname, join } from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import { buildClusterState, flattenLists, type SourceObject } from '../model/build.js';
+import type { ClusterState, Problem } from '../model/types.js';
+import { deepEqual } from '../model/validate.js';
+import { log } from '../util/log.js';
+import type { SourceHealth, StateSource } from './source.js';
+
+/**
+ * Manifest files as a state source: a file or a directory of *.yaml, *.yml and *.json (not recursive),
+ * multi-document YAML, JSON, Lists. A file that cannot be read or parsed is a problem (kind "File") and
+ * its last good content stays in effect, so a half-written or broken file never shrinks the state.
+ */
+
+const EXTENSIONS = new Set(['.yaml', '.yml', '.json']);
+/** Manifests are small; anything bigger is a mistake (or an attack) and is rejected before parsing. */
+const MAX_FILE_BYTES = 32 * 1024 * 1024;
+/** Bounds alias expansion ("billion laughs"). */
+const MAX_ALIAS_COUNT = 1000;
+
+const fileProblem = (file: string, reason: string): Problem => ({
+  object: { kind: 'File', name: basename(file), source: file },
+  field: '',
+  reason,
+});
+
+const errorText = (err: unknown): string =>
+  err instanceof Error ? ((err as NodeJS.ErrnoException).code ?? err.message) : String(err);
+
+/** Parses one file's text into source objects (`name.yaml#<document index>`), or a reason it cannot be used. */
+export function parseManifestText(
+  text: string,
+  label: string,
+  json: boolean,
+): { objects: SourceObject[] } | { error: string } {
+  const objects: SourceObject[] = [];
+  if (json) {
+    let value: unknown;
+    try {
+      value = JSON.parse(text) as unknown;
+    } catch (err) {
+      return { error: `invalid JSON: ${err instanceof Error ? err.message : String(err)}` };
+    }
+    const docs = Array.isArray(value) ? (value as unknown[]) : [value];
+    docs.forEach((obj, i) => objects.push({ obj, source: `${label}#${i}` }));
+    return { objects };
+  }
+  const docs = parseAllDocuments(text);
+  for (const [i, doc] of docs.entries()) {
+    const err = doc.errors[0];
+    if (err) return { error: `invalid YAML in document ${i}: ${err.message.split('\n')[0] ?? ''}` };
+    let obj: unknown;
+    try {
+      obj = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT }) as unknown;
+    } catch (e) {
+      return { error: `invalid YAML in document ${i}: ${e instanceof Error ? e.message : String(e)}` };
+    }
+    // Empty documents (a trailing "---", comments only) are not objects.
+    if (obj !== null && obj !== undefined) objects.push({ obj, source: `${label}#${i}` });
+  }
+  return { objects };
+}
+
+/** The manifest files under `path` (a file, or a directory's *.yaml/*.yml/*.json, sorted). */
+async function listFiles(path: string): Promise<string[]> {
+  const st = await stat(path);
+  if (!st.isDirectory()) return [path];
+  const entries = await readdir(path, { withFileTypes: true });
+  return entries
+    .filter(
+      (e) => !e.isDirectory() && !e.name.startsWith('.') && EXTENSIONS.has(extname(e.name).toLowerCase()),
+    )
+    .map((e) => e.name)
+    .sort()
+    .map((name) => join(path, name));
+}
+
+/** A change detector for one file: inode, size and nanosecond times. */
+async function fingerprint(file: string): Promise<string | undefined> {
+  try {
+    const st = await stat(file, { bigint: true });
+    return `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+  } catch {
+    return undefined;
+  }
+}
+
+async function readManifestFile(file: string): Promise<{ objects: SourceObject[] } | { error: string }> {
+  try {
+    const st = await stat(file);
+    if (st.size > MAX_FILE_BYTES) return { error: `file is larger than ${MAX_FILE_BYTES} bytes` };
+    const text = await readFile(file, 'utf8');
+    return parseManifestText(text, basename(file), extname(file).toLowerCase() === '.json');
+  } catch (err) {
+    return { error: `cannot read: ${errorText(err)}` };
+  }
+}
+
+/**
+ * Reads every manifest under `path` once. Unreadable or unparsable files are problems; the path itself
+ * missing is an error (an empty state would silently remove every Service).
+ */
+export async function loadManifestObjects(
+  path: string,
+): Promise<{ objects: SourceObject[]; problems: Problem[] }> {
+  let files: string[];
+  try {
+    files = await listFiles(path);
+  } catch (err) {
+    throw new Error(`manifest path ${path}: ${errorText(err)}`, { cause: err });
+  }
+  const objects: SourceObject[] = [];
+  const problems: Problem[] = [];
+  for (const file of files) {
+    const r = await readManifestFile(file);
+    if ('error' in r) problems.push(fileProblem(file, r.error));
+    else objects.push(...r.objects);
+  }
+  const flat = flattenLists(objects);
+  return { objects: flat.objects, problems: [...problems, ...flat.problems] };
+}
+
+interface FileEntry {
+  readonly fingerprint: string;
+  /** Last good content (kept while the file is broken). */
+  readonly objects: readonly SourceObject[];
+  readonly problem?: Problem;
+}
+
+export interface ManifestSourceOptions {
+  /** Quiet time after a change before files are read (default 200 ms). */
+  readonly debounceMs?: number;
+  /** Period of the stat fallback for missed watch events (default 1000 ms). */
+  readonly pollMs?: number;
+}
+
+function sameState(a: ClusterState | undefined, b: ClusterState): boolean {
+  if (!a || a.services.size !== b.services.size || a.nodes.size !== b.nodes.size) return false;
+  for (const [k, v] of b.services) if (a.services.get(k) !== v) return false;
+  for (const [k, v] of b.nodes) if (a.nodes.get(k) !== v) return false;
+  return deepEqual(a.problems, b.problems);
+}
+
+export class ManifestSource implements StateSource {
+  private readonly debounceMs: number;
+  private readonly pollMs: number;
+  private readonly files = new Map<string, FileEntry>();
+  private readonly listeners = new Set<(state: ClusterState) => void>();
+  private state: ClusterState | undefined;
+  private missingSince: Date | undefined;
+  private listError: string | undefined;
+  private watcher: FSWatcher | undefined;
+  private watchedFingerprint: string | undefined;
+  private debounceTimer: NodeJS.Timeout | undefined;
+  private pollTimer: NodeJS.Timeout | undefined;
+  private lastSeen = '';
+  private scanning: Promise<void> | undefined;
+  private rescanRequested = false;
+  private stopped = false;
+
+  constructor(
+    private readonly path: string,
+    opts: ManifestSourceOptions = {},
+  ) {
+    this.debounceMs = opts.debounceMs ?? 200;
+    this.pollMs = opts.pollMs ?? 1000;
+  }
+
+  async start(): Promise<void> {
+    this.stopped = false;
+    try {
+      await stat(this.path);
+    } catch (err) {
+      throw new Error(`manifest path ${this.path}: ${errorText(err)}`, { cause: err });
+    }
+    await this.scan(false);
+    this.ensureWatcher();
+    this.pollTimer = setInterval(() => void this.poll(), this.pollMs);
+    this.pollTimer.unref();
+  }
+
+  current(): ClusterState | undefined {
+    return this.state;
+  }
+
+  onChange(listener: (state: ClusterState) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  health(): SourceHealth {
+    if (this.missingSince) {
+      return {
+        healthy: false,
+        reason: `manifest path ${this.path} missing since ${this.missingSince.toISOString()}; keeping the last state`,
+      };
+    }
+    if (this.listError) return { healthy: false, reason: `manifest path ${this.path}: ${this.listError}` };
+    return { healthy: true };
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.debounceTimer);
+    clearInterval(this.pollTimer);
+    this.watcher?.close();
+    this.watcher = undefined;
+    await this.scanning;
+  }
+
+  /** Reads changed files now, without waiting for the debounce (for tests and SIGHUP-style reloads). */
+  async refresh(): Promise<void> {
+    await this.requestScan(false);
+  }
+
+  private schedule(): void {
+    if (this.stopped) return;
+    clearTimeout(this.debounceTimer);
+    this.debounceTimer = setTimeout(() => void this.requestScan(true), this.debounceMs);
+    this.debounceTimer.unref();
+  }
+
+  /** Serializes scans: a request during a scan runs one more scan after it. */
+  private requestScan(settle: boolean): Promise<void> {
+    if (this.scanning) {
+      this.rescanRequested = true;
+      return this.scanning;
+    }
+    this.scanning = (async () => {
+      try {
+        do {
+          this.rescanRequested = false;
+          await this.scan(settle);
+        } while (this.rescanRequested && !this.stopped);
+      } catch (err) {
+        log.error('manifest scan failed', { path: this.path, err });
+      } finally {
+        this.scanning = undefined;
+      }
+    })();
+    return this.scanning;
+  }
+
+  /** Cheap change check (stats only) for missed watch events; also re-creates a lost watcher. */
+  private async poll(): Promise<void> {
+    if (this.stopped || this.scanning) return;
+    this.ensureWatcher();
+    if ((await this.snapshot()) !== this.lastSeen) this.schedule();
+  }
+
+  private async snapshot(): Promise<string> {
+    try {
+      const files = await listFiles(this.path);
+      const fps = await Promise.all(files.map(async (f) => `${f}=${(await fingerprint(f)) ?? '-'}`));
+      return fps.join('\n');
+    } catch (err) {
+      return `error:${errorText(err)}`;
+    }
+  }
+
+  private ensureWatcher(): void {
+    if (this.stopped) return;
+    void fingerprint(this.path).then((fp) => {
+      if (this.stopped) return;
+      if (fp === undefined) {
+        this.closeWatcher();
+        return;
+      }
+      // The watched inode changed (path deleted and re-created): the old watcher sees nothing any more.
+      if (this.watcher && this.watchedFingerprint?.split(':')[0] === fp.split(':')[0]) return;
+      this.closeWatcher();
+      void stat(this.path)
+        .then((st) => {
+          if (this.stopped || this.watcher) return;
+          // A single file is watched through its directory: editors replace files by rename.
+          const dir = st.isDirectory() ? this.path : dirname(this.path);
+          const only = st.isDirectory() ? undefined : basename(this.path);
+          const w = watch(dir, { persistent: false }, (_event, name) => {
+            if (only === undefined || name === null || name === only) this.schedule();
+          });
+          w.on('error', () => this.closeWatcher());
+          this.watcher = w;
+          this.watchedFingerprint = fp;
+        })
+        .catch(() => undefined);
+    });
+  }
+
+  private closeWatcher(): void {
+    this.watcher?.close();
+    this.watcher = undefined;
+    this.watchedFingerprint = undefined;
+  }
+
+  /**
+   * Re-reads changed files and publishes a new state when anything changed. With `settle`, a file
+   * modified less than `debounceMs` ago (or modified while being read) is left for the next round,
+   * so a file still being written is not read half-way.
+   */
+  private async scan(settle: boolean): Promise<void> {
+    this.lastSeen = await this.snapshot();
+    let files: string[];
+    try {
+      files = await listFiles(this.path);
+      this.missingSince = undefined;
+      this.listError = undefined;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') this.missingSince ??= new Date();
+      else this.listError = errorText(err);
+      log.warn('manifest path unavailable; keeping the last state', {
+        path: this.path,
+        reason: errorText(err),
+      });
+      return;
+    }
+    let retry = false;
+    const seen = new Set(files);
+    for (const file of [...this.files.keys()]) if (!seen.has(file)) this.files.delete(file);
+    for (const file of files) {
+      const fp = await fingerprint(file);
+      const cached = this.files.get(file);
+      if (fp === undefined) {
+        this.files.delete(file); // deleted between listing and stat
+        continue;
+      }
+      if (cached?.fingerprint === fp) continue;
+      if (settle && (await this.recentlyModified(file))) {
+        retry = true;
+        continue;
+      }
+      const r = await readManifestFile(file);
+      if ((await fingerprint(file)) !== fp) {
+        retry = true; // changed while we read it
+        continue;
+      }
+      if ('error' in r) {
+        const problem = fileProblem(file, `${r.error}; keeping its last good content`);
+        log.warn('manifest file rejected', { file, reason: r.error });
+        this.files.set(file, { fingerprint: fp, objects: cached?.objects ?? [], problem });
+      } else {
+        this.files.set(file, { fingerprint: fp, objects: r.objects });
+      }
+    }
+    if (retry) this.schedule();
+    this.publish(files);
+  }
+
+  private async recentlyModified(file: string): Promise<boolean> {
+    try {
+      const age = Date.now() - (await stat(file)).mtimeMs;
+      return age >= 0 && age < this.debounceMs;
+    } catch {
+      return false;
+    }
+  }
+
+  private publish(files: readonly string[]): void {
+    const objects: SourceObject[] = [];
+    const fileProblems: Problem[] = [];
+    for (const file of files) {
+      const entry = this.files.get(file);
+      if (!entry) continue;
+      objects.push(...entry.objects);
+      if (entry.problem) fileProblems.push(entry.problem);
+    }
+    const built = buildClusterState(objects, this.state);
+    const next: ClusterState = { ...built, problems: [...fileProblems, ...built.problems] };
+    if (sameState(this.state, next)) return;
+    this.state = next;
+    for (const listener of this.listeners) {
+      try {
+        listener(next);
+      } catch (err) {
+        log.error('manifest state listener failed', { err });
+      }
+    }
+  }
+}

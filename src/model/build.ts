@@ -1,0 +1,246 @@
+import { parseEndpointSlice, type ParsedSlice } from './endpointslice.js';
+import { parseLegacyEndpoints, type ParsedEndpoints } from './endpoints.js';
+import { joinHostPort } from './ip.js';
+import { DEFAULT_NAMESPACE, rawRef } from './meta.js';
+import { parseNode } from './node.js';
+import { parseService, type ParsedService } from './service.js';
+import type { ClusterState, Endpoint, NodeInfo, ObjectRef, Problem, Service, ServicePort } from './types.js';
+import { serviceKey } from './types.js';
+import { compareStrings, deepEqual, isRecord, Issues, type JsonRecord, show } from './validate.js';
+
+/**
+ * Turns raw Kubernetes objects (from manifests or the API) into a validated ClusterState. Pure: no I/O,
+ * never throws, deterministic. Bad objects are reported as problems and left out; nothing else changes.
+ */
+
+/** One raw object and where it came from (`file.yaml#2`), for problems. */
+export interface SourceObject {
+  readonly obj: unknown;
+  readonly source?: string;
+}
+
+type Kind = 'Service' | 'EndpointSlice' | 'Endpoints' | 'Node';
+
+/** The (apiVersion, kind) pairs svcplane reads; every other kind is ignored. */
+const KINDS: Readonly<Record<Kind, string>> = {
+  Service: 'v1',
+  EndpointSlice: 'discovery.k8s.io/v1',
+  Endpoints: 'v1',
+  Node: 'v1',
+};
+
+const isKind = (k: string): k is Kind => Object.hasOwn(KINDS, k);
+const MAX_LIST_DEPTH = 8;
+
+/**
+ * Flattens `v1 List` (and typed `ServiceList`-style lists, whose items may omit kind/apiVersion) into
+ * their items, recursively. Item sources read `file.yaml#0.items[3]`.
+ */
+export function flattenLists(objects: readonly SourceObject[]): {
+  objects: SourceObject[];
+  problems: Problem[];
+} {
+  const out: SourceObject[] = [];
+  const problems: Problem[] = [];
+  const visit = (so: SourceObject, depth: number): void => {
+    const o = so.obj;
+    if (!isRecord(o) || typeof o.kind !== 'string' || !o.kind.endsWith('List') || !('items' in o)) {
+      out.push(so);
+      return;
+    }
+    const ref = { ...rawRef(o.kind, o, false, so.source), name: '' };
+    if (depth >= MAX_LIST_DEPTH) {
+      problems.push({
+        object: ref,
+        field: 'items',
+        reason: `Lists nested deeper than ${MAX_LIST_DEPTH} levels`,
+      });
+      return;
+    }
+    if (!Array.isArray(o.items)) {
+      if (o.items !== null) problems.push({ object: ref, field: 'items', reason: 'must be an array' });
+      return;
+    }
+    const itemKind = o.kind === 'List' ? undefined : o.kind.slice(0, -'List'.length);
+    (o.items as unknown[]).forEach((item, i) => {
+      const source = `${so.source ?? ''}${so.source ? '.' : ''}items[${i}]`;
+      // Typed lists from the API (ServiceList) carry kind/apiVersion on the list only.
+      const obj =
+        itemKind && isRecord(item) && item.kind === undefined
+          ? { apiVersion: o.apiVersion, kind: itemKind, ...item }
+          : item;
+      visit({ obj, source }, depth + 1);
+    });
+  };
+  for (const so of objects) visit(so, 0);
+  return { objects: out, problems };
+}
+
+interface Classified {
+  readonly kind: Kind;
+  readonly obj: JsonRecord;
+  readonly ref: ObjectRef;
+}
+
+const typeName = (v: unknown): string => (v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v);
+
+function classify(so: SourceObject, problems: Problem[]): Classified | undefined {
+  const o = so.obj;
+  const src = so.source !== undefined ? { source: so.source } : {};
+  if (!isRecord(o)) {
+    problems.push({
+      object: { kind: 'Unknown', name: '', ...src },
+      field: '',
+      reason: `not an object: ${typeName(o)}`,
+    });
+    return undefined;
+  }
+  if (typeof o.kind !== 'string' || o.kind === '') {
+    const ref = rawRef('Unknown', o, false, so.source);
+    problems.push({
+      object: ref,
+      field: 'kind',
+      reason: o.kind === undefined ? 'is required' : 'must be a non-empty string',
+    });
+    return undefined;
+  }
+  if (!isKind(o.kind)) return undefined; // other kinds (Deployment, ConfigMap, ...) are none of our business
+  const ref = rawRef(o.kind, o, o.kind !== 'Node', so.source);
+  if (o.apiVersion !== KINDS[o.kind]) {
+    problems.push({
+      object: ref,
+      field: 'apiVersion',
+      reason: `unsupported apiVersion ${show(o.apiVersion)} for ${o.kind}: expected ${KINDS[o.kind]}`,
+    });
+    return undefined;
+  }
+  return { kind: o.kind, obj: o, ref };
+}
+
+/** Raw identity for duplicate detection, before validation. */
+function rawIdentity(c: Classified): string | undefined {
+  const md = isRecord(c.obj.metadata) ? c.obj.metadata : undefined;
+  if (!md || typeof md.name !== 'string') return undefined;
+  const ns =
+    c.kind === 'Node'
+      ? ''
+      : typeof md.namespace === 'string' && md.namespace !== ''
+        ? md.namespace
+        : DEFAULT_NAMESPACE;
+  return `${c.kind}\u0000${ns}\u0000${md.name}`;
+}
+
+/** Drops all but the last definition of each object, with a problem naming both sources. */
+function dropDuplicates(items: readonly Classified[], problems: Problem[]): Classified[] {
+  const last = new Map<string, number>();
+  items.forEach((c, i) => {
+    const id = rawIdentity(c);
+    if (id === undefined) return;
+    const prev = last.get(id);
+    if (prev !== undefined) {
+      const earlier = items[prev];
+      const where = (r: ObjectRef | undefined): string => r?.source ?? '(unknown source)';
+      const what = c.ref.namespace !== undefined ? `${c.ref.namespace}/${c.ref.name}` : c.ref.name;
+      problems.push({
+        object: c.ref,
+        field: 'metadata.name',
+        reason: `duplicate ${c.kind} ${what}: defined in ${where(earlier?.ref)} and ${where(c.ref)}; the last one is used`,
+      });
+    }
+    last.set(id, i);
+  });
+  return items.filter((c, i) => {
+    const id = rawIdentity(c);
+    return id === undefined || last.get(id) === i;
+  });
+}
+
+/** Endpoints of one service port from its slices: matched by (name, protocol), deduplicated, sorted. */
+function endpointsFor(port: ServicePort, slices: readonly ParsedSlice[]): Endpoint[] {
+  const byAddr = new Map<string, Endpoint>();
+  for (const slice of slices) {
+    const sp = slice.ports.find((p) => p.name === port.portName && p.protocol === port.protocol);
+    if (!sp) continue;
+    for (const ep of slice.endpoints) {
+      const endpoint: Endpoint = { ...ep, port: sp.port };
+      const key = joinHostPort(ep.ip, sp.port);
+      const existing = byAddr.get(key);
+      // Same ip:port in two slices (e.g. during a rollout): keep one, preferring the non-terminating.
+      if (!existing || (existing.terminating && !endpoint.terminating)) byAddr.set(key, endpoint);
+    }
+  }
+  return [...byAddr.entries()].sort(([a], [b]) => compareStrings(a, b)).map(([, ep]) => ep);
+}
+
+function sortedMap<V>(entries: Iterable<[string, V]>): Map<string, V> {
+  return new Map([...entries].sort(([a], [b]) => compareStrings(a, b)));
+}
+
+/**
+ * Builds the validated cluster state. With `previous`, a Service (or Node) equal to its previous version
+ * is the very same object, so consumers detect changes with `!==`.
+ */
+export function buildClusterState(objects: readonly SourceObject[], previous?: ClusterState): ClusterState {
+  const flat = flattenLists(objects);
+  const problems: Problem[] = [...flat.problems];
+  const classified: Classified[] = [];
+  for (const so of flat.objects) {
+    const c = classify(so, problems);
+    if (c) classified.push(c);
+  }
+
+  const services = new Map<string, ParsedService>();
+  const slicesByService = new Map<string, ParsedSlice[]>();
+  const legacy = new Map<string, ParsedEndpoints>();
+  const nodes = new Map<string, NodeInfo>();
+  for (const c of dropDuplicates(classified, problems)) {
+    const iss = new Issues(c.ref);
+    switch (c.kind) {
+      case 'Service': {
+        const svc = parseService(iss, c.obj);
+        if (svc) services.set(serviceKey(svc.service.namespace, svc.service.name), svc);
+        break;
+      }
+      case 'EndpointSlice': {
+        const slice = parseEndpointSlice(iss, c.obj);
+        if (slice?.serviceName !== undefined) {
+          const key = serviceKey(slice.namespace, slice.serviceName);
+          slicesByService.set(key, [...(slicesByService.get(key) ?? []), slice]);
+        }
+        break;
+      }
+      case 'Endpoints': {
+        const eps = parseLegacyEndpoints(iss, c.obj);
+        if (eps) legacy.set(serviceKey(eps.namespace, eps.name), eps);
+        break;
+      }
+      case 'Node': {
+        const node = parseNode(iss, c.obj);
+        if (node) nodes.set(node.name, node);
+        break;
+      }
+    }
+    problems.push(...iss.problems);
+  }
+
+  const outServices: [string, Service][] = [];
+  for (const [key, { service, hasSelector }] of services) {
+    let built = service;
+    if (service.skipReason === undefined) {
+      const slices = [...(slicesByService.get(key) ?? [])].sort((a, b) => compareStrings(a.name, b.name));
+      // Mirroring: a selector-less Service gets its Endpoints mirrored. The manifest source has no
+      // EndpointSlice controller, so a selector Service also falls back to its Endpoints when no slice
+      // names it (in a real cluster that controller would have written the slices).
+      const eps = legacy.get(key);
+      if (eps && (!hasSelector || slices.length === 0)) slices.push(...eps.slices);
+      built = { ...service, ports: service.ports.map((p) => ({ ...p, endpoints: endpointsFor(p, slices) })) };
+    }
+    const prev = previous?.services.get(key);
+    outServices.push([key, prev && deepEqual(prev, built) ? prev : built]);
+  }
+  const outNodes: [string, NodeInfo][] = [...nodes].map(([name, node]) => {
+    const prev = previous?.nodes.get(name);
+    return [name, prev && deepEqual(prev, node) ? prev : node];
+  });
+  return { services: sortedMap(outServices), nodes: sortedMap(outNodes), problems };
+}

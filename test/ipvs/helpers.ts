@@ -1,0 +1,72 @@
+// Helpers for tests that run inside User-mode Linux (scripts/test-ipvs.sh boots it; uml-init.sh sets
+// SVCPLANE_IN_UML=1). Inside, the root network namespace belongs to the UML kernel, so tests may use it as
+// the "node"; nothing reaches the host's network.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { run, type RunResult } from '../../src/util/exec.js';
+
+export const inUml = process.env.SVCPLANE_IN_UML === '1';
+
+/** Skips the whole suite (with the reason in its title) unless running inside UML. */
+export function requireUml(ctx: Mocha.Context): void {
+  if (!inUml) ctx.skip();
+}
+
+/** Runs a command, throwing with its stderr on a non-zero exit. */
+export function cmd(argv: readonly string[], input?: string): Promise<RunResult> {
+  return run(argv, { input, timeoutMs: 30_000 });
+}
+
+/** Runs a command and never throws on its exit status (for cleanup and probes). */
+export function tryCmd(argv: readonly string[], input?: string): Promise<RunResult> {
+  return run(argv, { input, timeoutMs: 30_000, allowFailure: true });
+}
+
+/** Runs `ip [-n NETNS] -batch -` with the given lines (one process for many link/address changes). */
+export async function ipBatch(lines: readonly string[], netns?: string): Promise<void> {
+  await cmd(['ip', ...(netns ? ['-n', netns] : []), '-batch', '-'], lines.join('\n') + '\n');
+}
+
+/** A long-running child process (e.g. a server in a pod), ended by PID in `stop`. */
+export class Background {
+  private readonly child: ChildProcess;
+  private output = '';
+
+  constructor(argv: readonly string[]) {
+    const [file, ...args] = argv;
+    if (!file) throw new Error('Background: empty argv');
+    this.child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child.stdout?.on('data', (d: Buffer) => (this.output += d.toString()));
+    this.child.stderr?.on('data', (d: Buffer) => (this.output += d.toString()));
+  }
+
+  get log(): string {
+    return this.output;
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    const exited = new Promise<void>((resolve) => this.child.once('exit', () => resolve()));
+    this.child.kill('SIGTERM');
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), 2000);
+    await exited;
+    clearTimeout(timer);
+  }
+}
+
+/** Polls `probe` until it resolves true or `timeoutMs` passes. */
+export async function waitFor(
+  what: string,
+  probe: () => Promise<boolean>,
+  timeoutMs = 10_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await probe()) return;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

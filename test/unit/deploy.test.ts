@@ -1,0 +1,293 @@
+import assert from 'node:assert/strict';
+import { readFileSync, readdirSync } from 'node:fs';
+import * as k8s from '@kubernetes/client-node';
+import { parse, parseAllDocuments } from 'yaml';
+
+/**
+ * Checks deploy/*.yaml offline. `kubectl apply --dry-run=client` cannot run here: even with
+ * --validate=false kubectl needs the API server's discovery to map kinds to resources, and
+ * validation downloads the server's OpenAPI schema. Instead every object is checked against the
+ * Kubernetes API schema that @kubernetes/client-node is generated from (unknown fields and wrong
+ * types, recursively), then against the facts a svcplane deployment depends on.
+ */
+
+const DEPLOY_DIR = new URL('../../deploy/', import.meta.url);
+
+type Obj = Record<string, unknown>;
+
+interface Attribute {
+  readonly name: string;
+  readonly baseName: string;
+  readonly type: string;
+}
+type ModelClass = { getAttributeTypeMap(): Attribute[] };
+
+function model(type: string): ModelClass | undefined {
+  const candidate = (k8s as unknown as Record<string, unknown>)[type];
+  return typeof candidate === 'function' && 'getAttributeTypeMap' in candidate
+    ? (candidate as unknown as ModelClass)
+    : undefined;
+}
+
+const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** Returns "path: problem" lines for `value` checked against the client-node model `type`. */
+function schemaErrors(value: unknown, type: string, path: string): string[] {
+  const array = /^Array<(.+)>$/.exec(type);
+  if (array) {
+    if (!Array.isArray(value)) return [`${path}: expected a list`];
+    return value.flatMap((v, i) => schemaErrors(v, array[1]!, `${path}[${i}]`));
+  }
+  const map = /^\{ \[key: string\]: (.+); \}$/.exec(type);
+  if (map) {
+    if (!isObj(value)) return [`${path}: expected a map`];
+    return Object.entries(value).flatMap(([k, v]) => schemaErrors(v, map[1]!, `${path}.${k}`));
+  }
+  switch (type) {
+    case 'string':
+    case 'Date':
+      return typeof value === 'string' ? [] : [`${path}: expected a string, got ${JSON.stringify(value)}`];
+    case 'number':
+      return typeof value === 'number' ? [] : [`${path}: expected a number, got ${JSON.stringify(value)}`];
+    case 'boolean':
+      return typeof value === 'boolean' ? [] : [`${path}: expected true/false, got ${JSON.stringify(value)}`];
+    case 'IntOrString':
+      return typeof value === 'number' || typeof value === 'string'
+        ? []
+        : [`${path}: expected int or string`];
+    case 'any':
+      return [];
+  }
+  const cls = model(type);
+  if (!cls) return [`${path}: no schema for type ${type}`];
+  if (!isObj(value)) return [`${path}: expected an object (${type})`];
+  const attrs = new Map(cls.getAttributeTypeMap().map((a) => [a.baseName, a.type]));
+  return Object.entries(value).flatMap(([k, v]) => {
+    const t = attrs.get(k);
+    return t === undefined ? [`${path}.${k}: unknown field in ${type}`] : schemaErrors(v, t, `${path}.${k}`);
+  });
+}
+
+/** client-node model name for apiVersion + kind, e.g. apps/v1 DaemonSet -> V1DaemonSet. */
+function modelName(apiVersion: string, kind: string): string {
+  const version = apiVersion.split('/').pop()!;
+  return version.charAt(0).toUpperCase() + version.slice(1) + kind;
+}
+
+function loadObjects(): Obj[] {
+  const files = readdirSync(DEPLOY_DIR).filter((f) => /\.ya?ml$/.test(f));
+  assert.ok(files.length > 0, 'deploy/ holds no YAML');
+  return files.flatMap((f) =>
+    parseAllDocuments(readFileSync(new URL(f, DEPLOY_DIR), 'utf8')).map((doc, i) => {
+      assert.deepEqual(doc.errors, [], `${f} document ${i}: YAML errors`);
+      const o = doc.toJS() as unknown;
+      assert.ok(isObj(o), `${f} document ${i} is not an object`);
+      return o;
+    }),
+  );
+}
+
+function pick(objects: Obj[], kind: string): Obj {
+  const found = objects.filter((o) => o.kind === kind);
+  assert.equal(found.length, 1, `expected one ${kind}, found ${found.length}`);
+  return found[0]!;
+}
+
+// Small typed accessors for the fact checks below.
+const get = (o: unknown, ...path: (string | number)[]): unknown =>
+  path.reduce<unknown>((v, k) => (v as Record<string | number, unknown> | undefined)?.[k], o);
+
+// kubeproxy.config.k8s.io/v1alpha1 KubeProxyConfiguration (Kubernetes 1.32).
+const KUBE_PROXY_FIELDS = new Set([
+  'apiVersion',
+  'kind',
+  'featureGates',
+  'clientConnection',
+  'logging',
+  'hostnameOverride',
+  'bindAddress',
+  'healthzBindAddress',
+  'metricsBindAddress',
+  'bindAddressHardFail',
+  'enableProfiling',
+  'showHiddenMetricsForVersion',
+  'mode',
+  'iptables',
+  'ipvs',
+  'nftables',
+  'winkernel',
+  'detectLocalMode',
+  'detectLocal',
+  'clusterCIDR',
+  'nodePortAddresses',
+  'oomScoreAdj',
+  'conntrack',
+  'configSyncPeriod',
+  'portRange',
+  'windowsRunAsService',
+]);
+const IPTABLES_FIELDS = new Set([
+  'masqueradeAll',
+  'masqueradeBit',
+  'localhostNodePorts',
+  'syncPeriod',
+  'minSyncPeriod',
+]);
+
+describe('deploy/ manifests', () => {
+  const objects = loadObjects();
+  const ds = pick(objects, 'DaemonSet');
+  const pod = get(ds, 'spec', 'template', 'spec') as Obj;
+  const container = get(pod, 'containers', 0) as Obj;
+
+  it('every object matches the Kubernetes API schema (no unknown fields, right types)', () => {
+    for (const o of objects) {
+      const name = `${String(o.kind)}/${String(get(o, 'metadata', 'name'))}`;
+      assert.equal(typeof o.apiVersion, 'string', `${name}: apiVersion`);
+      assert.equal(typeof o.kind, 'string', `${name}: kind`);
+      const type = modelName(o.apiVersion as string, o.kind as string);
+      assert.ok(model(type), `${name}: unknown apiVersion/kind ${String(o.apiVersion)} ${String(o.kind)}`);
+      assert.deepEqual(schemaErrors(o, type, name), []);
+      assert.match(
+        String(get(o, 'metadata', 'name')),
+        /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/,
+        `${name}: metadata.name`,
+      );
+    }
+  });
+
+  it('the schema check catches a misspelt field and a wrong type', () => {
+    const bad = structuredClone(ds);
+    (get(bad, 'spec', 'template', 'spec', 'containers', 0) as Obj).readinesProbe = {};
+    (get(bad, 'spec', 'template', 'spec') as Obj).hostNetwork = 'yes';
+    const errors = schemaErrors(bad, 'V1DaemonSet', 'ds');
+    assert.equal(errors.length, 2, errors.join('\n'));
+  });
+
+  it('contains exactly the ServiceAccount, RBAC, ConfigMap and DaemonSet, namespaced in kube-system', () => {
+    assert.deepEqual(objects.map((o) => o.kind).sort(), [
+      'ClusterRole',
+      'ClusterRoleBinding',
+      'ConfigMap',
+      'DaemonSet',
+      'ServiceAccount',
+    ]);
+    for (const o of objects) {
+      const ns = get(o, 'metadata', 'namespace');
+      if (o.kind === 'ClusterRole' || o.kind === 'ClusterRoleBinding') assert.equal(ns, undefined);
+      else assert.equal(ns, 'kube-system', `${String(o.kind)} namespace`);
+    }
+  });
+
+  it('grants least privilege: read-only services, nodes and endpointslices, nothing else', () => {
+    const rules = (get(pick(objects, 'ClusterRole'), 'rules') as Obj[]).flatMap((r) =>
+      (r.apiGroups as string[]).flatMap((g) =>
+        (r.resources as string[]).map((res) => `${g}/${res}:${[...(r.verbs as string[])].sort().join(',')}`),
+      ),
+    );
+    assert.deepEqual(rules.sort(), [
+      '/nodes:get,list,watch',
+      '/services:get,list,watch',
+      'discovery.k8s.io/endpointslices:get,list,watch',
+    ]);
+    const binding = pick(objects, 'ClusterRoleBinding');
+    const sa = pick(objects, 'ServiceAccount');
+    assert.deepEqual(get(binding, 'roleRef'), {
+      apiGroup: 'rbac.authorization.k8s.io',
+      kind: 'ClusterRole',
+      name: get(pick(objects, 'ClusterRole'), 'metadata', 'name'),
+    });
+    assert.deepEqual(get(binding, 'subjects'), [
+      { kind: 'ServiceAccount', name: get(sa, 'metadata', 'name'), namespace: 'kube-system' },
+    ]);
+    assert.equal(pod.serviceAccountName, get(sa, 'metadata', 'name'));
+  });
+
+  it('runs the DaemonSet like kube-proxy: host network, node-critical, tolerates every taint', () => {
+    const selector = get(ds, 'spec', 'selector', 'matchLabels') as Record<string, string>;
+    const labels = get(ds, 'spec', 'template', 'metadata', 'labels') as Record<string, string>;
+    for (const [k, v] of Object.entries(selector)) assert.equal(labels[k], v, `template label ${k}`);
+    assert.equal(pod.hostNetwork, true);
+    assert.equal(pod.priorityClassName, 'system-node-critical');
+    assert.ok((pod.tolerations as Obj[]).some((t) => t.operator === 'Exists' && t.key === undefined));
+    assert.equal(get(pod, 'containers', 'length'), 1);
+    assert.equal(typeof container.image, 'string');
+  });
+
+  it('adds NET_ADMIN, NET_RAW and SYS_MODULE, never privileged', () => {
+    const sc = container.securityContext as Obj;
+    assert.notEqual(sc.privileged, true);
+    assert.deepEqual([...(get(sc, 'capabilities', 'add') as string[])].sort(), [
+      'NET_ADMIN',
+      'NET_RAW',
+      'SYS_MODULE',
+    ]);
+    assert.notEqual(pod.hostPID, true);
+  });
+
+  it('mounts /run/xtables.lock (FileOrCreate), /lib/modules read-only and the configuration', () => {
+    const volumes = new Map((pod.volumes as Obj[]).map((v) => [v.name as string, v]));
+    const mounts = new Map((container.volumeMounts as Obj[]).map((m) => [m.mountPath as string, m]));
+    const lock = mounts.get('/run/xtables.lock');
+    assert.ok(lock, 'xtables lock mount');
+    assert.deepEqual(get(volumes.get(lock.name as string), 'hostPath'), {
+      path: '/run/xtables.lock',
+      type: 'FileOrCreate',
+    });
+    const modules = mounts.get('/lib/modules');
+    assert.ok(modules, '/lib/modules mount');
+    assert.equal(modules.readOnly, true);
+    assert.equal(get(volumes.get(modules.name as string), 'hostPath', 'path'), '/lib/modules');
+    for (const m of mounts.values()) assert.ok(volumes.has(m.name as string), `volume ${String(m.name)}`);
+
+    // --config points into the ConfigMap's mount, at a key the ConfigMap has.
+    const args = container.args as string[];
+    const config = args.find((a) => a.startsWith('--config='))?.slice('--config='.length);
+    assert.ok(config, '--config flag');
+    const dir = config.slice(0, config.lastIndexOf('/'));
+    const cmMount = mounts.get(dir);
+    assert.ok(cmMount, `a mount at ${dir}`);
+    const cmName = get(volumes.get(cmMount.name as string), 'configMap', 'name');
+    const cm = pick(objects, 'ConfigMap');
+    assert.equal(cmName, get(cm, 'metadata', 'name'));
+    assert.equal(typeof get(cm, 'data', config.slice(dir.length + 1)), 'string');
+  });
+
+  it('passes the node name from the downward API to --hostname-override', () => {
+    assert.deepEqual(container.args, [
+      'run',
+      '--config=/etc/svcplane/config.conf',
+      '--hostname-override=$(NODE_NAME)',
+    ]);
+    const env = (container.env as Obj[]).find((e) => e.name === 'NODE_NAME');
+    assert.deepEqual(get(env, 'valueFrom', 'fieldRef', 'fieldPath'), 'spec.nodeName');
+  });
+
+  it('probes the health port: liveness /livez, readiness /healthz; requests resources', () => {
+    assert.deepEqual(get(container, 'livenessProbe', 'httpGet'), { path: '/livez', port: 10256 });
+    assert.deepEqual(get(container, 'readinessProbe', 'httpGet'), { path: '/healthz', port: 10256 });
+    assert.ok(get(container, 'resources', 'requests', 'cpu'));
+    assert.ok(get(container, 'resources', 'requests', 'memory'));
+  });
+
+  it('configures a KubeProxyConfiguration matching the probes', () => {
+    const cm = pick(objects, 'ConfigMap');
+    const conf = parse(get(cm, 'data', 'config.conf') as string) as Obj;
+    assert.equal(conf.apiVersion, 'kubeproxy.config.k8s.io/v1alpha1');
+    assert.equal(conf.kind, 'KubeProxyConfiguration');
+    assert.equal(conf.mode, 'iptables');
+    assert.match(String(conf.clusterCIDR), /^\d+\.\d+\.\d+\.\d+\/\d+$/);
+    assert.equal(get(conf, 'iptables', 'minSyncPeriod'), '1s');
+    assert.equal(get(conf, 'iptables', 'syncPeriod'), '30s');
+    assert.equal(conf.metricsBindAddress, '127.0.0.1:10249');
+    assert.equal(conf.healthzBindAddress, '0.0.0.0:10256');
+    // Only KubeProxyConfiguration v1alpha1 fields (a typo would only be a warning at run time).
+    for (const key of Object.keys(conf)) assert.ok(KUBE_PROXY_FIELDS.has(key), `unknown field ${key}`);
+    for (const key of Object.keys(conf.iptables as Obj))
+      assert.ok(IPTABLES_FIELDS.has(key), `unknown field iptables.${key}`);
+    assert.equal(
+      Number(String(conf.healthzBindAddress).split(':')[1]),
+      get(container, 'readinessProbe', 'httpGet', 'port'),
+    );
+  });
+});
