@@ -9,16 +9,18 @@ import {
   nodeIPsFromInterfaces,
   type InterfaceAddress,
 } from '../util/netif.js';
-import { readSysctl, writeSysctl } from '../util/sysctl.js';
+import { ensureSysctl, readSysctl } from '../util/sysctl.js';
 import { Iptables } from './iptables.js';
+import { canaryLines, mergeExtraLines, missingJumpLines } from './jump-plan.js';
 import { jumpRules } from './jumps.js';
+import { FILTER_CHAINS, KUBE_FIREWALL, NAT_CHAINS } from './render-fixed.js';
 import {
   renderRestoreInput,
   type IptablesRenderConfig,
   type LocalDetector,
   type RenderResult,
 } from './render.js';
-import { parseIptablesSave, serviceChainsOf } from './save-parse.js';
+import { parseIptablesSave, serviceChainsOf, type SavedRuleset } from './save-parse.js';
 
 /**
  * The iptables backend for one IP family: kube-proxy's syncProxyRules split by concern. It decides
@@ -95,7 +97,7 @@ export class IptablesProxier implements Backend {
     if (this.config.family === 'IPv4' && this.config.localhostNodePorts) {
       const facts = await this.gatherFacts(undefined);
       if (facts.localhostNodePorts) {
-        await writeSysctl('net.ipv4.conf.all.route_localnet', '1', { netns: this.config.netns });
+        await ensureSysctl('net.ipv4.conf.all.route_localnet', 1, { netns: this.config.netns });
       }
     }
   }
@@ -129,9 +131,11 @@ export class IptablesProxier implements Backend {
 
     try {
       let existing = this.kernelServiceChains;
+      let saved: SavedRuleset | undefined;
       if (full) {
-        await this.ensureJumps(facts.localhostNodePorts);
-        existing = serviceChainsOf(parseIptablesSave(await this.ipt.save('nat')), 'nat');
+        // One iptables-save shows leftover service chains, missing jumps and canaries at once.
+        saved = parseIptablesSave(await this.ipt.save());
+        existing = serviceChainsOf(saved, 'nat');
       }
       const rendered = renderRestoreInput({
         state,
@@ -139,8 +143,18 @@ export class IptablesProxier implements Backend {
         changedServices: full ? undefined : changedServices(this.applied, state),
         existingServiceChains: existing,
       });
-      const restore = await this.ipt.restore(rendered.restoreInput, { noflush: true, counters: true });
-      if (full) await this.ipt.ensureCanary();
+      const input = saved
+        ? mergeExtraLines(
+            rendered.restoreInput,
+            missingJumpLines(
+              saved,
+              jumpRules(this.config.family, facts),
+              renderedFixedChains(this.config.family, facts),
+            ),
+            canaryLines(saved),
+          )
+        : rendered.restoreInput;
+      const restore = await this.ipt.restore(input, { noflush: true, counters: true });
 
       this.applied = state;
       this.kernelServiceChains = rendered.activeServiceChains;
@@ -168,19 +182,6 @@ export class IptablesProxier implements Backend {
       // The restore is one transaction: the kernel still has the previous rules.
       this.needFullSync = true;
       throw err;
-    }
-  }
-
-  private async ensureJumps(localhostNodePorts: boolean): Promise<void> {
-    for (const jump of jumpRules(this.config.family, { localhostNodePorts })) {
-      await this.ipt.ensureChain(jump.table, jump.target);
-      const args = [
-        ...jump.extraArgs,
-        ...(jump.comment !== undefined ? ['-m', 'comment', '--comment', jump.comment] : []),
-        '-j',
-        jump.target,
-      ];
-      await this.ipt.ensureRule('prepend', jump.table, jump.chain, args);
     }
   }
 
@@ -289,4 +290,14 @@ export function changedServices(prev: ClusterState | undefined, next: ClusterSta
 
 function sameService(a: Service, b: Service): boolean {
   return a === b || JSON.stringify(a) === JSON.stringify(b);
+}
+
+/** `table/chain` of the fixed chains the renderer declares (jump targets that need no declaring). */
+function renderedFixedChains(family: IPFamily, facts: { localhostNodePorts: boolean }): Set<string> {
+  const out = new Set<string>([
+    ...FILTER_CHAINS.map((c) => `filter/${c}`),
+    ...NAT_CHAINS.map((c) => `nat/${c}`),
+  ]);
+  if (family === 'IPv4' && facts.localhostNodePorts) out.add(`filter/${KUBE_FIREWALL}`);
+  return out;
 }

@@ -140,7 +140,7 @@ function readSliceEndpoint(
   return {
     ip,
     ready,
-    serving: servingRaw ?? ready,
+    serving: servingRaw ?? true,
     terminating: terminatingRaw ?? false,
     ...(nodeName ? { nodeName } : {}),
     ...(zone ? { zone } : {}),

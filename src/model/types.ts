@@ -38,7 +38,7 @@ export type SessionAffinity =
 
 /**
  * One endpoint of one service port, as kube-proxy's endpointslicecache sees it.
- * `ready = ready ?? true`, `serving = serving ?? ready`, `terminating = terminating ?? false`.
+ * `ready = ready ?? true`, `serving = serving ?? true` (kube-proxy: nil means serving), `terminating = terminating ?? false`.
  */
 export interface Endpoint {
   /** Canonical IP (leading zeros removed, IPv6 RFC 5952). */

@@ -69,3 +69,18 @@ export async function writeSysctl(
     throw e;
   }
 }
+
+/**
+ * kube-proxy's EnsureSysctl: write only when the value differs, so a read-only /proc/sys (an
+ * unprivileged container whose runtime already set the value) is not an error.
+ */
+export async function ensureSysctl(
+  key: string,
+  value: string | number,
+  opts: { netns?: string } = {},
+): Promise<boolean> {
+  const current = await readSysctl(key, opts);
+  if (current !== undefined && current.trim() === String(value)) return false;
+  await writeSysctl(key, value, opts);
+  return true;
+}

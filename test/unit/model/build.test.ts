@@ -169,7 +169,7 @@ describe('buildClusterState', () => {
       ip: '10.0.1.10',
       port: 8080,
       ready: false,
-      serving: false,
+      serving: true, // kube-proxy: an unset serving condition means serving
       terminating: false,
     });
     assert.deepEqual(http!.endpoints[1], {

@@ -40,7 +40,7 @@ describe('examples/', () => {
       type: 'ClientIP',
       timeoutSeconds: 10800,
     });
-    assert.deepEqual(s.services.get('default/extip')!.externalIPs, ['192.0.2.100']);
+    assert.deepEqual(s.services.get('default/extip')!.externalIPs, ['203.0.113.10']);
     for (const svc of s.services.values()) {
       for (const ep of svc.ports.flatMap((p) => p.endpoints)) {
         assert.equal(ep.nodeName, 'node-1');
