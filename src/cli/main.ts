@@ -1,9 +1,10 @@
 import { Command } from 'commander';
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { packageRoot } from '../util/paths.js';
 import { registerProxyCommands } from './proxy.js';
 import { registerNetnsCommands } from './netns.js';
+import { registerDemoCommand } from './demo.js';
 
 /**
  * svcplane's command line. Each subcommand lives in its own module and registers itself here.
@@ -11,10 +12,7 @@ import { registerNetnsCommands } from './netns.js';
  */
 
 function packageVersion(): string {
-  // Works from src/ (tsx) and from dist/src/ (built): walk up to the package root.
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
-  const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { version: string };
+  const pkg = JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string };
   return pkg.version;
 }
 
@@ -25,6 +23,7 @@ export function buildProgram(): Command {
     .showHelpAfterError();
   // Subcommand modules register here (one line each).
   registerProxyCommands(program);
+  registerDemoCommand(program);
   registerNetnsCommands(program);
   return program;
 }

@@ -82,3 +82,44 @@ export async function run(argv: readonly string[], opts: RunOptions = {}): Promi
   }
   return res;
 }
+
+/** A long-lived child (a daemon under test or demo). Stopped by PID, never by name. */
+export interface ChildHandle {
+  readonly pid: number;
+  /** Resolves with the exit code (or null when killed by a signal). */
+  readonly exited: Promise<number | null>;
+  /** Calls `onLine` for every stdout/stderr line. */
+  onLine(listener: (line: string) => void): void;
+  /** SIGTERM, then SIGKILL after `graceMs`; resolves when the child is gone. */
+  stop(graceMs?: number): Promise<number | null>;
+}
+
+export function startProcess(argv: readonly string[], opts: { netns?: string } = {}): ChildHandle {
+  const full = withNetns(opts.netns, argv);
+  const [file, ...args] = full;
+  if (!file) throw new Error('startProcess: empty argv');
+  const child = execa(file, args, { reject: false, stdin: 'ignore', buffer: false, all: true });
+  if (child.pid === undefined) throw new CommandError(full, undefined, '', 'spawn');
+  const listeners: ((line: string) => void)[] = [];
+  let partial = '';
+  child.all?.on('data', (chunk: Buffer) => {
+    const lines = (partial + chunk.toString('utf8')).split('\n');
+    partial = lines.pop() ?? '';
+    for (const l of lines) for (const fn of listeners) fn(l);
+  });
+  const exited = child.then((r) => (r.signal ? null : (r.exitCode ?? null)));
+  return {
+    pid: child.pid,
+    exited,
+    onLine: (fn) => listeners.push(fn),
+    stop: async (graceMs = 5000) => {
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      try {
+        return await exited;
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
+}

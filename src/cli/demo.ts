@@ -1,0 +1,239 @@
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import { Sandbox } from '../netns/sandbox.js';
+import type { ProbeResult, RequestSpec } from '../netns/protocol.js';
+import { startProcess, type ChildHandle } from '../util/exec.js';
+import { packageRoot } from '../util/paths.js';
+
+/**
+ * `svcplane demo` (what `npm start` runs): a sandbox node with pods, svcplane running inside the
+ * node namespace on the manifests in examples/, real requests, a table of who answered, teardown.
+ */
+
+interface DemoPod {
+  readonly name: string;
+  readonly index: number;
+  readonly tcp: readonly number[];
+  readonly udp?: readonly number[];
+}
+
+/** The pods the example manifests point at (examples/*.yaml). */
+export const DEMO_PODS: readonly DemoPod[] = [
+  { name: 'pod-a', index: 2, tcp: [9376, 8080, 8443] },
+  { name: 'pod-b', index: 3, tcp: [9376, 8080, 8443] },
+  { name: 'db', index: 4, tcp: [5432] },
+  { name: 'redis', index: 5, tcp: [6379] },
+  { name: 'dns', index: 6, tcp: [53], udp: [53] },
+  { name: 'client', index: 10, tcp: [] },
+];
+
+export interface DemoProbe {
+  readonly service: string;
+  readonly from: string;
+  readonly req: RequestSpec;
+  readonly times: number;
+}
+
+export const DEMO_PROBES: readonly DemoProbe[] = [
+  {
+    service: 'default/hello (ClusterIP)',
+    from: 'client',
+    req: { proto: 'tcp', ip: '10.96.0.10', port: 80 },
+    times: 4,
+  },
+  {
+    service: 'default/external-db (Endpoints, no selector)',
+    from: 'client',
+    req: { proto: 'tcp', ip: '10.96.0.11', port: 5432 },
+    times: 1,
+  },
+  {
+    service: 'default/redis',
+    from: 'client',
+    req: { proto: 'tcp', ip: '10.97.97.97', port: 6379 },
+    times: 1,
+  },
+  {
+    service: 'default/web-nodeport (NodePort)',
+    from: 'outside',
+    req: { proto: 'tcp', ip: '192.0.2.1', port: 30080 },
+    times: 3,
+  },
+  {
+    service: 'default/sticky (ClientIP affinity)',
+    from: 'client',
+    req: { proto: 'tcp', ip: '10.96.0.13', port: 80 },
+    times: 4,
+  },
+  {
+    service: 'default/multi:http',
+    from: 'client',
+    req: { proto: 'tcp', ip: '10.96.0.14', port: 80 },
+    times: 2,
+  },
+  {
+    service: 'default/multi:https',
+    from: 'client',
+    req: { proto: 'tcp', ip: '10.96.0.14', port: 443 },
+    times: 2,
+  },
+  {
+    service: 'default/extip (externalIPs)',
+    from: 'outside',
+    req: { proto: 'tcp', ip: '203.0.113.10', port: 80 },
+    times: 2,
+  },
+  {
+    service: 'kube-system/dns:dns (UDP)',
+    from: 'client',
+    req: { proto: 'udp', ip: '10.96.0.53', port: 53 },
+    times: 2,
+  },
+  {
+    service: 'kube-system/dns:dns-tcp',
+    from: 'client',
+    req: { proto: 'tcp', ip: '10.96.0.53', port: 53 },
+    times: 1,
+  },
+];
+
+export interface DemoRow {
+  readonly service: string;
+  readonly frontend: string;
+  readonly from: string;
+  readonly answers: readonly string[];
+  readonly peers: readonly string[];
+}
+
+export function summarizeProbe(probe: DemoProbe, results: readonly ProbeResult[]): DemoRow {
+  const answers = results.map((r) =>
+    r.ok ? `${r.reply.pod} ${r.reply.ip}:${r.reply.port}` : `✗ ${r.error}`,
+  );
+  const peers = [
+    ...new Set(results.filter((r) => r.ok).map((r) => (r.ok ? r.reply.peer.replace(/:\d+$/, '') : ''))),
+  ];
+  const ip = probe.req.ip.includes(':') ? `[${probe.req.ip}]` : probe.req.ip;
+  return {
+    service: probe.service,
+    frontend: `${ip}:${probe.req.port}/${probe.req.proto}`,
+    from: probe.from,
+    answers,
+    peers,
+  };
+}
+
+export function formatTable(rows: readonly DemoRow[]): string {
+  const header = ['Service', 'frontend', 'from', 'answered by (each request)', 'source seen by backend'];
+  const body = rows.map((r) => [
+    r.service,
+    r.frontend,
+    r.from,
+    countAnswers(r.answers),
+    r.peers.join(', ') || '-',
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)));
+  const line = (cells: readonly string[]): string =>
+    cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n');
+}
+
+function countAnswers(answers: readonly string[]): string {
+  const counts = new Map<string, number>();
+  for (const a of answers) counts.set(a, (counts.get(a) ?? 0) + 1);
+  return [...counts].map(([a, n]) => (n > 1 ? `${a} ×${n}` : a)).join(', ');
+}
+
+async function waitForSync(daemon: ChildHandle, timeoutMs: number): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`svcplane did not sync within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    const families = new Set<string>();
+    daemon.onLine((line) => {
+      if (!line.startsWith('{')) return;
+      try {
+        const rec = JSON.parse(line) as { message?: string; backend?: string; level?: string };
+        if (rec.message === 'synced' && rec.backend) families.add(rec.backend);
+        if (families.size >= 1 && rec.message === 'svcplane running') {
+          clearTimeout(timer);
+          resolve();
+        }
+      } catch {
+        // not a log record
+      }
+    });
+    void daemon.exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`svcplane exited early with status ${String(code)}`));
+    });
+  });
+}
+
+export async function runDemo(opts: { manifests: string; id: string; verbose: boolean }): Promise<number> {
+  const root = packageRoot();
+  const out = (s: string): boolean => process.stdout.write(s + '\n');
+  out(
+    `svcplane demo: building sandbox "${opts.id}" (node 192.0.2.1, pods on 10.244.0.0/24, an outside client)…`,
+  );
+  const sb = await Sandbox.create({
+    id: opts.id,
+    pods: DEMO_PODS.map((p) => ({ name: p.name, index: p.index, tcpPorts: p.tcp, udpPorts: p.udp ?? [] })),
+  });
+  let daemon: ChildHandle | undefined;
+  try {
+    out(`svcplane demo: starting "svcplane run --manifests ${opts.manifests}" inside ${sb.nodeNs}…`);
+    daemon = startProcess(
+      [
+        process.execPath,
+        join(root, 'bin', 'svcplane.js'),
+        'run',
+        `--manifests=${opts.manifests}`,
+        '--hostname-override=node-1',
+        '--cluster-cidr=10.244.0.0/16,fd00:10:244::/64',
+        '--healthz-bind-address=127.0.0.1:10256',
+        '--metrics-bind-address=127.0.0.1:10249',
+      ],
+      { netns: sb.nodeNs },
+    );
+    if (opts.verbose) daemon.onLine((l) => process.stderr.write(`  [svcplane] ${l}\n`));
+    await waitForSync(daemon, 30_000);
+    out("svcplane demo: rules are in the node's kernel; sending requests…\n");
+    const rows: DemoRow[] = [];
+    for (const probe of DEMO_PROBES) {
+      const results: ProbeResult[] = [];
+      for (let i = 0; i < probe.times; i++)
+        results.push(await sb.request(probe.from, { ...probe.req, timeoutMs: 1500 }));
+      rows.push(summarizeProbe(probe, results));
+    }
+    out(formatTable(rows));
+    const save = await sb.exec('node', ['iptables-save', '-t', 'nat']);
+    const noRules = ['default/headless-db', 'default/search'].filter((s) => !save.stdout.includes(s));
+    out(
+      `\nNo rules for ${noRules.join(' and ')} (headless and ExternalName Services get no dataplane), as kube-proxy.`,
+    );
+    const failed = rows.filter((r) => r.answers.some((a) => a.startsWith('✗'))).length;
+    out(failed === 0 ? '\nAll frontends answered.' : `\n${failed} frontend(s) did not answer.`);
+    return failed === 0 ? 0 : 1;
+  } finally {
+    if (daemon) {
+      const code = await daemon.stop();
+      out(`svcplane demo: svcplane stopped (exit ${String(code)}); tearing the sandbox down.`);
+    }
+    await sb.destroy();
+  }
+}
+
+export function registerDemoCommand(program: Command): void {
+  program
+    .command('demo')
+    .description(
+      'build a sandbox node with pods, run svcplane on examples/ inside it, show who answers, tear down',
+    )
+    .option('--manifests <path>', 'manifests to load', join(packageRoot(), 'examples'))
+    .option('--id <id>', 'sandbox id', 'demo')
+    .option('--verbose', 'show svcplane logs', false)
+    .action(async (o: { manifests: string; id: string; verbose: boolean }) => {
+      process.exitCode = await runDemo(o);
+    });
+}

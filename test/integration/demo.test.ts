@@ -1,0 +1,37 @@
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { runDemo } from '../../src/cli/demo.js';
+import { listSandboxes } from '../../src/netns/sandbox.js';
+import { packageRoot } from '../../src/util/paths.js';
+import { randomSandboxId, requireRoot } from '../support/sandbox.js';
+
+// `npm start` end to end: svcplane (built, in dist/) runs as a daemon inside the sandbox node and
+// every example frontend is answered by a real backend; nothing is left behind.
+describe('demo (npm start)', function () {
+  this.timeout(90_000);
+  before(function () {
+    requireRoot(this);
+  });
+
+  it('serves every example Service through the rules svcplane wrote, then tears down', async () => {
+    const id = randomSandboxId();
+    const lines: string[] = [];
+    const write = process.stdout.write.bind(process.stdout);
+    process.stdout.write = ((chunk: string | Uint8Array): boolean => {
+      lines.push(String(chunk));
+      return true;
+    }) as typeof process.stdout.write;
+    let code: number;
+    try {
+      code = await runDemo({ manifests: join(packageRoot(), 'examples'), id, verbose: false });
+    } finally {
+      process.stdout.write = write;
+    }
+    const text = lines.join('');
+    assert.equal(code, 0, text);
+    assert.match(text, /default\/hello \(ClusterIP\).*pod-[ab] 10\.244\.0\.[23]:9376/);
+    assert.match(text, /kube-system\/dns:dns \(UDP\).*dns 10\.244\.0\.6:53/);
+    assert.match(text, /All frontends answered/);
+    assert.ok(!(await listSandboxes()).includes(id), 'sandbox removed');
+  });
+});
