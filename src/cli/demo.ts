@@ -170,9 +170,15 @@ async function waitForSync(daemon: ChildHandle, timeoutMs: number): Promise<void
   });
 }
 
-export async function runDemo(opts: { manifests: string; id: string; verbose: boolean }): Promise<number> {
+export async function runDemo(opts: {
+  manifests: string;
+  id: string;
+  verbose: boolean;
+  /** Where the report goes (stdout by default). */
+  out?: (line: string) => void;
+}): Promise<number> {
   const root = packageRoot();
-  const out = (s: string): boolean => process.stdout.write(s + '\n');
+  const out = opts.out ?? ((s: string): boolean => process.stdout.write(s + '\n'));
   out(
     `svcplane demo: building sandbox "${opts.id}" (node 192.0.2.1, pods on 10.244.0.0/24, an outside client)…`,
   );

@@ -16,18 +16,13 @@ describe('demo (npm start)', function () {
   it('serves every example Service through the rules svcplane wrote, then tears down', async () => {
     const id = randomSandboxId();
     const lines: string[] = [];
-    const write = process.stdout.write.bind(process.stdout);
-    process.stdout.write = ((chunk: string | Uint8Array): boolean => {
-      lines.push(String(chunk));
-      return true;
-    }) as typeof process.stdout.write;
-    let code: number;
-    try {
-      code = await runDemo({ manifests: join(packageRoot(), 'examples'), id, verbose: false });
-    } finally {
-      process.stdout.write = write;
-    }
-    const text = lines.join('');
+    const code = await runDemo({
+      manifests: join(packageRoot(), 'examples'),
+      id,
+      verbose: false,
+      out: (l) => lines.push(l),
+    });
+    const text = lines.join('\n');
     assert.equal(code, 0, text);
     assert.match(text, /default\/hello \(ClusterIP\).*pod-[ab] 10\.244\.0\.[23]:9376/);
     assert.match(text, /kube-system\/dns:dns \(UDP\).*dns 10\.244\.0\.6:53/);
