@@ -1,42 +1,24 @@
 import { InvalidArgumentError, type Command } from 'commander';
+import { parseGoDuration } from '../config/duration.js';
 
 /**
  * kube-proxy-style flag parsing: `--flag=value` and `--flag value`; booleans accept a bare `--flag`
  * and `--flag=true|false`; durations like `1s`, `500ms`, `1m30s`, `0s`; lists comma-separated.
  */
 
-const DURATION_UNITS: Record<string, number> = {
-  ns: 1e-6,
-  us: 1e-3,
-  µs: 1e-3,
-  ms: 1,
-  s: 1000,
-  m: 60_000,
-  h: 3_600_000,
-};
-
-/** Go's time.ParseDuration, in milliseconds. */
+/**
+ * A duration flag (Go's time.ParseDuration syntax, shared with the configuration file), in
+ * milliseconds; negative values are rejected.
+ */
 export function parseDuration(text: string): number {
-  const t = text.trim();
-  if (t === '0') return 0;
-  const re = /(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)/y;
-  let total = 0;
-  let i = 0;
-  let sign = 1;
-  if (t.startsWith('-') || t.startsWith('+')) {
-    sign = t.startsWith('-') ? -1 : 1;
-    i = 1;
+  let ms: number;
+  try {
+    ms = parseGoDuration(text.trim());
+  } catch (err) {
+    throw new InvalidArgumentError(err instanceof Error ? err.message : String(err));
   }
-  if (i >= t.length) throw new InvalidArgumentError(`invalid duration "${text}"`);
-  while (i < t.length) {
-    re.lastIndex = i;
-    const m = re.exec(t);
-    if (!m) throw new InvalidArgumentError(`invalid duration "${text}" (use e.g. 1s, 500ms, 1m30s)`);
-    total += Number.parseFloat(m[1]!) * DURATION_UNITS[m[2]!]!;
-    i = re.lastIndex;
-  }
-  if (sign < 0) throw new InvalidArgumentError(`invalid duration "${text}": must not be negative`);
-  return total;
+  if (ms < 0) throw new InvalidArgumentError(`invalid duration "${text}": must not be negative`);
+  return ms;
 }
 
 export function parseBool(text: string | boolean | undefined): boolean {

@@ -4,6 +4,9 @@ import { join } from 'node:path';
 import { packageRoot } from '../util/paths.js';
 import { registerProxyCommands } from './proxy.js';
 import { registerNetnsCommands } from './netns.js';
+import { registerDiffCommand } from './diff.js';
+import { registerTraceCommand } from './trace.js';
+import { registerExplainCommand } from './explain.js';
 import { registerDemoCommand } from './demo.js';
 
 /**
@@ -25,6 +28,9 @@ export function buildProgram(): Command {
   registerProxyCommands(program);
   registerDemoCommand(program);
   registerNetnsCommands(program);
+  registerDiffCommand(program);
+  registerTraceCommand(program);
+  registerExplainCommand(program);
   return program;
 }
 

@@ -2,6 +2,17 @@ import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { parseCIDR, parseIP } from '../model/ip.js';
 import type { DetectLocalMode } from '../iptables/proxier.js';
+import {
+  ConfigError,
+  loadKubeProxyConfigFile,
+  mergeConfig,
+  type ConfigWarning,
+  type ProxyConfig,
+  type ProxyConfigOverrides,
+  type ProxyMode,
+} from '../config/kube-proxy-config.js';
+import { log } from '../util/log.js';
+import { addIpvsOptions, resolveIpvsOptions, type IpvsOptions } from '../ipvs/options.js';
 import { boolOption, parseDuration, parseIntInRange, parseList } from './flags.js';
 
 /**
@@ -33,6 +44,8 @@ export interface ProxyOptions {
   readonly healthzBindAddress: string;
   readonly metricsBindAddress: string;
   readonly verbosity: number;
+  /** --ipvs-… flags (used with --proxy-mode ipvs). */
+  readonly ipvs: IpvsOptions;
 }
 
 type Raw = Record<string, unknown>;
@@ -68,6 +81,11 @@ export function addProxyOptions(cmd: Command): Command {
     .option('-v, --v <level>', 'log verbosity', parseIntInRange(0, 10), 0);
   boolOption(cmd, 'masquerade-all', 'SNAT all traffic sent via Service cluster IPs', false);
   boolOption(cmd, 'iptables-localhost-nodeports', 'allow NodePorts on 127.0.0.1 (IPv4)', true);
+  addIpvsOptions(cmd);
+  // --config is read before the action runs, so every command built here gets it the same way.
+  cmd.hook('preAction', async (hooked) => {
+    await applyConfigFile(hooked);
+  });
   return cmd;
 }
 
@@ -107,9 +125,15 @@ export function resolveProxyOptions(raw: Raw): ProxyOptions {
     throw new Error(`--iptables-binary: "${binary}" must name an iptables command`);
   }
   const hostnameOverride = (str('hostnameOverride') ?? hostname()).trim().toLowerCase();
-  if (!/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/.test(hostnameOverride)) {
-    throw new Error(`--hostname-override: "${hostnameOverride}" is not a valid node name`);
+  const badName = nodeNameProblem(hostnameOverride);
+  if (badName) throw new Error(`--hostname-override: ${badName}`);
+  const minSyncPeriodMs = num('iptablesMinSyncPeriod', 1000);
+  const syncPeriodMs = num('iptablesSyncPeriod', 30_000);
+  if (syncPeriodMs <= 0) throw new Error('--iptables-sync-period: must be greater than 0');
+  if (minSyncPeriodMs > syncPeriodMs) {
+    throw new Error('--iptables-sync-period: must be greater than or equal to --iptables-min-sync-period');
   }
+  const ipvs = resolveIpvsOptions(raw);
   return {
     manifests: str('manifests'),
     kubeconfig: str('kubeconfig'),
@@ -126,14 +150,253 @@ export function resolveProxyOptions(raw: Raw): ProxyOptions {
     localhostNodePorts: bool('iptablesLocalhostNodeports', true),
     masqueradeAll: bool('masqueradeAll', false),
     masqueradeBit: num('iptablesMasqueradeBit', 14),
-    minSyncPeriodMs: num('iptablesMinSyncPeriod', 1000),
-    syncPeriodMs: num('iptablesSyncPeriod', 30_000),
+    // In IPVS mode the --ipvs-… periods apply when given (kube-proxy reads ipvs.syncPeriod there).
+    minSyncPeriodMs: mode === 'ipvs' ? (ipvs.minSyncPeriodMs ?? minSyncPeriodMs) : minSyncPeriodMs,
+    syncPeriodMs: mode === 'ipvs' ? (ipvs.syncPeriodMs ?? syncPeriodMs) : syncPeriodMs,
+    ipvs,
     iptablesBinary: binary,
     ipFamilies: families.length > 0 ? (families as ('IPv4' | 'IPv6')[]) : ['IPv4', 'IPv6'],
     healthzBindAddress: str('healthzBindAddress') ?? '0.0.0.0:10256',
     metricsBindAddress: str('metricsBindAddress') ?? '127.0.0.1:10249',
     verbosity: num('v', 0),
   };
+}
+
+/** Why `name` is not a valid node name (a lowercase DNS-1123 subdomain), or undefined. */
+export function nodeNameProblem(name: string): string | undefined {
+  return /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/.test(name)
+    ? undefined
+    : `"${name}" is not a valid node name (lowercase DNS subdomain)`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// --config FILE (KubeProxyConfiguration)
+// ---------------------------------------------------------------------------------------------
+
+/** One flag that has a KubeProxyConfiguration field: how values move between the two. */
+interface ConfigFlag {
+  /** commander's attribute name of the flag (`--iptables-sync-period` → `iptablesSyncPeriod`). */
+  readonly key: string;
+  /** The field's path in the file, for messages. */
+  readonly field: string;
+  /** The flag value the (merged) configuration stands for; undefined leaves the flag unset. */
+  readonly fromConfig: (c: ProxyConfig) => unknown;
+  /** Puts a flag value into the overrides mergeConfig applies over the file. */
+  readonly toOverrides: (o: ProxyConfigOverrides, value: unknown) => void;
+}
+
+const asString = (v: unknown): string => String(v);
+const asStrings = (v: unknown): string[] => (Array.isArray(v) ? v.map(String) : []);
+const asNumber = (v: unknown): number => Number(v);
+const asBool = (v: unknown): boolean => v === true;
+const orUndefined = (s: string): string | undefined => (s === '' ? undefined : s);
+
+/**
+ * Flags with a configuration field. The `ipvs*` flags apply only to commands that define them
+ * (kube-proxy's --ipvs-… names; durations in ms like the iptables ones).
+ */
+const CONFIG_FLAGS: readonly ConfigFlag[] = [
+  {
+    key: 'bindAddress',
+    field: 'bindAddress',
+    // 0.0.0.0 / :: mean "detect the node IP", which is what an unset --bind-address does.
+    fromConfig: (c) => (c.bindAddress === '0.0.0.0' || c.bindAddress === '::' ? undefined : c.bindAddress),
+    toOverrides: (o, v) => (o.bindAddress = asString(v)),
+  },
+  {
+    key: 'clusterCidr',
+    field: 'clusterCIDR',
+    fromConfig: (c) => [...c.clusterCIDRs],
+    toOverrides: (o, v) => (o.clusterCIDRs = asStrings(v)),
+  },
+  {
+    key: 'hostnameOverride',
+    field: 'hostnameOverride',
+    fromConfig: (c) => orUndefined(c.hostnameOverride),
+    toOverrides: (o, v) => (o.hostnameOverride = asString(v).trim().toLowerCase()),
+  },
+  {
+    key: 'proxyMode',
+    field: 'mode',
+    fromConfig: (c) => c.mode,
+    toOverrides: (o, v) => (o.mode = asString(v) as ProxyMode),
+  },
+  {
+    key: 'healthzBindAddress',
+    field: 'healthzBindAddress',
+    fromConfig: (c) => c.healthzBindAddress,
+    toOverrides: (o, v) => (o.healthzBindAddress = asString(v)),
+  },
+  {
+    key: 'metricsBindAddress',
+    field: 'metricsBindAddress',
+    fromConfig: (c) => c.metricsBindAddress,
+    toOverrides: (o, v) => (o.metricsBindAddress = asString(v)),
+  },
+  {
+    key: 'nodeportAddresses',
+    field: 'nodePortAddresses',
+    fromConfig: (c) => [...c.nodePortAddresses],
+    toOverrides: (o, v) => (o.nodePortAddresses = asStrings(v)),
+  },
+  {
+    key: 'detectLocalMode',
+    field: 'detectLocalMode',
+    fromConfig: (c) => c.detectLocalMode,
+    toOverrides: (o, v) => (o.detectLocalMode = asString(v) as ProxyConfig['detectLocalMode']),
+  },
+  {
+    key: 'podBridgeInterface',
+    field: 'detectLocal.bridgeInterface',
+    fromConfig: (c) => orUndefined(c.detectLocal.bridgeInterface),
+    toOverrides: (o, v) => (o.detectLocal = { ...o.detectLocal, bridgeInterface: asString(v) }),
+  },
+  {
+    key: 'podInterfaceNamePrefix',
+    field: 'detectLocal.interfaceNamePrefix',
+    fromConfig: (c) => orUndefined(c.detectLocal.interfaceNamePrefix),
+    toOverrides: (o, v) => (o.detectLocal = { ...o.detectLocal, interfaceNamePrefix: asString(v) }),
+  },
+  {
+    key: 'masqueradeAll',
+    field: 'iptables.masqueradeAll',
+    fromConfig: (c) => c.iptables.masqueradeAll,
+    toOverrides: (o, v) => (o.iptables = { ...o.iptables, masqueradeAll: asBool(v) }),
+  },
+  {
+    key: 'iptablesMasqueradeBit',
+    field: 'iptables.masqueradeBit',
+    fromConfig: (c) => c.iptables.masqueradeBit,
+    toOverrides: (o, v) => (o.iptables = { ...o.iptables, masqueradeBit: asNumber(v) }),
+  },
+  {
+    key: 'iptablesMinSyncPeriod',
+    field: 'iptables.minSyncPeriod',
+    fromConfig: (c) => c.iptables.minSyncPeriodMs,
+    toOverrides: (o, v) => (o.iptables = { ...o.iptables, minSyncPeriodMs: asNumber(v) }),
+  },
+  {
+    key: 'iptablesSyncPeriod',
+    field: 'iptables.syncPeriod',
+    fromConfig: (c) => c.iptables.syncPeriodMs,
+    toOverrides: (o, v) => (o.iptables = { ...o.iptables, syncPeriodMs: asNumber(v) }),
+  },
+  {
+    key: 'iptablesLocalhostNodeports',
+    field: 'iptables.localhostNodePorts',
+    fromConfig: (c) => c.iptables.localhostNodePorts,
+    toOverrides: (o, v) => (o.iptables = { ...o.iptables, localhostNodePorts: asBool(v) }),
+  },
+  {
+    key: 'ipvsScheduler',
+    field: 'ipvs.scheduler',
+    fromConfig: (c) => c.ipvs.scheduler,
+    toOverrides: (o, v) => (o.ipvs = { ...o.ipvs, scheduler: asString(v) }),
+  },
+  {
+    key: 'ipvsSyncPeriod',
+    field: 'ipvs.syncPeriod',
+    fromConfig: (c) => c.ipvs.syncPeriodMs,
+    toOverrides: (o, v) => (o.ipvs = { ...o.ipvs, syncPeriodMs: asNumber(v) }),
+  },
+  {
+    key: 'ipvsMinSyncPeriod',
+    field: 'ipvs.minSyncPeriod',
+    fromConfig: (c) => c.ipvs.minSyncPeriodMs,
+    toOverrides: (o, v) => (o.ipvs = { ...o.ipvs, minSyncPeriodMs: asNumber(v) }),
+  },
+  {
+    key: 'ipvsStrictArp',
+    field: 'ipvs.strictARP',
+    fromConfig: (c) => c.ipvs.strictARP,
+    toOverrides: (o, v) => (o.ipvs = { ...o.ipvs, strictARP: asBool(v) }),
+  },
+  {
+    key: 'ipvsExcludeCidrs',
+    field: 'ipvs.excludeCIDRs',
+    fromConfig: (c) => [...c.ipvs.excludeCIDRs],
+    toOverrides: (o, v) => (o.ipvs = { ...o.ipvs, excludeCIDRs: asStrings(v) }),
+  },
+  {
+    key: 'ipvsTcpTimeout',
+    field: 'ipvs.tcpTimeout',
+    fromConfig: (c) => c.ipvs.tcpTimeoutMs,
+    toOverrides: (o, v) => (o.ipvs = { ...o.ipvs, tcpTimeoutMs: asNumber(v) }),
+  },
+  {
+    key: 'ipvsTcpfinTimeout',
+    field: 'ipvs.tcpFinTimeout',
+    fromConfig: (c) => c.ipvs.tcpFinTimeoutMs,
+    toOverrides: (o, v) => (o.ipvs = { ...o.ipvs, tcpFinTimeoutMs: asNumber(v) }),
+  },
+  {
+    key: 'ipvsUdpTimeout',
+    field: 'ipvs.udpTimeout',
+    fromConfig: (c) => c.ipvs.udpTimeoutMs,
+    toOverrides: (o, v) => (o.ipvs = { ...o.ipvs, udpTimeoutMs: asNumber(v) }),
+  },
+  {
+    key: 'v',
+    field: 'logging.verbosity',
+    fromConfig: (c) => c.logging.verbosity,
+    toOverrides: (o, v) => (o.logging = { verbosity: asNumber(v) }),
+  },
+  {
+    key: 'kubeconfig',
+    field: 'clientConnection.kubeconfig',
+    fromConfig: (c) => orUndefined(c.clientConnection.kubeconfig),
+    toOverrides: (o, v) => (o.clientConnection = { kubeconfig: asString(v) }),
+  },
+];
+
+/**
+ * kube-proxy's precedence, pure: the file's values apply, and every flag the user actually passed
+ * (`isExplicit`) overrides its field. Returns the flag values to set (attribute → value, undefined =
+ * unset) and the merged configuration. Throws ConfigError when the combination is invalid.
+ */
+export function mergeFlagsWithConfig(
+  file: ProxyConfig,
+  flags: Readonly<Record<string, unknown>>,
+  isExplicit: (key: string) => boolean,
+  has: (key: string) => boolean = () => true,
+): { config: ProxyConfig; values: Map<string, unknown> } {
+  const overrides: ProxyConfigOverrides = {};
+  for (const f of CONFIG_FLAGS) {
+    if (has(f.key) && isExplicit(f.key) && flags[f.key] !== undefined) f.toOverrides(overrides, flags[f.key]);
+  }
+  const config = mergeConfig(file, overrides);
+  const values = new Map<string, unknown>();
+  for (const f of CONFIG_FLAGS) {
+    if (has(f.key) && !isExplicit(f.key)) values.set(f.key, f.fromConfig(config));
+  }
+  return { config, values };
+}
+
+/**
+ * `--config FILE`: reads the KubeProxyConfiguration and sets every flag the user did not pass to the
+ * file's value (value source 'config'), so the command's action sees the merged options. Unknown and
+ * unsupported fields are logged as warnings (and returned); invalid values throw ConfigError naming
+ * the field and the reason.
+ */
+export async function applyConfigFile(cmd: Command): Promise<readonly ConfigWarning[]> {
+  const raw = cmd.opts<Raw>();
+  const path = typeof raw.config === 'string' ? raw.config : undefined;
+  if (path === undefined || path === '') return [];
+  // Flags first, so a bad flag is reported under its own name.
+  resolveProxyOptions(raw);
+  const parsed = await loadKubeProxyConfigFile(path);
+  for (const w of parsed.warnings) {
+    log.warn('configuration field ignored', { file: path, field: w.field, reason: w.message });
+  }
+  const isExplicit = (key: string): boolean => cmd.getOptionValueSource(key) === 'cli';
+  const defined = new Set(cmd.options.map((o) => o.attributeName()));
+  const { config, values } = mergeFlagsWithConfig(parsed.config, raw, isExplicit, (k) => defined.has(k));
+  if (!isExplicit('hostnameOverride') && config.hostnameOverride !== '') {
+    const bad = nodeNameProblem(config.hostnameOverride);
+    if (bad) throw new ConfigError(path, [{ field: 'hostnameOverride', reason: bad }]);
+  }
+  for (const [key, value] of values) cmd.setOptionValueWithSource(key, value, 'config');
+  return parsed.warnings;
 }
 
 /** Binary names for one family, derived from --iptables-binary (iptables-legacy → ip6tables-legacy-save …). */

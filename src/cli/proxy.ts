@@ -3,7 +3,7 @@ import type { Backend } from '../controller/backend.js';
 import { Controller } from '../controller/controller.js';
 import { cleanupLeftovers } from '../iptables/cleanup.js';
 import { Iptables } from '../iptables/iptables.js';
-import { IptablesProxier } from '../iptables/proxier.js';
+import { IptablesProxier, type IptablesProxierConfig } from '../iptables/proxier.js';
 import { ManifestSource } from '../kube/manifests.js';
 import type { StateSource } from '../kube/source.js';
 import type { IPFamily } from '../model/types.js';
@@ -76,23 +76,25 @@ export async function createBackends(opts: ProxyOptions): Promise<Backend[]> {
     return createIpvsBackends(opts);
   }
   const families = await usableFamilies(opts);
-  return families.map(
-    (family) =>
-      new IptablesProxier({
-        family,
-        nodeName: opts.hostnameOverride,
-        bindAddress: opts.bindAddress,
-        masqueradeBit: opts.masqueradeBit,
-        masqueradeAll: opts.masqueradeAll,
-        detectLocalMode: opts.detectLocalMode,
-        clusterCIDRs: opts.clusterCIDRs,
-        bridgeInterface: opts.bridgeInterface,
-        interfaceNamePrefix: opts.interfaceNamePrefix,
-        nodePortAddresses: opts.nodePortAddresses,
-        localhostNodePorts: opts.localhostNodePorts,
-        binaries: iptablesBinaries(opts.iptablesBinary, family),
-      }),
-  );
+  return families.map((family) => new IptablesProxier(iptablesProxierConfig(opts, family)));
+}
+
+/** The proxier configuration for one family (shared with `svcplane diff`, which renders the same). */
+export function iptablesProxierConfig(opts: ProxyOptions, family: IPFamily): IptablesProxierConfig {
+  return {
+    family,
+    nodeName: opts.hostnameOverride,
+    bindAddress: opts.bindAddress,
+    masqueradeBit: opts.masqueradeBit,
+    masqueradeAll: opts.masqueradeAll,
+    detectLocalMode: opts.detectLocalMode,
+    clusterCIDRs: opts.clusterCIDRs,
+    bridgeInterface: opts.bridgeInterface,
+    interfaceNamePrefix: opts.interfaceNamePrefix,
+    nodePortAddresses: opts.nodePortAddresses,
+    localhostNodePorts: opts.localhostNodePorts,
+    binaries: iptablesBinaries(opts.iptablesBinary, family),
+  };
 }
 
 async function syncOnce(opts: ProxyOptions): Promise<number> {
@@ -141,6 +143,18 @@ async function runDaemon(opts: ProxyOptions): Promise<number> {
 
 async function cleanup(binary: string): Promise<number> {
   let status = 0;
+  // IPVS first: its chains reference shared ones (KUBE-MARK-MASQ) and its sets.
+  try {
+    const { cleanupIpvs } = await import('../ipvs/cleanup.js');
+    const ipts = (['IPv4', 'IPv6'] as const).map(
+      (f) => new Iptables({ family: f, binaries: iptablesBinaries(binary, f) }),
+    );
+    const { removed } = await cleanupIpvs(ipts);
+    process.stdout.write(`ipvs: removed ${removed.length} chains/rules/sets/links\n`);
+  } catch (err) {
+    process.stderr.write(`ipvs: cleanup failed: ${describe(err)}\n`);
+    status = 1;
+  }
   for (const family of ['IPv4', 'IPv6'] as const) {
     const ipt = new Iptables({ family, binaries: iptablesBinaries(binary, family) });
     try {

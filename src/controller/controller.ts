@@ -39,6 +39,9 @@ export class Controller extends EventEmitter<ControllerEvents> {
   /** Wall-clock ms of the oldest change not yet in the kernel (0 when none). */
   private queuedSince = 0;
   private lastSyncedAt = 0;
+  /** Set while a sync runs; a change arriving meanwhile stays queued (its time is kept here). */
+  private syncing = false;
+  private changedDuringSync = 0;
   private setupDone = false;
   private readonly problemsLogged = new Set<string>();
 
@@ -61,7 +64,9 @@ export class Controller extends EventEmitter<ControllerEvents> {
   async start(): Promise<void> {
     await this.source.start();
     this.unsubscribe = this.source.onChange(() => {
-      if (this.queuedSince === 0) this.queuedSince = Date.now();
+      const now = Date.now();
+      if (this.queuedSince === 0) this.queuedSince = now;
+      if (this.syncing && this.changedDuringSync === 0) this.changedDuringSync = now;
       this.runner.request();
     });
     this.queuedSince = Date.now();
@@ -122,16 +127,20 @@ export class Controller extends EventEmitter<ControllerEvents> {
         }
       }
     }
-    const state = this.requireState();
-    const queued = Date.now();
+    this.syncing = true;
+    this.changedDuringSync = 0;
     try {
+      const state = this.requireState();
       const reports = await this.syncState(state);
-      if (this.queuedSince !== 0 && this.queuedSince <= queued) this.queuedSince = 0;
+      // Changes seen during the sync are not in the kernel yet: they stay queued (healthz).
+      this.queuedSince = this.changedDuringSync;
       this.lastSyncedAt = Date.now();
       this.emit('synced', reports, state);
     } catch (err) {
       this.emit('syncError', err instanceof Error ? err : new Error(String(err)));
       throw err;
+    } finally {
+      this.syncing = false;
     }
   }
 

@@ -1,73 +1,133 @@
 import { createServer, type Server } from 'node:http';
 import type { ProxyOptions } from '../cli/proxy-options.js';
+import { ConntrackReconciler } from '../conntrack/reconciler.js';
+import type { ClusterState, IPFamily } from '../model/types.js';
 import { log } from '../util/log.js';
 import type { Controller } from './controller.js';
+import { healthHandler, healthzStatus, isStale, type HealthInputs, type HealthStatus } from './health.js';
+import { HealthCheckNodePorts } from './healthcheck-nodeports.js';
+import { attachMetrics, ProxyMetrics } from './metrics.js';
 
 /**
- * kube-proxy's healthz server: 200 with lastUpdated/currentTime unless a change has been queued
- * for longer than twice the sync period without reaching the kernel (503).
+ * What runs beside the reconcile loop in the daemon: the healthz server (--healthz-bind-address),
+ * the metrics server (--metrics-bind-address, localhost by default: metrics reveal the cluster's
+ * shape), the health-check node ports of eTP=Local LoadBalancer Services, and the conntrack
+ * reconciler. Everything is wired to the controller before it starts.
  */
 
 export interface Servers {
+  readonly metrics: ProxyMetrics;
+  readonly healthCheckNodePorts: HealthCheckNodePorts;
+  readonly conntrack: ConntrackReconciler | undefined;
+  /** Bound addresses (`host:port`), for logs and tests; absent when disabled (port 0). */
+  readonly healthzAddress?: string;
+  readonly metricsAddress?: string;
   close(): Promise<void>;
 }
 
 export function splitHostPort(value: string): { host: string; port: number } {
   const m = /^\[?([^\]]*)\]?:(\d+)$/.exec(value);
   if (!m) throw new Error(`invalid address "${value}" (want ip:port)`);
-  return { host: m[1]!, port: Number.parseInt(m[2]!, 10) };
+  const port = Number.parseInt(m[2]!, 10);
+  if (port > 65535) throw new Error(`invalid address "${value}": port out of range`);
+  return { host: m[1]!, port };
 }
 
-export function healthStatus(
-  controller: Controller,
-  syncPeriodMs: number,
-  now = Date.now(),
-): { code: number; body: Record<string, string> } {
-  const { queuedSince, lastSyncedAt } = controller.health();
-  const source = controller.source.health();
-  const stale = queuedSince !== 0 && now - queuedSince > 2 * syncPeriodMs;
-  const healthy = !stale && source.healthy && lastSyncedAt !== 0;
-  return {
-    code: healthy ? 200 : 503,
-    body: {
-      lastUpdated: new Date(lastSyncedAt || 0).toISOString(),
-      currentTime: new Date(now).toISOString(),
-      ...(source.healthy ? {} : { sourceError: source.reason ?? 'source unhealthy' }),
-      ...(stale ? { queuedSince: new Date(queuedSince).toISOString() } : {}),
-    },
-  };
+/** Health inputs of a controller (kube-proxy's healthTimeout = 2 × syncPeriod). */
+export function controllerHealth(controller: Controller, syncPeriodMs: number): () => HealthInputs {
+  return () => ({
+    ...controller.health(),
+    source: controller.source.health(),
+    syncPeriodMs,
+    now: Date.now(),
+  });
 }
 
-async function listen(server: Server, address: string, what: string): Promise<void> {
+/** The /healthz answer for a controller now (kept for callers of the minimal server's API). */
+export function healthStatus(controller: Controller, syncPeriodMs: number, now = Date.now()): HealthStatus {
+  return healthzStatus({ ...controllerHealth(controller, syncPeriodMs)(), now });
+}
+
+async function listen(server: Server, address: string, what: string): Promise<string | undefined> {
   const { host, port } = splitHostPort(address);
-  if (port === 0) return;
+  if (port === 0) return undefined;
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err) => reject(new Error(`${what} server on ${address}: ${err.message}`)));
     server.listen(port, host, resolve);
   });
+  return address;
+}
+
+/** Families the backends program (names end in IPv4/IPv6), for the conntrack reconciler. */
+function familiesOf(controller: Controller): IPFamily[] {
+  const out = new Set<IPFamily>();
+  for (const b of controller.backends) {
+    if (b.name.endsWith('IPv4')) out.add('IPv4');
+    if (b.name.endsWith('IPv6')) out.add('IPv6');
+  }
+  return [...out];
 }
 
 export async function startServers(opts: ProxyOptions, controller: Controller): Promise<Servers> {
-  const health = createServer((req, res) => {
+  const metrics = new ProxyMetrics();
+  const detachMetrics = attachMetrics(metrics, controller);
+  const inputs = controllerHealth(controller, opts.syncPeriodMs);
+
+  const hcPorts = new HealthCheckNodePorts({ proxyHealthy: () => !isStale(inputs()) });
+  const onSynced = (_r: unknown, state: ClusterState): void => {
+    void hcPorts.update(state, opts.hostnameOverride);
+  };
+  controller.on('synced', onSynced);
+
+  const families = familiesOf(controller);
+  const conntrack = families.length > 0 ? new ConntrackReconciler({ families, metrics }) : undefined;
+  const detachConntrack = conntrack?.attach(controller);
+
+  const health = createServer(healthHandler(inputs, metrics));
+  const metricsServer = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
-    if (path === '/healthz' || path === '/livez') {
-      const { code, body } = healthStatus(controller, opts.syncPeriodMs);
-      res.writeHead(path === '/livez' ? 200 : code, { 'Content-Type': 'application/json' });
-      res.end(JSON.stringify(body));
+    if (path === '/metrics') {
+      metrics.registry.metrics().then(
+        (text) => res.writeHead(200, { 'Content-Type': metrics.registry.contentType }).end(text),
+        (err: unknown) => {
+          log.error('cannot render metrics', { error: err });
+          res.writeHead(500).end();
+        },
+      );
       return;
     }
-    res.writeHead(404).end();
+    if (path === '/proxyMode') {
+      res.writeHead(200, { 'Content-Type': 'text/plain' }).end(opts.proxyMode);
+      return;
+    }
+    healthHandler(inputs, metrics)(req, res);
   });
-  const servers: Server[] = [health];
+
+  const close = async (): Promise<void> => {
+    detachMetrics();
+    detachConntrack?.();
+    controller.off('synced', onSynced);
+    await hcPorts.close();
+    await conntrack?.idle();
+    await Promise.all(
+      [health, metricsServer].map((s) => new Promise<void>((r) => (s.listening ? s.close(() => r()) : r()))),
+    );
+  };
   try {
-    await listen(health, opts.healthzBindAddress, 'healthz');
+    const healthzAddress = await listen(health, opts.healthzBindAddress, 'healthz');
+    const metricsAddress = await listen(metricsServer, opts.metricsBindAddress, 'metrics');
+    log.info('servers listening', { healthz: healthzAddress ?? 'off', metrics: metricsAddress ?? 'off' });
+    return {
+      metrics,
+      healthCheckNodePorts: hcPorts,
+      conntrack,
+      ...(healthzAddress ? { healthzAddress } : {}),
+      ...(metricsAddress ? { metricsAddress } : {}),
+      close,
+    };
   } catch (err) {
-    log.error('cannot start health server', { error: err });
+    log.error('cannot start servers', { error: err });
+    await close();
     throw err;
   }
-  return {
-    close: async () => {
-      await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
-    },
-  };
 }

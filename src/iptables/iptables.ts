@@ -267,6 +267,26 @@ export class Iptables {
     };
   }
 
+  /**
+   * `nft list chains ip|ip6`: every chain name of the family's tables without their rules (70 ms for
+   * 14k chains, where iptables-save takes seconds). Only meaningful with the nf_tables backend.
+   */
+  async listNftChains(nftBinary = 'nft'): Promise<string> {
+    return (await this.exec([nftBinary, 'list', 'chains', this.family === 'IPv6' ? 'ip6' : 'ip'])).stdout;
+  }
+
+  /**
+   * Runs a listing-only restore input (`-S CHAIN` lines, see render-whole-table.ts) in one process
+   * and returns what it printed. The batch holds no change, so nothing is written.
+   */
+  async listChainRules(input: string): Promise<string> {
+    if (input === '') return '';
+    const argv = [this.bin.restore, ...(await this.restoreWaitFlags()), '--noflush'];
+    const res = await this.exec(argv, { input, allowFailure: true });
+    if (res.exitCode !== 0) throw new CommandError(res.argv, res.exitCode, res.stderr, 'exit');
+    return res.stdout;
+  }
+
   /** iptables-save output, of one table or all. */
   async save(table?: string, opts: { counters?: boolean } = {}): Promise<string> {
     if (table !== undefined) checkName('table', table);

@@ -2,6 +2,7 @@ import type { Backend, SyncReport } from '../controller/backend.js';
 import { cidrContains, parseCIDR } from '../model/ip.js';
 import { nodeContext, type NodeContext } from '../model/selection.js';
 import type { ClusterState, IPFamily, NodeInfo, Service } from '../model/types.js';
+import { deepEqual } from '../model/validate.js';
 import { log } from '../util/log.js';
 import {
   addressesInCIDRs,
@@ -10,9 +11,9 @@ import {
   type InterfaceAddress,
 } from '../util/netif.js';
 import { ensureSysctl, readSysctl } from '../util/sysctl.js';
-import { Iptables } from './iptables.js';
+import { Iptables, KUBE_PROXY_CANARY, type RestoreResult } from './iptables.js';
 import { canaryLines, mergeExtraLines, missingJumpLines } from './jump-plan.js';
-import { jumpRules } from './jumps.js';
+import { jumpRules, type JumpRule } from './jumps.js';
 import { FILTER_CHAINS, KUBE_FIREWALL, NAT_CHAINS } from './render-fixed.js';
 import {
   renderRestoreInput,
@@ -20,7 +21,19 @@ import {
   type LocalDetector,
   type RenderResult,
 } from './render.js';
-import { parseIptablesSave, serviceChainsOf, type SavedRuleset } from './save-parse.js';
+import {
+  declaredChains,
+  foreignChainRequests,
+  listingAsSave,
+  listingInput,
+  parseListing,
+  parseNftChains,
+  wholeTableCanaries,
+  wholeTableInput,
+  withoutCounters,
+  type KernelChain,
+} from './render-whole-table.js';
+import { isServiceChainName, parseIptablesSave, serviceChainsOf, type SavedRuleset } from './save-parse.js';
 
 /**
  * The iptables backend for one IP family: kube-proxy's syncProxyRules split by concern. It decides
@@ -51,10 +64,27 @@ export interface IptablesProxierConfig {
   readonly binaries?: { readonly iptables?: string; readonly restore?: string; readonly save?: string };
   /** A partial sync becomes full when the last full sync is older than this (kube-proxy: 1 h). */
   readonly fullSyncPeriodMs?: number;
+  /**
+   * How full syncs write: `whole-table` replaces nat and filter (foreign rules carried over),
+   * `noflush` is kube-proxy's way; `auto` (default) picks whole-table on the nf_tables backend.
+   */
+  readonly fullSyncMode?: 'auto' | 'whole-table' | 'noflush';
+}
+
+/** What one sync wrote. */
+interface AppliedSync {
+  readonly rendered: RenderResult;
+  readonly restore: RestoreResult;
+  readonly mode: 'noflush' | 'whole-table';
+  /** The part of the restore input that wrote svcplane's own chains (for drift tracking). */
+  readonly ownInput: string;
+  readonly staleChains: number;
+  /** Time spent listing the kernel's chains (whole-table mode). */
+  readonly listMs?: number;
 }
 
 /** Facts about the node that the rules depend on; a change forces a full sync. */
-interface NodeFacts {
+export interface NodeFacts {
   readonly node: NodeContext;
   readonly nodeIPs: readonly string[];
   readonly nodePortAddresses: IptablesRenderConfig['nodePortAddresses'];
@@ -78,6 +108,12 @@ export class IptablesProxier implements Backend {
   private randomFully = false;
   private beLiberal = false;
   private lastReport: IptablesSyncReport | undefined;
+  /** Rule count per `table/chain` that our restores wrote (for drift detection). */
+  private written: WrittenChains = new Map();
+  /** Whether full syncs replace whole tables (resolved on first use; see useWholeTable). */
+  private wholeTable: boolean | undefined;
+  /** Whether the last attempted sync was full (metrics count failed partial restores apart). */
+  lastAttemptFull = true;
 
   constructor(private readonly config: IptablesProxierConfig) {
     this.name = `iptables/${config.family}`;
@@ -89,11 +125,9 @@ export class IptablesProxier implements Backend {
   }
 
   async setup(): Promise<void> {
-    this.randomFully = await this.ipt.supportsRandomFully();
-    const liberal = await readSysctl('net.netfilter.nf_conntrack_tcp_be_liberal', {
-      netns: this.config.netns,
-    });
-    this.beLiberal = liberal !== undefined && liberal.trim() !== '0';
+    const flags = await readKernelFlags(this.ipt, this.config.netns);
+    this.randomFully = flags.randomFully;
+    this.beLiberal = flags.conntrackTCPBeLiberal;
     if (this.config.family === 'IPv4' && this.config.localhostNodePorts) {
       const facts = await this.gatherFacts(undefined);
       if (facts.localhostNodePorts) {
@@ -106,18 +140,24 @@ export class IptablesProxier implements Backend {
     this.needFullSync = true;
   }
 
+  /**
+   * kube-proxy only watches its canary chains, which survive `iptables -t nat -F` (chains stay) and
+   * say nothing about a deleted service chain. One iptables-save per sync period also checks the jumps
+   * from the built-in chains and the rule count of every chain we wrote.
+   */
   async detectDrift(): Promise<boolean> {
-    for (const table of ['mangle', 'nat', 'filter'] as const) {
-      if (!(await this.ipt.canaryExists(table))) {
-        log.warn('iptables canary chain missing: another agent flushed our rules; full resync', {
-          backend: this.name,
-          table,
-        });
-        this.needFullSync = true;
-        return true;
-      }
-    }
-    return false;
+    if (this.needFullSync || this.lastFacts === undefined) return true;
+    const saved = parseIptablesSave(await this.ipt.save());
+    const reason = driftReason(
+      saved,
+      this.written,
+      jumpRules(this.config.family, this.lastFacts),
+      renderedFixedChains(this.config.family, this.lastFacts),
+    );
+    if (reason === undefined) return false;
+    log.warn('iptables rules changed by another agent; full resync', { backend: this.name, reason });
+    this.needFullSync = true;
+    return true;
   }
 
   async sync(state: ClusterState): Promise<IptablesSyncReport> {
@@ -128,36 +168,17 @@ export class IptablesProxier implements Backend {
       this.needFullSync ||
       factsChanged ||
       performance.now() - this.lastFullSync > (this.config.fullSyncPeriodMs ?? 3_600_000);
+    this.lastAttemptFull = full;
 
     try {
-      let existing = this.kernelServiceChains;
-      let saved: SavedRuleset | undefined;
-      if (full) {
-        // One iptables-save shows leftover service chains, missing jumps and canaries at once.
-        saved = parseIptablesSave(await this.ipt.save());
-        existing = serviceChainsOf(saved, 'nat');
-      }
-      const rendered = renderRestoreInput({
-        state,
-        config: this.renderConfig(facts),
-        changedServices: full ? undefined : changedServices(this.applied, state),
-        existingServiceChains: existing,
-      });
-      const input = saved
-        ? mergeExtraLines(
-            rendered.restoreInput,
-            missingJumpLines(
-              saved,
-              jumpRules(this.config.family, facts),
-              renderedFixedChains(this.config.family, facts),
-            ),
-            canaryLines(saved),
-          )
-        : rendered.restoreInput;
-      const restore = await this.ipt.restore(input, { noflush: true, counters: true });
-
+      const applied =
+        full && (await this.useWholeTable())
+          ? await this.wholeTableSync(state, facts)
+          : await this.noflushSync(state, facts, full);
+      const { rendered, restore } = applied;
       this.applied = state;
       this.kernelServiceChains = rendered.activeServiceChains;
+      this.written = trackWrittenChains(this.written, applied.ownInput, full);
       this.lastFacts = facts;
       this.needFullSync = false;
       if (full) this.lastFullSync = performance.now();
@@ -168,8 +189,12 @@ export class IptablesProxier implements Backend {
         bytes: rendered.bytes,
         lines: rendered.lines,
         writtenServices: rendered.writtenServices.size,
-        staleChains: rendered.staleChains.length,
-        details: { restoreMs: Math.round(restore.durationMs) },
+        staleChains: applied.staleChains,
+        details: {
+          restoreMs: Math.round(restore.durationMs),
+          mode: applied.mode,
+          ...(applied.listMs !== undefined ? { listMs: Math.round(applied.listMs) } : {}),
+        },
         render: {
           counts: rendered.counts,
           largeClusterMode: rendered.largeClusterMode,
@@ -179,84 +204,237 @@ export class IptablesProxier implements Backend {
       this.lastReport = report;
       return report;
     } catch (err) {
-      // The restore is one transaction: the kernel still has the previous rules.
+      // iptables-restore commits table by table (nf_tables too, measured): a refused table and the
+      // ones after it keep their previous rules, an earlier table may already be new. The forced full
+      // sync rewrites every table.
       this.needFullSync = true;
       throw err;
     }
   }
 
-  private renderConfig(facts: NodeFacts): IptablesRenderConfig {
+  /**
+   * Partial syncs, and full syncs on the legacy backend: one `iptables-restore --noflush` of the
+   * changed chains (full: after one iptables-save for leftovers, missing jumps and canaries).
+   */
+  private async noflushSync(state: ClusterState, facts: NodeFacts, full: boolean): Promise<AppliedSync> {
+    let existing = this.kernelServiceChains;
+    let saved: SavedRuleset | undefined;
+    if (full) {
+      // One iptables-save shows leftover service chains, missing jumps and canaries at once.
+      saved = parseIptablesSave(await this.ipt.save());
+      existing = serviceChainsOf(saved, 'nat');
+    }
+    const rendered = renderRestoreInput({
+      state,
+      config: this.renderConfig(facts),
+      changedServices: full ? undefined : changedServices(this.applied, state),
+      existingServiceChains: existing,
+    });
+    const input = saved
+      ? mergeExtraLines(
+          rendered.restoreInput,
+          missingJumpLines(
+            saved,
+            jumpRules(this.config.family, facts),
+            renderedFixedChains(this.config.family, facts),
+          ),
+          canaryLines(saved),
+        )
+      : rendered.restoreInput;
+    const restore = await this.ipt.restore(input, { noflush: true, counters: true });
+    return { rendered, restore, mode: 'noflush', ownInput: input, staleChains: rendered.staleChains.length };
+  }
+
+  /**
+   * Whole-table full sync (nf_tables backend, see render-whole-table.ts): nat and filter are
+   * replaced in one transaction whose input carries every foreign chain and rule over verbatim.
+   * The foreign chains are listed after rendering and listed again right before the restore; if
+   * they changed in between, this sync falls back to --noflush rather than lose them.
+   */
+  private async wholeTableSync(state: ClusterState, facts: NodeFacts): Promise<AppliedSync> {
+    const rendered = renderRestoreInput({
+      state,
+      config: this.renderConfig(facts),
+      changedServices: undefined,
+      // Stale service chains vanish with the table: no `-X` lines needed.
+      existingServiceChains: new Set(),
+    });
+    const listStarted = performance.now();
+    let kernel: Map<string, KernelChain[]>;
+    try {
+      kernel = parseNftChains(await this.ipt.listNftChains(), this.config.family === 'IPv6' ? 'ip6' : 'ip');
+    } catch (err) {
+      log.warn('nft list chains failed: full syncs use iptables-restore --noflush', {
+        backend: this.name,
+        error: err instanceof Error ? err.message : String(err),
+      });
+      this.wholeTable = false;
+      return this.noflushSync(state, facts, true);
+    }
+    if (!(kernel.get('mangle') ?? []).some((c) => c.name === KUBE_PROXY_CANARY)) {
+      // The mangle canary lives outside the replaced tables: a tiny --noflush write (first sync only).
+      await this.ipt.restore(`*mangle\n:${KUBE_PROXY_CANARY} - [0:0]\nCOMMIT\n`, {
+        noflush: true,
+        counters: false,
+      });
+    }
+    const ours = declaredChains(rendered.restoreInput);
+    const requests = foreignChainRequests(kernel, ours);
+    const listing = await this.ipt.listChainRules(listingInput(requests, true));
+    const foreign = parseListing(requests, listing);
+    const input = wholeTableInput(
+      rendered.restoreInput,
+      foreign,
+      missingJumpLines(
+        parseIptablesSave(listingAsSave(foreign)),
+        jumpRules(this.config.family, facts),
+        renderedFixedChains(this.config.family, facts),
+      ),
+      wholeTableCanaries(),
+    );
+    // Race guard: another agent's change since the listing would be lost by a whole-table write.
+    const again = parseNftChains(
+      await this.ipt.listNftChains(),
+      this.config.family === 'IPv6' ? 'ip6' : 'ip',
+    );
+    const requestsAgain = foreignChainRequests(again, ours);
+    const listingAgain = await this.ipt.listChainRules(listingInput(requestsAgain, false));
+    const listMs = performance.now() - listStarted;
+    if (withoutCounters(listing) !== listingAgain) {
+      log.warn('foreign iptables rules changed during the full sync: writing with --noflush instead', {
+        backend: this.name,
+      });
+      return this.noflushSync(state, facts, true);
+    }
+    const restore = await this.ipt.restore(input, { noflush: false, counters: true });
+    const active = rendered.activeServiceChains;
+    const stale = (kernel.get('nat') ?? []).filter((c) => isServiceChainName(c.name) && !active.has(c.name));
     return {
-      family: this.config.family,
-      node: facts.node,
-      nodeIPs: facts.nodeIPs,
-      masqueradeBit: this.config.masqueradeBit,
-      masqueradeAll: this.config.masqueradeAll,
-      localDetector: this.localDetector(),
-      nodePortAddresses: facts.nodePortAddresses,
-      localhostNodePorts: facts.localhostNodePorts,
-      randomFully: this.randomFully,
-      conntrackTCPBeLiberal: this.beLiberal,
+      rendered,
+      restore,
+      mode: 'whole-table',
+      ownInput: rendered.restoreInput,
+      staleChains: stale.length,
+      listMs,
     };
   }
 
-  private localDetector(): LocalDetector {
-    const c = this.config;
-    switch (c.detectLocalMode) {
-      case 'ClusterCIDR': {
-        const cidr = c.clusterCIDRs
-          .map((t) => parseCIDR(t))
-          .find((p) => p !== undefined && p.family === c.family);
-        return cidr ? { mode: 'ClusterCIDR', cidr: cidr.cidr } : { mode: 'None' };
-      }
-      case 'BridgeInterface':
-        return c.bridgeInterface ? { mode: 'BridgeInterface', name: c.bridgeInterface } : { mode: 'None' };
-      case 'InterfaceNamePrefix':
-        return c.interfaceNamePrefix
-          ? { mode: 'InterfaceNamePrefix', prefix: c.interfaceNamePrefix }
-          : { mode: 'None' };
-      default:
-        return { mode: 'None' };
+  /** Whole-table full syncs need the nf_tables backend (legacy restores are linear anyway). */
+  private async useWholeTable(): Promise<boolean> {
+    if (this.wholeTable === undefined) {
+      const mode = this.config.fullSyncMode ?? 'auto';
+      this.wholeTable =
+        mode === 'whole-table' || (mode === 'auto' && (await this.ipt.version()).backend === 'nf_tables');
     }
+    return this.wholeTable;
+  }
+
+  private renderConfig(facts: NodeFacts): IptablesRenderConfig {
+    return renderConfigFor(this.config, facts, {
+      randomFully: this.randomFully,
+      conntrackTCPBeLiberal: this.beLiberal,
+    });
   }
 
   /** Node name/zone, node IPs and NodePort addresses, re-read every sync as kube-proxy does. */
-  private async gatherFacts(state: ClusterState | undefined): Promise<NodeFacts> {
-    const c = this.config;
-    const nodeObj: NodeInfo | undefined = state?.nodes.get(c.nodeName);
-    const addrs: InterfaceAddress[] = await listAddresses({ netns: c.netns });
-    const nodeIPs = nodeIPsFor(c, nodeObj, addrs);
-    const cidrs = c.nodePortAddresses
-      .map((t) => parseCIDR(t))
-      .filter((p) => p !== undefined && p.family === c.family)
-      .map((p) => p!.cidr);
-    const matchAll =
-      c.nodePortAddresses.length === 0 ||
-      cidrs.some((x) => x === '0.0.0.0/0' || x === '::/0') ||
-      (cidrs.length === 0 && !c.nodePortAddresses.includes('primary'));
-    let nodePortAddresses: IptablesRenderConfig['nodePortAddresses'];
-    let localhostNodePorts = c.family === 'IPv4' && c.localhostNodePorts;
-    if (matchAll) {
-      nodePortAddresses = { matchAll: true };
-    } else if (c.nodePortAddresses.includes('primary')) {
-      nodePortAddresses = { matchAll: false, addresses: nodeIPs };
-      localhostNodePorts = false;
-    } else {
-      localhostNodePorts = localhostNodePorts && cidrs.some((x) => cidrContains(x, '127.0.0.1'));
-      nodePortAddresses = {
-        matchAll: false,
-        addresses: addressesInCIDRs(addrs, cidrs, { includeLoopback: localhostNodePorts })
-          .filter((a) => a.family === c.family)
-          .map((a) => a.ip),
-      };
+  private gatherFacts(state: ClusterState | undefined): Promise<NodeFacts> {
+    return gatherNodeFacts(this.config, state);
+  }
+}
+
+/** The iptables binary and kernel facts the renderer needs (read once at setup). */
+export interface KernelRenderFlags {
+  readonly randomFully: boolean;
+  readonly conntrackTCPBeLiberal: boolean;
+}
+
+export async function readKernelFlags(ipt: Iptables, netns: string | undefined): Promise<KernelRenderFlags> {
+  const randomFully = await ipt.supportsRandomFully();
+  const liberal = await readSysctl('net.netfilter.nf_conntrack_tcp_be_liberal', { netns });
+  return { randomFully, conntrackTCPBeLiberal: liberal !== undefined && liberal.trim() !== '0' };
+}
+
+/** The render config of one proxier for the given node facts and kernel flags. */
+export function renderConfigFor(
+  c: IptablesProxierConfig,
+  facts: NodeFacts,
+  flags: KernelRenderFlags,
+): IptablesRenderConfig {
+  return {
+    family: c.family,
+    node: facts.node,
+    nodeIPs: facts.nodeIPs,
+    masqueradeBit: c.masqueradeBit,
+    masqueradeAll: c.masqueradeAll,
+    localDetector: localDetectorFor(c),
+    nodePortAddresses: facts.nodePortAddresses,
+    localhostNodePorts: facts.localhostNodePorts,
+    randomFully: flags.randomFully,
+    conntrackTCPBeLiberal: flags.conntrackTCPBeLiberal,
+  };
+}
+
+/** kube-proxy's --detect-local-mode resolved for the proxier's family. */
+export function localDetectorFor(c: IptablesProxierConfig): LocalDetector {
+  switch (c.detectLocalMode) {
+    case 'ClusterCIDR': {
+      const cidr = c.clusterCIDRs
+        .map((t) => parseCIDR(t))
+        .find((p) => p !== undefined && p.family === c.family);
+      return cidr ? { mode: 'ClusterCIDR', cidr: cidr.cidr } : { mode: 'None' };
     }
-    return {
-      node: nodeContext(c.nodeName, nodeObj?.labels ?? {}),
-      nodeIPs,
-      nodePortAddresses,
-      localhostNodePorts,
+    case 'BridgeInterface':
+      return c.bridgeInterface ? { mode: 'BridgeInterface', name: c.bridgeInterface } : { mode: 'None' };
+    case 'InterfaceNamePrefix':
+      return c.interfaceNamePrefix
+        ? { mode: 'InterfaceNamePrefix', prefix: c.interfaceNamePrefix }
+        : { mode: 'None' };
+    default:
+      return { mode: 'None' };
+  }
+}
+
+/**
+ * Node name/zone, node IPs and NodePort addresses, re-read every sync as kube-proxy does. Exported so
+ * `svcplane diff` renders with exactly the facts the proxier would use.
+ */
+export async function gatherNodeFacts(
+  c: IptablesProxierConfig,
+  state: ClusterState | undefined,
+): Promise<NodeFacts> {
+  const nodeObj: NodeInfo | undefined = state?.nodes.get(c.nodeName);
+  const addrs: InterfaceAddress[] = await listAddresses({ netns: c.netns });
+  const nodeIPs = nodeIPsFor(c, nodeObj, addrs);
+  const cidrs = c.nodePortAddresses
+    .map((t) => parseCIDR(t))
+    .filter((p) => p !== undefined && p.family === c.family)
+    .map((p) => p!.cidr);
+  const matchAll =
+    c.nodePortAddresses.length === 0 ||
+    cidrs.some((x) => x === '0.0.0.0/0' || x === '::/0') ||
+    (cidrs.length === 0 && !c.nodePortAddresses.includes('primary'));
+  let nodePortAddresses: IptablesRenderConfig['nodePortAddresses'];
+  let localhostNodePorts = c.family === 'IPv4' && c.localhostNodePorts;
+  if (matchAll) {
+    nodePortAddresses = { matchAll: true };
+  } else if (c.nodePortAddresses.includes('primary')) {
+    nodePortAddresses = { matchAll: false, addresses: nodeIPs };
+    localhostNodePorts = false;
+  } else {
+    localhostNodePorts = localhostNodePorts && cidrs.some((x) => cidrContains(x, '127.0.0.1'));
+    nodePortAddresses = {
+      matchAll: false,
+      addresses: addressesInCIDRs(addrs, cidrs, { includeLoopback: localhostNodePorts })
+        .filter((a) => a.family === c.family)
+        .map((a) => a.ip),
     };
   }
+  return {
+    node: nodeContext(c.nodeName, nodeObj?.labels ?? {}),
+    nodeIPs,
+    nodePortAddresses,
+    localhostNodePorts,
+  };
 }
 
 function nodeIPsFor(
@@ -288,8 +466,14 @@ export function changedServices(prev: ClusterState | undefined, next: ClusterSta
   return changed;
 }
 
+/**
+ * The model shares structure: buildClusterState keeps the previous Service object when nothing in it
+ * changed, so identity settles almost every Service. Objects built without `previous` fall back to a
+ * structural comparison that stops at the first difference (JSON.stringify of both sides cost ~1 s
+ * per sync at 10k Services).
+ */
 function sameService(a: Service, b: Service): boolean {
-  return a === b || JSON.stringify(a) === JSON.stringify(b);
+  return a === b || deepEqual(a, b);
 }
 
 /** `table/chain` of the fixed chains the renderer declares (jump targets that need no declaring). */
@@ -300,4 +484,74 @@ function renderedFixedChains(family: IPFamily, facts: { localhostNodePorts: bool
   ]);
   if (family === 'IPv4' && facts.localhostNodePorts) out.add(`filter/${KUBE_FIREWALL}`);
   return out;
+}
+
+/** Rule counts per `table/chain` of the chains our restore inputs wrote. */
+export type WrittenChains = ReadonlyMap<string, number>;
+
+/**
+ * Applies one restore input to the model of what we wrote (pure): `:C` creates or flushes C, `-A C`
+ * adds a rule, `-X C` deletes it; a full sync starts from nothing. Kubelet's shared KUBE-FIREWALL and
+ * the canaries (checked by existence) are left out.
+ */
+export function trackWrittenChains(prev: WrittenChains, input: string, full: boolean): Map<string, number> {
+  const out = new Map(full ? [] : prev);
+  const skip = (chain: string): boolean => chain === KUBE_FIREWALL || chain === KUBE_PROXY_CANARY;
+  let table = '';
+  // One pass with indexOf instead of split/slice per line: a 10k-Service input has 270k lines, and
+  // consecutive rules of one chain reuse its key.
+  let lastChain = '';
+  let lastKey = '';
+  for (let start = 0; start < input.length;) {
+    let end = input.indexOf('\n', start);
+    if (end === -1) end = input.length;
+    const c = input.charCodeAt(start);
+    if (c === 42 /* * */) {
+      table = input.slice(start + 1, end).trim();
+      lastChain = '';
+    } else if (c === 58 /* : */) {
+      const chain = input.slice(start + 1, wordEnd(input, start + 1, end));
+      if (!skip(chain)) out.set(`${table}/${chain}`, 0);
+    } else if (input.startsWith('-A ', start)) {
+      const chain = input.slice(start + 3, wordEnd(input, start + 3, end));
+      if (chain !== lastChain) {
+        lastChain = chain;
+        lastKey = `${table}/${chain}`;
+      }
+      const n = out.get(lastKey);
+      if (n !== undefined) out.set(lastKey, n + 1);
+    } else if (input.startsWith('-X ', start)) {
+      out.delete(`${table}/${input.slice(start + 3, end).trim()}`);
+    }
+    start = end + 1;
+  }
+  return out;
+}
+
+/** End of the space-delimited word starting at `from` within a line ending at `end`. */
+function wordEnd(text: string, from: number, end: number): number {
+  const sp = text.indexOf(' ', from);
+  return sp === -1 || sp > end ? end : sp;
+}
+
+/** Why the kernel no longer holds what we wrote (pure), or undefined when it does. */
+export function driftReason(
+  saved: SavedRuleset,
+  written: WrittenChains,
+  jumps: readonly JumpRule[],
+  declared: ReadonlySet<string>,
+): string | undefined {
+  for (const t of ['mangle', 'nat', 'filter']) {
+    if (!saved.tables.get(t)?.chainsByName.has(KUBE_PROXY_CANARY)) return `canary chain missing in ${t}`;
+  }
+  if (missingJumpLines(saved, jumps, declared).size > 0) return 'jump rules from built-in chains missing';
+  for (const [key, count] of written) {
+    const slash = key.indexOf('/');
+    const table = saved.tables.get(key.slice(0, slash));
+    const chain = key.slice(slash + 1);
+    if (!table?.chainsByName.has(chain)) return `chain ${key} missing`;
+    const have = table.rulesByChain.get(chain)?.length ?? 0;
+    if (have !== count) return `chain ${key} has ${have} rules, we wrote ${count}`;
+  }
+  return undefined;
 }

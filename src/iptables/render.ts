@@ -360,17 +360,14 @@ export function renderRestoreInput(req: RenderRequest): RenderResult {
     natRules,
   );
 
-  const sections = [
-    '*filter',
-    ...nonEmpty(filterChains.lines.join('\n')),
-    ...nonEmpty(filterRules.lines.join('\n')),
-    'COMMIT',
-    '*nat',
-    ...nonEmpty(natChains.lines.join('\n')),
-    ...nonEmpty(natRules.lines.join('\n')),
-    'COMMIT',
-  ];
-  const restoreInput = sections.join('\n') + '\n';
+  // One join over every line (not one per buffer and then again over the sections): a 10k-Service
+  // input is 21 MB, and each extra join copies all of it.
+  const all: string[] = ['*filter'];
+  for (const b of [filterChains, filterRules]) pushNonEmpty(all, b.lines);
+  all.push('COMMIT', '*nat');
+  for (const b of [natChains, natRules]) pushNonEmpty(all, b.lines);
+  all.push('COMMIT');
+  const restoreInput = all.join('\n') + '\n';
   const lines =
     4 + filterChains.lines.length + filterRules.lines.length + natChains.lines.length + natRules.lines.length;
 
@@ -394,6 +391,8 @@ export function renderRestoreInput(req: RenderRequest): RenderResult {
   };
 }
 
-function nonEmpty(s: string): string[] {
-  return s === '' ? [] : [s];
+/** Appends a buffer's lines, unless they would join to nothing (as the per-buffer join did). */
+function pushNonEmpty(out: string[], lines: readonly string[]): void {
+  if (lines.length === 0 || (lines.length === 1 && lines[0] === '')) return;
+  for (const l of lines) out.push(l);
 }

@@ -1,7 +1,66 @@
 import type { ProxyOptions } from '../cli/proxy-options.js';
 import type { Backend } from '../controller/backend.js';
+import { run } from '../util/exec.js';
+import { log } from '../util/log.js';
+import { IpvsProxier } from './proxier.js';
 
-/** Builds the IPVS backends (one per family) from the CLI options. */
-export function createIpvsBackends(_opts: ProxyOptions): Promise<Backend[]> {
-  return Promise.reject(new Error('--proxy-mode ipvs is not wired yet'));
+/**
+ * `--proxy-mode ipvs`: one IpvsProxier per usable family. When IPVS is unavailable svcplane warns and
+ * falls back to iptables mode, as issue 3 asks (kube-proxy < 1.26 did this; newer kube-proxy exits).
+ */
+
+/** kube-proxy's CanUseIPVSProxier probe: TEST-NET-2 virtual server with the configured scheduler. */
+const PROBE_VS = '198.51.100.0:20000';
+
+/** Why IPVS cannot be used here, or undefined when it can (creates and deletes a probe VS). */
+export async function ipvsUnavailable(scheduler: string, netns?: string): Promise<string | undefined> {
+  const exec = (argv: string[]) => run(argv, { netns, allowFailure: true, timeoutMs: 30_000 });
+  try {
+    const set = await exec(['ipset', '--version']);
+    if (set.exitCode !== 0) return `ipset does not work: ${set.stderr.trim()}`;
+    const list = await exec(['ipvsadm', '-Sn']);
+    if (list.exitCode !== 0) return `ipvsadm -Sn failed: ${list.stderr.trim()}`;
+    if (list.stdout.split('\n').some((l) => l.startsWith('-A ') && l.includes(` -s ${scheduler}`)))
+      return undefined;
+    const add = await exec(['ipvsadm', '-A', '-t', PROBE_VS, '-s', scheduler]);
+    if (add.exitCode !== 0)
+      return `cannot create a virtual server with scheduler ${scheduler}: ${add.stderr.trim()}`;
+    const back = await exec(['ipvsadm', '-Sn']);
+    await exec(['ipvsadm', '-D', '-t', PROBE_VS]);
+    if (back.exitCode !== 0 || !back.stdout.includes(`-A -t ${PROBE_VS} `))
+      return 'the probe virtual server did not read back';
+    return undefined;
+  } catch (err) {
+    return err instanceof Error ? err.message : String(err);
+  }
+}
+
+export async function createIpvsBackends(opts: ProxyOptions): Promise<Backend[]> {
+  const { createBackends, usableFamilies, iptablesProxierConfig } = await import('../cli/proxy.js');
+  const reason = await ipvsUnavailable(opts.ipvs.scheduler);
+  if (reason !== undefined) {
+    log.warn(`IPVS proxy mode is unavailable (${reason}); falling back to iptables mode`, {
+      scheduler: opts.ipvs.scheduler,
+    });
+    return createBackends({ ...opts, proxyMode: 'iptables' });
+  }
+  const families = await usableFamilies(opts);
+  return families.map((family) => {
+    const base = iptablesProxierConfig(opts, family);
+    return new IpvsProxier({
+      family,
+      nodeName: opts.hostnameOverride,
+      masqueradeBit: opts.masqueradeBit,
+      masqueradeAll: opts.masqueradeAll,
+      clusterCIDRs: opts.detectLocalMode === 'ClusterCIDR' ? opts.clusterCIDRs : [],
+      nodePortAddresses: opts.nodePortAddresses,
+      scheduler: opts.ipvs.scheduler,
+      strictARP: opts.ipvs.strictARP,
+      excludeCIDRs: opts.ipvs.excludeCIDRs,
+      tcpTimeout: Math.round(opts.ipvs.tcpTimeoutMs / 1000),
+      tcpFinTimeout: Math.round(opts.ipvs.tcpFinTimeoutMs / 1000),
+      udpTimeout: Math.round(opts.ipvs.udpTimeoutMs / 1000),
+      iptablesBinaries: base.binaries,
+    });
+  });
 }

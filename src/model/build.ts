@@ -242,5 +242,20 @@ export function buildClusterState(objects: readonly SourceObject[], previous?: C
     const prev = previous?.nodes.get(name);
     return [name, prev && deepEqual(prev, node) ? prev : node];
   });
-  return { services: sortedMap(outServices), nodes: sortedMap(outNodes), problems };
+  // Newest trigger time per Service (for kubeproxy_network_programming_duration_seconds).
+  const triggers = new Map<string, number>();
+  for (const [key, slices] of slicesByService) {
+    if (!services.has(key)) continue;
+    for (const sl of slices) {
+      if (sl.triggerTime !== undefined && sl.triggerTime > (triggers.get(key) ?? -Infinity)) {
+        triggers.set(key, sl.triggerTime);
+      }
+    }
+  }
+  return {
+    services: sortedMap(outServices),
+    nodes: sortedMap(outNodes),
+    problems,
+    ...(triggers.size > 0 ? { endpointsTriggerTimes: sortedMap(triggers) } : {}),
+  };
 }

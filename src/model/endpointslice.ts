@@ -1,7 +1,7 @@
 import { parseIP } from './ip.js';
 import { readMeta } from './meta.js';
 import type { Endpoint, IPFamily, Protocol } from './types.js';
-import { SERVICE_NAME_LABEL } from './types.js';
+import { SERVICE_NAME_LABEL, TRIGGER_TIME_ANNOTATION } from './types.js';
 import {
   checkDNS1123Label,
   checkDNS1123Subdomain,
@@ -39,6 +39,8 @@ export interface ParsedSlice {
   readonly family: IPFamily;
   readonly ports: readonly SlicePort[];
   readonly endpoints: readonly SliceEndpoint[];
+  /** The trigger-time annotation (ms since the epoch), when present and a valid timestamp. */
+  readonly triggerTime?: number;
 }
 
 /** Slices of headless Services; kube-proxy's informer filters them out. */
@@ -173,5 +175,26 @@ export function parseEndpointSlice(iss: Issues, obj: JsonRecord): ParsedSlice | 
     const parsed = readSliceEndpoint(iss, ep, `endpoints[${i}]`, family);
     if (parsed) endpoints.push(parsed);
   });
-  return { namespace: meta.namespace, name: meta.name, serviceName, family, ports, endpoints };
+  const triggerTime = readTriggerTime(obj);
+  return {
+    namespace: meta.namespace,
+    name: meta.name,
+    serviceName,
+    family,
+    ports,
+    endpoints,
+    ...(triggerTime !== undefined ? { triggerTime } : {}),
+  };
+}
+
+/** Informational only (metrics): a missing or malformed annotation is ignored, never a problem. */
+function readTriggerTime(obj: JsonRecord): number | undefined {
+  const md = obj.metadata;
+  const annotations = isRecord(md) ? md.annotations : undefined;
+  const value = isRecord(annotations) ? annotations[TRIGGER_TIME_ANNOTATION] : undefined;
+  if (typeof value !== 'string' || !/^\d{4}-\d{2}-\d{2}T[0-9:.]+(Z|[+-]\d{2}:\d{2})$/.test(value)) {
+    return undefined;
+  }
+  const ms = Date.parse(value);
+  return Number.isFinite(ms) ? ms : undefined;
 }

@@ -108,11 +108,18 @@ export interface ClusterState {
   readonly nodes: ReadonlyMap<string, NodeInfo>;
   /** Everything that was rejected while building this state. */
   readonly problems: readonly Problem[];
+  /**
+   * Per Service key, the newest `endpoints.kubernetes.io/last-change-trigger-time` of its
+   * EndpointSlices (ms since the epoch), for the network-programming latency metric. Absent when
+   * no slice carries the annotation (manifests usually do not).
+   */
+  readonly endpointsTriggerTimes?: ReadonlyMap<string, number>;
 }
 
 export const ZONE_LABEL = 'topology.kubernetes.io/zone';
 export const SERVICE_PROXY_NAME_LABEL = 'service.kubernetes.io/service-proxy-name';
 export const SERVICE_NAME_LABEL = 'kubernetes.io/service-name';
+export const TRIGGER_TIME_ANNOTATION = 'endpoints.kubernetes.io/last-change-trigger-time';
 export const DEFAULT_AFFINITY_TIMEOUT_SECONDS = 10800;
 
 export function serviceKey(namespace: string, name: string): string {

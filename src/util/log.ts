@@ -15,6 +15,29 @@ const serializeErrors = winston.format((info) => {
   return info;
 });
 
+/** Field names whose values never reach a log line (credentials in a kubeconfig, headers …). */
+const SECRET_KEY = /token|password|secret|authorization|bearer|credential|client-?key|private-?key/i;
+
+/** Replaces secret-looking fields (at any depth, bounded) with "[redacted]"; pure, for the format and tests. */
+export function redactSecrets(value: unknown, depth = 0): unknown {
+  if (depth > 6 || value === null || typeof value !== 'object') return value;
+  if (Array.isArray(value)) return value.map((v) => redactSecrets(v, depth + 1));
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) {
+    out[k] = SECRET_KEY.test(k) ? '[redacted]' : redactSecrets(v, depth + 1);
+  }
+  return out;
+}
+
+const redact = winston.format((info) => {
+  const rec = info as Record<string, unknown>;
+  for (const [k, v] of Object.entries(rec)) {
+    if (SECRET_KEY.test(k)) rec[k] = '[redacted]';
+    else if (v !== null && typeof v === 'object') rec[k] = redactSecrets(v);
+  }
+  return info;
+});
+
 export function levelForVerbosity(v: number): string {
   if (v >= 5) return 'debug';
   if (v >= 2) return 'verbose';
@@ -23,7 +46,12 @@ export function levelForVerbosity(v: number): string {
 
 export const log = winston.createLogger({
   level: process.env.SVCPLANE_LOG_LEVEL ?? 'info',
-  format: winston.format.combine(serializeErrors(), winston.format.timestamp(), winston.format.json()),
+  format: winston.format.combine(
+    serializeErrors(),
+    redact(),
+    winston.format.timestamp(),
+    winston.format.json(),
+  ),
   transports: [
     new winston.transports.Console({ stderrLevels: ['error', 'warn', 'info', 'verbose', 'debug'] }),
   ],

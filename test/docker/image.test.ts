@@ -81,6 +81,33 @@ ${endpoints}
 `;
 }
 
+/** Prints `<status> <body>` of the daemon's /healthz (kube-proxy's health port). */
+const HEALTHZ_CLIENT = `
+require('http')
+  .get('http://127.0.0.1:10256/healthz', (r) => {
+    let b = '';
+    r.on('data', (d) => (b += d));
+    r.on('end', () => console.log(r.statusCode + ' ' + b));
+  })
+  .on('error', (e) => console.log('error ' + e.code));
+`;
+
+/** Replaces a file atomically (write + rename), as editors and ConfigMap updates do. */
+const WRITE_FILE = `
+const fs = require('fs');
+const [path, text] = process.argv.slice(1);
+fs.writeFileSync('/manifest.new', text);
+fs.renameSync('/manifest.new', path);
+`;
+
+async function until(cond: () => Promise<boolean>, ms: number, what: () => string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(what());
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
 /** Keeps a container running so tests can exec into it. */
 const idle = (c: NodeContainer): NodeContainer => c.withEntrypoint(['sleep', 'infinity']);
 
@@ -156,9 +183,9 @@ describe('container image (docker)', function () {
     let backendIps: string[];
 
     /** A "node" container on the test network with the manifests mounted and NET_ADMIN. */
-    async function startClient(name: string): Promise<StartedTestContainer> {
+    async function startClient(name: string, command?: string[]): Promise<StartedTestContainer> {
       const client = await scope.start(name, (c) =>
-        idle(c)
+        (command ? c.withCommand(command) : idle(c))
           .withNetworkMode(net)
           .withHostname(name)
           .withAddedCapabilities('NET_ADMIN', 'NET_RAW')
@@ -224,9 +251,8 @@ describe('container image (docker)', function () {
 
     it('svcplane sync programs the Service and a client reaches both backends through it', async () => {
       const client = await startClient('client');
-      // --iptables-localhost-nodeports=false: svcplane writes route_localnet unconditionally and
-      // /proc/sys is read-only here (EROFS) although the value is already 1; drop the flag once
-      // svcplane writes a sysctl only when it differs (kube-proxy's EnsureSysctl).
+      // Default flags: /proc/sys is read-only here, but route_localnet is already 1 (set by the
+      // engine), and svcplane only writes a sysctl that differs (kube-proxy's EnsureSysctl).
       const sync = await run(client, [
         'svcplane',
         'sync',
@@ -234,7 +260,6 @@ describe('container image (docker)', function () {
         '/manifests',
         '--hostname-override',
         'client',
-        '--iptables-localhost-nodeports=false',
       ]);
       assert.equal(sync.exitCode, 0, `svcplane sync failed:\n${sync.stdout}${sync.stderr}`);
 
@@ -252,6 +277,42 @@ describe('container image (docker)', function () {
       assert.match(nat, /DOCKER_OUTPUT/);
 
       assertBothBackends(await askService(client, 40), 40);
+    });
+
+    it('svcplane run as the daemon: /healthz answers, traffic flows, manifest edits apply', async () => {
+      // The image's default command is `run`; this is how the DaemonSet starts it (flags aside).
+      const daemon = await startClient('daemon', [
+        'run',
+        '--manifests=/manifests',
+        '--hostname-override=daemon',
+        '--iptables-min-sync-period=100ms',
+      ]);
+      let health = '';
+      await until(
+        async () => {
+          const r = await run(daemon, ['node', '-e', HEALTHZ_CLIENT]);
+          health = r.stdout.trim();
+          return health.startsWith('200 ');
+        },
+        20_000,
+        () => `/healthz never answered 200 (last: "${health}")`,
+      );
+      const body = JSON.parse(health.slice(4)) as { lastUpdated?: string };
+      assert.ok(body.lastUpdated && Date.parse(body.lastUpdated) > 0, health);
+      assertBothBackends(await askService(daemon, 40), 40);
+
+      // The manifest source watches its files: one backend left → only that one answers.
+      const [first] = backendIps as [string, string];
+      await runOk(daemon, ['node', '-e', WRITE_FILE, '/manifests/echo.yaml', manifests([first])]);
+      let answers: string[] = [];
+      await until(
+        async () => {
+          answers = await askService(daemon, 10);
+          return answers.every((a) => a === first);
+        },
+        15_000,
+        () => `traffic still reaches ${answers.join(', ')}`,
+      );
     });
   });
 });

@@ -1,0 +1,174 @@
+import { CommanderError, InvalidArgumentError, type Command } from 'commander';
+import { diffRulesets, formatDriftText, type FamilyDrift } from '../debug/diff.js';
+import { buildOwnerIndex } from '../debug/owners.js';
+import { Iptables } from '../iptables/iptables.js';
+import { jumpRules } from '../iptables/jumps.js';
+import { gatherNodeFacts, readKernelFlags, renderConfigFor } from '../iptables/proxier.js';
+import { renderRestoreInput } from '../iptables/render.js';
+import { parseIptablesSave, type SavedRuleset } from '../iptables/save-parse.js';
+import type { ClusterState, IPFamily } from '../model/types.js';
+import { CommandError } from '../util/exec.js';
+import { setVerbosity } from '../util/log.js';
+import { createSource, iptablesProxierConfig } from './proxy.js';
+import {
+  addProxyOptions,
+  iptablesBinaries,
+  resolveProxyOptions,
+  type ProxyOptions,
+} from './proxy-options.js';
+
+/**
+ * `svcplane diff`: what svcplane would program for the current state (from --manifests or the
+ * cluster, rendered with the same configuration and node facts as the proxier) against what the
+ * kernel holds (iptables-save). Exit 0 in sync, 1 on drift, 2 on error. The comparison itself is
+ * pure (src/debug/diff.ts); this module only gathers its inputs.
+ */
+
+export type OutputFormat = 'text' | 'json';
+
+export function outputOption(v: string): OutputFormat {
+  if (v !== 'text' && v !== 'json') throw new InvalidArgumentError('expected text or json');
+  return v;
+}
+
+/** Usage errors exit 2 like every other error of the debugging commands (help/version stay 0). */
+export function exitTwoOnUsageError(cmd: Command): Command {
+  return cmd.exitOverride((err) => {
+    if (err.exitCode === 0) throw err;
+    throw new CommanderError(2, err.code, err.message);
+  });
+}
+
+export function registerDiffCommand(program: Command): void {
+  const cmd = addProxyOptions(
+    program
+      .command('diff')
+      .description(
+        'compare the rules svcplane would program for the current state with the kernel (exit 0 in sync, 1 drift, 2 error)',
+      ),
+  )
+    .option('--output <format>', 'text or json', outputOption, 'text')
+    .option('--netns <name>', 'inspect the rules of this named network namespace (e.g. a sandbox node)');
+  exitTwoOnUsageError(cmd).action(async (raw: Record<string, unknown>) => {
+    process.exitCode = await runDiff(raw, process.stdout, process.stderr);
+  });
+}
+
+interface Writer {
+  write(text: string): unknown;
+}
+
+export async function runDiff(raw: Record<string, unknown>, out: Writer, err: Writer): Promise<number> {
+  try {
+    const opts = resolveProxyOptions(raw);
+    setVerbosity(opts.verbosity);
+    const netns = typeof raw.netns === 'string' ? raw.netns : undefined;
+    const state = await loadState(opts);
+    const result = await diffNode(opts, state, netns);
+    for (const note of result.notes) err.write(`note: ${note}\n`);
+    if (raw.output === 'json') {
+      out.write(`${JSON.stringify({ inSync: result.inSync, families: result.families }, null, 2)}\n`);
+    } else {
+      out.write(formatDriftText(result.families));
+    }
+    return result.inSync ? 0 : 1;
+  } catch (e) {
+    err.write(`svcplane diff: ${describe(e)}\n`);
+    return 2;
+  }
+}
+
+export interface NodeDiff {
+  readonly inSync: boolean;
+  readonly families: readonly FamilyDrift[];
+  readonly notes: readonly string[];
+}
+
+/** Reads the kernel of every family and compares it with the rendered state. */
+export async function diffNode(
+  opts: ProxyOptions,
+  state: ClusterState,
+  netns: string | undefined,
+): Promise<NodeDiff> {
+  if (opts.proxyMode !== 'iptables') {
+    throw new Error(`--proxy-mode ${opts.proxyMode}: diff supports iptables mode only (IPVS not yet)`);
+  }
+  const families: FamilyDrift[] = [];
+  const notes: string[] = [];
+  const owners = buildOwnerIndex(state);
+  for (const family of opts.ipFamilies) {
+    const actual = await readKernelRules(opts, family, netns);
+    if (actual === undefined) {
+      notes.push(`${family}: ${iptablesBinaries(opts.iptablesBinary, family).save} not available; skipped`);
+      continue;
+    }
+    const desired = await desiredRules(opts, family, state, netns);
+    families.push(
+      diffRulesets({
+        family,
+        desired,
+        actual,
+        owners,
+        jumps: jumpRules(family, { localhostNodePorts: opts.localhostNodePorts }),
+      }),
+    );
+  }
+  if (families.length === 0) throw new Error('no usable iptables binary for any IP family');
+  for (const p of state.problems) {
+    const o = p.object;
+    notes.push(`skipped ${o.kind} ${o.namespace ? `${o.namespace}/` : ''}${o.name}: ${p.field}: ${p.reason}`);
+  }
+  return { inSync: families.every((f) => f.inSync), families, notes };
+}
+
+/** One complete state from the source (manifests or the API), then the source is stopped. */
+export async function loadState(opts: ProxyOptions): Promise<ClusterState> {
+  const source = await createSource(opts);
+  try {
+    await source.start();
+    const state = source.current();
+    if (!state) throw new Error('the source produced no state');
+    return state;
+  } finally {
+    await source.stop();
+  }
+}
+
+/** The restore input the proxier would write for `state`, parsed (no stale-chain deletions). */
+export async function desiredRules(
+  opts: ProxyOptions,
+  family: IPFamily,
+  state: ClusterState,
+  netns: string | undefined,
+): Promise<SavedRuleset> {
+  const pc = { ...iptablesProxierConfig(opts, family), ...(netns !== undefined ? { netns } : {}) };
+  const ipt = new Iptables({ family, netns, binaries: pc.binaries });
+  const facts = await gatherNodeFacts(pc, state);
+  const flags = await readKernelFlags(ipt, netns);
+  const rendered = renderRestoreInput({
+    state,
+    config: renderConfigFor(pc, facts, flags),
+    existingServiceChains: new Set(),
+  });
+  return parseIptablesSave(rendered.restoreInput);
+}
+
+/** iptables-save of one family, parsed; undefined when that family's binary is missing. */
+export async function readKernelRules(
+  opts: Pick<ProxyOptions, 'iptablesBinary'>,
+  family: IPFamily,
+  netns: string | undefined,
+  counters = false,
+): Promise<SavedRuleset | undefined> {
+  const ipt = new Iptables({ family, netns, binaries: iptablesBinaries(opts.iptablesBinary, family) });
+  try {
+    return parseIptablesSave(await ipt.save(undefined, { counters }));
+  } catch (e) {
+    if (e instanceof CommandError && e.reason === 'not-found') return undefined;
+    throw e;
+  }
+}
+
+export function describe(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

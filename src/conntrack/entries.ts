@@ -1,0 +1,166 @@
+import { familyFrontends } from '../model/selection.js';
+import { parseIP } from '../model/ip.js';
+import type { ClusterState, IPFamily, Service } from '../model/types.js';
+
+/**
+ * The pure half of kube-proxy's conntrack reconciler (pkg/proxy/conntrack/cleanup.go): parse
+ * `conntrack -L -o extended` output and decide which UDP flows are stale. A UDP "connection" keeps
+ * its DNAT for as long as the client keeps sending, so without this a client stuck on a removed
+ * endpoint (or on the REJECT of a Service that had none) would never move.
+ */
+
+export interface ConntrackTuple {
+  /** Canonical IPs. */
+  readonly src: string;
+  readonly dst: string;
+  readonly sport: number;
+  readonly dport: number;
+}
+
+export interface ConntrackEntry {
+  readonly family: IPFamily;
+  readonly protocol: string;
+  readonly orig: ConntrackTuple;
+  readonly reply: ConntrackTuple;
+}
+
+/** One line of `conntrack -L -o extended`; undefined for anything else (summary lines, other shapes). */
+export function parseConntrackLine(line: string): ConntrackEntry | undefined {
+  const words = line.trim().split(/\s+/);
+  const fam = words[0];
+  if (fam !== 'ipv4' && fam !== 'ipv6') return undefined;
+  const protocol = words[2];
+  if (protocol === undefined) return undefined;
+  const tuples: Partial<Record<'src' | 'dst' | 'sport' | 'dport', string>>[] = [];
+  for (const w of words.slice(3)) {
+    const m = /^(src|dst|sport|dport)=(.+)$/.exec(w);
+    if (!m) continue;
+    const key = m[1] as 'src' | 'dst' | 'sport' | 'dport';
+    // Each tuple starts with src=: the first is the original direction, the second the reply.
+    if (key === 'src') {
+      if (tuples.length === 2) break;
+      tuples.push({});
+    }
+    const cur = tuples[tuples.length - 1];
+    if (cur && cur[key] === undefined) cur[key] = m[2];
+  }
+  const [o, r] = tuples;
+  const family: IPFamily = fam === 'ipv4' ? 'IPv4' : 'IPv6';
+  const tuple = (t: (typeof tuples)[number] | undefined): ConntrackTuple | undefined => {
+    if (!t) return undefined;
+    const src = parseIP(t.src ?? '');
+    const dst = parseIP(t.dst ?? '');
+    const sport = Number(t.sport);
+    const dport = Number(t.dport);
+    if (!src || !dst || src.family !== family || dst.family !== family) return undefined;
+    if (!Number.isInteger(sport) || !Number.isInteger(dport)) return undefined;
+    return { src: src.ip, dst: dst.ip, sport, dport };
+  };
+  const orig = tuple(o);
+  const reply = tuple(r);
+  if (!orig || !reply) return undefined;
+  return { family, protocol, orig, reply };
+}
+
+export function parseConntrackList(text: string): ConntrackEntry[] {
+  const out: ConntrackEntry[] = [];
+  for (const line of text.split('\n')) {
+    const e = parseConntrackLine(line);
+    if (e) out.push(e);
+  }
+  return out;
+}
+
+const hp = (ip: string, port: number): string => `${ip}|${port}`;
+
+/** UDP frontends (`ip|port`) and NodePorts of one family → the serving endpoints behind them. */
+export function udpServingMap(
+  state: ClusterState,
+  family: IPFamily,
+): { frontends: Map<string, Set<string>>; nodePorts: Map<number, Set<string>> } {
+  const frontends = new Map<string, Set<string>>();
+  const nodePorts = new Map<number, Set<string>>();
+  for (const svc of state.services.values()) {
+    if (svc.skipReason !== undefined) continue;
+    const fe = familyFrontends(svc, family);
+    const vips = [
+      ...(fe.clusterIP !== undefined ? [fe.clusterIP] : []),
+      ...fe.loadBalancerVIPs,
+      ...fe.externalIPs,
+    ];
+    for (const port of svc.ports) {
+      if (port.protocol !== 'UDP') continue;
+      // Policy, topology and terminating state are ignored, as kube-proxy does.
+      const serving = port.endpoints.filter((ep) => ep.serving && parseIP(ep.ip)?.family === family);
+      if (serving.length === 0) continue; // nothing to move the flows to
+      const set = new Set(serving.map((ep) => hp(ep.ip, ep.port)));
+      for (const ip of vips) frontends.set(hp(ip, port.port), set);
+      if (port.nodePort !== 0) nodePorts.set(port.nodePort, set);
+    }
+  }
+  return { frontends, nodePorts };
+}
+
+/** The UDP entries of `family` that point at something other than a serving endpoint of their frontend. */
+export function staleUDPEntries(
+  state: ClusterState,
+  family: IPFamily,
+  entries: readonly ConntrackEntry[],
+): ConntrackEntry[] {
+  const { frontends, nodePorts } = udpServingMap(state, family);
+  return entries.filter((e) => {
+    if (e.family !== family || e.protocol !== 'udp') return false;
+    const backend = hp(e.reply.src, e.reply.sport);
+    const byVIP = frontends.get(hp(e.orig.dst, e.orig.dport));
+    if (byVIP) return !byVIP.has(backend);
+    const byNodePort = nodePorts.get(e.orig.dport);
+    if (byNodePort) return !byNodePort.has(backend);
+    return false;
+  });
+}
+
+function hasUDP(s: Service | undefined): boolean {
+  return s?.ports.some((p) => p.protocol === 'UDP') ?? false;
+}
+
+function endpointsText(s: Service | undefined): string {
+  return s ? JSON.stringify(s.ports.map((p) => p.endpoints)) : '';
+}
+
+/**
+ * kube-proxy's ConntrackCleanupRequired: some Service's endpoints changed and it had or has a UDP
+ * port. Service-only changes do not need it.
+ */
+export function conntrackCleanupRequired(prev: ClusterState | undefined, next: ClusterState): boolean {
+  const keys = new Set([...(prev?.services.keys() ?? []), ...next.services.keys()]);
+  for (const key of keys) {
+    const a = prev?.services.get(key);
+    const b = next.services.get(key);
+    if (a === b || !(hasUDP(a) || hasUDP(b))) continue;
+    if (endpointsText(a) !== endpointsText(b)) return true;
+  }
+  return false;
+}
+
+/** `conntrack -D` arguments deleting exactly this flow. */
+export function deleteArgs(e: ConntrackEntry): string[] {
+  return [
+    '-D',
+    '-f',
+    e.family === 'IPv4' ? 'ipv4' : 'ipv6',
+    '-p',
+    e.protocol,
+    '--orig-src',
+    e.orig.src,
+    '--orig-dst',
+    e.orig.dst,
+    '--sport',
+    String(e.orig.sport),
+    '--dport',
+    String(e.orig.dport),
+    '--reply-src',
+    e.reply.src,
+    '--reply-port-src',
+    String(e.reply.sport),
+  ];
+}

@@ -1,0 +1,98 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { SourceHealth } from '../kube/source.js';
+import type { ProxyMetrics } from './metrics.js';
+
+/**
+ * kube-proxy's proxier health (pkg/proxy/healthcheck/proxy_health.go), as a pure function plus an
+ * HTTP handler: /healthz is 200 with lastUpdated/currentTime unless a change has waited for the
+ * kernel longer than twice the sync period, nothing was synced yet, or the source is unhealthy
+ * (503, with the reason). /livez only fails on the stuck-change condition: a missing manifest
+ * directory or an unreachable API is not cured by restarting svcplane.
+ */
+
+export interface HealthInputs {
+  /** Wall-clock ms of the oldest change not yet in the kernel (0: none). */
+  readonly queuedSince: number;
+  /** Wall-clock ms of the last successful sync (0: never). */
+  readonly lastSyncedAt: number;
+  readonly source: SourceHealth;
+  readonly syncPeriodMs: number;
+  readonly now: number;
+}
+
+export interface HealthStatus {
+  readonly code: 200 | 503;
+  readonly body: {
+    readonly lastUpdated: string;
+    readonly currentTime: string;
+    readonly nodeEligible: boolean;
+    /** Why it is unhealthy; absent when healthy. */
+    readonly reason?: string;
+    readonly queuedSince?: string;
+    readonly sourceError?: string;
+  };
+}
+
+const iso = (ms: number): string => new Date(ms).toISOString();
+
+/** kube-proxy's healthTimeout: twice the sync period. */
+export function isStale(h: Pick<HealthInputs, 'queuedSince' | 'syncPeriodMs' | 'now'>): boolean {
+  return h.queuedSince !== 0 && h.now - h.queuedSince > 2 * h.syncPeriodMs;
+}
+
+export function healthzStatus(h: HealthInputs): HealthStatus {
+  const reasons: string[] = [];
+  const stale = isStale(h);
+  if (stale) {
+    reasons.push(
+      `a change queued at ${iso(h.queuedSince)} has not reached the kernel for ${Math.round((h.now - h.queuedSince) / 1000)}s (limit ${(2 * h.syncPeriodMs) / 1000}s)`,
+    );
+  }
+  if (h.lastSyncedAt === 0 && !stale) reasons.push('no successful sync yet');
+  if (!h.source.healthy) reasons.push(`source unhealthy: ${h.source.reason ?? 'unknown reason'}`);
+  return {
+    code: reasons.length === 0 ? 200 : 503,
+    body: {
+      lastUpdated: iso(h.lastSyncedAt),
+      currentTime: iso(h.now),
+      nodeEligible: true,
+      ...(reasons.length > 0 ? { reason: reasons.join('; ') } : {}),
+      ...(stale ? { queuedSince: iso(h.queuedSince) } : {}),
+      ...(h.source.healthy ? {} : { sourceError: h.source.reason ?? 'source unhealthy' }),
+    },
+  };
+}
+
+export function livezStatus(h: HealthInputs): HealthStatus {
+  const stale = isStale(h);
+  return {
+    code: stale ? 503 : 200,
+    body: {
+      lastUpdated: iso(h.lastSyncedAt),
+      currentTime: iso(h.now),
+      nodeEligible: true,
+      ...(stale
+        ? { reason: 'a queued change has not reached the kernel', queuedSince: iso(h.queuedSince) }
+        : {}),
+    },
+  };
+}
+
+/** The request handler of the healthz server (404 for anything but /healthz and /livez). */
+export function healthHandler(
+  inputs: () => HealthInputs,
+  metrics?: ProxyMetrics,
+): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (path !== '/healthz' && path !== '/livez') {
+      res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found\n');
+      return;
+    }
+    const h = inputs();
+    const status = path === '/healthz' ? healthzStatus(h) : livezStatus(h);
+    (path === '/healthz' ? metrics?.healthzTotal : metrics?.livezTotal)?.inc({ code: String(status.code) });
+    res.writeHead(status.code, { 'Content-Type': 'application/json', 'X-Content-Type-Options': 'nosniff' });
+    res.end(JSON.stringify(status.body));
+  };
+}

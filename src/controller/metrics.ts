@@ -1,0 +1,321 @@
+import { Counter, Gauge, Histogram, Registry, exponentialBuckets, linearBuckets } from 'prom-client';
+import { RestoreError } from '../iptables/iptables.js';
+import type { StateSource } from '../kube/source.js';
+import type { ClusterState, Service } from '../model/types.js';
+import type { Backend, SyncReport } from './backend.js';
+import { SyncError } from './controller.js';
+
+/**
+ * Prometheus metrics with kube-proxy's names (dashboards and alerts written for kube-proxy keep
+ * working), plus svcplane_* ones. The class only records; `attachMetrics` wires it to a controller.
+ */
+
+/** kube-proxy's buckets for sync durations: 1 ms … ~16 s. */
+const SYNC_BUCKETS = exponentialBuckets(0.001, 2, 15);
+/** kube-proxy's network-programming buckets: 0.25 s … 5 min. */
+const PROGRAMMING_BUCKETS = [
+  ...linearBuckets(0.25, 0.25, 2),
+  ...linearBuckets(1, 1, 59),
+  ...linearBuckets(60, 5, 12),
+  ...linearBuckets(120, 30, 7),
+];
+
+/** What the iptables backend reports on top of a SyncReport (duck-typed: other backends lack it). */
+interface IptablesFigures {
+  readonly counts: {
+    readonly filterRules: number;
+    readonly natRules: number;
+    readonly totalNatRules: number;
+  };
+  readonly noLocalEndpoints: { readonly internal: number; readonly external: number };
+}
+
+function iptablesFigures(r: SyncReport): IptablesFigures | undefined {
+  const render = (r as SyncReport & { render?: IptablesFigures }).render;
+  return render?.counts !== undefined ? render : undefined;
+}
+
+/** Services (keys) whose definition changed and whose endpoints changed between two states. */
+export function diffStates(
+  prev: ClusterState | undefined,
+  next: ClusterState,
+): { services: Set<string>; endpoints: Set<string> } {
+  const services = new Set<string>();
+  const endpoints = new Set<string>();
+  const empty: ReadonlyMap<string, Service> = new Map();
+  const before = prev?.services ?? empty;
+  for (const key of new Set([...before.keys(), ...next.services.keys()])) {
+    const a = before.get(key);
+    const b = next.services.get(key);
+    if (a === b) continue; // the builder reuses unchanged objects
+    if (specOf(a) !== specOf(b)) services.add(key);
+    if (endpointsOf(a) !== endpointsOf(b)) endpoints.add(key);
+  }
+  return { services, endpoints };
+}
+
+function specOf(s: Service | undefined): string {
+  if (!s) return '';
+  return JSON.stringify({ ...s, ports: s.ports.map((p) => ({ ...p, endpoints: undefined })) });
+}
+
+function endpointsOf(s: Service | undefined): string {
+  if (!s) return '';
+  return JSON.stringify(s.ports.map((p) => p.endpoints));
+}
+
+export class ProxyMetrics {
+  readonly registry = new Registry();
+
+  readonly syncDuration = this.histogram(
+    'kubeproxy_sync_proxy_rules_duration_seconds',
+    'SyncProxyRules latency in seconds',
+  );
+  readonly syncFullDuration = this.histogram(
+    'kubeproxy_sync_full_proxy_rules_duration_seconds',
+    'SyncProxyRules latency in seconds for full resyncs',
+  );
+  readonly syncPartialDuration = this.histogram(
+    'kubeproxy_sync_partial_proxy_rules_duration_seconds',
+    'SyncProxyRules latency in seconds for partial resyncs',
+  );
+  readonly networkProgramming = new Histogram({
+    name: 'kubeproxy_network_programming_duration_seconds',
+    help: 'In Cluster Network Programming Latency in seconds',
+    buckets: PROGRAMMING_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly lastSyncTimestamp = this.gauge(
+    'kubeproxy_sync_proxy_rules_last_timestamp_seconds',
+    'The last time proxy rules were successfully synced',
+  );
+  readonly lastQueuedTimestamp = this.gauge(
+    'kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds',
+    'The last time a sync of proxy rules was queued',
+  );
+  readonly endpointChangesPending = this.gauge(
+    'kubeproxy_sync_proxy_rules_endpoint_changes_pending',
+    'Pending proxy rules Endpoint changes',
+  );
+  readonly endpointChangesTotal = this.counter(
+    'kubeproxy_sync_proxy_rules_endpoint_changes_total',
+    'Cumulative proxy rules Endpoint changes',
+  );
+  readonly serviceChangesPending = this.gauge(
+    'kubeproxy_sync_proxy_rules_service_changes_pending',
+    'Pending proxy rules Service changes',
+  );
+  readonly serviceChangesTotal = this.counter(
+    'kubeproxy_sync_proxy_rules_service_changes_total',
+    'Cumulative proxy rules Service changes',
+  );
+  readonly iptablesTotal = this.gauge(
+    'kubeproxy_sync_proxy_rules_iptables_total',
+    'Total number of iptables rules owned by kube-proxy',
+    ['table'],
+  );
+  readonly iptablesLast = this.gauge(
+    'kubeproxy_sync_proxy_rules_iptables_last',
+    'Number of iptables rules written by kube-proxy in last sync',
+    ['table'],
+  );
+  readonly restoreFailures = this.counter(
+    'kubeproxy_sync_proxy_rules_iptables_restore_failures_total',
+    'Cumulative proxy iptables restore failures',
+  );
+  readonly partialRestoreFailures = this.counter(
+    'kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total',
+    'Cumulative proxy iptables partial restore failures',
+  );
+  readonly noLocalEndpoints = this.gauge(
+    'kubeproxy_sync_proxy_rules_no_local_endpoints_total',
+    'Number of services with a Local traffic policy and no endpoints',
+    ['traffic_policy'],
+  );
+  readonly healthzTotal = this.counter(
+    'kubeproxy_proxy_healthz_total',
+    'Cumulative proxy healthz HTTP status',
+    ['code'],
+  );
+  readonly livezTotal = this.counter('kubeproxy_proxy_livez_total', 'Cumulative proxy livez HTTP status', [
+    'code',
+  ]);
+  readonly conntrackDuration = this.histogram(
+    'kubeproxy_conntrack_reconciler_sync_duration_seconds',
+    'ReconcileConntrackFlowsLatency latency in seconds',
+  );
+  readonly conntrackDeleted = this.counter(
+    'kubeproxy_conntrack_reconciler_deleted_entries_total',
+    'Cumulative conntrack flows deleted by conntrack reconciler',
+  );
+  readonly conntrackFailures = this.counter(
+    'svcplane_conntrack_reconciler_failures_total',
+    'Conntrack reconciliations that failed (listing or deleting)',
+  );
+  readonly restoreBytes = this.gauge(
+    'svcplane_sync_restore_bytes',
+    'Bytes handed to the kernel writer by the last sync',
+    ['backend'],
+  );
+  readonly restoreLines = this.gauge(
+    'svcplane_sync_restore_lines',
+    'Lines handed to the kernel writer by the last sync',
+    ['backend'],
+  );
+  readonly syncsTotal = this.counter('svcplane_syncs_total', 'Syncs by backend, kind and result', [
+    'backend',
+    'kind',
+    'result',
+  ]);
+  readonly problems = this.gauge(
+    'svcplane_input_problems',
+    'Objects (or parts) skipped as invalid in the current state, by object kind',
+    ['kind'],
+  );
+  /** Read at scrape time (a vanished manifest directory triggers no event). */
+  sourceHealth: (() => boolean) | undefined;
+  readonly sourceHealthy: Gauge = new Gauge({
+    name: 'svcplane_source_healthy',
+    help: '1 when the state source (API or manifests) is healthy, 0 otherwise',
+    registers: [this.registry],
+    collect: () => {
+      if (this.sourceHealth) this.sourceHealthy.set(this.sourceHealth() ? 1 : 0);
+    },
+  });
+
+  private histogram(name: string, help: string): Histogram {
+    return new Histogram({ name, help, buckets: SYNC_BUCKETS, registers: [this.registry] });
+  }
+
+  private gauge<L extends string>(name: string, help: string, labelNames: readonly L[] = []): Gauge<L> {
+    return new Gauge<L>({ name, help, labelNames, registers: [this.registry] });
+  }
+
+  private counter<L extends string>(name: string, help: string, labelNames: readonly L[] = []): Counter<L> {
+    return new Counter<L>({ name, help, labelNames, registers: [this.registry] });
+  }
+
+  /** One successful sync of one backend. */
+  observeReport(r: SyncReport, nowMs = Date.now()): void {
+    const seconds = r.durationMs / 1000;
+    this.syncDuration.observe(seconds);
+    (r.full ? this.syncFullDuration : this.syncPartialDuration).observe(seconds);
+    this.lastSyncTimestamp.set(nowMs / 1000);
+    this.restoreBytes.set({ backend: r.backend }, r.bytes);
+    this.restoreLines.set({ backend: r.backend }, r.lines);
+    this.syncsTotal.inc({ backend: r.backend, kind: r.full ? 'full' : 'partial', result: 'ok' });
+    const ipt = iptablesFigures(r);
+    if (ipt) {
+      this.iptablesTotal.set({ table: 'filter' }, ipt.counts.filterRules);
+      this.iptablesTotal.set({ table: 'nat' }, ipt.counts.totalNatRules);
+      this.iptablesLast.set({ table: 'filter' }, ipt.counts.filterRules);
+      this.iptablesLast.set({ table: 'nat' }, ipt.counts.natRules);
+      this.noLocalEndpoints.set({ traffic_policy: 'internal' }, ipt.noLocalEndpoints.internal);
+      this.noLocalEndpoints.set({ traffic_policy: 'external' }, ipt.noLocalEndpoints.external);
+    }
+  }
+
+  /** A failed backend sync: restore failures are counted as kube-proxy does. */
+  observeFailure(backend: Backend | undefined, name: string, error: unknown): void {
+    const full = backend === undefined ? true : lastAttemptFull(backend);
+    this.syncsTotal.inc({ backend: name, kind: full ? 'full' : 'partial', result: 'error' });
+    if (error instanceof RestoreError) {
+      this.restoreFailures.inc();
+      if (!full) this.partialRestoreFailures.inc();
+    }
+  }
+
+  observeProblems(state: ClusterState): void {
+    this.problems.reset();
+    const byKind = new Map<string, number>();
+    for (const p of state.problems) byKind.set(p.object.kind, (byKind.get(p.object.kind) ?? 0) + 1);
+    for (const [kind, n] of byKind) this.problems.set({ kind }, n);
+  }
+}
+
+function lastAttemptFull(b: Backend): boolean {
+  const v = (b as Backend & { lastAttemptFull?: unknown }).lastAttemptFull;
+  return typeof v === 'boolean' ? v : true;
+}
+
+/** The part of a Controller the metrics need (an interface, so tests can drive it). */
+export interface MetricsSubject {
+  readonly source: StateSource;
+  readonly backends: readonly Backend[];
+  on(event: 'synced', fn: (reports: SyncReport[], state: ClusterState) => void): unknown;
+  on(event: 'syncError', fn: (error: Error) => void): unknown;
+  off(event: 'synced', fn: (reports: SyncReport[], state: ClusterState) => void): unknown;
+  off(event: 'syncError', fn: (error: Error) => void): unknown;
+}
+
+/**
+ * Feeds `metrics` from a controller and its source: change counters (kube-proxy's change trackers
+ * count per object; here per Service whose spec or endpoints changed), network-programming latency
+ * (per Service whose endpoints a sync carried, from the EndpointSlice trigger-time annotation, else
+ * from when the change was seen), sync figures and failures.
+ * Must be attached before the controller starts. Returns a detach function.
+ */
+export function attachMetrics(metrics: ProxyMetrics, subject: MetricsSubject): () => void {
+  const startedAt = Date.now();
+  let lastSeen: ClusterState | undefined = subject.source.current();
+  let lastSynced: ClusterState | undefined;
+  /** Changes not yet in the kernel, oldest first. */
+  let pending: { state: ClusterState; seenAt: number }[] = [];
+
+  const updatePending = (): void => {
+    const current = subject.source.current();
+    if (!current) return;
+    const d = diffStates(lastSynced, current);
+    metrics.endpointChangesPending.set(d.endpoints.size);
+    metrics.serviceChangesPending.set(d.services.size);
+  };
+  const onChange = (state: ClusterState): void => {
+    const now = Date.now();
+    const d = diffStates(lastSeen, state);
+    metrics.endpointChangesTotal.inc(d.endpoints.size);
+    metrics.serviceChangesTotal.inc(d.services.size);
+    metrics.lastQueuedTimestamp.set(now / 1000);
+    lastSeen = state;
+    pending.push({ state, seenAt: now });
+    updatePending();
+  };
+  const onSynced = (reports: SyncReport[], state: ClusterState): void => {
+    const now = Date.now();
+    for (const r of reports) metrics.observeReport(r, now);
+    const idx = pending.findIndex((p) => p.state === state);
+    const oldestSeen = idx >= 0 ? pending[0]?.seenAt : undefined;
+    if (idx >= 0) pending = pending.slice(idx + 1);
+    // One observation per Service whose endpoints this sync carried: from the EndpointSlice
+    // trigger-time annotation when present (ignored when older than svcplane, as kube-proxy does
+    // for the initial list), else from when svcplane saw the change.
+    for (const key of diffStates(lastSynced, state).endpoints) {
+      const trigger = state.endpointsTriggerTimes?.get(key);
+      const from = trigger ?? oldestSeen;
+      if (from === undefined || from > now || (trigger !== undefined && trigger < startedAt)) continue;
+      metrics.networkProgramming.observe((now - from) / 1000);
+    }
+    lastSynced = state;
+    lastSeen ??= state;
+    updatePending();
+    metrics.observeProblems(state);
+  };
+  const onError = (error: Error): void => {
+    const failures = error instanceof SyncError ? error.failures : [{ backend: '', error }];
+    for (const f of failures) {
+      metrics.observeFailure(
+        subject.backends.find((b) => b.name === f.backend),
+        f.backend,
+        f.error,
+      );
+    }
+  };
+  metrics.sourceHealth = () => subject.source.health().healthy;
+  const unsubscribe = subject.source.onChange(onChange);
+  subject.on('synced', onSynced);
+  subject.on('syncError', onError);
+  return () => {
+    unsubscribe();
+    subject.off('synced', onSynced);
+    subject.off('syncError', onError);
+  };
+}

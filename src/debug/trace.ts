@@ -1,0 +1,767 @@
+import { cidrContains, joinHostPort, parseCIDR } from '../model/ip.js';
+import type { IPFamily } from '../model/types.js';
+import { ruleComment, type SavedRule, type SavedRuleset, type SavedTable } from '../iptables/save-parse.js';
+import { servicePortNameFromComment } from './owners.js';
+import { optionOf, parseRuleSpec, quantizeProbability, type RuleSpec, type SpecOption } from './rule-spec.js';
+
+/**
+ * `svcplane trace`, the pure engine: walks one new connection's first packet through parsed
+ * iptables-save output the way netfilter would (nat PREROUTING or OUTPUT, routing, filter INPUT /
+ * FORWARD / OUTPUT, nat POSTROUTING), evaluating the matches kube-proxy and svcplane use. A
+ * `statistic` match splits the walk into branches with their probabilities, so the result lists every
+ * endpoint the packet may reach. A match it cannot evaluate is reported ("unsupported match X") and
+ * treated as not matching, never guessed silently.
+ */
+
+export type TraceProtocol = 'tcp' | 'udp' | 'sctp';
+export type TraceVerdict = 'dnat' | 'reject' | 'drop' | 'local' | 'untouched';
+
+export interface TracePacket {
+  readonly family: IPFamily;
+  /** Canonical IPs. */
+  readonly src: string;
+  readonly dst: string;
+  readonly proto: TraceProtocol;
+  readonly dport: number;
+  /** Source port; matters only to rules matching `--sport` (default: an ephemeral port). */
+  readonly sport?: number;
+  /** The interface the packet arrives on (PREROUTING); inferred from the node's subnets when absent. */
+  readonly inInterface?: string;
+  /** Sent by the node itself: starts in nat OUTPUT instead of nat PREROUTING. */
+  readonly fromNode: boolean;
+}
+
+export interface NodeAddress {
+  readonly ip: string;
+  readonly prefixLen: number;
+  readonly ifname: string;
+}
+
+/** What the trace needs to know about the node besides its rules. */
+export interface NodeView {
+  readonly addresses: readonly NodeAddress[];
+  /** The interface of the default route of this family, if any. */
+  readonly defaultInterface?: string;
+}
+
+export interface TraceInput {
+  readonly ruleset: SavedRuleset;
+  readonly node: NodeView;
+  readonly packet: TracePacket;
+  /** xt_recent lists (`/proc/net/xt_recent/<name>`): list name → source IPs in it. */
+  readonly recent?: ReadonlyMap<string, ReadonlySet<string>>;
+}
+
+export interface TraceStep {
+  readonly table: string;
+  readonly chain: string;
+  /** 1-based position of the rule in its chain; absent for a policy or a note. */
+  readonly rule?: number;
+  /** The rule as iptables-save wrote it (or a description). */
+  readonly text: string;
+  /** What happened: `jump KUBE-SVC-…`, `DNAT to 10.244.0.3:9376`, `policy ACCEPT`, … */
+  readonly action: string;
+  /** The rule's `-m comment` text. */
+  readonly comment?: string;
+  /** Set on a `statistic` rule: the chance this branch took it. */
+  readonly probability?: number;
+  readonly packets?: number;
+}
+
+export interface AffinityInfo {
+  /** xt_recent list (named after the endpoint's KUBE-SEP chain). */
+  readonly list: string;
+  readonly seconds?: number;
+  /** The client has an entry in the list (only known when the lists were read). */
+  readonly clientListed?: boolean;
+}
+
+export interface TraceBranch {
+  readonly probability: number;
+  readonly verdict: TraceVerdict;
+  /** `ip:port` / `[ip]:port` after DNAT. */
+  readonly endpoint?: string;
+  readonly masquerade: boolean;
+  readonly masqueradeReason: string;
+  readonly steps: readonly TraceStep[];
+}
+
+export interface TraceResult {
+  readonly verdict: TraceVerdict;
+  readonly endpoints: readonly { endpoint: string; probability: number; masquerade: boolean }[];
+  /** True when the packet is masqueraded on any branch (see each endpoint for the detail). */
+  readonly masquerade: boolean;
+  readonly masqueradeReason: string;
+  /** ServicePortName from the rules' comments (`namespace/name` or `namespace/name:port`). */
+  readonly service?: string;
+  /** The steps every branch shares (up to the first random split). */
+  readonly path: readonly TraceStep[];
+  readonly branches: readonly TraceBranch[];
+  readonly affinity: readonly AffinityInfo[];
+  /** Matches/targets that could not be evaluated (treated as not matching / as no-ops). */
+  readonly unsupported: readonly string[];
+  readonly notes: readonly string[];
+  /** The interface the packet arrives on (given or inferred); absent for traffic from the node. */
+  readonly inInterface?: string;
+}
+
+/** The state of one branch of the walk. Immutable: every change makes a copy. */
+interface Branch {
+  readonly prob: number;
+  readonly dst: string;
+  readonly dport: number;
+  readonly mark: number;
+  readonly dnat: boolean;
+  readonly masq?: string;
+  readonly markedBy?: string;
+  readonly steps: readonly TraceStep[];
+  readonly unsupported: readonly string[];
+  readonly affinity: readonly AffinityInfo[];
+}
+
+type Exit = 'continue' | 'ACCEPT' | 'DROP' | 'REJECT';
+interface Outcome {
+  readonly b: Branch;
+  readonly exit: Exit;
+}
+
+interface Hook {
+  readonly table: 'nat' | 'filter';
+  readonly chain: string;
+  readonly inInterface?: string;
+  readonly outInterface?: string;
+}
+
+const EPHEMERAL_PORT = 40000;
+const MAX_DEPTH = 64;
+const MAX_BRANCHES = 4096;
+const NON_TERMINATING = new Set(['LOG', 'NFLOG', 'ULOG', 'TRACE', 'AUDIT', 'NOTRACK', 'CT']);
+
+export function tracePacket(input: TraceInput): TraceResult {
+  const t = new Tracer(input);
+  return t.run();
+}
+
+class Tracer {
+  private readonly specs = new WeakMap<SavedRule, RuleSpec>();
+  private readonly pkt: TracePacket;
+  private readonly inIf: string | undefined;
+  private readonly notes: string[] = [];
+  private branchCount = 0;
+
+  constructor(private readonly input: TraceInput) {
+    this.pkt = input.packet;
+    this.inIf = this.pkt.fromNode ? undefined : (this.pkt.inInterface ?? this.interfaceFor(this.pkt.src));
+    if (!this.pkt.fromNode && this.pkt.inInterface === undefined) {
+      this.notes.push(
+        this.inIf
+          ? `in-interface ${this.inIf} inferred from the node's subnets`
+          : 'in-interface unknown (no node subnet holds the source; pass --in-interface)',
+      );
+    }
+  }
+
+  run(): TraceResult {
+    const start: Branch = {
+      prob: 1,
+      dst: this.pkt.dst,
+      dport: this.pkt.dport,
+      mark: 0,
+      dnat: false,
+      steps: [],
+      unsupported: [],
+      affinity: [],
+    };
+    const finals: { b: Branch; verdict: TraceVerdict; postrouted: boolean }[] = [];
+    const first: Hook = this.pkt.fromNode
+      ? { table: 'nat', chain: 'OUTPUT', outInterface: this.interfaceFor(this.pkt.dst) }
+      : { table: 'nat', chain: 'PREROUTING', ...(this.inIf ? { inInterface: this.inIf } : {}) };
+    for (const o of this.hook(first, start)) {
+      if (o.exit === 'DROP' || o.exit === 'REJECT') {
+        finals.push({ b: o.b, verdict: o.exit === 'DROP' ? 'drop' : 'reject', postrouted: false });
+        continue;
+      }
+      const local = this.isLocal(o.b.dst);
+      const outIf = local ? 'lo' : this.interfaceFor(o.b.dst);
+      const filterHook: Hook = this.pkt.fromNode
+        ? { table: 'filter', chain: 'OUTPUT', ...(outIf ? { outInterface: outIf } : {}) }
+        : local
+          ? { table: 'filter', chain: 'INPUT', ...(this.inIf ? { inInterface: this.inIf } : {}) }
+          : {
+              table: 'filter',
+              chain: 'FORWARD',
+              ...(this.inIf ? { inInterface: this.inIf } : {}),
+              ...(outIf ? { outInterface: outIf } : {}),
+            };
+      for (const f of this.hook(filterHook, o.b)) {
+        if (f.exit === 'DROP' || f.exit === 'REJECT') {
+          finals.push({ b: f.b, verdict: f.exit === 'DROP' ? 'drop' : 'reject', postrouted: false });
+          continue;
+        }
+        // Packets delivered to the node from outside never reach POSTROUTING.
+        const postroute = this.pkt.fromNode || !local;
+        const afterPost = postroute
+          ? this.hook(
+              {
+                table: 'nat',
+                chain: 'POSTROUTING',
+                ...(this.inIf ? { inInterface: this.inIf } : {}),
+                ...(outIf ? { outInterface: outIf } : {}),
+              },
+              f.b,
+            )
+          : [f];
+        for (const p of afterPost) {
+          if (p.exit === 'DROP' || p.exit === 'REJECT') {
+            finals.push({ b: p.b, verdict: p.exit === 'DROP' ? 'drop' : 'reject', postrouted: true });
+            continue;
+          }
+          // Locally generated traffic to a local address loops back through filter INPUT.
+          if (this.pkt.fromNode && local) {
+            const inp = this.hook({ table: 'filter', chain: 'INPUT', inInterface: 'lo' }, p.b);
+            for (const q of inp) finals.push({ b: q.b, verdict: verdictOf(q, true), postrouted: true });
+          } else {
+            finals.push({ b: p.b, verdict: verdictOf(p, local), postrouted: postroute });
+          }
+        }
+      }
+    }
+    return this.summarize(finals);
+  }
+
+  // ---- one hook: a built-in chain and its policy ----
+
+  private hook(h: Hook, b: Branch): Outcome[] {
+    const table = this.input.ruleset.tables.get(h.table);
+    if (!table) return [{ b, exit: 'ACCEPT' }];
+    const outcomes = this.chain(table, h, h.chain, b, 0, undefined);
+    const policy = (table.chainsByName.get(h.chain)?.policy ?? 'ACCEPT') as Exit;
+    return outcomes.map((o) =>
+      o.exit !== 'continue'
+        ? o
+        : {
+            b: this.step(o.b, {
+              table: h.table,
+              chain: h.chain,
+              text: `end of ${h.chain}`,
+              action: `policy ${policy}`,
+            }),
+            exit: policy === 'DROP' ? 'DROP' : 'ACCEPT',
+          },
+    );
+  }
+
+  private chain(
+    table: SavedTable,
+    h: Hook,
+    chain: string,
+    b0: Branch,
+    depth: number,
+    caller: string | undefined,
+  ): Outcome[] {
+    if (depth > MAX_DEPTH) {
+      return [
+        { b: this.unsupported(b0, `jump depth over ${MAX_DEPTH} at ${chain} (a loop?)`), exit: 'DROP' },
+      ];
+    }
+    const rules = table.rulesByChain.get(chain) ?? [];
+    const walk = (from: number, b: Branch): Outcome[] => {
+      for (let i = from; i < rules.length; i++) {
+        const rule = rules[i] as SavedRule;
+        const spec = this.spec(rule);
+        const m = this.match(spec, b, h);
+        b = m.b;
+        if (m.p <= 0) continue;
+        if (m.p < 1 && this.branchCount < MAX_BRANCHES) {
+          this.branchCount++;
+          const taken = this.apply(table, h, chain, i, rule, spec, scale(b, m.p), m.p, depth, caller, walk);
+          const passed = walk(i + 1, scale(b, 1 - m.p));
+          return [...taken, ...passed];
+        }
+        return this.apply(table, h, chain, i, rule, spec, b, undefined, depth, caller, walk);
+      }
+      return [{ b, exit: 'continue' }];
+    };
+    return walk(0, b0);
+  }
+
+  private apply(
+    table: SavedTable,
+    h: Hook,
+    chain: string,
+    i: number,
+    rule: SavedRule,
+    spec: RuleSpec,
+    b: Branch,
+    probability: number | undefined,
+    depth: number,
+    caller: string | undefined,
+    walk: (from: number, b: Branch) => Outcome[],
+  ): Outcome[] {
+    const target = spec.target;
+    const comment = ruleComment(rule);
+    const base = {
+      table: h.table,
+      chain,
+      rule: i + 1,
+      text: rule.text,
+      ...(comment !== undefined ? { comment } : {}),
+      ...(probability !== undefined ? { probability } : {}),
+      ...(rule.packets !== undefined ? { packets: rule.packets } : {}),
+    };
+    if (!target) return walk(i + 1, this.step(b, { ...base, action: 'match (no target), continue' }));
+    const name = target.name;
+    const opt = (n: string): SpecOption | undefined => target.options.find((o) => o.name === n);
+    switch (name) {
+      case 'ACCEPT':
+      case 'DROP':
+      case 'REJECT':
+        return [{ b: this.step(b, { ...base, action: name }), exit: name }];
+      case 'RETURN':
+        return [{ b: this.step(b, { ...base, action: 'RETURN' }), exit: 'continue' }];
+      case 'DNAT': {
+        const to = opt('--to-destination')?.values[0];
+        const parsed = to === undefined ? undefined : parseNatDestination(to);
+        if (!parsed) {
+          const nb = this.unsupported(b, `DNAT target ${to ?? '(no --to-destination)'}`);
+          return [{ b: this.step(nb, { ...base, action: 'DNAT (unsupported form)' }), exit: 'ACCEPT' }];
+        }
+        const nb: Branch = { ...b, dst: parsed.ip, dport: parsed.port ?? b.dport, dnat: true };
+        const ep = joinHostPort(nb.dst, nb.dport);
+        return [{ b: this.step(nb, { ...base, action: `DNAT to ${ep}` }), exit: 'ACCEPT' }];
+      }
+      case 'MASQUERADE':
+      case 'SNAT': {
+        const nb: Branch = { ...b, masq: `${h.table} ${chain} rule ${i + 1}: ${rule.text}` };
+        return [{ b: this.step(nb, { ...base, action: name }), exit: 'ACCEPT' }];
+      }
+      case 'MARK': {
+        const mark = applyMark(b.mark, target.options);
+        if (mark === undefined) {
+          return walk(
+            i + 1,
+            this.unsupported(this.step(b, { ...base, action: 'MARK' }), 'MARK target options'),
+          );
+        }
+        // KUBE-MARK-MASQ is reached by a jump: the jumping rule is the reason, not this one.
+        const by = caller ?? `${h.table} ${chain} rule ${i + 1}: ${rule.text}`;
+        const nb: Branch = {
+          ...b,
+          mark,
+          ...((mark & ~b.mark) !== 0 ? { markedBy: by } : {}),
+        };
+        return walk(i + 1, this.step(nb, { ...base, action: `MARK → 0x${mark.toString(16)}` }));
+      }
+    }
+    if (table.chainsByName.has(name) && !table.chainsByName.get(name)?.builtin) {
+      const nb = this.step(b, { ...base, action: `${target.goto ? 'goto' : 'jump'} ${name}` });
+      const sub = this.chain(
+        table,
+        h,
+        name,
+        nb,
+        depth + 1,
+        `${h.table} ${chain} rule ${i + 1}: ${rule.text}`,
+      );
+      return sub.flatMap((o) => {
+        if (o.exit !== 'continue') return [o];
+        // A goto'd chain that falls through returns to this chain's caller.
+        return target.goto ? [o] : walk(i + 1, o.b);
+      });
+    }
+    if (NON_TERMINATING.has(name)) return walk(i + 1, this.step(b, { ...base, action: `${name}, continue` }));
+    return walk(
+      i + 1,
+      this.unsupported(
+        this.step(b, { ...base, action: `${name} (not evaluated), continue` }),
+        `target ${name}`,
+      ),
+    );
+  }
+
+  // ---- matches ----
+
+  /** Probability that the rule matches (1, 0, or in between for `statistic`), with notes. */
+  private match(spec: RuleSpec, b: Branch, h: Hook): { p: number; b: Branch } {
+    const pkt = this.pkt;
+    const no = { p: 0, b };
+    if (spec.source && !addrMatches(spec.source.value, pkt.src, spec.source.negated)) return no;
+    if (spec.destination && !addrMatches(spec.destination.value, b.dst, spec.destination.negated)) return no;
+    if (spec.protocol) {
+      const is = spec.protocol.value === pkt.proto || spec.protocol.value === 'all';
+      if (is === spec.protocol.negated) return no;
+    }
+    if (spec.inInterface && !ifaceMatches(spec.inInterface.value, h.inInterface, spec.inInterface.negated))
+      return no;
+    if (
+      spec.outInterface &&
+      !ifaceMatches(spec.outInterface.value, h.outInterface, spec.outInterface.negated)
+    )
+      return no;
+    if (spec.fragment && !spec.fragment.negated) return no; // a first packet is never a later fragment
+    if (spec.stray.length > 0) return { p: 0, b: this.unsupported(b, `arguments ${spec.stray.join(' ')}`) };
+    let p = 1;
+    for (const m of spec.matches) {
+      const r = this.module(m.module, m.options, b);
+      b = r.b;
+      if (r.p <= 0) return { p: 0, b };
+      p *= r.p;
+    }
+    return { p, b };
+  }
+
+  private module(module: string, options: readonly SpecOption[], b: Branch): { p: number; b: Branch } {
+    const pkt = this.pkt;
+    const yes = { p: 1, b };
+    const no = { p: 0, b };
+    const all = (f: (o: SpecOption) => boolean | undefined): { p: number; b: Branch } => {
+      for (const o of options) {
+        const r = f(o);
+        if (r === undefined) return { p: 0, b: this.unsupported(b, `match ${module} ${o.name}`) };
+        if (r === o.negated) return no;
+      }
+      return yes;
+    };
+    switch (module) {
+      case 'comment':
+      case 'nfacct':
+        return yes;
+      case 'tcp':
+      case 'udp':
+      case 'sctp':
+        if (module !== pkt.proto) return no;
+        return all((o) => {
+          if (o.name === '--dport') return portIn(o.values[0], b.dport);
+          if (o.name === '--sport') return portIn(o.values[0], pkt.sport ?? EPHEMERAL_PORT);
+          if (o.name === '--syn') return true; // the first packet of a TCP connection
+          if (o.name === '--tcp-flags') return tcpFlagsMatch(o.values[0], o.values[1]);
+          return undefined;
+        });
+      case 'multiport':
+        return all((o) => {
+          const list = (o.values[0] ?? '').split(',');
+          const sport = pkt.sport ?? EPHEMERAL_PORT;
+          if (o.name === '--dports') return list.some((x) => portIn(x, b.dport));
+          if (o.name === '--sports') return list.some((x) => portIn(x, sport));
+          if (o.name === '--ports') return list.some((x) => portIn(x, b.dport) || portIn(x, sport));
+          return undefined;
+        });
+      case 'addrtype':
+        return all((o) => {
+          const types = (o.values[0] ?? '').toUpperCase().split(',');
+          if (types.some((t) => t !== 'LOCAL')) return undefined;
+          if (o.name === '--dst-type') return this.isLocal(b.dst);
+          if (o.name === '--src-type') return this.isLocal(pkt.src);
+          return undefined;
+        });
+      case 'conntrack':
+      case 'state':
+        return all((o) => {
+          if (o.name !== '--ctstate' && o.name !== '--state') return undefined;
+          const states = (o.values[0] ?? '').toUpperCase().split(',');
+          // A new connection; DNAT once a nat rule rewrote the destination.
+          return states.includes('NEW') || (b.dnat && states.includes('DNAT'));
+        });
+      case 'mark':
+        return all((o) => {
+          if (o.name !== '--mark') return undefined;
+          const mv = parseMarkValue(o.values[0] ?? '');
+          return mv === undefined ? undefined : (b.mark & mv.mask) >>> 0 === mv.value;
+        });
+      case 'statistic': {
+        const mode = optionOf({ options }, '--mode')?.values[0];
+        const prob = optionOf({ options }, '--probability');
+        if (mode !== 'random' || !prob)
+          return { p: 0, b: this.unsupported(b, `match statistic --mode ${mode ?? '?'}`) };
+        const q = quantizeProbability(prob.values[0] ?? '');
+        if (q === undefined) return { p: 0, b: this.unsupported(b, 'match statistic --probability') };
+        return { p: prob.negated ? 1 - q : q, b };
+      }
+      case 'recent':
+        return this.recent(options, b);
+      default:
+        return { p: 0, b: this.unsupported(b, `match ${module}`) };
+    }
+  }
+
+  /** xt_recent: `--set` always matches (and records); `--rcheck` matches only a listed client. */
+  private recent(options: readonly SpecOption[], b: Branch): { p: number; b: Branch } {
+    const name = optionOf({ options }, '--name')?.values[0] ?? 'DEFAULT';
+    const secondsText = optionOf({ options }, '--seconds')?.values[0];
+    const seconds = secondsText === undefined ? undefined : Number(secondsText);
+    const known = this.input.recent;
+    const listed = known?.get(name)?.has(this.pkt.src);
+    const info: AffinityInfo = {
+      list: name,
+      ...(seconds !== undefined ? { seconds } : {}),
+      ...(listed !== undefined ? { clientListed: listed } : {}),
+    };
+    const nb: Branch = b.affinity.some((a) => a.list === name)
+      ? b
+      : { ...b, affinity: [...b.affinity, info] };
+    if (optionOf({ options }, '--set')) return { p: 1, b: nb };
+    if (optionOf({ options }, '--rcheck') || optionOf({ options }, '--update')) {
+      // Without the kernel's lists, assume a first-time client (no entry): the random split decides.
+      const neg = (optionOf({ options }, '--rcheck') ?? optionOf({ options }, '--update'))?.negated ?? false;
+      return { p: (listed === true) !== neg ? 1 : 0, b: nb };
+    }
+    return { p: 0, b: this.unsupported(nb, 'match recent (mode)') };
+  }
+
+  // ---- helpers ----
+
+  private spec(rule: SavedRule): RuleSpec {
+    let s = this.specs.get(rule);
+    if (!s) {
+      s = parseRuleSpec(rule.args);
+      this.specs.set(rule, s);
+    }
+    return s;
+  }
+
+  private step(b: Branch, s: TraceStep): Branch {
+    return { ...b, steps: [...b.steps, s] };
+  }
+
+  private unsupported(b: Branch, what: string): Branch {
+    const text = `unsupported ${what}`;
+    if (b.unsupported.includes(text)) return b;
+    return { ...b, unsupported: [...b.unsupported, text] };
+  }
+
+  /** addrtype LOCAL: one of the node's addresses, or inside a loopback prefix (127.0.0.0/8). */
+  private isLocal(ip: string): boolean {
+    for (const a of this.input.node.addresses) {
+      if (a.ip === ip) return true;
+      if (a.ifname === 'lo' && cidrContains(`${networkOf(a)}`, ip)) return true;
+    }
+    return false;
+  }
+
+  /** The interface whose connected subnet holds `ip` (longest prefix), else the default route's. */
+  private interfaceFor(ip: string): string | undefined {
+    if (this.isLocal(ip)) return 'lo';
+    let best: NodeAddress | undefined;
+    for (const a of this.input.node.addresses) {
+      if (a.ifname === 'lo') continue;
+      if (cidrContains(networkOf(a), ip) && (!best || a.prefixLen > best.prefixLen)) best = a;
+    }
+    return best?.ifname ?? this.input.node.defaultInterface;
+  }
+
+  // ---- result ----
+
+  private summarize(
+    finals: readonly { b: Branch; verdict: TraceVerdict; postrouted: boolean }[],
+  ): TraceResult {
+    const branches: TraceBranch[] = finals.map(({ b, verdict, postrouted }) => ({
+      probability: round(b.prob),
+      verdict,
+      ...(verdict === 'dnat' ? { endpoint: joinHostPort(b.dst, b.dport) } : {}),
+      masquerade: b.masq !== undefined,
+      masqueradeReason: masqueradeReason(b, verdict, postrouted),
+      steps: b.steps,
+    }));
+    const byVerdict = new Map<TraceVerdict, number>();
+    for (const br of branches) byVerdict.set(br.verdict, (byVerdict.get(br.verdict) ?? 0) + br.probability);
+    let verdict: TraceVerdict = 'untouched';
+    let best = -1;
+    for (const [v, p] of byVerdict) {
+      if (p > best) {
+        best = p;
+        verdict = v;
+      }
+    }
+    const eps = new Map<string, { endpoint: string; probability: number; masquerade: boolean }>();
+    for (const br of branches) {
+      if (br.endpoint === undefined) continue;
+      const e = eps.get(br.endpoint);
+      if (e) {
+        e.probability = round(e.probability + br.probability);
+        e.masquerade ||= br.masquerade;
+      } else {
+        eps.set(br.endpoint, {
+          endpoint: br.endpoint,
+          probability: br.probability,
+          masquerade: br.masquerade,
+        });
+      }
+    }
+    const masquerade = branches.some((x) => x.masquerade);
+    const reasons = [...new Set(branches.map((x) => x.masqueradeReason))];
+    const path = commonPrefix(branches.map((x) => x.steps));
+    const unsupported = [...new Set(finals.flatMap((f) => f.b.unsupported))];
+    const affinity = dedupeAffinity(finals.flatMap((f) => f.b.affinity));
+    const service = serviceOf(branches);
+    return {
+      verdict,
+      endpoints: [...eps.values()].sort((a, b) =>
+        a.endpoint < b.endpoint ? -1 : a.endpoint > b.endpoint ? 1 : 0,
+      ),
+      masquerade,
+      masqueradeReason: reasons.length === 1 ? (reasons[0] as string) : reasons.join('; '),
+      ...(service !== undefined ? { service } : {}),
+      path,
+      branches,
+      affinity,
+      unsupported,
+      notes: this.notes,
+      ...(this.inIf !== undefined ? { inInterface: this.inIf } : {}),
+    };
+  }
+}
+
+function verdictOf(o: Outcome, local: boolean): TraceVerdict {
+  if (o.exit === 'DROP') return 'drop';
+  if (o.exit === 'REJECT') return 'reject';
+  if (o.b.dnat) return 'dnat';
+  return local ? 'local' : 'untouched';
+}
+
+function masqueradeReason(b: Branch, verdict: TraceVerdict, postrouted: boolean): string {
+  if (verdict === 'drop' || verdict === 'reject')
+    return `no: the packet is ${verdict === 'drop' ? 'dropped' : 'rejected'}`;
+  if (b.masq !== undefined) {
+    return b.markedBy !== undefined
+      ? `yes: marked by ${b.markedBy}; masqueraded by ${b.masq}`
+      : `yes: masqueraded by ${b.masq}`;
+  }
+  if (!postrouted) return 'no: delivered to the node itself (POSTROUTING is not traversed)';
+  if (b.markedBy !== undefined) return `no: marked by ${b.markedBy}, but no POSTROUTING rule masqueraded it`;
+  return 'no: no rule marked the packet for masquerade';
+}
+
+function scale(b: Branch, p: number): Branch {
+  return { ...b, prob: b.prob * p };
+}
+
+function round(p: number): number {
+  return Math.round(p * 1e6) / 1e6;
+}
+
+function networkOf(a: NodeAddress): string {
+  return parseCIDR(`${a.ip}/${a.prefixLen}`)?.cidr ?? `${a.ip}/${a.ip.includes(':') ? 128 : 32}`;
+}
+
+function addrMatches(cidr: string, ip: string, negated: boolean): boolean {
+  const inside = cidr.includes(':') === ip.includes(':') && safeContains(cidr, ip);
+  return inside !== negated;
+}
+
+function safeContains(cidr: string, ip: string): boolean {
+  try {
+    return cidrContains(cidr, ip);
+  } catch {
+    return false;
+  }
+}
+
+/** `-i eth0`, `-i veth+` (prefix); no interface (e.g. in OUTPUT) matches only negated rules. */
+function ifaceMatches(pattern: string, actual: string | undefined, negated: boolean): boolean {
+  const is =
+    actual !== undefined &&
+    (pattern.endsWith('+') ? actual.startsWith(pattern.slice(0, -1)) : actual === pattern);
+  return is !== negated;
+}
+
+function portIn(spec: string | undefined, port: number): boolean | undefined {
+  if (spec === undefined) return undefined;
+  const [lo, hi] = spec.split(':');
+  const a = lo === '' || lo === undefined ? 0 : Number(lo);
+  const z = hi === undefined ? a : hi === '' ? 65535 : Number(hi);
+  if (!Number.isInteger(a) || !Number.isInteger(z)) return undefined;
+  return port >= a && port <= z;
+}
+
+/** The first TCP packet carries SYN only. */
+function tcpFlagsMatch(mask: string | undefined, comp: string | undefined): boolean | undefined {
+  if (mask === undefined || comp === undefined) return undefined;
+  const set = (s: string): Set<string> =>
+    new Set(
+      s.toUpperCase() === 'ALL' ? ['SYN', 'ACK', 'FIN', 'RST', 'URG', 'PSH'] : s.toUpperCase().split(','),
+    );
+  const m = set(mask);
+  const c = set(comp);
+  for (const f of m) if ((f === 'SYN') !== c.has(f)) return false;
+  return true;
+}
+
+function parseMarkValue(text: string): { value: number; mask: number } | undefined {
+  const [v = '', m] = text.split('/');
+  const num = (s: string): number | undefined =>
+    /^0x[0-9a-f]+$/i.test(s) ? Number.parseInt(s.slice(2), 16) : /^\d+$/.test(s) ? Number(s) : undefined;
+  const value = num(v);
+  const mask = m === undefined ? 0xffffffff : num(m);
+  if (value === undefined || mask === undefined) return undefined;
+  return { value: value >>> 0, mask: mask >>> 0 };
+}
+
+/** The MARK target's effect on a mark, or undefined when its options are not understood. */
+function applyMark(mark: number, options: readonly SpecOption[]): number | undefined {
+  let out = mark;
+  for (const o of options) {
+    const mv = parseMarkValue(o.values[0] ?? '');
+    if (!mv) return undefined;
+    const v = mv.value;
+    switch (o.name) {
+      case '--set-xmark':
+        out = ((out & ~mv.mask) ^ v) >>> 0;
+        break;
+      case '--set-mark':
+        out = ((out & ~mv.mask) | v) >>> 0;
+        break;
+      case '--or-mark':
+        out = (out | v) >>> 0;
+        break;
+      case '--xor-mark':
+        out = (out ^ v) >>> 0;
+        break;
+      case '--and-mark':
+        out = (out & v) >>> 0;
+        break;
+      default:
+        return undefined;
+    }
+  }
+  return out;
+}
+
+/** `10.0.0.1`, `10.0.0.1:80`, `[fd00::1]:80`, `fd00::1`; ranges are not supported. */
+export function parseNatDestination(text: string): { ip: string; port?: number } | undefined {
+  const b = /^\[([0-9a-fA-F:.]+)\](?::(\d+))?$/.exec(text);
+  if (b) return { ip: b[1] as string, ...(b[2] !== undefined ? { port: Number(b[2]) } : {}) };
+  if (text.split(':').length > 2) return /^[0-9a-fA-F:.]+$/.test(text) ? { ip: text } : undefined;
+  const m = /^(\d+\.\d+\.\d+\.\d+)(?::(\d+))?$/.exec(text);
+  if (!m) return undefined;
+  return { ip: m[1] as string, ...(m[2] !== undefined ? { port: Number(m[2]) } : {}) };
+}
+
+function commonPrefix(lists: readonly (readonly TraceStep[])[]): TraceStep[] {
+  const first = lists[0];
+  if (!first) return [];
+  let n = first.length;
+  for (const l of lists.slice(1)) {
+    let i = 0;
+    while (i < n && i < l.length && l[i] === first[i]) i++;
+    n = i;
+  }
+  return first.slice(0, n);
+}
+
+function dedupeAffinity(list: readonly AffinityInfo[]): AffinityInfo[] {
+  const seen = new Map<string, AffinityInfo>();
+  for (const a of list) if (!seen.has(a.list)) seen.set(a.list, a);
+  return [...seen.values()];
+}
+
+/** The ServicePortName of the first rule on the most likely branch whose comment names one. */
+function serviceOf(branches: readonly TraceBranch[]): string | undefined {
+  const ordered = [...branches].sort((a, b) => b.probability - a.probability);
+  for (const br of ordered) {
+    for (const s of br.steps) {
+      const spn = servicePortNameFromComment(s.comment);
+      if (spn !== undefined) return spn;
+    }
+  }
+  return undefined;
+}

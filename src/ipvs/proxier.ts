@@ -1,0 +1,324 @@
+import type { Backend, SyncReport } from '../controller/backend.js';
+import { Iptables, type IptablesBinaries } from '../iptables/iptables.js';
+import { canaryLines, mergeExtraLines, missingJumpLines } from '../iptables/jump-plan.js';
+import { parseIptablesSave } from '../iptables/save-parse.js';
+import { cidrContains, parseCIDR } from '../model/ip.js';
+import { nodeContext } from '../model/selection.js';
+import type { ClusterState, IPFamily } from '../model/types.js';
+import { run, type RunResult } from '../util/exec.js';
+import { log } from '../util/log.js';
+import { parseIpAddressJson, type InterfaceAddress } from '../util/netif.js';
+import { ensureSysctl } from '../util/sysctl.js';
+import { diffIpvs } from './diff.js';
+import { diffIpsets, parseIpsetSave } from './ipset.js';
+import { parseIpvsadmConnections, parseIpvsadmSave } from './ipvsadm.js';
+import { planIpvs, type IpvsDesired } from './plan.js';
+import { IPVS_FILTER_CHAINS, IPVS_JUMPS, IPVS_NAT_CHAINS, renderIpvsRules } from './rules.js';
+
+/**
+ * The IPVS backend for one IP family (kube-proxy's ipvs Proxier): gathers node facts, plans (pure),
+ * diffs against what the kernel holds and applies one `ipset restore`, one `ip -batch` bind, one
+ * `ipvsadm -R`, one `iptables-restore --noflush` and one `ip -batch` unbind, in that order (sets
+ * before the rules that name them, addresses before the virtual servers that use them, unbinding
+ * last). Every sync is a full reconcile, as in kube-proxy.
+ */
+
+export const DUMMY_DEVICE = 'kube-ipvs0';
+
+export interface IpvsProxierConfig {
+  readonly family: IPFamily;
+  readonly nodeName: string;
+  readonly masqueradeBit: number;
+  readonly masqueradeAll: boolean;
+  /** --cluster-cidr values (any family); the one of this family is the local-traffic detector. */
+  readonly clusterCIDRs: readonly string[];
+  /** --nodeport-addresses CIDRs (or `primary`); empty = every non-loopback local address. */
+  readonly nodePortAddresses: readonly string[];
+  readonly scheduler: string;
+  readonly strictARP: boolean;
+  readonly excludeCIDRs: readonly string[];
+  /** Seconds; 0 keeps the kernel's value. */
+  readonly tcpTimeout: number;
+  readonly tcpFinTimeout: number;
+  readonly udpTimeout: number;
+  readonly netns?: string;
+  readonly iptablesBinaries?: IptablesBinaries;
+  /** How often draining (weight 0) real servers are checked (kube-proxy: 1 min). */
+  readonly gracefulCheckMs?: number;
+}
+
+export interface IpvsSyncReport extends SyncReport {
+  readonly draining: number;
+  readonly noEndpoints: number;
+  readonly noLocalEndpoints: number;
+}
+
+interface Facts {
+  readonly addrs: readonly InterfaceAddress[];
+  readonly dummyExists: boolean;
+}
+
+export class IpvsProxier implements Backend {
+  readonly name: string;
+  readonly ipt: Iptables;
+  private lastDesired: IpvsDesired | undefined;
+  private randomFully = false;
+  private queue: Promise<unknown> = Promise.resolve();
+  private reapTimer: NodeJS.Timeout | undefined;
+  private lastReport: IpvsSyncReport | undefined;
+  /** Read iptables-save for missing jumps/canaries: first sync, after a failure or detected drift. */
+  private checkJumps = true;
+
+  constructor(private readonly config: IpvsProxierConfig) {
+    this.name = `ipvs/${config.family}`;
+    this.ipt = new Iptables({
+      family: config.family,
+      netns: config.netns,
+      binaries: config.iptablesBinaries,
+    });
+  }
+
+  get lastSync(): IpvsSyncReport | undefined {
+    return this.lastReport;
+  }
+
+  private exec(argv: readonly string[], input?: string): Promise<RunResult> {
+    return run(argv, { input, netns: this.config.netns, timeoutMs: 60_000 });
+  }
+
+  /** Runs kernel work one at a time (a sync and the drain timer never interleave). */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.queue.then(fn, fn);
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
+  async setup(): Promise<void> {
+    const ns = { netns: this.config.netns };
+    this.randomFully = await this.ipt.supportsRandomFully();
+    // kube-proxy's IPVS sysctls (conn_reuse_mode is only touched on kernels < 5.9; not supported here).
+    await ensureSysctl('net.ipv4.vs.conntrack', 1, ns);
+    await ensureSysctl('net.ipv4.vs.expire_nodest_conn', 1, ns);
+    await ensureSysctl('net.ipv4.vs.expire_quiescent_template', 1, ns);
+    await ensureSysctl('net.ipv4.ip_forward', 1, ns);
+    if (this.config.strictARP) {
+      await ensureSysctl('net.ipv4.conf.all.arp_ignore', 1, ns);
+      await ensureSysctl('net.ipv4.conf.all.arp_announce', 2, ns);
+    }
+    const { tcpTimeout: t, tcpFinTimeout: f, udpTimeout: u } = this.config;
+    if (t > 0 || f > 0 || u > 0) await this.exec(['ipvsadm', '--set', String(t), String(f), String(u)]);
+  }
+
+  forceFullSync(): void {
+    // Every IPVS sync is a full reconcile; this also re-checks the jump rules.
+    this.checkJumps = true;
+  }
+
+  async detectDrift(): Promise<boolean> {
+    for (const table of ['nat', 'filter'] as const) {
+      if (!(await this.ipt.canaryExists(table))) {
+        log.warn('iptables canary chain missing: another agent flushed our rules; full resync', {
+          backend: this.name,
+          table,
+        });
+        this.checkJumps = true;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** Stops the drain timer (tests, shutdown). Kernel state stays. */
+  stop(): void {
+    if (this.reapTimer) clearTimeout(this.reapTimer);
+    this.reapTimer = undefined;
+  }
+
+  sync(state: ClusterState): Promise<IpvsSyncReport> {
+    return this.serial(async () => {
+      try {
+        return await this.syncNow(state);
+      } catch (err) {
+        // Each step is idempotent; the next sync re-reads everything (and re-checks jumps).
+        this.checkJumps = true;
+        throw err;
+      }
+    });
+  }
+
+  /** Deletes drained real servers now (the timer calls this); returns how many still drain. */
+  reapDrained(): Promise<number> {
+    return this.serial(async () => {
+      if (!this.lastDesired) return 0;
+      const change = await this.applyIpvs(this.lastDesired);
+      return change.draining;
+    });
+  }
+
+  private async gatherFacts(): Promise<Facts> {
+    const r = await this.exec(['ip', '-j', 'address', 'show']);
+    const links = JSON.parse(r.stdout) as { ifname?: unknown }[];
+    return {
+      addrs: parseIpAddressJson(r.stdout),
+      dummyExists: links.some((l) => l.ifname === DUMMY_DEVICE),
+    };
+  }
+
+  private nodePortIPs(addrs: readonly InterfaceAddress[]): string[] {
+    const c = this.config;
+    const loopback = (a: InterfaceAddress): boolean =>
+      a.ifname === 'lo' || (a.family === 'IPv4' ? cidrContains('127.0.0.0/8', a.ip) : a.ip === '::1');
+    const candidates = addrs.filter(
+      (a) =>
+        a.family === c.family &&
+        a.ifname !== DUMMY_DEVICE &&
+        !loopback(a) &&
+        !(a.family === 'IPv6' && a.scope === 'link'),
+    );
+    const cidrs = c.nodePortAddresses
+      .map((t) => parseCIDR(t))
+      .filter((p) => p !== undefined && p.family === c.family)
+      .map((p) => p!.cidr);
+    let picked = candidates;
+    if (c.nodePortAddresses.includes('primary')) picked = candidates.slice(0, 1);
+    else if (cidrs.length > 0) picked = candidates.filter((a) => cidrs.some((x) => cidrContains(x, a.ip)));
+    return [...new Set(picked.map((a) => a.ip))];
+  }
+
+  private plan(state: ClusterState, facts: Facts): IpvsDesired {
+    const c = this.config;
+    return planIpvs(
+      state,
+      {
+        node: nodeContext(c.nodeName, state.nodes.get(c.nodeName)?.labels ?? {}),
+        nodePortIPs: this.nodePortIPs(facts.addrs),
+        otherLocalIPs: facts.addrs.filter((a) => a.ifname !== DUMMY_DEVICE).map((a) => a.ip),
+        scheduler: c.scheduler,
+      },
+      c.family,
+    );
+  }
+
+  private async applyIpvs(desired: IpvsDesired): Promise<{ lines: number; draining: number }> {
+    const [saved, listed] = await Promise.all([this.exec(['ipvsadm', '-Sn']), this.exec(['ipvsadm', '-Ln'])]);
+    const change = diffIpvs(parseIpvsadmSave(saved.stdout), desired.services, {
+      family: this.config.family,
+      excludeCIDRs: this.config.excludeCIDRs,
+      connections: parseIpvsadmConnections(listed.stdout),
+    });
+    if (change.lines.length > 0) await this.exec(['ipvsadm', '-R'], `${change.lines.join('\n')}\n`);
+    this.scheduleReap(change.draining.length);
+    return { lines: change.lines.length, draining: change.draining.length };
+  }
+
+  private scheduleReap(draining: number): void {
+    if (draining === 0 || this.reapTimer) return;
+    this.reapTimer = setTimeout(() => {
+      this.reapTimer = undefined;
+      this.reapDrained().catch((err: unknown) =>
+        log.warn('IPVS graceful termination check failed', { backend: this.name, error: err }),
+      );
+    }, this.config.gracefulCheckMs ?? 60_000);
+    this.reapTimer.unref();
+  }
+
+  private async syncNow(state: ClusterState): Promise<IpvsSyncReport> {
+    const started = performance.now();
+    const c = this.config;
+    const phases: Record<string, number> = {};
+    let mark = started;
+    const phase = (name: string): void => {
+      const now = performance.now();
+      phases[name] = Math.round(now - mark);
+      mark = now;
+    };
+    const facts = await this.gatherFacts();
+    const desired = this.plan(state, facts);
+    const plen = c.family === 'IPv6' ? 128 : 32;
+
+    // 1. kube-ipvs0 and the sets (rules below name them).
+    if (!facts.dummyExists) await this.exec(['ip', 'link', 'add', DUMMY_DEVICE, 'type', 'dummy']);
+    const ipsets = diffIpsets(
+      parseIpsetSave((await this.exec(['ipset', 'save'])).stdout),
+      desired.sets,
+      c.family,
+    );
+    if (ipsets.input !== '') await this.exec(['ipset', 'restore', '-exist'], ipsets.input);
+
+    phase('ipsetMs');
+    // 2. Bind new addresses before virtual servers use them.
+    const bound = new Set(
+      facts.addrs.filter((a) => a.ifname === DUMMY_DEVICE && a.family === c.family).map((a) => a.ip),
+    );
+    const want = new Set(desired.bindAddresses);
+    const toBind = desired.bindAddresses.filter((ip) => !bound.has(ip));
+    const nodad = c.family === 'IPv6' ? ' nodad' : '';
+    if (toBind.length > 0) {
+      await this.exec(
+        ['ip', '-batch', '-'],
+        toBind.map((ip) => `address add ${ip}/${plen} dev ${DUMMY_DEVICE}${nodad}`).join('\n') + '\n',
+      );
+    }
+
+    phase('bindMs');
+    // 3. Virtual and real servers.
+    const ipvs = await this.applyIpvs(desired);
+    phase('ipvsMs');
+
+    // 4. iptables: chains rewritten, jumps and canaries added when missing.
+    const rules = renderIpvsRules(desired, {
+      family: c.family,
+      masqueradeBit: c.masqueradeBit,
+      masqueradeAll: c.masqueradeAll,
+      clusterCIDR: c.clusterCIDRs
+        .map((t) => parseCIDR(t))
+        .find((p) => p !== undefined && p.family === c.family)?.cidr,
+      randomFully: this.randomFully,
+    });
+    let input = rules;
+    if (this.checkJumps) {
+      const saved = parseIptablesSave(await this.ipt.save());
+      const declared = new Set([
+        ...IPVS_NAT_CHAINS.map((x) => `nat/${x}`),
+        ...IPVS_FILTER_CHAINS.map((x) => `filter/${x}`),
+      ]);
+      input = mergeExtraLines(rules, missingJumpLines(saved, IPVS_JUMPS, declared), canaryLines(saved));
+    }
+    await this.ipt.restore(input, { noflush: true, counters: false });
+    this.checkJumps = false;
+
+    phase('iptablesMs');
+    // 5. Unbind what no frontend uses any more.
+    const toUnbind = [...bound].filter((ip) => !want.has(ip));
+    if (toUnbind.length > 0) {
+      await this.exec(
+        ['ip', '-batch', '-'],
+        toUnbind.map((ip) => `address del ${ip}/${plen} dev ${DUMMY_DEVICE}`).join('\n') + '\n',
+      );
+    }
+
+    this.lastDesired = desired;
+    const report: IpvsSyncReport = {
+      backend: this.name,
+      full: true,
+      durationMs: performance.now() - started,
+      bytes: Buffer.byteLength(input),
+      lines: ipvs.lines + input.split('\n').length + ipsets.input.split('\n').length,
+      writtenServices: desired.services.size,
+      staleChains: 0,
+      details: {
+        ipvsLines: ipvs.lines,
+        ipsetAdded: ipsets.added,
+        ipsetDeleted: ipsets.deleted,
+        bound: toBind.length,
+        unbound: toUnbind.length,
+        ...phases,
+      },
+      draining: ipvs.draining,
+      noEndpoints: desired.counts.noEndpoints,
+      noLocalEndpoints: desired.counts.noLocalEndpoints,
+    };
+    this.lastReport = report;
+    return report;
+  }
+}

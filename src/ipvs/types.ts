@@ -1,0 +1,91 @@
+import { joinHostPort, parseIP } from '../model/ip.js';
+import type { Protocol } from '../model/types.js';
+
+/**
+ * IPVS virtual and real servers as svcplane plans and reads them. Keys are the `ipvsadm` service
+ * and server specs (`-t 10.96.0.1:80`, `10.244.0.2:8080`), so a key is also a valid argument list.
+ */
+
+export interface VirtualServer {
+  readonly protocol: Protocol;
+  /** Canonical IP. */
+  readonly address: string;
+  readonly port: number;
+  readonly scheduler: string;
+  /** Scheduler flags as ipvsadm names them (`mh-port`, `sh-fallback` …), sorted. */
+  readonly schedFlags: readonly string[];
+  /** Persistence timeout in seconds (ClientIP affinity); undefined when not persistent. */
+  readonly persistence?: number;
+}
+
+export interface RealServer {
+  /** Canonical IP. */
+  readonly address: string;
+  readonly port: number;
+  readonly weight: number;
+}
+
+const PROTO_FLAG: Readonly<Record<Protocol, string>> = {
+  TCP: '-t',
+  UDP: '-u',
+  SCTP: '--sctp-service',
+};
+
+/** `['-t', '10.96.0.1:80']`: the service part of an ipvsadm command. */
+export function serviceSpec(vs: Pick<VirtualServer, 'protocol' | 'address' | 'port'>): [string, string] {
+  return [PROTO_FLAG[vs.protocol], joinHostPort(vs.address, vs.port)];
+}
+
+/** Identity of a virtual server: protocol, address, port. */
+export function vsKey(vs: Pick<VirtualServer, 'protocol' | 'address' | 'port'>): string {
+  return serviceSpec(vs).join(' ');
+}
+
+export function rsKey(rs: Pick<RealServer, 'address' | 'port'>): string {
+  return joinHostPort(rs.address, rs.port);
+}
+
+/** Scheduler, flags and persistence equal (the attributes `ipvsadm -E` changes). */
+export function sameAttributes(a: VirtualServer, b: VirtualServer): boolean {
+  return (
+    a.scheduler === b.scheduler &&
+    a.persistence === b.persistence &&
+    a.schedFlags.join(',') === b.schedFlags.join(',')
+  );
+}
+
+/** `ipvsadm` arguments for the scheduler, flags and persistence of a virtual server. */
+export function attributeArgs(vs: VirtualServer): string[] {
+  const args = ['-s', vs.scheduler];
+  if (vs.schedFlags.length > 0) args.push('-b', vs.schedFlags.join(','));
+  if (vs.persistence !== undefined) args.push('-p', String(vs.persistence));
+  return args;
+}
+
+/** Splits `1.2.3.4:80` / `[fd00::1]:80` into a canonical IP and a port; undefined when malformed. */
+export function splitHostPort(text: string): { address: string; port: number } | undefined {
+  const m = /^\[([0-9a-fA-F:.]+)\]:(\d{1,5})$/.exec(text) ?? /^([0-9.]+):(\d{1,5})$/.exec(text);
+  if (!m) return undefined;
+  const ip = parseIP(m[1] ?? '');
+  const port = Number(m[2]);
+  if (!ip || port > 65535) return undefined;
+  return { address: ip.ip, port };
+}
+
+/** Schedulers the kernel ships (ip_vs_*.ko); anything else is refused before it reaches ipvsadm. */
+export const IPVS_SCHEDULERS: readonly string[] = [
+  'rr',
+  'wrr',
+  'lc',
+  'wlc',
+  'lblc',
+  'lblcr',
+  'dh',
+  'sh',
+  'sed',
+  'nq',
+  'fo',
+  'ovf',
+  'mh',
+  'twos',
+];

@@ -1,0 +1,437 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Command } from 'commander';
+import { addProxyOptions, resolveProxyOptions, type ProxyOptions } from '../../src/cli/proxy-options.js';
+import { Controller } from '../../src/controller/controller.js';
+import { healthzStatus, type HealthStatus } from '../../src/controller/health.js';
+import { IptablesProxier } from '../../src/iptables/proxier.js';
+import { createApiSource } from '../../src/kube/api-source-factory.js';
+import type { ReflectorOptions } from '../../src/kube/informer.js';
+import type { ProbeResult, RequestSpec } from '../../src/netns/protocol.js';
+import { log } from '../../src/util/log.js';
+import { FakeApiServer } from '../support/fake-apiserver.js';
+import { expectError, requireRoot, useSandbox } from '../support/sandbox.js';
+
+/**
+ * svcplane end to end against the Kubernetes API stand-in, with real traffic in a netns sandbox.
+ *
+ * The controller runs in this process (root network namespace, where the stand-in listens on
+ * 127.0.0.1); only the iptables commands run inside the sandbox's node namespace (`netns`), so no
+ * rule ever lands in the machine's own namespace. The options come through the CLI path
+ * (`--config` KubeProxyConfiguration → ProxyOptions → createApiSource), with short reflector
+ * timings so every failure mode plays out in a second or two.
+ */
+
+const NODE = 'node-1';
+const WEB_IP = '10.96.0.80';
+const API_IP = '10.96.0.81';
+const NODE_PORT = 30081;
+const POD_PORT = 8080;
+const GRACE_MS = 1500;
+
+const FAST: Partial<ReflectorOptions> = {
+  watchTimeoutSeconds: 1,
+  watchdogGraceMs: 300,
+  listTimeoutMs: 1000,
+  minWatchMs: 100,
+  backoff: { initialMs: 50, maxMs: 400, factor: 2, jitter: 0.2 },
+};
+
+const POD_IPS: Readonly<Record<string, string>> = { a: '10.244.0.2', b: '10.244.0.3', c: '10.244.0.4' };
+
+function service(name: string, clusterIP: string, extra: { nodePort?: number } = {}): object {
+  return {
+    metadata: { name, namespace: 'default' },
+    spec: {
+      type: extra.nodePort ? 'NodePort' : 'ClusterIP',
+      clusterIP,
+      clusterIPs: [clusterIP],
+      ipFamilies: ['IPv4'],
+      selector: { app: name },
+      ports: [
+        {
+          name: 'http',
+          protocol: 'TCP',
+          port: 80,
+          targetPort: POD_PORT,
+          ...(extra.nodePort ? { nodePort: extra.nodePort } : {}),
+        },
+      ],
+    },
+  };
+}
+
+/** The Service's EndpointSlice with `pods` ready; `zones` adds topology hints per pod. */
+function slice(svc: string, pods: readonly string[], zones: Readonly<Record<string, string>> = {}): object {
+  return {
+    metadata: {
+      name: `${svc}-abc12`,
+      namespace: 'default',
+      labels: { 'kubernetes.io/service-name': svc },
+    },
+    addressType: 'IPv4',
+    ports: [{ name: 'http', protocol: 'TCP', port: POD_PORT }],
+    endpoints: pods.map((p) => ({
+      addresses: [POD_IPS[p]],
+      conditions: { ready: true },
+      nodeName: NODE,
+      targetRef: { kind: 'Pod', namespace: 'default', name: p },
+      ...(zones[p] ? { zone: zones[p], hints: { forZones: [{ name: zones[p] }] } } : {}),
+    })),
+  };
+}
+
+function node(zone: string): object {
+  return {
+    metadata: { name: NODE, labels: { 'kubernetes.io/hostname': NODE, 'topology.kubernetes.io/zone': zone } },
+    status: { addresses: [{ type: 'InternalIP', address: '192.0.2.1' }] },
+  };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function until(cond: () => boolean | Promise<boolean>, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
+    await sleep(25);
+  }
+}
+
+describe('svcplane against the API stand-in (end to end, real traffic)', function () {
+  this.timeout(60_000);
+  let api: FakeApiServer | undefined;
+  let controller: Controller | undefined;
+  let proxier: IptablesProxier;
+  let opts: ProxyOptions;
+  let dir: string | undefined;
+  let syncs = 0;
+  let syncErrors = 0;
+  let logLevel = log.level;
+
+  // Registered before useSandbox's hooks: mocha runs `after` hooks in order, and the controller
+  // must stop before the sandbox's namespaces go away.
+  after(async function () {
+    this.timeout(20_000);
+    await controller?.stop();
+    await api?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+    log.level = logLevel;
+  });
+
+  const env = useSandbox({
+    pods: [
+      { name: 'a', index: 2, tcpPorts: [POD_PORT] },
+      { name: 'b', index: 3, tcpPorts: [POD_PORT] },
+      { name: 'c', index: 4, tcpPorts: [POD_PORT] },
+      { name: 'client', index: 10 },
+    ],
+  });
+
+  const web: RequestSpec = { proto: 'tcp', ip: WEB_IP, port: 80, timeoutMs: 1000 };
+
+  /** `n` new connections from `from`; every one must be answered; returns who answered. */
+  async function answering(n: number, req: RequestSpec = web, from = 'client'): Promise<Set<string>> {
+    const pods = new Set<string>();
+    for (let i = 0; i < n; i++) {
+      const r = await env.sb.request(from, req);
+      if (!r.ok) assert.fail(`request ${i + 1}/${n} to ${req.ip}:${req.port} failed: ${r.error} ${r.detail}`);
+      pods.add(r.reply.pod);
+    }
+    return pods;
+  }
+
+  /**
+   * Waits until a round of connections is answered by exactly `pods` (a failed connection, e.g.
+   * before the sync that adds the first endpoints, counts as "not yet").
+   */
+  async function trafficReaches(
+    pods: readonly string[],
+    req: RequestSpec = web,
+    from = 'client',
+  ): Promise<void> {
+    const want = [...pods].sort().join(',');
+    let last = '';
+    await until(
+      async () => {
+        const got = new Set<string>();
+        for (let i = 0; i < pods.length * 8; i++) {
+          const r = await env.sb.request(from, req);
+          got.add(r.ok ? r.reply.pod : `(${r.error})`);
+        }
+        last = [...got].sort().join(',');
+        return last === want;
+      },
+      8000,
+      `traffic to ${req.ip}:${req.port} answered by {${want}} (last: {${last}})`,
+    );
+  }
+
+  /** Connections in a loop until stopped: proves traffic keeps flowing while things change. */
+  function background(req: RequestSpec = web): { stop: () => Promise<ProbeResult[]> } {
+    const results: ProbeResult[] = [];
+    let running = true;
+    const loop = (async () => {
+      while (running) {
+        results.push(await env.sb.request('client', req));
+        await sleep(20);
+      }
+    })();
+    return {
+      stop: async () => {
+        running = false;
+        await loop;
+        return results;
+      },
+    };
+  }
+
+  function assertAllAnswered(results: readonly ProbeResult[], what: string): Set<string> {
+    assert.ok(results.length >= 5, `${what}: only ${results.length} probes ran`);
+    const failed = results.filter((r) => !r.ok);
+    assert.equal(
+      failed.length,
+      0,
+      `${what}: ${failed.length}/${results.length} failed: ${JSON.stringify(failed[0])}`,
+    );
+    return new Set(results.map((r) => (r.ok ? r.reply.pod : '')));
+  }
+
+  /** kube-proxy's /healthz answer for the controller now (the function the health server serves). */
+  const healthz = (): HealthStatus =>
+    healthzStatus({
+      ...controller!.health(),
+      source: controller!.source.health(),
+      syncPeriodMs: opts.syncPeriodMs,
+      now: Date.now(),
+    });
+  const health = (): number => healthz().code;
+  const natRules = async (): Promise<string> =>
+    (await env.sb.exec('node', ['iptables-save', '-t', 'nat'])).stdout;
+
+  before(async function () {
+    requireRoot(this);
+    // Reconnect warnings are the point of several tests here; keep the output readable.
+    logLevel = log.level;
+    log.level = 'error';
+    api = await FakeApiServer.create({ bookmarkIntervalMs: 300 });
+    api.create('Node', node('zone-a'));
+    api.create('Service', service('web', WEB_IP));
+    api.create('EndpointSlice', slice('web', ['a', 'b']));
+    // Objects svcplane must not see (kube-proxy's informer selectors).
+    api.create('Service', {
+      ...service('other-proxy', '10.96.0.99'),
+      metadata: {
+        name: 'other-proxy',
+        namespace: 'default',
+        labels: { 'service.kubernetes.io/service-proxy-name': 'foreign' },
+      },
+    });
+    api.create('Node', { metadata: { name: 'node-2' }, status: { addresses: [] } });
+
+    dir = mkdtempSync(join(tmpdir(), 'svcplane-e2e-'));
+    const kubeconfig = join(dir, 'kubeconfig');
+    writeFileSync(
+      kubeconfig,
+      `apiVersion: v1\nkind: Config\nclusters: [{name: fake, cluster: {server: "${api.url}"}}]\n` +
+        'users: [{name: p, user: {token: t}}]\ncontexts: [{name: fake, context: {cluster: fake, user: p}}]\n' +
+        'current-context: fake\n',
+    );
+    const config = join(dir, 'config.yaml');
+    writeFileSync(
+      config,
+      [
+        'apiVersion: kubeproxy.config.k8s.io/v1alpha1',
+        'kind: KubeProxyConfiguration',
+        `clientConnection: {kubeconfig: "${kubeconfig}"}`,
+        `hostnameOverride: ${NODE}`,
+        'clusterCIDR: 10.244.0.0/16',
+        // No periodic resync during the test: every sync counted below is caused by a change.
+        'iptables: {minSyncPeriod: 50ms, syncPeriod: 10m}',
+        '',
+      ].join('\n'),
+    );
+    const cmd = addProxyOptions(new Command('run').exitOverride()).action((raw: Record<string, unknown>) => {
+      opts = resolveProxyOptions(raw);
+    });
+    await cmd.parseAsync([`--config=${config}`], { from: 'user' });
+    assert.equal(opts.kubeconfig, kubeconfig);
+
+    const source = await createApiSource(opts, { env: {}, reflector: FAST, healthGraceMs: GRACE_MS });
+    proxier = new IptablesProxier({
+      family: 'IPv4',
+      nodeName: opts.hostnameOverride,
+      masqueradeBit: opts.masqueradeBit,
+      masqueradeAll: opts.masqueradeAll,
+      detectLocalMode: opts.detectLocalMode,
+      clusterCIDRs: opts.clusterCIDRs,
+      nodePortAddresses: opts.nodePortAddresses,
+      localhostNodePorts: opts.localhostNodePorts,
+      netns: env.sb.nodeNs,
+    });
+    controller = new Controller(source, [proxier], opts);
+    controller.on('synced', (reports, state) => { syncs++; process.stderr.write(`SYNC ${syncs} ${Date.now()%100000} ${JSON.stringify(reports.map(r=>[r.full,r.writtenServices]))} web=${state.services.get('default/web')?.ports[0]?.endpoints.map(e=>e.ip).join(',')} node=${JSON.stringify(state.nodes.get('node-1')?.labels)}\n`); });
+    controller.on('syncError', () => syncErrors++);
+    await controller.start();
+  });
+
+  afterEach(() => {
+    assert.equal(syncErrors, 0, 'no sync failed');
+  });
+
+  it('syncs only after the initial lists, then traffic reaches the Service endpoints', async () => {
+    assert.equal(syncs, 1, 'one sync, from the complete initial state');
+    assert.equal(health(), 200);
+    assert.deepEqual([...(controller!.source.current()?.nodes.keys() ?? [])], [NODE], 'only this node');
+    assert.equal(controller!.source.current()?.services.has('default/other-proxy'), false);
+    assert.deepEqual([...(await answering(20))].sort(), ['a', 'b']);
+  });
+
+  it('a Service and EndpointSlice created through the API: ClusterIP and NodePort traffic flows', async () => {
+    const before = syncs;
+    api!.create('Service', service('api', API_IP, { nodePort: NODE_PORT }));
+    api!.create('EndpointSlice', slice('api', ['c']));
+    await until(() => syncs > before, 5000, 'a sync after the creation');
+    await trafficReaches(['c'], { proto: 'tcp', ip: API_IP, port: 80, timeoutMs: 1000 });
+    // From outside the node, to the node IP the Node object carries.
+    await trafficReaches(
+      ['c'],
+      { proto: 'tcp', ip: '192.0.2.1', port: NODE_PORT, timeoutMs: 1000 },
+      'outside',
+    );
+  });
+
+  it('scaled up and down while traffic flows: traffic follows, no connection fails', async () => {
+    const traffic = background();
+    api!.update('EndpointSlice', slice('web', ['a', 'b', 'c']));
+    await trafficReaches(['a', 'b', 'c']);
+    api!.update('EndpointSlice', slice('web', ['c']));
+    await trafficReaches(['c']);
+    api!.update('EndpointSlice', slice('web', ['a', 'b']));
+    await trafficReaches(['a', 'b']);
+    const seen = assertAllAnswered(await traffic.stop(), 'background traffic during scaling');
+    assert.deepEqual([...seen].sort(), ['a', 'b', 'c']);
+    // Scaled to zero: kube-proxy's REJECT for a Service without endpoints.
+    api!.update('EndpointSlice', slice('web', []));
+    await until(async () => !(await env.sb.request('client', web)).ok, 5000, 'no endpoints');
+    expectError(await env.sb.request('client', web), 'refused');
+    api!.update('EndpointSlice', slice('web', ['a', 'b']));
+    await trafficReaches(['a', 'b']);
+  });
+
+  it("the Node object feeds the node's zone: topology hints follow a zone change", async () => {
+    api!.update('EndpointSlice', slice('web', ['a', 'b'], { a: 'zone-a', b: 'zone-b' }));
+    await trafficReaches(['a']);
+    api!.update('Node', node('zone-b'));
+    await trafficReaches(['b']);
+    api!.update('Node', node('zone-a'));
+    api!.update('EndpointSlice', slice('web', ['a', 'b']));
+    await trafficReaches(['a', 'b']);
+  });
+
+  it('a Service deleted through the API: its rules are gone, others keep working', async () => {
+    assert.match(await natRules(), /default\/api:http/);
+    api!.delete('Service', 'default', 'api');
+    api!.delete('EndpointSlice', 'default', 'api-abc12');
+    await until(
+      async () => !/default\/api:http/.test(await natRules()),
+      5000,
+      'rules of default/api removed',
+    );
+    const nat = await natRules();
+    assert.doesNotMatch(nat, new RegExp(API_IP.replaceAll('.', '\\.')));
+    assert.doesNotMatch(nat, new RegExp(`--dport ${NODE_PORT}`));
+    const r = await env.sb.request('client', { proto: 'tcp', ip: API_IP, port: 80, timeoutMs: 500 });
+    assert.equal(r.ok, false, 'nothing answers the deleted ClusterIP');
+    const o = await env.sb.request('outside', {
+      proto: 'tcp',
+      ip: '192.0.2.1',
+      port: NODE_PORT,
+      timeoutMs: 500,
+    });
+    assert.equal(o.ok, false, 'nothing answers the deleted NodePort');
+    assert.deepEqual([...(await answering(10))].sort(), ['a', 'b']);
+  });
+
+  it('watches closed by the server and 410 Gone (relist): no rule churn', async () => {
+    const before = { syncs, report: proxier.lastSync };
+    const watches = api!.requests(undefined, 'watch');
+    api!.closeAllWatches();
+    await until(() => api!.requests(undefined, 'watch') >= watches + 3, 5000, 'all three re-watched');
+    // An event none of our selectors match moves the resourceVersion past what the reflectors saw;
+    // compacting then makes every re-watch get 410 Gone, and the reflectors relist.
+    const lists = api!.requests(undefined, 'list');
+    api!.create('Service', {
+      ...service('foreign', '10.96.0.98'),
+      metadata: { name: 'foreign', labels: { 'service.kubernetes.io/service-proxy-name': 'x' } },
+    });
+    api!.compact();
+    api!.closeAllWatches();
+    await until(() => api!.requests(undefined, 'list') >= lists + 3, 5000, 'all three relisted after 410');
+    // Give a (wrong) sync every chance to happen: debounce + min sync period are far shorter.
+    await sleep(400);
+    assert.equal(syncs, before.syncs, 'no sync after re-watch or relist');
+    assert.equal(proxier.lastSync, before.report, 'no iptables-restore ran');
+    assert.equal(health(), 200);
+    assert.deepEqual([...(await answering(10))].sort(), ['a', 'b']);
+  });
+
+  it('HTTP 500s from the API: backoff (no hot loop), rules stay, then recovery', async () => {
+    const before = syncs;
+    const t0 = Date.now();
+    api!.failNext(9, 500);
+    api!.closeAllWatches();
+    const traffic = background();
+    await until(() => api!.requestsSince(t0) >= 12, 8000, 'nine failures and three good requests');
+    const elapsed = Date.now() - t0;
+    assertAllAnswered(await traffic.stop(), 'traffic during HTTP 500s');
+    // 3 failures per reflector back off 50 + 100 + 200 ms (±20 %): not a reconnect storm.
+    assert.ok(elapsed >= 250, `recovered after ${elapsed} ms: too fast for a backoff`);
+    assert.ok(api!.requestsSince(t0) <= 20, `${api!.requestsSince(t0)} requests: a hot loop`);
+    assert.equal(syncs, before, 'errors alone change no rule');
+    api!.update('EndpointSlice', slice('web', ['b', 'c']));
+    await trafficReaches(['b', 'c']);
+  });
+
+  it('dead watch connections: the watchdog notices and changes arrive', async () => {
+    api!.stallWatches(true);
+    api!.update('EndpointSlice', slice('web', ['a']));
+    await sleep(100);
+    api!.stallWatches(false);
+    // Watch timeout (1 s) + grace (300 ms), then a re-watch from the last resourceVersion.
+    await trafficReaches(['a']);
+  });
+
+  it('the API goes away: rules stay and serve, health turns unhealthy after the grace period; it comes back: recovery', async () => {
+    api!.update('EndpointSlice', slice('web', ['a', 'b']));
+    await trafficReaches(['a', 'b']);
+    const before = { syncs, report: proxier.lastSync };
+    assert.equal(health(), 200);
+    const t0 = Date.now();
+    const traffic = background();
+    process.stderr.write(`STOP ${Date.now()%100000}\n`);
+    await api!.stop();
+    // Changes made while svcplane cannot see them.
+    api!.update('EndpointSlice', slice('web', ['c']));
+    await until(() => health() === 503, GRACE_MS + 4000, 'unhealthy');
+    const unhealthyAfter = Date.now() - t0;
+    assert.ok(
+      unhealthyAfter >= GRACE_MS - 100,
+      `unhealthy after ${unhealthyAfter} ms, before the grace period`,
+    );
+    assert.match(healthz().body.sourceError ?? '', /API unreachable/);
+    await sleep(300);
+    const during = assertAllAnswered(await traffic.stop(), 'traffic while the API is down');
+    assert.deepEqual([...during].sort(), ['a', 'b'], 'the last programmed rules keep serving');
+    assert.equal(syncs, before.syncs);
+    assert.equal(proxier.lastSync, before.report);
+
+    await api!.start();
+    await until(() => health() === 200, 5000, 'healthy again');
+    await trafficReaches(['c']);
+    api!.update('EndpointSlice', slice('web', ['a', 'c']));
+    await trafficReaches(['a', 'c']);
+  });
+});

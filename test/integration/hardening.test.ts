@@ -1,0 +1,368 @@
+import assert from 'node:assert/strict';
+import { chmod, mkdir, mkdtemp, rename, rm, unlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { packageRoot } from '../../src/util/paths.js';
+import { startProcess, type ChildHandle } from '../../src/util/exec.js';
+import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
+
+/**
+ * The daemon (`svcplane run`, from source through tsx) inside a sandbox node: health, metrics,
+ * health-check node ports, a failing iptables-restore, a flushed filter table, a vanished
+ * manifest directory and SIGTERM, each with real traffic and real HTTP.
+ */
+
+const NODE = 'node-1';
+const SYNC_PERIOD_MS = 2000;
+
+interface Json {
+  [k: string]: unknown;
+}
+
+function svc(name: string, ip: string, extra: Json = {}, port: Json = {}): Json {
+  return {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: { name, namespace: 'hard' },
+    spec: {
+      clusterIP: ip,
+      clusterIPs: [ip],
+      ports: [{ name: 'p', port: 80, protocol: 'TCP', ...port }],
+      ...extra,
+    },
+  };
+}
+
+function slice(service: string, eps: { ip: string; node?: string }[], port = 8080): Json {
+  return {
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
+    metadata: { name: `${service}-x`, namespace: 'hard', labels: { 'kubernetes.io/service-name': service } },
+    addressType: 'IPv4',
+    ports: [{ name: 'p', port, protocol: 'TCP' }],
+    endpoints: eps.map((e) => ({ addresses: [e.ip], conditions: { ready: true }, nodeName: e.node ?? NODE })),
+  };
+}
+
+async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v !== undefined) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline)
+      throw new Error(`timed out waiting for ${what}${last instanceof Error ? `: ${last.message}` : ''}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+describe('hardening: the daemon under failures (sandbox)', function () {
+  this.timeout(90_000);
+  const env = useSandbox({
+    pods: [
+      { name: 'a', index: 2, tcpPorts: [8080] },
+      { name: 'b', index: 3, tcpPorts: [8080] },
+      { name: 'client', index: 10 },
+    ],
+  });
+  let dir: string;
+  let manifests: string;
+  let bin: string;
+  let daemon: ChildHandle | undefined;
+  const lines: Json[] = [];
+  const raw: string[] = [];
+
+  const write = (file: string, objs: Json[]) => writeFile(join(manifests, file), JSON.stringify(objs));
+  const http = async (from: string, url: string): Promise<{ code: number; body: string } | undefined> => {
+    const r = await env.sb.exec(from, ['curl', '-s', '--max-time', '2', '-w', '\n%{http_code}', url], {
+      allowFailure: true,
+    });
+    if (r.exitCode !== 0) return undefined;
+    const i = r.stdout.lastIndexOf('\n');
+    return { code: Number(r.stdout.slice(i + 1)), body: r.stdout.slice(0, i) };
+  };
+  const metricsText = async (): Promise<string> =>
+    (await http('node', 'http://127.0.0.1:10249/metrics'))?.body ?? '';
+  const metric = async (name: string): Promise<number> => {
+    const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(await metricsText());
+    return m ? Number(m[1]) : NaN;
+  };
+  const logged = (pred: (l: Json) => boolean, from = 0): Json | undefined => lines.slice(from).find(pred);
+
+  /** `svcplane run` from source (tsx) inside the sandbox node; its JSON log lines land in `lines`. */
+  const startDaemon = (): ChildHandle => {
+    const code = `const { main } = await import(${JSON.stringify(join(packageRoot(), 'src/cli/main.ts'))}); process.exitCode = await main(process.argv);`;
+    const child = startProcess(
+      [
+        'node',
+        '--import=tsx',
+        '--input-type=module',
+        '-e',
+        code,
+        'svcplane',
+        'run',
+        '--manifests',
+        manifests,
+        '--hostname-override',
+        NODE,
+        '--cluster-cidr',
+        '10.244.0.0/16',
+        '--ip-families',
+        'IPv4',
+        '--iptables-binary',
+        join(bin, 'iptables'),
+        '--iptables-min-sync-period',
+        '100ms',
+        '--iptables-sync-period',
+        `${SYNC_PERIOD_MS}ms`,
+        '-v',
+        '2',
+      ],
+      { netns: env.sb.nodeNs },
+    );
+    child.onLine((l) => {
+      raw.push(l);
+      try {
+        lines.push(JSON.parse(l) as Json);
+      } catch {
+        /* not a log line */
+      }
+    });
+    return child;
+  };
+
+  before(async function () {
+    dir = await mkdtemp(join(tmpdir(), 'svcp-hard-'));
+    manifests = join(dir, 'manifests');
+    bin = join(dir, 'bin');
+    await mkdir(manifests);
+    await mkdir(bin);
+    // Wrappers: the restore one fails while a flag file exists (a kernel-refused write, as far as
+    // svcplane can tell: non-zero exit and stderr).
+    const flag = join(dir, 'fail-restore');
+    await writeFile(join(bin, 'iptables'), '#!/bin/sh\nexec iptables "$@"\n');
+    await writeFile(join(bin, 'iptables-save'), '#!/bin/sh\nexec iptables-save "$@"\n');
+    await writeFile(
+      join(bin, 'iptables-restore'),
+      `#!/bin/sh\nif [ -e '${flag}' ]; then cat >/dev/null; echo 'iptables-restore: injected failure: line 2 failed' >&2; exit 1; fi\nexec iptables-restore "$@"\n`,
+    );
+    for (const f of ['iptables', 'iptables-save', 'iptables-restore']) await chmod(join(bin, f), 0o755);
+
+    const a = env.sb.podIP('a');
+    await write('web.json', [svc('web', '10.96.8.80'), slice('web', [{ ip: a }])]);
+    await write('empty.json', [svc('empty', '10.96.8.81')]);
+    await write('lb.json', [
+      svc(
+        'lb',
+        '10.96.8.82',
+        { type: 'LoadBalancer', externalTrafficPolicy: 'Local', healthCheckNodePort: 30555 },
+        { nodePort: 30580 },
+      ),
+      slice('lb', [{ ip: env.sb.podIP('b') }]),
+    ]);
+    daemon = startDaemon();
+    await waitFor(
+      'the first sync',
+      () => Promise.resolve(logged((l) => l.message === 'synced')),
+      30_000,
+    ).catch((err: unknown) => {
+      throw new Error(`${String(err)}\n${raw.join('\n')}`);
+    });
+  });
+
+  after(async function () {
+    this.timeout(20_000);
+    await daemon?.stop(5000);
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('logs one JSON line per sync with its figures', () => {
+    const l = logged((x) => x.message === 'synced')!;
+    for (const k of [
+      'backend',
+      'full',
+      'durationMs',
+      'bytes',
+      'lines',
+      'writtenServices',
+      'timestamp',
+      'level',
+    ]) {
+      assert.ok(k in l, `${k} in ${JSON.stringify(l)}`);
+    }
+    assert.equal(l.full, true);
+  });
+
+  it('/healthz and /livez answer on 0.0.0.0:10256; /metrics only on 127.0.0.1:10249', async () => {
+    const h = await waitFor('healthz 200', async () => {
+      const r = await http('outside', `http://${env.sb.nodeIPv4}:10256/healthz`);
+      return r?.code === 200 ? r : undefined;
+    });
+    const body = JSON.parse(h.body) as Json;
+    assert.ok(typeof body.lastUpdated === 'string' && typeof body.currentTime === 'string');
+    assert.equal((await http('outside', `http://${env.sb.nodeIPv4}:10256/livez`))?.code, 200);
+    assert.equal(
+      await http('outside', `http://${env.sb.nodeIPv4}:10249/metrics`),
+      undefined,
+      'not reachable from outside',
+    );
+    const text = await metricsText();
+    for (const name of [
+      'kubeproxy_sync_proxy_rules_duration_seconds_bucket',
+      'kubeproxy_sync_full_proxy_rules_duration_seconds_count',
+      'kubeproxy_sync_partial_proxy_rules_duration_seconds_count',
+      'kubeproxy_network_programming_duration_seconds_count',
+      'kubeproxy_sync_proxy_rules_last_timestamp_seconds',
+      'kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds',
+      'kubeproxy_sync_proxy_rules_endpoint_changes_pending',
+      'kubeproxy_sync_proxy_rules_endpoint_changes_total',
+      'kubeproxy_sync_proxy_rules_service_changes_pending',
+      'kubeproxy_sync_proxy_rules_service_changes_total',
+      'kubeproxy_sync_proxy_rules_iptables_total{table="nat"}',
+      'kubeproxy_sync_proxy_rules_iptables_last{table="filter"}',
+      'kubeproxy_sync_proxy_rules_iptables_restore_failures_total',
+      'kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total',
+      'kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external"}',
+      'kubeproxy_proxy_healthz_total{code="200"}',
+      'kubeproxy_conntrack_reconciler_deleted_entries_total',
+      'svcplane_sync_restore_bytes{backend="iptables/IPv4"}',
+    ]) {
+      assert.ok(text.includes(`\n${name}`), `metric ${name} missing`);
+    }
+    assert.ok((await metric('kubeproxy_sync_proxy_rules_iptables_total{table="nat"}')) > 5);
+    assert.equal((await http('node', 'http://127.0.0.1:10249/proxyMode'))?.body, 'iptables');
+  });
+
+  it('serves the health-check node port of an eTP=Local LoadBalancer Service as local endpoints come and go', async () => {
+    const url = `http://${env.sb.nodeIPv4}:30555/`;
+    const ok = await waitFor('hc 200', async () => {
+      const r = await http('outside', url);
+      return r?.code === 200 ? r : undefined;
+    });
+    assert.deepEqual(JSON.parse(ok.body), {
+      service: { namespace: 'hard', name: 'lb' },
+      localEndpoints: 1,
+      serviceProxyHealthy: true,
+    });
+    const lbSvc = svc(
+      'lb',
+      '10.96.8.82',
+      { type: 'LoadBalancer', externalTrafficPolicy: 'Local', healthCheckNodePort: 30555 },
+      { nodePort: 30580 },
+    );
+    await write('lb.json', [lbSvc, slice('lb', [{ ip: env.sb.podIP('b'), node: 'node-2' }])]);
+    const bad = await waitFor('hc 503', async () => {
+      const r = await http('outside', url);
+      return r?.code === 503 ? r : undefined;
+    });
+    assert.equal((JSON.parse(bad.body) as Json).localEndpoints, 0);
+    await unlink(join(manifests, 'lb.json'));
+    await waitFor('hc closed', async () => ((await http('outside', url)) === undefined ? true : undefined));
+  });
+
+  it('a failing iptables-restore keeps the previous rules serving, is counted and logged with stderr, retried, then full', async () => {
+    const web = { proto: 'tcp', ip: '10.96.8.80', port: 80 } as const;
+    expectReply(await env.sb.request('client', web), 'a');
+    const from = lines.length;
+    const failuresBefore = await metric('kubeproxy_sync_proxy_rules_iptables_restore_failures_total');
+    await writeFile(join(dir, 'fail-restore'), '');
+    await write('web.json', [svc('web', '10.96.8.80'), slice('web', [{ ip: env.sb.podIP('b') }])]);
+    const err = await waitFor('a logged failure', () =>
+      Promise.resolve(
+        logged((l) => l.level === 'error' && JSON.stringify(l).includes('injected failure'), from),
+      ),
+    );
+    assert.match(JSON.stringify(err), /iptables-restore/);
+    for (let i = 0; i < 4; i++) expectReply(await env.sb.request('client', web), 'a'); // old rules intact
+    await waitFor('restore failures counted', async () =>
+      (await metric('kubeproxy_sync_proxy_rules_iptables_restore_failures_total')) > failuresBefore
+        ? true
+        : undefined,
+    );
+    assert.ok((await metric('kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total')) >= 1);
+    assert.ok((await metric('kubeproxy_sync_proxy_rules_endpoint_changes_pending')) >= 1);
+    const retries = lines
+      .slice(from)
+      .filter((l) => l.level === 'error' && l.message === 'sync failed; previous rules stay in place');
+    await unlink(join(dir, 'fail-restore'));
+    const synced = await waitFor('the retried sync', () =>
+      Promise.resolve(logged((l) => l.message === 'synced', from)),
+    );
+    assert.equal(synced.full, true, 'the sync after a failure is full');
+    assert.ok(retries.length >= 1);
+    await waitFor('traffic on the new endpoint', async () => {
+      const r = await env.sb.request('client', web);
+      return r.ok && r.reply.pod === 'b' ? true : undefined;
+    });
+    assert.equal(await metric('kubeproxy_sync_proxy_rules_endpoint_changes_pending'), 0);
+  });
+
+  it('a flushed filter table is repaired within the sync period', async () => {
+    const empty = { proto: 'tcp', ip: '10.96.8.81', port: 80, timeoutMs: 500 } as const;
+    expectError(await env.sb.request('client', empty), 'refused');
+    await env.sb.exec('node', ['iptables', '-t', 'filter', '-F']);
+    const flushedAt = Date.now();
+    const r = await env.sb.request('client', empty);
+    assert.ok(!r.ok && r.error !== 'refused', 'the REJECT is gone after the flush');
+    await waitFor(
+      'the REJECT back',
+      async () => {
+        const x = await env.sb.request('client', empty);
+        return !x.ok && x.error === 'refused' ? true : undefined;
+      },
+      3 * SYNC_PERIOD_MS + 2000,
+    );
+    const took = Date.now() - flushedAt;
+    assert.ok(took < 2 * SYNC_PERIOD_MS + 2000, `repaired after ${took} ms`);
+    assert.equal((await http('outside', `http://${env.sb.nodeIPv4}:10256/healthz`))?.code, 200);
+  });
+
+  it('a removed manifest directory keeps the rules and turns /healthz 503 with the reason, until it is back', async () => {
+    const web = { proto: 'tcp', ip: '10.96.8.80', port: 80 } as const;
+    await rename(manifests, `${manifests}.gone`);
+    try {
+      const r = await waitFor('healthz 503', async () => {
+        const x = await http('outside', `http://${env.sb.nodeIPv4}:10256/healthz`);
+        return x?.code === 503 ? x : undefined;
+      });
+      assert.match(String((JSON.parse(r.body) as Json).reason), /manifest path .* missing/);
+      expectReply(await env.sb.request('client', web), 'b');
+      assert.equal(await metric('svcplane_source_healthy'), 0);
+    } finally {
+      await rename(`${manifests}.gone`, manifests);
+    }
+    await waitFor('healthz 200 again', async () =>
+      (await http('outside', `http://${env.sb.nodeIPv4}:10256/healthz`))?.code === 200 ? true : undefined,
+    );
+    expectReply(await env.sb.request('client', web), 'b');
+  });
+
+  it('SIGTERM: exit 0, rules left in place, traffic keeps flowing; a restart converges without dropping it', async () => {
+    const conn = await env.sb.openConnection('client', { ip: '10.96.8.80', port: 80 });
+    expectReply(conn.result, 'b');
+    const code = await daemon!.stop(10_000);
+    daemon = undefined;
+    assert.equal(code, 0);
+    assert.ok(logged((l) => l.message === 'stopping; rules stay in place'));
+    expectReply(await conn.send(), 'b');
+    expectReply(await env.sb.request('client', { proto: 'tcp', ip: '10.96.8.80', port: 80 }), 'b');
+    const saved = (await env.sb.exec('node', ['iptables-save', '-t', 'nat'])).stdout;
+    assert.match(saved, /-A KUBE-SERVICES .*-d 10\.96\.8\.80/);
+
+    const from = lines.length;
+    daemon = startDaemon();
+    const first = await waitFor(
+      'the first sync after the restart',
+      () => Promise.resolve(logged((l) => l.message === 'synced', from)),
+      30_000,
+    );
+    assert.equal(first.full, true);
+    expectReply(await conn.send(), 'b');
+    await conn.close();
+    expectReply(await env.sb.request('client', { proto: 'tcp', ip: '10.96.8.80', port: 80 }), 'b');
+  });
+});

@@ -1,0 +1,399 @@
+import assert from 'node:assert/strict';
+import { request } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createServer } from 'node:http';
+import type { Backend, SyncReport } from '../../../src/controller/backend.js';
+import { Controller } from '../../../src/controller/controller.js';
+import { healthHandler, healthzStatus, livezStatus } from '../../../src/controller/health.js';
+import {
+  HealthCheckNodePorts,
+  healthCheckResponse,
+  healthCheckTargets,
+} from '../../../src/controller/healthcheck-nodeports.js';
+import { attachMetrics, diffStates, ProxyMetrics } from '../../../src/controller/metrics.js';
+import { RestoreError } from '../../../src/iptables/iptables.js';
+import { redactSecrets } from '../../../src/util/log.js';
+import type { SourceHealth, StateSource } from '../../../src/kube/source.js';
+import { buildClusterState, type SourceObject } from '../../../src/model/build.js';
+import type { ClusterState } from '../../../src/model/types.js';
+import { ep, service, state } from '../iptables/fixtures.js';
+
+/** A source the test drives by hand. */
+class HandSource implements StateSource {
+  private listeners = new Set<(s: ClusterState) => void>();
+  healthValue: SourceHealth = { healthy: true };
+  constructor(private s: ClusterState) {}
+  start(): Promise<void> {
+    return Promise.resolve();
+  }
+  current(): ClusterState {
+    return this.s;
+  }
+  onChange(fn: (s: ClusterState) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+  health(): SourceHealth {
+    return this.healthValue;
+  }
+  stop(): Promise<void> {
+    return Promise.resolve();
+  }
+  set(s: ClusterState): void {
+    this.s = s;
+    for (const l of this.listeners) l(s);
+  }
+}
+
+/** A backend whose syncs the test releases (or fails) one by one. */
+class GatedBackend implements Backend {
+  readonly name = 'fake/IPv4';
+  lastAttemptFull = true;
+  syncs: ClusterState[] = [];
+  private gate: { resolve: () => void; reject: (e: unknown) => void } | undefined;
+  private entered: (() => void) | undefined;
+  fail: Error | undefined;
+  setup(): Promise<void> {
+    return Promise.resolve();
+  }
+  detectDrift(): Promise<boolean> {
+    return Promise.resolve(false);
+  }
+  forceFullSync(): void {
+    this.lastAttemptFull = true;
+  }
+  waitEntered(): Promise<void> {
+    return new Promise((r) => (this.entered = r));
+  }
+  release(): void {
+    this.gate?.resolve();
+  }
+  async sync(s: ClusterState): Promise<SyncReport> {
+    this.syncs.push(s);
+    await new Promise<void>((resolve, reject) => {
+      this.gate = { resolve, reject };
+      this.entered?.();
+    });
+    if (this.fail !== undefined) throw this.fail;
+    const full = this.lastAttemptFull;
+    this.lastAttemptFull = false;
+    return {
+      backend: this.name,
+      full,
+      durationMs: 12,
+      bytes: 1000,
+      lines: 20,
+      writtenServices: 1,
+      staleChains: 0,
+      render: {
+        counts: { filterRules: 3, natRules: 7, natChains: 4, totalNatRules: 9 },
+        largeClusterMode: false,
+        noLocalEndpoints: { internal: 1, external: 2 },
+      },
+    } as SyncReport;
+  }
+}
+
+const udp = (ips: string[]) =>
+  service('ns/dns', {
+    clusterIP: '10.96.0.53',
+    ports: [{ protocol: 'UDP', port: 53, endpoints: ips.map((ip) => ep(ip, 53)) }],
+  });
+
+const H = { syncPeriodMs: 30_000, source: { healthy: true } };
+
+describe('hardening: health', () => {
+  it('healthz: 200 with lastUpdated/currentTime; 503 when a change waited > 2× sync period', () => {
+    const ok = healthzStatus({ ...H, queuedSince: 1000, lastSyncedAt: 500, now: 1000 + 60_000 });
+    assert.equal(ok.code, 200);
+    assert.equal(ok.body.lastUpdated, new Date(500).toISOString());
+    assert.equal(ok.body.currentTime, new Date(61_000).toISOString());
+    const stale = healthzStatus({ ...H, queuedSince: 1000, lastSyncedAt: 500, now: 1000 + 60_001 });
+    assert.equal(stale.code, 503);
+    assert.match(stale.body.reason ?? '', /has not reached the kernel/);
+    assert.equal(livezStatus({ ...H, queuedSince: 1000, lastSyncedAt: 500, now: 61_001 }).code, 503);
+  });
+
+  it('healthz: 503 with the reason when the source is unhealthy; livez stays 200', () => {
+    const h = {
+      ...H,
+      source: { healthy: false, reason: 'manifest path /x missing since …' },
+      queuedSince: 0,
+      lastSyncedAt: 5,
+      now: 10,
+    };
+    const s = healthzStatus(h);
+    assert.equal(s.code, 503);
+    assert.match(s.body.reason ?? '', /manifest path \/x missing/);
+    assert.equal(livezStatus(h).code, 200);
+    assert.equal(healthzStatus({ ...H, queuedSince: 0, lastSyncedAt: 0, now: 10 }).code, 503, 'never synced');
+  });
+
+  it('serves /healthz and /livez over HTTP and counts codes', async () => {
+    const metrics = new ProxyMetrics();
+    let inputs = { ...H, queuedSince: 0, lastSyncedAt: 5, now: 10 };
+    const server = createServer(healthHandler(() => inputs, metrics));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    const get = (path: string) =>
+      new Promise<{ code: number; body: string }>((resolve, reject) => {
+        request({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+          let body = '';
+          res.on('data', (c: Buffer) => (body += c.toString()));
+          res.on('end', () => resolve({ code: res.statusCode ?? 0, body }));
+        })
+          .on('error', reject)
+          .end();
+      });
+    try {
+      const a = await get('/healthz');
+      assert.equal(a.code, 200);
+      assert.deepEqual(Object.keys(JSON.parse(a.body) as object).slice(0, 2), ['lastUpdated', 'currentTime']);
+      inputs = { ...inputs, queuedSince: 1, now: 100_000 };
+      assert.equal((await get('/healthz')).code, 503);
+      assert.equal((await get('/livez')).code, 503);
+      assert.equal((await get('/other')).code, 404);
+      const text = await metrics.registry.metrics();
+      assert.match(text, /kubeproxy_proxy_healthz_total\{code="200"\} 1/);
+      assert.match(text, /kubeproxy_proxy_healthz_total\{code="503"\} 1/);
+      assert.match(text, /kubeproxy_proxy_livez_total\{code="503"\} 1/);
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+});
+
+describe('hardening: controller queue bookkeeping and metrics', () => {
+  it('a change arriving during a sync stays queued; the next sync clears it', async () => {
+    const src = new HandSource(state(udp(['10.0.0.1'])));
+    const be = new GatedBackend();
+    const c = new Controller(src, [be], { minSyncPeriodMs: 10, syncPeriodMs: 60_000 });
+    const metrics = new ProxyMetrics();
+    attachMetrics(metrics, c);
+    const entered = be.waitEntered();
+    const started = c.start();
+    await entered;
+    be.release();
+    await started;
+    assert.equal(c.health().queuedSince, 0, 'initial state synced');
+
+    src.set(state(udp(['10.0.0.2'])));
+    assert.notEqual(c.health().queuedSince, 0);
+    const second = be.waitEntered();
+    await second;
+    // A change while the sync of the previous one is in flight.
+    src.set(state(udp(['10.0.0.3'])));
+    const third = be.waitEntered();
+    be.release();
+    await new Promise((r) => setTimeout(r, 5));
+    assert.notEqual(c.health().queuedSince, 0, 'the change seen during the sync is still queued');
+    await third;
+    be.release();
+    await new Promise((r) => setTimeout(r, 5));
+    assert.equal(c.health().queuedSince, 0);
+    assert.equal(be.syncs.length, 3);
+
+    const text = await metrics.registry.metrics();
+    assert.match(text, /kubeproxy_sync_proxy_rules_endpoint_changes_total 2/);
+    assert.match(text, /kubeproxy_sync_proxy_rules_endpoint_changes_pending 0/);
+    assert.match(text, /kubeproxy_network_programming_duration_seconds_count 2/);
+    assert.match(text, /kubeproxy_sync_full_proxy_rules_duration_seconds_count 1/);
+    assert.match(text, /kubeproxy_sync_partial_proxy_rules_duration_seconds_count 2/);
+    assert.match(text, /kubeproxy_sync_proxy_rules_iptables_total\{table="nat"\} 9/);
+    assert.match(text, /kubeproxy_sync_proxy_rules_iptables_last\{table="nat"\} 7/);
+    assert.match(text, /kubeproxy_sync_proxy_rules_no_local_endpoints_total\{traffic_policy="external"\} 2/);
+    assert.match(text, /kubeproxy_sync_proxy_rules_last_timestamp_seconds \d/);
+    assert.match(text, /kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds \d/);
+    assert.match(text, /svcplane_sync_restore_bytes\{backend="fake\/IPv4"\} 1000/);
+    await c.stop();
+  });
+
+  it('counts restore failures, partial ones apart, and keeps the change queued', async () => {
+    const src = new HandSource(state(udp(['10.0.0.1'])));
+    const be = new GatedBackend();
+    const c = new Controller(src, [be], { minSyncPeriodMs: 10, syncPeriodMs: 60_000 });
+    const metrics = new ProxyMetrics();
+    attachMetrics(metrics, c);
+    const entered = be.waitEntered();
+    const started = c.start();
+    await entered;
+    be.release();
+    await started;
+    be.fail = new RestoreError(['iptables-restore'], 1, 'iptables-restore: line 3 failed', 'exit', 3, 'x', 3);
+    const failed = new Promise((r) => c.once('syncError', r));
+    const next = be.waitEntered();
+    src.set(state(udp(['10.0.0.2'])));
+    await next;
+    be.release();
+    await failed;
+    assert.notEqual(c.health().queuedSince, 0);
+    const text = await metrics.registry.metrics();
+    assert.match(text, /kubeproxy_sync_proxy_rules_iptables_restore_failures_total 1/);
+    assert.match(text, /kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total 1/);
+    assert.match(text, /kubeproxy_sync_proxy_rules_endpoint_changes_pending 1/);
+    await c.stop();
+  });
+
+  it('network programming latency comes from the EndpointSlice trigger-time annotation', async () => {
+    const src = new HandSource(state());
+    const be = new GatedBackend();
+    const c = new Controller(src, [be], { minSyncPeriodMs: 10, syncPeriodMs: 60_000 });
+    const metrics = new ProxyMetrics();
+    attachMetrics(metrics, c);
+    const withTrigger = (ips: string[], trigger: number): ClusterState => ({
+      ...state(udp(ips)),
+      endpointsTriggerTimes: new Map([['ns/dns', trigger]]),
+    });
+    // Older than svcplane (the initial list): not observed.
+    src.set(withTrigger(['10.0.0.1'], Date.now() - 3_600_000));
+    const entered = be.waitEntered();
+    const started = c.start();
+    await entered;
+    be.release();
+    await started;
+    const count = async (): Promise<string> =>
+      /kubeproxy_network_programming_duration_seconds_count (\d+)/.exec(
+        await metrics.registry.metrics(),
+      )?.[1] ?? '';
+    assert.equal(await count(), '0');
+    const next = be.waitEntered();
+    src.set(withTrigger(['10.0.0.2'], Date.now() - 1));
+    await next;
+    await new Promise((r) => setTimeout(r, 30));
+    be.release();
+    await new Promise((r) => setTimeout(r, 5));
+    assert.equal(await count(), '1');
+    const text = await metrics.registry.metrics();
+    const sum = Number(/kubeproxy_network_programming_duration_seconds_sum (\S+)/.exec(text)?.[1]);
+    assert.ok(sum >= 0.03 && sum < 5, `latency ${sum}`);
+    await c.stop();
+  });
+
+  it('reads the trigger-time annotation of EndpointSlices (newest per Service; junk ignored)', () => {
+    const sl = (name: string, trigger: string): SourceObject => ({
+      obj: {
+        apiVersion: 'discovery.k8s.io/v1',
+        kind: 'EndpointSlice',
+        metadata: {
+          name,
+          namespace: 'ns',
+          labels: { 'kubernetes.io/service-name': 'web' },
+          annotations: { 'endpoints.kubernetes.io/last-change-trigger-time': trigger },
+        },
+        addressType: 'IPv4',
+        ports: [{ name: '', protocol: 'TCP', port: 80 }],
+        endpoints: [{ addresses: [`10.0.0.${name.length}`] }],
+      },
+    });
+    const svcObj: SourceObject = {
+      obj: {
+        apiVersion: 'v1',
+        kind: 'Service',
+        metadata: { name: 'web', namespace: 'ns' },
+        spec: { clusterIP: '10.96.0.80', ports: [{ port: 80 }] },
+      },
+    };
+    const s = buildClusterState([
+      svcObj,
+      sl('a', '2026-11-22T05:00:00Z'),
+      sl('bb', '2026-11-22T05:00:03.5Z'),
+      sl('ccc', 'yesterday; rm -rf /'),
+    ]);
+    assert.deepEqual(s.problems, []);
+    assert.equal(s.endpointsTriggerTimes?.get('ns/web'), Date.parse('2026-11-22T05:00:03.5Z'));
+    assert.equal(buildClusterState([svcObj]).endpointsTriggerTimes, undefined);
+  });
+
+  it('tells Service changes from endpoint changes', () => {
+    const a = state(udp(['10.0.0.1']));
+    const b = state(udp(['10.0.0.2']));
+    const c = state(
+      service('ns/dns', {
+        clusterIP: '10.96.0.54',
+        ports: [{ protocol: 'UDP', port: 53, endpoints: [ep('10.0.0.2', 53)] }],
+      }),
+    );
+    assert.deepEqual([...diffStates(a, b).endpoints], ['ns/dns']);
+    assert.deepEqual([...diffStates(a, b).services], []);
+    assert.deepEqual([...diffStates(b, c).services], ['ns/dns']);
+    assert.deepEqual([...diffStates(b, c).endpoints], []);
+  });
+});
+
+describe('hardening: health-check node ports', () => {
+  const lb = (eps: Parameters<typeof ep>[], hc = 0) =>
+    service('ns/lb', {
+      type: 'LoadBalancer',
+      eTP: 'Local',
+      healthCheckNodePort: hc,
+      clusterIP: '10.96.0.80',
+      ports: [{ port: 80, nodePort: 30080, endpoints: eps.map((a) => ep(...a)) }],
+    });
+
+  it('counts local ready endpoints per Service; 200 only with ≥1 and a healthy proxy', () => {
+    const s = state(
+      lb(
+        [
+          ['10.0.0.1', 80, { nodeName: 'n1' }],
+          ['10.0.0.2', 80, { nodeName: 'n1', ready: false }],
+          ['10.0.0.3', 80, { nodeName: 'n2' }],
+        ],
+        31000,
+      ),
+    );
+    const t = healthCheckTargets(s, 'n1').get(31000)!;
+    assert.deepEqual(t, { namespace: 'ns', name: 'lb', localEndpoints: 1 });
+    assert.deepEqual(JSON.parse(healthCheckResponse(t, true).body), {
+      service: { namespace: 'ns', name: 'lb' },
+      localEndpoints: 1,
+      serviceProxyHealthy: true,
+    });
+    assert.equal(healthCheckResponse(t, true).code, 200);
+    assert.equal(healthCheckResponse(t, false).code, 503);
+    assert.equal(healthCheckResponse(healthCheckTargets(s, 'n3').get(31000)!, true).code, 503);
+    assert.equal(healthCheckTargets(state(lb([], 0)), 'n1').size, 0);
+  });
+
+  it('opens and closes servers as Services come and go', async function () {
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const hc = new HealthCheckNodePorts({ host: '127.0.0.1' });
+    const get = () =>
+      new Promise<{ code: number; body: string }>((resolve, reject) => {
+        request({ host: '127.0.0.1', port, path: '/', agent: false }, (res) => {
+          let body = '';
+          res.on('data', (ch: Buffer) => (body += ch.toString()));
+          res.on('end', () => resolve({ code: res.statusCode ?? 0, body }));
+        })
+          .on('error', reject)
+          .end();
+      });
+    try {
+      await hc.update(state(lb([['10.0.0.1', 80, { nodeName: 'n1' }]], port)), 'n1');
+      if (hc.ports().length === 0) this.skip(); // port taken by someone else
+      assert.equal((await get()).code, 200);
+      await hc.update(state(lb([['10.0.0.1', 80, { nodeName: 'n2' }]], port)), 'n1');
+      const r = await get();
+      assert.equal(r.code, 503);
+      assert.equal((JSON.parse(r.body) as { localEndpoints: number }).localEndpoints, 0);
+      await hc.update(state(), 'n1');
+      assert.deepEqual(hc.ports(), []);
+      await assert.rejects(get(), /ECONNREFUSED/);
+    } finally {
+      await hc.close();
+    }
+  });
+});
+
+describe('hardening: logs', () => {
+  it('never writes secret-looking fields', () => {
+    const out = redactSecrets({
+      server: 'https://10.0.0.1:6443',
+      user: { token: 'abc', 'client-key-data': 'xyz', name: 'svcplane' },
+      headers: [{ Authorization: 'Bearer abc' }],
+    });
+    assert.equal(JSON.stringify(out).includes('abc'), false);
+    assert.equal(JSON.stringify(out).includes('xyz'), false);
+    assert.match(JSON.stringify(out), /svcplane/);
+    assert.match(JSON.stringify(out), /10\.0\.0\.1/);
+  });
+});

@@ -1,0 +1,26 @@
+import assert from 'node:assert/strict';
+import { fileURLToPath } from 'node:url';
+import { run } from '../../../src/util/exec.js';
+import { requireRoot } from '../../support/sandbox.js';
+
+/**
+ * Issue 3: when IPVS is unavailable, `--proxy-mode ipvs` warns and runs iptables mode. This host kernel
+ * has no IPVS, so the probe fails for real; `unshare -n` keeps even the read-only probes in a private
+ * namespace.
+ */
+describe('--proxy-mode ipvs without IPVS in the kernel', function () {
+  this.timeout(30_000);
+  before(async function () {
+    requireRoot(this);
+    const probe = await run(['unshare', '-n', 'ipvsadm', '-Sn'], { allowFailure: true }).catch(() => undefined);
+    if (probe?.exitCode === 0) this.skip(); // this kernel has IPVS: nothing to fall back from
+  });
+
+  it('warns and falls back to iptables mode', async () => {
+    const script = fileURLToPath(new URL('./fixtures/fallback-probe.ts', import.meta.url));
+    const r = await run(['unshare', '-n', process.execPath, '--import=tsx', script], { allowFailure: true });
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.equal(r.stdout.trim(), '["iptables/IPv4"]');
+    assert.match(r.stdout + r.stderr, /IPVS proxy mode is unavailable .*falling back to iptables mode/);
+  });
+});
