@@ -81,7 +81,7 @@ interface SizeResult {
   ratioRepeat: number;
   /** kube-proxy's way (`--noflush`) for comparison, only where it finishes in reasonable time. */
   noflushFullMs?: number;
-  partial?: PartialSync;
+  partial: PartialSync;
   latency?: Latency;
   foreignSurvived: boolean;
   peakRssMB: number;
@@ -116,9 +116,11 @@ function parseArgs(argv: string[]): {
   sizes: number[];
   child?: number;
   latencyChanges: number;
+  latencyAt: number;
   out?: string;
 } {
   let sizes = [1000, 5000, 10000];
+  let latencyAt = 10000;
   let child: number | undefined;
   let latencyChanges = 100;
   let out: string | undefined;
@@ -134,13 +136,16 @@ function parseArgs(argv: string[]): {
     } else if (a === '--changes' && v) {
       latencyChanges = Number(v);
       i++;
+    } else if (a === '--latency-at' && v) {
+      latencyAt = Number(v);
+      i++;
     } else if (a === '--out' && v) {
       out = v;
       i++;
     }
   }
   if (sizes.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`bad --sizes ${sizes.join(',')}`);
-  return { sizes, child, latencyChanges, out };
+  return { sizes, child, latencyChanges, latencyAt, out };
 }
 
 /** Peak RSS / heap of this process, sampled every 20 ms (plus the kernel's own maxRSS at the end). */
@@ -236,7 +241,7 @@ async function readPeakKB(log: string): Promise<number> {
   );
 }
 
-async function measureSize(n: number, latencyChanges: number): Promise<SizeResult> {
+async function measureSize(n: number, latencyChanges: number, latencyAt: number): Promise<SizeResult> {
   const mem = new MemoryPeak();
   const dir = await mkdtemp(join(tmpdir(), 'svcp-bench-'));
   try {
@@ -293,12 +298,9 @@ async function measureSize(n: number, latencyChanges: number): Promise<SizeResul
       await proxier.sync(state);
     }
 
-    let partial: PartialSync | undefined;
     let latency: Latency | undefined;
-    if (n >= 10000 || latencyChanges > 0) {
-      partial = await partialSync(proxier, objects, state, rendered.bytes);
-      if (n >= 10000 && latencyChanges > 0) latency = await eventLatency(dir, n, proxier, latencyChanges);
-    }
+    const partial = await partialSync(proxier, objects, state, rendered.bytes);
+    if (n === latencyAt && latencyChanges > 0) latency = await eventLatency(dir, n, proxier, latencyChanges);
 
     const peak = mem.stop();
     return {
@@ -316,7 +318,7 @@ async function measureSize(n: number, latencyChanges: number): Promise<SizeResul
       ratioFirst: Math.round((fullFirst.totalMs / floorEmptyMs) * 100) / 100,
       ratioRepeat: Math.round((fullRepeat.totalMs / floorPopulatedMs) * 100) / 100,
       ...(noflushFullMs !== undefined ? { noflushFullMs: Math.round(noflushFullMs) } : {}),
-      ...(partial ? { partial } : {}),
+      partial,
       ...(latency ? { latency } : {}),
       foreignSurvived,
       peakRssMB: peak.rssMB,
@@ -420,6 +422,8 @@ async function eventLatency(
       const started = performance.now();
       await writeFile(fileOf(i), fileText(Math.floor(i / perFile), i, k + 1));
       const s = await got;
+      if (process.env.SVCP_BENCH_DEBUG)
+        process.stderr.write(`change ${k}: state after ${Math.round(performance.now() - started)} ms\n`);
       const report = await proxier.sync(s);
       const done = performance.now();
       if (report.full) throw new Error('expected partial syncs during the latency run');
@@ -502,7 +506,7 @@ function table(results: SizeResult[]): string {
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   if (args.child !== undefined) {
-    const result = await measureSize(args.child, args.latencyChanges);
+    const result = await measureSize(args.child, args.latencyChanges, args.latencyAt);
     process.stdout.write(JSON.stringify(result) + '\n');
     return;
   }

@@ -2,6 +2,8 @@ import { InvalidArgumentError, type Command } from 'commander';
 import { formatTraceText, traceJson } from '../debug/trace-format.js';
 import { tracePacket, type NodeView, type TracePacket, type TraceProtocol } from '../debug/trace.js';
 import { isRecentListName, parseRecentList } from '../debug/recent.js';
+import { traceIpvs, withIpvs } from '../debug/ipvs-trace.js';
+import { parseIpvsadmSave, type IpvsTable } from '../ipvs/ipvsadm.js';
 import { parseIP } from '../model/ip.js';
 import type { IPFamily } from '../model/types.js';
 import { run } from '../util/exec.js';
@@ -127,7 +129,23 @@ export async function traceOnNode(
     }
     if (recent.size > 0) trace = tracePacket({ ruleset, node, packet, recent });
   }
+  // IPVS mode: Service IPs are local (kube-ipvs0) and IPVS picks the backend.
+  if (trace.verdict === 'local' || trace.verdict === 'untouched') {
+    const ipvs = await readIpvsTable(o.netns);
+    const hit = ipvs ? traceIpvs(ipvs, packet) : undefined;
+    if (hit) trace = withIpvs(trace, hit);
+  }
   return { packet, trace };
+}
+
+/** `ipvsadm -Sn`, parsed; undefined when ipvsadm or IPVS is not available. */
+async function readIpvsTable(netns: string | undefined): Promise<IpvsTable | undefined> {
+  try {
+    const r = await run(['ipvsadm', '-Sn'], { netns, allowFailure: true });
+    return r.exitCode === 0 ? parseIpvsadmSave(r.stdout) : undefined;
+  } catch {
+    return undefined; // not installed
+  }
 }
 
 /** The node's addresses of one family (plus loopback) and its default route's interface. */

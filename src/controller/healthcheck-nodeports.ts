@@ -60,6 +60,7 @@ export interface HealthCheckServersOptions {
 export class HealthCheckNodePorts {
   private readonly servers = new Map<number, { server: Server; target: HealthCheckTarget }>();
   private readonly failed = new Set<number>();
+  private queue: Promise<void> = Promise.resolve();
 
   constructor(private readonly opts: HealthCheckServersOptions = {}) {}
 
@@ -68,8 +69,17 @@ export class HealthCheckNodePorts {
     return [...this.servers.keys()].sort((a, b) => a - b);
   }
 
-  /** Starts servers for new ports, stops those of Services that are gone, updates counts. */
-  async update(state: ClusterState, nodeName: string): Promise<void> {
+  /**
+   * Starts servers for new ports, stops those of Services that are gone, updates counts. Updates
+   * are serialized (syncs can follow each other faster than a server opens).
+   */
+  update(state: ClusterState, nodeName: string): Promise<void> {
+    const next = this.queue.then(() => this.apply(state, nodeName));
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
+  private async apply(state: ClusterState, nodeName: string): Promise<void> {
     const want = healthCheckTargets(state, nodeName);
     for (const [port, entry] of [...this.servers]) {
       if (!want.has(port)) {
@@ -124,6 +134,7 @@ export class HealthCheckNodePorts {
   }
 
   async close(): Promise<void> {
+    await this.queue;
     const all = [...this.servers.values()];
     this.servers.clear();
     await Promise.all(all.map((e) => stopServer(e.server)));

@@ -313,6 +313,7 @@ function lines(keys: readonly string[]): string {
 }
 
 function formatHunks(patch: ReturnType<typeof structuredPatch>): string {
+  if (patch.hunks.length === 0) return ''; // e.g. an empty stale chain
   const out = [`--- ${patch.oldFileName}`, `+++ ${patch.newFileName}`];
   for (const h of patch.hunks) {
     out.push(`@@ -${h.oldStart},${h.oldLines} +${h.newStart},${h.newLines} @@`);

@@ -102,13 +102,17 @@ export function parseRuleSpec(args: readonly string[]): RuleSpec {
   let negated = false;
 
   const n = args.length;
-  for (let i = 0; i < n; i++) {
+  let i = 0;
+  // The value after an option (hoisted: this loop runs for every rule of a big save).
+  function next(): string {
+    return i + 1 < n ? (args[++i] as string) : '';
+  }
+  for (; i < n; i++) {
     const t = args[i] as string;
     if (t === '!') {
       negated = true;
       continue;
     }
-    const next = (): string => (i + 1 < n ? (args[++i] as string) : '');
     switch (t) {
       case '-s':
       case '--source':
@@ -206,10 +210,19 @@ export function parseRuleSpec(args: readonly string[]): RuleSpec {
   };
 }
 
+const addressCache = new Map<string, string>();
+
 /** `10.0.0.1` → `10.0.0.1/32`, `10.1.2.3/8` → `10.0.0.0/8`; anything else unchanged. */
 export function normalizeAddress(text: string): string {
-  const withLen = text.includes('/') ? text : `${text}/${text.includes(':') ? 128 : 32}`;
-  return parseCIDR(withLen)?.cidr ?? text;
+  let out = addressCache.get(text);
+  if (out === undefined) {
+    const withLen = text.includes('/') ? text : `${text}/${text.includes(':') ? 128 : 32}`;
+    out = parseCIDR(withLen)?.cidr ?? text;
+    // Addresses repeat across rules (cluster IPs, pod CIDR); bound the cache all the same.
+    if (addressCache.size > 100_000) addressCache.clear();
+    addressCache.set(text, out);
+  }
+  return out;
 }
 
 /** An option with the given name, if present. */
@@ -276,8 +289,20 @@ function canonicalMarkTarget(options: readonly SpecOption[]): SpecOption[] {
   return out;
 }
 
-/** `ip`, `ip:port`, `[ip]:port`, `ip-ip:port-port`: IPs re-serialized canonically. */
+const natAddressCache = new Map<string, string>();
+
+/** `ip`, `ip:port`, `[ip]:port`, `ip-ip:port-port`: IPs re-serialized canonically (cached). */
 function canonicalNatAddress(text: string): string {
+  let out = natAddressCache.get(text);
+  if (out === undefined) {
+    out = canonicalNatAddressUncached(text);
+    if (natAddressCache.size > 100_000) natAddressCache.clear();
+    natAddressCache.set(text, out);
+  }
+  return out;
+}
+
+function canonicalNatAddressUncached(text: string): string {
   const canon = (ip: string): string => parseIP(ip)?.ip ?? ip;
   const bracket = /^\[([^\]]+)\](.*)$/.exec(text);
   if (bracket) return `[${canon(bracket[1] ?? '')}]${bracket[2] ?? ''}`;

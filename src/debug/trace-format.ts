@@ -30,6 +30,7 @@ export interface TraceJson {
   readonly affinity: TraceResult['affinity'];
   readonly unsupported: readonly string[];
   readonly notes: readonly string[];
+  readonly ipvs?: TraceResult['ipvs'];
 }
 
 export function traceJson(packet: TracePacket, r: TraceResult): TraceJson {
@@ -60,6 +61,7 @@ export function traceJson(packet: TracePacket, r: TraceResult): TraceJson {
     affinity: r.affinity,
     unsupported: r.unsupported,
     notes: r.notes,
+    ...(r.ipvs ? { ipvs: r.ipvs } : {}),
   };
 }
 
@@ -90,6 +92,12 @@ export function formatTraceText(packet: TracePacket, r: TraceResult): string {
         `  ${e.endpoint.padEnd(w)}  ${pct(e.probability).padStart(6)}  masquerade ${e.masquerade ? 'yes' : 'no'}`,
       );
     }
+  }
+  if (r.ipvs) {
+    out.push(
+      `IPVS:       ${r.ipvs.virtualServer} scheduler ${r.ipvs.scheduler}${r.ipvs.persistenceSeconds !== undefined ? `, persistent ${r.ipvs.persistenceSeconds} s` : ''}`,
+    );
+    for (const x of r.ipvs.reals) out.push(`  ${x.endpoint}  weight ${x.weight}  (${pct(x.share)})`);
   }
   out.push(`Masquerade: ${r.masqueradeReason}`);
   if (r.affinity.length > 0) {

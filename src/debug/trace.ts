@@ -1,6 +1,7 @@
 import { cidrContains, joinHostPort, parseCIDR } from '../model/ip.js';
 import type { IPFamily } from '../model/types.js';
 import { ruleComment, type SavedRule, type SavedRuleset, type SavedTable } from '../iptables/save-parse.js';
+import type { IpvsTraceResult } from './ipvs-trace.js';
 import { servicePortNameFromComment } from './owners.js';
 import { optionOf, parseRuleSpec, quantizeProbability, type RuleSpec, type SpecOption } from './rule-spec.js';
 
@@ -103,6 +104,8 @@ export interface TraceResult {
   readonly notes: readonly string[];
   /** The interface the packet arrives on (given or inferred); absent for traffic from the node. */
   readonly inInterface?: string;
+  /** IPVS mode: the virtual server that took the packet (see ./ipvs-trace.ts). */
+  readonly ipvs?: IpvsTraceResult;
 }
 
 /** The state of one branch of the walk. Immutable: every change makes a copy. */
@@ -365,8 +368,22 @@ class Tracer {
       );
       return sub.flatMap((o) => {
         if (o.exit !== 'continue') return [o];
+        // Say so when nothing in the chain matched (the common case for the filter chains).
+        const ob =
+          o.b.steps.length === nb.steps.length
+            ? {
+                ...o.b,
+                steps: [
+                  ...o.b.steps.slice(0, -1),
+                  {
+                    ...o.b.steps[o.b.steps.length - 1]!,
+                    action: `${target.goto ? 'goto' : 'jump'} ${name}: nothing matched, back`,
+                  },
+                ],
+              }
+            : o.b;
         // A goto'd chain that falls through returns to this chain's caller.
-        return target.goto ? [o] : walk(i + 1, o.b);
+        return target.goto ? [{ b: ob, exit: o.exit }] : walk(i + 1, ob);
       });
     }
     if (NON_TERMINATING.has(name)) return walk(i + 1, this.step(b, { ...base, action: `${name}, continue` }));

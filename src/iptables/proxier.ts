@@ -21,6 +21,7 @@ import {
   type LocalDetector,
   type RenderResult,
 } from './render.js';
+import { dropUnchangedFixedChains, fixedChainContents, type FixedChainContents } from './render-unchanged.js';
 import {
   declaredChains,
   foreignChainRequests,
@@ -110,10 +111,14 @@ export class IptablesProxier implements Backend {
   private lastReport: IptablesSyncReport | undefined;
   /** Rule count per `table/chain` that our restores wrote (for drift detection). */
   private written: WrittenChains = new Map();
+  /** Content of each fixed chain as the kernel holds it after our last restore (render-unchanged.ts). */
+  private fixedContents: FixedChainContents = new Map();
   /** Whether full syncs replace whole tables (resolved on first use; see useWholeTable). */
   private wholeTable: boolean | undefined;
   /** Whether the last attempted sync was full (metrics count failed partial restores apart). */
   lastAttemptFull = true;
+  /** Set when route_localnet cannot be enabled (read-only /proc/sys). */
+  private localhostNodePortsUnavailable = false;
 
   constructor(private readonly config: IptablesProxierConfig) {
     this.name = `iptables/${config.family}`;
@@ -131,7 +136,16 @@ export class IptablesProxier implements Backend {
     if (this.config.family === 'IPv4' && this.config.localhostNodePorts) {
       const facts = await this.gatherFacts(undefined);
       if (facts.localhostNodePorts) {
-        await ensureSysctl('net.ipv4.conf.all.route_localnet', 1, { netns: this.config.netns });
+        try {
+          await ensureSysctl('net.ipv4.conf.all.route_localnet', 1, { netns: this.config.netns });
+        } catch (err) {
+          // An unprivileged pod has a read-only /proc/sys: serve everything else rather than nothing.
+          log.warn('cannot enable route_localnet; localhost NodePorts are off', {
+            backend: this.name,
+            error: err,
+          });
+          this.localhostNodePortsUnavailable = true;
+        }
       }
     }
   }
@@ -186,8 +200,8 @@ export class IptablesProxier implements Backend {
         backend: this.name,
         full,
         durationMs: performance.now() - started,
-        bytes: rendered.bytes,
-        lines: rendered.lines,
+        bytes: restore.bytes,
+        lines: restore.lines,
         writtenServices: rendered.writtenServices.size,
         staleChains: applied.staleChains,
         details: {
@@ -241,8 +255,19 @@ export class IptablesProxier implements Backend {
           canaryLines(saved),
         )
       : rendered.restoreInput;
-    const restore = await this.ipt.restore(input, { noflush: true, counters: true });
-    return { rendered, restore, mode: 'noflush', ownInput: input, staleChains: rendered.staleChains.length };
+    // Partial syncs leave fixed chains (KUBE-SERVICES …) alone when their content did not change.
+    const trimmed = full
+      ? { input, contents: fixedChainContents(input) }
+      : dropUnchangedFixedChains(input, this.fixedContents);
+    const restore = await this.ipt.restore(trimmed.input, { noflush: true, counters: true });
+    this.fixedContents = trimmed.contents;
+    return {
+      rendered,
+      restore,
+      mode: 'noflush',
+      ownInput: trimmed.input,
+      staleChains: rendered.staleChains.length,
+    };
   }
 
   /**
@@ -293,12 +318,10 @@ export class IptablesProxier implements Backend {
       wholeTableCanaries(),
     );
     // Race guard: another agent's change since the listing would be lost by a whole-table write.
-    const again = parseNftChains(
-      await this.ipt.listNftChains(),
-      this.config.family === 'IPv6' ? 'ip6' : 'ip',
-    );
-    const requestsAgain = foreignChainRequests(again, ours);
-    const listingAgain = await this.ipt.listChainRules(listingInput(requestsAgain, false));
+    // Re-listing the same chains (one process, no counters) catches changed rules and policies, and
+    // new chains as soon as a built-in chain jumps to them; an unreferenced chain created in these
+    // few milliseconds is the one case it misses.
+    const listingAgain = await this.ipt.listChainRules(listingInput(requests, false));
     const listMs = performance.now() - listStarted;
     if (withoutCounters(listing) !== listingAgain) {
       log.warn('foreign iptables rules changed during the full sync: writing with --noflush instead', {
@@ -307,6 +330,7 @@ export class IptablesProxier implements Backend {
       return this.noflushSync(state, facts, true);
     }
     const restore = await this.ipt.restore(input, { noflush: false, counters: true });
+    this.fixedContents = fixedChainContents(rendered.restoreInput);
     const active = rendered.activeServiceChains;
     const stale = (kernel.get('nat') ?? []).filter((c) => isServiceChainName(c.name) && !active.has(c.name));
     return {
@@ -338,7 +362,10 @@ export class IptablesProxier implements Backend {
 
   /** Node name/zone, node IPs and NodePort addresses, re-read every sync as kube-proxy does. */
   private gatherFacts(state: ClusterState | undefined): Promise<NodeFacts> {
-    return gatherNodeFacts(this.config, state);
+    const config = this.localhostNodePortsUnavailable
+      ? { ...this.config, localhostNodePorts: false }
+      : this.config;
+    return gatherNodeFacts(config, state);
   }
 }
 

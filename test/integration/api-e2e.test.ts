@@ -199,6 +199,13 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
     return new Set(results.map((r) => (r.ok ? r.reply.pod : '')));
   }
 
+  /**
+   * Waits until no change is queued: the last sync has finished and been counted. (Traffic can show
+   * new rules a moment before the controller has seen iptables-restore exit and emitted 'synced'.)
+   */
+  const settled = (): Promise<void> =>
+    until(() => controller!.health().queuedSince === 0, 5000, 'the controller settled');
+
   /** kube-proxy's /healthz answer for the controller now (the function the health server serves). */
   const healthz = (): HealthStatus =>
     healthzStatus({
@@ -272,7 +279,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
       netns: env.sb.nodeNs,
     });
     controller = new Controller(source, [proxier], opts);
-    controller.on('synced', (reports, state) => { syncs++; process.stderr.write(`SYNC ${syncs} ${Date.now()%100000} ${JSON.stringify(reports.map(r=>[r.full,r.writtenServices]))} web=${state.services.get('default/web')?.ports[0]?.endpoints.map(e=>e.ip).join(',')} node=${JSON.stringify(state.nodes.get('node-1')?.labels)}\n`); });
+    controller.on('synced', () => syncs++);
     controller.on('syncError', () => syncErrors++);
     await controller.start();
   });
@@ -356,6 +363,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
   });
 
   it('watches closed by the server and 410 Gone (relist): no rule churn', async () => {
+    await settled();
     const before = { syncs, report: proxier.lastSync };
     const watches = api!.requests(undefined, 'watch');
     api!.closeAllWatches();
@@ -379,6 +387,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
   });
 
   it('HTTP 500s from the API: backoff (no hot loop), rules stay, then recovery', async () => {
+    await settled();
     const before = syncs;
     const t0 = Date.now();
     api!.failNext(9, 500);
@@ -407,11 +416,11 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
   it('the API goes away: rules stay and serve, health turns unhealthy after the grace period; it comes back: recovery', async () => {
     api!.update('EndpointSlice', slice('web', ['a', 'b']));
     await trafficReaches(['a', 'b']);
+    await settled();
     const before = { syncs, report: proxier.lastSync };
     assert.equal(health(), 200);
     const t0 = Date.now();
     const traffic = background();
-    process.stderr.write(`STOP ${Date.now()%100000}\n`);
     await api!.stop();
     // Changes made while svcplane cannot see them.
     api!.update('EndpointSlice', slice('web', ['c']));

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runDiff, loadState } from '../../src/cli/diff.js';
 import { runExplain } from '../../src/cli/explain.js';
+import { main } from '../../src/cli/main.js';
 import { iptablesProxierConfig } from '../../src/cli/proxy.js';
 import { resolveProxyOptions, type ProxyOptions } from '../../src/cli/proxy-options.js';
 import { traceOnNode } from '../../src/cli/trace.js';
@@ -403,10 +404,21 @@ describe('svcplane diff / trace / explain on a real node', function () {
       ],
     );
     assert.equal(t.masquerade, false);
+    // 40 new connections: every one lands on a predicted endpoint, unmasqueraded, and the split
+    // matches 50/50 (outside 8..32 of 40 has a chance of about 1e-5 for a fair coin).
     const predicted = new Set(t.endpoints.map((e) => e.endpoint));
-    for (const reply of await probe('client', { proto: 'tcp', ip: '10.96.0.10', port: 80 }, ['a', 'b'])) {
-      assert.ok(predicted.has(`${reply.ip}:${reply.port}`), `${reply.ip}:${reply.port} was not predicted`);
-      assert.equal(peerIP(reply.peer), sb.podIP('client'), 'not masqueraded, as predicted');
+    const hits = new Map<string, number>();
+    for (let i = 0; i < 40; i++) {
+      const r = await sb.request('client', { proto: 'tcp', ip: '10.96.0.10', port: 80 });
+      if (!r.ok) assert.fail(`request ${i}: ${r.error} ${r.detail}`);
+      const at = `${r.reply.ip}:${r.reply.port}`;
+      assert.ok(predicted.has(at), `${at} was not predicted`);
+      assert.equal(peerIP(r.reply.peer), sb.podIP('client'), 'not masqueraded, as predicted');
+      hits.set(at, (hits.get(at) ?? 0) + 1);
+    }
+    for (const e of t.endpoints) {
+      const n = hits.get(e.endpoint) ?? 0;
+      assert.ok(n >= 8 && n <= 32, `${e.endpoint}: ${n} of 40 for a predicted ${e.probability}`);
     }
     console.log(
       `      --- svcplane trace (ClusterIP) ---\n${indent(formatTraceText({ family: 'IPv4', src: sb.podIP('client'), dst: '10.96.0.10', proto: 'tcp', dport: 80, fromNode: false }, t))}`,
@@ -495,7 +507,7 @@ describe('svcplane diff / trace / explain on a real node', function () {
     await probe('node', { proto: 'tcp', ip: '10.96.0.10', port: 80 }, ['a', 'b']);
   });
 
-  it('explain: endpoints by category, kernel rules with counters, and the eTP=Local warning', async () => {
+  it('explain: endpoints by category, kernel rules with counters, warnings', async () => {
     const c = sink();
     const code = await runExplain('default/local', { ...raw, output: 'json' }, c.o, c.e);
     assert.equal(code, 0, c.err);
@@ -598,8 +610,17 @@ describe('svcplane diff / trace / explain on a real node', function () {
         ],
       },
     );
-    const bad = await cli(['trace', '--src', 'nope', '--dst', NODE_IP, '--dport', '1']);
-    assert.equal(bad.exitCode, 2);
+    // Usage errors exit 2 (in-process: no third node start).
+    const stderr = process.stderr.write.bind(process.stderr);
+    process.stderr.write = () => true;
+    try {
+      assert.equal(
+        await main(['node', 'svcplane', 'trace', '--src', 'nope', '--dst', NODE_IP, '--dport', '1']),
+        2,
+      );
+    } finally {
+      process.stderr.write = stderr;
+    }
   });
 });
 

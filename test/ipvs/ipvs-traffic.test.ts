@@ -2,11 +2,11 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { parseIpvsadmConnections, parseIpvsadmSave } from '../../src/ipvs/ipvsadm.js';
+import { parseIpvsadmSave } from '../../src/ipvs/ipvsadm.js';
 import { IpvsProxier } from '../../src/ipvs/proxier.js';
 import { cleanupIpvs } from '../../src/ipvs/cleanup.js';
 import { buildClusterState, type SourceObject } from '../../src/model/build.js';
-import type { ClusterState } from '../../src/model/types.js';
+import type { ClusterState, IPFamily } from '../../src/model/types.js';
 import type { Sandbox } from '../../src/netns/sandbox.js';
 import { peerIP, type ProbeResult, type RequestSpec } from '../../src/netns/protocol.js';
 import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
@@ -49,6 +49,7 @@ interface SvcSpec {
 }
 
 const clusterIP = (i: number): string => `10.96.20.${i}`;
+const clusterIP6 = (i: number): string => `fd00:96::20:${i}`;
 
 function objectsOf(sb: Sandbox, s: SvcSpec): SourceObject[] {
   const type = s.type ?? 'ClusterIP';
@@ -61,7 +62,9 @@ function objectsOf(sb: Sandbox, s: SvcSpec): SourceObject[] {
     spec: {
       type,
       clusterIP: clusterIP(s.index),
-      clusterIPs: [clusterIP(s.index)],
+      clusterIPs: [clusterIP(s.index), clusterIP6(s.index)],
+      ipFamilies: ['IPv4', 'IPv6'],
+      ipFamilyPolicy: 'RequireDualStack',
       ports: [
         {
           name: 'p',
@@ -81,18 +84,18 @@ function objectsOf(sb: Sandbox, s: SvcSpec): SourceObject[] {
     },
     ...(s.lbIP ? { status: { loadBalancer: { ingress: [{ ip: s.lbIP }] } } } : {}),
   };
-  const slice = {
+  const slice = (family: IPFamily): unknown => ({
     apiVersion: 'discovery.k8s.io/v1',
     kind: 'EndpointSlice',
     metadata: {
-      name: `${s.name}-v4`,
+      name: `${s.name}-${family.toLowerCase()}`,
       namespace: 'default',
       labels: { 'kubernetes.io/service-name': s.name },
     },
-    addressType: 'IPv4',
+    addressType: family,
     ports: [{ name: 'p', protocol, port: target }],
     endpoints: s.endpoints.map((e) => ({
-      addresses: [sb.podIP(e.pod)],
+      addresses: [sb.podIP(e.pod, family)],
       conditions: {
         ready: e.ready ?? true,
         ...(e.serving !== undefined ? { serving: e.serving } : {}),
@@ -100,8 +103,8 @@ function objectsOf(sb: Sandbox, s: SvcSpec): SourceObject[] {
       },
       nodeName: e.node ?? NODE,
     })),
-  };
-  return [service, slice].map((obj, i) => ({ obj, source: `${s.name}#${i}` }));
+  });
+  return [service, slice('IPv4'), slice('IPv6')].map((obj, i) => ({ obj, source: `${s.name}#${i}` }));
 }
 
 const BASE: readonly SvcSpec[] = [
@@ -169,7 +172,12 @@ const NODE_OBJECT: SourceObject = {
     apiVersion: 'v1',
     kind: 'Node',
     metadata: { name: NODE, labels: { 'topology.kubernetes.io/zone': 'zone-a' } },
-    status: { addresses: [{ type: 'InternalIP', address: '192.0.2.1' }] },
+    status: {
+      addresses: [
+        { type: 'InternalIP', address: '192.0.2.1' },
+        { type: 'InternalIP', address: '2001:db8::1' },
+      ],
+    },
   },
   source: 'node#0',
 };
@@ -189,12 +197,14 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
     requireUml(this);
   });
   let proxier: IpvsProxier | undefined;
+  let proxier6: IpvsProxier | undefined;
   // Registered before useSandbox's after hook: stop the drain timer while the namespace still exists.
   // All IPVS state lives in the sandbox's node namespace and goes with it; cleanupIpvs is proven there.
   after(async () => {
     proxier?.stop();
-    if (proxier) {
-      const { removed } = await cleanupIpvs([proxier.ipt], { netns: proxier.ipt.netns });
+    proxier6?.stop();
+    if (proxier && proxier6) {
+      const { removed } = await cleanupIpvs([proxier.ipt, proxier6.ipt], { netns: proxier.ipt.netns });
       assert.ok(removed.includes('ip link del kube-ipvs0'), removed.join('\n'));
       const ns = proxier.ipt.netns;
       const left = async (argv: string[]): Promise<string> => (await run(argv, { netns: ns })).stdout;
@@ -204,6 +214,7 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
         await left(['iptables-save']),
         /KUBE-IPVS-FILTER|KUBE-NODE-PORT|KUBE-LOAD-BALANCER/,
       );
+      assert.doesNotMatch(await left(['ip6tables-save']), /KUBE-IPVS-FILTER|KUBE-NODE-PORT/);
     }
   });
   const env = useSandbox({
@@ -228,26 +239,31 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
   const peerOf = (r: ProbeResult): string => peerIP(expectReply(r).peer);
 
   before(async function () {
-    const p = new IpvsProxier({
-      family: 'IPv4',
-      nodeName: NODE,
-      masqueradeBit: 14,
-      masqueradeAll: false,
-      clusterCIDRs: ['10.244.0.0/16'],
-      nodePortAddresses: [],
-      scheduler: 'rr',
-      strictARP: true,
-      excludeCIDRs: [],
-      tcpTimeout: 0,
-      tcpFinTimeout: 0,
-      udpTimeout: 0,
-      netns: env.sb.nodeNs,
-      gracefulCheckMs: 200,
-    });
-    proxier = p;
-    await p.setup();
-    const report = await p.sync(stateOf(BASE));
-    assert.ok(report.writtenServices > 10);
+    const make = (family: IPFamily): IpvsProxier =>
+      new IpvsProxier({
+        family,
+        nodeName: NODE,
+        masqueradeBit: 14,
+        masqueradeAll: false,
+        clusterCIDRs: ['10.244.0.0/16', 'fd00:10:244::/64'],
+        nodePortAddresses: [],
+        scheduler: 'rr',
+        strictARP: true,
+        excludeCIDRs: [],
+        tcpTimeout: 0,
+        tcpFinTimeout: 0,
+        udpTimeout: 0,
+        netns: env.sb.nodeNs,
+        gracefulCheckMs: 200,
+      });
+    proxier = make('IPv4');
+    proxier6 = make('IPv6');
+    const state = stateOf(BASE);
+    for (const p of [proxier, proxier6]) {
+      await p.setup();
+      const report = await p.sync(state);
+      assert.ok(report.writtenServices > 10, `${p.name}: ${report.writtenServices} virtual servers`);
+    }
   });
 
   it('binds ClusterIPs, externalIPs and LB IPs on kube-ipvs0 and creates one VS per frontend', async () => {
@@ -340,16 +356,50 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
     assert.notEqual(peerOf(r), env.sb.podIP('a'));
   });
 
+  describe('IPv6 (second proxier, same node)', () => {
+    const n6 = (): string => env.sb.nodeIPv6;
+    it('ClusterIP from a pod, without masquerade', async () => {
+      const r = await env.sb.request('client', { proto: 'tcp', ip: clusterIP6(1), port: 80 });
+      assert.equal(peerOf(r), env.sb.podIP('client', 'IPv6'));
+    });
+    it('UDP ClusterIP', async () => {
+      expectReply(await env.sb.request('client', { proto: 'udp', ip: clusterIP6(2), port: 80 }), 'a');
+    });
+    it('NodePort from outside; eTP=Local keeps the client IP; no local endpoints drops', async () => {
+      expectReply(await env.sb.request('outside', { proto: 'tcp', ip: n6(), port: 30080 }));
+      const r = await env.sb.request('outside', { proto: 'tcp', ip: n6(), port: 30086 });
+      expectReply(r, 'a');
+      assert.equal(peerOf(r), env.sb.outsideIPv6);
+      expectError(
+        await env.sb.request('outside', { proto: 'tcp', ip: n6(), port: 30087, timeoutMs: 800 }),
+        'timeout',
+      );
+    });
+    it('no endpoints: refused', async () => {
+      const r = await env.sb.request('client', { proto: 'tcp', ip: clusterIP6(10), port: 80 });
+      if (!r.ok && r.error !== 'refused') {
+        console.log((await env.sb.exec('node', ['nstat', '-az', 'Icmp6Out*'])).stdout);
+        console.log((await env.sb.exec('client', ['nstat', '-az', 'Icmp6In*', 'TcpExt*Icmp*', 'Tcp*'])).stdout);
+        console.log((await env.sb.exec('client', ['ip', '-6', 'route'])).stdout);
+        console.log((await env.sb.exec('client', ['ip', '-6', 'addr'])).stdout);
+        console.log((await env.sb.exec('node', ['sysctl', 'net.ipv6.icmp'])).stdout);
+        const r2 = await env.sb.request('client', { proto: 'tcp', ip: clusterIP6(10), port: 80 });
+        console.log('second try', JSON.stringify(r2));
+        const r3 = await env.sb.request('client', { proto: 'tcp', ip: clusterIP6(1), port: 81 });
+        console.log('other port', JSON.stringify(r3));
+      }
+      expectError(r, 'refused');
+    });
+  });
+
   it('an established connection survives a sync that changes another Service; unchanged VSs are not touched', async () => {
     const conn = await env.sb.openConnection('client', { ip: clusterIP(1), port: 80 });
     try {
       expectReply(conn.result);
       const before = await ipvsadm();
-      const t0 = Date.now();
       const report = await px().sync(
         stateOf([...BASE, { name: 'extra', index: 30, endpoints: [{ pod: 'c' }] }]),
       );
-      console.log('SYNC', Date.now() - t0, JSON.stringify(report.details));
       assert.equal(report.details?.ipvsLines, 2, 'only the new VS and its real server');
       const after = await ipvsadm();
       assert.ok(after.includes('-A -t 10.96.20.30:80'));

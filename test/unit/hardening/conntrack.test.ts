@@ -7,6 +7,8 @@ import {
   staleUDPEntries,
   type ConntrackEntry,
 } from '../../../src/conntrack/entries.js';
+import { ProxyMetrics } from '../../../src/controller/metrics.js';
+import { ConntrackReconciler } from '../../../src/conntrack/reconciler.js';
 import { ep, service, state } from '../iptables/fixtures.js';
 
 const LIST = `ipv4     2 udp      17 29 src=10.244.0.9 dst=10.96.0.53 sport=40000 dport=53 [UNREPLIED] src=10.244.0.2 dst=10.244.0.9 sport=5353 dport=40000 mark=0 use=1
@@ -106,5 +108,20 @@ describe('conntrack reconciler (pure)', () => {
       '--reply-port-src',
       '5353',
     ]);
+  });
+
+  it('without a conntrack tool: one failure, logged once, then no more attempts', async () => {
+    const metrics = new ProxyMetrics();
+    const r = new ConntrackReconciler({ families: ['IPv4'], binary: 'svcplane-no-such-conntrack', metrics });
+    const udp = (ip: string) =>
+      state(
+        service('ns/dns', {
+          clusterIP: '10.96.0.53',
+          ports: [{ protocol: 'UDP', port: 53, endpoints: [ep(ip, 53)] }],
+        }),
+      );
+    assert.equal(await r.afterSync(udp('10.0.0.1')), undefined);
+    assert.equal(await r.afterSync(udp('10.0.0.2')), undefined);
+    assert.match(await metrics.registry.metrics(), /svcplane_conntrack_reconciler_failures_total 1\n/);
   });
 });

@@ -368,6 +368,8 @@ describe('hardening: health-check node ports', () => {
           .end();
       });
     try {
+      // Two syncs in a row: the updates must not race to open the same port.
+      void hc.update(state(lb([['10.0.0.1', 80, { nodeName: 'n2' }]], port)), 'n1');
       await hc.update(state(lb([['10.0.0.1', 80, { nodeName: 'n1' }]], port)), 'n1');
       if (hc.ports().length === 0) this.skip(); // port taken by someone else
       assert.equal((await get()).code, 200);

@@ -1,0 +1,64 @@
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Command } from 'commander';
+import { parseAllDocuments } from 'yaml';
+import { addProxyOptions, resolveProxyOptions } from '../../../src/cli/proxy-options.js';
+import { splitHostPort } from '../../../src/controller/servers-factory.js';
+
+/** Security defaults: metrics on localhost only, least-privilege RBAC, no shell anywhere. */
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '../../..');
+
+describe('hardening: security defaults', () => {
+  it('binds metrics to 127.0.0.1:10249 and healthz to 0.0.0.0:10256 by default', () => {
+    const cmd = addProxyOptions(new Command('run'));
+    cmd.exitOverride();
+    cmd.parse([], { from: 'user' });
+    const opts = resolveProxyOptions(cmd.opts());
+    assert.equal(opts.metricsBindAddress, '127.0.0.1:10249');
+    assert.equal(splitHostPort(opts.metricsBindAddress).host, '127.0.0.1');
+    assert.equal(opts.healthzBindAddress, '0.0.0.0:10256');
+    assert.throws(() => splitHostPort('127.0.0.1:70000'), /port out of range/);
+  });
+
+  it('the DaemonSet RBAC only reads Services, EndpointSlices and Nodes', () => {
+    const docs = parseAllDocuments(readFileSync(join(ROOT, 'deploy/svcplane.yaml'), 'utf8')).map(
+      (d) =>
+        d.toJS() as {
+          kind?: string;
+          rules?: { apiGroups: string[]; resources: string[]; verbs: string[] }[];
+        },
+    );
+    const roles = docs.filter((d) => d.kind === 'ClusterRole' || d.kind === 'Role');
+    assert.equal(roles.length, 1);
+    const granted = roles[0]!.rules!.flatMap((r) =>
+      r.resources.flatMap((res) => r.verbs.map((v) => `${r.apiGroups.join(',')}/${res}:${v}`)),
+    );
+    for (const g of granted) {
+      assert.match(g, /^(\/services|\/nodes|discovery\.k8s\.io\/endpointslices):(get|list|watch)$/, g);
+    }
+  });
+
+  it('spawns child processes only through src/util/exec.ts, never through a shell', () => {
+    const offenders: string[] = [];
+    const walk = (dir: string): void => {
+      for (const e of readdirSync(dir, { withFileTypes: true })) {
+        const p = join(dir, e.name);
+        if (e.isDirectory()) walk(p);
+        else if (p.endsWith('.ts') && !p.endsWith(join('src', 'util', 'exec.ts'))) {
+          const text = readFileSync(p, 'utf8');
+          if (/from 'node:child_process'|from 'execa'|shell:\s*true/.test(text)) offenders.push(p);
+        }
+      }
+    };
+    walk(join(ROOT, 'src'));
+    // The sandbox's agent launcher (test/demo tooling, not the daemon) spawns its agents itself,
+    // with argument arrays.
+    assert.deepEqual(
+      offenders.map((p) => p.slice(ROOT.length + 1)),
+      ['src/netns/agent-process.ts'],
+    );
+  });
+});
