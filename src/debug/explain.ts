@@ -319,7 +319,8 @@ function concerns(p: Problem, ns: string, name: string): boolean {
 
 export function formatExplainText(r: ExplainReport): string {
   const out: string[] = [];
-  out.push(`Service ${r.service}${r.found ? ` (${r.type ?? ''})` : ': not found in the current state'}`);
+  const kind = r.skipReason !== undefined ? `${r.skipReason}: no dataplane` : (r.type ?? '');
+  out.push(`Service ${r.service}${r.found ? ` (${kind})` : ': not found in the current state'}`);
   const fe = r.frontends;
   if (fe) {
     out.push('Frontends:');

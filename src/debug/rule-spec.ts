@@ -197,17 +197,16 @@ export function parseRuleSpec(args: readonly string[]): RuleSpec {
     }
     negated = false;
   }
-  return {
-    ...(source ? { source } : {}),
-    ...(destination ? { destination } : {}),
-    ...(protocol ? { protocol } : {}),
-    ...(inInterface ? { inInterface } : {}),
-    ...(outInterface ? { outInterface } : {}),
-    ...(fragment ? { fragment } : {}),
-    matches,
-    ...(target ? { target } : {}),
-    stray,
-  };
+  // Built in place (no spreads): this runs once per rule of a whole iptables-save.
+  const spec: { -readonly [K in keyof RuleSpec]: RuleSpec[K] } = { matches, stray };
+  if (source) spec.source = source;
+  if (destination) spec.destination = destination;
+  if (protocol) spec.protocol = protocol;
+  if (inInterface) spec.inInterface = inInterface;
+  if (outInterface) spec.outInterface = outInterface;
+  if (fragment) spec.fragment = fragment;
+  if (target) spec.target = target;
+  return spec;
 }
 
 const addressCache = new Map<string, string>();

@@ -402,6 +402,10 @@ class Tracer {
   private match(spec: RuleSpec, b: Branch, h: Hook): { p: number; b: Branch } {
     const pkt = this.pkt;
     const no = { p: 0, b };
+    for (const a of [spec.source, spec.destination]) {
+      // A host name or range that did not normalize to a CIDR cannot be evaluated.
+      if (a && !a.value.includes('/')) return { p: 0, b: this.unsupported(b, `address ${a.value}`) };
+    }
     if (spec.source && !addrMatches(spec.source.value, pkt.src, spec.source.negated)) return no;
     if (spec.destination && !addrMatches(spec.destination.value, b.dst, spec.destination.negated)) return no;
     if (spec.protocol) {

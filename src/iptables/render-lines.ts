@@ -33,6 +33,12 @@ export class LineBuffer {
     this.kept?.push(line);
   }
 
+  /** Replays lines recorded from this kind of buffer, with the rule count they carried. */
+  append(lines: readonly string[], count: number): void {
+    this.count += count;
+    if (this.kept) for (const l of lines) this.kept.push(l);
+  }
+
   /** A line that is written but not counted as a rule (`-X CHAIN`). */
   addUncounted(line: string): void {
     this.kept?.push(line);

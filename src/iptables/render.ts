@@ -87,6 +87,29 @@ export interface RenderResult {
   bytes: number;
 }
 
+/** What an unchanged Service contributed to a partial sync, for the next one (see pass 2). */
+interface UnchangedOutput {
+  /** The render config and large-cluster mode it was rendered with. */
+  readonly key: string;
+  readonly serviceKey: string;
+  readonly filterLines: readonly string[];
+  readonly filterCount: number;
+  readonly natLines: readonly string[];
+  readonly natCount: number;
+  readonly chainCount: number;
+  readonly chainRuleCount: number;
+  readonly active: readonly string[];
+  readonly skipped: readonly string[];
+  readonly noLocalInternal: number;
+  readonly noLocalExternal: number;
+}
+
+/**
+ * A cache of a pure computation keyed by immutable model objects: the renderer stays a function of
+ * its inputs. Entries go with their Service objects (WeakMap).
+ */
+const unchangedMemo = new WeakMap<Service, UnchangedOutput>();
+
 /** kube-proxy's largeClusterEndpointsThreshold. */
 export const LARGE_CLUSTER_ENDPOINTS_THRESHOLD = 1000;
 
@@ -310,10 +333,41 @@ export function renderRestoreInput(req: RenderRequest): RenderResult {
   let noLocalInternal = 0;
   let noLocalExternal = 0;
 
-  // Pass 2: rules per service port.
+  // Pass 2: rules per service port. An unchanged Service on a partial sync only contributes its
+  // top-level lines (KUBE-SERVICES …), chain names and counts, which are memoised per Service object
+  // (structural sharing keeps the object while nothing in it changes).
+  const memoKey = `${JSON.stringify(config)}|${largeClusterMode}`;
   for (const { key, svc, fe } of candidates) {
     const write = changedServices === undefined || changedServices.has(key);
+    if (!write) {
+      const memo = unchangedMemo.get(svc);
+      if (memo !== undefined && memo.key === memoKey && memo.serviceKey === key) {
+        filterRules.append(memo.filterLines, memo.filterCount);
+        natRules.append(memo.natLines, memo.natCount);
+        discarded.natChains.skip(memo.chainCount);
+        discarded.natRules.skip(memo.chainRuleCount);
+        for (const c of memo.active) active.add(c);
+        for (const sk of memo.skipped) skipped.push(sk);
+        noLocalInternal += memo.noLocalInternal;
+        noLocalExternal += memo.noLocalExternal;
+        continue;
+      }
+    }
     const chains = write ? written : discarded;
+    const mark = write
+      ? undefined
+      : {
+          filterLines: filterRules.lines.length,
+          filterCount: filterRules.count,
+          natLines: natRules.lines.length,
+          natCount: natRules.count,
+          chainCount: discarded.natChains.count,
+          chainRuleCount: discarded.natRules.count,
+          skipped: skipped.length,
+        };
+    const svcActive = write ? active : new Set<string>();
+    let svcNoLocalInternal = 0;
+    let svcNoLocalExternal = 0;
     const seen: string[] = [];
     for (let i = 0; i < svc.ports.length; i++) {
       let port = svc.ports[i]!;
@@ -332,11 +386,31 @@ export function renderRestoreInput(req: RenderRequest): RenderResult {
       }
       seen.push(id);
       port = checkEndpoints(port, where, skipped);
-      const outcome = renderServicePort(ctx, svc, fe, port, spn, top, chains, active);
-      if (outcome.noLocalInternal) noLocalInternal++;
-      if (outcome.noLocalExternal) noLocalExternal++;
+      const outcome = renderServicePort(ctx, svc, fe, port, spn, top, chains, svcActive);
+      if (outcome.noLocalInternal) svcNoLocalInternal++;
+      if (outcome.noLocalExternal) svcNoLocalExternal++;
     }
-    if (write) writtenServices.add(key);
+    noLocalInternal += svcNoLocalInternal;
+    noLocalExternal += svcNoLocalExternal;
+    if (write) {
+      writtenServices.add(key);
+    } else if (mark !== undefined) {
+      for (const c of svcActive) active.add(c);
+      unchangedMemo.set(svc, {
+        key: memoKey,
+        serviceKey: key,
+        filterLines: filterRules.lines.slice(mark.filterLines),
+        filterCount: filterRules.count - mark.filterCount,
+        natLines: natRules.lines.slice(mark.natLines),
+        natCount: natRules.count - mark.natCount,
+        chainCount: discarded.natChains.count - mark.chainCount,
+        chainRuleCount: discarded.natRules.count - mark.chainRuleCount,
+        active: [...svcActive],
+        skipped: skipped.slice(mark.skipped),
+        noLocalInternal: svcNoLocalInternal,
+        noLocalExternal: svcNoLocalExternal,
+      });
+    }
   }
 
   // Stale chains: ours, in the kernel, no longer generated. Declaring flushes them; -X deletes.

@@ -237,7 +237,16 @@ export class IpvsProxier implements Backend {
     const plen = c.family === 'IPv6' ? 128 : 32;
 
     // 1. kube-ipvs0 and the sets (rules below name them).
-    if (!facts.dummyExists) await this.exec(['ip', 'link', 'add', DUMMY_DEVICE, 'type', 'dummy']);
+    if (!facts.dummyExists) {
+      // The other family's proxier may create it at the same moment: EEXIST is fine.
+      const r = await run(['ip', 'link', 'add', DUMMY_DEVICE, 'type', 'dummy'], {
+        netns: c.netns,
+        allowFailure: true,
+      });
+      if (r.exitCode !== 0 && !/File exists/.test(r.stderr)) {
+        throw new Error(`creating ${DUMMY_DEVICE} failed: ${r.stderr.trim()}`);
+      }
+    }
     const ipsets = diffIpsets(
       parseIpsetSave((await this.exec(['ipset', 'save'])).stdout),
       desired.sets,

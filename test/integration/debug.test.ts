@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runDiff, loadState } from '../../src/cli/diff.js';
+import { randomBytes } from 'node:crypto';
+import { runDiff, loadState, readKernelRules } from '../../src/cli/diff.js';
 import { runExplain } from '../../src/cli/explain.js';
 import { main } from '../../src/cli/main.js';
 import { iptablesProxierConfig } from '../../src/cli/proxy.js';
@@ -16,7 +17,14 @@ import { portChainNames } from '../../src/iptables/names.js';
 import { peerIP, type RequestSpec } from '../../src/netns/protocol.js';
 import type { Where } from '../../src/netns/sandbox.js';
 import { run } from '../../src/util/exec.js';
-import { useSandbox } from '../support/sandbox.js';
+import { isRoot, useSandbox } from '../support/sandbox.js';
+import { diffRulesets, formatDriftText } from '../../src/debug/diff.js';
+import { buildOwnerIndex } from '../../src/debug/owners.js';
+import { jumpRules } from '../../src/iptables/jumps.js';
+import { parseIptablesSave } from '../../src/iptables/save-parse.js';
+import { render, state } from '../unit/iptables/fixtures.js';
+import { KUBE_PROXY_SVC2, svc2, TEST_NODE } from '../unit/debug/kube-proxy-svc2.js';
+import { tracePacket } from '../../src/debug/trace.js';
 
 /**
  * svcplane diff / trace / explain against a real node (a sandbox): the proxier converges the node,
@@ -327,7 +335,6 @@ describe('svcplane diff / trace / explain on a real node', function () {
       /\+-A KUBE-SEP-\S+ -p tcp -m comment --comment default\/web -m tcp -j DNAT --to-destination 10\.244\.0\.99:8080|\+-A KUBE-SEP-\S+ -p tcp -m comment --comment default\/web -j DNAT --to-destination 10\.244\.0\.99:8080/,
     );
     assert.match(d.text, /Summary:\n {2}IPv4: DRIFT: /);
-    console.log(`      --- svcplane diff (drifted node) ---\n${indent(d.text)}`);
 
     await resync();
     const again = await diffJson();
@@ -420,9 +427,20 @@ describe('svcplane diff / trace / explain on a real node', function () {
       const n = hits.get(e.endpoint) ?? 0;
       assert.ok(n >= 8 && n <= 32, `${e.endpoint}: ${n} of 40 for a predicted ${e.probability}`);
     }
-    console.log(
-      `      --- svcplane trace (ClusterIP) ---\n${indent(formatTraceText({ family: 'IPv4', src: sb.podIP('client'), dst: '10.96.0.10', proto: 'tcp', dport: 80, fromNode: false }, t))}`,
+    const text = formatTraceText(
+      {
+        family: 'IPv4',
+        src: sb.podIP('client'),
+        dst: '10.96.0.10',
+        proto: 'tcp',
+        dport: 80,
+        fromNode: false,
+      },
+      t,
     );
+    assert.match(text, /^Verdict: {4}dnat/m);
+    assert.match(text, /^Service: {4}default\/web$/m);
+    assert.match(text, /50\.0% +masquerade no/);
   });
 
   it('trace NodePort from outside: masquerade yes; the backend really sees the node as peer', async () => {
@@ -541,7 +559,12 @@ describe('svcplane diff / trace / explain on a real node', function () {
     assert.match(e.out, /no usable endpoints: every frontend REJECTs/);
     const t = sink();
     assert.equal(await runExplain('default/web', { ...raw, output: 'text' }, t.o, t.e), 0);
-    console.log(`      --- svcplane explain default/web ---\n${indent(t.out)}`);
+    assert.match(t.out, /^Port default\/web 80\/TCP nodePort 30080 -> 8080 \[IPv4\]$/m);
+    assert.match(t.out, /^ {2}Chain nat KUBE-SVC-\S+: cluster-policy endpoints \(SVC\)$/m);
+    assert.match(
+      t.out,
+      /^ {4}\[\d+ \d+\] +-A KUBE-SEP-\S+ -p tcp .*DNAT --to-destination 10\.244\.0\.2:8080$/m,
+    );
     const n = sink();
     assert.equal(await runExplain('default/nope', { ...raw }, n.o, n.e), 2);
   });
@@ -624,10 +647,58 @@ describe('svcplane diff / trace / explain on a real node', function () {
   });
 });
 
-function indent(text: string): string {
-  return text
-    .trimEnd()
-    .split('\n')
-    .map((l) => `      ${l}`)
-    .join('\n');
-}
+describe('svcplane diff / trace on rules written by kube-proxy (a private netns)', function () {
+  this.timeout(30_000);
+  const ns = `svcp-dbg${randomBytes(3).toString('hex')}`;
+  before(async function () {
+    if (!isRoot()) this.skip();
+    await run(['ip', 'netns', 'add', ns]);
+    // kube-proxy's ns2/svc2 reference rules, through the real iptables-restore and iptables-save.
+    // kube-proxy adds the nfacct matches only when its counters exist; this netns has none.
+    const input = KUBE_PROXY_SVC2.replace(/ -m nfacct --nfacct-name \S+/g, '');
+    await run(['iptables-restore', '--noflush'], { netns: ns, input });
+  });
+  after(async () => {
+    await run(['ip', 'netns', 'del', ns], { allowFailure: true });
+  });
+
+  it("trace reads kube-proxy's layout through iptables-save: pod short-circuit and external DROP", async () => {
+    const ruleset = await readKernelRules({ iptablesBinary: 'iptables' }, 'IPv4', ns);
+    assert.ok(ruleset);
+    const at = (src: string) =>
+      tracePacket({
+        ruleset,
+        node: TEST_NODE,
+        packet: { family: 'IPv4', src, dst: '1.2.3.4', proto: 'tcp', dport: 80, fromNode: false },
+      });
+    const pod = at('10.0.0.2');
+    assert.deepEqual(
+      [pod.verdict, pod.endpoints.map((e) => e.endpoint), pod.masquerade, pod.service],
+      ['dnat', ['10.180.0.2:80'], false, 'ns2/svc2:p80'],
+    );
+    assert.equal(at('203.0.113.1').verdict, 'drop');
+  });
+
+  it('diff is in sync with the same state rendered by svcplane; a deleted kube-proxy rule is drift', async () => {
+    const actual = await readKernelRules({ iptablesBinary: 'iptables' }, 'IPv4', ns);
+    assert.ok(actual);
+    const input = {
+      family: 'IPv4' as const,
+      desired: parseIptablesSave(render([svc2]).restoreInput),
+      owners: buildOwnerIndex(state(svc2)),
+      jumps: jumpRules('IPv4', { localhostNodePorts: true }),
+    };
+    const r = diffRulesets({ ...input, actual });
+    assert.equal(r.inSync, true, formatDriftText([r]));
+    await run(['iptables', '-t', 'nat', '-F', 'KUBE-SVC-GNZBNJ2PO5MGZ6GT'], { netns: ns });
+    const drifted = diffRulesets({
+      ...input,
+      actual: (await readKernelRules({ iptablesBinary: 'iptables' }, 'IPv4', ns))!,
+    });
+    assert.deepEqual(
+      drifted.groups.map((g) => [g.servicePortName, g.chains.map((c) => c.chain)]),
+      [['ns2/svc2:p80', ['KUBE-SVC-GNZBNJ2PO5MGZ6GT']]],
+    );
+    assert.equal(drifted.summary.missingRules, 2);
+  });
+});

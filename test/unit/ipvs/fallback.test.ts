@@ -12,7 +12,9 @@ describe('--proxy-mode ipvs without IPVS in the kernel', function () {
   this.timeout(30_000);
   before(async function () {
     requireRoot(this);
-    const probe = await run(['unshare', '-n', 'ipvsadm', '-Sn'], { allowFailure: true }).catch(() => undefined);
+    const probe = await run(['unshare', '-n', 'ipvsadm', '-Sn'], { allowFailure: true }).catch(
+      () => undefined,
+    );
     if (probe?.exitCode === 0) this.skip(); // this kernel has IPVS: nothing to fall back from
   });
 
