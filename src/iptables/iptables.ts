@@ -20,6 +20,11 @@ export interface IptablesOptions {
   readonly binaries?: IptablesBinaries;
   /** Timeout per child process (default 60 s). */
   readonly timeoutMs?: number;
+  /**
+   * Timeout of iptables-restore (default 10 min): a whole-table full sync of 30k Services takes
+   * over a minute on two cores, and a timed-out restore would fail every full sync for good.
+   */
+  readonly restoreTimeoutMs?: number;
 }
 
 export interface IptablesVersion {
@@ -154,6 +159,7 @@ export class Iptables {
   readonly netns: string | undefined;
   readonly bin: { readonly iptables: string; readonly restore: string; readonly save: string };
   private readonly timeoutMs: number;
+  private readonly restoreTimeoutMs: number;
   private versionPromise: Promise<IptablesVersion> | undefined;
   private restoreFlagsPromise: Promise<readonly string[]> | undefined;
 
@@ -161,6 +167,7 @@ export class Iptables {
     this.family = opts.family;
     this.netns = opts.netns;
     this.timeoutMs = opts.timeoutMs ?? 60_000;
+    this.restoreTimeoutMs = opts.restoreTimeoutMs ?? Math.max(this.timeoutMs, 600_000);
     const base = opts.family === 'IPv6' ? 'ip6tables' : 'iptables';
     this.bin = {
       iptables: opts.binaries?.iptables ?? base,
@@ -169,8 +176,11 @@ export class Iptables {
     };
   }
 
-  private exec(argv: readonly string[], opts: { input?: string; allowFailure?: boolean } = {}) {
-    return run(argv, { ...opts, netns: this.netns, timeoutMs: this.timeoutMs });
+  private exec(
+    argv: readonly string[],
+    opts: { input?: string; allowFailure?: boolean; timeoutMs?: number } = {},
+  ) {
+    return run(argv, { ...opts, netns: this.netns, timeoutMs: opts.timeoutMs ?? this.timeoutMs });
   }
 
   /** Version of the iptables binary (cached). */
@@ -233,7 +243,7 @@ export class Iptables {
     const started = performance.now();
     let res;
     try {
-      res = await this.exec(argv, { input, allowFailure: true });
+      res = await this.exec(argv, { input, allowFailure: true, timeoutMs: this.restoreTimeoutMs });
     } catch (err) {
       if (err instanceof CommandError) {
         throw new RestoreError(
