@@ -7,7 +7,19 @@ import { gatherNodeFacts, readKernelFlags, renderConfigFor } from '../iptables/p
 import { renderRestoreInput } from '../iptables/render.js';
 import { parseIptablesSave, type SavedRuleset } from '../iptables/save-parse.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
-import { CommandError } from '../util/exec.js';
+import { CommandError, run } from '../util/exec.js';
+import { parseIpAddressJson } from '../util/netif.js';
+import {
+  diffIpvsState,
+  formatIpvsDriftText,
+  type IpvsFamilyDrift,
+  type IpvsKernelView,
+} from '../debug/ipvs-diff.js';
+import { parseIpsetSave } from '../ipvs/ipset.js';
+import { parseIpvsadmSave } from '../ipvs/ipvsadm.js';
+import { planIpvs, type IpvsDesired } from '../ipvs/plan.js';
+import { DUMMY_DEVICE, ipvsPlanConfig, ipvsRulesConfig, type IpvsProxierConfig } from '../ipvs/proxier.js';
+import { IPVS_JUMPS, renderIpvsRules } from '../ipvs/rules.js';
 import { setVerbosity } from '../util/log.js';
 import { createSource, iptablesProxierConfig } from './proxy.js';
 import {
@@ -67,9 +79,12 @@ export async function runDiff(raw: Record<string, unknown>, out: Writer, err: Wr
     const result = await diffNode(opts, state, netns);
     for (const note of result.notes) err.write(`note: ${note}\n`);
     if (raw.output === 'json') {
-      out.write(`${JSON.stringify({ inSync: result.inSync, families: result.families }, null, 2)}\n`);
+      const mode = result.mode ?? 'iptables';
+      out.write(`${JSON.stringify({ inSync: result.inSync, mode, families: result.families }, null, 2)}\n`);
+    } else if (result.mode === 'ipvs') {
+      out.write(formatIpvsDriftText(result.families as readonly IpvsFamilyDrift[]));
     } else {
-      out.write(formatDriftText(result.families));
+      out.write(formatDriftText(result.families as readonly FamilyDrift[]));
     }
     return result.inSync ? 0 : 1;
   } catch (e) {
@@ -80,7 +95,8 @@ export async function runDiff(raw: Record<string, unknown>, out: Writer, err: Wr
 
 export interface NodeDiff {
   readonly inSync: boolean;
-  readonly families: readonly FamilyDrift[];
+  readonly mode?: 'ipvs';
+  readonly families: readonly FamilyDrift[] | readonly IpvsFamilyDrift[];
   readonly notes: readonly string[];
 }
 
@@ -90,8 +106,9 @@ export async function diffNode(
   state: ClusterState,
   netns: string | undefined,
 ): Promise<NodeDiff> {
+  if (opts.proxyMode === 'ipvs') return diffIpvsNode(opts, state, netns);
   if (opts.proxyMode !== 'iptables') {
-    throw new Error(`--proxy-mode ${opts.proxyMode}: diff supports iptables mode only (IPVS not yet)`);
+    throw new Error(`--proxy-mode ${String(opts.proxyMode)}: diff supports iptables and ipvs modes only`);
   }
   const families: FamilyDrift[] = [];
   const notes: string[] = [];
@@ -171,4 +188,105 @@ export async function readKernelRules(
 
 export function describe(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
+}
+
+// ---- IPVS mode ----
+
+/** The IpvsProxier configuration `--proxy-mode ipvs` would use (as src/ipvs/backend-factory.ts). */
+export function ipvsConfigFor(opts: ProxyOptions, family: IPFamily): IpvsProxierConfig {
+  return {
+    family,
+    nodeName: opts.hostnameOverride,
+    masqueradeBit: opts.masqueradeBit,
+    masqueradeAll: opts.masqueradeAll,
+    clusterCIDRs: opts.detectLocalMode === 'ClusterCIDR' ? opts.clusterCIDRs : [],
+    nodePortAddresses: opts.nodePortAddresses,
+    scheduler: opts.ipvs.scheduler,
+    strictARP: opts.ipvs.strictARP,
+    excludeCIDRs: opts.ipvs.excludeCIDRs,
+    tcpTimeout: Math.round(opts.ipvs.tcpTimeoutMs / 1000),
+    tcpFinTimeout: Math.round(opts.ipvs.tcpFinTimeoutMs / 1000),
+    udpTimeout: Math.round(opts.ipvs.udpTimeoutMs / 1000),
+    iptablesBinaries: iptablesBinaries(opts.iptablesBinary, family),
+  };
+}
+
+/** What an IPVS node holds and wants for one family (the inputs of the pure IPVS diff). */
+export interface IpvsNodeFamily {
+  readonly family: IPFamily;
+  readonly desired: IpvsDesired;
+  readonly kernel: IpvsKernelView;
+  readonly drift: IpvsFamilyDrift;
+  /** `ipvsadm -Ln`, for connection counters. */
+  readonly listing: string;
+}
+
+/** Reads the kernel once (ipvsadm, ipset, addresses) and compares every family with the plan. */
+export async function readIpvsNode(
+  opts: ProxyOptions,
+  state: ClusterState,
+  netns: string | undefined,
+): Promise<{ families: IpvsNodeFamily[]; notes: string[] }> {
+  const exec = (argv: string[]) => run(argv, { netns, timeoutMs: 30_000 });
+  const [saved, listed, sets, addrs] = await Promise.all([
+    exec(['ipvsadm', '-Sn']),
+    exec(['ipvsadm', '-Ln']),
+    exec(['ipset', 'save']),
+    exec(['ip', '-j', 'address', 'show']),
+  ]);
+  const table = parseIpvsadmSave(saved.stdout);
+  const ipsets = parseIpsetSave(sets.stdout);
+  const addresses = parseIpAddressJson(addrs.stdout);
+  const owners = buildOwnerIndex(state);
+  const families: IpvsNodeFamily[] = [];
+  const notes: string[] = [];
+  for (const family of opts.ipFamilies) {
+    const config = ipvsConfigFor(opts, family);
+    const ipt = new Iptables({ family, netns, binaries: config.iptablesBinaries });
+    const actual = await readKernelRules(opts, family, netns);
+    if (actual === undefined) {
+      notes.push(`${family}: ${iptablesBinaries(opts.iptablesBinary, family).save} not available; skipped`);
+      continue;
+    }
+    const desired = planIpvs(state, ipvsPlanConfig(config, state, addresses), family);
+    const rules = renderIpvsRules(desired, ipvsRulesConfig(config, await ipt.supportsRandomFully()));
+    const iptables = diffRulesets({
+      family,
+      desired: parseIptablesSave(rules),
+      actual,
+      owners,
+      jumps: IPVS_JUMPS,
+    });
+    const kernel: IpvsKernelView = {
+      table,
+      ipsets,
+      boundAddresses: addresses
+        .filter((a) => a.ifname === DUMMY_DEVICE && a.family === family)
+        .map((a) => a.ip),
+    };
+    const drift = diffIpvsState({
+      family,
+      desired,
+      kernel,
+      excludeCIDRs: config.excludeCIDRs,
+      iptables,
+    });
+    families.push({ family, desired, kernel, drift, listing: listed.stdout });
+  }
+  if (families.length === 0) throw new Error('no usable iptables binary for any IP family');
+  return { families, notes };
+}
+
+async function diffIpvsNode(
+  opts: ProxyOptions,
+  state: ClusterState,
+  netns: string | undefined,
+): Promise<NodeDiff> {
+  const { families, notes } = await readIpvsNode(opts, state, netns);
+  for (const p of state.problems) {
+    const o = p.object;
+    notes.push(`skipped ${o.kind} ${o.namespace ? `${o.namespace}/` : ''}${o.name}: ${p.field}: ${p.reason}`);
+  }
+  const drifts = families.map((f) => f.drift);
+  return { inSync: drifts.every((f) => f.inSync), mode: 'ipvs', families: drifts, notes };
 }

@@ -12,8 +12,11 @@ import {
   loadState,
   outputOption,
   readKernelRules,
+  readIpvsNode,
 } from './diff.js';
-import { addProxyOptions, resolveProxyOptions } from './proxy-options.js';
+import { addProxyOptions, resolveProxyOptions, type ProxyOptions } from './proxy-options.js';
+import { explainIpvs, formatIpvsExplainLines } from '../debug/ipvs-explain.js';
+import type { ClusterState } from '../model/types.js';
 
 /**
  * `svcplane explain NAMESPACE/NAME`: frontends, endpoints by category, the kernel's chains and rules
@@ -57,9 +60,15 @@ export async function runExplain(
   try {
     const opts = resolveProxyOptions(raw);
     setVerbosity(opts.verbosity);
-    if (opts.proxyMode !== 'iptables') throw new Error('explain supports iptables mode only (IPVS not yet)');
+    if (opts.proxyMode !== 'iptables' && opts.proxyMode !== 'ipvs') {
+      throw new Error(
+        `--proxy-mode ${String(opts.proxyMode)}: explain supports iptables and ipvs modes only`,
+      );
+    }
     const netns = typeof raw.netns === 'string' ? raw.netns : undefined;
     const state = await loadState(opts);
+    if (opts.proxyMode === 'ipvs')
+      return await explainIpvsMode(key, opts, state, netns, raw.output, out, err);
     const owners = buildOwnerIndex(state);
     const families: ExplainFamilyInput[] = [];
     for (const family of opts.ipFamilies) {
@@ -90,4 +99,44 @@ export async function runExplain(
     err.write(`svcplane explain: ${describe(e)}\n`);
     return 2;
   }
+}
+
+/** IPVS mode: the Service from the state, plus its virtual servers, real servers and ipset entries. */
+async function explainIpvsMode(
+  key: string,
+  opts: ProxyOptions,
+  state: ClusterState,
+  netns: string | undefined,
+  output: unknown,
+  out: Writer,
+  err: Writer,
+): Promise<number> {
+  const { families } = await readIpvsNode(opts, state, netns);
+  const node = nodeContext(opts.hostnameOverride, state.nodes.get(opts.hostnameOverride)?.labels ?? {});
+  // The iptables chains of iptables mode do not exist here: explain the state only, then IPVS.
+  const explained = explainService({
+    key,
+    state,
+    node,
+    families: opts.ipFamilies.map((family) => ({ family })),
+  });
+  const base = {
+    ...explained,
+    warnings: explained.warnings.filter((w) => !/iptables-save not available/.test(w)),
+  };
+  const ipvs = explainIpvs({ key, families });
+  const report = {
+    ...base,
+    mode: 'ipvs',
+    ipvs: ipvs.families,
+    warnings: [...base.warnings, ...ipvs.warnings],
+  };
+  const found = base.found || ipvs.families.some((f) => f.virtualServers.length > 0);
+  if (output === 'json') out.write(`${JSON.stringify(report, null, 2)}\n`);
+  else out.write(formatExplainText(report, { rules: false, extra: formatIpvsExplainLines(ipvs) }));
+  if (!found) {
+    err.write(`svcplane explain: Service ${key} not found (neither in the state nor in the kernel)\n`);
+    return 2;
+  }
+  return 0;
 }

@@ -317,7 +317,11 @@ function concerns(p: Problem, ns: string, name: string): boolean {
 
 // ---- text ----
 
-export function formatExplainText(r: ExplainReport): string {
+/** `rules: false` leaves out the iptables chains (IPVS mode shows its own section instead). */
+export function formatExplainText(
+  r: ExplainReport,
+  opts: { rules?: boolean; extra?: readonly string[] } = {},
+): string {
   const out: string[] = [];
   const kind = r.skipReason !== undefined ? `${r.skipReason}: no dataplane` : (r.type ?? '');
   out.push(`Service ${r.service}${r.found ? ` (${kind})` : ': not found in the current state'}`);
@@ -356,6 +360,7 @@ export function formatExplainText(r: ExplainReport): string {
         `    ${e.endpoint.padEnd(24)} ${state.padEnd(21)} ${e.local ? 'local' : 'remote'}${e.node ? ` (${e.node})` : ''}  used for: ${e.usedFor.join(', ') || '-'}`,
       );
     }
+    if (opts.rules === false) continue;
     out.push('  Rules in shared chains [packets bytes]:');
     if (p.dispatch.length === 0) out.push('    (none)');
     for (const d of p.dispatch) out.push(`    ${counters(d)} ${d.table}: ${d.text}`);
@@ -364,6 +369,7 @@ export function formatExplainText(r: ExplainReport): string {
       for (const rule of c.rules) out.push(`    ${counters(rule)} ${rule.text}`);
     }
   }
+  if (opts.extra) out.push(...opts.extra);
   out.push('');
   if (r.warnings.length === 0) out.push('Warnings: none');
   else {

@@ -12,8 +12,14 @@ import { ensureSysctl } from '../util/sysctl.js';
 import { diffIpvs } from './diff.js';
 import { diffIpsets, parseIpsetSave } from './ipset.js';
 import { parseIpvsadmConnections, parseIpvsadmSave } from './ipvsadm.js';
-import { planIpvs, type IpvsDesired } from './plan.js';
-import { IPVS_FILTER_CHAINS, IPVS_JUMPS, IPVS_NAT_CHAINS, renderIpvsRules } from './rules.js';
+import { planIpvs, type IpvsDesired, type IpvsPlanConfig } from './plan.js';
+import {
+  IPVS_FILTER_CHAINS,
+  IPVS_JUMPS,
+  IPVS_NAT_CHAINS,
+  renderIpvsRules,
+  type IpvsRulesConfig,
+} from './rules.js';
 
 /**
  * The IPVS backend for one IP family (kube-proxy's ipvs Proxier): gathers node facts, plans (pure),
@@ -164,39 +170,8 @@ export class IpvsProxier implements Backend {
     };
   }
 
-  private nodePortIPs(addrs: readonly InterfaceAddress[]): string[] {
-    const c = this.config;
-    const loopback = (a: InterfaceAddress): boolean =>
-      a.ifname === 'lo' || (a.family === 'IPv4' ? cidrContains('127.0.0.0/8', a.ip) : a.ip === '::1');
-    const candidates = addrs.filter(
-      (a) =>
-        a.family === c.family &&
-        a.ifname !== DUMMY_DEVICE &&
-        !loopback(a) &&
-        !(a.family === 'IPv6' && a.scope === 'link'),
-    );
-    const cidrs = c.nodePortAddresses
-      .map((t) => parseCIDR(t))
-      .filter((p) => p !== undefined && p.family === c.family)
-      .map((p) => p!.cidr);
-    let picked = candidates;
-    if (c.nodePortAddresses.includes('primary')) picked = candidates.slice(0, 1);
-    else if (cidrs.length > 0) picked = candidates.filter((a) => cidrs.some((x) => cidrContains(x, a.ip)));
-    return [...new Set(picked.map((a) => a.ip))];
-  }
-
   private plan(state: ClusterState, facts: Facts): IpvsDesired {
-    const c = this.config;
-    return planIpvs(
-      state,
-      {
-        node: nodeContext(c.nodeName, state.nodes.get(c.nodeName)?.labels ?? {}),
-        nodePortIPs: this.nodePortIPs(facts.addrs),
-        otherLocalIPs: facts.addrs.filter((a) => a.ifname !== DUMMY_DEVICE).map((a) => a.ip),
-        scheduler: c.scheduler,
-      },
-      c.family,
-    );
+    return planIpvs(state, ipvsPlanConfig(this.config, state, facts.addrs), this.config.family);
   }
 
   private async applyIpvs(desired: IpvsDesired): Promise<{ lines: number; draining: number }> {
@@ -275,15 +250,7 @@ export class IpvsProxier implements Backend {
     phase('ipvsMs');
 
     // 4. iptables: chains rewritten, jumps and canaries added when missing.
-    const rules = renderIpvsRules(desired, {
-      family: c.family,
-      masqueradeBit: c.masqueradeBit,
-      masqueradeAll: c.masqueradeAll,
-      clusterCIDR: c.clusterCIDRs
-        .map((t) => parseCIDR(t))
-        .find((p) => p !== undefined && p.family === c.family)?.cidr,
-      randomFully: this.randomFully,
-    });
+    const rules = renderIpvsRules(desired, ipvsRulesConfig(c, this.randomFully));
     let input = rules;
     if (this.checkJumps) {
       const saved = parseIptablesSave(await this.ipt.save());
@@ -330,4 +297,57 @@ export class IpvsProxier implements Backend {
     this.lastReport = report;
     return report;
   }
+}
+
+/** NodePort addresses of this family (--nodeport-addresses, else every non-loopback local address). */
+export function ipvsNodePortIPs(
+  c: Pick<IpvsProxierConfig, 'family' | 'nodePortAddresses'>,
+  addrs: readonly InterfaceAddress[],
+): string[] {
+  const loopback = (a: InterfaceAddress): boolean =>
+    a.ifname === 'lo' || (a.family === 'IPv4' ? cidrContains('127.0.0.0/8', a.ip) : a.ip === '::1');
+  const candidates = addrs.filter(
+    (a) =>
+      a.family === c.family &&
+      a.ifname !== DUMMY_DEVICE &&
+      !loopback(a) &&
+      !(a.family === 'IPv6' && a.scope === 'link'),
+  );
+  const cidrs = c.nodePortAddresses
+    .map((t) => parseCIDR(t))
+    .filter((p) => p !== undefined && p.family === c.family)
+    .map((p) => p!.cidr);
+  let picked = candidates;
+  if (c.nodePortAddresses.includes('primary')) picked = candidates.slice(0, 1);
+  else if (cidrs.length > 0) picked = candidates.filter((a) => cidrs.some((x) => cidrContains(x, a.ip)));
+  return [...new Set(picked.map((a) => a.ip))];
+}
+
+/** The planner's configuration from the node's addresses (`ip -j address show`), as a sync uses it. */
+export function ipvsPlanConfig(
+  c: Pick<IpvsProxierConfig, 'family' | 'nodePortAddresses' | 'nodeName' | 'scheduler'>,
+  state: ClusterState,
+  addrs: readonly InterfaceAddress[],
+): IpvsPlanConfig {
+  return {
+    node: nodeContext(c.nodeName, state.nodes.get(c.nodeName)?.labels ?? {}),
+    nodePortIPs: ipvsNodePortIPs(c, addrs),
+    otherLocalIPs: addrs.filter((a) => a.ifname !== DUMMY_DEVICE).map((a) => a.ip),
+    scheduler: c.scheduler,
+  };
+}
+
+/** The iptables renderer's configuration, as a sync uses it. */
+export function ipvsRulesConfig(
+  c: Pick<IpvsProxierConfig, 'family' | 'masqueradeBit' | 'masqueradeAll' | 'clusterCIDRs'>,
+  randomFully: boolean,
+): IpvsRulesConfig {
+  return {
+    family: c.family,
+    masqueradeBit: c.masqueradeBit,
+    masqueradeAll: c.masqueradeAll,
+    clusterCIDR: c.clusterCIDRs.map((t) => parseCIDR(t)).find((p) => p !== undefined && p.family === c.family)
+      ?.cidr,
+    randomFully,
+  };
 }

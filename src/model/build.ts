@@ -176,6 +176,48 @@ function sortedMap<V>(entries: Iterable<[string, V]>): Map<string, V> {
   return new Map([...entries].sort(([a], [b]) => compareStrings(a, b)));
 }
 
+type Parsed =
+  | { kind: 'Service'; value: ParsedService | undefined; problems: readonly Problem[] }
+  | { kind: 'EndpointSlice'; value: ParsedSlice | undefined; problems: readonly Problem[] }
+  | { kind: 'Endpoints'; value: ParsedEndpoints | undefined; problems: readonly Problem[] }
+  | { kind: 'Node'; value: NodeInfo | undefined; problems: readonly Problem[] };
+
+/**
+ * Parsing is pure in (raw object, reference). Sources keep the raw objects of unchanged files, so a
+ * rebuild after one file changed re-validates only that file's objects (issue 7: event-to-rules).
+ * Raw objects are never mutated; the cache is weak, so dropped objects free their entries.
+ */
+const parseCache = new WeakMap<object, { ref: ObjectRef; parsed: Parsed }>();
+/** A Service joined with the very same slices is the very same built Service. */
+const joinCache = new WeakMap<Service, { slices: readonly ParsedSlice[]; built: Service }>();
+
+function parseClassified(c: Classified): Parsed {
+  const hit = parseCache.get(c.obj);
+  if (hit && hit.ref.source === c.ref.source && hit.ref.kind === c.ref.kind) return hit.parsed;
+  const iss = new Issues(c.ref);
+  let parsed: Parsed;
+  switch (c.kind) {
+    case 'Service':
+      parsed = { kind: c.kind, value: parseService(iss, c.obj), problems: iss.problems };
+      break;
+    case 'EndpointSlice':
+      parsed = { kind: c.kind, value: parseEndpointSlice(iss, c.obj), problems: iss.problems };
+      break;
+    case 'Endpoints':
+      parsed = { kind: c.kind, value: parseLegacyEndpoints(iss, c.obj), problems: iss.problems };
+      break;
+    case 'Node':
+      parsed = { kind: c.kind, value: parseNode(iss, c.obj), problems: iss.problems };
+      break;
+  }
+  parseCache.set(c.obj, { ref: c.ref, parsed });
+  return parsed;
+}
+
+function sameItems<T>(a: readonly T[], b: readonly T[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
 /**
  * Builds the validated cluster state. With `previous`, a Service (or Node) equal to its previous version
  * is the very same object, so consumers detect changes with `!==`.
@@ -194,33 +236,35 @@ export function buildClusterState(objects: readonly SourceObject[], previous?: C
   const legacy = new Map<string, ParsedEndpoints>();
   const nodes = new Map<string, NodeInfo>();
   for (const c of dropDuplicates(classified, problems)) {
-    const iss = new Issues(c.ref);
-    switch (c.kind) {
+    const parsed = parseClassified(c);
+    switch (parsed.kind) {
       case 'Service': {
-        const svc = parseService(iss, c.obj);
+        const svc = parsed.value;
         if (svc) services.set(serviceKey(svc.service.namespace, svc.service.name), svc);
         break;
       }
       case 'EndpointSlice': {
-        const slice = parseEndpointSlice(iss, c.obj);
+        const slice = parsed.value;
         if (slice?.serviceName !== undefined) {
           const key = serviceKey(slice.namespace, slice.serviceName);
-          slicesByService.set(key, [...(slicesByService.get(key) ?? []), slice]);
+          const list = slicesByService.get(key);
+          if (list) list.push(slice);
+          else slicesByService.set(key, [slice]);
         }
         break;
       }
       case 'Endpoints': {
-        const eps = parseLegacyEndpoints(iss, c.obj);
+        const eps = parsed.value;
         if (eps) legacy.set(serviceKey(eps.namespace, eps.name), eps);
         break;
       }
       case 'Node': {
-        const node = parseNode(iss, c.obj);
+        const node = parsed.value;
         if (node) nodes.set(node.name, node);
         break;
       }
     }
-    problems.push(...iss.problems);
+    problems.push(...parsed.problems);
   }
 
   const outServices: [string, Service][] = [];
@@ -233,10 +277,19 @@ export function buildClusterState(objects: readonly SourceObject[], previous?: C
       // names it (in a real cluster that controller would have written the slices).
       const eps = legacy.get(key);
       if (eps && (!hasSelector || slices.length === 0)) slices.push(...eps.slices);
-      built = { ...service, ports: service.ports.map((p) => ({ ...p, endpoints: endpointsFor(p, slices) })) };
+      const memo = joinCache.get(service);
+      if (memo && sameItems(memo.slices, slices)) {
+        built = memo.built;
+      } else {
+        built = {
+          ...service,
+          ports: service.ports.map((p) => ({ ...p, endpoints: endpointsFor(p, slices) })),
+        };
+        joinCache.set(service, { slices, built });
+      }
     }
     const prev = previous?.services.get(key);
-    outServices.push([key, prev && deepEqual(prev, built) ? prev : built]);
+    outServices.push([key, prev && (prev === built || deepEqual(prev, built)) ? prev : built]);
   }
   const outNodes: [string, NodeInfo][] = [...nodes].map(([name, node]) => {
     const prev = previous?.nodes.get(name);
