@@ -18,8 +18,9 @@ import {
 import { parseIpsetSave } from '../ipvs/ipset.js';
 import { parseIpvsadmSave } from '../ipvs/ipvsadm.js';
 import { planIpvs, type IpvsDesired } from '../ipvs/plan.js';
-import { DUMMY_DEVICE, ipvsPlanConfig, ipvsRulesConfig, type IpvsProxierConfig } from '../ipvs/proxier.js';
+import { DUMMY_DEVICE, ipvsPlanConfig, ipvsRulesConfig } from '../ipvs/proxier.js';
 import { IPVS_JUMPS, renderIpvsRules } from '../ipvs/rules.js';
+import { ipvsConfigFor } from '../ipvs/backend-factory.js';
 import { setVerbosity } from '../util/log.js';
 import { createSource, iptablesProxierConfig } from './proxy.js';
 import {
@@ -191,25 +192,6 @@ export function describe(e: unknown): string {
 }
 
 // ---- IPVS mode ----
-
-/** The IpvsProxier configuration `--proxy-mode ipvs` would use (as src/ipvs/backend-factory.ts). */
-export function ipvsConfigFor(opts: ProxyOptions, family: IPFamily): IpvsProxierConfig {
-  return {
-    family,
-    nodeName: opts.hostnameOverride,
-    masqueradeBit: opts.masqueradeBit,
-    masqueradeAll: opts.masqueradeAll,
-    clusterCIDRs: opts.detectLocalMode === 'ClusterCIDR' ? opts.clusterCIDRs : [],
-    nodePortAddresses: opts.nodePortAddresses,
-    scheduler: opts.ipvs.scheduler,
-    strictARP: opts.ipvs.strictARP,
-    excludeCIDRs: opts.ipvs.excludeCIDRs,
-    tcpTimeout: Math.round(opts.ipvs.tcpTimeoutMs / 1000),
-    tcpFinTimeout: Math.round(opts.ipvs.tcpFinTimeoutMs / 1000),
-    udpTimeout: Math.round(opts.ipvs.udpTimeoutMs / 1000),
-    iptablesBinaries: iptablesBinaries(opts.iptablesBinary, family),
-  };
-}
 
 /** What an IPVS node holds and wants for one family (the inputs of the pure IPVS diff). */
 export interface IpvsNodeFamily {

@@ -2,7 +2,9 @@ import type { ProxyOptions } from '../cli/proxy-options.js';
 import type { Backend } from '../controller/backend.js';
 import { run } from '../util/exec.js';
 import { log } from '../util/log.js';
-import { IpvsProxier } from './proxier.js';
+import { iptablesBinaries } from '../cli/proxy-options.js';
+import type { IPFamily } from '../model/types.js';
+import { IpvsProxier, type IpvsProxierConfig } from './proxier.js';
 
 /**
  * `--proxy-mode ipvs`: one IpvsProxier per usable family. When IPVS is unavailable svcplane warns and
@@ -36,7 +38,7 @@ export async function ipvsUnavailable(scheduler: string, netns?: string): Promis
 }
 
 export async function createIpvsBackends(opts: ProxyOptions): Promise<Backend[]> {
-  const { createBackends, usableFamilies, iptablesProxierConfig } = await import('../cli/proxy.js');
+  const { createBackends, usableFamilies } = await import('../cli/proxy.js');
   const reason = await ipvsUnavailable(opts.ipvs.scheduler);
   if (reason !== undefined) {
     log.warn(`IPVS proxy mode is unavailable (${reason}); falling back to iptables mode`, {
@@ -45,22 +47,24 @@ export async function createIpvsBackends(opts: ProxyOptions): Promise<Backend[]>
     return createBackends({ ...opts, proxyMode: 'iptables' });
   }
   const families = await usableFamilies(opts);
-  return families.map((family) => {
-    const base = iptablesProxierConfig(opts, family);
-    return new IpvsProxier({
-      family,
-      nodeName: opts.hostnameOverride,
-      masqueradeBit: opts.masqueradeBit,
-      masqueradeAll: opts.masqueradeAll,
-      clusterCIDRs: opts.detectLocalMode === 'ClusterCIDR' ? opts.clusterCIDRs : [],
-      nodePortAddresses: opts.nodePortAddresses,
-      scheduler: opts.ipvs.scheduler,
-      strictARP: opts.ipvs.strictARP,
-      excludeCIDRs: opts.ipvs.excludeCIDRs,
-      tcpTimeout: Math.round(opts.ipvs.tcpTimeoutMs / 1000),
-      tcpFinTimeout: Math.round(opts.ipvs.tcpFinTimeoutMs / 1000),
-      udpTimeout: Math.round(opts.ipvs.udpTimeoutMs / 1000),
-      iptablesBinaries: base.binaries,
-    });
-  });
+  return families.map((family) => new IpvsProxier(ipvsConfigFor(opts, family)));
+}
+
+/** The IpvsProxier configuration for one family (shared with `svcplane diff/explain`). */
+export function ipvsConfigFor(opts: ProxyOptions, family: IPFamily): IpvsProxierConfig {
+  return {
+    family,
+    nodeName: opts.hostnameOverride,
+    masqueradeBit: opts.masqueradeBit,
+    masqueradeAll: opts.masqueradeAll,
+    clusterCIDRs: opts.detectLocalMode === 'ClusterCIDR' ? opts.clusterCIDRs : [],
+    nodePortAddresses: opts.nodePortAddresses,
+    scheduler: opts.ipvs.scheduler,
+    strictARP: opts.ipvs.strictARP,
+    excludeCIDRs: opts.ipvs.excludeCIDRs,
+    tcpTimeout: Math.round(opts.ipvs.tcpTimeoutMs / 1000),
+    tcpFinTimeout: Math.round(opts.ipvs.tcpFinTimeoutMs / 1000),
+    udpTimeout: Math.round(opts.ipvs.udpTimeoutMs / 1000),
+    iptablesBinaries: iptablesBinaries(opts.iptablesBinary, family),
+  };
 }
