@@ -170,7 +170,10 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
   }
 
   /** Connections in a loop until stopped: proves traffic keeps flowing while things change. */
-  function background(req: RequestSpec = web): { stop: () => Promise<ProbeResult[]> } {
+  function background(req: RequestSpec = web): {
+    stop: () => Promise<ProbeResult[]>;
+    follows: (pods: readonly string[]) => Promise<void>;
+  } {
     const results: ProbeResult[] = [];
     let running = true;
     const loop = (async () => {
@@ -184,6 +187,18 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
         running = false;
         await loop;
         return results;
+      },
+      // Once the rules of a phase are in (trafficReaches passed), the background's next connections
+      // must all land on that phase's pods. Waiting for them makes the check independent of how many
+      // background probes happened to fall inside a short phase.
+      follows: async (pods) => {
+        const from = results.length;
+        await until(() => results.length >= from + 3, 8000, 'three background probes');
+        const got = results.slice(from).map((r) => (r.ok ? r.reply.pod : `(${r.error})`));
+        assert.ok(
+          got.every((p) => pods.includes(p)),
+          `background traffic follows {${pods.join(',')}}: got ${got.join(',')}`,
+        );
       },
     };
   }
@@ -312,12 +327,11 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
 
   it('scaled up and down while traffic flows: traffic follows, no connection fails', async () => {
     const traffic = background();
-    api!.update('EndpointSlice', slice('web', ['a', 'b', 'c']));
-    await trafficReaches(['a', 'b', 'c']);
-    api!.update('EndpointSlice', slice('web', ['c']));
-    await trafficReaches(['c']);
-    api!.update('EndpointSlice', slice('web', ['a', 'b']));
-    await trafficReaches(['a', 'b']);
+    for (const pods of [['a', 'b', 'c'], ['c'], ['a', 'b']]) {
+      api!.update('EndpointSlice', slice('web', pods));
+      await trafficReaches(pods);
+      await traffic.follows(pods);
+    }
     const seen = assertAllAnswered(await traffic.stop(), 'background traffic during scaling');
     assert.deepEqual([...seen].sort(), ['a', 'b', 'c']);
     // Scaled to zero: kube-proxy's REJECT for a Service without endpoints.
