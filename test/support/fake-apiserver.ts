@@ -14,7 +14,8 @@ import { KubeConfig } from '@kubernetes/client-node';
 
 export type FakeKind = 'Service' | 'EndpointSlice' | 'Node';
 export type WatchEventType = 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';
-export type RequestVerb = 'list' | 'watch';
+/** As RBAC names them: a collection read (`list`), a watch, or a single-object read (`get`). */
+export type RequestVerb = 'list' | 'watch' | 'get';
 
 /** A stored object: plain JSON with at least metadata.name. */
 export type KubeObj = Record<string, unknown> & {
@@ -212,21 +213,41 @@ function clone<T>(v: T): T {
 interface ParsedPath {
   readonly kind: FakeKind;
   readonly namespace?: string;
+  /** Set for a single-object path (`.../services/NAME`): a `get`, not a `list`. */
+  readonly name?: string;
 }
 
+const COLLECTIONS: readonly (readonly [FakeKind, string])[] = [
+  ['Service', '/api/v1'],
+  ['EndpointSlice', '/apis/discovery.k8s.io/v1'],
+  ['Node', '/api/v1'],
+];
+const RESOURCE: Readonly<Record<FakeKind, string>> = {
+  Service: 'services',
+  EndpointSlice: 'endpointslices',
+  Node: 'nodes',
+};
+
+/** Collection paths (all namespaces or one) and single-object paths, as the API server routes them. */
 function parsePath(pathname: string): ParsedPath | undefined {
-  let m = /^\/api\/v1\/(?:namespaces\/([^/]+)\/)?services$/.exec(pathname);
-  if (m)
-    return m[1] === undefined
-      ? { kind: 'Service' }
-      : { kind: 'Service', namespace: decodeURIComponent(m[1]) };
-  m = /^\/apis\/discovery\.k8s\.io\/v1\/(?:namespaces\/([^/]+)\/)?endpointslices$/.exec(pathname);
-  if (m) {
-    return m[1] === undefined
-      ? { kind: 'EndpointSlice' }
-      : { kind: 'EndpointSlice', namespace: decodeURIComponent(m[1]) };
+  for (const [kind, prefix] of COLLECTIONS) {
+    if (!pathname.startsWith(`${prefix}/`)) continue;
+    const rest = pathname.slice(prefix.length + 1).split('/');
+    let namespace: string | undefined;
+    if (KINDS[kind].namespaced && rest[0] === 'namespaces' && rest.length >= 3) {
+      namespace = decodeURIComponent(rest[1]!);
+      rest.splice(0, 2);
+    }
+    if (rest[0] !== RESOURCE[kind] || rest.length > 2) continue;
+    const name = rest.length === 2 ? decodeURIComponent(rest[1]!) : undefined;
+    // A namespaced object is only addressable inside its namespace.
+    if (name !== undefined && KINDS[kind].namespaced && namespace === undefined) continue;
+    return {
+      kind,
+      ...(namespace !== undefined ? { namespace } : {}),
+      ...(name !== undefined ? { name } : {}),
+    };
   }
-  if (pathname === '/api/v1/nodes') return { kind: 'Node' };
   return undefined;
 }
 
@@ -537,13 +558,24 @@ export class FakeApiServer {
     }
     const q = url.searchParams;
     const watch = q.get('watch') === '1' || q.get('watch') === 'true';
-    this.count(target.kind, watch ? 'watch' : 'list');
+    this.count(target.kind, target.name !== undefined ? 'get' : watch ? 'watch' : 'list');
 
     if (this.latencyMs > 0) await new Promise((r) => setTimeout(r, this.latencyMs));
     if (this.failures.remaining > 0) {
       this.failures.remaining--;
       const code = this.failures.status;
       this.sendStatus(res, code, `injected failure (${code})`);
+      return;
+    }
+
+    if (target.name !== undefined) {
+      const obj = this.stores[target.kind].get(objKey(target.kind, target.namespace ?? '', target.name));
+      if (!obj) {
+        this.sendStatus(res, 404, `${RESOURCE[target.kind]} "${target.name}" not found`);
+        return;
+      }
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify(obj));
       return;
     }
 

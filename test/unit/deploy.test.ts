@@ -179,16 +179,16 @@ describe('deploy/ manifests', () => {
     }
   });
 
-  it('grants least privilege: read-only services, nodes and endpointslices, nothing else', () => {
+  it('grants least privilege: list and watch on services, nodes and endpointslices, nothing else', () => {
     const rules = (get(pick(objects, 'ClusterRole'), 'rules') as Obj[]).flatMap((r) =>
       (r.apiGroups as string[]).flatMap((g) =>
         (r.resources as string[]).map((res) => `${g}/${res}:${[...(r.verbs as string[])].sort().join(',')}`),
       ),
     );
     assert.deepEqual(rules.sort(), [
-      '/nodes:get,list,watch',
-      '/services:get,list,watch',
-      'discovery.k8s.io/endpointslices:get,list,watch',
+      '/nodes:list,watch',
+      '/services:list,watch',
+      'discovery.k8s.io/endpointslices:list,watch',
     ]);
     const binding = pick(objects, 'ClusterRoleBinding');
     const sa = pick(objects, 'ServiceAccount');

@@ -282,6 +282,26 @@ describe('ApiSource against the API stand-in', function () {
     assert.equal(states.length, 0);
   });
 
+  it('needs only the RBAC verbs list and watch: no single-object GET, also across relists', async () => {
+    const s = makeSource();
+    await s.start();
+    api.update('Node', node(NODE));
+    api.create('Service', service('more', '10.96.0.14'));
+    await waitFor(() => s.current()!.services.has('default/more'), 4000, 'change');
+    const lists = api.requests(undefined, 'list');
+    await api.stop();
+    // Past every reflector's resourceVersion, then compacted: the re-watches get 410 and relist.
+    api.create(
+      'Service',
+      service('foreign', '10.96.0.31', { 'service.kubernetes.io/service-proxy-name': 'x' }),
+    );
+    api.compact();
+    await api.start();
+    await waitFor(() => api.requests(undefined, 'list') >= lists + 3, 4000, 'relists after 410');
+    assert.ok(api.requests('Node', 'list') >= 2 && api.requests('Node', 'watch') >= 1);
+    assert.equal(api.requests(undefined, 'get'), 0);
+  });
+
   it('stop() before the initial sync rejects start()', async () => {
     await api.stop();
     const s = makeSource();

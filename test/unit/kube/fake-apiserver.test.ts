@@ -335,6 +335,25 @@ describe('FakeApiServer (Kubernetes API stand-in)', () => {
     assert.equal(api.requests(), 0);
   });
 
+  it('serves single-object GETs (counted as verb "get") and 404 for a missing object', async () => {
+    api.create('Service', svc('a', {}, 'one'));
+    api.create('Node', { metadata: { name: 'node-1' } });
+    const one = await getJson(`${api.url}/api/v1/namespaces/one/services/a`);
+    assert.equal(one.status, 200);
+    assert.equal(one.body.kind, 'Service');
+    assert.equal((one.body.metadata as { name: string }).name, 'a');
+    const node = await getJson(`${api.url}/api/v1/nodes/node-1`);
+    assert.equal(node.status, 200);
+    assert.equal(node.body.kind, 'Node');
+    const missing = await getJson(`${api.url}/api/v1/namespaces/two/services/a`);
+    assert.equal(missing.status, 404);
+    assert.equal(missing.body.reason, 'NotFound');
+    // A namespaced object has no cluster-wide single-object path.
+    assert.equal((await getJson(`${api.url}/api/v1/services/a`)).status, 404);
+    assert.equal(api.requests(undefined, 'get'), 3);
+    assert.equal(api.requests(undefined, 'list'), 0);
+  });
+
   it('returns 404 Status for unknown paths', async () => {
     const { status, body } = await getJson(`${api.url}/api/v1/pods`);
     assert.equal(status, 404);
