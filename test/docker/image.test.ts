@@ -4,7 +4,8 @@ import type { StartedTestContainer } from 'testcontainers';
 import { DockerScope, dockerUnavailable, run, runOk, type NodeContainer } from '../support/docker.js';
 
 /**
- * The container image, started as a DaemonSet would start it: NET_ADMIN and NET_RAW, never privileged.
+ * The container image, started as the DaemonSet starts it: every capability dropped but NET_ADMIN
+ * and NET_RAW (`--cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW`), never privileged.
  * Every container gets its own network namespace, so the rules written here never touch the host's.
  * Run through scripts/test-docker.sh (sets up the engine and builds svcplane:test).
  */
@@ -111,6 +112,21 @@ async function until(cond: () => Promise<boolean>, ms: number, what: () => strin
 /** Keeps a container running so tests can exec into it. */
 const idle = (c: NodeContainer): NodeContainer => c.withEntrypoint(['sleep', 'infinity']);
 
+/** The DaemonSet's securityContext (deploy/svcplane.yaml): drop ALL, add NET_ADMIN and NET_RAW. */
+const daemonSetCapabilities = (c: NodeContainer): NodeContainer =>
+  c.withDroppedCapabilities('ALL').withAddedCapabilities('NET_ADMIN', 'NET_RAW');
+
+/** CAP_NET_ADMIN (12) and CAP_NET_RAW (13), as a capability bit mask. */
+const NET_ADMIN_AND_RAW = (1n << 12n) | (1n << 13n);
+
+/** A capability set line of /proc/PID/status (CapEff, CapBnd …) as a bit mask. */
+async function capabilityMask(box: StartedTestContainer, field: string): Promise<bigint> {
+  const status = await runOk(box, ['cat', '/proc/self/status']);
+  const hex = new RegExp(`^${field}:\\s*([0-9a-f]+)$`, 'm').exec(status)?.[1];
+  assert.ok(hex, `${field} in /proc/self/status`);
+  return BigInt(`0x${hex}`);
+}
+
 describe('container image (docker)', function () {
   this.timeout(120_000);
   const scope = new DockerScope();
@@ -130,7 +146,13 @@ describe('container image (docker)', function () {
   describe('contents', () => {
     let box: StartedTestContainer;
     before(async () => {
-      box = await scope.start('contents', (c) => idle(c).withAddedCapabilities('NET_ADMIN', 'NET_RAW'));
+      box = await scope.start('contents', (c) => daemonSetCapabilities(idle(c)));
+    });
+
+    it('runs with exactly the capabilities the DaemonSet grants: NET_ADMIN and NET_RAW', async () => {
+      // Proves the engine applied --cap-drop ALL: the tests below run with nothing more.
+      assert.equal(await capabilityMask(box, 'CapEff'), NET_ADMIN_AND_RAW);
+      assert.equal(await capabilityMask(box, 'CapBnd'), NET_ADMIN_AND_RAW);
     });
 
     it('runs svcplane --version through the entrypoint', async () => {
@@ -171,7 +193,7 @@ describe('container image (docker)', function () {
       assert.match(bad.stderr, /SVCPLANE_IPTABLES_MODE/);
     });
 
-    it('can write nat rules with NET_ADMIN only (not privileged)', async () => {
+    it('can write nat rules with NET_ADMIN and NET_RAW only (not privileged)', async () => {
       const rules = '*nat\n:SVCPLANE-PROBE - [0:0]\n-A SVCPLANE-PROBE -j RETURN\nCOMMIT\n';
       await runOk(box, ['sh', '-c', `printf '${rules}' | iptables-restore --noflush`]);
       assert.match(await runOk(box, ['iptables-save', '-t', 'nat']), /:SVCPLANE-PROBE/);
@@ -182,13 +204,15 @@ describe('container image (docker)', function () {
     let net: string;
     let backendIps: string[];
 
-    /** A "node" container on the test network with the manifests mounted and NET_ADMIN. */
+    /**
+     * A "node" container on the test network with the manifests mounted and the DaemonSet's
+     * capabilities (all dropped but NET_ADMIN and NET_RAW).
+     */
     async function startClient(name: string, command?: string[]): Promise<StartedTestContainer> {
       const client = await scope.start(name, (c) =>
-        (command ? c.withCommand(command) : idle(c))
+        daemonSetCapabilities(command ? c.withCommand(command) : idle(c))
           .withNetworkMode(net)
           .withHostname(name)
-          .withAddedCapabilities('NET_ADMIN', 'NET_RAW')
           // /proc/sys is read-only in a container that is not privileged: the engine sets the
           // namespaced sysctls a node would have (kube-proxy's localhost NodePorts need this one).
           .withSysctls({ 'net.ipv4.conf.all.route_localnet': '1' })

@@ -214,15 +214,20 @@ describe('deploy/ manifests', () => {
     assert.equal(typeof container.image, 'string');
   });
 
-  it('adds NET_ADMIN, NET_RAW and SYS_MODULE, never privileged', () => {
+  it('drops every capability but NET_ADMIN and NET_RAW (SYS_MODULE only for IPVS), never privileged', () => {
     const sc = container.securityContext as Obj;
-    assert.notEqual(sc.privileged, true);
-    assert.deepEqual([...(get(sc, 'capabilities', 'add') as string[])].sort(), [
-      'NET_ADMIN',
-      'NET_RAW',
-      'SYS_MODULE',
-    ]);
+    assert.equal(sc.privileged, false);
+    assert.equal(sc.allowPrivilegeEscalation, false);
+    assert.deepEqual(get(sc, 'capabilities', 'drop'), ['ALL']);
+    const add = [...(get(sc, 'capabilities', 'add') as string[])].sort();
+    // The ConfigMap's mode decides: IPVS loads kernel modules (SYS_MODULE), iptables mode does not.
+    const conf = parse(get(pick(objects, 'ConfigMap'), 'data', 'config.conf') as string) as Obj;
+    assert.deepEqual(
+      add,
+      conf.mode === 'ipvs' ? ['NET_ADMIN', 'NET_RAW', 'SYS_MODULE'] : ['NET_ADMIN', 'NET_RAW'],
+    );
     assert.notEqual(pod.hostPID, true);
+    assert.notEqual(pod.hostIPC, true);
   });
 
   it('mounts /run/xtables.lock (FileOrCreate), /lib/modules read-only and the configuration', () => {
