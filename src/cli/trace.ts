@@ -1,18 +1,30 @@
 import { InvalidArgumentError, type Command } from 'commander';
+import { buildFrontendIndex } from '../debug/frontends.js';
+import { parseIpsetSaveText, type IpsetView } from '../debug/ipset-match.js';
 import { formatTraceText, traceJson } from '../debug/trace-format.js';
 import { tracePacket, type NodeView, type TracePacket, type TraceProtocol } from '../debug/trace.js';
 import { isRecentListName, parseRecentList } from '../debug/recent.js';
-import { traceIpvs, withIpvs } from '../debug/ipvs-trace.js';
+import type { SavedRuleset } from '../iptables/save-parse.js';
 import { parseIpvsadmSave, type IpvsTable } from '../ipvs/ipvsadm.js';
 import { parseIP } from '../model/ip.js';
-import type { IPFamily } from '../model/types.js';
-import { run } from '../util/exec.js';
+import type { ClusterState, IPFamily } from '../model/types.js';
+import { CommandError, run } from '../util/exec.js';
 import { listAddresses } from '../util/netif.js';
-import { describe, exitTwoOnUsageError, outputOption, readKernelRules, type OutputFormat } from './diff.js';
+import {
+  describe,
+  exitTwoOnUsageError,
+  loadState,
+  outputOption,
+  readKernelRules,
+  type OutputFormat,
+} from './diff.js';
+import { resolveProxyOptions } from './proxy-options.js';
 
 /**
- * `svcplane trace`: one packet through the kernel's current rules (iptables-save), no running
- * svcplane needed. Works on rules written by svcplane or by kube-proxy (same layout).
+ * `svcplane trace`: one packet through the kernel's current rules (iptables-save; in IPVS mode also
+ * `ipset save` and `ipvsadm -Sn`), no running svcplane needed. Works on rules written by svcplane or
+ * by kube-proxy (same layout). With --manifests or --kubeconfig it also names the Service where the
+ * kernel does not (IPVS mode).
  */
 
 function ipOption(v: string): string {
@@ -49,6 +61,9 @@ interface TraceOptions {
   output: OutputFormat;
   iptablesBinary: string;
   netns?: string;
+  manifests?: string;
+  kubeconfig?: string;
+  master?: string;
 }
 
 export function registerTraceCommand(program: Command): void {
@@ -68,7 +83,10 @@ export function registerTraceCommand(program: Command): void {
     .option('--from-node', 'the node itself sends the packet (nat OUTPUT); implied when --src is local')
     .option('--output <format>', 'text or json', outputOption, 'text')
     .option('--iptables-binary <name>', 'iptables command to use, e.g. iptables-legacy', 'iptables')
-    .option('--netns <name>', 'inspect the rules of this named network namespace (e.g. a sandbox node)');
+    .option('--netns <name>', 'inspect the rules of this named network namespace (e.g. a sandbox node)')
+    .option('--manifests <path>', 'name the Service from these manifests (IPVS rules carry no names)')
+    .option('--kubeconfig <file>', 'name the Service from this cluster (IPVS rules carry no names)')
+    .option('--master <url>', 'API server address (overrides the kubeconfig)');
   exitTwoOnUsageError(cmd).action(async (o: TraceOptions) => {
     process.exitCode = await runTrace(o, process.stdout, process.stderr);
   });
@@ -83,7 +101,13 @@ export async function runTrace(o: TraceOptions, out: Writer, err: Writer): Promi
     const family: IPFamily = o.dst.includes(':') ? 'IPv6' : 'IPv4';
     if (o.src.includes(':') !== (family === 'IPv6'))
       throw new Error('--src and --dst must be of the same family');
-    const result = await traceOnNode(o, family);
+    const wantsState = o.manifests !== undefined || o.kubeconfig !== undefined || o.master !== undefined;
+    const state = wantsState
+      ? await loadState(
+          resolveProxyOptions({ manifests: o.manifests, kubeconfig: o.kubeconfig, master: o.master }),
+        )
+      : undefined;
+    const result = await traceOnNode(o, family, state);
     out.write(
       o.output === 'json'
         ? `${JSON.stringify(traceJson(result.packet, result.trace), null, 2)}\n`
@@ -96,10 +120,14 @@ export async function runTrace(o: TraceOptions, out: Writer, err: Writer): Promi
   }
 }
 
-/** Reads the node (rules, addresses, default route, affinity lists) and runs the pure trace. */
+/**
+ * Reads the node (rules, addresses, default route, ipsets, IPVS table, affinity lists) and runs the
+ * pure trace; `state` (optional) names the Service where no rule comment does.
+ */
 export async function traceOnNode(
   o: Omit<TraceOptions, 'output'>,
   family: IPFamily,
+  state?: ClusterState,
 ): Promise<{ packet: TracePacket; trace: ReturnType<typeof tracePacket> }> {
   const ruleset = await readKernelRules({ iptablesBinary: o.iptablesBinary }, family, o.netns);
   if (!ruleset) throw new Error(`${family} iptables-save is not available`);
@@ -115,7 +143,17 @@ export async function traceOnNode(
     ...(o.inInterface !== undefined ? { inInterface: o.inInterface } : {}),
     fromNode: o.fromNode === true || (local && o.inInterface === undefined),
   };
-  let trace = tracePacket({ ruleset, node, packet });
+  const ipvs = await readIpvsTable(o.netns);
+  const ipsets = usesIpsets(ruleset) ? await readIpsets(o.netns) : undefined;
+  const input = {
+    ruleset,
+    node,
+    packet,
+    ...(ipvs !== undefined && ipvs.size > 0 ? { ipvs } : {}),
+    ...(ipsets !== undefined ? { ipsets } : {}),
+    ...(state !== undefined ? { frontends: buildFrontendIndex(state) } : {}),
+  };
+  let trace = tracePacket(input);
   // Session affinity: read the xt_recent lists the walk met and trace again knowing them.
   if (trace.affinity.length > 0) {
     const recent = new Map<string, ReadonlySet<string>>();
@@ -127,15 +165,28 @@ export async function traceOnNode(
       });
       if (r.exitCode === 0) recent.set(a.list, parseRecentList(r.stdout));
     }
-    if (recent.size > 0) trace = tracePacket({ ruleset, node, packet, recent });
-  }
-  // IPVS mode: Service IPs are local (kube-ipvs0) and IPVS picks the backend.
-  if (trace.verdict === 'local' || trace.verdict === 'untouched') {
-    const ipvs = await readIpvsTable(o.netns);
-    const hit = ipvs ? traceIpvs(ipvs, packet) : undefined;
-    if (hit) trace = withIpvs(trace, hit);
+    if (recent.size > 0) trace = tracePacket({ ...input, recent });
   }
   return { packet, trace };
+}
+
+/** Whether any rule uses `-m set` (IPVS mode): only then is `ipset save` worth reading. */
+function usesIpsets(ruleset: SavedRuleset): boolean {
+  for (const table of ruleset.tables.values()) {
+    if (table.rules.some((r) => r.text.includes('--match-set'))) return true;
+  }
+  return false;
+}
+
+/** `ipset save`, parsed; undefined when ipset is not installed or not usable here. */
+async function readIpsets(netns: string | undefined): Promise<IpsetView | undefined> {
+  try {
+    const r = await run(['ipset', 'save'], { netns, allowFailure: true, timeoutMs: 30_000 });
+    return r.exitCode === 0 ? parseIpsetSaveText(r.stdout) : undefined;
+  } catch (e) {
+    if (e instanceof CommandError && e.reason === 'not-found') return undefined;
+    throw e;
+  }
 }
 
 /** `ipvsadm -Sn`, parsed; undefined when ipvsadm or IPVS is not available. */
@@ -143,8 +194,9 @@ async function readIpvsTable(netns: string | undefined): Promise<IpvsTable | und
   try {
     const r = await run(['ipvsadm', '-Sn'], { netns, allowFailure: true });
     return r.exitCode === 0 ? parseIpvsadmSave(r.stdout) : undefined;
-  } catch {
-    return undefined; // not installed
+  } catch (e) {
+    if (e instanceof CommandError && e.reason === 'not-found') return undefined;
+    throw e;
   }
 }
 

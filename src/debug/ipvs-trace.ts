@@ -7,7 +7,8 @@ import type { Protocol } from '../model/types.js';
  * The IPVS part of `svcplane trace` (pure): in IPVS mode the Service IPs are local addresses
  * (kube-ipvs0) and the kernel's IPVS table, not iptables, picks the backend. This looks the packet's
  * destination up in the parsed `ipvsadm -Sn` table and reports the scheduler and each real server's
- * weight share (the exact choice of lc/sh/mh/… schedulers depends on live connection state).
+ * weight share (the exact choice of lc/sh/mh/… schedulers depends on live connection state). The
+ * walk itself (./trace.ts) schedules the packet there and carries on with the real server.
  */
 
 export interface IpvsTraceResult {
@@ -50,28 +51,5 @@ export function traceIpvs(
         : WEIGHTED_EXACTLY.has(scheduler)
           ? `${scheduler}: new connections are spread by weight`
           : `${scheduler}: the choice depends on live connection state; the share is by weight only`,
-  };
-}
-
-/**
- * The iptables walk of an IPVS node ends in "delivered locally" (Service IPs are on kube-ipvs0):
- * IPVS then translates, so the verdict becomes dnat to the real servers by weight share.
- */
-export function withIpvs<
-  T extends { verdict: string; endpoints: readonly unknown[]; notes: readonly string[] },
->(trace: T, ipvs: IpvsTraceResult): T & { ipvs: IpvsTraceResult } {
-  const usable = ipvs.reals.filter((r) => r.share > 0);
-  return {
-    ...trace,
-    verdict: usable.length > 0 && trace.verdict === 'local' ? 'dnat' : trace.verdict,
-    endpoints:
-      trace.verdict === 'local'
-        ? usable.map((r) => ({ endpoint: r.endpoint, probability: r.share, masquerade: false }))
-        : trace.endpoints,
-    notes: [
-      ...trace.notes,
-      `IPVS virtual server ${ipvs.virtualServer} (${ipvs.note}); masquerade in IPVS mode depends on ipset matches (-m set), see the iptables path`,
-    ],
-    ipvs,
   };
 }

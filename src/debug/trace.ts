@@ -1,9 +1,20 @@
 import { cidrContains, joinHostPort, parseCIDR } from '../model/ip.js';
 import type { IPFamily } from '../model/types.js';
 import { ruleComment, type SavedRule, type SavedRuleset, type SavedTable } from '../iptables/save-parse.js';
-import type { IpvsTraceResult } from './ipvs-trace.js';
+import type { IpvsTable } from '../ipvs/ipvsadm.js';
+import { splitHostPort } from '../ipvs/types.js';
+import { serviceForDestination, type FrontendIndex } from './frontends.js';
+import { matchSet, parseSetFlags, type IpsetView } from './ipset-match.js';
+import { traceIpvs, type IpvsTraceResult } from './ipvs-trace.js';
 import { servicePortNameFromComment } from './owners.js';
-import { optionOf, parseRuleSpec, quantizeProbability, type RuleSpec, type SpecOption } from './rule-spec.js';
+import {
+  normalizeAddress,
+  optionOf,
+  parseRuleSpec,
+  quantizeProbability,
+  type RuleSpec,
+  type SpecOption,
+} from './rule-spec.js';
 
 /**
  * `svcplane trace`, the pure engine: walks one new connection's first packet through parsed
@@ -12,6 +23,12 @@ import { optionOf, parseRuleSpec, quantizeProbability, type RuleSpec, type SpecO
  * `statistic` match splits the walk into branches with their probabilities, so the result lists every
  * endpoint the packet may reach. A match it cannot evaluate is reported ("unsupported match X") and
  * treated as not matching, never guessed silently.
+ *
+ * IPVS mode: given the kernel's ipsets, `-m set` rules are evaluated like xt_set does; given the
+ * IPVS table, a packet to a local address with a virtual server is scheduled where IPVS hooks in
+ * (LOCAL_IN after filter INPUT for arriving packets, LOCAL_OUT after nat OUTPUT for the node's own),
+ * then goes on through filter OUTPUT and nat POSTROUTING with the real server as its destination, so
+ * the verdict and the masquerade decision come from the same walk as in iptables mode.
  */
 
 export type TraceProtocol = 'tcp' | 'udp' | 'sctp';
@@ -51,6 +68,12 @@ export interface TraceInput {
   readonly packet: TracePacket;
   /** xt_recent lists (`/proc/net/xt_recent/<name>`): list name → source IPs in it. */
   readonly recent?: ReadonlyMap<string, ReadonlySet<string>>;
+  /** The kernel's ipsets (`ipset save`), for `-m set` matches. */
+  readonly ipsets?: IpsetView;
+  /** The kernel's IPVS table (`ipvsadm -Sn`): IPVS mode. */
+  readonly ipvs?: IpvsTable;
+  /** Service frontends from the cluster state, to name the Service when no rule comment does. */
+  readonly frontends?: FrontendIndex;
 }
 
 export interface TraceStep {
@@ -120,6 +143,8 @@ interface Branch {
   readonly steps: readonly TraceStep[];
   readonly unsupported: readonly string[];
   readonly affinity: readonly AffinityInfo[];
+  /** Set once IPVS translated the packet (what `-m ipvs` matches on). */
+  readonly ipvs?: { readonly vaddr: string; readonly vport: number };
 }
 
 type Exit = 'continue' | 'ACCEPT' | 'DROP' | 'REJECT';
@@ -127,6 +152,15 @@ interface Outcome {
   readonly b: Branch;
   readonly exit: Exit;
 }
+
+interface Final {
+  readonly b: Branch;
+  readonly verdict: TraceVerdict;
+  readonly postrouted: boolean;
+}
+
+const isFinal = (o: Outcome): boolean => o.exit === 'DROP' || o.exit === 'REJECT';
+const finalVerdict = (o: Outcome): TraceVerdict => (o.exit === 'DROP' ? 'drop' : 'reject');
 
 interface Hook {
   readonly table: 'nat' | 'filter';
@@ -136,8 +170,11 @@ interface Hook {
 }
 
 const EPHEMERAL_PORT = 40000;
+const PROTOCOL_NAMES: Readonly<Record<string, string>> = { '6': 'tcp', '17': 'udp', '132': 'sctp' };
 const MAX_DEPTH = 64;
 const MAX_BRANCHES = 4096;
+/** kube-proxy's dummy interface: its addresses are Service IPs, not node addresses (NodePorts). */
+const IPVS_DEVICE = 'kube-ipvs0';
 const NON_TERMINATING = new Set(['LOG', 'NFLOG', 'ULOG', 'TRACE', 'AUDIT', 'NOTRACK', 'CT']);
 
 export function tracePacket(input: TraceInput): TraceResult {
@@ -151,6 +188,8 @@ class Tracer {
   private readonly inIf: string | undefined;
   private readonly notes: string[] = [];
   private branchCount = 0;
+  /** The IPVS virtual server the packet met, if any. */
+  private ipvsHit: IpvsTraceResult | undefined;
 
   constructor(private readonly input: TraceInput) {
     this.pkt = input.packet;
@@ -175,61 +214,178 @@ class Tracer {
       unsupported: [],
       affinity: [],
     };
-    const finals: { b: Branch; verdict: TraceVerdict; postrouted: boolean }[] = [];
+    const finals: Final[] = [];
     const first: Hook = this.pkt.fromNode
       ? { table: 'nat', chain: 'OUTPUT', outInterface: this.interfaceFor(this.pkt.dst) }
       : { table: 'nat', chain: 'PREROUTING', ...(this.inIf ? { inInterface: this.inIf } : {}) };
     for (const o of this.hook(first, start)) {
       if (o.exit === 'DROP' || o.exit === 'REJECT') {
         finals.push({ b: o.b, verdict: o.exit === 'DROP' ? 'drop' : 'reject', postrouted: false });
-        continue;
+      } else if (this.pkt.fromNode) {
+        this.fromNode(o.b, finals);
+      } else {
+        this.arriving(o.b, finals);
       }
-      const local = this.isLocal(o.b.dst);
-      const outIf = local ? 'lo' : this.interfaceFor(o.b.dst);
-      const filterHook: Hook = this.pkt.fromNode
-        ? { table: 'filter', chain: 'OUTPUT', ...(outIf ? { outInterface: outIf } : {}) }
-        : local
-          ? { table: 'filter', chain: 'INPUT', ...(this.inIf ? { inInterface: this.inIf } : {}) }
-          : {
-              table: 'filter',
-              chain: 'FORWARD',
-              ...(this.inIf ? { inInterface: this.inIf } : {}),
-              ...(outIf ? { outInterface: outIf } : {}),
-            };
-      for (const f of this.hook(filterHook, o.b)) {
-        if (f.exit === 'DROP' || f.exit === 'REJECT') {
-          finals.push({ b: f.b, verdict: f.exit === 'DROP' ? 'drop' : 'reject', postrouted: false });
+    }
+    return this.summarize(finals);
+  }
+
+  /** The node's own packet after nat OUTPUT: IPVS (LOCAL_OUT), filter OUTPUT, nat POSTROUTING, loopback. */
+  private fromNode(b0: Branch, finals: Final[]): void {
+    const scheduled = this.isLocal(b0.dst) ? this.ipvsStage(b0, 'LOCAL_OUT') : undefined;
+    if (scheduled?.rejected) {
+      finals.push({ b: scheduled.rejected, verdict: 'reject', postrouted: false });
+      return;
+    }
+    for (const b of scheduled?.branches ?? [b0]) {
+      const local = this.isLocal(b.dst);
+      const outIf = local ? 'lo' : this.interfaceFor(b.dst);
+      for (const f of this.hook(
+        { table: 'filter', chain: 'OUTPUT', ...(outIf ? { outInterface: outIf } : {}) },
+        b,
+      )) {
+        if (isFinal(f)) {
+          finals.push({ b: f.b, verdict: finalVerdict(f), postrouted: false });
           continue;
         }
-        // Packets delivered to the node from outside never reach POSTROUTING.
-        const postroute = this.pkt.fromNode || !local;
-        const afterPost = postroute
-          ? this.hook(
-              {
-                table: 'nat',
-                chain: 'POSTROUTING',
-                ...(this.inIf ? { inInterface: this.inIf } : {}),
-                ...(outIf ? { outInterface: outIf } : {}),
-              },
-              f.b,
-            )
-          : [f];
-        for (const p of afterPost) {
-          if (p.exit === 'DROP' || p.exit === 'REJECT') {
-            finals.push({ b: p.b, verdict: p.exit === 'DROP' ? 'drop' : 'reject', postrouted: true });
-            continue;
-          }
-          // Locally generated traffic to a local address loops back through filter INPUT.
-          if (this.pkt.fromNode && local) {
+        for (const p of this.postrouting(f.b, outIf)) {
+          if (isFinal(p)) {
+            finals.push({ b: p.b, verdict: finalVerdict(p), postrouted: true });
+          } else if (local) {
+            // Locally generated traffic to a local address loops back through filter INPUT.
             const inp = this.hook({ table: 'filter', chain: 'INPUT', inInterface: 'lo' }, p.b);
             for (const q of inp) finals.push({ b: q.b, verdict: verdictOf(q, true), postrouted: true });
           } else {
-            finals.push({ b: p.b, verdict: verdictOf(p, local), postrouted: postroute });
+            finals.push({ b: p.b, verdict: verdictOf(p, false), postrouted: true });
           }
         }
       }
     }
-    return this.summarize(finals);
+  }
+
+  /** An arriving packet after nat PREROUTING: routed to the node (filter INPUT, IPVS) or forwarded. */
+  private arriving(b: Branch, finals: Final[]): void {
+    const local = this.isLocal(b.dst);
+    const inIf = this.inIf ? { inInterface: this.inIf } : {};
+    if (local) {
+      for (const f of this.hook({ table: 'filter', chain: 'INPUT', ...inIf }, b)) {
+        if (isFinal(f)) {
+          finals.push({ b: f.b, verdict: finalVerdict(f), postrouted: false });
+          continue;
+        }
+        const scheduled = this.ipvsStage(f.b, 'LOCAL_IN');
+        if (!scheduled) {
+          // Packets delivered to the node itself never reach POSTROUTING.
+          finals.push({ b: f.b, verdict: verdictOf(f, true), postrouted: false });
+        } else if (scheduled.rejected) {
+          finals.push({ b: scheduled.rejected, verdict: 'reject', postrouted: false });
+        } else {
+          for (const s of scheduled.branches) this.afterIpvs(s, finals);
+        }
+      }
+      return;
+    }
+    const outIf = this.interfaceFor(b.dst);
+    const fwd: Hook = {
+      table: 'filter',
+      chain: 'FORWARD',
+      ...inIf,
+      ...(outIf ? { outInterface: outIf } : {}),
+    };
+    for (const f of this.hook(fwd, b)) {
+      if (isFinal(f)) {
+        finals.push({ b: f.b, verdict: finalVerdict(f), postrouted: false });
+        continue;
+      }
+      for (const p of this.postrouting(f.b, outIf)) {
+        finals.push({
+          b: p.b,
+          verdict: isFinal(p) ? finalVerdict(p) : verdictOf(p, false),
+          postrouted: true,
+        });
+      }
+    }
+  }
+
+  /** IPVS sends the translated packet out through LOCAL_OUT (filter OUTPUT) and POSTROUTING. */
+  private afterIpvs(b: Branch, finals: Final[]): void {
+    if (this.isLocal(b.dst)) {
+      // A real server on the node itself: delivered in LOCAL_IN, nothing more traversed.
+      finals.push({ b, verdict: 'dnat', postrouted: false });
+      return;
+    }
+    const outIf = this.interfaceFor(b.dst);
+    for (const f of this.hook(
+      { table: 'filter', chain: 'OUTPUT', ...(outIf ? { outInterface: outIf } : {}) },
+      b,
+    )) {
+      if (isFinal(f)) {
+        finals.push({ b: f.b, verdict: finalVerdict(f), postrouted: false });
+        continue;
+      }
+      for (const p of this.postrouting(f.b, outIf)) {
+        finals.push({ b: p.b, verdict: isFinal(p) ? finalVerdict(p) : 'dnat', postrouted: true });
+      }
+    }
+  }
+
+  private postrouting(b: Branch, outIf: string | undefined): Outcome[] {
+    return this.hook(
+      {
+        table: 'nat',
+        chain: 'POSTROUTING',
+        ...(this.inIf ? { inInterface: this.inIf } : {}),
+        ...(outIf ? { outInterface: outIf } : {}),
+      },
+      b,
+    );
+  }
+
+  /**
+   * IPVS: a virtual server for the packet's destination schedules it to a real server (a branch per
+   * real server, by weight share); one without a usable real server makes IPVS answer ICMP port
+   * unreachable. undefined: no virtual server (or no IPVS table), the packet goes on untranslated.
+   */
+  private ipvsStage(
+    b: Branch,
+    hookName: 'LOCAL_IN' | 'LOCAL_OUT',
+  ): { branches: Branch[]; rejected?: undefined } | { rejected: Branch; branches?: undefined } | undefined {
+    const table = this.input.ipvs;
+    if (!table || b.ipvs) return undefined;
+    const hit = traceIpvs(table, { proto: this.pkt.proto, dst: b.dst, dport: b.dport });
+    if (!hit) return undefined;
+    this.ipvsHit ??= hit;
+    const text = `-A ${hit.virtualServer} -s ${hit.scheduler}${hit.persistenceSeconds !== undefined ? ` -p ${hit.persistenceSeconds}` : ''}`;
+    const base = { table: 'ipvs', chain: hookName, text };
+    const usable = hit.reals.filter((r) => r.share > 0);
+    if (usable.length === 0) {
+      return {
+        rejected: this.step(b, {
+          ...base,
+          action: 'no usable real server: IPVS answers ICMP port unreachable',
+        }),
+      };
+    }
+    const branches: Branch[] = [];
+    for (const r of usable) {
+      const hp = splitHostPort(r.endpoint);
+      if (!hp) continue;
+      const nb: Branch = {
+        ...scale(b, r.share),
+        dst: hp.address,
+        dport: hp.port,
+        dnat: true,
+        ipvs: { vaddr: b.dst, vport: b.dport },
+      };
+      branches.push(
+        this.step(nb, {
+          ...base,
+          action: `IPVS ${hit.scheduler} → ${r.endpoint} (weight ${r.weight})`,
+          ...(usable.length > 1 ? { probability: r.share } : {}),
+        }),
+      );
+    }
+    return { branches };
   }
 
   // ---- one hook: a built-in chain and its policy ----
@@ -500,6 +656,10 @@ class Tracer {
       }
       case 'recent':
         return this.recent(options, b);
+      case 'set':
+        return this.set(options, b);
+      case 'ipvs':
+        return this.ipvsMatch(options, b);
       default:
         return { p: 0, b: this.unsupported(b, `match ${module}`) };
     }
@@ -527,6 +687,72 @@ class Tracer {
       return { p: (listed === true) !== neg ? 1 : 0, b: nb };
     }
     return { p: 0, b: this.unsupported(nb, 'match recent (mode)') };
+  }
+
+  /** xt_set: every `--match-set NAME FLAGS` against the kernel's ipsets (see ./ipset-match.ts). */
+  private set(options: readonly SpecOption[], b: Branch): { p: number; b: Branch } {
+    const pkt = this.pkt;
+    for (const o of options) {
+      if (o.name === '--update-counters' || o.name === '--update-subcounters') continue;
+      if (o.name !== '--match-set') return { p: 0, b: this.unsupported(b, `match set ${o.name}`) };
+      const name = o.values[0] ?? '';
+      const flags = parseSetFlags(o.values[1]);
+      if (!flags)
+        return { p: 0, b: this.unsupported(b, `match set --match-set ${name} ${o.values[1] ?? ''}`) };
+      const sets = this.input.ipsets;
+      if (!sets) return { p: 0, b: this.unsupported(b, 'match set (the ipsets were not read)') };
+      const set = sets.get(name);
+      if (!set) return { p: 0, b: this.unsupported(b, `match set: ipset ${name} does not exist`) };
+      const r = matchSet(set, flags, {
+        family: pkt.family,
+        proto: pkt.proto,
+        src: pkt.src,
+        dst: b.dst,
+        sport: pkt.sport ?? EPHEMERAL_PORT,
+        dport: b.dport,
+      });
+      if (r.matched === undefined) return { p: 0, b: this.unsupported(b, `match set ${name}: ${r.why}`) };
+      if (r.matched === o.negated) return { p: 0, b };
+    }
+    return { p: 1, b };
+  }
+
+  /** xt_ipvs: only packets IPVS translated have the property; then vaddr/vport/vproto of their VS. */
+  private ipvsMatch(options: readonly SpecOption[], b: Branch): { p: number; b: Branch } {
+    const v = b.ipvs;
+    const property = optionOf({ options }, '--ipvs');
+    if (!v) return { p: property?.negated === true ? 1 : 0, b };
+    for (const o of options) {
+      const value = o.values[0] ?? '';
+      let is: boolean;
+      switch (o.name) {
+        case '--ipvs':
+          is = true;
+          break;
+        case '--vaddr':
+          is = addrMatches(normalizeAddress(value), v.vaddr, false);
+          break;
+        case '--vport': {
+          const r = portIn(value, v.vport);
+          if (r === undefined) return { p: 0, b: this.unsupported(b, `match ipvs --vport ${value}`) };
+          is = r;
+          break;
+        }
+        case '--vproto':
+          is = (PROTOCOL_NAMES[value] ?? value.toLowerCase()) === this.pkt.proto;
+          break;
+        case '--vdir':
+          is = value.toUpperCase() === 'ORIGINAL';
+          break;
+        case '--vmethod':
+          is = value.toUpperCase() === 'MASQ';
+          break;
+        default:
+          return { p: 0, b: this.unsupported(b, `match ipvs ${o.name}`) };
+      }
+      if (is === o.negated) return { p: 0, b };
+    }
+    return { p: 1, b };
   }
 
   // ---- helpers ----
@@ -613,7 +839,18 @@ class Tracer {
     const path = commonPrefix(branches.map((x) => x.steps));
     const unsupported = [...new Set(finals.flatMap((f) => f.b.unsupported))];
     const affinity = dedupeAffinity(finals.flatMap((f) => f.b.affinity));
-    const service = serviceOf(branches);
+    const service = serviceOf(branches) ?? this.serviceFromState();
+    if (this.ipvsHit) {
+      this.notes.push(`IPVS virtual server ${this.ipvsHit.virtualServer}: ${this.ipvsHit.note}`);
+      if (this.ipvsHit.persistenceSeconds !== undefined) {
+        this.notes.push(
+          `IPVS persistence ${this.ipvsHit.persistenceSeconds} s (ClientIP affinity): a client with a live template (ipvsadm -Lnc) goes back to its real server`,
+        );
+      }
+    }
+    if (service === undefined && this.input.ipvs && !this.input.frontends && this.ipvsHit) {
+      this.notes.push('IPVS rules name no Service: pass --manifests or --kubeconfig to name it');
+    }
     return {
       verdict,
       endpoints: [...eps.values()].sort((a, b) =>
@@ -628,7 +865,20 @@ class Tracer {
       unsupported,
       notes: this.notes,
       ...(this.inIf !== undefined ? { inInterface: this.inIf } : {}),
+      ...(this.ipvsHit ? { ipvs: this.ipvsHit } : {}),
     };
+  }
+
+  /** The Service port the packet is addressed to, by frontend or node port (no comment named one). */
+  private serviceFromState(): string | undefined {
+    const idx = this.input.frontends;
+    if (!idx) return undefined;
+    const dst = this.pkt.dst;
+    const onNode = this.input.node.addresses.some(
+      (a) =>
+        a.ifname !== IPVS_DEVICE && (a.ip === dst || (a.ifname === 'lo' && cidrContains(networkOf(a), dst))),
+    );
+    return serviceForDestination(idx, this.pkt, onNode);
   }
 }
 
