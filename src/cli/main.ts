@@ -47,3 +47,16 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
   return typeof process.exitCode === 'number' ? process.exitCode : 0;
 }
+
+/**
+ * What `bin/svcplane.js` runs: the CLI, with an error that escapes a command printed as one line
+ * on stderr (exit status 2). Messages are built not to carry credentials (see kube/kubeconfig.ts).
+ */
+export async function cli(argv: readonly string[]): Promise<number> {
+  try {
+    return await main(argv);
+  } catch (err) {
+    process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+    return 2;
+  }
+}

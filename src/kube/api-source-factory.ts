@@ -1,5 +1,5 @@
 import type { ProxyOptions } from '../cli/proxy-options.js';
-import { log } from '../util/log.js';
+import { log, redactUrlCredentials } from '../util/log.js';
 import { ApiSource } from './api-source.js';
 import type { ReflectorOptions } from './informer.js';
 import { loadKubeConfig } from './kubeconfig.js';
@@ -33,8 +33,9 @@ export function createApiSource(opts: ProxyOptions, tuning: ApiSourceTuning = {}
       env: tuning.env,
       inClusterPathPrefix: tuning.inClusterPathPrefix,
     });
+    const server = kubeConfig.getCurrentCluster()?.server;
     log.info('using the Kubernetes API', {
-      server: kubeConfig.getCurrentCluster()?.server,
+      server: server === undefined ? undefined : redactUrlCredentials(server),
       node: opts.hostnameOverride,
     });
     return Promise.resolve(

@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import { KubeConfig } from '@kubernetes/client-node';
 import type { Cluster } from '@kubernetes/client-node';
+import { redactUrlCredentials } from '../util/log.js';
 
 export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
@@ -26,6 +27,26 @@ export class KubeConfigError extends Error {
   }
 }
 
+/**
+ * Why a kubeconfig could not be loaded, without quoting the file: the YAML parser's message carries
+ * an excerpt of the lines around the error, which can hold a token or a client key. Keeps the
+ * parser's reason and the position; other errors (missing file, missing fields) by their first line.
+ */
+export function describeLoadError(err: unknown): string {
+  const e = err as { reason?: unknown; mark?: { line?: unknown; column?: unknown } } | null;
+  const mark = typeof e === 'object' && e !== null ? e.mark : undefined;
+  if (
+    typeof e?.reason === 'string' &&
+    mark !== undefined &&
+    typeof mark.line === 'number' &&
+    typeof mark.column === 'number'
+  ) {
+    return `invalid YAML: ${e.reason} at line ${mark.line + 1}, column ${mark.column + 1}`;
+  }
+  const text = err instanceof Error ? err.message : String(err);
+  return text.split('\n')[0]!.slice(0, 300);
+}
+
 export const NO_CLUSTER_CONFIG =
   'no cluster configuration: pass --kubeconfig, run in a pod, or use --manifests';
 
@@ -40,10 +61,12 @@ function checkServerUrl(server: string, what: string): void {
   try {
     u = new URL(server);
   } catch {
-    throw new KubeConfigError(`${what}: invalid API server URL "${server}"`);
+    throw new KubeConfigError(`${what}: invalid API server URL "${redactUrlCredentials(server)}"`);
   }
   if (u.protocol !== 'https:' && u.protocol !== 'http:') {
-    throw new KubeConfigError(`${what}: API server URL "${server}" must be http:// or https://`);
+    throw new KubeConfigError(
+      `${what}: API server URL "${redactUrlCredentials(server)}" must be http:// or https://`,
+    );
   }
 }
 
@@ -80,8 +103,8 @@ export function loadKubeConfig(options: LoadKubeConfigOptions = {}): KubeConfig 
     try {
       kc.loadFromFile(file);
     } catch (err) {
-      const reason = err instanceof Error ? err.message : String(err);
-      throw new KubeConfigError(`cannot load kubeconfig ${file}: ${reason}`, { cause: err });
+      // No `cause`: the original error's message quotes the file.
+      throw new KubeConfigError(`cannot load kubeconfig ${file}: ${describeLoadError(err)}`);
     }
     fixCurrentCluster(kc, `kubeconfig ${file}`, master);
     return kc;

@@ -18,8 +18,20 @@ const serializeErrors = winston.format((info) => {
 /** Field names whose values never reach a log line (credentials in a kubeconfig, headers …). */
 const SECRET_KEY = /token|password|secret|authorization|bearer|credential|client-?key|private-?key/i;
 
-/** Replaces secret-looking fields (at any depth, bounded) with "[redacted]"; pure, for the format and tests. */
+/** `scheme://user:password@` anywhere in a text (a URL with credentials in it). */
+const URL_USERINFO = /\b([a-z][a-z0-9+.-]*:\/\/)[^/?#\s@]*(?:@[^/?#\s@]*)*@/gi;
+
+/** Removes the userinfo part of every URL in `text`. Pure. */
+export function redactUrlCredentials(text: string): string {
+  return text.replace(URL_USERINFO, '$1');
+}
+
+/**
+ * Replaces secret-looking fields (at any depth, bounded) with "[redacted]" and strips credentials
+ * from URLs in strings; pure, for the format and tests.
+ */
 export function redactSecrets(value: unknown, depth = 0): unknown {
+  if (typeof value === 'string') return redactUrlCredentials(value);
   if (depth > 6 || value === null || typeof value !== 'object') return value;
   if (Array.isArray(value)) return value.map((v) => redactSecrets(v, depth + 1));
   const out: Record<string, unknown> = {};
@@ -33,7 +45,7 @@ const redact = winston.format((info) => {
   const rec = info as Record<string, unknown>;
   for (const [k, v] of Object.entries(rec)) {
     if (SECRET_KEY.test(k)) rec[k] = '[redacted]';
-    else if (v !== null && typeof v === 'object') rec[k] = redactSecrets(v);
+    else if (typeof v === 'string' || (v !== null && typeof v === 'object')) rec[k] = redactSecrets(v);
   }
   return info;
 });

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { kubeTransport } from '../../../src/kube/informer.js';
 import { KubeConfigError, loadKubeConfig, SERVICE_ACCOUNT_DIR } from '../../../src/kube/kubeconfig.js';
+import { redactSecrets, redactUrlCredentials } from '../../../src/util/log.js';
 import { FakeApiServer } from '../../support/fake-apiserver.js';
 
 function kubeconfigYaml(server: string, extraUser = 'token: abc'): string {
@@ -83,6 +84,43 @@ describe('loadKubeConfig', () => {
       kubeconfigYaml('https://x:6443').replace('current-context: ctx', 'current-context: other'),
     );
     assert.throws(() => loadKubeConfig({ kubeconfig: file }), /noctx\.yaml: no current cluster/);
+  });
+
+  it('a YAML error names the line and column but never quotes the file (it may hold a token)', async () => {
+    const file = path.join(dir, 'broken.yaml');
+    await writeFile(
+      file,
+      kubeconfigYaml('https://x:6443', 'token: s3cr3t-t0ken, [').replace('contexts:', ']'),
+    );
+    let message = '';
+    try {
+      loadKubeConfig({ kubeconfig: file });
+    } catch (err) {
+      assert.ok(err instanceof KubeConfigError);
+      assert.equal(err.cause, undefined, 'the parser error (with its excerpt) is not kept');
+      message = err.message;
+    }
+    assert.match(message, /cannot load kubeconfig .*broken\.yaml: invalid YAML: .+ at line \d+, column \d+$/);
+    assert.ok(!message.includes('s3cr3t'), message);
+    assert.ok(!message.includes('\n'), 'one line');
+  });
+
+  it('never repeats URL credentials in its errors', () => {
+    assert.throws(
+      () => loadKubeConfig({ master: 'ftp://admin:hunter2@x:6443' }),
+      (err: Error) => err.message.includes('"ftp://x:6443"') && !err.message.includes('hunter2'),
+    );
+  });
+
+  it('logs strip user:password@ from URLs in any string field', () => {
+    assert.equal(
+      redactUrlCredentials('GET https://u:p@ss@10.0.0.1:6443/api failed; see http://h/x@y'),
+      'GET https://10.0.0.1:6443/api failed; see http://h/x@y',
+    );
+    assert.deepEqual(redactSecrets({ error: { message: 'connect http://a:b@h:1 refused' }, n: 1 }), {
+      error: { message: 'connect http://h:1 refused' },
+      n: 1,
+    });
   });
 
   it('uses the in-cluster service account when running in a pod', async () => {

@@ -1,0 +1,131 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { run, startProcess, type ChildHandle } from '../../src/util/exec.js';
+import { packageRoot } from '../../src/util/paths.js';
+import { FakeApiServer } from '../support/fake-apiserver.js';
+import { requireRoot } from '../support/sandbox.js';
+
+/**
+ * The real CLI (`cli()`, what bin/svcplane.js runs, from the current source through tsx) against a
+ * Kubernetes API it cannot use: a malformed kubeconfig, and a valid one whose server never answers. Each process runs
+ * in a private network namespace of its own (loopback only), so the API address is unreachable and
+ * no iptables command touches the machine's tables. What it prints must never contain a credential.
+ */
+
+const NODE = 'node-1';
+const MAIN = pathToFileURL(join(packageRoot(), 'src', 'cli', 'main.ts')).href;
+/** bin/svcplane.js, on the source: `process.exitCode = await cli(process.argv)`. */
+const ENTRY = `import(${JSON.stringify(MAIN)}).then(async (m) => { process.exitCode = await m.cli(['node', 'svcplane', ...process.argv.slice(1)]); });`;
+
+/** A credential that must never be printed: unique per run, so a hit cannot be a coincidence. */
+const secret = (what: string): string => `${what}-${randomBytes(12).toString('hex')}`;
+
+function kubeconfig(server: string, token: string): string {
+  return [
+    'apiVersion: v1',
+    'kind: Config',
+    'clusters:',
+    '- name: c',
+    `  cluster: {server: "${server}"}`,
+    'users:',
+    '- name: proxy',
+    `  user: {token: ${token}}`,
+    'contexts:',
+    '- name: c',
+    '  context: {cluster: c, user: proxy}',
+    'current-context: c',
+    '',
+  ].join('\n');
+}
+
+async function eventually(what: string, ms: number, cond: () => boolean): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('svcplane CLI against an unusable API (real processes, private netns)', function () {
+  this.timeout(60_000);
+  const NS = `svcp-c${randomBytes(4).toString('hex')}`;
+  let nsCreated = false;
+  let dir = '';
+  let api: FakeApiServer | undefined;
+  const children: ChildHandle[] = [];
+
+  before(async function () {
+    requireRoot(this);
+    await run(['ip', 'netns', 'add', NS]);
+    nsCreated = true;
+    await run(['ip', 'link', 'set', 'lo', 'up'], { netns: NS });
+    dir = mkdtempSync(join(tmpdir(), 'svcplane-cli-api-'));
+    // A stand-in that is stopped: its port had an API once and now answers nothing (and from the
+    // private netns, 127.0.0.1 is that namespace's own loopback anyway).
+    api = await FakeApiServer.create();
+    await api.stop();
+  });
+
+  after(async () => {
+    for (const c of children) await c.stop(2000);
+    if (nsCreated) await run(['ip', 'netns', 'del', NS], { allowFailure: true });
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** Starts `svcplane ARGS` in the private netns; collects every output line. */
+  function svcplane(args: readonly string[]): { child: ChildHandle; lines: string[] } {
+    const child = startProcess([process.execPath, '--import=tsx', '-e', ENTRY, ...args], { netns: NS });
+    children.push(child);
+    const lines: string[] = [];
+    child.onLine((l) => lines.push(l));
+    return { child, lines };
+  }
+
+  const daemonFlags = [
+    `--hostname-override=${NODE}`,
+    '--healthz-bind-address=127.0.0.1:10256',
+    '--metrics-bind-address=127.0.0.1:10249',
+    '--v=5',
+  ];
+
+  it('a malformed kubeconfig: exit 2 with the position of the error, without quoting the file', async () => {
+    const token = secret('malformed-token');
+    const file = join(dir, 'malformed.yaml');
+    // Broken YAML right after the token: the parser's own message would quote this line.
+    writeFileSync(
+      file,
+      `apiVersion: v1\nkind: Config\nusers:\n- name: proxy\n  user: {token: ${token}\ncontexts: [}\n`,
+    );
+    for (const command of ['run', 'sync']) {
+      const { child, lines } = svcplane([command, `--kubeconfig=${file}`, ...daemonFlags]);
+      assert.equal(await child.exited, 2, `${command}: exit status\n${lines.join('\n')}`);
+      const out = lines.join('\n');
+      assert.match(out, /cannot load kubeconfig .*malformed\.yaml: invalid YAML: .* at line \d+, column \d+/);
+      assert.ok(!out.includes(token), `${command} printed the token:\n${out}`);
+    }
+  });
+
+  it('a valid kubeconfig, server unreachable: retries are logged, the token and URL password never are', async () => {
+    const token = secret('token');
+    const password = secret('password');
+    const file = join(dir, 'valid.yaml');
+    writeFileSync(file, kubeconfig(`http://admin:${password}@127.0.0.1:${api!.port}`, token));
+    const { child, lines } = svcplane(['run', `--kubeconfig=${file}`, ...daemonFlags]);
+    // Every reflector fails and backs off a few times (verbose logging on).
+    await eventually(
+      'three failed list attempts logged',
+      15_000,
+      () => lines.filter((l) => l.includes('watch failed, retrying')).length >= 3,
+    );
+    await child.stop(5000);
+    const out = lines.join('\n');
+    assert.match(out, new RegExp(`"server":"http://127\\.0\\.0\\.1:${api!.port}"`), out);
+    assert.ok(!out.includes(token), `the token was printed:\n${out}`);
+    assert.ok(!out.includes(password), `the URL password was printed:\n${out}`);
+    assert.ok(!out.includes('admin:'), `the URL user was printed:\n${out}`);
+  });
+});
