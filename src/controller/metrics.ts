@@ -24,6 +24,7 @@ const PROGRAMMING_BUCKETS = [
 interface IptablesFigures {
   readonly counts: {
     readonly filterRules: number;
+    readonly totalFilterRules: number;
     readonly natRules: number;
     readonly totalNatRules: number;
   };
@@ -206,7 +207,7 @@ export class ProxyMetrics {
     this.syncsTotal.inc({ backend: r.backend, kind: r.full ? 'full' : 'partial', result: 'ok' });
     const ipt = iptablesFigures(r);
     if (ipt) {
-      this.iptablesTotal.set({ table: 'filter' }, ipt.counts.filterRules);
+      this.iptablesTotal.set({ table: 'filter' }, ipt.counts.totalFilterRules);
       this.iptablesTotal.set({ table: 'nat' }, ipt.counts.totalNatRules);
       this.iptablesLast.set({ table: 'filter' }, ipt.counts.filterRules);
       this.iptablesLast.set({ table: 'nat' }, ipt.counts.natRules);

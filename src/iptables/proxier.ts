@@ -103,14 +103,12 @@ export class IptablesProxier implements Backend {
   private lastFullSync = Number.NEGATIVE_INFINITY;
   /** Last state whose rules reached the kernel. */
   private applied: ClusterState | undefined;
-  /** Service chains the kernel holds after our last successful restore. */
-  private kernelServiceChains: ReadonlySet<string> = new Set();
   private lastFacts: NodeFacts | undefined;
   private randomFully = false;
   private beLiberal = false;
   private lastReport: IptablesSyncReport | undefined;
   /** Rule count per `table/chain` that our restores wrote (for drift detection). */
-  private written: WrittenChains = new Map();
+  private readonly written = new Map<string, number>();
   /** Content of each fixed chain as the kernel holds it after our last restore (render-unchanged.ts). */
   private fixedContents: FixedChainContents = new Map();
   /** Whether full syncs replace whole tables (resolved on first use; see useWholeTable). */
@@ -191,8 +189,7 @@ export class IptablesProxier implements Backend {
           : await this.noflushSync(state, facts, full);
       const { rendered, restore } = applied;
       this.applied = state;
-      this.kernelServiceChains = rendered.activeServiceChains;
-      this.written = trackWrittenChains(this.written, applied.ownInput, full);
+      trackWrittenChains(this.written, applied.ownInput, full);
       this.lastFacts = facts;
       this.needFullSync = false;
       if (full) this.lastFullSync = performance.now();
@@ -231,18 +228,19 @@ export class IptablesProxier implements Backend {
    * changed chains (full: after one iptables-save for leftovers, missing jumps and canaries).
    */
   private async noflushSync(state: ClusterState, facts: NodeFacts, full: boolean): Promise<AppliedSync> {
-    let existing = this.kernelServiceChains;
     let saved: SavedRuleset | undefined;
-    if (full) {
+    if (full || this.applied === undefined) {
       // One iptables-save shows leftover service chains, missing jumps and canaries at once.
       saved = parseIptablesSave(await this.ipt.save());
-      existing = serviceChainsOf(saved, 'nat');
     }
     const rendered = renderRestoreInput({
       state,
       config: this.renderConfig(facts),
-      changedServices: full ? undefined : changedServices(this.applied, state),
-      existingServiceChains: existing,
+      // A partial sync starts from the state whose rules the kernel holds (a failed write forces
+      // the next sync to be full, so `applied` is what the kernel has).
+      ...(saved !== undefined
+        ? { existingServiceChains: serviceChainsOf(saved, 'nat') }
+        : { changedServices: changedServices(this.applied, state), previous: this.applied }),
     });
     const input = saved
       ? mergeExtraLines(
@@ -255,10 +253,13 @@ export class IptablesProxier implements Backend {
           canaryLines(saved),
         )
       : rendered.restoreInput;
-    // Partial syncs leave fixed chains (KUBE-SERVICES …) alone when their content did not change.
+    // Partial syncs leave fixed chains (KUBE-SERVICES …) alone when their content did not change:
+    // the renderer knows when none did; otherwise the rendered ones are compared with the kernel's.
     const trimmed = full
       ? { input, contents: fixedChainContents(input) }
-      : dropUnchangedFixedChains(input, this.fixedContents);
+      : rendered.fixedChainsOmitted
+        ? { input, contents: this.fixedContents }
+        : dropUnchangedFixedChains(input, this.fixedContents);
     const restore = await this.ipt.restore(trimmed.input, { noflush: true, counters: true });
     this.fixedContents = trimmed.contents;
     return {
@@ -517,12 +518,17 @@ function renderedFixedChains(family: IPFamily, facts: { localhostNodePorts: bool
 export type WrittenChains = ReadonlyMap<string, number>;
 
 /**
- * Applies one restore input to the model of what we wrote (pure): `:C` creates or flushes C, `-A C`
+ * Applies one restore input to `out`, the model of what we wrote: `:C` creates or flushes C, `-A C`
  * adds a rule, `-X C` deletes it; a full sync starts from nothing. Kubelet's shared KUBE-FIREWALL and
- * the canaries (checked by existence) are left out.
+ * the canaries (checked by existence) are left out. Updates in place: at 10k Services the model has
+ * 70k chains, and a partial sync touches a handful.
  */
-export function trackWrittenChains(prev: WrittenChains, input: string, full: boolean): Map<string, number> {
-  const out = new Map(full ? [] : prev);
+export function trackWrittenChains(
+  out: Map<string, number>,
+  input: string,
+  full: boolean,
+): Map<string, number> {
+  if (full) out.clear();
   const skip = (chain: string): boolean => chain === KUBE_FIREWALL || chain === KUBE_PROXY_CANARY;
   let table = '';
   // One pass with indexOf instead of split/slice per line: a 10k-Service input has 270k lines, and

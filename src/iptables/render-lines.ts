@@ -3,49 +3,35 @@
  * breaking a restore line. Lines are collected in arrays and joined once at the end.
  */
 
-/** Lines of one section of the restore input, or (discard) only their count. */
+/** Lines of one section of the restore input, and how many of them are rules. */
 export class LineBuffer {
-  private readonly kept: string[] | undefined;
-  /** Lines written (or that would have been written, for a discard buffer). */
+  private readonly kept: string[] = [];
+  /** Rules written (`-X CHAIN` lines are not rules). */
   count = 0;
-
-  constructor(keep: boolean) {
-    this.kept = keep ? [] : undefined;
-  }
-
-  /** A buffer that only counts: per-service chains of unchanged Services on a partial sync. */
-  static discard(): LineBuffer {
-    return new LineBuffer(false);
-  }
-
-  /** False for a discard buffer: callers may count (`skip`) instead of building lines. */
-  get keeping(): boolean {
-    return this.kept !== undefined;
-  }
-
-  /** Count `n` lines without building them (discard buffers). */
-  skip(n: number): void {
-    this.count += n;
-  }
 
   add(line: string): void {
     this.count++;
-    this.kept?.push(line);
+    this.kept.push(line);
   }
 
-  /** Replays lines recorded from this kind of buffer, with the rule count they carried. */
-  append(lines: readonly string[], count: number): void {
-    this.count += count;
-    if (this.kept) for (const l of lines) this.kept.push(l);
+  /** Appends rule lines rendered elsewhere (a Service's memoised contribution). */
+  append(lines: readonly string[]): void {
+    this.count += lines.length;
+    for (const l of lines) this.kept.push(l);
   }
 
   /** A line that is written but not counted as a rule (`-X CHAIN`). */
   addUncounted(line: string): void {
-    this.kept?.push(line);
+    this.kept.push(line);
+  }
+
+  clear(): void {
+    this.count = 0;
+    this.kept.length = 0;
   }
 
   get lines(): readonly string[] {
-    return this.kept ?? [];
+    return this.kept;
   }
 }
 

@@ -23,7 +23,7 @@ import { chainLine, type LineBuffer } from './render-lines.js';
 /**
  * Rules for one service port (spec §6), in kube-proxy's emission order: the dispatch rules in
  * KUBE-SERVICES / KUBE-NODEPORTS and the filter table (always written), then the per-service
- * chains EXT, FW, SVC, SVL and SEP (written only when the Service changed, on partial syncs).
+ * chains EXT, FW, SVC, SVL and SEP.
  *
  * Comments: kube-proxy quotes the ones with spaces and writes the bare ServicePortName unquoted;
  * the ServicePortName is checked to contain no space, so this is exactly "quoted iff it has a space".
@@ -48,7 +48,7 @@ export interface TopLevelOutput {
   readonly natRules: LineBuffer;
 }
 
-/** Buffers for per-service chains: the real ones, or discard buffers for unchanged Services. */
+/** Buffers for per-service chains. */
 export interface ServiceChainOutput {
   readonly natChains: LineBuffer;
   readonly natRules: LineBuffer;
@@ -284,19 +284,12 @@ export function renderServicePort(
 
   // 10. SEP chains: hairpin masquerade, then DNAT.
   const sepComment = ctx.largeClusterMode ? '' : ` -m comment --comment ${spn}`;
-  const keep = out.keeping;
   let previous = '';
   for (const ref of allRefs) {
     // Endpoints are sorted by endpoint string, so a duplicate would be adjacent: never declare twice.
     if (ref.str === previous) continue;
     previous = ref.str;
     active.add(ref.chain);
-    if (!keep) {
-      // Unchanged Service on a partial sync: only the counts matter (the bulk of its lines).
-      decl.skip(1);
-      out.skip(2);
-      continue;
-    }
     decl.add(chainLine(ref.chain));
     out.add(`-A ${ref.chain}${sepComment} -s ${ref.ip} -j ${KUBE_MARK_MASQ}`);
     const recent = affinity > 0 ? ` -m recent --name ${ref.chain} --set` : '';
@@ -337,10 +330,6 @@ function writeServiceToEndpointRules(
   affinityTimeout: number,
 ): void {
   const n = refs.length;
-  if (!out.keeping) {
-    out.skip(affinityTimeout > 0 ? 2 * n : n);
-    return;
-  }
   const large = ctx.largeClusterMode;
   if (affinityTimeout > 0) {
     for (const ref of refs) {

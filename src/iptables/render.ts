@@ -7,7 +7,13 @@ import {
 import type { ClusterState, IPFamily, Service, ServicePort } from '../model/types.js';
 import { servicePortName } from '../model/types.js';
 import { isServiceChainName } from './names.js';
-import { masqueradeMark, renderFixedHead, renderFixedTail } from './render-fixed.js';
+import {
+  KUBE_NODEPORTS,
+  KUBE_SERVICES,
+  masqueradeMark,
+  renderFixedHead,
+  renderFixedTail,
+} from './render-fixed.js';
 import {
   chainLine,
   isPort,
@@ -17,7 +23,7 @@ import {
   isSafeServicePortName,
   LineBuffer,
 } from './render-lines.js';
-import { renderServicePort, type ServiceChainOutput, type ServiceRenderContext } from './render-service.js';
+import { renderServicePort, type ServiceRenderContext } from './render-service.js';
 
 /**
  * The pure iptables renderer: one ClusterState and one IP family in, one `iptables-restore --noflush`
@@ -58,22 +64,36 @@ export interface RenderRequest {
   config: IptablesRenderConfig;
   /** Service keys (`ns/name`) whose per-service chains are written; undefined = all (full sync). */
   changedServices?: ReadonlySet<string>;
-  /** Service-prefixed nat chains that exist in the kernel now (parsed from iptables-save by the caller). */
-  existingServiceChains: ReadonlySet<string>;
+  /**
+   * Service-prefixed nat chains that exist in the kernel now (parsed from iptables-save by the
+   * caller); those no longer generated are deleted. Not needed with `previous`.
+   */
+  existingServiceChains?: ReadonlySet<string>;
+  /**
+   * Partial syncs: the state whose rules the kernel holds (rendered with this same config). Its
+   * changed and removed Services' chains that are no longer generated are deleted, and when no
+   * fixed chain (KUBE-SERVICES …) differs from what it rendered to, they are left out of the input.
+   */
+  previous?: ClusterState;
 }
 
 export interface RenderResult {
   /** `*filter … COMMIT\n*nat … COMMIT\n` for `iptables-restore --noflush`. */
   restoreInput: string;
-  /** Every per-service nat chain this state needs (written or not). */
-  activeServiceChains: ReadonlySet<string>;
+  /** The input declares no fixed chain: none changed since `previous` (the kernel keeps them). */
+  fixedChainsOmitted: boolean;
+  /** Every per-service nat chain this state needs (written or not); computed on first use. */
+  readonly activeServiceChains: ReadonlySet<string>;
   /** Service keys whose per-service chains were written. */
   writtenServices: ReadonlySet<string>;
   /** Existing service chains deleted by this input (`:CHAIN` + `-X CHAIN`), sorted. */
   staleChains: readonly string[];
   largeClusterMode: boolean;
   counts: {
+    /** Rules written to filter by this input. */
     filterRules: number;
+    /** Rules filter holds once it is applied (kube-proxy's iptables_total{table="filter"}). */
+    totalFilterRules: number;
     natRules: number;
     natChains: number;
     /** Including the rules of unchanged Services that were not written (kube-proxy's iptables_total). */
@@ -87,16 +107,19 @@ export interface RenderResult {
   bytes: number;
 }
 
-/** What an unchanged Service contributed to a partial sync, for the next one (see pass 2). */
-interface UnchangedOutput {
+/**
+ * What one Service contributes to the rules, apart from its own chains' text: its lines in the fixed
+ * chains, counts, chain names and metrics. Kept per Service object (see `contributions`).
+ */
+interface ServiceContribution {
   /** The render config and large-cluster mode it was rendered with. */
   readonly key: string;
   readonly serviceKey: string;
+  /** Its filter rules (all in fixed chains: KUBE-SERVICES, KUBE-EXTERNAL-SERVICES …). */
   readonly filterLines: readonly string[];
-  readonly filterCount: number;
-  readonly natLines: readonly string[];
-  readonly natCount: number;
-  readonly chainCount: number;
+  /** Its rules in nat's fixed chains (KUBE-SERVICES, KUBE-NODEPORTS). */
+  readonly natTopLines: readonly string[];
+  /** How many rules its own chains (EXT, FW, SVC, SVL, SEP) hold. */
   readonly chainRuleCount: number;
   readonly active: readonly string[];
   readonly skipped: readonly string[];
@@ -105,10 +128,21 @@ interface UnchangedOutput {
 }
 
 /**
- * A cache of a pure computation keyed by immutable model objects: the renderer stays a function of
- * its inputs. Entries go with their Service objects (WeakMap).
+ * Caches of pure computations keyed by immutable model objects, so the renderer stays a function of
+ * its inputs: the model shares structure (an unchanged Service is the same object from one state to
+ * the next), so a partial sync touches only what changed. Entries go with their Service objects.
  */
-const unchangedMemo = new WeakMap<Service, UnchangedOutput>();
+const contributions = new WeakMap<Service, ServiceContribution>();
+const familyViews = new WeakMap<Service, Partial<Record<IPFamily, FamilyView>>>();
+
+/** Pass 1 for one Service and family: whether it renders, and with which (checked) frontends. */
+interface FamilyView {
+  readonly key: string;
+  readonly fe: FamilyFrontends | undefined;
+  readonly skipped: readonly string[];
+  /** Its endpoints of this family (for large-cluster mode). */
+  readonly endpoints: number;
+}
 
 /** kube-proxy's largeClusterEndpointsThreshold. */
 export const LARGE_CLUSTER_ENDPOINTS_THRESHOLD = 1000;
@@ -277,39 +311,58 @@ function checkEndpoints(port: ServicePort, where: string, skipped: string[]): Se
 }
 
 export function renderRestoreInput(req: RenderRequest): RenderResult {
-  const { state, config, changedServices } = req;
+  const { state, config, changedServices, previous } = req;
   const cc = checkConfig(config);
-  const v6 = cc.v6;
   const skipped: string[] = [];
 
   // Pass 1: the Services of this family (kube-proxy's svcPortMap) and their endpoint total.
-  const keys = [...state.services.keys()].sort();
-  const candidates: Candidate[] = [];
-  let totalEndpoints = 0;
-  for (const key of keys) {
-    const svc = state.services.get(key);
-    if (svc === undefined || svc.skipReason !== undefined) continue;
-    const fe = checkFrontends(key, familyFrontends(svc, config.family), v6, skipped);
-    if (fe === undefined) continue;
-    const problem = serviceProblem(svc);
-    if (problem !== undefined) {
-      skipped.push(`${key}: ${problem}`);
+  const { candidates, largeClusterMode } = candidatesOf(state, config.family, skipped);
+  const ctx = serviceContext(config, cc, largeClusterMode);
+  const memoKey = contributionKey(config, largeClusterMode);
+
+  // Pass 2: every Service's contribution. Unchanged Services on a partial sync reuse theirs (their
+  // chains are not written); the others are rendered.
+  const parts: ServiceContribution[] = [];
+  const written = new Map<string, RenderedService>();
+  for (const cand of candidates) {
+    const write = changedServices === undefined || changedServices.has(cand.key);
+    const memo = write ? undefined : contributionOf(cand.svc, cand.key, memoKey);
+    if (memo !== undefined) {
+      parts.push(memo);
       continue;
     }
-    candidates.push({ key, svc, fe });
-    for (const port of svc.ports) {
-      for (const ep of port.endpoints) if (ep.ip.includes(':') === v6) totalEndpoints++;
-    }
+    const r = renderService(ctx, cand, memoKey);
+    parts.push(r.contribution);
+    if (write) written.set(cand.key, r);
   }
-  const largeClusterMode = totalEndpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
 
-  const filterChains = new LineBuffer(true);
-  const filterRules = new LineBuffer(true);
-  const natChains = new LineBuffer(true);
-  const natRules = new LineBuffer(true);
-  const written: ServiceChainOutput = { natChains, natRules };
-  const discarded: ServiceChainOutput = { natChains: LineBuffer.discard(), natRules: LineBuffer.discard() };
+  let noLocalInternal = 0;
+  let noLocalExternal = 0;
+  let totalFilterRules = 0;
+  let totalNatRules = 0;
+  for (const part of parts) {
+    for (const sk of part.skipped) skipped.push(sk);
+    noLocalInternal += part.noLocalInternal;
+    noLocalExternal += part.noLocalExternal;
+    totalFilterRules += part.filterLines.length;
+    totalNatRules += part.natTopLines.length + part.chainRuleCount;
+  }
+  let activeCache: Set<string> | undefined;
+  const active = (): Set<string> => (activeCache ??= new Set(parts.flatMap((p) => p.active)));
 
+  // Stale chains: ours, in the kernel, no longer generated. Declaring flushes them; -X deletes.
+  const delta =
+    changedServices !== undefined && previous !== undefined
+      ? partialDelta(previous, state, written, config, ctx, memoKey)
+      : undefined;
+  const staleChains =
+    delta?.staleChains ??
+    [...(req.existingServiceChains ?? [])].filter((c) => isServiceChainName(c) && !active().has(c)).sort();
+
+  const filterChains = new LineBuffer();
+  const filterRules = new LineBuffer();
+  const natChains = new LineBuffer();
+  const natRules = new LineBuffer();
   renderFixedHead(
     { mark: cc.mark, randomFully: config.randomFully, kubeFirewall: cc.localhostNodePorts },
     filterChains,
@@ -317,8 +370,116 @@ export function renderRestoreInput(req: RenderRequest): RenderResult {
     natChains,
     natRules,
   );
+  const tailFilter = new LineBuffer();
+  const tailNat = new LineBuffer();
+  renderFixedTail(
+    {
+      mark: cc.mark,
+      v6: cc.v6,
+      localhostNodePorts: cc.localhostNodePorts,
+      nodePorts: config.nodePortAddresses,
+      conntrackTCPBeLiberal: config.conntrackTCPBeLiberal,
+    },
+    tailFilter,
+    tailNat,
+  );
+  totalFilterRules += filterRules.count + tailFilter.count;
+  totalNatRules += natRules.count + tailNat.count;
 
-  const ctx: ServiceRenderContext = {
+  const omitFixed = delta?.fixedChainsUnchanged === true;
+  if (omitFixed) {
+    // Nothing the fixed chains hold changed: write only the changed Services' own chains. With
+    // --noflush, undeclared chains keep what the kernel has (what `previous` rendered to).
+    natChains.clear();
+    natRules.clear();
+    for (const r of written.values()) {
+      for (const l of r.declLines) natChains.add(l);
+      for (const l of r.natLines) if (!isFixedNatRule(l)) natRules.add(l);
+    }
+  } else {
+    const writtenOf = (part: ServiceContribution): RenderedService | undefined => {
+      const r = written.get(part.serviceKey);
+      return r?.contribution === part ? r : undefined;
+    };
+    for (const part of parts) {
+      filterRules.append(part.filterLines);
+      const r = writtenOf(part);
+      if (r !== undefined) {
+        for (const l of r.declLines) natChains.add(l);
+        natRules.append(r.natLines);
+      } else {
+        natRules.append(part.natTopLines);
+      }
+    }
+  }
+  for (const c of staleChains) {
+    natChains.add(chainLine(c));
+    natRules.addUncounted(`-X ${c}`);
+  }
+  if (!omitFixed) {
+    filterRules.append(tailFilter.lines);
+    natRules.append(tailNat.lines);
+  }
+
+  // One join over every line (not one per buffer and then again over the sections): a 10k-Service
+  // input is 21 MB, and each extra join copies all of it.
+  const all: string[] = ['*filter'];
+  if (!omitFixed) for (const b of [filterChains, filterRules]) pushNonEmpty(all, b.lines);
+  all.push('COMMIT', '*nat');
+  for (const b of [natChains, natRules]) pushNonEmpty(all, b.lines);
+  all.push('COMMIT');
+  const restoreInput = all.join('\n') + '\n';
+
+  return {
+    restoreInput,
+    fixedChainsOmitted: omitFixed,
+    get activeServiceChains() {
+      return active();
+    },
+    writtenServices: new Set(written.keys()),
+    staleChains,
+    largeClusterMode,
+    counts: {
+      filterRules: omitFixed ? 0 : filterRules.count,
+      totalFilterRules,
+      natRules: natRules.count,
+      natChains: natChains.count,
+      totalNatRules,
+    },
+    noLocalEndpoints: { internal: noLocalInternal, external: noLocalExternal },
+    skipped,
+    lines: all.length,
+    // Every character is checked ASCII (names, addresses, fixed text), so length is the byte count.
+    bytes: restoreInput.length,
+  };
+}
+
+/** Pass 1 over a state: its Services of this family, and whether large-cluster mode is on. */
+function candidatesOf(
+  state: ClusterState,
+  family: IPFamily,
+  skipped: string[],
+): { candidates: Candidate[]; largeClusterMode: boolean } {
+  const candidates: Candidate[] = [];
+  let totalEndpoints = 0;
+  for (const key of sortedKeys(state.services)) {
+    const svc = state.services.get(key)!;
+    if (svc.skipReason !== undefined) continue;
+    const view = familyView(key, svc, family);
+    for (const sk of view.skipped) skipped.push(sk);
+    if (view.fe === undefined) continue;
+    candidates.push({ key, svc, fe: view.fe });
+    totalEndpoints += view.endpoints;
+  }
+  return { candidates, largeClusterMode: totalEndpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD };
+}
+
+function serviceContext(
+  config: IptablesRenderConfig,
+  cc: CheckedConfig,
+  largeClusterMode: boolean,
+): ServiceRenderContext {
+  return {
     family: config.family,
     node: config.node,
     nodeIPs: config.nodeIPs,
@@ -327,142 +488,180 @@ export function renderRestoreInput(req: RenderRequest): RenderResult {
     localhostNodePorts: cc.localhostNodePorts,
     largeClusterMode,
   };
-  const top = { filterRules, natRules };
+}
+
+function contributionKey(config: IptablesRenderConfig, largeClusterMode: boolean): string {
+  return `${JSON.stringify(config)}|${largeClusterMode}`;
+}
+
+/**
+ * What a partial sync changes relative to `previous`, from the changed and removed Services alone
+ * (a chain name hashes its Service port, so no two Services share a chain): their chains that are no
+ * longer generated, and whether every fixed chain stays as `previous` rendered it. The fixed chains
+ * are the fixed head and tail (same config) plus every Service's fixed-chain lines in key order.
+ */
+function partialDelta(
+  previous: ClusterState,
+  state: ClusterState,
+  written: ReadonlyMap<string, RenderedService>,
+  config: IptablesRenderConfig,
+  ctx: ServiceRenderContext,
+  memoKey: string,
+): { staleChains: string[]; fixedChainsUnchanged: boolean } {
+  // Only a contribution's fixed-chain lines and chain names are compared, and those do not depend on
+  // large-cluster mode (comments do): one rendered in either mode will do.
+  const otherKey = contributionKey(config, !ctx.largeClusterMode);
+  const before = (key: string): ServiceContribution | undefined => {
+    const old = previous.services.get(key);
+    if (old === undefined || old.skipReason !== undefined) return undefined;
+    const fe = familyView(key, old, config.family).fe;
+    if (fe === undefined) return undefined;
+    return (
+      contributionOf(old, key, memoKey) ??
+      contributionOf(old, key, otherKey) ??
+      renderService(ctx, { key, svc: old, fe }, memoKey).contribution
+    );
+  };
+  const stale: string[] = [];
+  let unchanged = true;
+  const compare = (key: string, now: ServiceContribution | undefined): void => {
+    const old = before(key);
+    if (old === undefined) {
+      if (now !== undefined && (now.filterLines.length > 0 || now.natTopLines.length > 0)) unchanged = false;
+      return;
+    }
+    const keep = new Set(now?.active ?? []);
+    for (const c of old.active) if (!keep.has(c)) stale.push(c);
+    if (
+      unchanged &&
+      !(
+        sameLines(old.filterLines, now?.filterLines ?? []) &&
+        sameLines(old.natTopLines, now?.natTopLines ?? [])
+      )
+    ) {
+      unchanged = false;
+    }
+  };
+  for (const [key, r] of written) compare(key, r.contribution);
+  for (const [key, old] of previous.services) {
+    // Unchanged Services (the same object) render the same; written ones were compared above. The
+    // rest were removed, or are no longer rendered in this family.
+    if (written.has(key) || state.services.get(key) === old) continue;
+    compare(key, undefined);
+  }
+  return { staleChains: stale.sort(), fixedChainsUnchanged: unchanged };
+}
+
+/** The state's Service keys in order (built states are sorted already: check, don't sort). */
+function sortedKeys(services: ReadonlyMap<string, Service>): readonly string[] {
+  const keys = [...services.keys()];
+  for (let i = 1; i < keys.length; i++) {
+    if (keys[i - 1]! >= keys[i]!) return keys.sort();
+  }
+  return keys;
+}
+
+/** Pass 1 for one Service, memoised per Service object and family. */
+function familyView(key: string, svc: Service, family: IPFamily): FamilyView {
+  const views = familyViews.get(svc);
+  const hit = views?.[family];
+  if (hit !== undefined && hit.key === key) return hit;
+  const v6 = family === 'IPv6';
+  const skipped: string[] = [];
+  let fe = checkFrontends(key, familyFrontends(svc, family), v6, skipped);
+  let endpoints = 0;
+  if (fe !== undefined) {
+    const problem = serviceProblem(svc);
+    if (problem !== undefined) {
+      skipped.push(`${key}: ${problem}`);
+      fe = undefined;
+    } else {
+      for (const port of svc.ports) {
+        for (const ep of port.endpoints) if (ep.ip.includes(':') === v6) endpoints++;
+      }
+    }
+  }
+  const view: FamilyView = { key, fe, skipped, endpoints };
+  familyViews.set(svc, { ...views, [family]: view });
+  return view;
+}
+
+function contributionOf(svc: Service, key: string, memoKey: string): ServiceContribution | undefined {
+  const memo = contributions.get(svc);
+  return memo !== undefined && memo.key === memoKey && memo.serviceKey === key ? memo : undefined;
+}
+
+/** One Service's rules: its contribution, plus the text of its own chains. */
+interface RenderedService {
+  readonly contribution: ServiceContribution;
+  readonly declLines: readonly string[];
+  /** Its nat rules in kube-proxy's emission order: fixed-chain rules and own-chain rules mixed. */
+  readonly natLines: readonly string[];
+}
+
+function renderService(ctx: ServiceRenderContext, cand: Candidate, memoKey: string): RenderedService {
+  const { key, svc, fe } = cand;
+  const filterRules = new LineBuffer();
+  const natRules = new LineBuffer();
+  const natChains = new LineBuffer();
   const active = new Set<string>();
-  const writtenServices = new Set<string>();
+  const skipped: string[] = [];
   let noLocalInternal = 0;
   let noLocalExternal = 0;
-
-  // Pass 2: rules per service port. An unchanged Service on a partial sync only contributes its
-  // top-level lines (KUBE-SERVICES …), chain names and counts, which are memoised per Service object
-  // (structural sharing keeps the object while nothing in it changes).
-  const memoKey = `${JSON.stringify(config)}|${largeClusterMode}`;
-  for (const { key, svc, fe } of candidates) {
-    const write = changedServices === undefined || changedServices.has(key);
-    if (!write) {
-      const memo = unchangedMemo.get(svc);
-      if (memo !== undefined && memo.key === memoKey && memo.serviceKey === key) {
-        filterRules.append(memo.filterLines, memo.filterCount);
-        natRules.append(memo.natLines, memo.natCount);
-        discarded.natChains.skip(memo.chainCount);
-        discarded.natRules.skip(memo.chainRuleCount);
-        for (const c of memo.active) active.add(c);
-        for (const sk of memo.skipped) skipped.push(sk);
-        noLocalInternal += memo.noLocalInternal;
-        noLocalExternal += memo.noLocalExternal;
-        continue;
-      }
+  const seen: string[] = [];
+  for (let i = 0; i < svc.ports.length; i++) {
+    let port = svc.ports[i]!;
+    const spn = servicePortName(port);
+    const where = `${key}: spec.ports[${i}]`;
+    const problem = portProblem(port, spn);
+    if (problem !== undefined) {
+      skipped.push(`${where}.${problem}`);
+      continue;
     }
-    const chains = write ? written : discarded;
-    const mark = write
-      ? undefined
-      : {
-          filterLines: filterRules.lines.length,
-          filterCount: filterRules.count,
-          natLines: natRules.lines.length,
-          natCount: natRules.count,
-          chainCount: discarded.natChains.count,
-          chainRuleCount: discarded.natRules.count,
-          skipped: skipped.length,
-        };
-    const svcActive = write ? active : new Set<string>();
-    let svcNoLocalInternal = 0;
-    let svcNoLocalExternal = 0;
-    const seen: string[] = [];
-    for (let i = 0; i < svc.ports.length; i++) {
-      let port = svc.ports[i]!;
-      const spn = servicePortName(port);
-      const where = `${key}: spec.ports[${i}]`;
-      const problem = portProblem(port, spn);
-      if (problem !== undefined) {
-        skipped.push(`${where}.${problem}`);
-        continue;
-      }
-      // Two ports with the same name and protocol would share chain names: keep the first.
-      const id = spn + '/' + port.protocol;
-      if (seen.includes(id)) {
-        skipped.push(`${where}: duplicate port name and protocol ${JSON.stringify(id)}`);
-        continue;
-      }
-      seen.push(id);
-      port = checkEndpoints(port, where, skipped);
-      const outcome = renderServicePort(ctx, svc, fe, port, spn, top, chains, svcActive);
-      if (outcome.noLocalInternal) svcNoLocalInternal++;
-      if (outcome.noLocalExternal) svcNoLocalExternal++;
+    // Two ports with the same name and protocol would share chain names: keep the first.
+    const id = spn + '/' + port.protocol;
+    if (seen.includes(id)) {
+      skipped.push(`${where}: duplicate port name and protocol ${JSON.stringify(id)}`);
+      continue;
     }
-    noLocalInternal += svcNoLocalInternal;
-    noLocalExternal += svcNoLocalExternal;
-    if (write) {
-      writtenServices.add(key);
-    } else if (mark !== undefined) {
-      for (const c of svcActive) active.add(c);
-      unchangedMemo.set(svc, {
-        key: memoKey,
-        serviceKey: key,
-        filterLines: filterRules.lines.slice(mark.filterLines),
-        filterCount: filterRules.count - mark.filterCount,
-        natLines: natRules.lines.slice(mark.natLines),
-        natCount: natRules.count - mark.natCount,
-        chainCount: discarded.natChains.count - mark.chainCount,
-        chainRuleCount: discarded.natRules.count - mark.chainRuleCount,
-        active: [...svcActive],
-        skipped: skipped.slice(mark.skipped),
-        noLocalInternal: svcNoLocalInternal,
-        noLocalExternal: svcNoLocalExternal,
-      });
-    }
+    seen.push(id);
+    port = checkEndpoints(port, where, skipped);
+    const outcome = renderServicePort(
+      ctx,
+      svc,
+      fe,
+      port,
+      spn,
+      { filterRules, natRules },
+      { natChains, natRules },
+      active,
+    );
+    if (outcome.noLocalInternal) noLocalInternal++;
+    if (outcome.noLocalExternal) noLocalExternal++;
   }
-
-  // Stale chains: ours, in the kernel, no longer generated. Declaring flushes them; -X deletes.
-  const staleChains = [...req.existingServiceChains]
-    .filter((c) => isServiceChainName(c) && !active.has(c))
-    .sort();
-  for (const c of staleChains) {
-    natChains.add(chainLine(c));
-    natRules.addUncounted(`-X ${c}`);
-  }
-
-  renderFixedTail(
-    {
-      mark: cc.mark,
-      v6,
-      localhostNodePorts: cc.localhostNodePorts,
-      nodePorts: config.nodePortAddresses,
-      conntrackTCPBeLiberal: config.conntrackTCPBeLiberal,
-    },
-    filterRules,
-    natRules,
-  );
-
-  // One join over every line (not one per buffer and then again over the sections): a 10k-Service
-  // input is 21 MB, and each extra join copies all of it.
-  const all: string[] = ['*filter'];
-  for (const b of [filterChains, filterRules]) pushNonEmpty(all, b.lines);
-  all.push('COMMIT', '*nat');
-  for (const b of [natChains, natRules]) pushNonEmpty(all, b.lines);
-  all.push('COMMIT');
-  const restoreInput = all.join('\n') + '\n';
-  const lines =
-    4 + filterChains.lines.length + filterRules.lines.length + natChains.lines.length + natRules.lines.length;
-
-  return {
-    restoreInput,
-    activeServiceChains: active,
-    writtenServices,
-    staleChains,
-    largeClusterMode,
-    counts: {
-      filterRules: filterRules.count,
-      natRules: natRules.count,
-      natChains: natChains.count,
-      totalNatRules: natRules.count + discarded.natRules.count,
-    },
-    noLocalEndpoints: { internal: noLocalInternal, external: noLocalExternal },
+  const natTopLines = natRules.lines.filter(isFixedNatRule);
+  const contribution: ServiceContribution = {
+    key: memoKey,
+    serviceKey: key,
+    filterLines: filterRules.lines,
+    natTopLines,
+    chainRuleCount: natRules.count - natTopLines.length,
+    active: [...active],
     skipped,
-    lines,
-    // Every character is checked ASCII (names, addresses, fixed text), so length is the byte count.
-    bytes: restoreInput.length,
+    noLocalInternal,
+    noLocalExternal,
   };
+  contributions.set(svc, contribution);
+  return { contribution, declLines: natChains.lines, natLines: natRules.lines };
+}
+
+/** A Service's rule in one of nat's fixed chains (the others are in its own chains). */
+function isFixedNatRule(line: string): boolean {
+  return line.startsWith(`-A ${KUBE_SERVICES} `) || line.startsWith(`-A ${KUBE_NODEPORTS} `);
+}
+
+function sameLines(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((l, i) => l === b[i]);
 }
 
 /** Appends a buffer's lines, unless they would join to nothing (as the per-buffer join did). */

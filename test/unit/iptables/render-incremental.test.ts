@@ -1,0 +1,165 @@
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { renderRestoreInput } from '../../../src/iptables/render.js';
+import { dropUnchangedFixedChains, fixedChainContents } from '../../../src/iptables/render-unchanged.js';
+import { changedServices } from '../../../src/iptables/proxier.js';
+import { buildClusterState } from '../../../src/model/build.js';
+import type { ClusterState } from '../../../src/model/types.js';
+import { clusterObjects, serviceObjects } from '../../../bench/cluster.js';
+import { config } from './fixtures.js';
+
+/**
+ * Partial syncs with `previous`: when no fixed chain changed, the renderer leaves them all out. What
+ * the proxier then writes must be byte for byte what the plain partial render gives once the
+ * unchanged fixed chains are dropped (the path that compares every fixed chain's text).
+ */
+
+type Raw = Record<string, unknown>;
+const N = 60;
+const PER = 3;
+
+type Change =
+  | { kind: 'endpoint'; i: number; generation: number }
+  | { kind: 'no-endpoints'; i: number }
+  | { kind: 'remove'; i: number }
+  | { kind: 'restore'; i: number }
+  | { kind: 'external-ip'; i: number }
+  | { kind: 'add'; i: number };
+
+function apply(objects: Raw[], change: Change): Raw[] {
+  const out = [...objects];
+  const at = 1 + 2 * change.i;
+  switch (change.kind) {
+    case 'endpoint': {
+      const [svc, slice] = serviceObjects(change.i, PER, change.generation);
+      out[at] = svc!;
+      out[at + 1] = slice!;
+      break;
+    }
+    case 'no-endpoints': {
+      const slice = structuredClone(out[at + 1]!) as { endpoints: unknown[] };
+      slice.endpoints = [];
+      out[at + 1] = slice;
+      break;
+    }
+    case 'remove':
+      // A ConfigMap in its place: ignored by the model, so the Service and its slice are gone.
+      out[at] = { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: `gone-${change.i}` } };
+      out[at + 1] = { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: `gone-s-${change.i}` } };
+      break;
+    case 'restore': {
+      const [svc, slice] = serviceObjects(change.i, PER);
+      out[at] = svc!;
+      out[at + 1] = slice!;
+      break;
+    }
+    case 'external-ip': {
+      const svc = structuredClone(out[at]!) as { kind: string; spec?: Record<string, unknown> };
+      if (svc.kind === 'Service' && svc.spec) svc.spec.externalIPs = [`203.0.113.${change.i}`];
+      out[at] = svc;
+      break;
+    }
+    case 'add':
+      out.push(...serviceObjects(N + change.i, PER));
+      break;
+  }
+  return out;
+}
+
+const changeArb: fc.Arbitrary<Change> = fc.oneof(
+  {
+    weight: 4,
+    arbitrary: fc.record({
+      kind: fc.constant('endpoint' as const),
+      i: fc.nat(N - 1),
+      generation: fc.integer({ min: 1, max: 500 }),
+    }),
+  },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('no-endpoints' as const), i: fc.nat(N - 1) }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('remove' as const), i: fc.nat(N - 1) }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('restore' as const), i: fc.nat(N - 1) }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('external-ip' as const), i: fc.nat(N - 1) }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('add' as const), i: fc.nat(20) }) },
+);
+
+describe('renderRestoreInput: partial syncs that leave the fixed chains out', () => {
+  it('writes exactly what comparing every fixed chain would, over random change sequences', () => {
+    const cfg = config();
+    fc.assert(
+      fc.property(fc.array(changeArb, { minLength: 1, maxLength: 12 }), (changes) => {
+        let objects = clusterObjects({ services: N, endpointsPerService: PER });
+        let applied: ClusterState = buildClusterState(objects.map((obj) => ({ obj })));
+        const full = renderRestoreInput({ state: applied, config: cfg, existingServiceChains: new Set() });
+        let kernelChains = full.activeServiceChains;
+        let contents = fixedChainContents(full.restoreInput);
+        for (const change of changes) {
+          objects = apply(objects, change);
+          const next = buildClusterState(
+            objects.map((obj) => ({ obj })),
+            applied,
+          );
+          const req = {
+            state: next,
+            config: cfg,
+            changedServices: changedServices(applied, next),
+            existingServiceChains: kernelChains,
+          };
+          const reference = renderRestoreInput(req);
+          const expected = dropUnchangedFixedChains(reference.restoreInput, contents);
+          // The short path needs no kernel listing: `previous` says which chains the kernel holds.
+          const fast = renderRestoreInput({
+            state: next,
+            config: cfg,
+            changedServices: req.changedServices,
+            previous: applied,
+          });
+          if (fast.fixedChainsOmitted) {
+            assert.equal(fast.restoreInput, expected.input, `after ${change.kind} ${change.i}`);
+            assert.equal(expected.dropped.length, fixedChainContents(reference.restoreInput).size);
+          } else {
+            assert.equal(fast.restoreInput, reference.restoreInput);
+            contents = expected.contents;
+          }
+          assert.deepEqual([...fast.activeServiceChains].sort(), [...reference.activeServiceChains].sort());
+          assert.deepEqual(fast.staleChains, reference.staleChains);
+          assert.equal(fast.counts.totalNatRules, reference.counts.totalNatRules);
+          assert.equal(fast.counts.totalFilterRules, reference.counts.totalFilterRules);
+          assert.deepEqual(fast.noLocalEndpoints, reference.noLocalEndpoints);
+          assert.deepEqual(fast.skipped, reference.skipped);
+          kernelChains = fast.activeServiceChains;
+          applied = next;
+        }
+      }),
+      { numRuns: 40, seed: 7 },
+    );
+  });
+
+  it('takes the short path for an endpoint move, and not when a Service loses its endpoints', () => {
+    const cfg = config();
+    const objects = clusterObjects({ services: N, endpointsPerService: PER });
+    const applied = buildClusterState(objects.map((obj) => ({ obj })));
+    // The full sync that put `applied` in the kernel (and memoised its Services).
+    renderRestoreInput({ state: applied, config: cfg, existingServiceChains: new Set() });
+    const render = (change: Change) => {
+      const next = buildClusterState(
+        apply(objects, change).map((obj) => ({ obj })),
+        applied,
+      );
+      return renderRestoreInput({
+        state: next,
+        config: cfg,
+        changedServices: changedServices(applied, next),
+        previous: applied,
+      });
+    };
+    const moved = render({ kind: 'endpoint', i: 5, generation: 1 });
+    assert.equal(moved.fixedChainsOmitted, true);
+    assert.match(moved.restoreInput, /^\*filter\nCOMMIT\n\*nat\n/);
+    assert.doesNotMatch(moved.restoreInput, /KUBE-SERVICES|KUBE-NODEPORTS|KUBE-POSTROUTING/);
+    assert.match(moved.restoreInput, /--to-destination 100\.64\.0\.1:8080/);
+    assert.match(moved.restoreInput, /^-X KUBE-SEP-/m, 'the replaced endpoint chain is deleted');
+    const emptied = render({ kind: 'no-endpoints', i: 5 });
+    assert.equal(emptied.fixedChainsOmitted, false);
+    assert.match(emptied.restoreInput, /has no endpoints/);
+  });
+});
