@@ -2,7 +2,8 @@
  * A Kubernetes API stand-in for tests: an in-process HTTP server on 127.0.0.1 that follows the real
  * API's list/watch semantics for Services, EndpointSlices and Nodes (resourceVersion, ADDED/MODIFIED/
  * DELETED/BOOKMARK/ERROR events, 410 Gone, label/field selectors, server-side watch timeouts), plus
- * fault injection (HTTP errors, latency, dead connections, outages, compaction) and request counters.
+ * fault injection (HTTP errors, latency, watch ERROR events, hung lists, dead connections, outages,
+ * compaction) and request counters.
  *
  * It is not a mock of client behaviour: a client that works against it has to cope with the same
  * things a real API server does to it.
@@ -274,6 +275,9 @@ export class FakeApiServer {
   private failures: { remaining: number; status: number } = { remaining: 0, status: 500 };
   private latencyMs = 0;
   private stalled = false;
+  /** While set, LIST requests are accepted and never answered (hung lists). */
+  private listsStalled = false;
+  private readonly hungLists = new Set<http.ServerResponse>();
   private listening = false;
   /** The Authorization header of the last request (to check that credentials are sent). */
   lastAuthorization?: string;
@@ -471,6 +475,38 @@ export class FakeApiServer {
     if (on) for (const w of this.watchers) w.stalled = true;
   }
 
+  /**
+   * A failure on the server's side of open watches (of `kind`, or all): each gets one ERROR event
+   * carrying a Status with `code` (e.g. 500 "etcdserver: request timed out", 429), then the stream
+   * ends, as the API server ends a watch after an error event. Returns how many watches were hit.
+   * (410 happens by itself for watches from a compacted resourceVersion: see compact().)
+   */
+  injectWatchError(code: number, message = `injected watch error (${code})`, kind?: FakeKind): number {
+    let hit = 0;
+    for (const w of [...this.watchers]) {
+      if (w.stalled || (kind !== undefined && w.kind !== kind)) continue;
+      const status = statusBody(code, REASONS[code] ?? 'InternalError', message);
+      w.res.write(JSON.stringify({ type: 'ERROR', object: status }) + '\n');
+      w.close();
+      hit++;
+    }
+    return hit;
+  }
+
+  /**
+   * Hung lists: while `on`, LIST requests are accepted and never answered (no status line), as with
+   * an overloaded server or a dead connection; the client's own timeout has to end them. Lists
+   * already hanging stay hung after `stallLists(false)` until the client gives up.
+   */
+  stallLists(on = true): void {
+    this.listsStalled = on;
+  }
+
+  /** LIST requests currently hanging (the client has not closed them yet). */
+  get hungListCount(): number {
+    return this.hungLists.size;
+  }
+
   /** Forgets the event history: watches from any older resourceVersion get 410 Gone. */
   compact(): void {
     this.history = [];
@@ -594,6 +630,11 @@ export class FakeApiServer {
       fieldsMatch(fieldReqs, o);
 
     if (!watch) {
+      if (this.listsStalled) {
+        this.hungLists.add(res);
+        res.on('close', () => this.hungLists.delete(res));
+        return;
+      }
       const info = KINDS[target.kind];
       const items = [...this.stores[target.kind].values()].filter(matches).sort((a, b) => {
         const ka = `${namespaceOf(a)}/${nameOf(a)}`;

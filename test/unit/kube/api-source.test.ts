@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { ApiSource, resourceSpecs, storeFingerprint } from '../../../src/kube/api-source.js';
-import { backoffDelay, buildQuery, Reflector } from '../../../src/kube/informer.js';
+import { backoffDelay, buildQuery, kubeTransport, Reflector } from '../../../src/kube/informer.js';
 import type { ReflectorOptions } from '../../../src/kube/informer.js';
 import { buildClusterState } from '../../../src/model/build.js';
 import type { SourceObject } from '../../../src/model/build.js';
@@ -300,6 +300,94 @@ describe('ApiSource against the API stand-in', function () {
     await waitFor(() => api.requests(undefined, 'list') >= lists + 3, 4000, 'relists after 410');
     assert.ok(api.requests('Node', 'list') >= 2 && api.requests('Node', 'watch') >= 1);
     assert.equal(api.requests(undefined, 'get'), 0);
+  });
+
+  it('a non-410 ERROR event: backoff, re-watch from the last resourceVersion (no relist), nothing lost', async () => {
+    const s = makeSource();
+    await s.start();
+    api.update('EndpointSlice', slice('web', ['10.0.0.3']));
+    await waitFor(() => endpointIPs(s.current(), 'default/web').join() === '10.0.0.3', 4000, 'update');
+    const lists = api.requests(undefined, 'list');
+    const watches = api.requests(undefined, 'watch');
+    assert.equal(api.injectWatchError(500, 'etcdserver: request timed out'), 3);
+    await waitFor(() => api.openWatches === 3, 4000, 'watches re-opened');
+    // A change after the error arrives through the new watches …
+    api.update('EndpointSlice', slice('web', ['10.0.0.4']));
+    await waitFor(() => endpointIPs(s.current(), 'default/web').join() === '10.0.0.4', 4000, 'after error');
+    // … which started from the last resourceVersion: no relist, and the store kept every object.
+    assert.equal(api.requests(undefined, 'list'), lists, 'no relist after a non-410 error');
+    assert.ok(api.requests(undefined, 'watch') >= watches + 3);
+    assert.deepEqual([...s.current()!.services.keys()], ['default/web']);
+    assert.deepEqual([...s.current()!.nodes.keys()], [NODE]);
+    assert.deepEqual(s.health(), { healthy: true }, 'a short error is no outage');
+    // 429 too; and a 410 ERROR event (the API's way to expire a watch) relists.
+    assert.equal(api.injectWatchError(429, 'too many requests', 'Service'), 1);
+    await waitFor(() => api.openWatches === 3, 4000, 're-watch after 429');
+    assert.equal(api.requests(undefined, 'list'), lists);
+    assert.equal(api.injectWatchError(410, 'too old resource version', 'Node'), 1);
+    await waitFor(() => api.requests('Node', 'list') === 2, 4000, 'relist after a 410 ERROR event');
+    assert.equal(api.requests(undefined, 'list'), lists + 1);
+  });
+
+  it('a hung LIST is aborted after listTimeoutMs and retried; start() resolves once lists answer', async () => {
+    api.stallLists();
+    const s = makeSource(); // listTimeoutMs 1000
+    let resolved = false;
+    const t0 = Date.now();
+    const started = s.start().then(() => (resolved = true));
+    await waitFor(() => api.hungListCount === 3, 2000, 'three hung lists');
+    await sleep(600);
+    assert.equal(api.requests(undefined, 'list'), 3, 'no retry before the list timeout');
+    // The client gives up on each hung list (the stand-in sees the connection close) and retries.
+    await waitFor(() => api.requests(undefined, 'list') >= 6, 3000, 'lists retried');
+    assert.ok(Date.now() - t0 >= 1000, 'retried only after listTimeoutMs');
+    assert.ok(api.hungListCount <= 3, `only the current attempts hang (${api.hungListCount})`);
+    assert.equal(resolved, false, 'no sync from an incomplete list');
+    assert.equal(s.current(), undefined);
+    api.stallLists(false);
+    await started;
+    assert.deepEqual(endpointIPs(s.current(), 'default/web'), ['10.0.0.1', '10.0.0.2']);
+    await waitFor(() => api.hungListCount === 0, 3000, 'hung lists given up');
+  });
+
+  it('a BOOKMARK advances the resourceVersion, so a re-watch after compaction needs no relist', async () => {
+    // The Node reflector sees no event while Services change: only bookmarks tell it the new
+    // resourceVersion. After compaction, its re-watch from that resourceVersion is still valid.
+    const runNodeReflector = async (server: FakeApiServer): Promise<{ relisted: boolean; rv?: string }> => {
+      const r = new Reflector(kubeTransport(server.kubeConfig()), resourceSpecs(NODE).node, FAST);
+      r.start();
+      try {
+        await r.waitForSync();
+        const listedRv = r.status().resourceVersion;
+        for (let i = 0; i < 3; i++) server.create('Service', service(`bm-${i}`, `10.96.2.${i + 1}`));
+        await sleep(400); // several bookmark periods (100 ms here)
+        const rv = r.status().resourceVersion;
+        const lists = server.requests('Node', 'list');
+        const watches = server.requests('Node', 'watch');
+        server.compact();
+        server.closeAllWatches();
+        await waitFor(() => server.requests('Node', 'watch') > watches && server.openWatches === 1, 4000);
+        await sleep(200);
+        assert.notEqual(listedRv, undefined);
+        return { relisted: server.requests('Node', 'list') > lists, ...(rv !== listedRv ? { rv } : {}) };
+      } finally {
+        await r.stop();
+      }
+    };
+    const withBookmarks = await runNodeReflector(api);
+    assert.equal(withBookmarks.rv, api.resourceVersion, 'the bookmark carried the latest resourceVersion');
+    assert.equal(withBookmarks.relisted, false, 'no relist: the bookmark kept the watch valid');
+
+    // The same without bookmarks (period far beyond the test): the re-watch is too old → 410 → relist.
+    const quiet = await FakeApiServer.create({ bookmarkIntervalMs: 600_000 });
+    try {
+      quiet.create('Node', node(NODE));
+      const without = await runNodeReflector(quiet);
+      assert.equal(without.rv, undefined, 'no bookmark, no new resourceVersion');
+      assert.equal(without.relisted, true);
+    } finally {
+      await quiet.stop();
+    }
   });
 
   it('stop() before the initial sync rejects start()', async () => {

@@ -308,6 +308,37 @@ describe('FakeApiServer (Kubernetes API stand-in)', () => {
     assert.equal(await later.status, 200);
   });
 
+  it('injectWatchError(): one ERROR event with the Status, then the watch ends; others untouched', async () => {
+    const svcWatch = watch(`/api/v1/services?watch=1&resourceVersion=${api.resourceVersion}`);
+    const nodeWatch = watch(`/api/v1/nodes?watch=1&resourceVersion=${api.resourceVersion}`);
+    await Promise.all([svcWatch.status, nodeWatch.status]);
+    assert.equal(api.injectWatchError(500, 'etcdserver: request timed out', 'Service'), 1);
+    await svcWatch.ended;
+    assert.deepEqual(
+      svcWatch.events.map((e) => [e.type, e.object.code, e.object.message]),
+      [['ERROR', 500, 'etcdserver: request timed out']],
+    );
+    assert.equal(api.openWatches, 1, 'the Node watch stays open');
+    api.create('Node', { metadata: { name: 'n' } });
+    await waitFor(() => nodeWatch.events.length === 1);
+    assert.equal(nodeWatch.events[0]!.type, 'ADDED');
+  });
+
+  it('stallLists(): lists hang until the client gives up; watches still work', async () => {
+    api.stallLists();
+    const ac = new AbortController();
+    const hung = fetch(`${api.url}/api/v1/services`, { signal: ac.signal });
+    await waitFor(() => api.hungListCount === 1);
+    const w = watch(`/api/v1/services?watch=1&resourceVersion=${api.resourceVersion}`);
+    assert.equal(await w.status, 200);
+    api.stallLists(false);
+    assert.equal((await getJson(`${api.url}/api/v1/services`)).status, 200);
+    assert.equal(api.hungListCount, 1, 'the earlier list still hangs');
+    ac.abort();
+    await assert.rejects(hung);
+    await waitFor(() => api.hungListCount === 0);
+  });
+
   it('stop()/start(): the API goes away and comes back on the same port with its objects', async () => {
     api.create('Service', svc('a'));
     const port = api.port;
