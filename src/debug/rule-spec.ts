@@ -82,6 +82,10 @@ const PROTOCOL_NUMBERS: Readonly<Record<string, string>> = {
   '132': 'sctp',
 };
 
+const PROTOCOL_NUMBER_OF: Readonly<Record<string, string>> = Object.fromEntries(
+  Object.entries(PROTOCOL_NUMBERS).map(([n, name]) => [name, n]),
+);
+
 interface MutableMatch {
   module: string;
   options: SpecOption[];
@@ -352,6 +356,16 @@ function canonicalMatch(m: SpecMatch): SpecMatch | undefined {
       break;
     case 'addrtype':
       options = options.map((o) => ({ ...o, values: o.values.map((v) => v.toUpperCase()) }));
+      break;
+    case 'ipvs':
+      // iptables-save prints the protocol as a number and the address with its prefix.
+      options = options.map((o) =>
+        o.name === '--vproto'
+          ? { ...o, values: o.values.map((v) => PROTOCOL_NUMBER_OF[v.toLowerCase()] ?? v) }
+          : o.name === '--vaddr'
+            ? { ...o, values: o.values.map(normalizeAddress) }
+            : o,
+      );
       break;
     case 'nfacct':
       return undefined; // a packet counter: no effect on the verdict ("ignoring counters")

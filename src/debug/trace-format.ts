@@ -69,7 +69,9 @@ const pct = (p: number): string => `${(p * 100).toFixed(1)}%`;
 
 function stepHead(s: TraceStep): string {
   const where = `${s.table} ${s.chain}${s.rule !== undefined ? ` #${s.rule}` : ''}`;
-  const p = s.probability !== undefined ? ` (random ${pct(s.probability)})` : '';
+  // IPVS schedules by weight (rr alternates); the iptables statistic match is random.
+  const p =
+    s.probability !== undefined ? ` (${s.table === 'ipvs' ? 'share' : 'random'} ${pct(s.probability)})` : '';
   return `${where}: ${s.action}${p}`;
 }
 
@@ -121,7 +123,11 @@ export function formatTraceText(packet: TracePacket, r: TraceResult): string {
     // The branches usually join again after the DNAT (filter, POSTROUTING): print that tail once.
     const tails = r.branches.map((b) => b.steps.slice(r.path.length));
     const tail = commonSuffix(tails);
-    out.push('Branches (chosen at random per new connection):');
+    out.push(
+      r.ipvs
+        ? `Branches (chosen by the IPVS scheduler ${r.ipvs.scheduler} per new connection):`
+        : 'Branches (chosen at random per new connection):',
+    );
     for (const [i, b] of r.branches.entries()) {
       out.push(`  ${pct(b.probability).padStart(6)} -> ${b.endpoint ?? b.verdict}`);
       const own = tails[i] ?? [];

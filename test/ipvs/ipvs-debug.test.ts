@@ -6,21 +6,32 @@ import { loadState, runDiff } from '../../src/cli/diff.js';
 import { ipvsConfigFor } from '../../src/ipvs/backend-factory.js';
 import { runExplain } from '../../src/cli/explain.js';
 import { resolveProxyOptions } from '../../src/cli/proxy-options.js';
+import { traceOnNode } from '../../src/cli/trace.js';
 import type { IpvsFamilyDrift } from '../../src/debug/ipvs-diff.js';
 import type { IpvsExplainFamily } from '../../src/debug/ipvs-explain.js';
+import { formatTraceText } from '../../src/debug/trace-format.js';
+import type { TraceResult } from '../../src/debug/trace.js';
 import { IpvsProxier } from '../../src/ipvs/proxier.js';
+import type { ClusterState } from '../../src/model/types.js';
+import { peerIP } from '../../src/netns/protocol.js';
+import type { Where } from '../../src/netns/sandbox.js';
 import { expectReply, useSandbox } from '../support/sandbox.js';
 import { requireUml } from './helpers.js';
 
 /**
- * `svcplane diff` / `explain` in IPVS mode against a real IPVS node (User-mode Linux): after an
- * IpvsProxier sync the node is in sync; hand-made drift (a deleted real server, a changed weight, an
- * extra virtual server, a removed kube-ipvs0 address, a removed ipset member) is found and attributed
- * to the right Service; explain shows the kernel's connection counters after real traffic.
+ * `svcplane diff` / `explain` / `trace` in IPVS mode against a real IPVS node (User-mode Linux):
+ * after an IpvsProxier sync the node is in sync; hand-made drift (a deleted real server, a changed
+ * weight, an extra virtual server, a removed kube-ipvs0 address, a removed ipset member) is found and
+ * attributed to the right Service; explain shows the kernel's connection counters after real
+ * traffic; every trace prediction (verdict, endpoints, masquerade) is checked against real
+ * connections (who answered, which source the backend saw, refused vs timed out).
  */
 
 const NODE = 'node-1';
 const PORT = 8080;
+const LB_IP = '198.51.100.30';
+/** The node's address on the pod bridge: what a masqueraded connection comes from. */
+const MASQ_SOURCE = '10.244.0.1';
 
 function sink(): { o: { write(t: string): void }; e: { write(t: string): void }; out: string; err: string } {
   const s = {
@@ -40,6 +51,7 @@ describe('svcplane diff/explain --proxy-mode ipvs (UML)', function () {
   let proxier: IpvsProxier | undefined;
   let dir: string | undefined;
   let raw: Record<string, unknown> = {};
+  let clusterState: ClusterState | undefined;
   after(async () => {
     proxier?.stop();
     if (dir) await rm(dir, { recursive: true, force: true });
@@ -64,7 +76,7 @@ describe('svcplane diff/explain --proxy-mode ipvs (UML)', function () {
         ...extra,
       },
     });
-    const slice = (name: string, pods: string[]): unknown => ({
+    const slice = (name: string, pods: string[], nodes: Record<string, string> = {}): unknown => ({
       apiVersion: 'discovery.k8s.io/v1',
       kind: 'EndpointSlice',
       metadata: { name: `${name}-1`, namespace: 'default', labels: { 'kubernetes.io/service-name': name } },
@@ -73,7 +85,7 @@ describe('svcplane diff/explain --proxy-mode ipvs (UML)', function () {
       endpoints: pods.map((p) => ({
         addresses: [sb.podIP(p, 'IPv4')],
         conditions: { ready: true },
-        nodeName: NODE,
+        nodeName: nodes[p] ?? NODE,
       })),
     });
     const objects = [
@@ -85,6 +97,23 @@ describe('svcplane diff/explain --proxy-mode ipvs (UML)', function () {
       service('api', '10.96.30.2'),
       slice('api', ['a', 'b']),
       service('empty', '10.96.30.3'),
+      // Allowed from the outside client only: a pod's connection is dropped.
+      {
+        ...(service('lb', '10.96.30.4', {
+          type: 'LoadBalancer',
+          loadBalancerSourceRanges: [`${sb.outsideIPv4}/32`],
+          ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: PORT, nodePort: 30184 }],
+        }) as object),
+        status: { loadBalancer: { ingress: [{ ip: LB_IP }] } },
+      },
+      slice('lb', ['a', 'b']),
+      // eTP=Local: a on this node, b "elsewhere".
+      service('local', '10.96.30.5', {
+        type: 'NodePort',
+        externalTrafficPolicy: 'Local',
+        ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: PORT, nodePort: 30185 }],
+      }),
+      slice('local', ['a', 'b'], { b: 'node-2' }),
     ];
     dir = await mkdtemp(join(tmpdir(), 'svcp-ipvs-debug-'));
     await writeFile(join(dir, 'objects.json'), JSON.stringify(objects));
@@ -99,6 +128,7 @@ describe('svcplane diff/explain --proxy-mode ipvs (UML)', function () {
     const opts = resolveProxyOptions(raw);
     const state = await loadState(opts);
     assert.deepEqual(state.problems, []);
+    clusterState = state;
     proxier = new IpvsProxier({ ...ipvsConfigFor(opts, 'IPv4'), netns: sb.nodeNs });
     await proxier.setup();
     await proxier.sync(state);
@@ -175,5 +205,123 @@ describe('svcplane diff/explain --proxy-mode ipvs (UML)', function () {
     const e = sink();
     assert.equal(await runExplain('default/empty', { ...raw, output: 'json' }, e.o, e.e), 0);
     assert.match(e.out, /10\.96\.30\.3,tcp:80: no endpoints/);
+  });
+
+  // ---- trace, checked against real connections ----
+
+  async function trace(
+    from: Where,
+    dst: string,
+    dport: number,
+  ): Promise<{ t: TraceResult; client: string; text: string }> {
+    const sb = env.sb;
+    const client = from === 'outside' ? sb.outsideIPv4 : sb.podIP(from, 'IPv4');
+    const { packet, trace: t } = await traceOnNode(
+      { src: client, dst, dport, proto: 'tcp', iptablesBinary: 'iptables', netns: sb.nodeNs },
+      'IPv4',
+      clusterState,
+    );
+    assert.deepEqual(t.unsupported, [], 'every match was evaluated');
+    return { t, client, text: formatTraceText(packet, t) };
+  }
+
+  /**
+   * Real connections from `from` agree with the trace: for dnat every answer comes from a predicted
+   * endpoint, every predicted endpoint answers (rr alternates) and the backend sees the node (masq)
+   * or the client; reject is refused, drop times out.
+   */
+  async function agrees(
+    from: Where,
+    dst: string,
+    dport: number,
+    t: TraceResult,
+    client: string,
+  ): Promise<void> {
+    const req = { proto: 'tcp' as const, ip: dst, port: dport, timeoutMs: 800 };
+    if (t.verdict !== 'dnat') {
+      const r = await env.sb.request(from, req);
+      const want = t.verdict === 'reject' ? 'refused' : t.verdict === 'drop' ? 'timeout' : 'answered';
+      assert.equal(r.ok ? 'answered' : r.error, want, `${t.verdict} predicted`);
+      return;
+    }
+    const predicted = new Map(t.endpoints.map((e) => [e.endpoint, e]));
+    const seen = new Set<string>();
+    for (let i = 0; i < 3 * predicted.size && seen.size < predicted.size; i++) {
+      const reply = expectReply(await env.sb.request(from, req));
+      const at = `${reply.ip}:${reply.port}`;
+      const e = predicted.get(at);
+      assert.ok(e, `${at} answered, predicted ${[...predicted.keys()].join(', ')}`);
+      assert.equal(
+        peerIP(reply.peer),
+        e.masquerade ? MASQ_SOURCE : client,
+        `masquerade ${e.masquerade} predicted`,
+      );
+      seen.add(at);
+    }
+    assert.equal(seen.size, predicted.size, `answered by ${[...seen].join(', ')}`);
+  }
+
+  const ep = (pod: string): string => `${env.sb.podIP(pod, 'IPv4')}:${PORT}`;
+
+  it('trace ClusterIP from a pod: IPVS to both real servers, no masquerade; real connections agree', async () => {
+    const { t, client, text } = await trace('client', '10.96.30.2', 80);
+    console.log(`      svcplane trace (IPVS, ClusterIP from a pod):\n${text.replace(/^/gm, '        ')}`);
+    assert.deepEqual(
+      [t.verdict, t.service, t.masquerade, t.endpoints.map((e) => [e.endpoint, e.probability])],
+      [
+        'dnat',
+        'default/api:http',
+        false,
+        [
+          [ep('a'), 0.5],
+          [ep('b'), 0.5],
+        ],
+      ],
+    );
+    assert.equal(t.ipvs?.virtualServer, '-t 10.96.30.2:80');
+    await agrees('client', '10.96.30.2', 80, t, client);
+  });
+
+  it('trace ClusterIP from outside via the node: masqueraded (source outside --cluster-cidr); real connections agree', async () => {
+    const { t, client } = await trace('outside', '10.96.30.2', 80);
+    assert.deepEqual([t.verdict, t.masquerade], ['dnat', true]);
+    assert.match(t.masqueradeReason, /! -s 10\.244\.0\.0\/16 .*KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ/);
+    await agrees('outside', '10.96.30.2', 80, t, client);
+  });
+
+  it('trace NodePort from outside: masqueraded; real connections agree', async () => {
+    const { t, client, text } = await trace('outside', env.sb.nodeIPv4, 30180);
+    console.log(`      svcplane trace (IPVS, NodePort from outside):\n${text.replace(/^/gm, '        ')}`);
+    assert.deepEqual([t.verdict, t.service, t.masquerade], ['dnat', 'default/web:http', true]);
+    assert.equal(t.endpoints.length, 2);
+    await agrees('outside', env.sb.nodeIPv4, 30180, t, client);
+  });
+
+  it('trace a Service without endpoints: reject; a real connection is refused', async () => {
+    const { t, client } = await trace('client', '10.96.30.3', 80);
+    assert.deepEqual([t.verdict, t.service, t.endpoints], ['reject', 'default/empty:http', []]);
+    await agrees('client', '10.96.30.3', 80, t, client);
+  });
+
+  it('trace LB source ranges: the allowed client gets dnat (masqueraded), a pod is dropped; real connections agree', async () => {
+    const allowed = await trace('outside', LB_IP, 80);
+    assert.deepEqual(
+      [allowed.t.verdict, allowed.t.service, allowed.t.masquerade],
+      ['dnat', 'default/lb:http', true],
+    );
+    await agrees('outside', LB_IP, 80, allowed.t, allowed.client);
+    const denied = await trace('client', LB_IP, 80);
+    assert.deepEqual([denied.t.verdict, denied.t.service], ['drop', 'default/lb:http']);
+    assert.ok(denied.t.path.some((s) => s.chain === 'KUBE-SOURCE-RANGES-FIREWALL' && s.action === 'DROP'));
+    await agrees('client', LB_IP, 80, denied.t, denied.client);
+  });
+
+  it('trace eTP=Local NodePort from outside: the local endpoint only, client IP kept; real connections agree', async () => {
+    const { t, client } = await trace('outside', env.sb.nodeIPv4, 30185);
+    assert.deepEqual(
+      [t.verdict, t.service, t.masquerade, t.endpoints.map((e) => e.endpoint)],
+      ['dnat', 'default/local:http', false, [ep('a')]],
+    );
+    await agrees('outside', env.sb.nodeIPv4, 30185, t, client);
   });
 });

@@ -35,6 +35,11 @@ describe('rule spec: parse and canonical form', () => {
       '-A X -p tcp -m comment --comment "a" -j DNAT --to-destination 10.0.0.1:80',
     ],
     [
+      // What svcplane writes in KUBE-IPVS-OUT-FILTER, and what iptables-save (legacy, in UML) printed.
+      '-A KUBE-IPVS-OUT-FILTER -m comment --comment "node to load balancer IP outside its source ranges" -s 198.51.100.30 -m ipvs --vaddr 198.51.100.30 --vproto tcp --vport 80 -j DROP',
+      '-A KUBE-IPVS-OUT-FILTER -s 198.51.100.30/32 -m comment --comment "node to load balancer IP outside its source ranges" -m ipvs --vaddr 198.51.100.30 --vport 80 --vproto 6 -j DROP',
+    ],
+    [
       '-A KUBE-SERVICES -m udp -p udp -d 10.0.0.1 --dport 53 -j REJECT',
       '-A KUBE-SERVICES -d 10.0.0.1/32 -p udp -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable',
     ],
