@@ -1,4 +1,4 @@
-import { parseIP } from './ip.js';
+import { parseCIDR, parseIP } from './ip.js';
 import { readMeta } from './meta.js';
 import type { NodeInfo } from './types.js';
 import {
@@ -11,13 +11,17 @@ import {
   readArray,
   readRecord,
   readString,
+  readStringArray,
   show,
 } from './validate.js';
 
 /** Address types the dataplane uses, in the order kube-proxy prefers them. */
 type AddressType = 'InternalIP' | 'ExternalIP';
 
-/** Validates a v1 Node: name, addresses (InternalIP first, then ExternalIP, canonical) and labels. */
+/**
+ * Validates a v1 Node: name, addresses (InternalIP first, then ExternalIP, canonical), labels and
+ * pod CIDRs (for --detect-local-mode=NodeCIDR).
+ */
 export function parseNode(iss: Issues, obj: JsonRecord): NodeInfo | undefined {
   const meta = readMeta(iss, obj, false, checkDNS1123Subdomain);
   if (meta) {
@@ -40,7 +44,33 @@ export function parseNode(iss: Issues, obj: JsonRecord): NodeInfo | undefined {
     if (!ip) return iss.add(`${path}.address`, `${show(address)} is not a valid IP address`);
     if (!byType[type].includes(ip.ip)) byType[type].push(ip.ip);
   });
+  const podCIDRs = readPodCIDRs(iss, obj);
   if (!meta || iss.count > 0) return undefined;
   const addresses = [...new Set([...byType.InternalIP, ...byType.ExternalIP])];
-  return { name: meta.name, addresses, labels: meta.labels };
+  return { name: meta.name, addresses, labels: meta.labels, podCIDRs };
+}
+
+/**
+ * `spec.podCIDRs` (or the older single `spec.podCIDR` when the list is absent), canonical, at most
+ * one per family: what the API server allows and what kube-proxy's NodeCIDR detector reads.
+ */
+function readPodCIDRs(iss: Issues, obj: JsonRecord): string[] {
+  const spec = readRecord(iss, obj, 'spec', 'spec');
+  if (!spec) return [];
+  const list = readStringArray(iss, spec, 'podCIDRs', 'spec.podCIDRs') ?? [];
+  const single = readString(iss, spec, 'podCIDR', 'spec.podCIDR') ?? '';
+  const useList = list.length > 0;
+  const texts = useList ? list : single !== '' ? [single] : [];
+  const path = (i: number): string => (useList ? `spec.podCIDRs[${i}]` : 'spec.podCIDR');
+  const out: string[] = [];
+  const families = new Set<string>();
+  texts.forEach((text, i) => {
+    const cidr = parseCIDR(text);
+    if (!cidr) return iss.add(path(i), `${show(text)} is not a valid CIDR`);
+    if (families.has(cidr.family))
+      return iss.add(path(i), `a second ${cidr.family} pod CIDR (one per family)`);
+    families.add(cidr.family);
+    out.push(cidr.cidr);
+  });
+  return out;
 }

@@ -100,6 +100,11 @@ export interface NodeInfo {
   /** Canonical addresses from `status.addresses` (InternalIP first, then ExternalIP). */
   readonly addresses: readonly string[];
   readonly labels: Readonly<Record<string, string>>;
+  /**
+   * Canonical CIDRs from `spec.podCIDRs` (else `spec.podCIDR`), at most one per family, in spec
+   * order; empty when the node has none. Used by --detect-local-mode=NodeCIDR.
+   */
+  readonly podCIDRs: readonly string[];
 }
 
 /** A complete, validated snapshot. Keys of `services` are `namespace/name`. */

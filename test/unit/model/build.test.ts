@@ -274,7 +274,52 @@ describe('buildClusterState', () => {
       name: 'node-1',
       addresses: ['192.0.2.1', '198.51.100.1'],
       labels: { 'topology.kubernetes.io/zone': 'zone-a' },
+      podCIDRs: [],
     });
+  });
+
+  it("reads a Node's pod CIDRs: spec.podCIDRs (canonical) over spec.podCIDR", () => {
+    const node = (name: string, spec: Obj): Obj => ({
+      apiVersion: 'v1',
+      kind: 'Node',
+      metadata: { name },
+      spec,
+    });
+    const s = build([
+      node('dual', { podCIDR: '10.244.1.0/24', podCIDRs: ['10.244.1.7/24', 'fd00:10:244:1::/64'] }),
+      node('single', { podCIDR: '010.244.2.0/24' }),
+      node('none', {}),
+    ]);
+    assert.deepEqual(s.problems, []);
+    assert.deepEqual(s.nodes.get('dual')?.podCIDRs, ['10.244.1.0/24', 'fd00:10:244:1::/64']);
+    assert.deepEqual(s.nodes.get('single')?.podCIDRs, ['10.244.2.0/24']);
+    assert.deepEqual(s.nodes.get('none')?.podCIDRs, []);
+  });
+
+  it('rejects a Node whose pod CIDRs are invalid or two of one family, naming the field', () => {
+    const node = (name: string, spec: Obj): Obj => ({
+      apiVersion: 'v1',
+      kind: 'Node',
+      metadata: { name },
+      spec,
+    });
+    const s = build([
+      node('bad', { podCIDRs: ['10.244.1.0/33'] }),
+      node('twice', { podCIDRs: ['10.244.1.0/24', '10.244.2.0/24'] }),
+      node('old', { podCIDR: 'not-a-cidr' }),
+      node('type', { podCIDRs: '10.244.1.0/24' }),
+      node('ok', { podCIDRs: ['10.244.3.0/24'] }),
+    ]);
+    assert.deepEqual(
+      s.problems.map((p) => `${p.object.name}: ${p.field}: ${p.reason}`),
+      [
+        'bad: spec.podCIDRs[0]: "10.244.1.0/33" is not a valid CIDR',
+        'twice: spec.podCIDRs[1]: a second IPv4 pod CIDR (one per family)',
+        'old: spec.podCIDR: "not-a-cidr" is not a valid CIDR',
+        'type: spec.podCIDRs: must be an array, got string',
+      ],
+    );
+    assert.deepEqual([...s.nodes.keys()], ['ok'], 'only the valid Node is kept');
   });
 
   it('flattens Lists and typed lists; ignores other kinds', () => {
