@@ -7,8 +7,10 @@ import { BoundedFrequencyRunner } from './runner.js';
 
 /**
  * The reconcile loop: waits for the source's first complete state, then converges every backend to
- * the latest state, at most once per minSyncPeriod and at least once per syncPeriod (when it also
- * checks for drift). Failures are retried with backoff; the kernel keeps the previous rules meanwhile.
+ * the latest state, at most once per minSyncPeriod and at least once per syncPeriod. Drift (rules
+ * changed by another agent) is checked on a timer of its own, every syncPeriod whatever the syncs in
+ * between, so a repair never waits more than one period plus one sync. Failures are retried with
+ * backoff; the kernel keeps the previous rules meanwhile.
  */
 
 export interface ControllerOptions {
@@ -35,7 +37,10 @@ export class SyncError extends Error {
 export class Controller extends EventEmitter<ControllerEvents> {
   private readonly runner: BoundedFrequencyRunner;
   private unsubscribe: (() => void) | undefined;
-  private lastDriftCheck = performance.now();
+  /** Fires every syncPeriod; change-driven syncs do not reset it (unlike the runner's periodic sync). */
+  private driftTimer: NodeJS.Timeout | undefined;
+  /** Set by the drift timer; the next sync (requested at once) checks every backend first. */
+  private driftCheckDue = false;
   /** Wall-clock ms of the oldest change not yet in the kernel (0 when none). */
   private queuedSince = 0;
   private lastSyncedAt = 0;
@@ -80,10 +85,18 @@ export class Controller extends EventEmitter<ControllerEvents> {
       this.on('syncError', done);
     });
     this.runner.start();
+    this.driftTimer = setInterval(() => {
+      // Inside the runner, so a check never overlaps a sync (iptables-save during a restore).
+      this.driftCheckDue = true;
+      this.runner.request();
+    }, this.opts.syncPeriodMs);
+    this.driftTimer.unref();
     await first;
   }
 
   async stop(): Promise<void> {
+    clearInterval(this.driftTimer);
+    this.driftTimer = undefined;
     this.runner.stop();
     this.unsubscribe?.();
     await this.source.stop();
@@ -116,16 +129,9 @@ export class Controller extends EventEmitter<ControllerEvents> {
   }
 
   private async syncAll(): Promise<void> {
-    if (performance.now() - this.lastDriftCheck >= this.opts.syncPeriodMs) {
-      this.lastDriftCheck = performance.now();
-      for (const b of this.backends) {
-        try {
-          await b.detectDrift();
-        } catch (err) {
-          log.warn('drift check failed; forcing a full sync', { backend: b.name, error: err });
-          b.forceFullSync();
-        }
-      }
+    if (this.driftCheckDue) {
+      this.driftCheckDue = false;
+      await this.checkDrift();
     }
     this.syncing = true;
     this.changedDuringSync = 0;
@@ -142,6 +148,21 @@ export class Controller extends EventEmitter<ControllerEvents> {
     } finally {
       this.syncing = false;
     }
+  }
+
+  /** Asks every backend whether its rules are still as written; a drifted one syncs in full next. */
+  private async checkDrift(): Promise<void> {
+    const drifted: string[] = [];
+    for (const b of this.backends) {
+      try {
+        if (await b.detectDrift()) drifted.push(b.name);
+      } catch (err) {
+        log.warn('drift check failed; forcing a full sync', { backend: b.name, error: err });
+        b.forceFullSync();
+        drifted.push(b.name);
+      }
+    }
+    log.verbose('checked the kernel rules for drift', { fullSyncNext: drifted });
   }
 
   private async syncState(state: ClusterState): Promise<SyncReport[]> {

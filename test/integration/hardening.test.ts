@@ -338,29 +338,51 @@ describe('hardening: the daemon under failures (sandbox)', function () {
     });
   });
 
-  it('a flushed filter table is repaired within the sync period', async () => {
+  it('a flushed filter table is repaired within one sync period, also when a change-driven sync comes between', async () => {
     const empty = { proto: 'tcp', ip: '10.96.8.81', port: 80, timeoutMs: 500 } as const;
     expectError(await env.sb.request('client', empty), 'refused');
     const fullBefore = await metric('kubeproxy_sync_full_proxy_rules_duration_seconds_count');
+    // Flush right after a drift check: the worst case, a whole period until the next one.
+    const before = lines.length;
+    const check = await waitFor(
+      'a periodic drift check',
+      () => Promise.resolve(logged((l) => l.message === 'checked the kernel rules for drift', before)),
+      SYNC_PERIOD_MS + 2000,
+    );
     const from = lines.length;
     await env.sb.exec('node', ['iptables', '-t', 'filter', '-F']);
     const flushedAt = Date.now();
     const r = await env.sb.request('client', empty);
     assert.ok(!r.ok && r.error !== 'refused', 'the REJECT is gone after the flush');
-    await waitFor(
-      'the REJECT back',
-      async () => {
-        const x = await env.sb.request('client', empty);
-        return !x.ok && x.error === 'refused' ? true : undefined;
-      },
-      3 * SYNC_PERIOD_MS + 2000,
+    // A change (nat only, so a partial sync) shortly before the period ends. The drift check used to
+    // live in the sync loop, whose periodic timer restarts after every sync: it then came a whole
+    // period after this change, up to twice the sync period after the flush.
+    const checkedAt = Date.parse(String(check.timestamp));
+    await new Promise((res) => setTimeout(res, Math.max(0, checkedAt + SYNC_PERIOD_MS - 400 - Date.now())));
+    await write('extra.json', [svc('extra', '10.96.8.82'), slice('extra', [{ ip: env.sb.podIP('a') }])]);
+    const repair = await waitFor(
+      'the full sync that repairs the filter table',
+      () => Promise.resolve(logged((l) => l.message === 'synced' && l.full === true, from)),
+      3 * SYNC_PERIOD_MS,
     );
-    const took = Date.now() - flushedAt;
-    assert.ok(took < 2 * SYNC_PERIOD_MS + 2000, `repaired after ${took} ms`);
+    const took = Date.parse(String(repair.timestamp)) - flushedAt;
+    assert.ok(
+      took <= SYNC_PERIOD_MS + 1000,
+      `repaired ${took} ms after the flush (sync period ${SYNC_PERIOD_MS} ms, margin 1000 ms)`,
+    );
+    assert.ok(
+      logged((l) => l.message === 'synced' && l.full === false, from),
+      'the change between was a partial sync',
+    );
+    await waitFor('the REJECT back', async () => {
+      const x = await env.sb.request('client', empty);
+      return !x.ok && x.error === 'refused' ? true : undefined;
+    });
     // Seen as drift (logged with the reason) and repaired by a full sync.
     assert.ok(logged((l) => l.level === 'warn' && /another agent/.test(String(l.message)), from));
     assert.ok((await metric('kubeproxy_sync_full_proxy_rules_duration_seconds_count')) > fullBefore);
     assert.equal((await http('outside', `http://${env.sb.nodeIPv4}:10256/healthz`))?.code, 200);
+    await unlink(join(manifests, 'extra.json'));
   });
 
   it('a removed manifest directory keeps the rules and turns /healthz 503 with the reason, until it is back', async () => {

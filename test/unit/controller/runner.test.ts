@@ -1,5 +1,10 @@
 import assert from 'node:assert/strict';
+import type { Backend, SyncReport } from '../../../src/controller/backend.js';
+import { Controller } from '../../../src/controller/controller.js';
 import { BoundedFrequencyRunner } from '../../../src/controller/runner.js';
+import type { SourceHealth, StateSource } from '../../../src/kube/source.js';
+import type { ClusterState } from '../../../src/model/types.js';
+import { log } from '../../../src/util/log.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -76,5 +81,103 @@ describe('BoundedFrequencyRunner', () => {
     await sleep(150);
     r.stop();
     assert.equal(maxActive, 1);
+  });
+});
+
+/** A source the test changes by hand. */
+class HandSource implements StateSource {
+  private readonly listeners = new Set<(s: ClusterState) => void>();
+  private s: ClusterState = { services: new Map(), nodes: new Map(), problems: [] };
+  start(): Promise<void> {
+    return Promise.resolve();
+  }
+  current(): ClusterState {
+    return this.s;
+  }
+  onChange(fn: (s: ClusterState) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+  health(): SourceHealth {
+    return { healthy: true };
+  }
+  stop(): Promise<void> {
+    return Promise.resolve();
+  }
+  change(): void {
+    this.s = { ...this.s };
+    for (const l of this.listeners) l(this.s);
+  }
+}
+
+/** Records when syncs and drift checks happen (ms since `t0`). */
+class TimedBackend implements Backend {
+  readonly name = 'timed/IPv4';
+  readonly syncs: number[] = [];
+  readonly driftChecks: number[] = [];
+  constructor(private readonly t0: number) {}
+  setup(): Promise<void> {
+    return Promise.resolve();
+  }
+  detectDrift(): Promise<boolean> {
+    this.driftChecks.push(performance.now() - this.t0);
+    return Promise.resolve(false);
+  }
+  forceFullSync(): void {}
+  sync(): Promise<SyncReport> {
+    this.syncs.push(performance.now() - this.t0);
+    return Promise.resolve({
+      backend: this.name,
+      full: false,
+      durationMs: 0,
+      bytes: 0,
+      lines: 0,
+      writtenServices: 0,
+      staleChains: 0,
+    });
+  }
+}
+
+describe('Controller drift checks', () => {
+  let level = log.level;
+  before(() => {
+    level = log.level;
+    log.level = 'error';
+  });
+  after(() => {
+    log.level = level;
+  });
+
+  it('run every sync period on their own timer: a change-driven sync does not postpone them', async () => {
+    const PERIOD = 400;
+    const t0 = performance.now();
+    const source = new HandSource();
+    const backend = new TimedBackend(t0);
+    const c = new Controller(source, [backend], { minSyncPeriodMs: 10, syncPeriodMs: PERIOD });
+    await c.start();
+    try {
+      // A change just before the period ends: the runner's periodic sync is re-armed from it, but
+      // the drift check is not (it used to wait for the next periodic sync, ~2 periods).
+      await sleep(PERIOD - 80);
+      source.change();
+      await sleep(200);
+      assert.ok(
+        backend.syncs.some((t) => t > PERIOD - 80 && t < PERIOD),
+        `change synced: ${backend.syncs.join()}`,
+      );
+      assert.equal(backend.driftChecks.length, 1, `drift checks at ${backend.driftChecks.join()}`);
+      assert.ok(
+        backend.driftChecks[0]! >= PERIOD - 20 && backend.driftChecks[0]! < PERIOD + 100,
+        `first drift check at ${Math.round(backend.driftChecks[0]!)} ms, period ${PERIOD} ms`,
+      );
+      await sleep(PERIOD);
+      assert.equal(backend.driftChecks.length, 2, `drift checks at ${backend.driftChecks.join()}`);
+      assert.ok(backend.driftChecks[1]! - backend.driftChecks[0]! < PERIOD + 100);
+    } finally {
+      await c.stop();
+    }
+    const n = backend.driftChecks.length;
+    await sleep(PERIOD + 50);
+    assert.equal(backend.driftChecks.length, n, 'no drift check after stop()');
   });
 });
