@@ -22,6 +22,7 @@ import { DUMMY_DEVICE, ipvsPlanConfig, ipvsRulesConfig } from '../ipvs/proxier.j
 import { IPVS_JUMPS, renderIpvsRules } from '../ipvs/rules.js';
 import { ipvsConfigFor } from '../ipvs/backend-factory.js';
 import { setVerbosity } from '../util/log.js';
+import { nodePodCIDRsOf } from './node-cidr.js';
 import { createSource, iptablesProxierConfig } from './proxy.js';
 import {
   addProxyOptions,
@@ -159,7 +160,12 @@ export async function desiredRules(
   state: ClusterState,
   netns: string | undefined,
 ): Promise<SavedRuleset> {
-  const pc = { ...iptablesProxierConfig(opts, family), ...(netns !== undefined ? { netns } : {}) };
+  // NodeCIDR detection: the pod CIDRs of the Node object in this state, as the proxier would use.
+  const withPodCIDRs =
+    opts.detectLocalMode === 'NodeCIDR' && opts.nodePodCIDRs === undefined
+      ? { ...opts, nodePodCIDRs: nodePodCIDRsOf(state, opts.hostnameOverride) ?? [] }
+      : opts;
+  const pc = { ...iptablesProxierConfig(withPodCIDRs, family), ...(netns !== undefined ? { netns } : {}) };
   const ipt = new Iptables({ family, netns, binaries: pc.binaries });
   const facts = await gatherNodeFacts(pc, state);
   const flags = await readKernelFlags(ipt, netns);

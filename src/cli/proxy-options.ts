@@ -2,6 +2,7 @@ import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { parseCIDR, parseIP } from '../model/ip.js';
 import type { DetectLocalMode } from '../iptables/proxier.js';
+import { isSafeInterfaceName } from '../iptables/render-lines.js';
 import {
   ConfigError,
   loadKubeProxyConfigFile,
@@ -32,6 +33,11 @@ export interface ProxyOptions {
   readonly detectLocalMode: DetectLocalMode;
   readonly bridgeInterface?: string;
   readonly interfaceNamePrefix?: string;
+  /**
+   * The Node object's pod CIDRs (spec.podCIDRs), resolved at startup for
+   * --detect-local-mode=NodeCIDR (node-cidr.ts); undefined until then.
+   */
+  readonly nodePodCIDRs?: readonly string[];
   readonly nodePortAddresses: readonly string[];
   readonly localhostNodePorts: boolean;
   readonly masqueradeAll: boolean;
@@ -89,8 +95,12 @@ export function addProxyOptions(cmd: Command): Command {
   return cmd;
 }
 
-/** Turns commander's raw values into validated ProxyOptions; throws with the flag and the reason. */
-export function resolveProxyOptions(raw: Raw): ProxyOptions {
+/**
+ * Turns commander's raw values into validated ProxyOptions; throws with the flag and the reason.
+ * `companions: false` skips the checks that a --config file may still satisfy (the detect-local
+ * modes' companion flags), for the flag check that runs before the file is merged.
+ */
+export function resolveProxyOptions(raw: Raw, opts: { companions?: boolean } = {}): ProxyOptions {
   const str = (k: string): string | undefined => (typeof raw[k] === 'string' ? raw[k] : undefined);
   const list = (k: string): string[] => (Array.isArray(raw[k]) ? (raw[k] as string[]) : []);
   const bool = (k: string, d: boolean): boolean => (typeof raw[k] === 'boolean' ? raw[k] : d);
@@ -116,6 +126,23 @@ export function resolveProxyOptions(raw: Raw): ProxyOptions {
     throw new Error(`--detect-local-mode: unsupported mode "${String(detect)}"`);
   }
   if (detect === 'ClusterCIDR' && clusterCIDRs.length === 0) detect = '';
+  const bridgeInterface = str('podBridgeInterface');
+  const interfaceNamePrefix = str('podInterfaceNamePrefix');
+  if (opts.companions !== false) {
+    // kube-proxy refuses these modes without their interface (validation.go); never fall back to none.
+    if (detect === 'BridgeInterface' && !bridgeInterface) {
+      throw new Error('--detect-local-mode=BridgeInterface requires --pod-bridge-interface');
+    }
+    if (detect === 'InterfaceNamePrefix' && !interfaceNamePrefix) {
+      throw new Error('--detect-local-mode=InterfaceNamePrefix requires --pod-interface-name-prefix');
+    }
+  }
+  if (bridgeInterface !== undefined && !isSafeInterfaceName(bridgeInterface)) {
+    throw new Error(`--pod-bridge-interface: "${bridgeInterface}" is not an interface name`);
+  }
+  if (interfaceNamePrefix !== undefined && !isSafeInterfaceName(interfaceNamePrefix)) {
+    throw new Error(`--pod-interface-name-prefix: "${interfaceNamePrefix}" is not an interface name prefix`);
+  }
   const families = list('ipFamilies');
   for (const f of families) {
     if (f !== 'IPv4' && f !== 'IPv6') throw new Error(`--ip-families: "${f}" is not IPv4 or IPv6`);
@@ -144,8 +171,8 @@ export function resolveProxyOptions(raw: Raw): ProxyOptions {
     bindAddress,
     clusterCIDRs,
     detectLocalMode: detect,
-    bridgeInterface: str('podBridgeInterface'),
-    interfaceNamePrefix: str('podInterfaceNamePrefix'),
+    bridgeInterface,
+    interfaceNamePrefix,
     nodePortAddresses: npa,
     localhostNodePorts: bool('iptablesLocalhostNodeports', true),
     masqueradeAll: bool('masqueradeAll', false),
@@ -382,8 +409,8 @@ export async function applyConfigFile(cmd: Command): Promise<readonly ConfigWarn
   const raw = cmd.opts<Raw>();
   const path = typeof raw.config === 'string' ? raw.config : undefined;
   if (path === undefined || path === '') return [];
-  // Flags first, so a bad flag is reported under its own name.
-  resolveProxyOptions(raw);
+  // Flags first, so a bad flag is reported under its own name (the file may supply companions).
+  resolveProxyOptions(raw, { companions: false });
   const parsed = await loadKubeProxyConfigFile(path);
   for (const w of parsed.warnings) {
     log.warn('configuration field ignored', { file: path, field: w.field, reason: w.message });

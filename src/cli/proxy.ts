@@ -10,6 +10,12 @@ import type { IPFamily } from '../model/types.js';
 import { CommandError } from '../util/exec.js';
 import { log, setVerbosity } from '../util/log.js';
 import {
+  NODE_POD_CIDR_TIMEOUT_MS,
+  resolveNodePodCIDRs,
+  StartOnceSource,
+  watchNodePodCIDRs,
+} from './node-cidr.js';
+import {
   addProxyOptions,
   iptablesBinaries,
   resolveProxyOptions,
@@ -79,8 +85,14 @@ export async function createBackends(opts: ProxyOptions): Promise<Backend[]> {
   return families.map((family) => new IptablesProxier(iptablesProxierConfig(opts, family)));
 }
 
-/** The proxier configuration for one family (shared with `svcplane diff`, which renders the same). */
-export function iptablesProxierConfig(opts: ProxyOptions, family: IPFamily): IptablesProxierConfig {
+/**
+ * The proxier configuration for one family (shared with `svcplane diff`, which renders the same).
+ * `podCIDRs` (the Node's, for NodeCIDR detection) is read by localDetectorFor.
+ */
+export function iptablesProxierConfig(
+  opts: ProxyOptions,
+  family: IPFamily,
+): IptablesProxierConfig & { readonly podCIDRs?: readonly string[] } {
   return {
     family,
     nodeName: opts.hostnameOverride,
@@ -91,6 +103,7 @@ export function iptablesProxierConfig(opts: ProxyOptions, family: IPFamily): Ipt
     clusterCIDRs: opts.clusterCIDRs,
     bridgeInterface: opts.bridgeInterface,
     interfaceNamePrefix: opts.interfaceNamePrefix,
+    ...(opts.nodePodCIDRs !== undefined ? { podCIDRs: opts.nodePodCIDRs } : {}),
     nodePortAddresses: opts.nodePortAddresses,
     localhostNodePorts: opts.localhostNodePorts,
     binaries: iptablesBinaries(opts.iptablesBinary, family),
@@ -98,8 +111,11 @@ export function iptablesProxierConfig(opts: ProxyOptions, family: IPFamily): Ipt
 }
 
 async function syncOnce(opts: ProxyOptions): Promise<number> {
-  const controller = new Controller(await createSource(opts), await createBackends(opts), opts);
+  // A source that cannot be built (no --manifests and no cluster) is a usage error: thrown.
+  const source = new StartOnceSource(await createSource(opts));
   try {
+    const resolved = await resolveNodePodCIDRs(opts, source, 0);
+    const controller = new Controller(source, await createBackends(resolved), resolved);
     const reports = await controller.syncOnce();
     for (const r of reports) {
       process.stdout.write(
@@ -116,29 +132,44 @@ async function syncOnce(opts: ProxyOptions): Promise<number> {
     return 0;
   } catch (err) {
     process.stderr.write(`svcplane sync failed: ${describe(err)}\n`);
+    await source.stop().catch(() => undefined);
     return 1;
   }
 }
 
-async function runDaemon(opts: ProxyOptions): Promise<number> {
-  const source = await createSource(opts);
+async function runDaemon(initial: ProxyOptions): Promise<number> {
+  const source = new StartOnceSource(await createSource(initial));
+  const opts = await resolveNodePodCIDRs(initial, source, NODE_POD_CIDR_TIMEOUT_MS);
   const controller = new Controller(source, await createBackends(opts), opts);
   const { startServers } = await import('../controller/servers-factory.js');
   const servers = await startServers(opts, controller);
-  let resolveStop: () => void = () => undefined;
-  const stopped = new Promise<void>((r) => (resolveStop = r));
+  let resolveStop: (code: number) => void = () => undefined;
+  const stopped = new Promise<number>((r) => (resolveStop = r));
   const onSignal = (signal: string): void => {
     log.info('stopping; rules stay in place', { signal });
-    resolveStop();
+    resolveStop(0);
   };
   process.once('SIGTERM', onSignal);
   process.once('SIGINT', onSignal);
+  const unwatch =
+    opts.nodePodCIDRs === undefined
+      ? (): void => undefined
+      : watchNodePodCIDRs(source, opts.hostnameOverride, opts.nodePodCIDRs, (now) => {
+          // kube-proxy exits here too: the detector is built once, a restart picks up the new CIDRs.
+          log.error("the Node's pod CIDRs changed (detect-local-mode NodeCIDR); exiting to restart", {
+            node: opts.hostnameOverride,
+            was: opts.nodePodCIDRs?.join(','),
+            now: now.join(','),
+          });
+          resolveStop(1);
+        });
   await controller.start();
   log.info('svcplane running', { mode: opts.proxyMode, node: opts.hostnameOverride });
-  await stopped;
+  const code = await stopped;
+  unwatch();
   await controller.stop();
   await servers.close();
-  return 0;
+  return code;
 }
 
 async function cleanup(binary: string): Promise<number> {

@@ -402,21 +402,40 @@ export function renderConfigFor(
   };
 }
 
-/** kube-proxy's --detect-local-mode resolved for the proxier's family. */
-export function localDetectorFor(c: IptablesProxierConfig): LocalDetector {
+/**
+ * kube-proxy's --detect-local-mode resolved for the proxier's family. NodeCIDR is kube-proxy's
+ * detect-by-CIDR with the Node object's pod CIDR of this family (`podCIDRs`: spec.podCIDRs, which
+ * the CLI reads once at startup, as kube-proxy does); a family without one gets no detector
+ * (kube-proxy's NoOp, warned about at startup). A mode whose input is missing is a configuration
+ * error, never a silent None.
+ */
+export function localDetectorFor(
+  c: IptablesProxierConfig & { readonly podCIDRs?: readonly string[] },
+): LocalDetector {
+  const cidrOfFamily = (cidrs: readonly string[]): string | undefined =>
+    cidrs.map((t) => parseCIDR(t)).find((p) => p !== undefined && p.family === c.family)?.cidr;
   switch (c.detectLocalMode) {
     case 'ClusterCIDR': {
-      const cidr = c.clusterCIDRs
-        .map((t) => parseCIDR(t))
-        .find((p) => p !== undefined && p.family === c.family);
-      return cidr ? { mode: 'ClusterCIDR', cidr: cidr.cidr } : { mode: 'None' };
+      const cidr = cidrOfFamily(c.clusterCIDRs);
+      return cidr ? { mode: 'ClusterCIDR', cidr } : { mode: 'None' };
+    }
+    case 'NodeCIDR': {
+      if (c.podCIDRs === undefined) {
+        throw new Error("--detect-local-mode=NodeCIDR: the Node's pod CIDRs were not resolved (podCIDRs)");
+      }
+      const cidr = cidrOfFamily(c.podCIDRs);
+      return cidr ? { mode: 'ClusterCIDR', cidr } : { mode: 'None' };
     }
     case 'BridgeInterface':
-      return c.bridgeInterface ? { mode: 'BridgeInterface', name: c.bridgeInterface } : { mode: 'None' };
+      if (!c.bridgeInterface) {
+        throw new Error('--detect-local-mode=BridgeInterface needs --pod-bridge-interface');
+      }
+      return { mode: 'BridgeInterface', name: c.bridgeInterface };
     case 'InterfaceNamePrefix':
-      return c.interfaceNamePrefix
-        ? { mode: 'InterfaceNamePrefix', prefix: c.interfaceNamePrefix }
-        : { mode: 'None' };
+      if (!c.interfaceNamePrefix) {
+        throw new Error('--detect-local-mode=InterfaceNamePrefix needs --pod-interface-name-prefix');
+      }
+      return { mode: 'InterfaceNamePrefix', prefix: c.interfaceNamePrefix };
     default:
       return { mode: 'None' };
   }

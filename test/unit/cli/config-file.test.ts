@@ -219,6 +219,16 @@ describe('--config FILE (KubeProxyConfiguration) with flags', () => {
     );
   });
 
+  it('a detect-local mode from the flags may take its interface from the file', async () => {
+    const bridge = file('bridge.yaml', `${HEADER}detectLocal:\n  bridgeInterface: br-pods\n`);
+    const o = await parse([`--config=${bridge}`, '--detect-local-mode=BridgeInterface']);
+    assert.deepEqual([o.detectLocalMode, o.bridgeInterface], ['BridgeInterface', 'br-pods']);
+    await assert.rejects(
+      parse([`--config=${bridge}`, '--detect-local-mode=InterfaceNamePrefix']),
+      /detectLocal\.interfaceNamePrefix: required when detectLocalMode is InterfaceNamePrefix/,
+    );
+  });
+
   it('validates the merge of file and flags as a whole', async () => {
     const p = file('periods.yaml', `${HEADER}iptables:\n  minSyncPeriod: 10s\n  syncPeriod: 20s\n`);
     await assert.rejects(

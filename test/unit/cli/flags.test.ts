@@ -72,6 +72,32 @@ describe('kube-proxy style flags', () => {
     assert.throws(() => parse(['--iptables-masquerade-bit=32']));
   });
 
+  it('rejects BridgeInterface / InterfaceNamePrefix without their interface flag (no silent fallback)', () => {
+    assert.throws(
+      () => parse(['--detect-local-mode=BridgeInterface']),
+      /--detect-local-mode=BridgeInterface requires --pod-bridge-interface/,
+    );
+    assert.throws(
+      () => parse(['--detect-local-mode=InterfaceNamePrefix', '--pod-bridge-interface=cbr0']),
+      /--detect-local-mode=InterfaceNamePrefix requires --pod-interface-name-prefix/,
+    );
+    assert.throws(
+      () => parse(['--detect-local-mode=BridgeInterface', '--pod-bridge-interface=-j ACCEPT']),
+      /--pod-bridge-interface: "-j ACCEPT" is not an interface name/,
+    );
+    const bridge = parse(['--detect-local-mode=BridgeInterface', '--pod-bridge-interface=cbr0']);
+    assert.deepEqual([bridge.detectLocalMode, bridge.bridgeInterface], ['BridgeInterface', 'cbr0']);
+    const prefix = parse([
+      '--detect-local-mode',
+      'InterfaceNamePrefix',
+      '--pod-interface-name-prefix',
+      'veth',
+    ]);
+    assert.deepEqual([prefix.detectLocalMode, prefix.interfaceNamePrefix], ['InterfaceNamePrefix', 'veth']);
+    assert.equal(parse(['--detect-local-mode=NodeCIDR']).detectLocalMode, 'NodeCIDR');
+    assert.equal(parse(['--detect-local-mode=NodeCIDR']).nodePodCIDRs, undefined, 'resolved at startup');
+  });
+
   it('derives the iptables binary names per family', () => {
     assert.deepEqual(iptablesBinaries('iptables', 'IPv6'), {
       iptables: 'ip6tables',
