@@ -6,7 +6,7 @@ import { Iptables } from '../iptables/iptables.js';
 import { IptablesProxier, type IptablesProxierConfig } from '../iptables/proxier.js';
 import { ManifestSource } from '../kube/manifests.js';
 import type { StateSource } from '../kube/source.js';
-import type { IPFamily } from '../model/types.js';
+import type { ClusterState, IPFamily } from '../model/types.js';
 import { CommandError } from '../util/exec.js';
 import { log, setVerbosity } from '../util/log.js';
 import {
@@ -114,6 +114,8 @@ async function syncOnce(opts: ProxyOptions): Promise<number> {
   // A source that cannot be built (no --manifests and no cluster) is a usage error: thrown.
   const source = new StartOnceSource(await createSource(opts));
   try {
+    await source.start();
+    refuseBrokenFiles(source.current());
     const resolved = await resolveNodePodCIDRs(opts, source, 0);
     const controller = new Controller(source, await createBackends(resolved), resolved);
     const reports = await controller.syncOnce();
@@ -135,6 +137,18 @@ async function syncOnce(opts: ProxyOptions): Promise<number> {
     await source.stop().catch(() => undefined);
     return 1;
   }
+}
+
+/**
+ * A one-shot sync has no last good content for a manifest file it cannot read or parse: converging
+ * without it would delete that file's Services. Refuse instead (the kernel stays as it is); invalid
+ * objects inside readable files are skipped and reported as usual.
+ */
+function refuseBrokenFiles(state: ClusterState | undefined): void {
+  const broken = (state?.problems ?? []).filter((p) => p.object.kind === 'File');
+  if (broken.length === 0) return;
+  const list = broken.map((p) => `${p.object.source ?? p.object.name}: ${p.reason}`).join('; ');
+  throw new Error(`cannot use ${broken.length} manifest file(s), rules left unchanged: ${list}`);
 }
 
 async function runDaemon(initial: ProxyOptions): Promise<number> {
