@@ -14,10 +14,11 @@ import { formatTraceText } from '../../src/debug/trace-format.js';
 import type { TraceResult } from '../../src/debug/trace.js';
 import { IptablesProxier } from '../../src/iptables/proxier.js';
 import { portChainNames } from '../../src/iptables/names.js';
-import { peerIP, type RequestSpec } from '../../src/netns/protocol.js';
+import { peerIP, type EchoReply, type RequestSpec } from '../../src/netns/protocol.js';
+import { joinHostPort } from '../../src/model/ip.js';
 import type { Where } from '../../src/netns/sandbox.js';
 import { run } from '../../src/util/exec.js';
-import { isRoot, useSandbox } from '../support/sandbox.js';
+import { expectReply, isRoot, useSandbox } from '../support/sandbox.js';
 import { diffRulesets, formatDriftText } from '../../src/debug/diff.js';
 import { buildOwnerIndex } from '../../src/debug/owners.js';
 import { jumpRules } from '../../src/iptables/jumps.js';
@@ -34,7 +35,10 @@ import { tracePacket } from '../../src/debug/trace.js';
 
 const NODE = 'node-1';
 const PORT = 8080;
+const UDP_PORT = 5353;
+const SCTP_PORT = 7777;
 const MASQ_V4 = '10.244.0.1';
+const MASQ_V6 = 'fd00:10:244::1';
 const OUTSIDE = '192.0.2.2';
 const NODE_IP = '192.0.2.1';
 
@@ -73,13 +77,49 @@ function slice(name: string, ips: readonly string[], nodeName = NODE): unknown {
   };
 }
 
+interface SliceEndpoint {
+  readonly ip: string;
+  readonly node?: string;
+  readonly ready?: boolean;
+  readonly serving?: boolean;
+  readonly terminating?: boolean;
+}
+
+/** An EndpointSlice with per-endpoint nodes and conditions, any family and protocol. */
+function sliceOf(
+  name: string,
+  eps: readonly SliceEndpoint[],
+  opts: { family?: 'IPv4' | 'IPv6'; protocol?: string; port?: number } = {},
+): unknown {
+  return {
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
+    metadata: {
+      name: `${name}-${(opts.family ?? 'IPv4').toLowerCase()}`,
+      namespace: 'default',
+      labels: { 'kubernetes.io/service-name': name },
+    },
+    addressType: opts.family ?? 'IPv4',
+    ports: [{ name: '', protocol: opts.protocol ?? 'TCP', port: opts.port ?? PORT }],
+    endpoints: eps.map((e) => ({
+      addresses: [e.ip],
+      conditions: {
+        ready: e.ready ?? true,
+        ...(e.serving !== undefined ? { serving: e.serving } : {}),
+        ...(e.terminating !== undefined ? { terminating: e.terminating } : {}),
+      },
+      nodeName: e.node ?? NODE,
+    })),
+  };
+}
+
 describe('svcplane diff / trace / explain on a real node', function () {
   this.timeout(60_000);
   const env = useSandbox({
     brNetfilter: true,
     pods: [
-      { name: 'a', index: 2, tcpPorts: [PORT] },
-      { name: 'b', index: 3, tcpPorts: [PORT] },
+      { name: 'a', index: 2, tcpPorts: [PORT], udpPorts: [UDP_PORT] },
+      { name: 'b', index: 3, tcpPorts: [PORT], udpPorts: [UDP_PORT] },
       { name: 'client', index: 10 },
     ],
   });
@@ -134,6 +174,65 @@ describe('svcplane diff / trace / explain on a real node', function () {
       slice('lb', [a, b]),
       service('hp', { clusterIP: '10.96.0.14' }),
       slice('hp', [a]),
+      service('sticky', {
+        clusterIP: '10.96.0.15',
+        sessionAffinity: 'ClientIP',
+        sessionAffinityConfig: { clientIP: { timeoutSeconds: 600 } },
+      }),
+      slice('sticky', [a, b]),
+      // iTP=Local: a on this node, b elsewhere; itp-none has only a remote endpoint.
+      service('itp', { clusterIP: '10.96.0.16', internalTrafficPolicy: 'Local' }),
+      sliceOf('itp', [{ ip: a }, { ip: b, node: 'node-2' }]),
+      service('itp-none', { clusterIP: '10.96.0.17', internalTrafficPolicy: 'Local' }),
+      sliceOf('itp-none', [{ ip: b, node: 'node-2' }]),
+      service('etp-none', {
+        type: 'NodePort',
+        clusterIP: '10.96.0.18',
+        externalTrafficPolicy: 'Local',
+        ports: [{ protocol: 'TCP', port: 80, targetPort: PORT, nodePort: 30087 }],
+      }),
+      sliceOf('etp-none', [{ ip: b, node: 'node-2' }]),
+      // No ready endpoint: a is terminating but serving (the fallback), b is terminating, not serving.
+      service('term', { clusterIP: '10.96.0.19' }),
+      sliceOf('term', [
+        { ip: a, ready: false, serving: true, terminating: true },
+        { ip: b, ready: false, serving: false, terminating: true },
+      ]),
+      service('dns', {
+        clusterIP: '10.96.0.20',
+        ports: [{ protocol: 'UDP', port: 53, targetPort: UDP_PORT }],
+      }),
+      sliceOf('dns', [{ ip: a }, { ip: b }], { protocol: 'UDP', port: UDP_PORT }),
+      service('v6', { clusterIP: 'fd00:10:96::21', clusterIPs: ['fd00:10:96::21'], ipFamilies: ['IPv6'] }),
+      sliceOf('v6', [{ ip: sb.podIP('a', 'IPv6') }, { ip: sb.podIP('b', 'IPv6') }], { family: 'IPv6' }),
+      service('sctp', {
+        clusterIP: '10.96.0.22',
+        ports: [{ protocol: 'SCTP', port: SCTP_PORT, targetPort: SCTP_PORT }],
+      }),
+      sliceOf('sctp', [{ ip: a }], { protocol: 'SCTP', port: SCTP_PORT }),
+      service(
+        'lb-open',
+        {
+          type: 'LoadBalancer',
+          clusterIP: '10.96.0.23',
+          loadBalancerSourceRanges: [`${OUTSIDE}/32`],
+          ports: [{ protocol: 'TCP', port: 80, targetPort: PORT, nodePort: 30088 }],
+        },
+        { ingress: [{ ip: '198.51.100.11' }] },
+      ),
+      slice('lb-open', [a, b]),
+      service(
+        'lb-local',
+        {
+          type: 'LoadBalancer',
+          clusterIP: '10.96.0.24',
+          externalTrafficPolicy: 'Local',
+          healthCheckNodePort: 32024,
+          ports: [{ protocol: 'TCP', port: 80, targetPort: PORT, nodePort: 30089 }],
+        },
+        { ingress: [{ ip: '198.51.100.12' }] },
+      ),
+      sliceOf('lb-local', [{ ip: a }, { ip: b, node: 'node-2' }]),
     ];
     dir = await mkdtemp(join(tmpdir(), 'svcp-debug-'));
     await writeFile(join(dir, 'objects.json'), JSON.stringify(objects));
@@ -373,13 +472,54 @@ describe('svcplane diff / trace / explain on a real node', function () {
     src: string,
     dst: string,
     dport: number,
-    extra: { fromNode?: boolean } = {},
+    extra: { fromNode?: boolean; proto?: 'tcp' | 'udp' | 'sctp' } = {},
   ): Promise<TraceResult> {
     const r = await traceOnNode(
       { src, dst, dport, proto: 'tcp', iptablesBinary: 'iptables', netns: env.sb.nodeNs, ...extra },
-      'IPv4',
+      dst.includes(':') ? 'IPv6' : 'IPv4',
     );
+    assert.deepEqual(r.trace.unsupported, [], 'every match was evaluated');
     return r.trace;
+  }
+
+  /**
+   * Real connections from `from` agree with the trace: for dnat every answer comes from a predicted
+   * endpoint, every predicted endpoint answers (within `max` tries) and the backend sees the node's
+   * bridge address (masquerade) or `client`; reject is refused, drop times out.
+   */
+  async function agrees(
+    from: Where,
+    req: RequestSpec,
+    t: TraceResult,
+    client: string,
+    max = 30,
+  ): Promise<EchoReply[]> {
+    if (t.verdict !== 'dnat') {
+      const r = await env.sb.request(from, { timeoutMs: 600, ...req });
+      const want = t.verdict === 'reject' ? 'refused' : t.verdict === 'drop' ? 'timeout' : 'answered';
+      assert.equal(r.ok ? 'answered' : r.error, want, `${t.verdict} predicted`);
+      return [];
+    }
+    const masq = req.ip.includes(':') ? MASQ_V6 : MASQ_V4;
+    const predicted = new Map(t.endpoints.map((e) => [e.endpoint, e]));
+    const seen = new Set<string>();
+    const replies: EchoReply[] = [];
+    for (let i = 0; i < max && seen.size < predicted.size; i++) {
+      const r = await env.sb.request(from, req);
+      if (!r.ok) assert.fail(`${from} -> ${req.ip}:${req.port}: ${r.error} ${r.detail}`);
+      const at = joinHostPort(r.reply.ip, r.reply.port);
+      const e = predicted.get(at);
+      assert.ok(e, `${at} answered, predicted ${[...predicted.keys()].join(', ')}`);
+      assert.equal(
+        peerIP(r.reply.peer),
+        e.masquerade ? masq : client,
+        `masquerade ${e.masquerade} predicted`,
+      );
+      seen.add(at);
+      replies.push(r.reply);
+    }
+    assert.deepEqual([...seen].sort(), [...predicted.keys()].sort());
+    return replies;
   }
 
   /** Requests until every pod in `until` answered (or `max`); returns replies. */
@@ -518,11 +658,167 @@ describe('svcplane diff / trace / explain on a real node', function () {
     assert.equal(peerIP(reply!.peer), MASQ_V4);
   });
 
-  it('trace from the node itself (OUTPUT) to a ClusterIP', async () => {
+  it('trace from the node itself (OUTPUT) to a ClusterIP: both endpoints, masqueraded; real connections agree', async () => {
     const t = await trace(NODE_IP, '10.96.0.10', 80);
     assert.equal(t.path[0]?.chain, 'OUTPUT');
-    assert.equal(t.verdict, 'dnat');
-    await probe('node', { proto: 'tcp', ip: '10.96.0.10', port: 80 }, ['a', 'b']);
+    assert.deepEqual(
+      [t.verdict, t.masquerade, t.endpoints.map((e) => e.endpoint)],
+      ['dnat', true, [ep('a'), ep('b')]],
+    );
+    await agrees('node', { proto: 'tcp', ip: '10.96.0.10', port: 80 }, t, NODE_IP);
+  });
+
+  it('trace ClusterIP from outside via the node: masqueraded (source outside --cluster-cidr); real connections agree', async () => {
+    const t = await trace(OUTSIDE, '10.96.0.10', 80);
+    assert.deepEqual([t.verdict, t.masquerade], ['dnat', true]);
+    assert.match(t.masqueradeReason, /marked by nat KUBE-SVC-\S+ rule 1: .*! -s 10\.244\.0\.0\/16/);
+    await agrees('outside', { proto: 'tcp', ip: '10.96.0.10', port: 80 }, t, OUTSIDE);
+  });
+
+  it('trace session affinity: after a first connection the trace reads xt_recent and predicts the sticky endpoint', async () => {
+    const sb = env.sb;
+    const client = sb.podIP('client');
+    const first = await trace(client, '10.96.0.15', 80);
+    assert.equal(first.service, 'default/sticky');
+    assert.deepEqual(
+      first.endpoints.map((e) => [e.endpoint, e.probability]),
+      [
+        [ep('a'), 0.5],
+        [ep('b'), 0.5],
+      ],
+    );
+    assert.equal(first.affinity.length, 2);
+    assert.ok(
+      first.affinity.every((a) => a.clientListed === false && a.seconds === 600),
+      JSON.stringify(first.affinity),
+    );
+    // A first connection lands on one of the predicted endpoints, which records the client.
+    const r0 = expectReply(await sb.request('client', { proto: 'tcp', ip: '10.96.0.15', port: 80 }));
+    assert.equal(peerIP(r0.peer), client, 'not masqueraded, as predicted');
+    const stuck = joinHostPort(r0.ip, r0.port);
+    assert.ok(
+      first.endpoints.some((e) => e.endpoint === stuck),
+      stuck,
+    );
+    const again = await trace(client, '10.96.0.15', 80);
+    assert.deepEqual(
+      again.endpoints.map((e) => [e.endpoint, e.probability]),
+      [[stuck, 1]],
+    );
+    assert.deepEqual(
+      again.affinity.filter((a) => a.clientListed === true).length,
+      1,
+      JSON.stringify(again.affinity),
+    );
+    const text = formatTraceText(
+      { family: 'IPv4', src: client, dst: '10.96.0.15', proto: 'tcp', dport: 80, fromNode: false },
+      again,
+    );
+    console.log(
+      `      svcplane trace (session affinity, returning client):\n${text.replace(/^/gm, '        ')}`,
+    );
+    assert.match(
+      text,
+      /the client has an entry in KUBE-SEP-\S+ \(age not checked\), so it sticks to that endpoint/,
+    );
+    // The next connections all go where the trace said.
+    for (let i = 0; i < 4; i++) {
+      const r = expectReply(await sb.request('client', { proto: 'tcp', ip: '10.96.0.15', port: 80 }));
+      assert.equal(joinHostPort(r.ip, r.port), stuck);
+    }
+  });
+
+  it('trace iTP=Local: the local endpoint only; with no local endpoint: drop; real connections agree', async () => {
+    const client = env.sb.podIP('client');
+    const t = await trace(client, '10.96.0.16', 80);
+    assert.deepEqual(
+      [t.verdict, t.service, t.masquerade, t.endpoints.map((e) => e.endpoint)],
+      ['dnat', 'default/itp', false, [ep('a')]],
+    );
+    await agrees('client', { proto: 'tcp', ip: '10.96.0.16', port: 80 }, t, client, 6);
+    const none = await trace(client, '10.96.0.17', 80);
+    assert.deepEqual([none.verdict, none.service, none.endpoints], ['drop', 'default/itp-none', []]);
+    await agrees('client', { proto: 'tcp', ip: '10.96.0.17', port: 80 }, none, client);
+  });
+
+  it('trace eTP=Local NodePort without local endpoints from outside: drop; a real connection times out', async () => {
+    const t = await trace(OUTSIDE, NODE_IP, 30087);
+    assert.deepEqual([t.verdict, t.service], ['drop', 'default/etp-none']);
+    await agrees('outside', { proto: 'tcp', ip: NODE_IP, port: 30087 }, t, OUTSIDE);
+  });
+
+  it('trace terminating fallback: only the serving terminating endpoint; real connections agree', async () => {
+    const client = env.sb.podIP('client');
+    const t = await trace(client, '10.96.0.19', 80);
+    assert.deepEqual(
+      [t.verdict, t.service, t.endpoints.map((e) => [e.endpoint, e.probability])],
+      ['dnat', 'default/term', [[ep('a'), 1]]],
+    );
+    await agrees('client', { proto: 'tcp', ip: '10.96.0.19', port: 80 }, t, client, 6);
+  });
+
+  it('trace UDP ClusterIP: both endpoints, no masquerade; real datagrams agree', async () => {
+    const client = env.sb.podIP('client');
+    const t = await trace(client, '10.96.0.20', 53, { proto: 'udp' });
+    assert.deepEqual(
+      [t.verdict, t.service, t.masquerade, t.endpoints.map((e) => e.endpoint)],
+      [
+        'dnat',
+        'default/dns',
+        false,
+        [`${env.sb.podIP('a')}:${UDP_PORT}`, `${env.sb.podIP('b')}:${UDP_PORT}`],
+      ],
+    );
+    await agrees('client', { proto: 'udp', ip: '10.96.0.20', port: 53 }, t, client);
+  });
+
+  it('trace IPv6 ClusterIP from a pod: [ip]:port endpoints, no masquerade; real connections agree', async () => {
+    const client = env.sb.podIP('client', 'IPv6');
+    const t = await trace(client, 'fd00:10:96::21', 80);
+    assert.deepEqual(
+      [t.verdict, t.service, t.masquerade, t.endpoints.map((e) => e.endpoint)],
+      [
+        'dnat',
+        'default/v6',
+        false,
+        [`[${env.sb.podIP('a', 'IPv6')}]:${PORT}`, `[${env.sb.podIP('b', 'IPv6')}]:${PORT}`],
+      ],
+    );
+    await agrees('client', { proto: 'tcp', ip: 'fd00:10:96::21', port: 80 }, t, client);
+  });
+
+  it('trace SCTP ClusterIP (trace only: this kernel has no SCTP sockets, so no real association can be made)', async () => {
+    const t = await trace(env.sb.podIP('client'), '10.96.0.22', SCTP_PORT, { proto: 'sctp' });
+    assert.deepEqual(
+      [t.verdict, t.service, t.endpoints.map((e) => e.endpoint)],
+      ['dnat', 'default/sctp', [`${env.sb.podIP('a')}:${SCTP_PORT}`]],
+    );
+    // The same packet as TCP is not this Service's.
+    assert.equal((await trace(env.sb.podIP('client'), '10.96.0.22', SCTP_PORT)).verdict, 'untouched');
+  });
+
+  it('trace LB allowed source and eTP=Local LB from outside; real connections agree', async () => {
+    const open = await trace(OUTSIDE, '198.51.100.11', 80);
+    assert.deepEqual(
+      [open.verdict, open.service, open.masquerade, open.endpoints.length],
+      ['dnat', 'default/lb-open', true, 2],
+    );
+    await agrees('outside', { proto: 'tcp', ip: '198.51.100.11', port: 80 }, open, OUTSIDE);
+    const local = await trace(OUTSIDE, '198.51.100.12', 80);
+    assert.deepEqual(
+      [local.verdict, local.service, local.masquerade, local.endpoints.map((e) => e.endpoint)],
+      ['dnat', 'default/lb-local', false, [ep('a')]],
+    );
+    await agrees('outside', { proto: 'tcp', ip: '198.51.100.12', port: 80 }, local, OUTSIDE, 6);
+  });
+
+  it('trace localhost NodePort (127.0.0.1:nodePort from the node): masqueraded; real connections agree', async () => {
+    const t = await trace('127.0.0.1', '127.0.0.1', 30080);
+    assert.deepEqual(
+      [t.verdict, t.service, t.masquerade, t.endpoints.map((e) => e.endpoint)],
+      ['dnat', 'default/web', true, [ep('a'), ep('b')]],
+    );
+    await agrees('node', { proto: 'tcp', ip: '127.0.0.1', port: 30080 }, t, '127.0.0.1');
   });
 
   it('explain: endpoints by category, kernel rules with counters, warnings', async () => {
@@ -644,6 +940,27 @@ describe('svcplane diff / trace / explain on a real node', function () {
     } finally {
       process.stderr.write = stderr;
     }
+  });
+  it('trace --masquerade-all: a pod to a ClusterIP is masqueraded; real connections agree', async () => {
+    const all = resolveProxyOptions({ ...raw, masqueradeAll: true });
+    const p = new IptablesProxier({ ...iptablesProxierConfig(all, 'IPv4'), netns: env.sb.nodeNs });
+    try {
+      await p.setup();
+      p.forceFullSync();
+      await p.sync(await loadState(all));
+      const client = env.sb.podIP('client');
+      const t = await trace(client, '10.96.0.10', 80);
+      assert.deepEqual([t.verdict, t.masquerade], ['dnat', true]);
+      assert.match(
+        t.masqueradeReason,
+        /marked by nat KUBE-SVC-\S+ rule 1: -A KUBE-SVC-\S+ -d 10\.96\.0\.10\/32/,
+      );
+      await agrees('client', { proto: 'tcp', ip: '10.96.0.10', port: 80 }, t, client);
+    } finally {
+      await resync();
+    }
+    // Back to the normal rules: not masqueraded again.
+    assert.equal((await trace(env.sb.podIP('client'), '10.96.0.10', 80)).masquerade, false);
   });
 });
 
