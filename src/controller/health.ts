@@ -1,14 +1,53 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { SourceHealth } from '../kube/source.js';
+import type { NodeInfo } from '../model/types.js';
 import type { ProxyMetrics } from './metrics.js';
 
 /**
  * kube-proxy's proxier health (pkg/proxy/healthcheck/proxy_health.go), as a pure function plus an
- * HTTP handler: /healthz is 200 with lastUpdated/currentTime unless a change has waited for the
- * kernel longer than twice the sync period, nothing was synced yet, or the source is unhealthy
- * (503, with the reason). /livez only fails on the stuck-change condition: a missing manifest
- * directory or an unreachable API is not cured by restarting svcplane.
+ * HTTP handler: /healthz is 200 with lastUpdated/currentTime/nodeEligible unless a change has waited
+ * for the kernel longer than twice the sync period, nothing was synced yet, the source is unhealthy,
+ * or this node is not eligible (KEP-3836: being deleted, or tainted for deletion by the cluster
+ * autoscaler, so load balancers drain it first) — 503, with the reason. /livez only fails on the
+ * stuck-change condition: a missing manifest directory, an unreachable API or a node on its way out
+ * is not cured by restarting svcplane.
  */
+
+/** The cluster autoscaler's taint on a node it is about to delete (kube-proxy's ToBeDeletedTaint). */
+export const TO_BE_DELETED_TAINT = 'ToBeDeletedByClusterAutoscaler';
+
+export interface NodeEligibility {
+  readonly eligible: boolean;
+  /** Why not, when not. */
+  readonly reason?: string;
+}
+
+/** kube-proxy's SyncNode: not eligible when the Node has a deletionTimestamp or the autoscaler's taint. */
+export function nodeEligibility(node: NodeInfo): NodeEligibility {
+  if (node.deletionTimestamp !== undefined) {
+    return {
+      eligible: false,
+      reason: `node ${node.name} is being deleted (since ${node.deletionTimestamp})`,
+    };
+  }
+  if (node.taintKeys?.includes(TO_BE_DELETED_TAINT)) {
+    return { eligible: false, reason: `node ${node.name} has the taint ${TO_BE_DELETED_TAINT}` };
+  }
+  return { eligible: true };
+}
+
+/**
+ * This node's eligibility over time, as kube-proxy keeps it: eligible while starting up, then as
+ * the last Node object seen says (a Node that vanished from the state keeps its last verdict, as
+ * kube-proxy's delete handler syncs the deleted object's last state).
+ */
+export class NodeEligibilityTracker {
+  private last: NodeEligibility = { eligible: true };
+  observe(node: NodeInfo | undefined): NodeEligibility {
+    if (node !== undefined) this.last = nodeEligibility(node);
+    return this.last;
+  }
+}
 
 export interface HealthInputs {
   /** Wall-clock ms of the oldest change not yet in the kernel (0: none). */
@@ -16,6 +55,7 @@ export interface HealthInputs {
   /** Wall-clock ms of the last successful sync (0: never). */
   readonly lastSyncedAt: number;
   readonly source: SourceHealth;
+  readonly node: NodeEligibility;
   readonly syncPeriodMs: number;
   readonly now: number;
 }
@@ -25,7 +65,8 @@ export interface HealthStatus {
   readonly body: {
     readonly lastUpdated: string;
     readonly currentTime: string;
-    readonly nodeEligible: boolean;
+    /** /healthz only (kube-proxy's /livez does not report it). */
+    readonly nodeEligible?: boolean;
     /** Why it is unhealthy; absent when healthy. */
     readonly reason?: string;
     readonly queuedSince?: string;
@@ -50,12 +91,13 @@ export function healthzStatus(h: HealthInputs): HealthStatus {
   }
   if (h.lastSyncedAt === 0 && !stale) reasons.push('no successful sync yet');
   if (!h.source.healthy) reasons.push(`source unhealthy: ${h.source.reason ?? 'unknown reason'}`);
+  if (!h.node.eligible) reasons.push(`not eligible: ${h.node.reason ?? 'node marked for deletion'}`);
   return {
     code: reasons.length === 0 ? 200 : 503,
     body: {
       lastUpdated: iso(h.lastSyncedAt),
       currentTime: iso(h.now),
-      nodeEligible: true,
+      nodeEligible: h.node.eligible,
       ...(reasons.length > 0 ? { reason: reasons.join('; ') } : {}),
       ...(stale ? { queuedSince: iso(h.queuedSince) } : {}),
       ...(h.source.healthy ? {} : { sourceError: h.source.reason ?? 'source unhealthy' }),
@@ -70,7 +112,6 @@ export function livezStatus(h: HealthInputs): HealthStatus {
     body: {
       lastUpdated: iso(h.lastSyncedAt),
       currentTime: iso(h.now),
-      nodeEligible: true,
       ...(stale
         ? { reason: 'a queued change has not reached the kernel', queuedSince: iso(h.queuedSince) }
         : {}),

@@ -4,7 +4,14 @@ import { ConntrackReconciler } from '../conntrack/reconciler.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import { log } from '../util/log.js';
 import type { Controller } from './controller.js';
-import { healthHandler, healthzStatus, isStale, type HealthInputs, type HealthStatus } from './health.js';
+import {
+  healthHandler,
+  healthzStatus,
+  isStale,
+  NodeEligibilityTracker,
+  type HealthInputs,
+  type HealthStatus,
+} from './health.js';
 import { HealthCheckNodePorts } from './healthcheck-nodeports.js';
 import { attachMetrics, ProxyMetrics } from './metrics.js';
 
@@ -33,19 +40,31 @@ export function splitHostPort(value: string): { host: string; port: number } {
   return { host: m[1]!, port };
 }
 
-/** Health inputs of a controller (kube-proxy's healthTimeout = 2 × syncPeriod). */
-export function controllerHealth(controller: Controller, syncPeriodMs: number): () => HealthInputs {
+/**
+ * Health inputs of a controller (kube-proxy's healthTimeout = 2 × syncPeriod), with the eligibility
+ * of the node `nodeName` (--hostname-override) from the Node in the source's current state.
+ */
+export function controllerHealth(
+  controller: Controller,
+  opts: { readonly syncPeriodMs: number; readonly nodeName: string },
+): () => HealthInputs {
+  const node = new NodeEligibilityTracker();
   return () => ({
     ...controller.health(),
     source: controller.source.health(),
-    syncPeriodMs,
+    node: node.observe(controller.source.current()?.nodes.get(opts.nodeName)),
+    syncPeriodMs: opts.syncPeriodMs,
     now: Date.now(),
   });
 }
 
 /** The /healthz answer for a controller now (kept for callers of the minimal server's API). */
-export function healthStatus(controller: Controller, syncPeriodMs: number, now = Date.now()): HealthStatus {
-  return healthzStatus({ ...controllerHealth(controller, syncPeriodMs)(), now });
+export function healthStatus(
+  controller: Controller,
+  opts: { readonly syncPeriodMs: number; readonly nodeName: string },
+  now = Date.now(),
+): HealthStatus {
+  return healthzStatus({ ...controllerHealth(controller, opts)(), now });
 }
 
 async function listen(server: Server, address: string, what: string): Promise<string | undefined> {
@@ -71,7 +90,10 @@ function familiesOf(controller: Controller): IPFamily[] {
 export async function startServers(opts: ProxyOptions, controller: Controller): Promise<Servers> {
   const metrics = new ProxyMetrics();
   const detachMetrics = attachMetrics(metrics, controller);
-  const inputs = controllerHealth(controller, opts.syncPeriodMs);
+  const inputs = controllerHealth(controller, {
+    syncPeriodMs: opts.syncPeriodMs,
+    nodeName: opts.hostnameOverride,
+  });
 
   const hcPorts = new HealthCheckNodePorts({ proxyHealthy: () => !isStale(inputs()) });
   const onSynced = (_r: unknown, state: ClusterState): void => {

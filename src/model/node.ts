@@ -19,8 +19,9 @@ import {
 type AddressType = 'InternalIP' | 'ExternalIP';
 
 /**
- * Validates a v1 Node: name, addresses (InternalIP first, then ExternalIP, canonical), labels and
- * pod CIDRs (for --detect-local-mode=NodeCIDR).
+ * Validates a v1 Node: name, addresses (InternalIP first, then ExternalIP, canonical), labels,
+ * pod CIDRs (for --detect-local-mode=NodeCIDR), and the deletion timestamp and taint keys (for
+ * /healthz's nodeEligible).
  */
 export function parseNode(iss: Issues, obj: JsonRecord): NodeInfo | undefined {
   const meta = readMeta(iss, obj, false, checkDNS1123Subdomain);
@@ -45,9 +46,55 @@ export function parseNode(iss: Issues, obj: JsonRecord): NodeInfo | undefined {
     if (!byType[type].includes(ip.ip)) byType[type].push(ip.ip);
   });
   const podCIDRs = readPodCIDRs(iss, obj);
+  const deletionTimestamp = readDeletionTimestamp(iss, obj);
+  const taintKeys = readTaintKeys(iss, obj);
   if (!meta || iss.count > 0) return undefined;
   const addresses = [...new Set([...byType.InternalIP, ...byType.ExternalIP])];
-  return { name: meta.name, addresses, labels: meta.labels, podCIDRs };
+  return {
+    name: meta.name,
+    addresses,
+    labels: meta.labels,
+    podCIDRs,
+    ...(deletionTimestamp !== undefined ? { deletionTimestamp } : {}),
+    ...(taintKeys.length > 0 ? { taintKeys } : {}),
+  };
+}
+
+/** `metadata.deletionTimestamp`: an RFC 3339 time when set. */
+function readDeletionTimestamp(iss: Issues, obj: JsonRecord): string | undefined {
+  const md = isRecord(obj.metadata) ? obj.metadata : {};
+  if (md.deletionTimestamp === undefined || md.deletionTimestamp === null) return undefined;
+  const ts = readString(iss, md, 'deletionTimestamp', 'metadata.deletionTimestamp');
+  if (ts === undefined) return undefined;
+  if (!/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$/.test(ts) || Number.isNaN(Date.parse(ts))) {
+    iss.add('metadata.deletionTimestamp', `${show(ts)} is not an RFC 3339 time`);
+    return undefined;
+  }
+  return ts;
+}
+
+const TAINT_EFFECTS: readonly string[] = ['NoSchedule', 'PreferNoSchedule', 'NoExecute'];
+
+/** Keys of `spec.taints` (each a qualified name with one of the three effects, as the API validates). */
+function readTaintKeys(iss: Issues, obj: JsonRecord): string[] {
+  const spec = isRecord(obj.spec) ? obj.spec : undefined;
+  if (!spec) return [];
+  const taints = readArray(iss, spec, 'taints', 'spec.taints') ?? [];
+  const keys: string[] = [];
+  taints.forEach((t, i) => {
+    const path = `spec.taints[${i}]`;
+    if (!isRecord(t)) return iss.add(path, 'must be an object');
+    const key = readString(iss, t, 'key', `${path}.key`);
+    const effect = readString(iss, t, 'effect', `${path}.effect`);
+    if (key === undefined || key === '') return iss.add(`${path}.key`, 'is required');
+    const bad = checkLabelKey(key);
+    if (bad) return iss.add(`${path}.key`, bad);
+    if (effect === undefined || !TAINT_EFFECTS.includes(effect)) {
+      return iss.add(`${path}.effect`, `must be one of ${TAINT_EFFECTS.join(', ')}`);
+    }
+    if (!keys.includes(key)) keys.push(key);
+  });
+  return keys;
 }
 
 /**

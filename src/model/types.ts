@@ -105,6 +105,10 @@ export interface NodeInfo {
    * order; empty when the node has none. Used by --detect-local-mode=NodeCIDR.
    */
   readonly podCIDRs: readonly string[];
+  /** `metadata.deletionTimestamp`, when the Node is being deleted. */
+  readonly deletionTimestamp?: string;
+  /** Keys of `spec.taints`, when it has any (/healthz: the cluster autoscaler's deletion taint). */
+  readonly taintKeys?: readonly string[];
 }
 
 /** A complete, validated snapshot. Keys of `services` are `namespace/name`. */

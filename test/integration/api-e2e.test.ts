@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { Command } from 'commander';
 import { addProxyOptions, resolveProxyOptions, type ProxyOptions } from '../../src/cli/proxy-options.js';
 import { Controller } from '../../src/controller/controller.js';
-import { healthzStatus, type HealthStatus } from '../../src/controller/health.js';
+import { healthzStatus, TO_BE_DELETED_TAINT, type HealthStatus } from '../../src/controller/health.js';
+import { controllerHealth } from '../../src/controller/servers-factory.js';
 import { IptablesProxier } from '../../src/iptables/proxier.js';
 import { createApiSource } from '../../src/kube/api-source-factory.js';
 import type { ReflectorOptions } from '../../src/kube/informer.js';
@@ -221,14 +222,15 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
   const settled = (): Promise<void> =>
     until(() => controller!.health().queuedSince === 0, 5000, 'the controller settled');
 
-  /** kube-proxy's /healthz answer for the controller now (the function the health server serves). */
-  const healthz = (): HealthStatus =>
-    healthzStatus({
-      ...controller!.health(),
-      source: controller!.source.health(),
+  /** kube-proxy's /healthz answer for the controller now (the inputs and function the server uses). */
+  let healthInputs: ReturnType<typeof controllerHealth> | undefined;
+  const healthz = (): HealthStatus => {
+    healthInputs ??= controllerHealth(controller!, {
       syncPeriodMs: opts.syncPeriodMs,
-      now: Date.now(),
+      nodeName: opts.hostnameOverride,
     });
+    return healthzStatus(healthInputs());
+  };
   const health = (): number => healthz().code;
   const natRules = async (): Promise<string> =>
     (await env.sb.exec('node', ['iptables-save', '-t', 'nat'])).stdout;
@@ -456,5 +458,46 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
     await trafficReaches(['c']);
     api!.update('EndpointSlice', slice('web', ['a', 'c']));
     await trafficReaches(['a', 'c']);
+  });
+  it('the Node marked for deletion (autoscaler taint, deletionTimestamp): /healthz 503 nodeEligible false, traffic unaffected', async () => {
+    await settled();
+    assert.equal(health(), 200);
+    assert.equal(healthz().body.nodeEligible, true);
+    const tainted = {
+      ...node('zone-a'),
+      spec: { taints: [{ key: TO_BE_DELETED_TAINT, value: '1764600000', effect: 'NoSchedule' }] },
+    };
+    api!.update('Node', tainted);
+    await until(() => health() === 503, 5000, 'unhealthy once the autoscaler taints the node');
+    assert.equal(healthz().body.nodeEligible, false);
+    assert.match(healthz().body.reason ?? '', /has the taint ToBeDeletedByClusterAutoscaler/);
+    // Load balancers drain the node; svcplane keeps serving what still arrives.
+    assert.deepEqual([...(await answering(10))].sort(), ['a', 'c']);
+    api!.update('Node', node('zone-a'));
+    await until(() => health() === 200, 5000, 'eligible again without the taint');
+
+    // A DELETE while a finalizer holds the Node: the API sets deletionTimestamp, the Node stays.
+    const held = {
+      ...node('zone-a'),
+      metadata: { ...(node('zone-a') as { metadata: object }).metadata, finalizers: ['svcplane.test/hold'] },
+    };
+    api!.update('Node', held);
+    api!.delete('Node', '', NODE);
+    await until(() => health() === 503, 5000, 'unhealthy once the node is being deleted');
+    assert.equal(healthz().body.nodeEligible, false);
+    assert.match(healthz().body.reason ?? '', /is being deleted/);
+    // The finalizer goes, so does the Node: its last state keeps it ineligible (as kube-proxy).
+    api!.update('Node', node('zone-a'));
+    await until(() => !controller!.source.current()?.nodes.has(NODE), 5000, 'the Node gone');
+    assert.equal(healthz().body.nodeEligible, false);
+    // Re-registered: eligible again.
+    api!.create('Node', node('zone-a'));
+    await until(() => health() === 200, 5000, 'eligible after the Node is back');
+    assert.deepEqual([...(await answering(10))].sort(), ['a', 'c']);
+  });
+
+  it('needs no single-object GET (the RBAC verbs are list and watch)', () => {
+    assert.ok(api!.requests(undefined, 'list') > 0 && api!.requests(undefined, 'watch') > 0);
+    assert.equal(api!.requests(undefined, 'get'), 0);
   });
 });

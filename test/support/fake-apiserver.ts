@@ -203,6 +203,11 @@ function str(v: unknown): string {
   return typeof v === 'string' ? v : '';
 }
 
+function finalizersOf(obj: KubeObj): unknown[] {
+  const f = obj.metadata?.finalizers;
+  return Array.isArray(f) ? f : [];
+}
+
 function clone<T>(v: T): T {
   return structuredClone(v);
 }
@@ -376,6 +381,9 @@ export class FakeApiServer {
     if (!KINDS[kind].namespaced) delete md.namespace;
     const key = objKey(kind, str(md.namespace), name);
     if (this.stores[kind].has(key)) throw new Error(`create ${kind} ${key}: already exists`);
+    // Server-owned: a client cannot create an object that is being deleted.
+    delete md.deletionTimestamp;
+    delete md.deletionGracePeriodSeconds;
     const rv = ++this.rv;
     const stored: KubeObj = {
       ...o,
@@ -394,7 +402,11 @@ export class FakeApiServer {
     return clone(stored);
   }
 
-  /** Replaces an existing object (by namespace/name); bumps resourceVersion (and generation). */
+  /**
+   * Replaces an existing object (by namespace/name); bumps resourceVersion (and generation). The
+   * deletion timestamp stays the server's; an update that removes the last finalizer of an object
+   * being deleted deletes it, as the API server does.
+   */
   update(kind: FakeKind, obj: object): KubeObj {
     const o = clone(obj) as KubeObj;
     const md = { ...(o.metadata ?? {}) };
@@ -403,6 +415,12 @@ export class FakeApiServer {
     const previous = this.stores[kind].get(key);
     if (!previous) throw new Error(`update ${kind} ${key}: not found`);
     const pmd = previous.metadata ?? {};
+    delete md.deletionTimestamp;
+    delete md.deletionGracePeriodSeconds;
+    if (pmd.deletionTimestamp !== undefined) {
+      md.deletionTimestamp = pmd.deletionTimestamp;
+      md.deletionGracePeriodSeconds = pmd.deletionGracePeriodSeconds;
+    }
     const rv = ++this.rv;
     const specChanged = JSON.stringify(o.spec) !== JSON.stringify(previous.spec);
     const stored: KubeObj = {
@@ -419,6 +437,9 @@ export class FakeApiServer {
     };
     this.stores[kind].set(key, stored);
     this.record({ rv, kind, type: 'MODIFIED', object: stored, previous });
+    if (md.deletionTimestamp !== undefined && finalizersOf(stored).length === 0) {
+      this.delete(kind, str(md.namespace), str(md.name));
+    }
     return clone(stored);
   }
 
@@ -429,10 +450,30 @@ export class FakeApiServer {
     return this.get(kind, ns, str(md.name)) ? this.update(kind, obj) : this.create(kind, obj);
   }
 
+  /**
+   * DELETE, as the API server does it: an object without finalizers goes at once (DELETED); one with
+   * finalizers only gets a deletionTimestamp (MODIFIED) and stays until they are removed (update).
+   */
   delete(kind: FakeKind, namespace: string, name: string): void {
     const key = objKey(kind, namespace, name);
     const previous = this.stores[kind].get(key);
     if (!previous) throw new Error(`delete ${kind} ${key}: not found`);
+    if (finalizersOf(previous).length > 0) {
+      if (previous.metadata?.deletionTimestamp !== undefined) return; // already being deleted
+      const rv = ++this.rv;
+      const stored: KubeObj = {
+        ...previous,
+        metadata: {
+          ...previous.metadata,
+          resourceVersion: String(rv),
+          deletionTimestamp: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+          deletionGracePeriodSeconds: 0,
+        },
+      };
+      this.stores[kind].set(key, stored);
+      this.record({ rv, kind, type: 'MODIFIED', object: stored, previous });
+      return;
+    }
     this.stores[kind].delete(key);
     const rv = ++this.rv;
     // The real API sends the last state of the object with the deletion's resourceVersion.

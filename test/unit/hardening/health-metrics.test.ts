@@ -4,7 +4,14 @@ import type { AddressInfo } from 'node:net';
 import { createServer } from 'node:http';
 import type { Backend, SyncReport } from '../../../src/controller/backend.js';
 import { Controller } from '../../../src/controller/controller.js';
-import { healthHandler, healthzStatus, livezStatus } from '../../../src/controller/health.js';
+import {
+  healthHandler,
+  healthzStatus,
+  livezStatus,
+  nodeEligibility,
+  NodeEligibilityTracker,
+  TO_BE_DELETED_TAINT,
+} from '../../../src/controller/health.js';
 import {
   HealthCheckNodePorts,
   healthCheckResponse,
@@ -86,7 +93,7 @@ class GatedBackend implements Backend {
       writtenServices: 1,
       staleChains: 0,
       render: {
-        counts: { filterRules: 3, natRules: 7, natChains: 4, totalNatRules: 9 },
+        counts: { filterRules: 3, totalFilterRules: 5, natRules: 7, natChains: 4, totalNatRules: 9 },
         largeClusterMode: false,
         noLocalEndpoints: { internal: 1, external: 2 },
       },
@@ -100,7 +107,22 @@ const udp = (ips: string[]) =>
     ports: [{ protocol: 'UDP', port: 53, endpoints: ips.map((ip) => ep(ip, 53)) }],
   });
 
-const H = { syncPeriodMs: 30_000, source: { healthy: true } };
+const H = { syncPeriodMs: 30_000, source: { healthy: true }, node: { eligible: true } };
+
+/** This node as the model builds it from a v1 Node object (`extra` merged into it). */
+function nodeFrom(extra: { metadata?: object; spec?: object } = {}): ClusterState {
+  return buildClusterState([
+    {
+      obj: {
+        apiVersion: 'v1',
+        kind: 'Node',
+        ...extra,
+        metadata: { name: 'node-1', ...extra.metadata },
+        status: { addresses: [{ type: 'InternalIP', address: '192.0.2.1' }] },
+      },
+    },
+  ]);
+}
 
 describe('hardening: health', () => {
   it('healthz: 200 with lastUpdated/currentTime; 503 when a change waited > 2× sync period', () => {
@@ -160,6 +182,57 @@ describe('hardening: health', () => {
     } finally {
       await new Promise<void>((r) => server.close(() => r()));
     }
+  });
+});
+
+describe('hardening: /healthz nodeEligible (KEP-3836)', () => {
+  const taint = (key: string) => ({ spec: { taints: [{ key, value: '1700000000', effect: 'NoSchedule' }] } });
+
+  it('the model reads the deletion timestamp and the taint keys of a Node', () => {
+    const node = nodeFrom({
+      metadata: { deletionTimestamp: '2026-11-30T10:00:00Z' },
+      ...taint(TO_BE_DELETED_TAINT),
+    }).nodes.get('node-1');
+    assert.equal(node?.deletionTimestamp, '2026-11-30T10:00:00Z');
+    assert.deepEqual(node?.taintKeys, [TO_BE_DELETED_TAINT]);
+    const plain = nodeFrom().nodes.get('node-1');
+    assert.equal(plain?.deletionTimestamp, undefined);
+    assert.equal(plain?.taintKeys, undefined);
+    // Broken values are problems (the Node is skipped), as for any other field.
+    const bad = nodeFrom({ metadata: { deletionTimestamp: 'soon' }, spec: { taints: [{ key: 'a b' }] } });
+    assert.deepEqual(
+      bad.problems.map((p) => p.field),
+      ['metadata.deletionTimestamp', 'spec.taints[0].key'],
+    );
+  });
+
+  it('503 with nodeEligible false for a Node being deleted or tainted by the autoscaler; livez unaffected', () => {
+    const base = { ...H, queuedSince: 0, lastSyncedAt: 5, now: 10 };
+    const cases: [string, ClusterState, boolean][] = [
+      ['plain', nodeFrom(), true],
+      ['another taint', nodeFrom(taint('node.kubernetes.io/unschedulable')), true],
+      ['autoscaler taint', nodeFrom(taint(TO_BE_DELETED_TAINT)), false],
+      ['being deleted', nodeFrom({ metadata: { deletionTimestamp: '2026-11-30T10:00:00Z' } }), false],
+    ];
+    for (const [what, st, eligible] of cases) {
+      const node = nodeEligibility(st.nodes.get('node-1')!);
+      const h = healthzStatus({ ...base, node });
+      assert.equal(h.code, eligible ? 200 : 503, what);
+      assert.equal(h.body.nodeEligible, eligible, what);
+      if (!eligible)
+        assert.match(h.body.reason ?? '', /not eligible: node node-1 (is being deleted|has the taint)/);
+      const l = livezStatus({ ...base, node });
+      assert.equal(l.code, 200, `${what}: livez`);
+      assert.equal('nodeEligible' in l.body, false, "kube-proxy's /livez has no nodeEligible");
+    }
+  });
+
+  it('eligible until a Node says otherwise; a vanished Node keeps its last verdict', () => {
+    const t = new NodeEligibilityTracker();
+    assert.equal(t.observe(undefined).eligible, true, 'starting up');
+    assert.equal(t.observe(nodeFrom(taint(TO_BE_DELETED_TAINT)).nodes.get('node-1')).eligible, false);
+    assert.equal(t.observe(undefined).eligible, false, 'deleted: the last state decides');
+    assert.equal(t.observe(nodeFrom().nodes.get('node-1')).eligible, true);
   });
 });
 

@@ -112,6 +112,34 @@ describe('FakeApiServer (Kubernetes API stand-in)', () => {
     assert.deepEqual(body.items, []);
   });
 
+  it('DELETE with finalizers sets deletionTimestamp (server-owned); removing the last one deletes', async () => {
+    api.create('Node', {
+      metadata: { name: 'n', finalizers: ['example.com/hold'], deletionTimestamp: '2020-01-01T00:00:00Z' },
+    });
+    assert.equal(
+      api.get('Node', '', 'n')!.metadata!.deletionTimestamp,
+      undefined,
+      'not settable by a client',
+    );
+    const w = watch(`/api/v1/nodes?watch=1&resourceVersion=${api.resourceVersion}`);
+    assert.equal(await w.status, 200);
+    api.delete('Node', '', 'n');
+    const ts = api.get('Node', '', 'n')!.metadata!.deletionTimestamp;
+    assert.match(String(ts), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+    api.update('Node', { metadata: { name: 'n', finalizers: ['example.com/hold'], labels: { a: 'b' } } });
+    assert.equal(api.get('Node', '', 'n')!.metadata!.deletionTimestamp, ts, 'an update keeps it');
+    api.update('Node', { metadata: { name: 'n', finalizers: [] } });
+    assert.equal(api.get('Node', '', 'n'), undefined, 'gone with its last finalizer');
+    await waitFor(() => w.events.length === 4);
+    assert.deepEqual(
+      w.events.map((e) => e.type),
+      ['MODIFIED', 'MODIFIED', 'MODIFIED', 'DELETED'],
+    );
+    api.create('Service', svc('plain'));
+    api.delete('Service', 'default', 'plain');
+    assert.equal(api.get('Service', 'default', 'plain'), undefined, 'no finalizers: deleted at once');
+  });
+
   it('filters namespaced paths', async () => {
     api.create('Service', svc('a', {}, 'one'));
     api.create('Service', svc('b', {}, 'two'));
