@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { parseIptablesSave, rulesOf } from '../../src/iptables/save-parse.js';
+import { getArg, parseIptablesSave, ruleComment, rulesOf } from '../../src/iptables/save-parse.js';
 import type { RequestSpec } from '../../src/netns/protocol.js';
 import { readSysctl, writeSysctl } from '../../src/util/sysctl.js';
 import {
@@ -13,6 +13,7 @@ import {
   sliceObject,
   type ProxierOptions,
 } from '../support/iptables-harness.js';
+import { expectRuleCounted, type RuleRef } from '../support/rule-counters.js';
 import { isRoot, useSandbox } from '../support/sandbox.js';
 
 /**
@@ -369,16 +370,33 @@ describe('iptables mode: frontends and masquerade (real traffic)', function () {
       assert.ok(!(await h.save('IPv4')).includes('198.51.100.11'), 'no rule names the Proxy-mode IP');
     });
 
-    it('loadBalancerSourceRanges: the allowed source passes, other sources are dropped', async () => {
+    it('loadBalancerSourceRanges: the allowed source passes, other sources are dropped (counted)', async () => {
       const sb = env.sb;
       answeredPeer(await sb.request('outside', tcp('198.51.100.20', 80)), BACKENDS);
-      await expectNoAnswer(
+      const drop: RuleRef = {
+        table: 'filter',
+        chain: 'KUBE-PROXY-FIREWALL',
+        match: (r) =>
+          (ruleComment(r) ?? '').startsWith('default/lbsr traffic not accepted by KUBE-FW-') &&
+          getArg(r, '-d') === '198.51.100.20/32' &&
+          getArg(r, '-j') === 'DROP',
+        what: 'loadBalancerSourceRanges DROP',
+      };
+      // Both timeouts must be this rule's doing: its packet counter grows by (at least) one SYN each.
+      await expectRuleCounted(
         sb,
-        'outside',
-        { ...tcp('198.51.100.20', 80, DROP_MS), sourceIP: OUTSIDE_OTHER_IP },
-        'timeout',
+        drop,
+        async () => {
+          await expectNoAnswer(
+            sb,
+            'outside',
+            { ...tcp('198.51.100.20', 80, DROP_MS), sourceIP: OUTSIDE_OTHER_IP },
+            'timeout',
+          );
+          await expectNoAnswer(sb, 'client', tcp('198.51.100.20', 80, DROP_MS), 'timeout');
+        },
+        2,
       );
-      await expectNoAnswer(sb, 'client', tcp('198.51.100.20', 80, DROP_MS), 'timeout');
       // The same source is fine on another Service's VIP: the drop is the source range's doing.
       answeredPeer(
         await sb.request('outside', { ...tcp('198.51.100.10', 80), sourceIP: OUTSIDE_OTHER_IP }),

@@ -5,6 +5,7 @@ import { buildClusterState, type SourceObject } from '../../src/model/build.js';
 import type { IPFamily } from '../../src/model/types.js';
 import type { Sandbox } from '../../src/netns/sandbox.js';
 import { peerIP, type ProbeResult, type RequestSpec } from '../../src/netns/protocol.js';
+import { expectRuleCounted, type RuleRef } from '../support/rule-counters.js';
 import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
 
 /**
@@ -235,16 +236,29 @@ describe('iptables traffic policies (real traffic, both families)', function () 
         assert.equal(peerOf(fromNode), gateway(family), 'node traffic is masqueraded');
       });
 
-      it('iTP=Local ClusterIP reaches only local endpoints; none local → DROP (timeout), not REJECT', async () => {
+      it('iTP=Local ClusterIP reaches only local endpoints; none local → DROP (timeout, counted), not REJECT', async () => {
         const got = await answers(env.sb, 'client', { proto: 'tcp', ip: clusterIP(3, family), port: 80 }, 8);
         assert.deepEqual(new Set(got), new Set(['a']), got.join(','));
-        const none = await env.sb.request('client', {
-          proto: 'tcp',
-          ip: clusterIP(4, family),
-          port: 80,
-          timeoutMs: 800,
+        const drop: RuleRef = {
+          family,
+          table: 'filter',
+          chain: 'KUBE-SERVICES',
+          match: (r) =>
+            ruleComment(r) === 'default/itp-none:http has no local endpoints' &&
+            getArg(r, '-d')?.split('/')[0] === clusterIP(4, family) &&
+            getArg(r, '-j') === 'DROP',
+          what: `${family} iTP=Local "has no local endpoints" DROP`,
+        };
+        // The timeout alone could be anything; the DROP rule's own counter says it was this rule.
+        await expectRuleCounted(env.sb, drop, async () => {
+          const none = await env.sb.request('client', {
+            proto: 'tcp',
+            ip: clusterIP(4, family),
+            port: 80,
+            timeoutMs: 800,
+          });
+          expectError(none, 'timeout');
         });
-        expectError(none, 'timeout');
       });
 
       it('only terminating endpoints: the serving one answers, the not-serving one never', async () => {
