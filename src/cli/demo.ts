@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import type { Command } from 'commander';
+import { parseIptablesSave, ruleComment } from '../iptables/save-parse.js';
 import { Sandbox } from '../netns/sandbox.js';
 import type { ProbeResult, RequestSpec } from '../netns/protocol.js';
 import { startProcess, type ChildHandle } from '../util/exec.js';
@@ -143,6 +144,23 @@ function countAnswers(answers: readonly string[]): string {
   return [...counts].map(([a, n]) => (n > 1 ? `${a} ×${n}` : a)).join(', ');
 }
 
+/** The example Services that must get no dataplane (headless and ExternalName). */
+export const NO_RULE_SERVICES: readonly string[] = ['default/headless-db', 'default/search'];
+
+/**
+ * The Services of `services` (`ns/name`) that some rule in `saveText` (iptables-save output, any
+ * table) belongs to, judged by kube-proxy's comments (`<ns/name>`, `<ns/name>:<port> …`, `<ns/name> …`).
+ */
+export function servicesWithRules(saveText: string, services: readonly string[]): string[] {
+  const comments = [...parseIptablesSave(saveText).tables.values()]
+    .flatMap((t) => t.rules)
+    .map((r) => ruleComment(r))
+    .filter((c): c is string => c !== undefined);
+  return services.filter((s) =>
+    comments.some((c) => c === s || c.startsWith(`${s}:`) || c.startsWith(`${s} `)),
+  );
+}
+
 async function waitForSync(daemon: ChildHandle, timeoutMs: number): Promise<void> {
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(
@@ -176,6 +194,8 @@ export async function runDemo(opts: {
   verbose: boolean;
   /** Where the report goes (stdout by default). */
   out?: (line: string) => void;
+  /** Services that must have no rules (default: the examples' headless and ExternalName ones). */
+  noRuleServices?: readonly string[];
 }): Promise<number> {
   const root = packageRoot();
   const out = opts.out ?? ((s: string): boolean => process.stdout.write(s + '\n'));
@@ -213,14 +233,19 @@ export async function runDemo(opts: {
       rows.push(summarizeProbe(probe, results));
     }
     out(formatTable(rows));
-    const save = await sb.exec('node', ['iptables-save', '-t', 'nat']);
-    const noRules = ['default/headless-db', 'default/search'].filter((s) => !save.stdout.includes(s));
-    out(
-      `\nNo rules for ${noRules.join(' and ')} (headless and ExternalName Services get no dataplane), as kube-proxy.`,
-    );
+    const expectNone = opts.noRuleServices ?? NO_RULE_SERVICES;
+    const saves = await Promise.all(['iptables-save', 'ip6tables-save'].map((c) => sb.exec('node', [c])));
+    const withRules = [...new Set(saves.flatMap((r) => servicesWithRules(r.stdout, expectNone)))];
+    if (withRules.length === 0) {
+      out(
+        `\nNo rules for ${expectNone.join(' and ')} (headless and ExternalName Services get no dataplane), as kube-proxy.`,
+      );
+    } else {
+      out(`\n✗ ${withRules.join(' and ')} got rules, but must have none (headless / ExternalName).`);
+    }
     const failed = rows.filter((r) => r.answers.some((a) => a.startsWith('✗'))).length;
     out(failed === 0 ? '\nAll frontends answered.' : `\n${failed} frontend(s) did not answer.`);
-    return failed === 0 ? 0 : 1;
+    return failed === 0 && withRules.length === 0 ? 0 : 1;
   } finally {
     if (daemon) {
       const code = await daemon.stop();

@@ -27,6 +27,24 @@ describe('demo (npm start)', function () {
     assert.match(text, /default\/hello \(ClusterIP\).*pod-[ab] 10\.244\.0\.[23]:9376/);
     assert.match(text, /kube-system\/dns:dns \(UDP\).*dns 10\.244\.0\.6:53/);
     assert.match(text, /All frontends answered/);
+    assert.match(text, /No rules for default\/headless-db and default\/search/);
+    assert.ok(!(await listSandboxes()).includes(id), 'sandbox removed');
+  });
+
+  it('fails (exit 1) when a Service that must have no rules has some', async () => {
+    const id = randomSandboxId();
+    const lines: string[] = [];
+    // default/hello does get rules: the check must catch that instead of printing an empty list.
+    const code = await runDemo({
+      manifests: join(packageRoot(), 'examples'),
+      id,
+      verbose: false,
+      out: (l) => lines.push(l),
+      noRuleServices: ['default/headless-db', 'default/hello'],
+    });
+    const text = lines.join('\n');
+    assert.equal(code, 1, text);
+    assert.match(text, /✗ default\/hello got rules, but must have none/);
     assert.ok(!(await listSandboxes()).includes(id), 'sandbox removed');
   });
 });
