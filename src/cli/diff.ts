@@ -15,6 +15,7 @@ import {
   type IpvsFamilyDrift,
   type IpvsKernelView,
 } from '../debug/ipvs-diff.js';
+import { alignWithKubeProxy, detectIpvsLayout } from '../debug/ipvs-kube-proxy.js';
 import { parseIpsetSave } from '../ipvs/ipset.js';
 import { parseIpvsadmSave } from '../ipvs/ipvsadm.js';
 import { planIpvs, type IpvsDesired } from '../ipvs/plan.js';
@@ -237,11 +238,19 @@ export async function readIpvsNode(
       continue;
     }
     const desired = planIpvs(state, ipvsPlanConfig(config, state, addresses), family);
-    const rules = renderIpvsRules(desired, ipvsRulesConfig(config, await ipt.supportsRandomFully()));
+    const rules = parseIptablesSave(
+      renderIpvsRules(desired, ipvsRulesConfig(config, await ipt.supportsRandomFully())),
+    );
+    // kube-proxy's layout: compare like with like, set its differences apart (./ipvs-kube-proxy.ts).
+    const layout = detectIpvsLayout(actual, ipsets, family);
+    const aligned =
+      layout === 'kube-proxy'
+        ? alignWithKubeProxy({ family, desired: rules, actual, sets: desired.sets })
+        : undefined;
     const iptables = diffRulesets({
       family,
-      desired: parseIptablesSave(rules),
-      actual,
+      desired: aligned?.desired ?? rules,
+      actual: aligned?.actual ?? actual,
       owners,
       jumps: IPVS_JUMPS,
     });
@@ -258,6 +267,8 @@ export async function readIpvsNode(
       kernel,
       excludeCIDRs: config.excludeCIDRs,
       iptables,
+      layout,
+      ...(aligned ? { takeover: aligned.changes } : {}),
     });
     families.push({ family, desired, kernel, drift, listing: listed.stdout });
   }

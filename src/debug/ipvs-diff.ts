@@ -4,13 +4,16 @@ import { rsKey, sameAttributes, splitHostPort, vsKey, type VirtualServer } from 
 import { cidrContains, ipFamilyOf } from '../model/ip.js';
 import type { IPFamily, Protocol } from '../model/types.js';
 import { formatDriftText, summaryLine, type FamilyDrift } from './diff.js';
+import { svcplaneOnlySets, type IpvsLayout, type TakeoverChange } from './ipvs-kube-proxy.js';
 
 /**
  * `svcplane diff` in IPVS mode, the pure part: the planner's desired state (virtual/real servers,
  * kube-ipvs0 addresses, ipset members) against the kernel's (ipvsadm -Sn, ipset save, ip address),
  * each difference attributed to the Service port that owns it, plus the iptables diff of the rules
  * around the sets (computed by ./diff.ts). Weight-0 real servers nobody wants are graceful
- * termination at work ("draining"), not drift.
+ * termination at work ("draining"), not drift. On a node kube-proxy wrote (./ipvs-kube-proxy.ts),
+ * svcplane's own sets and the real servers kube-proxy gives Local-policy frontends without a local
+ * endpoint are what svcplane would change on taking over, listed apart from drift.
  */
 
 export interface IpvsKernelView {
@@ -28,6 +31,10 @@ export interface IpvsDiffInput {
   readonly excludeCIDRs: readonly string[];
   /** The iptables diff of this family (renderIpvsRules vs iptables-save). */
   readonly iptables: FamilyDrift;
+  /** Who wrote the kernel's rules (default svcplane). */
+  readonly layout?: IpvsLayout;
+  /** kube-proxy layout: the rule changes set aside while aligning the iptables rules. */
+  readonly takeover?: readonly TakeoverChange[];
 }
 
 export type IpvsDriftKind =
@@ -83,6 +90,9 @@ export interface IpvsFamilyDrift {
   readonly draining: readonly (IpvsDriftItem & { readonly owner: string })[];
   readonly summary: IpvsDriftSummary;
   readonly iptables: FamilyDrift;
+  readonly layout: IpvsLayout;
+  /** kube-proxy layout: what svcplane would add or remove on taking the node over (not drift). */
+  readonly takeover: readonly TakeoverChange[];
 }
 
 /** Who owns what: virtual servers, addresses and real servers → owners (`ns/name[:port]/PROTO`). */
@@ -167,6 +177,11 @@ export function diffIpvsState(input: IpvsDiffInput): IpvsFamilyDrift {
     g.push(item);
   };
   const vsText = (vs: VirtualServer): string => vsKey(vs);
+  const kubeProxy = input.layout === 'kube-proxy';
+  const takeover: TakeoverChange[] = [...(input.takeover ?? [])];
+  const own = svcplaneOnlySets(family);
+  const ownSets = new Set([own.noEndpoints, own.noLocalEndpoints]);
+  const noLocal = desired.sets.find((s) => s.name === own.noLocalEndpoints)?.members ?? new Set<string>();
 
   // Virtual and real servers.
   for (const [key, want] of desired.services) {
@@ -222,8 +237,18 @@ export function diffIpvsState(input: IpvsDiffInput): IpvsFamilyDrift {
               realServer: k,
               detail: `virtual server ${vs}: extra real server ${k} (weight ${old.weight})`,
             };
+      const member = `${want.vs.address},${want.vs.protocol.toLowerCase()}:${want.vs.port}`;
       if (item.kind === 'rs-draining') draining.push({ ...item, owner: want.owner });
-      else push(want.owner, item);
+      else if (kubeProxy && want.reals.length === 0 && noLocal.has(member)) {
+        takeover.push({
+          op: 'remove',
+          kind: 'real-server',
+          where: vs,
+          what: k,
+          effect: true,
+          why: `${want.owner}: Local policy and no local endpoint; kube-proxy sends this traffic to remote endpoints, svcplane drops it (as iptables mode)`,
+        });
+      } else push(want.owner, item);
     }
   }
   for (const [key, have] of kernel.table) {
@@ -260,6 +285,17 @@ export function diffIpvsState(input: IpvsDiffInput): IpvsFamilyDrift {
   let sets = 0;
   for (const set of desired.sets) {
     const have = kernel.ipsets.get(set.name);
+    if (!have && kubeProxy && ownSets.has(set.name)) {
+      takeover.push({
+        op: 'add',
+        kind: 'ipset',
+        where: set.name,
+        what: `${set.members.size} member(s)`,
+        effect: false,
+        why: "svcplane's own set (kube-proxy has none); its rules are listed with the rules",
+      });
+      continue;
+    }
     if (!have) {
       sets++;
       push('node', { kind: 'set-missing', set: set.name, detail: `ipset ${set.name} missing` });
@@ -316,6 +352,8 @@ export function diffIpvsState(input: IpvsDiffInput): IpvsFamilyDrift {
     draining,
     summary,
     iptables: input.iptables,
+    layout: input.layout ?? 'svcplane',
+    takeover,
   };
 }
 
@@ -356,7 +394,15 @@ export function ipvsSummaryLine(r: IpvsFamilyDrift): string {
   ].filter((p) => p !== '');
   const ipvs = ipvsDrift ? `DRIFT: ${parts.join(', ') || 'see above'}` : 'in sync';
   const drain = s.draining ? ` (${s.draining} real server(s) draining)` : '';
-  return `ipvs ${ipvs}${drain}; iptables ${summaryLine(r.iptables)}`;
+  return `ipvs ${ipvs}${drain}; iptables ${summaryLine(r.iptables)}${takeoverSummary(r)}`;
+}
+
+function takeoverSummary(r: IpvsFamilyDrift): string {
+  if (r.layout !== 'kube-proxy') return '';
+  const add = r.takeover.filter((c) => c.op === 'add').length;
+  const remove = r.takeover.length - add;
+  const effect = r.takeover.filter((c) => c.effect).length;
+  return `; written by kube-proxy: svcplane would add ${add} and remove ${remove} item(s) on taking over, ${effect} of them changing packet handling`;
 }
 
 /** Per family: IPVS drift by Service port, draining real servers, the iptables diff; then a summary. */
@@ -378,6 +424,19 @@ export function formatIpvsDriftText(reports: readonly IpvsFamilyDrift[]): string
       const cut = text.lastIndexOf('Summary:');
       // The iptables rules around the ipsets, in the iptables diff's own layout.
       out.push((cut >= 0 ? text.slice(0, cut) : text).trimEnd(), '');
+    }
+    if (r.layout === 'kube-proxy') {
+      out.push(
+        `=== ${r.family}: written by kube-proxy: what svcplane would change on taking over (not drift) ===`,
+      );
+      for (const c of r.takeover) {
+        out.push(
+          `  ${c.op === 'add' ? '+' : '-'} ${c.kind} ${c.where}: ${c.what}`,
+          `      ${c.effect ? 'changes packet handling' : 'no effect now'}: ${c.why}`,
+        );
+      }
+      if (r.takeover.length === 0) out.push('  nothing');
+      out.push('');
     }
   }
   out.push('Summary:');

@@ -865,7 +865,7 @@ describe('svcplane diff / trace / explain on a real node', function () {
     assert.equal(await runExplain('default/nope', { ...raw }, n.o, n.e), 2);
   });
 
-  it('the real CLI: diff exits 0, trace --output json gives verdict/endpoints/masquerade/service', async () => {
+  it('the real CLI: diff exits 0 in sync and 2 on error, trace --output json gives verdict/endpoints/masquerade/service', async () => {
     const cli = (args: string[]) =>
       run(
         [
@@ -890,6 +890,19 @@ describe('svcplane diff / trace / explain on a real node', function () {
       env.sb.nodeNs,
     ]);
     assert.equal(d.exitCode, 0, d.stdout + d.stderr);
+    // An error (here: the node to inspect does not exist) is exit 2, with the reason on stderr.
+    const gone = await cli([
+      'diff',
+      '--manifests',
+      dir,
+      '--hostname-override',
+      NODE,
+      '--netns',
+      `${env.sb.nodeNs}-gone`,
+    ]);
+    assert.equal(gone.exitCode, 2, gone.stdout + gone.stderr);
+    assert.match(gone.stderr, /^svcplane diff: .*-gone/m);
+    assert.equal(gone.stdout, '');
     const t = await cli([
       'trace',
       '--src',
@@ -937,6 +950,7 @@ describe('svcplane diff / trace / explain on a real node', function () {
         await main(['node', 'svcplane', 'trace', '--src', 'nope', '--dst', NODE_IP, '--dport', '1']),
         2,
       );
+      assert.equal(await main(['node', 'svcplane', 'diff', '--output', 'yaml']), 2);
     } finally {
       process.stderr.write = stderr;
     }
