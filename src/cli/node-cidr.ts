@@ -59,6 +59,8 @@ export async function resolveNodePodCIDRs(
   opts: ProxyOptions,
   source: StateSource,
   waitMs: number,
+  /** Ends the wait early (svcplane stopping): then it throws like a timeout. */
+  signal?: AbortSignal,
 ): Promise<ProxyOptions> {
   if (opts.detectLocalMode !== 'NodeCIDR' || opts.proxyMode !== 'iptables') return opts;
   await source.start();
@@ -74,9 +76,13 @@ export async function resolveNodePodCIDRs(
       const done = (found: readonly string[] | undefined): void => {
         clearTimeout(timer);
         unsubscribe();
+        signal?.removeEventListener('abort', aborted);
         resolve(found);
       };
+      const aborted = (): void => done(undefined);
       const timer = setTimeout(() => done(undefined), waitMs);
+      signal?.addEventListener('abort', aborted, { once: true });
+      if (signal?.aborted) aborted();
       const unsubscribe = source.onChange((s) => {
         const found = has(s);
         if (found !== undefined) done(found);

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import type { Backend } from '../controller/backend.js';
+import type { Servers } from '../controller/servers-factory.js';
 import { Controller } from '../controller/controller.js';
 import { cleanupLeftovers } from '../iptables/cleanup.js';
 import { Iptables } from '../iptables/iptables.js';
@@ -151,38 +152,81 @@ function refuseBrokenFiles(state: ClusterState | undefined): void {
   throw new Error(`cannot use ${broken.length} manifest file(s), rules left unchanged: ${list}`);
 }
 
-async function runDaemon(initial: ProxyOptions): Promise<number> {
-  const source = new StartOnceSource(await createSource(initial));
-  const opts = await resolveNodePodCIDRs(initial, source, NODE_POD_CIDR_TIMEOUT_MS);
-  const controller = new Controller(source, await createBackends(opts), opts);
-  const { startServers } = await import('../controller/servers-factory.js');
-  const servers = await startServers(opts, controller);
-  let resolveStop: (code: number) => void = () => undefined;
-  const stopped = new Promise<number>((r) => (resolveStop = r));
+/** Resolves with an exit status when svcplane should stop: 0 on SIGTERM/SIGINT, or `request(code)`. */
+function stopRequests(): { readonly stopped: Promise<number>; request(code: number): void; dispose(): void } {
+  let resolve: (code: number) => void = () => undefined;
+  const stopped = new Promise<number>((r) => (resolve = r));
   const onSignal = (signal: string): void => {
     log.info('stopping; rules stay in place', { signal });
-    resolveStop(0);
+    resolve(0);
   };
   process.once('SIGTERM', onSignal);
   process.once('SIGINT', onSignal);
-  const unwatch =
-    opts.nodePodCIDRs === undefined
-      ? (): void => undefined
-      : watchNodePodCIDRs(source, opts.hostnameOverride, opts.nodePodCIDRs, (now) => {
-          // kube-proxy exits here too: the detector is built once, a restart picks up the new CIDRs.
-          log.error("the Node's pod CIDRs changed (detect-local-mode NodeCIDR); exiting to restart", {
-            node: opts.hostnameOverride,
-            was: opts.nodePodCIDRs?.join(','),
-            now: now.join(','),
-          });
-          resolveStop(1);
+  return {
+    stopped,
+    request: (code) => resolve(code),
+    dispose: () => {
+      process.off('SIGTERM', onSignal);
+      process.off('SIGINT', onSignal);
+    },
+  };
+}
+
+async function runDaemon(initial: ProxyOptions): Promise<number> {
+  const source = new StartOnceSource(await createSource(initial));
+  // Listen for signals before anything waits for the source: the API may never answer the first
+  // lists (or never give the Node its pod CIDRs), and SIGTERM must still stop svcplane, status 0.
+  const stop = stopRequests();
+  const aborted = new AbortController();
+  let controller: Controller | undefined;
+  let servers: Servers | undefined;
+  let unwatch = (): void => undefined;
+  const startup = async (): Promise<void> => {
+    const opts = await resolveNodePodCIDRs(initial, source, NODE_POD_CIDR_TIMEOUT_MS, aborted.signal);
+    const backends = await createBackends(opts);
+    if (aborted.signal.aborted) return;
+    controller = new Controller(source, backends, opts);
+    const { startServers } = await import('../controller/servers-factory.js');
+    servers = await startServers(opts, controller);
+    if (aborted.signal.aborted) return;
+    if (opts.nodePodCIDRs !== undefined) {
+      unwatch = watchNodePodCIDRs(source, opts.hostnameOverride, opts.nodePodCIDRs, (now) => {
+        // kube-proxy exits here too: the detector is built once, a restart picks up the new CIDRs.
+        log.error("the Node's pod CIDRs changed (detect-local-mode NodeCIDR); exiting to restart", {
+          node: opts.hostnameOverride,
+          was: opts.nodePodCIDRs?.join(','),
+          now: now.join(','),
         });
-  await controller.start();
-  log.info('svcplane running', { mode: opts.proxyMode, node: opts.hostnameOverride });
-  const code = await stopped;
-  unwatch();
-  await controller.stop();
-  await servers.close();
+        stop.request(1);
+      });
+    }
+    // Resolves after the first sync, or as soon as controller.stop() is called.
+    await controller.start();
+    if (!aborted.signal.aborted) {
+      log.info('svcplane running', { mode: opts.proxyMode, node: opts.hostnameOverride });
+    }
+  };
+  const started = startup();
+  const teardown = async (): Promise<void> => {
+    aborted.abort();
+    unwatch();
+    // Stopping the source (through the controller when there is one) ends every wait of startup.
+    await (controller ?? source).stop();
+    await started.catch((err: unknown) => {
+      log.verbose('start-up ended by the stop', { error: err });
+    });
+    await servers?.close();
+    stop.dispose();
+  };
+  let code: number;
+  try {
+    code = await Promise.race([started.then(() => stop.stopped), stop.stopped]);
+  } catch (err) {
+    // Start-up failed (not a stop): release what it opened, then report the failure.
+    await teardown();
+    throw err;
+  }
+  await teardown();
   return code;
 }
 

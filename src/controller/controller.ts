@@ -49,6 +49,9 @@ export class Controller extends EventEmitter<ControllerEvents> {
   private changedDuringSync = 0;
   private setupDone = false;
   private readonly problemsLogged = new Set<string>();
+  private stopped = false;
+  /** Set while start() waits for the first sync; stop() calls it so start() returns. */
+  private wakeStart: (() => void) | undefined;
 
   constructor(
     readonly source: StateSource,
@@ -65,9 +68,18 @@ export class Controller extends EventEmitter<ControllerEvents> {
     );
   }
 
-  /** Starts the loop; resolves once the first sync has been attempted. */
+  /**
+   * Starts the loop; resolves once the first sync has been attempted, or at once when stop() is
+   * called meanwhile (the source may never complete its first state: an API that is never reached).
+   */
   async start(): Promise<void> {
-    await this.source.start();
+    try {
+      await this.source.start();
+    } catch (err) {
+      if (this.stopped) return; // the source's start was aborted by stop()
+      throw err;
+    }
+    if (this.stopped) return;
     this.unsubscribe = this.source.onChange(() => {
       const now = Date.now();
       if (this.queuedSince === 0) this.queuedSince = now;
@@ -79,10 +91,12 @@ export class Controller extends EventEmitter<ControllerEvents> {
       const done = (): void => {
         this.off('synced', done);
         this.off('syncError', done);
+        this.wakeStart = undefined;
         resolve();
       };
       this.on('synced', done);
       this.on('syncError', done);
+      this.wakeStart = done;
     });
     this.runner.start();
     this.driftTimer = setInterval(() => {
@@ -94,7 +108,10 @@ export class Controller extends EventEmitter<ControllerEvents> {
     await first;
   }
 
+  /** Stops the loop and the source (also while start() still waits for them); the rules stay. */
   async stop(): Promise<void> {
+    this.stopped = true;
+    this.wakeStart?.();
     clearInterval(this.driftTimer);
     this.driftTimer = undefined;
     this.runner.stop();

@@ -128,4 +128,30 @@ describe('svcplane CLI against an unusable API (real processes, private netns)',
     assert.ok(!out.includes(password), `the URL password was printed:\n${out}`);
     assert.ok(!out.includes('admin:'), `the URL user was printed:\n${out}`);
   });
+  for (const mode of [[], ['--detect-local-mode=NodeCIDR']]) {
+    it(`SIGTERM before the API was ever reached: exit 0 within 3 s${mode.length ? ' (NodeCIDR: waiting for the Node)' : ''}`, async () => {
+      const file = join(dir, 'unreachable.yaml');
+      writeFileSync(file, kubeconfig(`http://127.0.0.1:${api!.port}`, secret('token')));
+      const { child, lines } = svcplane(['run', `--kubeconfig=${file}`, ...mode, ...daemonFlags]);
+      // Still waiting for the first lists: failures logged, no sync, not running.
+      await eventually(
+        'list failures logged',
+        15_000,
+        () => lines.filter((l) => l.includes('watch failed, retrying')).length >= 3,
+      );
+      assert.ok(!lines.some((l) => l.includes('"svcplane running"')), lines.join('\n'));
+      const t0 = Date.now();
+      // SIGTERM, then SIGKILL after 10 s: a hang shows as a null status (killed), not as 0.
+      const code = await child.stop(10_000);
+      const took = Date.now() - t0;
+      const out = lines.join('\n');
+      assert.equal(code, 0, `exit status after SIGTERM (${took} ms):\n${out.slice(-3000)}`);
+      assert.ok(took < 3000, `exited ${took} ms after SIGTERM`);
+      assert.ok(
+        lines.some((l) => l.includes('stopping; rules stay in place')),
+        'the stop is logged',
+      );
+      assert.ok(!lines.some((l) => l.includes('"synced"')), 'nothing was synced');
+    });
+  }
 });

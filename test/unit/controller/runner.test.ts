@@ -181,3 +181,48 @@ describe('Controller drift checks', () => {
     assert.equal(backend.driftChecks.length, n, 'no drift check after stop()');
   });
 });
+
+describe('Controller stop() during start()', () => {
+  it('start() returns when stop() is called while the source never completes its first state', async () => {
+    let rejectStart: (e: Error) => void = () => undefined;
+    const source: StateSource = {
+      start: () => new Promise<void>((_, reject) => (rejectStart = reject)),
+      current: () => undefined,
+      onChange: () => () => undefined,
+      health: () => ({ healthy: false, reason: 'API unreachable' }),
+      stop: () => {
+        rejectStart(new Error('stopped before initial sync'));
+        return Promise.resolve();
+      },
+    };
+    const backend = new TimedBackend(performance.now());
+    const c = new Controller(source, [backend], { minSyncPeriodMs: 10, syncPeriodMs: 100 });
+    let done = false;
+    const started = c.start().then(() => (done = true));
+    await sleep(50);
+    assert.equal(done, false, 'still waiting for the source');
+    await c.stop();
+    await started;
+    await sleep(150);
+    assert.deepEqual(backend.syncs, [], 'nothing synced, no timer left running');
+    assert.deepEqual(backend.driftChecks, []);
+  });
+
+  it('start() returns when stop() is called while the first sync never finishes', async () => {
+    const source = new HandSource();
+    const hung: Backend = {
+      name: 'hung/IPv4',
+      setup: () => Promise.resolve(),
+      detectDrift: () => Promise.resolve(false),
+      forceFullSync: () => undefined,
+      sync: () => new Promise<SyncReport>(() => undefined),
+    };
+    const c = new Controller(source, [hung], { minSyncPeriodMs: 10, syncPeriodMs: 100 });
+    let done = false;
+    const started = c.start().then(() => (done = true));
+    await sleep(50);
+    assert.equal(done, false, 'the first sync is still running');
+    await c.stop();
+    await started;
+  });
+});
