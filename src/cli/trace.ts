@@ -200,7 +200,7 @@ async function readIpvsTable(netns: string | undefined): Promise<IpvsTable | und
   }
 }
 
-/** The node's addresses of one family (plus loopback) and its default route's interface. */
+/** The node's addresses of one family (plus loopback), its default route's interface and its bridges. */
 export async function nodeView(family: IPFamily, netns: string | undefined): Promise<NodeView> {
   const addrs = await listAddresses({ netns });
   const r = await run(['ip', ...(family === 'IPv6' ? ['-6'] : ['-4']), '-j', 'route', 'show', 'default'], {
@@ -215,10 +215,20 @@ export async function nodeView(family: IPFamily, netns: string | undefined): Pro
   } catch {
     defaultInterface = undefined;
   }
+  const links = await run(['ip', '-j', 'link', 'show', 'type', 'bridge'], { netns, allowFailure: true });
+  let bridges: string[] | undefined;
+  try {
+    const list = JSON.parse(links.exitCode === 0 ? links.stdout || '[]' : 'null') as
+      { ifname?: unknown }[] | null;
+    bridges = list?.flatMap((l) => (typeof l.ifname === 'string' ? [l.ifname] : []));
+  } catch {
+    bridges = undefined;
+  }
   return {
     addresses: addrs
       .filter((a) => a.family === family)
       .map((a) => ({ ip: a.ip, prefixLen: a.prefixLen, ifname: a.ifname })),
     ...(defaultInterface !== undefined ? { defaultInterface } : {}),
+    ...(bridges !== undefined ? { bridges } : {}),
   };
 }

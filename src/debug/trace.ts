@@ -60,6 +60,8 @@ export interface NodeView {
   readonly addresses: readonly NodeAddress[];
   /** The interface of the default route of this family, if any. */
   readonly defaultInterface?: string;
+  /** The node's bridges (`-m physdev --physdev-is-in`: arrived through a bridge port); unknown when absent. */
+  readonly bridges?: readonly string[];
 }
 
 export interface TraceInput {
@@ -579,7 +581,7 @@ class Tracer {
     if (spec.stray.length > 0) return { p: 0, b: this.unsupported(b, `arguments ${spec.stray.join(' ')}`) };
     let p = 1;
     for (const m of spec.matches) {
-      const r = this.module(m.module, m.options, b);
+      const r = this.module(m.module, m.options, b, h);
       b = r.b;
       if (r.p <= 0) return { p: 0, b };
       p *= r.p;
@@ -587,7 +589,12 @@ class Tracer {
     return { p, b };
   }
 
-  private module(module: string, options: readonly SpecOption[], b: Branch): { p: number; b: Branch } {
+  private module(
+    module: string,
+    options: readonly SpecOption[],
+    b: Branch,
+    h: Hook,
+  ): { p: number; b: Branch } {
     const pkt = this.pkt;
     const yes = { p: 1, b };
     const no = { p: 0, b };
@@ -658,6 +665,14 @@ class Tracer {
         return this.recent(options, b);
       case 'set':
         return this.set(options, b);
+      case 'physdev':
+        return all((o) => {
+          // A routed packet (what a trace follows) is never being bridged; a bridge port is known
+          // only on the way in (br_netfilter, as kube-proxy requires).
+          if (o.name === '--physdev-is-bridged') return false;
+          if (o.name !== '--physdev-is-in' || !this.input.node.bridges) return undefined;
+          return h.inInterface !== undefined && this.input.node.bridges.includes(h.inInterface);
+        });
       case 'ipvs':
         return this.ipvsMatch(options, b);
       default:

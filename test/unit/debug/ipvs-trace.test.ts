@@ -11,6 +11,12 @@ import { planIpvs } from '../../../src/ipvs/plan.js';
 import { IPVS_JUMPS, renderIpvsRules } from '../../../src/ipvs/rules.js';
 import { buildClusterState, type SourceObject } from '../../../src/model/build.js';
 import { nodeContext } from '../../../src/model/selection.js';
+import {
+  KUBE_PROXY_IPVS_IPSETS,
+  KUBE_PROXY_IPVS_IPTABLES,
+  KUBE_PROXY_IPVS_IPVSADM,
+  KUBE_PROXY_IPVS_OBJECTS,
+} from './kube-proxy-ipvs.js';
 
 // What `ipvsadm -Sn` prints for a ClusterIP with two pods (rr), a sticky one (persistence) and a
 // draining one (weight 0).
@@ -289,5 +295,67 @@ describe('svcplane trace on an IPVS node (pure): verdict and masquerade from the
     assert.ok(blind.unsupported.some((u) => /match set \(the ipsets were not read\)/.test(u)));
     assert.equal(blind.service, undefined);
     assert.ok(blind.notes.some((n) => /pass --manifests or --kubeconfig/.test(n)));
+  });
+});
+
+describe("svcplane trace on kube-proxy's IPVS rules (pure, the captured kube-proxy node)", () => {
+  const ruleset = parseIptablesSave(KUBE_PROXY_IPVS_IPTABLES);
+  const ipsets = parseIpsetSaveText(KUBE_PROXY_IPVS_IPSETS);
+  const ipvs = parseIpvsadmSave(KUBE_PROXY_IPVS_IPVSADM);
+  const frontends = buildFrontendIndex(buildClusterState(KUBE_PROXY_IPVS_OBJECTS));
+  const bound = [...(ipsets.get('KUBE-IPVS-IPS')?.entries ?? [])].map((e) => e.parts[0] ?? '');
+  const node: NodeView = {
+    addresses: [
+      { ip: '127.0.0.1', prefixLen: 8, ifname: 'lo' },
+      { ip: NODE_IP, prefixLen: 24, ifname: 'ext0' },
+      { ip: '10.244.0.1', prefixLen: 24, ifname: 'cbr0' },
+      ...bound.map((ip) => ({ ip, prefixLen: 32, ifname: 'kube-ipvs0' })),
+    ],
+    defaultInterface: 'ext0',
+    bridges: ['cbr0'],
+  };
+  const at = (src: string, dst: string, dport: number): TraceResult =>
+    tracePacket({
+      ruleset,
+      node,
+      ipsets,
+      ipvs,
+      frontends,
+      packet: { family: 'IPv4', src, dst, proto: 'tcp', dport, fromNode: false },
+    });
+
+  it('every match is evaluated; verdicts, masquerade and Service as kube-proxy programs them', () => {
+    const cases = [
+      [POD, '10.96.0.1', 80],
+      [OUTSIDE, NODE_IP, 30080],
+      [OUTSIDE, '198.51.100.10', 80],
+      ['203.0.113.9', '198.51.100.10', 80],
+      [POD, '10.96.0.3', 80],
+      [OUTSIDE, NODE_IP, 30081],
+      [OUTSIDE, '203.0.113.10', 80],
+    ] as const;
+    const got = cases.map(([src, dst, port]) => {
+      const r = at(src, dst, port);
+      assert.deepEqual(r.unsupported, [], `${src} -> ${dst}:${port}`);
+      return `${r.service} ${r.verdict} ${r.endpoints.length} ${r.masquerade ? 'masq' : 'no-masq'}`;
+    });
+    assert.deepEqual(got, [
+      'ns/web:p dnat 2 no-masq',
+      'ns/web:p dnat 2 masq',
+      'ns/lb:p drop 0 no-masq',
+      'ns/lb:p dnat 2 masq',
+      // No KUBE-IPVS-NO-ENDPOINTS here: IPVS itself answers ICMP port unreachable.
+      'ns/empty:p reject 0 no-masq',
+      // kube-proxy: eTP=Local without a local endpoint goes to the remote one, client IP kept.
+      'ns/local:p dnat 1 no-masq',
+      'ns/ext:p dnat 1 masq',
+    ]);
+    // The physdev ACCEPT takes the externalIP from outside (not through a bridge port), not from a pod.
+    const accepts = (src: string) =>
+      at(src, '203.0.113.10', 80).path.some(
+        (s) => s.chain === 'KUBE-SERVICES' && /physdev/.test(s.text) && s.action === 'ACCEPT',
+      );
+    assert.equal(accepts(OUTSIDE), true);
+    assert.equal(accepts(POD), false);
   });
 });

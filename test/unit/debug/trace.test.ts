@@ -232,7 +232,7 @@ describe('svcplane trace engine (pure)', () => {
       );
       const r = trace(text, packet('10.0.0.2', '10.0.0.3', 80, { inInterface: 'cbr0' }));
       assert.deepEqual(brief(r).endpoints, ['10.3.3.3:3@1']);
-      assert.deepEqual(r.unsupported, ['unsupported match physdev']);
+      assert.deepEqual(r.unsupported, ['unsupported match physdev --physdev-in']);
       assert.match(
         formatTraceText(packet('10.0.0.2', '10.0.0.3', 80), r),
         /Warning: {4}unsupported match physdev/,
