@@ -5,6 +5,7 @@ import { log } from '../util/log.js';
 import { iptablesBinaries } from '../cli/proxy-options.js';
 import type { IPFamily } from '../model/types.js';
 import { IpvsProxier, type IpvsProxierConfig } from './proxier.js';
+import { resolveSchedulerFlags } from './types.js';
 
 /**
  * `--proxy-mode ipvs`: one IpvsProxier per usable family. When IPVS is unavailable svcplane warns and
@@ -60,6 +61,7 @@ export function ipvsConfigFor(opts: ProxyOptions, family: IPFamily): IpvsProxier
     clusterCIDRs: opts.detectLocalMode === 'ClusterCIDR' ? opts.clusterCIDRs : [],
     nodePortAddresses: opts.nodePortAddresses,
     scheduler: opts.ipvs.scheduler,
+    schedulerFlags: resolveSchedulerFlags(opts.ipvs.scheduler, opts.ipvs.schedulerFlags),
     strictARP: opts.ipvs.strictARP,
     excludeCIDRs: opts.ipvs.excludeCIDRs,
     tcpTimeout: Math.round(opts.ipvs.tcpTimeoutMs / 1000),

@@ -1,12 +1,17 @@
 import { InvalidArgumentError, type Command } from 'commander';
 import { parseCIDR } from '../model/ip.js';
 import { boolOption, parseDuration, parseList } from '../cli/flags.js';
-import { IPVS_SCHEDULERS } from './types.js';
+import { IPVS_SCHEDULERS, resolveSchedulerFlags } from './types.js';
 
 /** kube-proxy's `--ipvs-…` flags and their resolved form (ProxyOptions.ipvs). */
 
 export interface IpvsOptions {
   readonly scheduler: string;
+  /**
+   * --ipvs-scheduler-flags as given (validated against --ipvs-scheduler); undefined = kube-proxy's
+   * default for the scheduler. Resolved with resolveSchedulerFlags once the scheduler is final.
+   */
+  readonly schedulerFlags?: readonly string[];
   readonly strictARP: boolean;
   readonly excludeCIDRs: readonly string[];
   /** undefined: the iptables periods apply. */
@@ -33,6 +38,11 @@ export function addIpvsOptions(cmd: Command): Command {
       'IPVS scheduler: rr (default), wrr, lc, wlc, sh, dh, sed, nq, mh …',
       parseScheduler,
     )
+    .option(
+      '--ipvs-scheduler-flags <flags>',
+      'svcplane: scheduler flags for sh/mh: flag-1 (= sh-/mh-fallback), flag-2 (= sh-/mh-port); default mh-port for mh, as kube-proxy',
+      parseList,
+    )
     .option('--ipvs-sync-period <d>', 'maximum interval between IPVS syncs (default 30s)', parseDuration)
     .option('--ipvs-min-sync-period <d>', 'minimum interval between IPVS syncs', parseDuration)
     .option('--ipvs-exclude-cidrs <cidrs>', 'virtual servers in these CIDRs are never deleted', parseList)
@@ -58,8 +68,13 @@ export function resolveIpvsOptions(raw: Readonly<Record<string, unknown>>): Ipvs
     typeof raw.ipvsScheduler === 'string' && raw.ipvsScheduler !== '' ? raw.ipvsScheduler : 'rr';
   if (!IPVS_SCHEDULERS.includes(scheduler))
     throw new Error(`--ipvs-scheduler: unknown scheduler "${scheduler}"`);
+  const schedulerFlags = Array.isArray(raw.ipvsSchedulerFlags)
+    ? (raw.ipvsSchedulerFlags as string[])
+    : undefined;
+  if (schedulerFlags !== undefined) resolveSchedulerFlags(scheduler, schedulerFlags);
   return {
     scheduler,
+    ...(schedulerFlags !== undefined ? { schedulerFlags } : {}),
     strictARP: raw.ipvsStrictArp === true,
     excludeCIDRs: exclude,
     ...(sync !== undefined && sync > 0 ? { syncPeriodMs: sync } : {}),

@@ -9,7 +9,7 @@ import {
 } from '../model/selection.js';
 import { servicePortName, type ClusterState, type Endpoint, type IPFamily } from '../model/types.js';
 import { SET_IDS, SETS, normalizeMember, setName, type DesiredSet, type SetId } from './ipset.js';
-import { vsKey, type RealServer, type VirtualServer } from './types.js';
+import { resolveSchedulerFlags, vsKey, type RealServer, type VirtualServer } from './types.js';
 
 /**
  * The IPVS planner (kube-proxy's ipvs syncProxyRules without the kernel): from a cluster state and
@@ -25,6 +25,8 @@ export interface IpvsPlanConfig {
   readonly otherLocalIPs: readonly string[];
   /** --ipvs-scheduler (validated). */
   readonly scheduler: string;
+  /** Resolved scheduler flags (resolveSchedulerFlags); undefined = kube-proxy's default for the scheduler. */
+  readonly schedulerFlags?: readonly string[];
 }
 
 export interface PlannedService {
@@ -58,6 +60,9 @@ export function planIpvs(state: ClusterState, config: IpvsPlanConfig, family: IP
   const other = new Set(config.otherLocalIPs);
   let noEndpoints = 0;
   let noLocal = 0;
+  const schedFlags = [
+    ...(config.schedulerFlags ?? resolveSchedulerFlags(config.scheduler, undefined)),
+  ].sort();
 
   const keys = [...state.services.keys()].sort();
   for (const key of keys) {
@@ -78,7 +83,7 @@ export function planIpvs(state: ClusterState, config: IpvsPlanConfig, family: IP
         protocol: port.protocol,
         port: port.port,
         scheduler: config.scheduler,
-        schedFlags: config.scheduler === 'mh' ? ['mh-port'] : [],
+        schedFlags,
         ...(svc.sessionAffinity.type === 'ClientIP'
           ? { persistence: svc.sessionAffinity.timeoutSeconds }
           : {}),

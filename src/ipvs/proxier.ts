@@ -41,6 +41,8 @@ export interface IpvsProxierConfig {
   /** --nodeport-addresses CIDRs (or `primary`); empty = every non-loopback local address. */
   readonly nodePortAddresses: readonly string[];
   readonly scheduler: string;
+  /** Resolved scheduler flags (resolveSchedulerFlags); undefined = kube-proxy's default for the scheduler. */
+  readonly schedulerFlags?: readonly string[];
   readonly strictARP: boolean;
   readonly excludeCIDRs: readonly string[];
   /** Seconds; 0 keeps the kernel's value. */
@@ -325,7 +327,7 @@ export function ipvsNodePortIPs(
 
 /** The planner's configuration from the node's addresses (`ip -j address show`), as a sync uses it. */
 export function ipvsPlanConfig(
-  c: Pick<IpvsProxierConfig, 'family' | 'nodePortAddresses' | 'nodeName' | 'scheduler'>,
+  c: Pick<IpvsProxierConfig, 'family' | 'nodePortAddresses' | 'nodeName' | 'scheduler' | 'schedulerFlags'>,
   state: ClusterState,
   addrs: readonly InterfaceAddress[],
 ): IpvsPlanConfig {
@@ -334,6 +336,7 @@ export function ipvsPlanConfig(
     nodePortIPs: ipvsNodePortIPs(c, addrs),
     otherLocalIPs: addrs.filter((a) => a.ifname !== DUMMY_DEVICE).map((a) => a.ip),
     scheduler: c.scheduler,
+    ...(c.schedulerFlags !== undefined ? { schedulerFlags: c.schedulerFlags } : {}),
   };
 }
 

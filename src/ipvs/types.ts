@@ -89,3 +89,43 @@ export const IPVS_SCHEDULERS: readonly string[] = [
   'mh',
   'twos',
 ];
+
+/**
+ * The two scheduler flags the kernel's schedulers read (IP_VS_SVC_F_SCHED1 / _SCHED2), by the names
+ * `ipvsadm -Sn` prints for each scheduler. Only sh and mh use them; flag-3 has no user in the kernel
+ * and `ipvsadm -Sn` does not print it, so a virtual server carrying it could never read back equal.
+ */
+const SCHED_FLAG_NAMES: Readonly<Record<string, readonly [fallback: string, port: string]>> = {
+  sh: ['sh-fallback', 'sh-port'],
+  mh: ['mh-fallback', 'mh-port'],
+};
+
+/**
+ * Resolves `--ipvs-scheduler-flags` for a scheduler to the names ipvsadm reads back, sorted.
+ * `flag-1` / `<sched>-fallback` (skip real servers at weight 0, e.g. draining ones) and `flag-2` /
+ * `<sched>-port` (hash the source port too) are accepted. Without the flag: kube-proxy's choice,
+ * `mh-port` for mh (its FlagSourceHash, 0x10) and none otherwise. Throws naming the flag.
+ */
+export function resolveSchedulerFlags(scheduler: string, flags: readonly string[] | undefined): string[] {
+  const names = SCHED_FLAG_NAMES[scheduler];
+  if (flags === undefined) return scheduler === 'mh' ? ['mh-port'] : [];
+  const out = new Set<string>();
+  for (const raw of flags) {
+    const f = raw.trim();
+    if (f === '') continue;
+    if (!names) {
+      throw new Error(
+        `--ipvs-scheduler-flags: scheduler ${scheduler} takes no flags ("${f}"); only sh and mh do`,
+      );
+    }
+    const [fallback, port] = names;
+    if (f === 'flag-1' || f === fallback) out.add(fallback);
+    else if (f === 'flag-2' || f === port) out.add(port);
+    else {
+      throw new Error(
+        `--ipvs-scheduler-flags: "${f}" is not a flag of ${scheduler} (flag-1 or ${fallback}, flag-2 or ${port})`,
+      );
+    }
+  }
+  return [...out].sort();
+}

@@ -152,9 +152,15 @@ describe('planIpvs', () => {
     ]);
   });
 
-  it('mh adds the mh-port flag', () => {
+  it('mh adds the mh-port flag (kube-proxy); --ipvs-scheduler-flags replaces it', () => {
     const mh = planIpvs(STATE, { ...CONFIG, scheduler: 'mh' }, 'IPv4');
     assert.deepEqual(mh.services.get('-t 10.96.0.1:80')?.vs.schedFlags, ['mh-port']);
+    const both = planIpvs(
+      STATE,
+      { ...CONFIG, scheduler: 'mh', schedulerFlags: ['mh-port', 'mh-fallback'] },
+      'IPv4',
+    );
+    assert.deepEqual(both.services.get('-t 10.96.0.1:80')?.vs.schedFlags, ['mh-fallback', 'mh-port']);
   });
 
   it('an IPv6 plan of an IPv4-only state is empty but declares KUBE-6- sets', () => {
