@@ -15,12 +15,29 @@ import { resolveSchedulerFlags } from './types.js';
 /** kube-proxy's CanUseIPVSProxier probe: TEST-NET-2 virtual server with the configured scheduler. */
 const PROBE_VS = '198.51.100.0:20000';
 
+/** kube-proxy's MinIPSetCheckVersion: older ipset cannot restore the set types used here. */
+export const MIN_IPSET_VERSION = '6.0';
+
+/** Pure: why this `ipset --version` output is not good enough, or undefined (ipset >= 6.0). */
+export function ipsetVersionProblem(versionOutput: string): string | undefined {
+  const m = /\bv(\d+)\.(\d+)/.exec(versionOutput);
+  if (!m) return `cannot read the ipset version from ${JSON.stringify(versionOutput.trim().slice(0, 100))}`;
+  const [major, minor] = [Number(m[1]), Number(m[2])];
+  const [minMajor, minMinor] = MIN_IPSET_VERSION.split('.').map(Number) as [number, number];
+  if (major < minMajor || (major === minMajor && minor < minMinor)) {
+    return `ipset ${major}.${minor} is too old (need >= ${MIN_IPSET_VERSION})`;
+  }
+  return undefined;
+}
+
 /** Why IPVS cannot be used here, or undefined when it can (creates and deletes a probe VS). */
 export async function ipvsUnavailable(scheduler: string, netns?: string): Promise<string | undefined> {
   const exec = (argv: string[]) => run(argv, { netns, allowFailure: true, timeoutMs: 30_000 });
   try {
     const set = await exec(['ipset', '--version']);
     if (set.exitCode !== 0) return `ipset does not work: ${set.stderr.trim()}`;
+    const old = ipsetVersionProblem(set.stdout + set.stderr);
+    if (old !== undefined) return old;
     const list = await exec(['ipvsadm', '-Sn']);
     if (list.exitCode !== 0) return `ipvsadm -Sn failed: ${list.stderr.trim()}`;
     if (list.stdout.split('\n').some((l) => l.startsWith('-A ') && l.includes(` -s ${scheduler}`)))

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
+import { ipsetVersionProblem } from '../../../src/ipvs/backend-factory.js';
 import { run } from '../../../src/util/exec.js';
 import { requireRoot } from '../../support/sandbox.js';
 
@@ -24,5 +25,19 @@ describe('--proxy-mode ipvs without IPVS in the kernel', function () {
     assert.equal(r.exitCode, 0, r.stderr);
     assert.equal(r.stdout.trim(), '["iptables/IPv4"]');
     assert.match(r.stdout + r.stderr, /IPVS proxy mode is unavailable .*falling back to iptables mode/);
+  });
+});
+
+describe('IPVS availability: ipset version (kube-proxy needs >= 6.0)', () => {
+  it('accepts 6.0 and newer', () => {
+    assert.equal(ipsetVersionProblem('ipset v7.17, protocol version: 7\n'), undefined);
+    assert.equal(ipsetVersionProblem('ipset v6.0, protocol version: 6'), undefined);
+  });
+  it('refuses older or unreadable versions with a reason', () => {
+    assert.match(
+      ipsetVersionProblem('ipset v5.4.1, protocol version: 5') ?? '',
+      /5\.4 is too old \(need >= 6\.0\)/,
+    );
+    assert.match(ipsetVersionProblem('something else') ?? '', /cannot read the ipset version/);
   });
 });
