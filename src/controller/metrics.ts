@@ -249,20 +249,44 @@ export interface MetricsSubject {
   off(event: 'syncError', fn: (error: Error) => void): unknown;
 }
 
+/** Trigger times kept per Service while its changes wait for the kernel (syncs failing). */
+export const MAX_PENDING_TRIGGER_TIMES = 16;
+
 /**
  * Feeds `metrics` from a controller and its source: change counters (kube-proxy's change trackers
- * count per object; here per Service whose spec or endpoints changed), network-programming latency
- * (per Service whose endpoints a sync carried, from the EndpointSlice trigger-time annotation, else
- * from when the change was seen), sync figures and failures.
+ * count per object; here per Service whose spec or endpoints changed), network-programming latency,
+ * sync figures and failures.
+ *
+ * Network programming latency is kube-proxy's: one observation per EndpointSlice trigger time
+ * (`endpoints.kubernetes.io/last-change-trigger-time`) of each Service whose endpoints a successful
+ * sync carried, from that time to the end of the sync. Without the annotation nothing is recorded
+ * (there is no trustworthy start), nor for trigger times older than svcplane (the initial list).
+ * Between successful syncs only those trigger times are kept, per Service, deduplicated and at most
+ * MAX_PENDING_TRIGGER_TIMES (the oldest), for Services still in the state: bounded however long
+ * syncs fail.
  * Must be attached before the controller starts. Returns a detach function.
  */
 export function attachMetrics(metrics: ProxyMetrics, subject: MetricsSubject): () => void {
   const startedAt = Date.now();
   let lastSeen: ClusterState | undefined = subject.source.current();
   let lastSynced: ClusterState | undefined;
-  /** Changes not yet in the kernel, oldest first. */
-  let pending: { state: ClusterState; seenAt: number }[] = [];
+  /** Sequence number of each state seen, so a sync clears only what came with or before its state. */
+  let seq = 0;
+  const seqOf = new WeakMap<ClusterState, number>();
+  /** Per Service: trigger time → sequence number of the state that brought it; not yet synced. */
+  const pendingTriggers = new Map<string, Map<number, number>>();
 
+  const addTriggers = (state: ClusterState, keys: Iterable<string>, at: number): void => {
+    for (const key of keys) {
+      const t = state.endpointsTriggerTimes?.get(key);
+      if (t === undefined || t < startedAt) continue;
+      let times = pendingTriggers.get(key);
+      if (!times) pendingTriggers.set(key, (times = new Map<number, number>()));
+      if (!times.has(t) && times.size < MAX_PENDING_TRIGGER_TIMES) times.set(t, at);
+    }
+    // A Service gone from the state has nothing left to program.
+    for (const key of pendingTriggers.keys()) if (!state.services.has(key)) pendingTriggers.delete(key);
+  };
   const updatePending = (): void => {
     const current = subject.source.current();
     if (!current) return;
@@ -277,23 +301,23 @@ export function attachMetrics(metrics: ProxyMetrics, subject: MetricsSubject): (
     metrics.serviceChangesTotal.inc(d.services.size);
     metrics.lastQueuedTimestamp.set(now / 1000);
     lastSeen = state;
-    pending.push({ state, seenAt: now });
+    seqOf.set(state, ++seq);
+    addTriggers(state, d.endpoints, seq);
     updatePending();
   };
   const onSynced = (reports: SyncReport[], state: ClusterState): void => {
     const now = Date.now();
     for (const r of reports) metrics.observeReport(r, now);
-    const idx = pending.findIndex((p) => p.state === state);
-    const oldestSeen = idx >= 0 ? pending[0]?.seenAt : undefined;
-    if (idx >= 0) pending = pending.slice(idx + 1);
-    // One observation per Service whose endpoints this sync carried: from the EndpointSlice
-    // trigger-time annotation when present (ignored when older than svcplane, as kube-proxy does
-    // for the initial list), else from when svcplane saw the change.
-    for (const key of diffStates(lastSynced, state).endpoints) {
-      const trigger = state.endpointsTriggerTimes?.get(key);
-      const from = trigger ?? oldestSeen;
-      if (from === undefined || from > now || (trigger !== undefined && trigger < startedAt)) continue;
-      metrics.networkProgramming.observe((now - from) / 1000);
+    // The first sync carries the initial state, which came without a change event.
+    if (lastSynced === undefined) addTriggers(state, diffStates(undefined, state).endpoints, 0);
+    const upTo = seqOf.get(state) ?? 0;
+    for (const [key, times] of pendingTriggers) {
+      for (const [t, at] of times) {
+        if (at > upTo) continue; // came with a later state: not in the kernel yet
+        if (t <= now) metrics.networkProgramming.observe((now - t) / 1000);
+        times.delete(t);
+      }
+      if (times.size === 0) pendingTriggers.delete(key);
     }
     lastSynced = state;
     lastSeen ??= state;

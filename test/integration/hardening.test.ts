@@ -233,6 +233,21 @@ describe('hardening: the daemon under failures (sandbox)', function () {
     ]) {
       assert.ok(text.includes(`\n${name}`), `metric ${name} missing`);
     }
+    // kube-proxy's types, as dashboards and recording rules expect them.
+    const types = new Map([...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].map((m) => [m[1]!, m[2]!]));
+    for (const [name, type] of [
+      ['kubeproxy_sync_proxy_rules_duration_seconds', 'histogram'],
+      ['kubeproxy_network_programming_duration_seconds', 'histogram'],
+      ['kubeproxy_sync_proxy_rules_last_timestamp_seconds', 'gauge'],
+      ['kubeproxy_sync_proxy_rules_endpoint_changes_pending', 'gauge'],
+      ['kubeproxy_sync_proxy_rules_endpoint_changes_total', 'counter'],
+      ['kubeproxy_sync_proxy_rules_iptables_total', 'gauge'],
+      ['kubeproxy_sync_proxy_rules_iptables_restore_failures_total', 'counter'],
+      ['kubeproxy_sync_proxy_rules_no_local_endpoints_total', 'gauge'],
+      ['kubeproxy_proxy_healthz_total', 'counter'],
+    ] as const) {
+      assert.equal(types.get(name), type, `# TYPE ${name}`);
+    }
     assert.ok((await metric('kubeproxy_sync_proxy_rules_iptables_total{table="nat"}')) > 5);
     assert.equal((await http('node', 'http://127.0.0.1:10249/proxyMode'))?.body, 'iptables');
   });
@@ -366,9 +381,16 @@ describe('hardening: the daemon under failures (sandbox)', function () {
       3 * SYNC_PERIOD_MS,
     );
     const took = Date.parse(String(repair.timestamp)) - flushedAt;
+    const trail = lines
+      .slice(before)
+      .map(
+        (l) =>
+          `${String(l.timestamp)} ${String(l.message)} ${l.full === undefined ? '' : `full=${JSON.stringify(l.full)}`}`,
+      )
+      .join('\n');
     assert.ok(
       took <= SYNC_PERIOD_MS + 1000,
-      `repaired ${took} ms after the flush (sync period ${SYNC_PERIOD_MS} ms, margin 1000 ms)`,
+      `repaired ${took} ms after the flush at ${new Date(flushedAt).toISOString()} (sync period ${SYNC_PERIOD_MS} ms, margin 1000 ms):\n${trail}`,
     );
     assert.ok(
       logged((l) => l.message === 'synced' && l.full === false, from),

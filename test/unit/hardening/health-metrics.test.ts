@@ -17,7 +17,12 @@ import {
   healthCheckResponse,
   healthCheckTargets,
 } from '../../../src/controller/healthcheck-nodeports.js';
-import { attachMetrics, diffStates, ProxyMetrics } from '../../../src/controller/metrics.js';
+import {
+  attachMetrics,
+  diffStates,
+  MAX_PENDING_TRIGGER_TIMES,
+  ProxyMetrics,
+} from '../../../src/controller/metrics.js';
 import { RestoreError } from '../../../src/iptables/iptables.js';
 import { redactSecrets } from '../../../src/util/log.js';
 import type { SourceHealth, StateSource } from '../../../src/kube/source.js';
@@ -269,7 +274,8 @@ describe('hardening: controller queue bookkeeping and metrics', () => {
     const text = await metrics.registry.metrics();
     assert.match(text, /kubeproxy_sync_proxy_rules_endpoint_changes_total 2/);
     assert.match(text, /kubeproxy_sync_proxy_rules_endpoint_changes_pending 0/);
-    assert.match(text, /kubeproxy_network_programming_duration_seconds_count 2/);
+    // No EndpointSlice trigger-time annotation on these changes: no latency is recorded (kube-proxy).
+    assert.match(text, /kubeproxy_network_programming_duration_seconds_count 0/);
     assert.match(text, /kubeproxy_sync_full_proxy_rules_duration_seconds_count 1/);
     assert.match(text, /kubeproxy_sync_partial_proxy_rules_duration_seconds_count 2/);
     assert.match(text, /kubeproxy_sync_proxy_rules_iptables_total\{table="nat"\} 9/);
@@ -340,6 +346,133 @@ describe('hardening: controller queue bookkeeping and metrics', () => {
     const sum = Number(/kubeproxy_network_programming_duration_seconds_sum (\S+)/.exec(text)?.[1]);
     assert.ok(sum >= 0.03 && sum < 5, `latency ${sum}`);
     await c.stop();
+  });
+
+  it('network programming latency: one observation per trigger time, each in the sync that carried it', async () => {
+    const src = new HandSource(state(udp(['10.0.0.1'])));
+    const be = new GatedBackend();
+    const c = new Controller(src, [be], { minSyncPeriodMs: 10, syncPeriodMs: 60_000 });
+    const metrics = new ProxyMetrics();
+    attachMetrics(metrics, c);
+    const entered = be.waitEntered();
+    const started = c.start();
+    await entered;
+    be.release();
+    await started;
+    await new Promise((r) => setTimeout(r, 20));
+    const at = (ips: string[], trigger: number): ClusterState => ({
+      ...state(udp(ips)),
+      endpointsTriggerTimes: new Map([['ns/dns', trigger]]),
+    });
+    const count = async (): Promise<number> =>
+      Number(
+        /kubeproxy_network_programming_duration_seconds_count (\d+)/.exec(
+          await metrics.registry.metrics(),
+        )?.[1],
+      );
+    const t1 = Date.now() - 5;
+    src.set(at(['10.0.0.2'], t1));
+    const second = be.waitEntered();
+    await second;
+    // Two more changes while that sync runs: they are not in the kernel when it ends.
+    src.set(at(['10.0.0.3'], t1 + 1));
+    src.set(at(['10.0.0.4'], t1 + 2));
+    const third = be.waitEntered();
+    be.release();
+    await new Promise((r) => setTimeout(r, 5));
+    assert.equal(await count(), 1, 'the sync observed only its own trigger time');
+    await third;
+    be.release();
+    await new Promise((r) => setTimeout(r, 5));
+    assert.equal(await count(), 3, 'both trigger times coalesced into the next sync are observed');
+    await c.stop();
+  });
+
+  it(`while syncs fail, at most ${MAX_PENDING_TRIGGER_TIMES} trigger times per Service wait; none is observed twice`, async () => {
+    const src = new HandSource(state(udp(['10.0.0.1'])));
+    let failing = false;
+    const be: Backend = {
+      name: 'switch/IPv4',
+      setup: () => Promise.resolve(),
+      detectDrift: () => Promise.resolve(false),
+      forceFullSync: () => undefined,
+      sync: () =>
+        failing
+          ? Promise.reject(new RestoreError(['iptables-restore'], 1, 'refused', 'exit', 1, 'x', 1))
+          : Promise.resolve({
+              backend: 'switch/IPv4',
+              full: false,
+              durationMs: 1,
+              bytes: 0,
+              lines: 0,
+              writtenServices: 0,
+              staleChains: 0,
+            }),
+    };
+    const c = new Controller(src, [be], { minSyncPeriodMs: 1, syncPeriodMs: 60_000 });
+    const metrics = new ProxyMetrics();
+    attachMetrics(metrics, c);
+    await c.start();
+    await new Promise((r) => setTimeout(r, 300));
+    failing = true;
+    const base = Date.now() - 250;
+    for (let i = 0; i < 200; i++) {
+      src.set({
+        ...state(udp([`10.0.${Math.floor(i / 200)}.${(i % 200) + 2}`])),
+        endpointsTriggerTimes: new Map([['ns/dns', base + i]]),
+      });
+    }
+    await new Promise<void>((r) => c.once('syncError', () => r()));
+    failing = false;
+    await new Promise<void>((r) => c.once('synced', () => r()));
+    const text = await metrics.registry.metrics();
+    assert.match(
+      text,
+      new RegExp(`kubeproxy_network_programming_duration_seconds_count ${MAX_PENDING_TRIGGER_TIMES}\\n`),
+    );
+    // The oldest ones were kept: the sum is that of the 16 longest waits.
+    const sum = Number(/kubeproxy_network_programming_duration_seconds_sum (\S+)/.exec(text)?.[1]);
+    assert.ok(sum >= MAX_PENDING_TRIGGER_TIMES * 0.2, `sum ${sum}`);
+    c.requestSync();
+    await new Promise<void>((r) => c.once('synced', () => r()));
+    assert.match(
+      await metrics.registry.metrics(),
+      new RegExp(`kubeproxy_network_programming_duration_seconds_count ${MAX_PENDING_TRIGGER_TIMES}\\n`),
+      'nothing left to observe again',
+    );
+    await c.stop();
+  });
+
+  it("exposes kube-proxy's metric names with kube-proxy's types", async () => {
+    const text = await new ProxyMetrics().registry.metrics();
+    const types = new Map([...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].map((m) => [m[1]!, m[2]!]));
+    const kubeProxy: Record<string, string> = {
+      kubeproxy_sync_proxy_rules_duration_seconds: 'histogram',
+      kubeproxy_sync_full_proxy_rules_duration_seconds: 'histogram',
+      kubeproxy_sync_partial_proxy_rules_duration_seconds: 'histogram',
+      kubeproxy_network_programming_duration_seconds: 'histogram',
+      kubeproxy_sync_proxy_rules_last_timestamp_seconds: 'gauge',
+      kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds: 'gauge',
+      kubeproxy_sync_proxy_rules_endpoint_changes_pending: 'gauge',
+      kubeproxy_sync_proxy_rules_endpoint_changes_total: 'counter',
+      kubeproxy_sync_proxy_rules_service_changes_pending: 'gauge',
+      kubeproxy_sync_proxy_rules_service_changes_total: 'counter',
+      kubeproxy_sync_proxy_rules_iptables_total: 'gauge',
+      kubeproxy_sync_proxy_rules_iptables_last: 'gauge',
+      kubeproxy_sync_proxy_rules_iptables_restore_failures_total: 'counter',
+      kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total: 'counter',
+      // A gauge in kube-proxy despite the _total suffix.
+      kubeproxy_sync_proxy_rules_no_local_endpoints_total: 'gauge',
+      kubeproxy_proxy_healthz_total: 'counter',
+      kubeproxy_proxy_livez_total: 'counter',
+      kubeproxy_conntrack_reconciler_sync_duration_seconds: 'histogram',
+      kubeproxy_conntrack_reconciler_deleted_entries_total: 'counter',
+    };
+    for (const [name, type] of Object.entries(kubeProxy)) assert.equal(types.get(name), type, name);
+    // kube-proxy's nfacct packet counters are not implemented (README): not exported either.
+    assert.equal(types.has('kubeproxy_iptables_ct_state_invalid_dropped_packets_total'), false);
+    assert.equal(types.has('kubeproxy_iptables_localhost_nodeports_accepted_packets_total'), false);
+    for (const name of types.keys()) assert.match(name, /^(kubeproxy|svcplane)_/, name);
   });
 
   it('reads the trigger-time annotation of EndpointSlices (newest per Service; junk ignored)', () => {
