@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,6 +17,14 @@ import type { ClusterState } from '../../src/model/types.js';
 import { peerIP } from '../../src/netns/protocol.js';
 import type { Where } from '../../src/netns/sandbox.js';
 import { expectReply, useSandbox } from '../support/sandbox.js';
+import { run } from '../../src/util/exec.js';
+import {
+  KUBE_PROXY_IPVS_IPSETS,
+  KUBE_PROXY_IPVS_IPTABLES,
+  KUBE_PROXY_IPVS_IPVSADM,
+  KUBE_PROXY_IPVS_NODE,
+  KUBE_PROXY_IPVS_OBJECTS,
+} from '../unit/debug/kube-proxy-ipvs.js';
 import { requireUml } from './helpers.js';
 
 /**
@@ -323,5 +332,88 @@ describe('svcplane diff/explain --proxy-mode ipvs (UML)', function () {
       ['dnat', 'default/local:http', false, [ep('a')]],
     );
     await agrees('outside', env.sb.nodeIPv4, 30185, t, client);
+  });
+});
+
+describe("svcplane diff --proxy-mode ipvs on kube-proxy's IPVS rules (UML, a private netns)", function () {
+  this.timeout(60_000);
+  const ns = `svcp-kpipvs${randomBytes(3).toString('hex')}`;
+  let dir: string | undefined;
+  let raw: Record<string, unknown> = {};
+  before(async function () {
+    requireUml(this);
+    // The node kube-proxy converged (test/unit/debug/kube-proxy-ipvs.ts): its sets, rules and
+    // virtual servers restored as saved, on a node with the same addresses.
+    await run(['ip', 'netns', 'add', ns]);
+    const inNs = (argv: string[], input?: string) => run(argv, { netns: ns, input, timeoutMs: 30_000 });
+    await inNs(['ip', 'link', 'set', 'lo', 'up']);
+    await inNs(['ip', 'link', 'add', 'ext0', 'type', 'dummy']);
+    await inNs(['ip', 'address', 'add', `${KUBE_PROXY_IPVS_NODE.ip}/24`, 'dev', 'ext0']);
+    await inNs(['ip', 'link', 'add', 'kube-ipvs0', 'type', 'dummy']);
+    const bound = KUBE_PROXY_IPVS_IPSETS.split('\n')
+      .filter((l) => l.startsWith('add KUBE-IPVS-IPS '))
+      .map((l) => l.split(' ')[2]!);
+    await run(['ip', '-n', ns, '-batch', '-'], {
+      input: bound.map((ip) => `address add ${ip}/32 dev kube-ipvs0`).join('\n') + '\n',
+    });
+    await inNs(['ipset', 'restore'], KUBE_PROXY_IPVS_IPSETS);
+    await inNs(['iptables-restore'], KUBE_PROXY_IPVS_IPTABLES);
+    await inNs(['ipvsadm', '-R'], KUBE_PROXY_IPVS_IPVSADM);
+    dir = await mkdtemp(join(tmpdir(), 'svcp-kpipvs-'));
+    await writeFile(join(dir, 'objects.json'), JSON.stringify(KUBE_PROXY_IPVS_OBJECTS.map((o) => o.obj)));
+    raw = {
+      manifests: dir,
+      proxyMode: 'ipvs',
+      hostnameOverride: KUBE_PROXY_IPVS_NODE.name,
+      clusterCidr: [KUBE_PROXY_IPVS_NODE.clusterCIDR],
+      nodeportAddresses: ['192.0.2.0/24'],
+      ipFamilies: ['IPv4'],
+      netns: ns,
+    };
+  });
+  after(async () => {
+    await run(['ip', 'netns', 'del', ns], { allowFailure: true });
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('is in sync (exit 0) and lists what svcplane would change on taking over; a deleted rule is drift (exit 1)', async () => {
+    const t = sink();
+    const code = await runDiff({ ...raw, output: 'text' }, t.o, t.e);
+    console.log(
+      `      svcplane diff --proxy-mode ipvs (node written by kube-proxy):\n${t.out.replace(/^/gm, '        ')}`,
+    );
+    assert.equal(code, 0, t.out + t.err);
+    assert.match(
+      t.out,
+      /IPv4: in sync: ipvs in sync; iptables in sync; written by kube-proxy: svcplane would add 9 and remove 2/,
+    );
+    const j = sink();
+    assert.equal(await runDiff({ ...raw, output: 'json' }, j.o, j.e), 0);
+    const f = (JSON.parse(j.out) as { families: IpvsFamilyDrift[] }).families[0]!;
+    assert.equal(f.layout, 'kube-proxy');
+    assert.deepEqual(
+      f.takeover.filter((c) => c.effect).map((c) => `${c.op} ${c.kind} ${c.where}`),
+      ['add rule filter KUBE-IPVS-FILTER', 'remove real-server -t 192.0.2.1:30081'],
+    );
+    await run(
+      [
+        'iptables',
+        '-t',
+        'nat',
+        '-D',
+        'KUBE-SERVICES',
+        '-m',
+        'set',
+        '--match-set',
+        'KUBE-CLUSTER-IP',
+        'dst,dst',
+        '-j',
+        'ACCEPT',
+      ],
+      { netns: ns },
+    );
+    const d = sink();
+    assert.equal(await runDiff({ ...raw, output: 'text' }, d.o, d.e), 1, d.out);
+    assert.match(d.out, /^-(-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT)$/m);
   });
 });
