@@ -12,6 +12,7 @@ import { ensureSysctl } from '../util/sysctl.js';
 import { diffIpvs } from './diff.js';
 import { diffIpsets, parseIpsetSave } from './ipset.js';
 import { parseIpvsadmConnections, parseIpvsadmSave } from './ipvsadm.js';
+import { planIptablesModeLeftovers } from './leftovers.js';
 import { planIpvs, type IpvsDesired, type IpvsPlanConfig } from './plan.js';
 import {
   IPVS_FILTER_CHAINS,
@@ -254,16 +255,32 @@ export class IpvsProxier implements Backend {
     // 4. iptables: chains rewritten, jumps and canaries added when missing.
     const rules = renderIpvsRules(desired, ipvsRulesConfig(c, this.randomFully));
     let input = rules;
+    let leftovers: readonly string[] = [];
     if (this.checkJumps) {
       const saved = parseIptablesSave(await this.ipt.save());
       const declared = new Set([
         ...IPVS_NAT_CHAINS.map((x) => `nat/${x}`),
         ...IPVS_FILTER_CHAINS.map((x) => `filter/${x}`),
       ]);
-      input = mergeExtraLines(rules, missingJumpLines(saved, IPVS_JUMPS, declared), canaryLines(saved));
+      // A node switched from iptables mode: its chains go in the same transaction (see leftovers.ts).
+      const old = planIptablesModeLeftovers(saved, declared, c.family);
+      leftovers = old.removed;
+      input = mergeExtraLines(
+        rules,
+        missingJumpLines(saved, IPVS_JUMPS, declared),
+        canaryLines(saved),
+        old.lines,
+      );
     }
     await this.ipt.restore(input, { noflush: true, counters: false });
     this.checkJumps = false;
+    if (leftovers.length > 0) {
+      log.info('removed iptables-mode leftovers', {
+        backend: this.name,
+        count: leftovers.length,
+        removed: leftovers.slice(0, 20),
+      });
+    }
 
     phase('iptablesMs');
     // 5. Unbind what no frontend uses any more.
@@ -290,6 +307,7 @@ export class IpvsProxier implements Backend {
         ipsetDeleted: ipsets.deleted,
         bound: toBind.length,
         unbound: toUnbind.length,
+        iptablesLeftoversRemoved: leftovers.length,
         ...phases,
       },
       draining: ipvs.draining,
