@@ -74,6 +74,8 @@ export class IpvsProxier implements Backend {
   private randomFully = false;
   private queue: Promise<unknown> = Promise.resolve();
   private reapTimer: NodeJS.Timeout | undefined;
+  /** Set by stop(): no drain timer until the next sync. */
+  private stopped = false;
   private lastReport: IpvsSyncReport | undefined;
   /** Read iptables-save for missing jumps/canaries: first sync, after a failure or detected drift. */
   private checkJumps = true;
@@ -137,13 +139,20 @@ export class IpvsProxier implements Backend {
     return false;
   }
 
-  /** Stops the drain timer (tests, shutdown). Kernel state stays. */
+  /** Stops the drain timer (tests, shutdown) until the next sync. Kernel state stays. */
   stop(): void {
     if (this.reapTimer) clearTimeout(this.reapTimer);
     this.reapTimer = undefined;
+    this.stopped = true;
+  }
+
+  /** Resolves once kernel work in flight (a sync, a drain check) is done: await it after stop(). */
+  idle(): Promise<void> {
+    return this.queue.then(() => undefined);
   }
 
   sync(state: ClusterState): Promise<IpvsSyncReport> {
+    this.stopped = false;
     return this.serial(async () => {
       try {
         return await this.syncNow(state);
@@ -190,7 +199,7 @@ export class IpvsProxier implements Backend {
   }
 
   private scheduleReap(draining: number): void {
-    if (draining === 0 || this.reapTimer) return;
+    if (draining === 0 || this.reapTimer || this.stopped) return;
     this.reapTimer = setTimeout(() => {
       this.reapTimer = undefined;
       this.reapDrained().catch((err: unknown) =>
