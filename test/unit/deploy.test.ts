@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import * as k8s from '@kubernetes/client-node';
 import { parse, parseAllDocuments } from 'yaml';
 
@@ -7,8 +7,11 @@ import { parse, parseAllDocuments } from 'yaml';
  * Checks deploy/*.yaml offline. `kubectl apply --dry-run=client` cannot run here: even with
  * --validate=false kubectl needs the API server's discovery to map kinds to resources, and
  * validation downloads the server's OpenAPI schema. Instead every object is checked against the
- * Kubernetes API schema that @kubernetes/client-node is generated from (unknown fields and wrong
- * types, recursively), then against the facts a svcplane deployment depends on.
+ * Kubernetes API schema that @kubernetes/client-node is generated from: unknown fields and wrong
+ * types (the models' attribute maps) and missing required fields (the OpenAPI `required` lists,
+ * which the generated declarations keep as non-optional properties), recursively; then against
+ * the API server's validation rules for the fields used here (names, selector, references) and
+ * the facts a svcplane deployment depends on.
  */
 
 const DEPLOY_DIR = new URL('../../deploy/', import.meta.url);
@@ -30,6 +33,26 @@ function model(type: string): ModelClass | undefined {
 }
 
 const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** The generated model declarations of the installed client-node (dist/gen/models/*.d.ts). */
+const MODELS_DIR = new URL('./gen/models/', import.meta.resolve('@kubernetes/client-node'));
+
+/**
+ * Required fields of a model (by their JSON names): the generator writes the OpenAPI `required`
+ * properties without `?` (`'name': string;`) and all others optional (`'image'?: string;`).
+ */
+function requiredFields(type: string): string[] {
+  const file = new URL(`${type}.d.ts`, MODELS_DIR);
+  assert.ok(existsSync(file), `no declaration for ${type}`);
+  const baseName = new Map(
+    model(type)!
+      .getAttributeTypeMap()
+      .map((a) => [a.name, a.baseName]),
+  );
+  return [...readFileSync(file, 'utf8').matchAll(/^\s+'([^']+)':/gm)].map(
+    (m) => baseName.get(m[1]!) ?? m[1]!,
+  );
+}
 
 /** Returns "path: problem" lines for `value` checked against the client-node model `type`. */
 function schemaErrors(value: unknown, type: string, path: string): string[] {
@@ -62,10 +85,97 @@ function schemaErrors(value: unknown, type: string, path: string): string[] {
   if (!cls) return [`${path}: no schema for type ${type}`];
   if (!isObj(value)) return [`${path}: expected an object (${type})`];
   const attrs = new Map(cls.getAttributeTypeMap().map((a) => [a.baseName, a.type]));
-  return Object.entries(value).flatMap(([k, v]) => {
-    const t = attrs.get(k);
-    return t === undefined ? [`${path}.${k}: unknown field in ${type}`] : schemaErrors(v, t, `${path}.${k}`);
+  const missing = requiredFields(type)
+    .filter((f) => value[f] === undefined || value[f] === null)
+    .map((f) => `${path}.${f}: required field missing in ${type}`);
+  return missing.concat(
+    Object.entries(value).flatMap(([k, v]) => {
+      const t = attrs.get(k);
+      return t === undefined
+        ? [`${path}.${k}: unknown field in ${type}`]
+        : schemaErrors(v, t, `${path}.${k}`);
+    }),
+  );
+}
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const IANA_SVC_NAME = /^(?=.{1,15}$)(?=.*[a-z])[a-z0-9]+(-[a-z0-9]+)*$/;
+const ENV_NAME = /^[-._a-zA-Z][-._a-zA-Z0-9]*$/;
+
+/**
+ * The API server's validation of the DaemonSet fields used here (apps and core validation): what
+ * the schema alone does not say. Returns "path: problem" lines.
+ */
+function daemonSetErrors(ds: Obj, name: string): string[] {
+  const errors: string[] = [];
+  const add = (path: string, problem: string): void => void errors.push(`${name}.${path}: ${problem}`);
+  const selector = get(ds, 'spec', 'selector') as Obj | undefined;
+  const matchLabels = (get(selector, 'matchLabels') ?? {}) as Record<string, string>;
+  const matchExpressions = (get(selector, 'matchExpressions') ?? []) as unknown[];
+  if (Object.keys(matchLabels).length === 0 && matchExpressions.length === 0) {
+    add('spec.selector', 'empty selector (would select every pod)');
+  }
+  const labels = (get(ds, 'spec', 'template', 'metadata', 'labels') ?? {}) as Record<string, string>;
+  for (const [k, v] of Object.entries(matchLabels)) {
+    if (labels[k] !== v)
+      add('spec.template.metadata.labels', `selector ${k}=${v} does not match the template`);
+  }
+  const pod = (get(ds, 'spec', 'template', 'spec') ?? {}) as Obj;
+  const restart = pod.restartPolicy;
+  if (restart !== undefined && restart !== 'Always')
+    add('spec.template.spec.restartPolicy', 'must be Always');
+  const volumes = (pod.volumes ?? []) as Obj[];
+  const volumeNames = new Set<string>();
+  volumes.forEach((v, i) => {
+    const n = String(v.name);
+    if (!DNS_LABEL.test(n)) add(`spec.template.spec.volumes[${i}].name`, `"${n}" is not a DNS label`);
+    if (volumeNames.has(n)) add(`spec.template.spec.volumes[${i}].name`, `duplicate "${n}"`);
+    volumeNames.add(n);
   });
+  const containers = (pod.containers ?? []) as Obj[];
+  if (containers.length === 0) add('spec.template.spec.containers', 'at least one container is required');
+  const containerNames = new Set<string>();
+  containers.forEach((c, i) => {
+    const at = `spec.template.spec.containers[${i}]`;
+    const n = String(c.name);
+    if (!DNS_LABEL.test(n) || n.length > 63) add(`${at}.name`, `"${n}" is not a DNS label`);
+    if (containerNames.has(n)) add(`${at}.name`, `duplicate "${n}"`);
+    containerNames.add(n);
+    if (typeof c.image !== 'string' || c.image.trim() === '') add(`${at}.image`, 'required in a workload');
+    const portNames = new Set<string>();
+    ((c.ports ?? []) as Obj[]).forEach((p, j) => {
+      const port = p.containerPort as number;
+      if (!Number.isInteger(port) || port < 1 || port > 65535)
+        add(`${at}.ports[${j}].containerPort`, 'not a port');
+      if (p.name !== undefined) {
+        const pn = typeof p.name === 'string' ? p.name : JSON.stringify(p.name);
+        if (pn.length > 15 || !IANA_SVC_NAME.test(pn))
+          add(`${at}.ports[${j}].name`, `"${pn}" is not an IANA service name`);
+        portNames.add(pn);
+      }
+    });
+    for (const probe of ['livenessProbe', 'readinessProbe', 'startupProbe']) {
+      const port = get(c, probe, 'httpGet', 'port');
+      if (typeof port === 'string' && !portNames.has(port))
+        add(`${at}.${probe}.httpGet.port`, `no container port named "${port}"`);
+      if (typeof port === 'number' && (port < 1 || port > 65535))
+        add(`${at}.${probe}.httpGet.port`, 'not a port');
+    }
+    ((c.env ?? []) as Obj[]).forEach((e, j) => {
+      if (!ENV_NAME.test(String(e.name)))
+        add(`${at}.env[${j}].name`, `"${String(e.name)}" is not a valid variable name`);
+    });
+    const mountPaths = new Set<string>();
+    ((c.volumeMounts ?? []) as Obj[]).forEach((m, j) => {
+      if (!volumeNames.has(String(m.name)))
+        add(`${at}.volumeMounts[${j}].name`, `no volume "${String(m.name)}"`);
+      const mp = String(m.mountPath);
+      if (!mp.startsWith('/')) add(`${at}.volumeMounts[${j}].mountPath`, 'must be absolute');
+      if (mountPaths.has(mp)) add(`${at}.volumeMounts[${j}].mountPath`, `duplicate "${mp}"`);
+      mountPaths.add(mp);
+    });
+  });
+  return errors;
 }
 
 /** client-node model name for apiVersion + kind, e.g. apps/v1 DaemonSet -> V1DaemonSet. */
@@ -162,6 +272,55 @@ describe('deploy/ manifests', () => {
     (get(bad, 'spec', 'template', 'spec') as Obj).hostNetwork = 'yes';
     const errors = schemaErrors(bad, 'V1DaemonSet', 'ds');
     assert.equal(errors.length, 2, errors.join('\n'));
+  });
+
+  it('the schema check catches missing required fields (container name, selector, roleRef, verbs …)', () => {
+    assert.deepEqual(requiredFields('V1Container'), ['name']);
+    assert.deepEqual(requiredFields('V1DaemonSetSpec').sort(), ['selector', 'template']);
+    const bad = structuredClone(ds);
+    delete (get(bad, 'spec', 'template', 'spec', 'containers', 0) as Obj).name;
+    delete (get(bad, 'spec') as Obj).selector;
+    delete (get(bad, 'spec', 'template', 'spec', 'volumes', 0) as Obj).name;
+    delete (get(bad, 'spec', 'template', 'spec', 'containers', 0, 'env', 0, 'valueFrom', 'fieldRef') as Obj)
+      .fieldPath;
+    assert.deepEqual(schemaErrors(bad, 'V1DaemonSet', 'ds').sort(), [
+      'ds.spec.selector: required field missing in V1DaemonSetSpec',
+      'ds.spec.template.spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: required field missing in V1ObjectFieldSelector',
+      'ds.spec.template.spec.containers[0].name: required field missing in V1Container',
+      'ds.spec.template.spec.volumes[0].name: required field missing in V1Volume',
+    ]);
+    const role = structuredClone(pick(objects, 'ClusterRole'));
+    delete (get(role, 'rules', 0) as Obj).verbs;
+    assert.deepEqual(schemaErrors(role, 'V1ClusterRole', 'role'), [
+      'role.rules[0].verbs: required field missing in V1PolicyRule',
+    ]);
+    const binding = structuredClone(pick(objects, 'ClusterRoleBinding'));
+    delete (get(binding, 'roleRef') as Obj).kind;
+    delete (get(binding, 'subjects', 0) as Obj).name;
+    assert.deepEqual(schemaErrors(binding, 'V1ClusterRoleBinding', 'b').sort(), [
+      'b.roleRef.kind: required field missing in V1RoleRef',
+      'b.subjects[0].name: required field missing in RbacV1Subject',
+    ]);
+  });
+
+  it("the DaemonSet passes the API server's validation of the fields it uses", () => {
+    assert.deepEqual(daemonSetErrors(ds, 'ds'), []);
+  });
+
+  it('that validation catches a bad container name, an empty selector and dangling references', () => {
+    const bad = structuredClone(ds);
+    const spec = get(bad, 'spec') as Obj;
+    const c = get(spec, 'template', 'spec', 'containers', 0) as Obj;
+    c.name = 'Svc_plane';
+    (spec.selector as Obj).matchLabels = {};
+    (c.volumeMounts as Obj[])[0]!.name = 'nope';
+    (get(c, 'readinessProbe', 'httpGet') as Obj).port = 'metrics';
+    assert.deepEqual(daemonSetErrors(bad, 'ds'), [
+      'ds.spec.selector: empty selector (would select every pod)',
+      'ds.spec.template.spec.containers[0].name: "Svc_plane" is not a DNS label',
+      'ds.spec.template.spec.containers[0].readinessProbe.httpGet.port: no container port named "metrics"',
+      'ds.spec.template.spec.containers[0].volumeMounts[0].name: no volume "nope"',
+    ]);
   });
 
   it('contains exactly the ServiceAccount, RBAC, ConfigMap and DaemonSet, namespaced in kube-system', () => {
