@@ -25,7 +25,7 @@ import {
   KUBE_PROXY_IPVS_NODE,
   KUBE_PROXY_IPVS_OBJECTS,
 } from '../unit/debug/kube-proxy-ipvs.js';
-import { requireUml } from './helpers.js';
+import { Background, requireUml, waitFor } from './helpers.js';
 
 /**
  * `svcplane diff` / `explain` / `trace` in IPVS mode against a real IPVS node (User-mode Linux):
@@ -39,6 +39,7 @@ import { requireUml } from './helpers.js';
 const NODE = 'node-1';
 const PORT = 8080;
 const LB_IP = '198.51.100.30';
+const SCTP_PORT = 7777;
 /** The node's address on the pod bridge: what a masqueraded connection comes from. */
 const MASQ_SOURCE = '10.244.0.1';
 
@@ -61,8 +62,10 @@ describe('svcplane diff/explain --proxy-mode ipvs (UML)', function () {
   let dir: string | undefined;
   let raw: Record<string, unknown> = {};
   let clusterState: ClusterState | undefined;
+  const servers: Background[] = [];
   after(async () => {
     proxier?.stop();
+    for (const s of servers) await s.stop();
     if (dir) await rm(dir, { recursive: true, force: true });
   });
   const env = useSandbox({
@@ -123,6 +126,13 @@ describe('svcplane diff/explain --proxy-mode ipvs (UML)', function () {
         ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: PORT, nodePort: 30185 }],
       }),
       slice('local', ['a', 'b'], { b: 'node-2' }),
+      service('sctp', '10.96.30.6', {
+        ports: [{ name: 'assoc', protocol: 'SCTP', port: SCTP_PORT, targetPort: SCTP_PORT }],
+      }),
+      {
+        ...(slice('sctp', ['a']) as object),
+        ports: [{ name: 'assoc', protocol: 'SCTP', port: SCTP_PORT }],
+      },
     ];
     dir = await mkdtemp(join(tmpdir(), 'svcp-ipvs-debug-'));
     await writeFile(join(dir, 'objects.json'), JSON.stringify(objects));
@@ -138,6 +148,19 @@ describe('svcplane diff/explain --proxy-mode ipvs (UML)', function () {
     const state = await loadState(opts);
     assert.deepEqual(state.problems, []);
     clusterState = state;
+    // SCTP: the UML kernel has it (the host's has no SCTP sockets); socat speaks it.
+    await run(['modprobe', '-a', 'sctp', 'xt_sctp']);
+    servers.push(
+      new Background([
+        'ip',
+        'netns',
+        'exec',
+        sb.pod('a').ns,
+        'socat',
+        `SCTP-LISTEN:${SCTP_PORT},fork,reuseaddr`,
+        'SYSTEM:echo a $SOCAT_PEERADDR',
+      ]),
+    );
     proxier = new IpvsProxier({ ...ipvsConfigFor(opts, 'IPv4'), netns: sb.nodeNs });
     await proxier.setup();
     await proxier.sync(state);
@@ -332,6 +355,53 @@ describe('svcplane diff/explain --proxy-mode ipvs (UML)', function () {
       ['dnat', 'default/local:http', false, [ep('a')]],
     );
     await agrees('outside', env.sb.nodeIPv4, 30185, t, client);
+  });
+  it('trace SCTP ClusterIP from a pod: the one real server, no masquerade; a real association agrees', async () => {
+    const sb = env.sb;
+    const client = sb.podIP('client', 'IPv4');
+    const { packet, trace: t } = await traceOnNode(
+      {
+        src: client,
+        dst: '10.96.30.6',
+        dport: SCTP_PORT,
+        proto: 'sctp',
+        iptablesBinary: 'iptables',
+        netns: sb.nodeNs,
+      },
+      'IPv4',
+      clusterState,
+    );
+    assert.deepEqual(t.unsupported, []);
+    assert.deepEqual(
+      [t.verdict, t.service, t.masquerade, t.endpoints.map((e) => e.endpoint), t.ipvs?.virtualServer],
+      [
+        'dnat',
+        'default/sctp:assoc',
+        false,
+        [`${sb.podIP('a', 'IPv4')}:${SCTP_PORT}`],
+        `--sctp-service 10.96.30.6:${SCTP_PORT}`,
+      ],
+      formatTraceText(packet, t),
+    );
+    await waitFor('the SCTP server', async () => {
+      const r = await sb.exec(
+        'client',
+        ['socat', '-T', '3', 'STDIO', `SCTP-CONNECT:10.96.30.6:${SCTP_PORT},shut-none`],
+        {
+          input: '',
+          allowFailure: true,
+          timeoutMs: 10_000,
+        },
+      );
+      const m = /^(\S+) (\S+)$/m.exec(r.stdout);
+      if (!m) return false;
+      assert.deepEqual(
+        [m[1], m[2]],
+        ['a', client],
+        'answered by the predicted endpoint, client address kept',
+      );
+      return true;
+    });
   });
 });
 
