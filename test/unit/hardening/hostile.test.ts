@@ -7,6 +7,7 @@ import fc from 'fast-check';
 import { renderRestoreInput } from '../../../src/iptables/render.js';
 import { parseManifestText } from '../../../src/kube/manifests.js';
 import { buildClusterState, type SourceObject } from '../../../src/model/build.js';
+import { parseIP } from '../../../src/model/ip.js';
 import type { ClusterState } from '../../../src/model/types.js';
 import { run } from '../../../src/util/exec.js';
 import { config, config6 } from '../iptables/fixtures.js';
@@ -15,7 +16,9 @@ import { config, config6 } from '../iptables/fixtures.js';
  * Hostile and broken input (test/fixtures/hostile, plus generated giants) and a property test over
  * random raw objects: building never throws, problems are clear, a good Service always survives,
  * the rendered rules pass the real iptables-restore (in a private netns, never the machine's own
- * tables) and never carry text from input that failed validation (marked `ZZBAD`).
+ * tables; skipped visibly when not root), never carry text from input that failed validation
+ * (marked `ZZBAD`), and every IP address, CIDR and port in them comes from the validated state or
+ * the fixed configuration.
  */
 
 const DIR = join(dirname(fileURLToPath(import.meta.url)), '../../fixtures/hostile');
@@ -63,15 +66,113 @@ after(async () => {
   if (nsReady) await run(['ip', 'netns', 'del', NS], { allowFailure: true });
 });
 
-/** Real kernel check in the private netns: `--test`, then a real apply (catches missing jump targets). */
+/**
+ * Real kernel check in the private netns: `--test`, then a real apply (catches missing jump targets).
+ * Needs root: callers skip their test visibly (`this.skip()`) before; it never passes unchecked.
+ */
 async function restoreOK(family: 'IPv4' | 'IPv6', inputs: readonly string[]): Promise<void> {
-  if (!isRoot || inputs.length === 0) return;
+  assert.ok(isRoot && nsReady, 'restoreOK needs root (the test should have been skipped)');
+  assert.ok(inputs.length > 0, 'nothing to check');
   await nsReady;
   const bin = family === 'IPv4' ? 'iptables-restore' : 'ip6tables-restore';
   const input = inputs.join('');
   for (const mode of [['--test'], []]) {
     const r = await run([bin, '--noflush', ...mode], { input, netns: NS, allowFailure: true });
     assert.equal(r.exitCode, 0, `${bin} ${mode.join(' ')}: ${r.stderr}\n${input.slice(0, 2000)}`);
+  }
+}
+
+// ---- addresses and ports in rendered rules ----
+
+/** Dotted quads (optionally /len) not inside a longer run of digits and dots. */
+const IPV4_TOKEN = /(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?:\/\d{1,3})?(?![\d.])/g;
+/** Hex-and-colon runs with at least two colons (IPv6, optionally /len), bracketed or bare. */
+const IPV6_TOKEN = /(?<![0-9A-Za-z:.])(?=[0-9a-f.]*:[0-9a-f.]*:)[0-9a-f:.]+(?:\/\d{1,3})?(?![0-9A-Za-z:.])/g;
+/** Port-valued options (single ports, ranges and lists). */
+const PORT_OPTION = /--(?:dport|sport|dports|sports|to-ports) (\S+)/g;
+/** `IP:port` and `[IPv6]:port` (DNAT targets, endpoint comments). */
+const HOST_PORT = /(?:(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-f:.]+\]):(\d+)/g;
+
+/** Canonical `ip` or `ip/len` (the address canonical, the length as written; /32 and /128 dropped). */
+function canonicalAddress(token: string): string | undefined {
+  const slash = token.indexOf('/');
+  const ip = parseIP(slash < 0 ? token : token.slice(0, slash));
+  if (!ip) return undefined;
+  if (slash < 0) return ip.ip;
+  const len = Number(token.slice(slash + 1));
+  return len === (ip.family === 'IPv4' ? 32 : 128) ? ip.ip : `${ip.ip}/${len}`;
+}
+
+/** Every IP address or CIDR and every port that appears anywhere in restore input (comments too). */
+export function addressesAndPorts(input: string): { ips: Set<string>; ports: Set<number> } {
+  const ips = new Set<string>();
+  const ports = new Set<number>();
+  for (const re of [IPV4_TOKEN, IPV6_TOKEN]) {
+    for (const m of input.matchAll(re)) {
+      const c = canonicalAddress(m[0]);
+      if (c !== undefined) ips.add(c);
+    }
+  }
+  for (const m of input.matchAll(PORT_OPTION)) for (const p of m[1]!.split(/[,:]/)) ports.add(Number(p));
+  for (const m of input.matchAll(HOST_PORT)) ports.add(Number(m[1]));
+  return { ips, ports };
+}
+
+/** Every string in a configuration object (at any depth) that is an address or a CIDR. */
+function configAddresses(value: unknown, out: Set<string>): Set<string> {
+  if (typeof value === 'string') {
+    const c = canonicalAddress(value);
+    if (c !== undefined) out.add(c);
+  } else if (typeof value === 'object' && value !== null) {
+    for (const v of Object.values(value)) configAddresses(v, out);
+  }
+  return out;
+}
+
+const EMPTY: ClusterState = { services: new Map(), nodes: new Map(), problems: [] };
+/**
+ * What the fixed configuration brings: the render configurations' own addresses (node IPs, the
+ * local-traffic CIDR, NodePort addresses) and whatever the fixed chains hold (localhost ranges).
+ */
+const FIXED = ((): { ips: Set<string>; ports: Set<number> } => {
+  const fixed = addressesAndPorts(renderBoth(EMPTY).join(''));
+  for (const cfg of [config(), config6()]) configAddresses(cfg, fixed.ips);
+  return fixed;
+})();
+
+/** Addresses and ports the validated state may put into rules. */
+function allowedBy(state: ClusterState): { ips: Set<string>; ports: Set<number> } {
+  const ips = new Set(FIXED.ips);
+  const ports = new Set(FIXED.ports);
+  const add = (a: string): void => {
+    const c = canonicalAddress(a);
+    if (c !== undefined) ips.add(c);
+  };
+  for (const svc of state.services.values()) {
+    [...svc.clusterIPs, ...svc.externalIPs, ...svc.loadBalancerSourceRanges].forEach(add);
+    for (const lb of svc.loadBalancerIngress) add(lb.ip);
+    ports.add(svc.healthCheckNodePort);
+    for (const sp of svc.ports) {
+      ports.add(sp.port).add(sp.nodePort);
+      for (const e of sp.endpoints) {
+        add(e.ip);
+        ports.add(e.port);
+      }
+    }
+  }
+  for (const node of state.nodes.values()) node.addresses.forEach(add);
+  return { ips, ports };
+}
+
+/** Every address and port in `inputs` belongs to `state` (or the fixed configuration). */
+function checkAddresses(state: ClusterState, inputs: readonly string[]): void {
+  const allowed = allowedBy(state);
+  for (const input of inputs) {
+    const found = addressesAndPorts(input);
+    const ips = [...found.ips].filter((ip) => !allowed.ips.has(ip));
+    const ports = [...found.ports].filter((p) => !allowed.ports.has(p));
+    assert.deepEqual(ips, [], `addresses not from the validated state:\n${input.slice(0, 3000)}`);
+    assert.deepEqual(ports, [], `ports not from the validated state:\n${input.slice(0, 3000)}`);
   }
 }
 
@@ -84,6 +185,7 @@ function checkGood(state: ClusterState, inputs: readonly string[]): void {
     /-A KUBE-SERVICES -m comment --comment "default\/good cluster IP" .*-d 10\.96\.9\.9 --dport 80 /,
   );
   for (const input of inputs) assert.ok(!input.includes(MARK), `hostile text leaked:\n${input}`);
+  checkAddresses(state, inputs);
   for (const p of state.problems) {
     assert.ok(p.reason.length > 0 && !p.reason.includes('\n'), `one-line reason: ${p.reason}`);
     assert.ok(p.reason.length < 2000, `bounded reason (${p.reason.length} chars)`);
@@ -345,8 +447,10 @@ function objectsOf(r: RawService, i: number): SourceObject[] {
 
 describe('hardening: property — random states always render to rules the kernel accepts', function () {
   this.timeout(120_000);
+  /** Restore inputs of the 200 states, merged 50 at a time, for the kernel check below. */
+  const batches: { v4: string; v6: string }[] = [];
 
-  it('200 random states (batched restores): no crash, no leaked text, rejected Services absent', async function () {
+  it('200 random states: no crash, no leaked text or address or port, rejected Services absent', () => {
     const cases = fc.sample(
       fc.oneof(
         fc.array(rawServiceArb(false), { minLength: 1, maxLength: 6 }),
@@ -354,20 +458,18 @@ describe('hardening: property — random states always render to rules the kerne
       ),
       { numRuns: 200, seed: 4242 },
     );
-    const batch4: string[] = [];
-    const batch6: string[] = [];
-    const flush = async (): Promise<void> => {
-      await restoreOK('IPv4', [mergeTables(batch4.splice(0))]);
-      await restoreOK('IPv6', [mergeTables(batch6.splice(0))]);
-    };
+    let batch4: string[] = [];
+    let batch6: string[] = [];
     let rendered = 0;
     let withProblems = 0;
+    let addresses = 0;
     for (const raws of cases) {
       const objects = [...GOOD, ...raws.flatMap((r, i) => objectsOf(r, i))];
       const state = buildClusterState(objects);
       if (state.problems.length > 0) withProblems++;
       const inputs = renderBoth(state);
       checkGood(state, inputs);
+      addresses += addressesAndPorts(inputs.join('')).ips.size;
       // A Service that was rejected leaves no trace in the rules.
       raws.forEach((r, i) => {
         if (typeof r.name !== 'string' || r.name.includes(MARK) || r.ns.includes(MARK)) return;
@@ -379,10 +481,46 @@ describe('hardening: property — random states always render to rules the kerne
       batch4.push(inputs[0]!);
       batch6.push(inputs[1]!);
       rendered++;
-      if (batch4.length >= 50) await flush();
+      if (batch4.length >= 50) {
+        batches.push({ v4: mergeTables(batch4), v6: mergeTables(batch6) });
+        batch4 = [];
+        batch6 = [];
+      }
     }
-    await flush();
+    if (batch4.length > 0) batches.push({ v4: mergeTables(batch4), v6: mergeTables(batch6) });
     assert.equal(rendered, 200);
     assert.ok(withProblems > 50 && withProblems < 200, `${withProblems} of 200 states had problems`);
+    assert.ok(addresses > 1000, `the check saw ${addresses} addresses`);
+  });
+
+  it('… and the real iptables-restore accepts every one of them (private netns)', async function () {
+    if (!isRoot) this.skip();
+    assert.ok(batches.length >= 4, 'the property test ran first');
+    for (const b of batches) {
+      await restoreOK('IPv4', [b.v4]);
+      await restoreOK('IPv6', [b.v6]);
+    }
+  });
+
+  it('the address check itself catches a foreign IP, CIDR or port', () => {
+    const state = buildClusterState(GOOD);
+    const inputs = renderBoth(state);
+    checkAddresses(state, inputs);
+    const with_ = (rule: string): string[] => [inputs[0]!.replace('COMMIT\n', `${rule}\nCOMMIT\n`)];
+    assert.throws(() => checkAddresses(state, with_('-A KUBE-SERVICES -d 192.0.2.99 -j DROP')), /addresses/);
+    assert.throws(() => checkAddresses(state, with_('-A KUBE-SERVICES -s 10.0.0.0/9 -j DROP')), /addresses/);
+    assert.throws(
+      () =>
+        checkAddresses(state, with_('-A KUBE-SERVICES -m comment --comment "x -> [fd00::99]:53" -j DROP')),
+      /addresses/,
+    );
+    assert.throws(
+      () => checkAddresses(state, with_('-A KUBE-SERVICES -p udp --dport 5353 -j DROP')),
+      /ports/,
+    );
+    assert.throws(
+      () => checkAddresses(state, with_('-A KUBE-SEP-X -j DNAT --to-destination 10.244.0.30:54')),
+      /ports/,
+    );
   });
 });
