@@ -2,28 +2,57 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { parseIpvsadmSave } from '../../src/ipvs/ipvsadm.js';
-import { IpvsProxier } from '../../src/ipvs/proxier.js';
+import { parseIptablesSave, rulesOf, ruleComment } from '../../src/iptables/save-parse.js';
+import { parseIpvsadmConnections, parseIpvsadmSave } from '../../src/ipvs/ipvsadm.js';
+import { IpvsProxier, type IpvsProxierConfig, type IpvsSyncReport } from '../../src/ipvs/proxier.js';
 import { cleanupIpvs } from '../../src/ipvs/cleanup.js';
 import { buildClusterState, type SourceObject } from '../../src/model/build.js';
 import type { ClusterState, IPFamily } from '../../src/model/types.js';
-import type { Sandbox } from '../../src/netns/sandbox.js';
+import type { Sandbox, Where } from '../../src/netns/sandbox.js';
 import { peerIP, type ProbeResult, type RequestSpec } from '../../src/netns/protocol.js';
+import {
+  answeredPeer,
+  assertAnsweredBy,
+  expectNoAnswer,
+  IptablesHarness,
+} from '../support/iptables-harness.js';
 import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
 import { run } from '../../src/util/exec.js';
 import { Background, requireUml, waitFor } from './helpers.js';
 
 /**
  * `--proxy-mode ipvs` with real traffic: IpvsProxier programs a sandbox node inside User-mode Linux
- * (real IPVS), and TCP/UDP probes from pods, the node and the outside namespace prove ClusterIP,
- * NodePort, externalIP, LoadBalancer source ranges, affinity, traffic policies, terminating fallback,
- * no-endpoint REJECT, hairpin/masquerade, survival of established connections and graceful
- * termination. One sandbox and one proxier for the file; each Service carries one scenario.
+ * (real IPVS), and TCP/UDP/SCTP probes from pods, the node and the outside namespace run the shared
+ * traffic scenarios of the iptables suites (iptables-frontends, iptables-policy): frontends, masquerade
+ * (and its flags), affinity, policies, topology, no-endpoint REJECT, hairpin, IPv6, plus what is
+ * IPVS's own: the switch from iptables mode, leftovers of a previous run, survival of established
+ * connections and graceful termination. Where IPVS mode must differ from iptables mode the test says
+ * so in its title and pins the IPVS behaviour (README "IPVS mode").
+ *
+ * One sandbox for the file. Before IPVS starts, the node runs iptables mode on the same Services (the
+ * switch) and holds weight-0 real servers (a previous run). Each Service carries one scenario; tests
+ * that need other flags sync short-lived proxiers and give the node back to the main ones.
  */
 
 const NODE = 'node-1';
 const TARGET = 8080;
+const METRICS = 9100;
 const UDP_TARGET = 5353;
+const SCTP_PORT = 7777;
+/** The node's bridge address: what a backend sees as peer when traffic was masqueraded. */
+const MASQ_V4 = '10.244.0.1';
+const MASQ_V6 = 'fd00:10:244::1';
+/** IPv6 externalIP and LB IP, off the node's link (routed via the node, like 203.0.113.x). */
+const EXTERNAL_IP_V6 = '2001:db8:ff::10';
+const LB_IP_V6 = '2001:db8:ff::20';
+/** A second node address on ext0 (for --nodeport-addresses). */
+const NODE_SECOND_IP = '192.0.2.11';
+/** A second outside address, outside the LoadBalancer's source range. */
+const OUTSIDE_OTHER_IP = '192.0.2.3';
+/** Extra outside client addresses for session affinity (distinct client IPs). */
+const CLIENT_IPS = Array.from({ length: 16 }, (_, i) => `192.0.2.${100 + i}`);
+/** A request's timeout when no answer is expected (a DROP). */
+const DROP_MS = 800;
 
 interface EpSpec {
   readonly pod: string;
@@ -31,30 +60,62 @@ interface EpSpec {
   readonly ready?: boolean;
   readonly serving?: boolean;
   readonly terminating?: boolean;
+  readonly zoneHints?: readonly string[];
+}
+
+type Proto = 'TCP' | 'UDP' | 'SCTP';
+
+interface PortDef {
+  readonly name: string;
+  readonly protocol: Proto;
+  readonly port: number;
+  /** The Service's targetPort (a number or a container port name). */
+  readonly targetPort: number | string;
+  /** The EndpointSlice's port number. */
+  readonly endpointPort: number;
+  readonly nodePort?: number;
 }
 
 interface SvcSpec {
   readonly name: string;
   readonly index: number;
   readonly type?: 'ClusterIP' | 'NodePort' | 'LoadBalancer';
-  readonly protocol?: 'TCP' | 'UDP';
+  readonly protocol?: Proto;
   readonly nodePort?: number;
+  /** Instead of the one default port (80 → 8080 / 5353 / 7777 by protocol). */
+  readonly ports?: readonly PortDef[];
   readonly eTP?: 'Local' | 'Cluster';
   readonly iTP?: 'Local' | 'Cluster';
-  readonly lbIP?: string;
+  readonly lbIPs?: readonly string[];
   readonly sourceRanges?: readonly string[];
   readonly externalIPs?: readonly string[];
   readonly affinity?: boolean;
+  readonly healthCheckNodePort?: number;
   readonly endpoints: readonly EpSpec[];
 }
 
 const clusterIP = (i: number): string => `10.96.20.${i}`;
 const clusterIP6 = (i: number): string => `fd00:96::20:${i}`;
 
+function portsOf(s: SvcSpec): readonly PortDef[] {
+  if (s.ports) return s.ports;
+  const protocol = s.protocol ?? 'TCP';
+  const target = protocol === 'UDP' ? UDP_TARGET : protocol === 'SCTP' ? SCTP_PORT : TARGET;
+  return [
+    {
+      name: 'p',
+      protocol,
+      port: 80,
+      targetPort: target,
+      endpointPort: target,
+      ...(s.nodePort ? { nodePort: s.nodePort } : {}),
+    },
+  ];
+}
+
 function objectsOf(sb: Sandbox, s: SvcSpec): SourceObject[] {
   const type = s.type ?? 'ClusterIP';
-  const protocol = s.protocol ?? 'TCP';
-  const target = protocol === 'UDP' ? UDP_TARGET : TARGET;
+  const ports = portsOf(s);
   const service = {
     apiVersion: 'v1',
     kind: 'Service',
@@ -65,24 +126,23 @@ function objectsOf(sb: Sandbox, s: SvcSpec): SourceObject[] {
       clusterIPs: [clusterIP(s.index), clusterIP6(s.index)],
       ipFamilies: ['IPv4', 'IPv6'],
       ipFamilyPolicy: 'RequireDualStack',
-      ports: [
-        {
-          name: 'p',
-          protocol,
-          port: 80,
-          targetPort: target,
-          ...(s.nodePort ? { nodePort: s.nodePort } : {}),
-        },
-      ],
+      ports: ports.map((p) => ({
+        name: p.name,
+        protocol: p.protocol,
+        port: p.port,
+        targetPort: p.targetPort,
+        ...(p.nodePort ? { nodePort: p.nodePort } : {}),
+      })),
       ...(type !== 'ClusterIP' ? { externalTrafficPolicy: s.eTP ?? 'Cluster' } : {}),
       ...(s.iTP ? { internalTrafficPolicy: s.iTP } : {}),
       ...(s.externalIPs ? { externalIPs: s.externalIPs } : {}),
       ...(s.sourceRanges ? { loadBalancerSourceRanges: s.sourceRanges } : {}),
+      ...(s.healthCheckNodePort ? { healthCheckNodePort: s.healthCheckNodePort } : {}),
       ...(s.affinity
         ? { sessionAffinity: 'ClientIP', sessionAffinityConfig: { clientIP: { timeoutSeconds: 60 } } }
         : {}),
     },
-    ...(s.lbIP ? { status: { loadBalancer: { ingress: [{ ip: s.lbIP }] } } } : {}),
+    ...(s.lbIPs ? { status: { loadBalancer: { ingress: s.lbIPs.map((ip) => ({ ip })) } } } : {}),
   };
   const slice = (family: IPFamily): unknown => ({
     apiVersion: 'discovery.k8s.io/v1',
@@ -93,7 +153,7 @@ function objectsOf(sb: Sandbox, s: SvcSpec): SourceObject[] {
       labels: { 'kubernetes.io/service-name': s.name },
     },
     addressType: family,
-    ports: [{ name: 'p', protocol, port: target }],
+    ports: ports.map((p) => ({ name: p.name, protocol: p.protocol, port: p.endpointPort })),
     endpoints: s.endpoints.map((e) => ({
       addresses: [sb.podIP(e.pod, family)],
       conditions: {
@@ -102,10 +162,16 @@ function objectsOf(sb: Sandbox, s: SvcSpec): SourceObject[] {
         ...(e.terminating !== undefined ? { terminating: e.terminating } : {}),
       },
       nodeName: e.node ?? NODE,
+      ...(e.zoneHints ? { hints: { forZones: e.zoneHints.map((name) => ({ name })) } } : {}),
     })),
   });
   return [service, slice('IPv4'), slice('IPv6')].map((obj, i) => ({ obj, source: `${s.name}#${i}` }));
 }
+
+// Service indices used by tests below (the ClusterIP is 10.96.20.<index>).
+const LATE = 24;
+const LEFTOVER = 25;
+const SCTP_SVC = 26;
 
 const BASE: readonly SvcSpec[] = [
   {
@@ -113,7 +179,7 @@ const BASE: readonly SvcSpec[] = [
     index: 1,
     type: 'NodePort',
     nodePort: 30080,
-    externalIPs: ['203.0.113.10'],
+    externalIPs: ['203.0.113.10', EXTERNAL_IP_V6],
     endpoints: [{ pod: 'a' }, { pod: 'b' }],
   },
   { name: 'dns', index: 2, protocol: 'UDP', endpoints: [{ pod: 'a' }] },
@@ -123,7 +189,7 @@ const BASE: readonly SvcSpec[] = [
     index: 4,
     type: 'LoadBalancer',
     nodePort: 30084,
-    lbIP: '198.51.100.20',
+    lbIPs: ['198.51.100.20'],
     sourceRanges: ['192.0.2.2/32'],
     endpoints: [{ pod: 'b' }],
   },
@@ -132,7 +198,7 @@ const BASE: readonly SvcSpec[] = [
     index: 5,
     type: 'LoadBalancer',
     nodePort: 30085,
-    lbIP: '198.51.100.21',
+    lbIPs: ['198.51.100.21'],
     sourceRanges: ['10.0.0.0/8'],
     endpoints: [{ pod: 'b' }],
   },
@@ -161,10 +227,127 @@ const BASE: readonly SvcSpec[] = [
       { pod: 'b', ready: false, serving: false, terminating: true },
     ],
   },
-  { name: 'noeps', index: 10, type: 'NodePort', nodePort: 30090, endpoints: [] },
+  {
+    name: 'noeps',
+    index: 10,
+    type: 'NodePort',
+    externalIPs: ['203.0.113.50'],
+    ports: [
+      { name: 'tcp', protocol: 'TCP', port: 80, targetPort: TARGET, endpointPort: TARGET, nodePort: 30090 },
+      {
+        name: 'udp',
+        protocol: 'UDP',
+        port: 53,
+        targetPort: UDP_TARGET,
+        endpointPort: UDP_TARGET,
+        nodePort: 30091,
+      },
+    ],
+    endpoints: [],
+  },
   { name: 'hairpin', index: 11, endpoints: [{ pod: 'a' }] },
   { name: 'drain', index: 12, endpoints: [{ pod: 'a' }] },
   { name: 'drain-idle', index: 13, endpoints: [{ pod: 'a' }, { pod: 'b' }] },
+  // Several ports; `http` has a named target port whose number (8080) is not the Service port.
+  {
+    name: 'multi',
+    index: 14,
+    ports: [
+      { name: 'http', protocol: 'TCP', port: 80, targetPort: 'web', endpointPort: TARGET },
+      { name: 'metrics', protocol: 'TCP', port: 9090, targetPort: METRICS, endpointPort: METRICS },
+    ],
+    endpoints: [{ pod: 'a' }, { pod: 'b' }],
+  },
+  {
+    name: 'udp-np',
+    index: 15,
+    type: 'NodePort',
+    protocol: 'UDP',
+    nodePort: 30053,
+    endpoints: [{ pod: 'a' }, { pod: 'b' }],
+  },
+  {
+    name: 'lb',
+    index: 16,
+    type: 'LoadBalancer',
+    nodePort: 30096,
+    lbIPs: ['198.51.100.10', LB_IP_V6],
+    endpoints: [{ pod: 'a' }, { pod: 'b' }],
+  },
+  // The node's own address is inside the source range: the node may reach the LB IP.
+  {
+    name: 'lb-node',
+    index: 17,
+    type: 'LoadBalancer',
+    nodePort: 30097,
+    lbIPs: ['198.51.100.22'],
+    sourceRanges: ['192.0.2.0/24'],
+    endpoints: [{ pod: 'b' }],
+  },
+  { name: 'itp-none', index: 18, iTP: 'Local', endpoints: [{ pod: 'b', node: 'node-2' }] },
+  {
+    name: 'topo',
+    index: 19,
+    endpoints: [
+      { pod: 'a', zoneHints: ['zone-a'] },
+      { pod: 'b', zoneHints: ['zone-b'] },
+      { pod: 'c', zoneHints: ['zone-b'] },
+    ],
+  },
+  {
+    name: 'topo-nomatch',
+    index: 20,
+    endpoints: [
+      { pod: 'a', zoneHints: ['zone-b'] },
+      { pod: 'b', zoneHints: ['zone-c'] },
+      { pod: 'c', zoneHints: ['zone-b'] },
+    ],
+  },
+  {
+    name: 'etp-lb',
+    index: 21,
+    type: 'LoadBalancer',
+    nodePort: 30098,
+    healthCheckNodePort: 30298,
+    eTP: 'Local',
+    lbIPs: ['198.51.100.30'],
+    endpoints: [{ pod: 'a' }, { pod: 'b', node: 'node-2' }],
+  },
+  {
+    name: 'sticky-np',
+    index: 22,
+    type: 'NodePort',
+    nodePort: 30099,
+    affinity: true,
+    endpoints: [{ pod: 'a' }, { pod: 'b' }],
+  },
+  { name: 'udp-drain', index: 23, protocol: 'UDP', endpoints: [{ pod: 'a' }, { pod: 'b' }] },
+  // No endpoints while iptables mode runs (REJECT in its filter chains); gets some under IPVS.
+  {
+    name: 'late',
+    index: LATE,
+    type: 'NodePort',
+    nodePort: 30094,
+    externalIPs: ['203.0.113.60'],
+    endpoints: [],
+  },
+  { name: 'leftover', index: LEFTOVER, endpoints: [{ pod: 'a' }] },
+  {
+    name: 'sctp',
+    index: SCTP_SVC,
+    type: 'NodePort',
+    ports: [
+      {
+        name: 's',
+        protocol: 'SCTP',
+        port: SCTP_PORT,
+        targetPort: SCTP_PORT,
+        endpointPort: SCTP_PORT,
+        nodePort: 30077,
+      },
+    ],
+    endpoints: [{ pod: 'a' }, { pod: 'b' }],
+  },
 ];
 
 const NODE_OBJECT: SourceObject = {
@@ -182,6 +365,19 @@ const NODE_OBJECT: SourceObject = {
   source: 'node#0',
 };
 
+const tcp = (ip: string, port: number, extra: Partial<RequestSpec> = {}): RequestSpec => ({
+  proto: 'tcp',
+  ip,
+  port,
+  ...extra,
+});
+const udp = (ip: string, port: number, extra: Partial<RequestSpec> = {}): RequestSpec => ({
+  proto: 'udp',
+  ip,
+  port,
+  ...extra,
+});
+
 async function answers(sb: Sandbox, from: string, req: RequestSpec, n: number): Promise<string[]> {
   const out: string[] = [];
   for (let i = 0; i < n; i++) {
@@ -198,11 +394,18 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
   });
   let proxier: IpvsProxier | undefined;
   let proxier6: IpvsProxier | undefined;
+  let h: IptablesHarness;
+  /** What iptables mode left before IPVS started (the switch test checks it is gone). */
+  let iptablesModeSave = '';
+  let iptablesModeLate: ProbeResult | undefined;
+  let firstReports: IpvsSyncReport[] = [];
+  const servers: Background[] = [];
   // Registered before useSandbox's after hook: stop the drain timer while the namespace still exists.
   // All IPVS state lives in the sandbox's node namespace and goes with it; cleanupIpvs is proven there.
   after(async () => {
     proxier?.stop();
     proxier6?.stop();
+    await Promise.all([proxier?.idle(), proxier6?.idle(), ...servers.map((s) => s.stop())]);
     if (proxier && proxier6) {
       const { removed } = await cleanupIpvs([proxier.ipt, proxier6.ipt], { netns: proxier.ipt.netns });
       assert.ok(removed.includes('ip link del kube-ipvs0'), removed.join('\n'));
@@ -220,8 +423,8 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
   const env = useSandbox({
     brNetfilter: true,
     pods: [
-      { name: 'a', index: 2, tcpPorts: [TARGET], udpPorts: [UDP_TARGET] },
-      { name: 'b', index: 3, tcpPorts: [TARGET], udpPorts: [UDP_TARGET] },
+      { name: 'a', index: 2, tcpPorts: [TARGET, METRICS], udpPorts: [UDP_TARGET] },
+      { name: 'b', index: 3, tcpPorts: [TARGET, METRICS], udpPorts: [UDP_TARGET] },
       { name: 'c', index: 4, tcpPorts: [TARGET] },
       { name: 'client', index: 10 },
     ],
@@ -230,240 +433,775 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
     if (!proxier) throw new Error('proxier not created (before hook failed)');
     return proxier;
   };
+  const objectsOfAll = (specs: readonly SvcSpec[]): SourceObject[] => [
+    NODE_OBJECT,
+    ...specs.flatMap((x) => objectsOf(env.sb, x)),
+  ];
   const stateOf = (specs: readonly SvcSpec[]): ClusterState => {
-    const s = buildClusterState([NODE_OBJECT, ...specs.flatMap((x) => objectsOf(env.sb, x))]);
+    const s = buildClusterState(objectsOfAll(specs));
     assert.deepEqual(s.problems, []);
     return s;
   };
+  /** The node's Services now: BASE, plus the changes tests made for good ("late" got endpoints …). */
+  let specs: readonly SvcSpec[] = BASE;
+  const withEndpoints = (name: string, endpoints: readonly EpSpec[]): SvcSpec[] =>
+    specs.map((s) => (s.name === name ? { ...s, endpoints } : s));
   const ipvsadm = async (): Promise<string> => (await env.sb.exec('node', ['ipvsadm', '-Sn'])).stdout;
   const peerOf = (r: ProbeResult): string => peerIP(expectReply(r).peer);
 
+  const configFor = (family: IPFamily, overrides: Partial<IpvsProxierConfig> = {}): IpvsProxierConfig => ({
+    family,
+    nodeName: NODE,
+    masqueradeBit: 14,
+    masqueradeAll: false,
+    clusterCIDRs: ['10.244.0.0/16', 'fd00:10:244::/64'],
+    nodePortAddresses: [],
+    scheduler: 'rr',
+    strictARP: true,
+    excludeCIDRs: [],
+    tcpTimeout: 0,
+    tcpFinTimeout: 0,
+    udpTimeout: 0,
+    netns: env.sb.nodeNs,
+    // Often enough for the drain test, rarely enough not to load the single UML CPU.
+    gracefulCheckMs: 1000,
+    ...overrides,
+  });
+  const BOTH: readonly IPFamily[] = ['IPv4', 'IPv6'];
+  const main = (family: IPFamily): IpvsProxier => (family === 'IPv4' ? px() : proxier6!);
+  /**
+   * Converges the node with the main proxiers. A test that only looks at one family syncs only that
+   * one: each sync costs seconds of the single UML CPU.
+   */
+  const syncMain = async (
+    to: readonly SvcSpec[] = specs,
+    families: readonly IPFamily[] = BOTH,
+  ): Promise<IpvsSyncReport[]> => {
+    const state = stateOf(to);
+    const reports: IpvsSyncReport[] = [];
+    for (const f of families) reports.push(await main(f).sync(state));
+    return reports;
+  };
+  /**
+   * Runs `fn` with the node synced by short-lived proxiers with other flags (a restarted svcplane),
+   * then gives the node back to the main proxiers (unless the caller does that itself). Their setup()
+   * is skipped: the flags changed here do not touch what it sets, and it costs seconds in UML.
+   */
+  const withFlags = async (
+    overrides: Partial<IpvsProxierConfig>,
+    families: readonly IPFamily[],
+    fn: () => Promise<void>,
+    restore = true,
+  ): Promise<void> => {
+    const state = stateOf(specs);
+    const variants = families.map((f) => new IpvsProxier(configFor(f, overrides)));
+    try {
+      for (const p of variants) await p.sync(state);
+      await fn();
+    } finally {
+      for (const p of variants) p.stop();
+      await Promise.all(variants.map((p) => p.idle()));
+      if (restore) await syncMain(specs, families);
+    }
+  };
+
   before(async function () {
-    const make = (family: IPFamily): IpvsProxier =>
-      new IpvsProxier({
-        family,
-        nodeName: NODE,
-        masqueradeBit: 14,
-        masqueradeAll: false,
-        clusterCIDRs: ['10.244.0.0/16', 'fd00:10:244::/64'],
-        nodePortAddresses: [],
-        scheduler: 'rr',
-        strictARP: true,
-        excludeCIDRs: [],
-        tcpTimeout: 0,
-        tcpFinTimeout: 0,
-        udpTimeout: 0,
-        netns: env.sb.nodeNs,
-        gracefulCheckMs: 200,
-      });
-    proxier = make('IPv4');
-    proxier6 = make('IPv6');
+    this.timeout(180_000);
+    const sb = env.sb;
+    h = new IptablesHarness(sb);
+    await h.addAddresses(
+      'outside',
+      'eth0',
+      [OUTSIDE_OTHER_IP, ...CLIENT_IPS].map((ip) => `${ip}/24`),
+    );
+    // SCTP: the UML kernel ships sctp.ko (and IPVS's SCTP support); socat speaks it. Loaded here
+    // (this is the UML kernel, not the host's) so a missing module fails loudly instead of skipping.
+    await run(['modprobe', '-a', 'sctp', 'xt_sctp']);
+    for (const pod of ['a', 'b']) {
+      servers.push(
+        new Background([
+          'ip',
+          'netns',
+          'exec',
+          sb.pod(pod).ns,
+          'socat',
+          `SCTP-LISTEN:${SCTP_PORT},fork,reuseaddr`,
+          `SYSTEM:echo ${pod} $SOCAT_PEERADDR`,
+        ]),
+      );
+    }
+
+    // 1. The node ran iptables mode before (the switch): same Services, "late" without endpoints.
+    await h.sync(objectsOfAll(BASE).map((o) => o.obj));
+    iptablesModeSave = (await h.save('IPv4')) + (await h.save('IPv6'));
+    iptablesModeLate = await sb.request('client', tcp(clusterIP(LATE), 80, { timeoutMs: 1500 }));
+    expectReply(await sb.request('client', tcp(clusterIP(1), 80)));
+
+    // 2. A previous IPVS run left real servers at weight 0 (draining when it stopped): one still
+    // wanted (pod a), one not (pod c).
+    const vs = `-t ${clusterIP(LEFTOVER)}:80`;
+    await sb.exec('node', ['ipvsadm', '-R'], {
+      input: [
+        `-A ${vs} -s rr`,
+        `-a ${vs} -r ${sb.podIP('a')}:${TARGET} -m -w 0`,
+        `-a ${vs} -r ${sb.podIP('c')}:${TARGET} -m -w 0`,
+        '',
+      ].join('\n'),
+    });
+
+    // 3. IPVS mode starts: both families at once, as the controller may run them (kube-ipvs0 is
+    // created by either).
+    proxier = new IpvsProxier(configFor('IPv4'));
+    proxier6 = new IpvsProxier(configFor('IPv6'));
     const state = stateOf(BASE);
-    // Both families at once, as the controller may run them (kube-ipvs0 is created by either).
-    await Promise.all(
+    firstReports = await Promise.all(
       [proxier, proxier6].map(async (p) => {
         await p.setup();
         const report = await p.sync(state);
         assert.ok(report.writtenServices > 10, `${p.name}: ${report.writtenServices} virtual servers`);
+        return report;
       }),
     );
   });
 
-  it('binds ClusterIPs, externalIPs and LB IPs on kube-ipvs0 and creates one VS per frontend', async () => {
-    const addrs = (await env.sb.exec('node', ['ip', '-o', 'addr', 'show', 'dev', 'kube-ipvs0'])).stdout;
-    for (const ip of [clusterIP(1), '203.0.113.10', '198.51.100.20'])
-      assert.match(addrs, new RegExp(`inet ${ip.replaceAll('.', '\\.')}/32`));
-    const table = parseIpvsadmSave(await ipvsadm());
-    assert.ok(table.has('-t 10.96.20.1:80'));
-    assert.ok(table.has('-t 192.0.2.1:30080'), 'NodePort VS on the node IP');
-    assert.ok(table.has('-t 203.0.113.10:80'));
-    assert.ok(table.has('-u 10.96.20.2:80'));
-    assert.equal(table.get('-t 10.96.20.3:80')?.vs.persistence, 60);
+  describe('setup', () => {
+    it('binds ClusterIPs, externalIPs and LB IPs on kube-ipvs0 and creates one VS per frontend', async () => {
+      const addrs = (await env.sb.exec('node', ['ip', '-o', 'addr', 'show', 'dev', 'kube-ipvs0'])).stdout;
+      for (const ip of [clusterIP(1), '203.0.113.10', '198.51.100.20'])
+        assert.match(addrs, new RegExp(`inet ${ip.replaceAll('.', '\\.')}/32`));
+      for (const ip of [EXTERNAL_IP_V6, LB_IP_V6]) assert.match(addrs, new RegExp(`inet6 ${ip}/128`));
+      const table = parseIpvsadmSave(await ipvsadm());
+      assert.ok(table.has('-t 10.96.20.1:80'));
+      assert.ok(table.has('-t 192.0.2.1:30080'), 'NodePort VS on the node IP');
+      assert.ok(table.has('-t 203.0.113.10:80'));
+      assert.ok(table.has('-u 10.96.20.2:80'));
+      assert.ok(table.has(`--sctp-service 10.96.20.${SCTP_SVC}:${SCTP_PORT}`));
+      assert.equal(table.get('-t 10.96.20.3:80')?.vs.persistence, 60);
+    });
+
+    it('switch from iptables mode: its chains and jumps are removed at start (IPv4 and IPv6)', async () => {
+      // The precondition: iptables mode had programmed the node, and rejected "late".
+      assert.match(iptablesModeSave, /:KUBE-EXTERNAL-SERVICES /);
+      assert.match(iptablesModeSave, /-A KUBE-SERVICES .*10\.96\.20\.24\/32.* -j REJECT/);
+      assert.match(iptablesModeSave, /:KUBE-SVC-/);
+      expectError(iptablesModeLate!, 'refused');
+      assert.ok(
+        firstReports.every((r) => Number(r.details?.iptablesLeftoversRemoved) > 0),
+        JSON.stringify(firstReports.map((r) => r.details)),
+      );
+      for (const family of ['IPv4', 'IPv6'] as const) {
+        const ipt = family === 'IPv4' ? px().ipt : proxier6!.ipt;
+        const saved = parseIptablesSave(await ipt.save());
+        const chains = (t: string): string[] => saved.tables.get(t)?.chains.map((c) => c.name) ?? [];
+        assert.deepEqual(
+          chains('nat').filter((c) => /^KUBE-(SVC|SEP|EXT|FW|SVL)-|^KUBE-NODEPORTS$/.test(c)),
+          [],
+          `${family} nat`,
+        );
+        assert.deepEqual(
+          chains('filter').filter((c) => /^KUBE-(SERVICES|EXTERNAL-SERVICES|NODEPORTS)$/.test(c)),
+          [],
+          `${family} filter`,
+        );
+        // iptables mode's jumps into chains both modes use are gone too; kubelet's KUBE-FIREWALL stays.
+        const filterRules = saved.tables.get('filter')?.rules ?? [];
+        assert.ok(!filterRules.some((r) => ruleComment(r) === 'kubernetes load balancer firewall'));
+        assert.ok(chains('filter').includes('KUBE-FIREWALL'));
+      }
+    });
+
+    it('switch from iptables mode: a Service it rejected is reachable once it gets endpoints', async () => {
+      const sb = env.sb;
+      // For good: taking the endpoints away again would leave them draining (TIME_WAIT) for minutes.
+      specs = withEndpoints('late', [{ pod: 'a' }, { pod: 'b' }]);
+      await syncMain();
+      assertAnsweredBy(await h.answers('client', tcp(clusterIP(LATE), 80), { until: ['a', 'b'] }), [
+        'a',
+        'b',
+      ]);
+      answeredPeer(await sb.request('outside', tcp(sb.nodeIPv4, 30094)), ['a', 'b']);
+      answeredPeer(await sb.request('outside', tcp('203.0.113.60', 80)), ['a', 'b']);
+      answeredPeer(await sb.request('client', tcp(clusterIP6(LATE), 80)), ['a', 'b']);
+    });
+
+    it('a weight-0 real server of a previous run is reset to weight 1 at start; an unwanted one is deleted', async () => {
+      const sb = env.sb;
+      const vs = parseIpvsadmSave(await ipvsadm()).get(`-t ${clusterIP(LEFTOVER)}:80`);
+      assert.equal(vs?.reals.get(`${sb.podIP('a')}:${TARGET}`)?.weight, 1);
+      assert.equal(vs?.reals.has(`${sb.podIP('c')}:${TARGET}`), false, 'idle leftover deleted');
+      assert.deepEqual(
+        [...new Set(await answers(sb, 'client', tcp(clusterIP(LEFTOVER), 80), 3))],
+        ['a'],
+        'a weight-0 real server would get no new connection',
+      );
+    });
   });
 
-  it('ClusterIP from a pod and from the node reaches both endpoints (no masquerade from pods)', async () => {
-    const seen = new Set(await answers(env.sb, 'client', { proto: 'tcp', ip: clusterIP(1), port: 80 }, 6));
-    assert.deepEqual([...seen].sort(), ['a', 'b']);
-    const r = await env.sb.request('client', { proto: 'tcp', ip: clusterIP(1), port: 80 });
-    assert.equal(peerOf(r), env.sb.podIP('client'));
-    expectReply(await env.sb.request('node', { proto: 'tcp', ip: clusterIP(1), port: 80 }));
+  describe('ClusterIP', () => {
+    it('from a pod: both endpoints answer, no masquerade; from the node: answered', async () => {
+      const sb = env.sb;
+      const seen = new Set(await answers(sb, 'client', tcp(clusterIP(1), 80), 6));
+      assert.deepEqual([...seen].sort(), ['a', 'b']);
+      const r = await sb.request('client', tcp(clusterIP(1), 80));
+      assert.equal(peerOf(r), sb.podIP('client'));
+      expectReply(await sb.request('node', tcp(clusterIP(1), 80)));
+    });
+
+    it('several ports per Service, each to its own (named) target port; other ports of the ClusterIP are rejected (IPVS: KUBE-IPVS-FILTER)', async () => {
+      const sb = env.sb;
+      for (const [port, target] of [
+        [80, TARGET],
+        [9090, METRICS],
+      ] as const) {
+        const seen = await h.answers('client', tcp(clusterIP(14), port), { until: ['a', 'b'] });
+        assertAnsweredBy(seen, ['a', 'b']);
+        const { reply } = answeredPeer(await sb.request('client', tcp(clusterIP(14), port)));
+        assert.equal(reply.port, target, `Service port ${port} lands on endpoint port ${target}`);
+      }
+      // iptables mode lets such a packet through undelivered (no answer); IPVS mode binds the
+      // ClusterIP locally, so KUBE-IPVS-FILTER rejects it (refused) instead of the node answering.
+      await expectNoAnswer(sb, 'client', tcp(clusterIP(14), TARGET, { timeoutMs: DROP_MS }), 'refused');
+    });
+
+    it('from outside (routed via the node) and from the node: both endpoints answer, masqueraded (--cluster-cidr)', async () => {
+      const sb = env.sb;
+      for (const from of ['outside', 'node']) {
+        assertAnsweredBy(await h.answers(from, tcp(clusterIP(1), 80), { until: ['a', 'b'] }), ['a', 'b']);
+        // The node's own connections come from the ClusterIP (a local address), not from the cluster CIDR.
+        assert.equal(answeredPeer(await sb.request(from, tcp(clusterIP(1), 80))).peer, MASQ_V4, from);
+      }
+      assert.equal(answeredPeer(await sb.request('outside', tcp(clusterIP6(1), 80))).peer, MASQ_V6);
+    });
+
+    it('UDP ClusterIP', async () => {
+      expectReply(await env.sb.request('client', udp(clusterIP(2), 80)), 'a');
+    });
   });
 
-  it('ClusterIP from outside (routed via the node) is masqueraded', async () => {
-    const r = await env.sb.request('outside', { proto: 'tcp', ip: clusterIP(1), port: 80 });
-    assert.notEqual(peerOf(r), env.sb.outsideIPv4);
+  describe('NodePort', () => {
+    it('from outside: both endpoints answer, masqueraded (eTP=Cluster); from a pod: masqueraded too', async () => {
+      const sb = env.sb;
+      assertAnsweredBy(await h.answers('outside', tcp(sb.nodeIPv4, 30080), { until: ['a', 'b'] }), [
+        'a',
+        'b',
+      ]);
+      assert.equal(answeredPeer(await sb.request('outside', tcp(sb.nodeIPv4, 30080))).peer, MASQ_V4);
+      assert.equal(
+        answeredPeer(await sb.request('client', tcp(sb.nodeIPv4, 30080)), ['a', 'b']).peer,
+        MASQ_V4,
+      );
+    });
+
+    it('UDP NodePort from outside: both endpoints answer, masqueraded', async () => {
+      const sb = env.sb;
+      assertAnsweredBy(await h.answers('outside', udp(sb.nodeIPv4, 30053), { until: ['a', 'b'] }), [
+        'a',
+        'b',
+      ]);
+      const u = answeredPeer(await sb.request('outside', udp(sb.nodeIPv4, 30053)));
+      assert.deepEqual([u.reply.proto, u.reply.port, u.peer], ['udp', UDP_TARGET, MASQ_V4]);
+    });
+
+    it('no localhost NodePorts: 127.0.0.1:<nodePort> from the node is not a NodePort (as kube-proxy IPVS; iptables mode has them)', async () => {
+      const sb = env.sb;
+      // route_localnet is still 1 from iptables mode: the address alone would be routable.
+      await expectNoAnswer(sb, 'node', tcp('127.0.0.1', 30080, { timeoutMs: DROP_MS }));
+      answeredPeer(await sb.request('node', tcp(sb.nodeIPv4, 30080)), ['a', 'b']);
+    });
+
+    it('--nodeport-addresses: NodePorts answer on node IPs inside the CIDR only', async () => {
+      const sb = env.sb;
+      await h.addAddresses('node', 'ext0', [`${NODE_SECOND_IP}/24`]);
+      try {
+        // Control: with every address (the default) the second node address answers too.
+        await syncMain(specs, ['IPv4']);
+        answeredPeer(await sb.request('outside', tcp(NODE_SECOND_IP, 30080)), ['a', 'b']);
+        await withFlags(
+          { nodePortAddresses: [`${sb.nodeIPv4}/32`] },
+          ['IPv4'],
+          async () => {
+            assert.ok(!(await ipvsadm()).includes(`${NODE_SECOND_IP}:30080`), 'no VS on the other address');
+            assertAnsweredBy(await h.answers('outside', tcp(sb.nodeIPv4, 30080), { until: ['a', 'b'] }), [
+              'a',
+              'b',
+            ]);
+            // Not a virtual server: the node itself has nothing on that port.
+            await expectNoAnswer(
+              sb,
+              'outside',
+              tcp(NODE_SECOND_IP, 30080, { timeoutMs: DROP_MS }),
+              'refused',
+            );
+          },
+          false,
+        );
+      } finally {
+        await h.removeAddresses('node', 'ext0', [`${NODE_SECOND_IP}/24`]);
+        await syncMain(specs, ['IPv4']);
+      }
+      assert.ok(!(await ipvsadm()).includes(`${NODE_SECOND_IP}:30080`), 'VS gone with the address');
+    });
   });
 
-  it('NodePort and externalIP from outside', async () => {
-    expectReply(await env.sb.request('outside', { proto: 'tcp', ip: env.sb.nodeIPv4, port: 30080 }));
-    expectReply(await env.sb.request('outside', { proto: 'tcp', ip: '203.0.113.10', port: 80 }));
+  describe('externalIPs and LoadBalancer IPs', () => {
+    it('externalIP from outside: both endpoints answer, masqueraded', async () => {
+      const sb = env.sb;
+      assertAnsweredBy(await h.answers('outside', tcp('203.0.113.10', 80), { until: ['a', 'b'] }), [
+        'a',
+        'b',
+      ]);
+      assert.equal(answeredPeer(await sb.request('outside', tcp('203.0.113.10', 80))).peer, MASQ_V4);
+    });
+
+    it('LoadBalancer IP from outside: both endpoints answer, masqueraded; externalIP and LB IP from a pod: masqueraded', async () => {
+      const sb = env.sb;
+      assertAnsweredBy(await h.answers('outside', tcp('198.51.100.10', 80), { until: ['a', 'b'] }), [
+        'a',
+        'b',
+      ]);
+      assert.equal(answeredPeer(await sb.request('outside', tcp('198.51.100.10', 80))).peer, MASQ_V4);
+      assert.equal(
+        answeredPeer(await sb.request('client', tcp('203.0.113.10', 80)), ['a', 'b']).peer,
+        MASQ_V4,
+      );
+      assert.equal(
+        answeredPeer(await sb.request('client', tcp('198.51.100.10', 80)), ['a', 'b']).peer,
+        MASQ_V4,
+      );
+    });
+
+    it('other ports of a bound service address are rejected (KUBE-IPVS-FILTER)', async () => {
+      expectError(await env.sb.request('outside', tcp('203.0.113.10', 22)), 'refused');
+    });
+
+    it('loadBalancerSourceRanges: the allowed source passes, other sources are dropped', async () => {
+      const sb = env.sb;
+      expectReply(await sb.request('outside', tcp('198.51.100.20', 80)), 'b');
+      expectError(await sb.request('outside', tcp('198.51.100.21', 80, { timeoutMs: DROP_MS })), 'timeout');
+      await expectNoAnswer(
+        sb,
+        'outside',
+        tcp('198.51.100.20', 80, { timeoutMs: DROP_MS, sourceIP: OUTSIDE_OTHER_IP }),
+        'timeout',
+      );
+      await expectNoAnswer(sb, 'client', tcp('198.51.100.20', 80, { timeoutMs: DROP_MS }), 'timeout');
+      // The same source is fine on another Service's VIP: the drop is the source range's doing.
+      answeredPeer(await sb.request('outside', tcp('198.51.100.10', 80, { sourceIP: OUTSIDE_OTHER_IP })));
+    });
+
+    it('the node to an LB IP: dropped when no node address is inside the source ranges (KUBE-IPVS-OUT-FILTER), answered otherwise', async () => {
+      const sb = env.sb;
+      // lb-open allows only 192.0.2.2/32: no node address is inside.
+      await expectNoAnswer(sb, 'node', tcp('198.51.100.20', 80, { timeoutMs: DROP_MS }), 'timeout');
+      // lb-node allows 192.0.2.0/24 (ext0's network); lb-closed allows 10.0.0.0/8, which holds the
+      // node's bridge address 10.244.0.1 (a node address as kube-proxy counts them).
+      expectReply(await sb.request('node', tcp('198.51.100.22', 80)), 'b');
+      expectReply(await sb.request('node', tcp('198.51.100.21', 80)), 'b');
+      const out = rulesOf(parseIptablesSave(await px().ipt.save()), 'filter', 'KUBE-IPVS-OUT-FILTER');
+      assert.deepEqual(
+        out.map((r) => /--vaddr (\S+)/.exec(r.text)?.[1]),
+        ['198.51.100.20'],
+      );
+    });
   });
 
-  it('other ports of a bound service address are rejected (KUBE-IPVS-FILTER)', async () => {
-    expectError(await env.sb.request('outside', { proto: 'tcp', ip: '203.0.113.10', port: 22 }), 'refused');
+  describe('no endpoints: REJECT (as iptables mode; kube-proxy IPVS leaves them unanswered)', () => {
+    const QUICK_MS = 1000;
+    const LONG_MS = 3000;
+
+    it('ClusterIP, TCP and UDP, from a pod: refused at once', async () => {
+      const sb = env.sb;
+      for (const req of [
+        tcp(clusterIP(10), 80, { timeoutMs: LONG_MS }),
+        udp(clusterIP(10), 53, { timeoutMs: LONG_MS }),
+      ]) {
+        const ms = await expectNoAnswer(sb, 'client', req, 'refused');
+        assert.ok(ms < QUICK_MS, `${req.proto} refused after ${Math.round(ms)} ms`);
+      }
+    });
+
+    it('NodePort (TCP and UDP) and externalIP from outside: refused at once', async () => {
+      const sb = env.sb;
+      for (const req of [
+        tcp(sb.nodeIPv4, 30090, { timeoutMs: LONG_MS }),
+        udp(sb.nodeIPv4, 30091, { timeoutMs: LONG_MS }),
+        tcp('203.0.113.50', 80, { timeoutMs: LONG_MS }),
+      ]) {
+        const ms = await expectNoAnswer(sb, 'outside', req, 'refused');
+        assert.ok(ms < QUICK_MS, `${req.proto} ${req.ip}:${req.port} refused after ${Math.round(ms)} ms`);
+      }
+    });
   });
 
-  it('UDP ClusterIP', async () => {
-    expectReply(await env.sb.request('client', { proto: 'udp', ip: clusterIP(2), port: 80 }), 'a');
+  describe('masquerade', () => {
+    it('without a local-traffic detector: outside→ClusterIP keeps its source, node→ClusterIP is masqueraded (KUBE-CLUSTER-IP src,dst)', async () => {
+      const sb = env.sb;
+      await withFlags({ clusterCIDRs: [] }, ['IPv4'], async () => {
+        assert.equal(answeredPeer(await sb.request('outside', tcp(clusterIP(1), 80))).peer, sb.outsideIPv4);
+        assert.equal(
+          answeredPeer(await sb.request('client', tcp(clusterIP(1), 80))).peer,
+          sb.podIP('client'),
+        );
+        // The node's connection has the ClusterIP as its source: the src,dst match masquerades it.
+        assert.equal(answeredPeer(await sb.request('node', tcp(clusterIP(1), 80))).peer, MASQ_V4);
+        // NodePorts are masqueraded whatever the detector (eTP=Cluster).
+        assert.equal(answeredPeer(await sb.request('outside', tcp(sb.nodeIPv4, 30080))).peer, MASQ_V4);
+      });
+    });
+
+    it('--masquerade-all: pod→ClusterIP is masqueraded too (IPv4 and IPv6)', async () => {
+      const sb = env.sb;
+      await withFlags({ masqueradeAll: true }, BOTH, async () => {
+        assert.equal(answeredPeer(await sb.request('client', tcp(clusterIP(1), 80))).peer, MASQ_V4);
+        assert.equal(answeredPeer(await sb.request('client', tcp(clusterIP6(1), 80))).peer, MASQ_V6);
+      });
+      assert.equal(answeredPeer(await sb.request('client', tcp(clusterIP(1), 80))).peer, sb.podIP('client'));
+    });
+
+    it('hairpin: a pod that reaches itself through its ClusterIP sees the node as source; another pod is not masqueraded', async () => {
+      const sb = env.sb;
+      assert.equal(answeredPeer(await sb.request('a', tcp(clusterIP(11), 80)), 'a').peer, MASQ_V4);
+      assert.equal(answeredPeer(await sb.request('b', tcp(clusterIP(11), 80)), 'a').peer, sb.podIP('b'));
+    });
   });
 
-  it('ClientIP affinity sticks to one endpoint', async () => {
-    const got = await answers(env.sb, 'client', { proto: 'tcp', ip: clusterIP(3), port: 80 }, 6);
-    assert.equal(new Set(got).size, 1, got.join(','));
+  describe('sessionAffinity ClientIP (IPVS persistence)', () => {
+    it('repeated requests from one client stick to one endpoint', async () => {
+      const got = await answers(env.sb, 'client', tcp(clusterIP(3), 80), 6);
+      assert.equal(new Set(got).size, 1, got.join(','));
+    });
+
+    it('different clients are balanced, each sticking to its own endpoint', async () => {
+      const sb = env.sb;
+      const landed = new Set<string>();
+      for (const sourceIP of CLIENT_IPS.slice(0, 8)) {
+        const first = answeredPeer(await sb.request('outside', tcp(clusterIP(3), 80, { sourceIP })));
+        for (let i = 0; i < 2; i++) {
+          const again = answeredPeer(await sb.request('outside', tcp(clusterIP(3), 80, { sourceIP })));
+          assert.equal(again.reply.pod, first.reply.pod, `client ${sourceIP} moved endpoints`);
+        }
+        landed.add(first.reply.pod);
+        if (landed.size === 3) break;
+      }
+      assert.deepEqual([...landed].sort(), ['a', 'b', 'c'], 'clients land on every endpoint');
+    });
+
+    it('affinity is per virtual server: a client bound on the ClusterIP is scheduled afresh on the NodePort (iptables mode shares it)', async () => {
+      const sb = env.sb;
+      const pick = async (ip: string, port: number, sourceIP: string): Promise<string> => {
+        const first = answeredPeer(await sb.request('outside', tcp(ip, port, { sourceIP }))).reply.pod;
+        const again = answeredPeer(await sb.request('outside', tcp(ip, port, { sourceIP }))).reply.pod;
+        assert.equal(again, first, `${sourceIP} sticks on ${ip}:${port}`);
+        return first;
+      };
+      const pairs: string[] = [];
+      for (let i = 0; i < 4; i++) {
+        const client = CLIENT_IPS[8 + i]!;
+        const viaCluster = await pick(clusterIP(22), 80, client);
+        const viaNode = await pick(sb.nodeIPv4, 30099, client);
+        pairs.push(`${client}: ${viaCluster}/${viaNode}`);
+        if (viaCluster !== viaNode) return;
+        // Both VSs schedule round robin; a client on the ClusterIP only puts them out of step.
+        await pick(clusterIP(22), 80, CLIENT_IPS[12 + i]!);
+      }
+      assert.fail(`ClusterIP and NodePort always agreed, as if affinity were shared: ${pairs.join(', ')}`);
+    });
   });
 
-  it('LoadBalancer source ranges: allowed source reaches, others are dropped', async () => {
-    expectReply(await env.sb.request('outside', { proto: 'tcp', ip: '198.51.100.20', port: 80 }), 'b');
-    expectError(
-      await env.sb.request('outside', { proto: 'tcp', ip: '198.51.100.21', port: 80, timeoutMs: 800 }),
-      'timeout',
-    );
-  });
+  describe('traffic policies and topology', () => {
+    it('eTP=Local NodePort from outside: only the local endpoint, client IP preserved', async () => {
+      for (let i = 0; i < 4; i++) {
+        const r = await env.sb.request('outside', tcp(env.sb.nodeIPv4, 30086));
+        expectReply(r, 'a');
+        assert.equal(peerOf(r), env.sb.outsideIPv4);
+      }
+    });
 
-  it('eTP=Local NodePort: only the local endpoint, client IP preserved', async () => {
-    for (let i = 0; i < 4; i++) {
-      const r = await env.sb.request('outside', { proto: 'tcp', ip: env.sb.nodeIPv4, port: 30086 });
+    it('eTP=Local LB IP from outside: only the local endpoint, client IP preserved', async () => {
+      for (let i = 0; i < 4; i++) {
+        const r = await env.sb.request('outside', tcp('198.51.100.30', 80));
+        expectReply(r, 'a');
+        assert.equal(peerOf(r), env.sb.outsideIPv4);
+      }
+    });
+
+    it('eTP=Local without local endpoints drops outside traffic (as iptables mode, unlike kube-proxy IPVS)', async () => {
+      expectError(
+        await env.sb.request('outside', tcp(env.sb.nodeIPv4, 30087, { timeoutMs: DROP_MS })),
+        'timeout',
+      );
+    });
+
+    it('eTP=Local from a pod and from the node: only local endpoints; none local: a pod is dropped, the node refused (IPVS: one VS holds one endpoint set; iptables mode sends both to every endpoint)', async () => {
+      const sb = env.sb;
+      for (const from of ['client', 'node'] as const) {
+        assert.deepEqual([...new Set(await answers(sb, from, tcp(sb.nodeIPv4, 30086), 6))], ['a'], from);
+      }
+      await expectNoAnswer(sb, 'client', tcp(sb.nodeIPv4, 30087, { timeoutMs: DROP_MS }), 'timeout');
+      // The node's own packet meets IPVS (LOCAL_OUT) before any filter rule: a virtual server without
+      // real servers answers it with ICMP port unreachable.
+      await expectNoAnswer(sb, 'node', tcp(sb.nodeIPv4, 30087, { timeoutMs: DROP_MS }), 'refused');
+      const r = await sb.request('client', tcp('198.51.100.30', 80));
       expectReply(r, 'a');
-      assert.equal(peerOf(r), env.sb.outsideIPv4);
-    }
+      assert.equal(peerOf(r), sb.podIP('client'), 'eTP=Local: no masquerade');
+    });
+
+    it('iTP=Local ClusterIP reaches only the local endpoint; none local → DROP (timeout), not REJECT', async () => {
+      const got = await answers(env.sb, 'client', tcp(clusterIP(8), 80), 4);
+      assert.deepEqual([...new Set(got)], ['a']);
+      await expectNoAnswer(env.sb, 'client', tcp(clusterIP(18), 80, { timeoutMs: DROP_MS }), 'timeout');
+      await expectNoAnswer(env.sb, 'client', tcp(clusterIP6(18), 80, { timeoutMs: DROP_MS }), 'timeout');
+    });
+
+    it('only terminating endpoints: the serving one answers', async () => {
+      const got = await answers(env.sb, 'client', tcp(clusterIP(9), 80), 4);
+      assert.deepEqual([...new Set(got)], ['a']);
+    });
+
+    it("zone hints for this node's zone restrict the endpoints; hints for other zones only do not", async () => {
+      const sb = env.sb;
+      assert.deepEqual([...new Set(await answers(sb, 'client', tcp(clusterIP(19), 80), 6))], ['a']);
+      assertAnsweredBy(await h.answers('client', tcp(clusterIP(20), 80), { until: ['a', 'b', 'c'] }), [
+        'a',
+        'b',
+        'c',
+      ]);
+      assert.deepEqual([...new Set(await answers(sb, 'client', tcp(clusterIP6(19), 80), 3))], ['a']);
+    });
+
+    it('healthCheckNodePort: in KUBE-HEALTH-CHECK-NODE-PORT, and outside traffic to it hits the filter ACCEPT', async () => {
+      const sb = env.sb;
+      const accepted = async (): Promise<number> => {
+        const saved = parseIptablesSave(
+          (await sb.exec('node', ['iptables-save', '-c', '-t', 'filter'])).stdout,
+        );
+        const rule = rulesOf(saved, 'filter', 'KUBE-NODE-PORT').find((r) =>
+          r.text.includes('KUBE-HEALTH-CHECK-NODE-PORT dst -j ACCEPT'),
+        );
+        assert.ok(rule, 'filter KUBE-NODE-PORT accepts health check node ports');
+        return rule.packets ?? 0;
+      };
+      for (const set of ['KUBE-HEALTH-CHECK-NODE-PORT', 'KUBE-6-HEALTH-CHECK-NODE-PORT']) {
+        const members = (await sb.exec('node', ['ipset', 'list', set])).stdout;
+        assert.match(members, /^30298$/m, set);
+      }
+      const before = await accepted();
+      // Nothing listens there in this test (the HTTP server is another component): refused, but accepted.
+      expectError(await sb.request('outside', tcp(sb.nodeIPv4, 30298)), 'refused');
+      assert.ok((await accepted()) > before, 'the ACCEPT rule counted the packet');
+    });
   });
 
-  it('eTP=Local without local endpoints drops outside traffic (as iptables mode, unlike kube-proxy IPVS)', async () => {
-    expectError(
-      await env.sb.request('outside', { proto: 'tcp', ip: env.sb.nodeIPv4, port: 30087, timeoutMs: 800 }),
-      'timeout',
-    );
-  });
+  describe('SCTP', () => {
+    /** One SCTP association through socat; the server answers "<pod> <peer address>". */
+    const sctp = async (from: Where, ip: string, port: number, bind?: string) => {
+      const r = await env.sb.exec(
+        from,
+        ['socat', '-T', '3', 'STDIO', `SCTP-CONNECT:${ip}:${port},shut-none${bind ? `,bind=${bind}` : ''}`],
+        { input: '', allowFailure: true, timeoutMs: 10_000 },
+      );
+      const m = /^(\S+) (\S+)$/m.exec(r.stdout);
+      if (r.exitCode !== 0 || !m)
+        assert.fail(`SCTP ${ip}:${port} from ${from}: ${r.exitCode} ${r.stdout}${r.stderr}`);
+      return { pod: m[1]!, peer: m[2]! };
+    };
 
-  it('iTP=Local ClusterIP reaches only the local endpoint', async () => {
-    const got = await answers(env.sb, 'client', { proto: 'tcp', ip: clusterIP(8), port: 80 }, 4);
-    assert.deepEqual([...new Set(got)], ['a']);
-  });
+    it('ClusterIP from a pod (both endpoints, client IP kept) and NodePort from outside (masqueraded)', async () => {
+      const sb = env.sb;
+      const seen = new Set<string>();
+      for (let i = 0; i < 6 && seen.size < 2; i++) {
+        const r = await sctp('client', clusterIP(SCTP_SVC), SCTP_PORT);
+        assert.equal(r.peer, sb.podIP('client'));
+        seen.add(r.pod);
+      }
+      assert.deepEqual([...seen].sort(), ['a', 'b']);
+      const np = await sctp('outside', sb.nodeIPv4, 30077);
+      assert.equal(np.peer, MASQ_V4);
+    });
 
-  it('only terminating endpoints: the serving one answers', async () => {
-    const got = await answers(env.sb, 'client', { proto: 'tcp', ip: clusterIP(9), port: 80 }, 4);
-    assert.deepEqual([...new Set(got)], ['a']);
-  });
-
-  it('no endpoints: REJECT (refused) on ClusterIP and NodePort', async () => {
-    expectError(await env.sb.request('client', { proto: 'tcp', ip: clusterIP(10), port: 80 }), 'refused');
-    expectError(
-      await env.sb.request('outside', { proto: 'tcp', ip: env.sb.nodeIPv4, port: 30090 }),
-      'refused',
-    );
-  });
-
-  it('hairpin: a pod reaches itself through its ClusterIP (masqueraded)', async () => {
-    const r = await env.sb.request('a', { proto: 'tcp', ip: clusterIP(11), port: 80 });
-    expectReply(r, 'a');
-    assert.notEqual(peerOf(r), env.sb.podIP('a'));
+    it('a removed SCTP real server is deleted at once, even with connection entries left (TCP would drain at weight 0)', async () => {
+      const sb = env.sb;
+      const vs = `--sctp-service ${clusterIP(SCTP_SVC)}:${SCTP_PORT}`;
+      const rsB = `${sb.podIP('b')}:${SCTP_PORT}`;
+      // Give b a recent association.
+      for (let i = 0; i < 6; i++)
+        if ((await sctp('client', clusterIP(SCTP_SVC), SCTP_PORT)).pod === 'b') break;
+      const conns = parseIpvsadmConnections((await sb.exec('node', ['ipvsadm', '-Ln'])).stdout);
+      assert.ok((conns.get(`${vs}|${rsB}`) ?? 0) > 0, 'b still has connection entries');
+      try {
+        const [report] = await syncMain(withEndpoints('sctp', [{ pod: 'a' }]), ['IPv4']);
+        assert.equal(
+          parseIpvsadmSave(await ipvsadm())
+            .get(vs)
+            ?.reals.has(rsB),
+          false,
+        );
+        assert.equal(report?.draining, 0);
+        for (let i = 0; i < 3; i++)
+          assert.equal((await sctp('client', clusterIP(SCTP_SVC), SCTP_PORT)).pod, 'a');
+      } finally {
+        await syncMain(specs, ['IPv4']);
+      }
+    });
   });
 
   describe('IPv6 (second proxier, same node)', () => {
     const n6 = (): string => env.sb.nodeIPv6;
     it('ClusterIP from a pod, without masquerade', async () => {
-      const r = await env.sb.request('client', { proto: 'tcp', ip: clusterIP6(1), port: 80 });
+      const r = await env.sb.request('client', tcp(clusterIP6(1), 80));
       assert.equal(peerOf(r), env.sb.podIP('client', 'IPv6'));
     });
     it('UDP ClusterIP', async () => {
-      expectReply(await env.sb.request('client', { proto: 'udp', ip: clusterIP6(2), port: 80 }), 'a');
+      expectReply(await env.sb.request('client', udp(clusterIP6(2), 80)), 'a');
     });
-    it('NodePort from outside; eTP=Local keeps the client IP; no local endpoints drops', async () => {
-      expectReply(await env.sb.request('outside', { proto: 'tcp', ip: n6(), port: 30080 }));
-      const r = await env.sb.request('outside', { proto: 'tcp', ip: n6(), port: 30086 });
+    it('NodePort from outside: both endpoints, masqueraded; eTP=Local keeps the client IP; no local endpoints drops', async () => {
+      const sb = env.sb;
+      assertAnsweredBy(await h.answers('outside', tcp(n6(), 30080), { until: ['a', 'b'] }), ['a', 'b']);
+      const np = answeredPeer(await sb.request('outside', tcp(n6(), 30080)));
+      assert.equal(np.reply.ip, sb.podIP(np.reply.pod, 'IPv6'));
+      assert.equal(np.peer, MASQ_V6);
+      const r = await sb.request('outside', tcp(n6(), 30086));
       expectReply(r, 'a');
-      assert.equal(peerOf(r), env.sb.outsideIPv6);
-      expectError(
-        await env.sb.request('outside', { proto: 'tcp', ip: n6(), port: 30087, timeoutMs: 800 }),
-        'timeout',
-      );
+      assert.equal(peerOf(r), sb.outsideIPv6);
+      expectError(await sb.request('outside', tcp(n6(), 30087, { timeoutMs: DROP_MS })), 'timeout');
+    });
+    it('externalIP and LoadBalancer IP from outside: both endpoints, masqueraded', async () => {
+      const sb = env.sb;
+      for (const ip of [EXTERNAL_IP_V6, LB_IP_V6]) {
+        assertAnsweredBy(await h.answers('outside', tcp(ip, 80), { until: ['a', 'b'] }), ['a', 'b']);
+        assert.equal(answeredPeer(await sb.request('outside', tcp(ip, 80))).peer, MASQ_V6, ip);
+      }
+    });
+    it('hairpin: a pod reaching itself through its IPv6 ClusterIP is masqueraded', async () => {
+      assert.equal(answeredPeer(await env.sb.request('a', tcp(clusterIP6(11), 80)), 'a').peer, MASQ_V6);
     });
     it('no endpoints: refused', async () => {
       // UML delivers the ICMPv6 error while connect() still holds the socket lock, so the first one
       // becomes a soft error (TcpExtLockDroppedIcmps); the retransmitted SYN's error is taken.
-      const r = await env.sb.request('client', {
-        proto: 'tcp',
-        ip: clusterIP6(10),
-        port: 80,
-        timeoutMs: 3500,
-      });
-      expectError(r, 'refused');
+      expectError(await env.sb.request('client', tcp(clusterIP6(10), 80, { timeoutMs: 3500 })), 'refused');
+      expectError(await env.sb.request('client', udp(clusterIP6(10), 53, { timeoutMs: 3500 })), 'refused');
     });
   });
 
-  it('an established connection survives a sync that changes another Service; unchanged VSs are not touched', async () => {
-    const conn = await env.sb.openConnection('client', { ip: clusterIP(1), port: 80 });
-    try {
-      expectReply(conn.result);
-      const before = await ipvsadm();
-      const report = await px().sync(
-        stateOf([...BASE, { name: 'extra', index: 30, endpoints: [{ pod: 'c' }] }]),
-      );
-      assert.equal(report.details?.ipvsLines, 2, 'only the new VS and its real server');
-      const after = await ipvsadm();
-      assert.ok(after.includes('-A -t 10.96.20.30:80'));
-      for (const line of before.split('\n')) assert.ok(after.includes(line));
-      expectReply(await conn.send());
-    } finally {
-      await conn.close();
-    }
-    await px().sync(stateOf(BASE));
-    const addrs = (await env.sb.exec('node', ['ip', '-o', 'addr', 'show', 'dev', 'kube-ipvs0'])).stdout;
-    assert.doesNotMatch(addrs, /10\.96\.20\.30\//, 'unbound once the Service is gone');
-  });
+  describe('syncs and graceful termination', () => {
+    it('an established connection survives a sync that changes another Service; unchanged VSs are not touched', async () => {
+      const conn = await env.sb.openConnection('client', { ip: clusterIP(1), port: 80 });
+      try {
+        expectReply(conn.result);
+        const before = await ipvsadm();
+        const report = await px().sync(
+          stateOf([...specs, { name: 'extra', index: 30, endpoints: [{ pod: 'c' }] }]),
+        );
+        assert.equal(report.details?.ipvsLines, 2, 'only the new VS and its real server');
+        const after = await ipvsadm();
+        assert.ok(after.includes('-A -t 10.96.20.30:80'));
+        for (const line of before.split('\n')) assert.ok(after.includes(line));
+        expectReply(await conn.send());
+      } finally {
+        await conn.close();
+      }
+      await px().sync(stateOf(specs));
+      const addrs = (await env.sb.exec('node', ['ip', '-o', 'addr', 'show', 'dev', 'kube-ipvs0'])).stdout;
+      assert.doesNotMatch(addrs, /10\.96\.20\.30\//, 'unbound once the Service is gone');
+    });
 
-  it('graceful termination: a removed TCP real server goes to weight 0 while its connection lives, and is deleted once drained', async function () {
-    this.timeout(40_000);
-    const sb = env.sb;
-    const rsA = `${sb.podIP('a')}:${TARGET}`;
-    // A client that holds one connection until told to go, then aborts it (RST: IPVS keeps a closed
-    // entry 10 s instead of TIME_WAIT's 2 min, so the drain is observable here).
-    const dir = await mkdtemp(path.join(tmpdir(), 'svcp-ipvs-drain-'));
-    const go = path.join(dir, 'go');
-    const client = new Background([
-      'ip',
-      'netns',
-      'exec',
-      sb.pod('client').ns,
-      'perl',
-      '-MSocket',
-      '-MIO::Socket::INET',
-      '-e',
-      '$|=1; my $s = IO::Socket::INET->new(PeerAddr => $ARGV[0], PeerPort => $ARGV[1], Proto => "tcp") or die "connect: $!"; ' +
-        'my $l = <$s>; print "greeting $l"; select(undef, undef, undef, 0.05) until -e $ARGV[2]; ' +
-        'print $s "ping\n"; $l = <$s>; print "reply $l"; setsockopt($s, SOL_SOCKET, SO_LINGER, pack("ii", 1, 0)); close($s);',
-      clusterIP(12),
-      '80',
-      go,
-    ]);
-    try {
-      await waitFor('the client to connect', () => Promise.resolve(client.log.includes('greeting')));
-      assert.match(client.log, /"pod":"a"|\ba\b/, client.log);
-      const next = BASE.map((s) =>
-        s.name === 'drain' || s.name === 'drain-idle' ? { ...s, endpoints: [{ pod: 'b' }] } : s,
+    it('a removed UDP real server is deleted at once while its flow is active; the flow moves to the other endpoint', async () => {
+      const sb = env.sb;
+      const vs = `-u ${clusterIP(23)}:80`;
+      // One flow: the same client port every time, so IPVS keeps it on one real server.
+      const flow = udp(clusterIP(23), 80, { sourcePort: 40123, timeoutMs: 500 });
+      const gone = expectReply(await sb.request('client', flow)).pod;
+      const stays = gone === 'a' ? 'b' : 'a';
+      for (let i = 0; i < 3; i++) expectReply(await sb.request('client', flow), gone);
+      const during: string[] = [];
+      let stop = false;
+      const pump = (async () => {
+        while (!stop) {
+          const r = await sb.request('client', flow);
+          during.push(r.ok ? r.reply.pod : `✗${r.error}`);
+        }
+      })();
+      try {
+        await waitFor('the flow to be answered during the test', () => Promise.resolve(during.length >= 2));
+        specs = withEndpoints('udp-drain', [{ pod: stays }]);
+        const [report] = await syncMain(specs, ['IPv4']);
+        const table = parseIpvsadmSave(await ipvsadm());
+        assert.equal(
+          table.get(vs)?.reals.has(`${sb.podIP(gone)}:${UDP_TARGET}`),
+          false,
+          'deleted, not weight 0',
+        );
+        assert.equal(report?.draining, 0);
+        await waitFor('the flow to reach the remaining endpoint', () =>
+          Promise.resolve(during.at(-1) === stays),
+        );
+      } finally {
+        stop = true;
+        await pump;
+      }
+      assert.ok(during.includes(gone), `the flow ran before the sync: ${during.join(',')}`);
+      // Once moved, it stays on the remaining endpoint.
+      const after = during.slice(during.lastIndexOf(gone) + 1).filter((p) => !p.startsWith('✗'));
+      assert.ok(
+        after.every((p) => p === stays),
+        during.join(','),
       );
-      const report = await px().sync(stateOf(next));
-      assert.equal(report.draining, 1);
-      let table = parseIpvsadmSave(await ipvsadm());
-      assert.equal(table.get('-t 10.96.20.12:80')?.reals.get(rsA)?.weight, 0, 'weight 0 while draining');
-      assert.equal(table.get('-t 10.96.20.13:80')?.reals.has(rsA), false, 'an idle one is deleted at once');
-      expectReply(await sb.request('client', { proto: 'tcp', ip: clusterIP(12), port: 80 }), 'b');
-      // The established connection still works through the weight-0 real server.
-      await writeFile(go, '');
-      await waitFor('the client to finish', () => Promise.resolve(!client.running));
-      assert.match(client.log, /reply /, client.log);
-      // Drained: the timer (gracefulCheckMs) deletes it once its connection entry expires.
-      await waitFor(
-        'the drained real server to be deleted',
-        async () => {
-          table = parseIpvsadmSave(await ipvsadm());
-          return table.get('-t 10.96.20.12:80')?.reals.has(rsA) === false;
-        },
-        30_000,
-      );
-    } finally {
-      await client.stop();
-      await rm(dir, { recursive: true, force: true });
-    }
+      expectReply(await sb.request('client', flow), stays);
+    });
+
+    it('graceful termination: a removed TCP real server goes to weight 0 while its connection lives, and is deleted once drained', async function () {
+      this.timeout(40_000);
+      const sb = env.sb;
+      const rsA = `${sb.podIP('a')}:${TARGET}`;
+      // A client that holds one connection until told to go, then aborts it (RST: IPVS keeps a closed
+      // entry 10 s instead of TIME_WAIT's 2 min, so the drain is observable here).
+      const dir = await mkdtemp(path.join(tmpdir(), 'svcp-ipvs-drain-'));
+      const go = path.join(dir, 'go');
+      const client = new Background([
+        'ip',
+        'netns',
+        'exec',
+        sb.pod('client').ns,
+        'perl',
+        '-MSocket',
+        '-MIO::Socket::INET',
+        '-e',
+        '$|=1; my $s = IO::Socket::INET->new(PeerAddr => $ARGV[0], PeerPort => $ARGV[1], Proto => "tcp") or die "connect: $!"; ' +
+          'my $l = <$s>; print "greeting $l"; select(undef, undef, undef, 0.05) until -e $ARGV[2]; ' +
+          'print $s "ping\n"; $l = <$s>; print "reply $l"; setsockopt($s, SOL_SOCKET, SO_LINGER, pack("ii", 1, 0)); close($s);',
+        clusterIP(12),
+        '80',
+        go,
+      ]);
+      try {
+        await waitFor('the client to connect', () => Promise.resolve(client.log.includes('greeting')));
+        assert.match(client.log, /"pod":"a"|\ba\b/, client.log);
+        const next = specs.map((s) =>
+          s.name === 'drain' || s.name === 'drain-idle' ? { ...s, endpoints: [{ pod: 'b' }] } : s,
+        );
+        const report = await px().sync(stateOf(next));
+        assert.equal(report.draining, 1);
+        let table = parseIpvsadmSave(await ipvsadm());
+        assert.equal(table.get('-t 10.96.20.12:80')?.reals.get(rsA)?.weight, 0, 'weight 0 while draining');
+        assert.equal(table.get('-t 10.96.20.13:80')?.reals.has(rsA), false, 'an idle one is deleted at once');
+        expectReply(await sb.request('client', tcp(clusterIP(12), 80)), 'b');
+        // The established connection still works through the weight-0 real server.
+        await writeFile(go, '');
+        await waitFor('the client to finish', () => Promise.resolve(!client.running));
+        assert.match(client.log, /reply /, client.log);
+        // Drained: the timer (gracefulCheckMs) deletes it once its connection entry expires.
+        await waitFor(
+          'the drained real server to be deleted',
+          async () => {
+            table = parseIpvsadmSave(await ipvsadm());
+            return table.get('-t 10.96.20.12:80')?.reals.has(rsA) === false;
+          },
+          30_000,
+        );
+      } finally {
+        await client.stop();
+        await rm(dir, { recursive: true, force: true });
+      }
+    });
   });
 });
