@@ -14,6 +14,7 @@ import { ensureSysctl, readSysctl } from '../util/sysctl.js';
 import { Iptables, KUBE_PROXY_CANARY, type RestoreResult } from './iptables.js';
 import { canaryLines, mergeExtraLines, missingJumpLines } from './jump-plan.js';
 import { jumpRules, type JumpRule } from './jumps.js';
+import { detached } from './render-lines.js';
 import { FILTER_CHAINS, KUBE_FIREWALL, NAT_CHAINS } from './render-fixed.js';
 import {
   renderRestoreInput,
@@ -30,7 +31,7 @@ import {
   parseListing,
   parseNftChains,
   wholeTableCanaries,
-  wholeTableInput,
+  wholeTableChunks,
   withoutCounters,
   type KernelChain,
 } from './render-whole-table.js';
@@ -308,7 +309,7 @@ export class IptablesProxier implements Backend {
     const requests = foreignChainRequests(kernel, ours);
     const listing = await this.ipt.listChainRules(listingInput(requests, true));
     const foreign = parseListing(requests, listing);
-    const input = wholeTableInput(
+    const input = wholeTableChunks(
       rendered.restoreInput,
       foreign,
       missingJumpLines(
@@ -563,7 +564,7 @@ export function trackWrittenChains(
       lastChain = '';
     } else if (c === 58 /* : */) {
       const chain = input.slice(start + 1, wordEnd(input, start + 1, end));
-      if (!skip(chain)) out.set(`${table}/${chain}`, 0);
+      if (!skip(chain)) out.set(detached(`${table}/${chain}`), 0);
     } else if (input.startsWith('-A ', start)) {
       const chain = input.slice(start + 3, wordEnd(input, start + 3, end));
       if (chain !== lastChain) {

@@ -1,3 +1,4 @@
+import { detached } from './render-lines.js';
 import { isServiceChainName } from './save-parse.js';
 
 /**
@@ -29,14 +30,15 @@ export function fixedChainContents(input: string): Map<string, string> {
       table = input.slice(start + 1, end);
     } else if (c === 58 /* : */) {
       const chain = word(input, start + 1, end);
-      if (!isServiceChainName(chain)) rules.set(`${table}/${chain}`, []);
+      if (!isServiceChainName(chain)) rules.set(detached(`${table}/${chain}`), []);
     } else if (input.startsWith('-A ', start)) {
       const list = rules.get(`${table}/${word(input, start + 3, end)}`);
       list?.push(input.slice(start, end));
     }
     start = end + 1;
   }
-  return new Map([...rules].map(([k, v]) => [k, v.join('\n')]));
+  // detached: a one-rule chain's join is its line, a view into the whole input.
+  return new Map([...rules].map(([k, v]) => [k, detached(v.join('\n'))]));
 }
 
 function word(text: string, from: number, end: number): string {

@@ -205,6 +205,15 @@ export function wholeTableInput(
   foreign: ReadonlyMap<string, ForeignTable>,
   ...extras: ExtraLines[]
 ): string {
+  return wholeTableChunks(rendered, foreign, ...extras).join('');
+}
+
+/** wholeTableInput in pieces, in order: the rendered sections are views, not copies. */
+export function wholeTableChunks(
+  rendered: string,
+  foreign: ReadonlyMap<string, ForeignTable>,
+  ...extras: ExtraLines[]
+): string[] {
   const parts: string[] = [];
   const sections = rendered.split(/(?=^\*)/m);
   const seen = new Set<string>();
@@ -244,7 +253,7 @@ export function wholeTableInput(
       'COMMIT\n',
     );
   }
-  return parts.join('');
+  return parts.filter((p) => p !== '');
 }
 
 function joinLines(lines: readonly string[]): string {

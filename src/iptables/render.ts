@@ -15,13 +15,17 @@ import {
   renderFixedTail,
 } from './render-fixed.js';
 import {
+  blockOf,
   chainLine,
+  EMPTY_BLOCK,
   isPort,
   isSafeCIDR,
   isSafeInterfaceName,
   isSafeIP,
   isSafeServicePortName,
   LineBuffer,
+  Section,
+  type Block,
 } from './render-lines.js';
 import { renderServicePort, type ServiceRenderContext } from './render-service.js';
 
@@ -116,9 +120,9 @@ interface ServiceContribution {
   readonly key: string;
   readonly serviceKey: string;
   /** Its filter rules (all in fixed chains: KUBE-SERVICES, KUBE-EXTERNAL-SERVICES …). */
-  readonly filterLines: readonly string[];
+  readonly filter: Block;
   /** Its rules in nat's fixed chains (KUBE-SERVICES, KUBE-NODEPORTS). */
-  readonly natTopLines: readonly string[];
+  readonly natTop: Block;
   /** How many rules its own chains (EXT, FW, SVC, SVL, SEP) hold. */
   readonly chainRuleCount: number;
   readonly active: readonly string[];
@@ -132,7 +136,8 @@ interface ServiceContribution {
  * its inputs: the model shares structure (an unchanged Service is the same object from one state to
  * the next), so a partial sync touches only what changed. Entries go with their Service objects.
  */
-const contributions = new WeakMap<Service, ServiceContribution>();
+/** Per family: a dual-stack Service is rendered by both proxiers. */
+const contributions = new WeakMap<Service, Partial<Record<IPFamily, ServiceContribution>>>();
 const familyViews = new WeakMap<Service, Partial<Record<IPFamily, FamilyView>>>();
 
 /** Pass 1 for one Service and family: whether it renders, and with which (checked) frontends. */
@@ -326,12 +331,12 @@ export function renderRestoreInput(req: RenderRequest): RenderResult {
   const written = new Map<string, RenderedService>();
   for (const cand of candidates) {
     const write = changedServices === undefined || changedServices.has(cand.key);
-    const memo = write ? undefined : contributionOf(cand.svc, cand.key, memoKey);
+    const memo = write ? undefined : contributionOf(cand.svc, config.family, cand.key, memoKey);
     if (memo !== undefined) {
       parts.push(memo);
       continue;
     }
-    const r = renderService(ctx, cand, memoKey);
+    const r = renderService(ctx, cand, memoKey, changedServices !== undefined);
     parts.push(r.contribution);
     if (write) written.set(cand.key, r);
   }
@@ -344,34 +349,40 @@ export function renderRestoreInput(req: RenderRequest): RenderResult {
     for (const sk of part.skipped) skipped.push(sk);
     noLocalInternal += part.noLocalInternal;
     noLocalExternal += part.noLocalExternal;
-    totalFilterRules += part.filterLines.length;
-    totalNatRules += part.natTopLines.length + part.chainRuleCount;
+    totalFilterRules += part.filter.rules;
+    totalNatRules += part.natTop.rules + part.chainRuleCount;
   }
-  let activeCache: Set<string> | undefined;
-  const active = (): Set<string> => (activeCache ??= new Set(parts.flatMap((p) => p.active)));
+  const active = lazyActiveChains(parts);
 
   // Stale chains: ours, in the kernel, no longer generated. Declaring flushes them; -X deletes.
   const delta =
     changedServices !== undefined && previous !== undefined
-      ? partialDelta(previous, state, written, config, ctx, memoKey)
+      ? partialDelta(previous, state, changedServices, written, config, ctx, memoKey)
       : undefined;
   const staleChains =
     delta?.staleChains ??
     [...(req.existingServiceChains ?? [])].filter((c) => isServiceChainName(c) && !active().has(c)).sort();
+  const staleDecls = new LineBuffer();
+  const staleDeletes = new LineBuffer();
+  for (const c of staleChains) {
+    staleDecls.add(chainLine(c));
+    staleDeletes.addUncounted(`-X ${c}`);
+  }
 
-  const filterChains = new LineBuffer();
-  const filterRules = new LineBuffer();
-  const natChains = new LineBuffer();
-  const natRules = new LineBuffer();
+  const head = {
+    filterChains: new LineBuffer(),
+    filterRules: new LineBuffer(),
+    natChains: new LineBuffer(),
+    natRules: new LineBuffer(),
+  };
   renderFixedHead(
     { mark: cc.mark, randomFully: config.randomFully, kubeFirewall: cc.localhostNodePorts },
-    filterChains,
-    filterRules,
-    natChains,
-    natRules,
+    head.filterChains,
+    head.filterRules,
+    head.natChains,
+    head.natRules,
   );
-  const tailFilter = new LineBuffer();
-  const tailNat = new LineBuffer();
+  const tail = { filterRules: new LineBuffer(), natRules: new LineBuffer() };
   renderFixedTail(
     {
       mark: cc.mark,
@@ -380,78 +391,103 @@ export function renderRestoreInput(req: RenderRequest): RenderResult {
       nodePorts: config.nodePortAddresses,
       conntrackTCPBeLiberal: config.conntrackTCPBeLiberal,
     },
-    tailFilter,
-    tailNat,
+    tail.filterRules,
+    tail.natRules,
   );
-  totalFilterRules += filterRules.count + tailFilter.count;
-  totalNatRules += natRules.count + tailNat.count;
+  totalFilterRules += head.filterRules.count + tail.filterRules.count;
+  totalNatRules += head.natRules.count + tail.natRules.count;
 
+  const filterChains = new Section();
+  const filter = new Section();
+  const natChains = new Section();
+  const natRules = new Section();
   const omitFixed = delta?.fixedChainsUnchanged === true;
   if (omitFixed) {
     // Nothing the fixed chains hold changed: write only the changed Services' own chains. With
     // --noflush, undeclared chains keep what the kernel has (what `previous` rendered to).
-    natChains.clear();
-    natRules.clear();
     for (const r of written.values()) {
-      for (const l of r.declLines) natChains.add(l);
-      for (const l of r.natLines) if (!isFixedNatRule(l)) natRules.add(l);
+      natChains.add(r.decls);
+      natRules.add(r.chains ?? EMPTY_BLOCK);
     }
+    natChains.add(blockOf(staleDecls));
+    natRules.add(blockOf(staleDeletes));
   } else {
-    const writtenOf = (part: ServiceContribution): RenderedService | undefined => {
-      const r = written.get(part.serviceKey);
-      return r?.contribution === part ? r : undefined;
-    };
+    filterChains.add(blockOf(head.filterChains));
+    filter.add(blockOf(head.filterRules));
+    natChains.add(blockOf(head.natChains));
+    natRules.add(blockOf(head.natRules));
     for (const part of parts) {
-      filterRules.append(part.filterLines);
-      const r = writtenOf(part);
-      if (r !== undefined) {
-        for (const l of r.declLines) natChains.add(l);
-        natRules.append(r.natLines);
+      filter.add(part.filter);
+      const r = written.get(part.serviceKey);
+      if (r !== undefined && r.contribution === part) {
+        natChains.add(r.decls);
+        natRules.add(r.nat);
       } else {
-        natRules.append(part.natTopLines);
+        natRules.add(part.natTop);
       }
     }
-  }
-  for (const c of staleChains) {
-    natChains.add(chainLine(c));
-    natRules.addUncounted(`-X ${c}`);
-  }
-  if (!omitFixed) {
-    filterRules.append(tailFilter.lines);
-    natRules.append(tailNat.lines);
+    natChains.add(blockOf(staleDecls));
+    natRules.add(blockOf(staleDeletes));
+    filter.add(blockOf(tail.filterRules));
+    natRules.add(blockOf(tail.natRules));
   }
 
-  // One join over every line (not one per buffer and then again over the sections): a 10k-Service
-  // input is 21 MB, and each extra join copies all of it.
-  const all: string[] = ['*filter'];
-  if (!omitFixed) for (const b of [filterChains, filterRules]) pushNonEmpty(all, b.lines);
-  all.push('COMMIT', '*nat');
-  for (const b of [natChains, natRules]) pushNonEmpty(all, b.lines);
+  // One join over every block (not one per section and then again over the sections): a
+  // 10k-Service input is 21 MB, and each extra join copies all of it.
+  const all: string[] = [
+    '*filter',
+    ...filterChains.blocks,
+    ...filter.blocks,
+    'COMMIT',
+    '*nat',
+    ...natChains.blocks,
+  ];
+  for (const b of natRules.blocks) all.push(b);
   all.push('COMMIT');
   const restoreInput = all.join('\n') + '\n';
 
-  return {
+  return withActiveChains(active, {
     restoreInput,
     fixedChainsOmitted: omitFixed,
-    get activeServiceChains() {
-      return active();
-    },
     writtenServices: new Set(written.keys()),
     staleChains,
     largeClusterMode,
     counts: {
-      filterRules: omitFixed ? 0 : filterRules.count,
+      filterRules: filter.rules,
       totalFilterRules,
-      natRules: natRules.count,
-      natChains: natChains.count,
+      natRules: natRules.rules,
+      natChains: natChains.lines,
       totalNatRules,
     },
     noLocalEndpoints: { internal: noLocalInternal, external: noLocalExternal },
     skipped,
-    lines: all.length,
+    lines: 4 + filterChains.lines + filter.lines + natChains.lines + natRules.lines,
     // Every character is checked ASCII (names, addresses, fixed text), so length is the byte count.
     bytes: restoreInput.length,
+  });
+}
+
+/** Outside the renderer's scope, so the getter's closure cannot keep the render's lines alive. */
+function withActiveChains(
+  active: () => ReadonlySet<string>,
+  r: Omit<RenderResult, 'activeServiceChains'>,
+): RenderResult {
+  return {
+    ...r,
+    get activeServiceChains() {
+      return active();
+    },
   };
+}
+
+/**
+ * The chain names of every contribution, as a set built on first use (partial syncs need it only when
+ * the caller asks). A function of its own so the set's closure holds the contributions and nothing of
+ * the render (its lines).
+ */
+function lazyActiveChains(parts: readonly ServiceContribution[]): () => ReadonlySet<string> {
+  let set: Set<string> | undefined;
+  return () => (set ??= new Set(parts.flatMap((p) => p.active)));
 }
 
 /** Pass 1 over a state: its Services of this family, and whether large-cluster mode is on. */
@@ -503,6 +539,7 @@ function contributionKey(config: IptablesRenderConfig, largeClusterMode: boolean
 function partialDelta(
   previous: ClusterState,
   state: ClusterState,
+  changed: ReadonlySet<string>,
   written: ReadonlyMap<string, RenderedService>,
   config: IptablesRenderConfig,
   ctx: ServiceRenderContext,
@@ -517,9 +554,9 @@ function partialDelta(
     const fe = familyView(key, old, config.family).fe;
     if (fe === undefined) return undefined;
     return (
-      contributionOf(old, key, memoKey) ??
-      contributionOf(old, key, otherKey) ??
-      renderService(ctx, { key, svc: old, fe }, memoKey).contribution
+      contributionOf(old, config.family, key, memoKey) ??
+      contributionOf(old, config.family, key, otherKey) ??
+      renderService(ctx, { key, svc: old, fe }, memoKey, false).contribution
     );
   };
   const stale: string[] = [];
@@ -527,26 +564,23 @@ function partialDelta(
   const compare = (key: string, now: ServiceContribution | undefined): void => {
     const old = before(key);
     if (old === undefined) {
-      if (now !== undefined && (now.filterLines.length > 0 || now.natTopLines.length > 0)) unchanged = false;
+      if (now !== undefined && (now.filter.lines > 0 || now.natTop.lines > 0)) unchanged = false;
       return;
     }
     const keep = new Set(now?.active ?? []);
     for (const c of old.active) if (!keep.has(c)) stale.push(c);
     if (
       unchanged &&
-      !(
-        sameLines(old.filterLines, now?.filterLines ?? []) &&
-        sameLines(old.natTopLines, now?.natTopLines ?? [])
-      )
+      !(old.filter.text === (now?.filter.text ?? '') && old.natTop.text === (now?.natTop.text ?? ''))
     ) {
       unchanged = false;
     }
   };
   for (const [key, r] of written) compare(key, r.contribution);
-  for (const [key, old] of previous.services) {
-    // Unchanged Services (the same object) render the same; written ones were compared above. The
-    // rest were removed, or are no longer rendered in this family.
-    if (written.has(key) || state.services.get(key) === old) continue;
+  for (const key of previous.services.keys()) {
+    // Unchanged Services render the same; written ones were compared above. The rest were removed,
+    // or changed and are no longer rendered in this family.
+    if (written.has(key) || (state.services.has(key) && !changed.has(key))) continue;
     compare(key, undefined);
   }
   return { staleChains: stale.sort(), fixedChainsUnchanged: unchanged };
@@ -586,20 +620,32 @@ function familyView(key: string, svc: Service, family: IPFamily): FamilyView {
   return view;
 }
 
-function contributionOf(svc: Service, key: string, memoKey: string): ServiceContribution | undefined {
-  const memo = contributions.get(svc);
+function contributionOf(
+  svc: Service,
+  family: IPFamily,
+  key: string,
+  memoKey: string,
+): ServiceContribution | undefined {
+  const memo = contributions.get(svc)?.[family];
   return memo !== undefined && memo.key === memoKey && memo.serviceKey === key ? memo : undefined;
 }
 
 /** One Service's rules: its contribution, plus the text of its own chains. */
 interface RenderedService {
   readonly contribution: ServiceContribution;
-  readonly declLines: readonly string[];
+  readonly decls: Block;
   /** Its nat rules in kube-proxy's emission order: fixed-chain rules and own-chain rules mixed. */
-  readonly natLines: readonly string[];
+  readonly nat: Block;
+  /** Its own chains' rules alone (partial syncs, for an input without the fixed chains). */
+  readonly chains?: Block;
 }
 
-function renderService(ctx: ServiceRenderContext, cand: Candidate, memoKey: string): RenderedService {
+function renderService(
+  ctx: ServiceRenderContext,
+  cand: Candidate,
+  memoKey: string,
+  partial: boolean,
+): RenderedService {
   const { key, svc, fe } = cand;
   const filterRules = new LineBuffer();
   const natRules = new LineBuffer();
@@ -639,33 +685,30 @@ function renderService(ctx: ServiceRenderContext, cand: Candidate, memoKey: stri
     if (outcome.noLocalInternal) noLocalInternal++;
     if (outcome.noLocalExternal) noLocalExternal++;
   }
-  const natTopLines = natRules.lines.filter(isFixedNatRule);
+  const top = new LineBuffer();
+  const own = new LineBuffer();
+  for (const l of natRules.lines) (isFixedNatRule(l) ? top : own).add(l);
   const contribution: ServiceContribution = {
     key: memoKey,
     serviceKey: key,
-    filterLines: filterRules.lines,
-    natTopLines,
-    chainRuleCount: natRules.count - natTopLines.length,
+    filter: blockOf(filterRules),
+    natTop: blockOf(top),
+    chainRuleCount: own.count,
     active: [...active],
     skipped,
     noLocalInternal,
     noLocalExternal,
   };
-  contributions.set(svc, contribution);
-  return { contribution, declLines: natChains.lines, natLines: natRules.lines };
+  contributions.set(svc, { ...contributions.get(svc), [ctx.family]: contribution });
+  return {
+    contribution,
+    decls: blockOf(natChains),
+    nat: blockOf(natRules),
+    ...(partial ? { chains: blockOf(own) } : {}),
+  };
 }
 
 /** A Service's rule in one of nat's fixed chains (the others are in its own chains). */
 function isFixedNatRule(line: string): boolean {
   return line.startsWith(`-A ${KUBE_SERVICES} `) || line.startsWith(`-A ${KUBE_NODEPORTS} `);
-}
-
-function sameLines(a: readonly string[], b: readonly string[]): boolean {
-  return a.length === b.length && a.every((l, i) => l === b[i]);
-}
-
-/** Appends a buffer's lines, unless they would join to nothing (as the per-buffer join did). */
-function pushNonEmpty(out: string[], lines: readonly string[]): void {
-  if (lines.length === 0 || (lines.length === 1 && lines[0] === '')) return;
-  for (const l of lines) out.push(l);
 }

@@ -1,3 +1,4 @@
+import { Readable } from 'node:stream';
 import { execa } from 'execa';
 
 /**
@@ -6,8 +7,8 @@ import { execa } from 'execa';
  */
 
 export interface RunOptions {
-  /** Written to the child's stdin. */
-  readonly input?: string;
+  /** Written to the child's stdin; pieces are written in order (no joined copy of a large input). */
+  readonly input?: string | readonly string[];
   readonly timeoutMs?: number;
   /** Run inside this named network namespace (`ip netns exec NS ...`). */
   readonly netns?: string;
@@ -54,8 +55,9 @@ export async function run(argv: readonly string[], opts: RunOptions = {}): Promi
   const [file, ...args] = full;
   if (!file) throw new Error('run: empty argv');
   const started = performance.now();
+  const input = opts.input ?? '';
   const result = await execa(file, args, {
-    input: opts.input ?? '',
+    input: typeof input === 'string' ? input : Readable.from(input),
     timeout: opts.timeoutMs ?? 60_000,
     reject: false,
     stripFinalNewline: false,

@@ -137,7 +137,7 @@ describe('iptables proxier sync behaviour (real traffic)', function () {
     });
     const realRestore = proxier.ipt.restore.bind(proxier.ipt);
     proxier.ipt.restore = (input, opts) => {
-      inputs.push(input);
+      inputs.push(typeof input === 'string' ? input : input.join(''));
       return realRestore(input, opts);
     };
     await proxier.setup();

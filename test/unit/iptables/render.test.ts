@@ -72,7 +72,13 @@ describe('iptables renderer: fixed chains', () => {
     );
     assert.equal(res.lines, 23);
     assert.equal(res.bytes, Buffer.byteLength(res.restoreInput));
-    assert.deepEqual(res.counts, { filterRules: 4, totalFilterRules: 4, natRules: 5, natChains: 4, totalNatRules: 5 });
+    assert.deepEqual(res.counts, {
+      filterRules: 4,
+      totalFilterRules: 4,
+      natRules: 5,
+      natChains: 4,
+      totalNatRules: 5,
+    });
     assert.equal(res.largeClusterMode, false);
   });
 
