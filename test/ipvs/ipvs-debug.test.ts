@@ -7,7 +7,7 @@ import { loadState, runDiff } from '../../src/cli/diff.js';
 import { ipvsConfigFor } from '../../src/ipvs/backend-factory.js';
 import { runExplain } from '../../src/cli/explain.js';
 import { resolveProxyOptions } from '../../src/cli/proxy-options.js';
-import { traceOnNode } from '../../src/cli/trace.js';
+import { runTrace, traceOnNode } from '../../src/cli/trace.js';
 import type { IpvsFamilyDrift } from '../../src/debug/ipvs-diff.js';
 import type { IpvsExplainFamily } from '../../src/debug/ipvs-explain.js';
 import { formatTraceText } from '../../src/debug/trace-format.js';
@@ -311,6 +311,23 @@ describe('svcplane diff/explain --proxy-mode ipvs (UML)', function () {
       ],
     );
     assert.equal(t.ipvs?.virtualServer, '-t 10.96.30.2:80');
+    // The CLI path: --manifests names the Service; without it the JSON says null and a note why.
+    const cli = async (extra: Record<string, string>) => {
+      const j = sink();
+      const o = { src: client, dst: '10.96.30.2', dport: 80, proto: 'tcp' as const, output: 'json' as const };
+      const code = await runTrace(
+        { ...o, iptablesBinary: 'iptables', netns: env.sb.nodeNs, ...extra },
+        j.o,
+        j.e,
+      );
+      assert.equal(code, 0, j.err);
+      return JSON.parse(j.out) as { verdict: string; service: string | null; notes: string[] };
+    };
+    const named = await cli({ manifests: dir! });
+    assert.deepEqual([named.verdict, named.service], ['dnat', 'default/api:http']);
+    const anonymous = await cli({});
+    assert.deepEqual([anonymous.verdict, anonymous.service], ['dnat', null]);
+    assert.ok(anonymous.notes.some((n) => /pass --manifests or --kubeconfig/.test(n)));
     await agrees('client', '10.96.30.2', 80, t, client);
   });
 
