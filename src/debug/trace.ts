@@ -855,6 +855,14 @@ class Tracer {
     const unsupported = [...new Set(finals.flatMap((f) => f.b.unsupported))];
     const affinity = dedupeAffinity(finals.flatMap((f) => f.b.affinity));
     const service = serviceOf(branches) ?? this.serviceFromState();
+    const pkt = this.pkt;
+    const onDummy = this.input.node.addresses.some((a) => a.ifname === IPVS_DEVICE && a.ip === pkt.dst);
+    if (pkt.fromNode && onDummy && pkt.src !== pkt.dst) {
+      // The local route of a kube-ipvs0 address has that address as its preferred source.
+      this.notes.push(
+        `the node's own connections to ${pkt.dst} (on ${IPVS_DEVICE}) usually leave with ${pkt.dst} as source unless bound: trace --src ${pkt.dst} for those`,
+      );
+    }
     if (this.ipvsHit) {
       this.notes.push(`IPVS virtual server ${this.ipvsHit.virtualServer}: ${this.ipvsHit.note}`);
       if (this.ipvsHit.persistenceSeconds !== undefined) {

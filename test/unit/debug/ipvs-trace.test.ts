@@ -241,6 +241,10 @@ describe('svcplane trace on an IPVS node (pure): verdict and masquerade from the
     // From the node itself filter INPUT is not on the way: IPVS answers ICMP port unreachable.
     const own = at(NODE_IP, '10.96.0.3', 80, { fromNode: true });
     assert.equal(own.verdict, 'reject');
+    assert.ok(
+      own.notes.some((n) => /usually leave with 10\.96\.0\.3 as source/.test(n)),
+      own.notes.join('\n'),
+    );
     assert.match(own.path[own.path.length - 1]?.action ?? '', /IPVS answers ICMP port unreachable/);
   });
 
