@@ -177,10 +177,12 @@ export class IptablesProxier implements Backend {
     const started = performance.now();
     const facts = await this.gatherFacts(state);
     const factsChanged = this.lastFacts === undefined || !sameFacts(this.lastFacts, facts);
-    const full =
-      this.needFullSync ||
-      factsChanged ||
-      performance.now() - this.lastFullSync > (this.config.fullSyncPeriodMs ?? 3_600_000);
+    const full = fullSyncDue({
+      forced: this.needFullSync || factsChanged,
+      sinceLastFullMs: performance.now() - this.lastFullSync,
+      periodMs: this.config.fullSyncPeriodMs ?? 3_600_000,
+      largeClusterMode: this.lastReport?.render.largeClusterMode === true,
+    });
     this.lastAttemptFull = full;
 
     try {
@@ -497,6 +499,20 @@ function nodeIPsFor(
   const fromNode = node?.addresses.filter(fam) ?? [];
   if (fromNode.length > 0) return [fromNode[0]!];
   return nodeIPsFromInterfaces(addrs, c.family);
+}
+
+/**
+ * kube-proxy's doFullSync: forced (startup, a failed write, changed node facts) or the hourly one,
+ * which large-cluster mode skips (PR #138571: at that size a full sync is the very cost partial
+ * syncs exist to avoid).
+ */
+export function fullSyncDue(s: {
+  readonly forced: boolean;
+  readonly sinceLastFullMs: number;
+  readonly periodMs: number;
+  readonly largeClusterMode: boolean;
+}): boolean {
+  return s.forced || (!s.largeClusterMode && s.sinceLastFullMs > s.periodMs);
 }
 
 function sameFacts(a: NodeFacts, b: NodeFacts): boolean {

@@ -178,8 +178,11 @@ export function renderServicePort(
   if (nodePort !== 0) {
     if (hasEndpoints) {
       if (ctx.localhostNodePorts) {
-        // kube-proxy adds `-m nfacct --nfacct-name localhost_nps_accepted_pkts` here to count
-        // accepted localhost NodePort packets; svcplane has no nfacct counters, so it is omitted.
+        // kube-proxy writes this rule with `-m nfacct --nfacct-name localhost_nps_accepted_pkts` to
+        // count accepted localhost NodePort packets (and omits it on kernels without nfacct: the
+        // next rule matches 127.0.0.1 too). svcplane has no nfacct counters but keeps the rule, so
+        // its iptables-save reads like kube-proxy's on the usual nfacct kernels and `diff` against
+        // kube-proxy's rules pairs them up.
         natRules.add(
           `-A ${KUBE_NODEPORTS} -m comment --comment ${spn} ${pm} -d 127.0.0.0/8 --dport ${nodePort} -j ${extChain}`,
         );
