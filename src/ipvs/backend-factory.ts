@@ -68,6 +68,33 @@ export async function createIpvsBackends(opts: ProxyOptions): Promise<Backend[]>
   return families.map((family) => new IpvsProxier(ipvsConfigFor(opts, family)));
 }
 
+/**
+ * --detect-local-mode for IPVS mode: the same four detectors as iptables mode (kube-proxy shares
+ * one LocalTrafficDetector between its proxiers). A mode whose input is missing is an error.
+ */
+function ipvsLocalDetector(opts: ProxyOptions): Pick<IpvsProxierConfig, 'clusterCIDRs' | 'localInterface'> {
+  switch (opts.detectLocalMode) {
+    case 'ClusterCIDR':
+      return { clusterCIDRs: opts.clusterCIDRs };
+    case 'NodeCIDR':
+      if (opts.nodePodCIDRs === undefined) {
+        throw new Error("--detect-local-mode=NodeCIDR: the Node's pod CIDRs were not resolved");
+      }
+      return { clusterCIDRs: opts.nodePodCIDRs };
+    case 'BridgeInterface':
+      if (!opts.bridgeInterface)
+        throw new Error('--detect-local-mode=BridgeInterface needs --pod-bridge-interface');
+      return { clusterCIDRs: [], localInterface: opts.bridgeInterface };
+    case 'InterfaceNamePrefix':
+      if (!opts.interfaceNamePrefix) {
+        throw new Error('--detect-local-mode=InterfaceNamePrefix needs --pod-interface-name-prefix');
+      }
+      return { clusterCIDRs: [], localInterface: `${opts.interfaceNamePrefix}+` };
+    default:
+      return { clusterCIDRs: [] };
+  }
+}
+
 /** The IpvsProxier configuration for one family (shared with `svcplane diff/explain`). */
 export function ipvsConfigFor(opts: ProxyOptions, family: IPFamily): IpvsProxierConfig {
   return {
@@ -75,7 +102,7 @@ export function ipvsConfigFor(opts: ProxyOptions, family: IPFamily): IpvsProxier
     nodeName: opts.hostnameOverride,
     masqueradeBit: opts.masqueradeBit,
     masqueradeAll: opts.masqueradeAll,
-    clusterCIDRs: opts.detectLocalMode === 'ClusterCIDR' ? opts.clusterCIDRs : [],
+    ...ipvsLocalDetector(opts),
     nodePortAddresses: opts.nodePortAddresses,
     scheduler: opts.ipvs.scheduler,
     schedulerFlags: resolveSchedulerFlags(opts.ipvs.scheduler, opts.ipvs.schedulerFlags),

@@ -37,8 +37,16 @@ export interface IpvsProxierConfig {
   readonly nodeName: string;
   readonly masqueradeBit: number;
   readonly masqueradeAll: boolean;
-  /** --cluster-cidr values (any family); the one of this family is the local-traffic detector. */
+  /**
+   * CIDRs of the detect-by-CIDR local-traffic detector (any family; the one of this family is used):
+   * --cluster-cidr (ClusterCIDR), or the Node's pod CIDRs (NodeCIDR).
+   */
   readonly clusterCIDRs: readonly string[];
+  /**
+   * Detect-by-interface instead (BridgeInterface: the bridge's name; InterfaceNamePrefix: the prefix
+   * followed by `+`). Takes precedence over `clusterCIDRs`.
+   */
+  readonly localInterface?: string;
   /** --nodeport-addresses CIDRs (or `primary`); empty = every non-loopback local address. */
   readonly nodePortAddresses: readonly string[];
   readonly scheduler: string;
@@ -369,15 +377,24 @@ export function ipvsPlanConfig(
 
 /** The iptables renderer's configuration, as a sync uses it. */
 export function ipvsRulesConfig(
-  c: Pick<IpvsProxierConfig, 'family' | 'masqueradeBit' | 'masqueradeAll' | 'clusterCIDRs'>,
+  c: Pick<
+    IpvsProxierConfig,
+    'family' | 'masqueradeBit' | 'masqueradeAll' | 'clusterCIDRs' | 'localInterface'
+  >,
   randomFully: boolean,
 ): IpvsRulesConfig {
+  const cidr = c.clusterCIDRs
+    .map((t) => parseCIDR(t))
+    .find((p) => p !== undefined && p.family === c.family)?.cidr;
   return {
     family: c.family,
     masqueradeBit: c.masqueradeBit,
     masqueradeAll: c.masqueradeAll,
-    clusterCIDR: c.clusterCIDRs.map((t) => parseCIDR(t)).find((p) => p !== undefined && p.family === c.family)
-      ?.cidr,
+    ...(c.localInterface !== undefined
+      ? { notLocal: ['!', '-i', c.localInterface] }
+      : cidr !== undefined
+        ? { notLocal: ['!', '-s', cidr] }
+        : {}),
     randomFully,
   };
 }

@@ -31,8 +31,11 @@ export interface IpvsRulesConfig {
   readonly family: IPFamily;
   readonly masqueradeBit: number;
   readonly masqueradeAll: boolean;
-  /** Cluster CIDR of this family for the local-traffic detector; undefined = none. */
-  readonly clusterCIDR?: string;
+  /**
+   * The local-traffic detector's "not from a pod" match (kube-proxy's IfNotLocal): `! -s <cluster
+   * CIDR>` or `! -i <bridge or prefix+>`; undefined = no detector.
+   */
+  readonly notLocal?: readonly string[];
   readonly randomFully: boolean;
 }
 
@@ -121,15 +124,13 @@ export function renderIpvsRules(desired: IpvsDesired, config: IpvsRulesConfig): 
   // ClusterIP masquerade: all, or off-cluster sources, or host traffic that picked a VIP as source.
   if (config.masqueradeAll) {
     A(nat, 'KUBE-SERVICES', SETS.clusterIP.comment, ...match('clusterIP', 'dst,dst'), '-j', 'KUBE-MARK-MASQ');
-  } else if (config.clusterCIDR !== undefined) {
+  } else if (config.notLocal !== undefined) {
     A(
       nat,
       'KUBE-SERVICES',
       SETS.clusterIP.comment,
       ...match('clusterIP', 'dst,dst'),
-      '!',
-      '-s',
-      config.clusterCIDR,
+      ...config.notLocal,
       '-j',
       'KUBE-MARK-MASQ',
     );

@@ -849,6 +849,17 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
       });
     });
 
+    it('--detect-local-mode=BridgeInterface (! -i cbr0): pod→ClusterIP keeps its source, outside→ClusterIP is masqueraded', async () => {
+      const sb = env.sb;
+      await withFlags({ clusterCIDRs: [], localInterface: 'cbr0' }, ['IPv4'], async () => {
+        assert.equal(
+          answeredPeer(await sb.request('client', tcp(clusterIP(1), 80))).peer,
+          sb.podIP('client'),
+        );
+        assert.equal(answeredPeer(await sb.request('outside', tcp(clusterIP(1), 80))).peer, MASQ_V4);
+      });
+    });
+
     it('--masquerade-all: pod→ClusterIP is masqueraded too (IPv4 and IPv6)', async () => {
       const sb = env.sb;
       await withFlags({ masqueradeAll: true }, BOTH, async () => {

@@ -34,7 +34,7 @@ const RULES = parseIptablesSave(
     family: 'IPv4',
     masqueradeBit: 14,
     masqueradeAll: false,
-    clusterCIDR: KUBE_PROXY_IPVS_NODE.clusterCIDR,
+    notLocal: ['!', '-s', KUBE_PROXY_IPVS_NODE.clusterCIDR],
     randomFully: true,
   }),
 );

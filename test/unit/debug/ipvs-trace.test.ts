@@ -132,7 +132,7 @@ function kernelRules(): string {
     family: 'IPv4',
     masqueradeBit: 14,
     masqueradeAll: false,
-    clusterCIDR: '10.244.0.0/16',
+    notLocal: ['!', '-s', '10.244.0.0/16'],
     randomFully: true,
   });
   let out = rendered;

@@ -176,7 +176,7 @@ describe('renderIpvsRules', () => {
     family: 'IPv4',
     masqueradeBit: 14,
     masqueradeAll: false,
-    clusterCIDR: '10.244.0.0/16',
+    notLocal: ['!', '-s', '10.244.0.0/16'],
     randomFully: true,
   });
   const saved = parseIptablesSave(text);
