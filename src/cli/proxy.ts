@@ -88,12 +88,8 @@ export async function createBackends(opts: ProxyOptions): Promise<Backend[]> {
 
 /**
  * The proxier configuration for one family (shared with `svcplane diff`, which renders the same).
- * `podCIDRs` (the Node's, for NodeCIDR detection) is read by localDetectorFor.
  */
-export function iptablesProxierConfig(
-  opts: ProxyOptions,
-  family: IPFamily,
-): IptablesProxierConfig & { readonly podCIDRs?: readonly string[] } {
+export function iptablesProxierConfig(opts: ProxyOptions, family: IPFamily): IptablesProxierConfig {
   return {
     family,
     nodeName: opts.hostnameOverride,

@@ -58,6 +58,8 @@ export interface IptablesProxierConfig {
   readonly clusterCIDRs: readonly string[];
   readonly bridgeInterface?: string;
   readonly interfaceNamePrefix?: string;
+  /** The Node object's pod CIDRs (spec.podCIDRs, read once at startup) for NodeCIDR detection. */
+  readonly podCIDRs?: readonly string[];
   /** --nodeport-addresses: CIDRs, or the single value `primary`; empty = all local addresses. */
   readonly nodePortAddresses: readonly string[];
   readonly localhostNodePorts: boolean;
@@ -412,9 +414,7 @@ export function renderConfigFor(
  * (kube-proxy's NoOp, warned about at startup). A mode whose input is missing is a configuration
  * error, never a silent None.
  */
-export function localDetectorFor(
-  c: IptablesProxierConfig & { readonly podCIDRs?: readonly string[] },
-): LocalDetector {
+export function localDetectorFor(c: IptablesProxierConfig): LocalDetector {
   const cidrOfFamily = (cidrs: readonly string[]): string | undefined =>
     cidrs.map((t) => parseCIDR(t)).find((p) => p !== undefined && p.family === c.family)?.cidr;
   switch (c.detectLocalMode) {

@@ -19,7 +19,11 @@ export const BRIDGE = 'cbr0';
 export const NODE_EXT_LINK = 'ext0';
 export const POD_LINK = 'eth0';
 export const OUTSIDE_LINK = 'eth0';
-/** Host-side veth names are `veth<N>`: matches kube-proxy's `--detect-local-mode=InterfaceNamePrefix --pod-interface-name-prefix=veth`. */
+/**
+ * Host-side veth names are `veth<N>`. They are bridge ports, so pod packets enter the node's IP layer
+ * on cbr0: here `--detect-local-mode=BridgeInterface --pod-bridge-interface=cbr0` matches pods, and
+ * InterfaceNamePrefix needs routed pod interfaces (as Calico's), not these.
+ */
 export const HOST_VETH_PREFIX = 'veth';
 
 export const POD_CIDR_V4 = '10.244.0.0/24';
