@@ -46,6 +46,11 @@ export interface ProxyOptions {
   readonly syncPeriodMs: number;
   /** e.g. `iptables-legacy`: restore/save and ip6tables names are derived from it. */
   readonly iptablesBinary: string;
+  /**
+   * svcplane's --iptables-full-sync-mode: how full syncs write (docs/performance.md). `auto`: whole
+   * tables on nf_tables (foreign rules carried over), kube-proxy's `--noflush` on legacy.
+   */
+  readonly iptablesFullSyncMode: 'auto' | 'whole-table' | 'noflush';
   readonly ipFamilies: readonly ('IPv4' | 'IPv6')[];
   readonly healthzBindAddress: string;
   readonly metricsBindAddress: string;
@@ -81,6 +86,11 @@ export function addProxyOptions(cmd: Command): Command {
     .option('--iptables-min-sync-period <d>', 'minimum interval between syncs (e.g. 1s)', parseDuration)
     .option('--iptables-sync-period <d>', 'maximum interval between syncs (e.g. 30s)', parseDuration)
     .option('--iptables-binary <name>', 'iptables command to use, e.g. iptables-legacy', 'iptables')
+    .option(
+      '--iptables-full-sync-mode <mode>',
+      "svcplane: auto (whole tables on nf_tables), whole-table, or noflush (kube-proxy's way)",
+      'auto',
+    )
     .option('--ip-families <list>', 'IPv4, IPv6 or both (default both)', parseList)
     .option('--healthz-bind-address <ip:port>', 'health server address', '0.0.0.0:10256')
     .option('--metrics-bind-address <ip:port>', 'metrics server address', '127.0.0.1:10249')
@@ -151,6 +161,10 @@ export function resolveProxyOptions(raw: Raw, opts: { companions?: boolean } = {
   if (!/^[A-Za-z0-9_./-]+$/.test(binary) || !binary.includes('iptables')) {
     throw new Error(`--iptables-binary: "${binary}" must name an iptables command`);
   }
+  const fullSyncMode = str('iptablesFullSyncMode') ?? 'auto';
+  if (fullSyncMode !== 'auto' && fullSyncMode !== 'whole-table' && fullSyncMode !== 'noflush') {
+    throw new Error(`--iptables-full-sync-mode: "${fullSyncMode}" is not auto, whole-table or noflush`);
+  }
   const hostnameOverride = (str('hostnameOverride') ?? hostname()).trim().toLowerCase();
   const badName = nodeNameProblem(hostnameOverride);
   if (badName) throw new Error(`--hostname-override: ${badName}`);
@@ -182,6 +196,7 @@ export function resolveProxyOptions(raw: Raw, opts: { companions?: boolean } = {
     syncPeriodMs: mode === 'ipvs' ? (ipvs.syncPeriodMs ?? syncPeriodMs) : syncPeriodMs,
     ipvs,
     iptablesBinary: binary,
+    iptablesFullSyncMode: fullSyncMode,
     ipFamilies: families.length > 0 ? (families as ('IPv4' | 'IPv6')[]) : ['IPv4', 'IPv6'],
     healthzBindAddress: str('healthzBindAddress') ?? '0.0.0.0:10256',
     metricsBindAddress: str('metricsBindAddress') ?? '127.0.0.1:10249',

@@ -104,6 +104,7 @@ export function iptablesProxierConfig(opts: ProxyOptions, family: IPFamily): Ipt
     nodePortAddresses: opts.nodePortAddresses,
     localhostNodePorts: opts.localhostNodePorts,
     binaries: iptablesBinaries(opts.iptablesBinary, family),
+    fullSyncMode: opts.iptablesFullSyncMode,
   };
 }
 

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { Command } from 'commander';
 import { parseBool, parseDuration, parseList } from '../../../src/cli/flags.js';
 import { addProxyOptions, iptablesBinaries, resolveProxyOptions } from '../../../src/cli/proxy-options.js';
+import { iptablesProxierConfig } from '../../../src/cli/proxy.js';
 
 function parse(args: string[]): ReturnType<typeof resolveProxyOptions> {
   const cmd = addProxyOptions(new Command('sync').exitOverride());
@@ -62,6 +63,15 @@ describe('kube-proxy style flags', () => {
     assert.equal(o.localhostNodePorts, true);
     assert.equal(o.masqueradeAll, false);
     assert.equal(o.detectLocalMode, '');
+  });
+
+  it('--iptables-full-sync-mode reaches the proxier (auto by default)', () => {
+    assert.equal(iptablesProxierConfig(parse([]), 'IPv4').fullSyncMode, 'auto');
+    assert.equal(
+      iptablesProxierConfig(parse(['--iptables-full-sync-mode=noflush']), 'IPv6').fullSyncMode,
+      'noflush',
+    );
+    assert.throws(() => parse(['--iptables-full-sync-mode=fast']), /--iptables-full-sync-mode/);
   });
 
   it('rejects invalid values with the flag name', () => {
