@@ -44,8 +44,8 @@ export interface ServiceRenderContext {
 
 /** Buffers that are always written (filter table, top-level nat chains). */
 export interface TopLevelOutput {
-  readonly filterRules: LineBuffer;
-  readonly natRules: LineBuffer;
+  readonly filterRules: Pick<LineBuffer, 'add'>;
+  readonly natRules: Pick<LineBuffer, 'add'>;
 }
 
 /** Buffers for per-service chains. */

@@ -7,13 +7,7 @@ import {
 import type { ClusterState, IPFamily, Service, ServicePort } from '../model/types.js';
 import { servicePortName } from '../model/types.js';
 import { isServiceChainName } from './names.js';
-import {
-  KUBE_NODEPORTS,
-  KUBE_SERVICES,
-  masqueradeMark,
-  renderFixedHead,
-  renderFixedTail,
-} from './render-fixed.js';
+import { masqueradeMark, renderFixedHead, renderFixedTail } from './render-fixed.js';
 import {
   blockOf,
   chainLine,
@@ -654,6 +648,13 @@ function renderService(
   const skipped: string[] = [];
   let noLocalInternal = 0;
   let noLocalExternal = 0;
+  const topAt: number[] = [];
+  const natTop = {
+    add: (line: string): void => {
+      topAt.push(natRules.lines.length);
+      natRules.add(line);
+    },
+  };
   const seen: string[] = [];
   for (let i = 0; i < svc.ports.length; i++) {
     let port = svc.ports[i]!;
@@ -678,16 +679,26 @@ function renderService(
       fe,
       port,
       spn,
-      { filterRules, natRules },
+      { filterRules, natRules: natTop },
       { natChains, natRules },
       active,
     );
     if (outcome.noLocalInternal) noLocalInternal++;
     if (outcome.noLocalExternal) noLocalExternal++;
   }
+  // Which of its nat rules went to fixed chains (kept by position: testing the text would flatten
+  // every rendered line).
   const top = new LineBuffer();
   const own = new LineBuffer();
-  for (const l of natRules.lines) (isFixedNatRule(l) ? top : own).add(l);
+  const lines = natRules.lines;
+  for (let i = 0, t = 0; i < lines.length; i++) {
+    if (t < topAt.length && topAt[t] === i) {
+      top.add(lines[i]!);
+      t++;
+    } else {
+      own.add(lines[i]!);
+    }
+  }
   const contribution: ServiceContribution = {
     key: memoKey,
     serviceKey: key,
@@ -706,9 +717,4 @@ function renderService(
     nat: blockOf(natRules),
     ...(partial ? { chains: blockOf(own) } : {}),
   };
-}
-
-/** A Service's rule in one of nat's fixed chains (the others are in its own chains). */
-function isFixedNatRule(line: string): boolean {
-  return line.startsWith(`-A ${KUBE_SERVICES} `) || line.startsWith(`-A ${KUBE_NODEPORTS} `);
 }
