@@ -32,6 +32,13 @@ import {
 
 export const DUMMY_DEVICE = 'kube-ipvs0';
 
+/**
+ * Timeout of the proxier's child processes. Batches and listings grow with the cluster: at 10k
+ * Services `ipvsadm -R` of a full sync is ~87k lines, one netlink socket per line, over a minute in
+ * User-mode Linux; a timed-out batch would fail every full sync for good (as iptables' restore timeout).
+ */
+const KERNEL_TIMEOUT_MS = 600_000;
+
 export interface IpvsProxierConfig {
   readonly family: IPFamily;
   readonly nodeName: string;
@@ -102,7 +109,7 @@ export class IpvsProxier implements Backend {
   }
 
   private exec(argv: readonly string[], input?: string): Promise<RunResult> {
-    return run(argv, { input, netns: this.config.netns, timeoutMs: 60_000 });
+    return run(argv, { input, netns: this.config.netns, timeoutMs: KERNEL_TIMEOUT_MS });
   }
 
   /** Runs kernel work one at a time (a sync and the drain timer never interleave). */
