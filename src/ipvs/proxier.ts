@@ -21,6 +21,7 @@ import {
   renderIpvsRules,
   type IpvsRulesConfig,
 } from './rules.js';
+import { serviceSpec, vsKey, type VirtualServer } from './types.js';
 
 /**
  * The IPVS backend for one IP family (kube-proxy's ipvs Proxier): gathers node facts, plans (pure),
@@ -38,6 +39,8 @@ export const DUMMY_DEVICE = 'kube-ipvs0';
  * User-mode Linux; a timed-out batch would fail every full sync for good (as iptables' restore timeout).
  */
 const KERNEL_TIMEOUT_MS = 600_000;
+/** Up to this many virtual servers, connection counters are listed per virtual server (see readConnections). */
+const CONNECTION_LISTINGS_MAX = 8;
 
 export interface IpvsProxierConfig {
   readonly family: IPFamily;
@@ -202,15 +205,41 @@ export class IpvsProxier implements Backend {
   }
 
   private async applyIpvs(desired: IpvsDesired): Promise<{ lines: number; draining: number }> {
-    const [saved, listed] = await Promise.all([this.exec(['ipvsadm', '-Sn']), this.exec(['ipvsadm', '-Ln'])]);
-    const change = diffIpvs(parseIpvsadmSave(saved.stdout), desired.services, {
-      family: this.config.family,
-      excludeCIDRs: this.config.excludeCIDRs,
-      connections: parseIpvsadmConnections(listed.stdout),
-    });
+    const current = parseIpvsadmSave((await this.exec(['ipvsadm', '-Sn'])).stdout);
+    const opts = { family: this.config.family, excludeCIDRs: this.config.excludeCIDRs };
+    // Connection counts only decide between deleting and draining a TCP real server that is no longer
+    // wanted, and the diff asks for no other: without counts, every such server comes back draining.
+    // Listing the kernel's counters is as costly as -Sn (one netlink round trip per virtual server),
+    // so it is read only then, and only for those virtual servers when they are few.
+    let change = diffIpvs(current, desired.services, { ...opts, connections: new Map() });
+    if (change.draining.length > 0) {
+      const connections = await this.readConnections(change.draining.map((d) => d.vs));
+      change = diffIpvs(current, desired.services, { ...opts, connections });
+    }
     if (change.lines.length > 0) await this.exec(['ipvsadm', '-R'], `${change.lines.join('\n')}\n`);
     this.scheduleReap(change.draining.length);
     return { lines: change.lines.length, draining: change.draining.length };
+  }
+
+  /**
+   * Active + inactive connections (`ipvsadm -Ln`) of the given virtual servers: one listing each when
+   * they are few, else one listing of the whole table. A server gone meanwhile has no entry (= busy).
+   */
+  private async readConnections(servers: readonly VirtualServer[]): Promise<Map<string, number>> {
+    const specs = [...new Map(servers.map((vs) => [vsKey(vs), serviceSpec(vs)])).values()];
+    if (specs.length > CONNECTION_LISTINGS_MAX) {
+      return parseIpvsadmConnections((await this.exec(['ipvsadm', '-Ln'])).stdout);
+    }
+    const out = new Map<string, number>();
+    for (const spec of specs) {
+      const r = await run(['ipvsadm', '-Ln', ...spec], {
+        netns: this.config.netns,
+        timeoutMs: KERNEL_TIMEOUT_MS,
+        allowFailure: true,
+      });
+      if (r.exitCode === 0) for (const [k, n] of parseIpvsadmConnections(r.stdout)) out.set(k, n);
+    }
+    return out;
   }
 
   private scheduleReap(draining: number): void {
