@@ -1,7 +1,7 @@
 import type { Backend, SyncReport } from '../controller/backend.js';
 import { Iptables, type IptablesBinaries } from '../iptables/iptables.js';
 import { canaryLines, mergeExtraLines, missingJumpLines } from '../iptables/jump-plan.js';
-import { parseIptablesSave } from '../iptables/save-parse.js';
+import { parseIptablesSave, type SavedRuleset } from '../iptables/save-parse.js';
 import { cidrContains, parseCIDR } from '../model/ip.js';
 import { nodeContext } from '../model/selection.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
@@ -97,6 +97,9 @@ export class IpvsProxier implements Backend {
   private lastReport: IpvsSyncReport | undefined;
   /** Read iptables-save for missing jumps/canaries: first sync, after a failure or detected drift. */
   private checkJumps = true;
+  /** The rules of the last successful iptables write, and our chains as iptables-save showed them after it. */
+  private writtenRules: string | undefined;
+  private writtenChains: string | undefined;
 
   constructor(private readonly config: IpvsProxierConfig) {
     this.name = `ipvs/${config.family}`;
@@ -242,6 +245,15 @@ export class IpvsProxier implements Backend {
     return out;
   }
 
+  /** Our chains as the kernel holds them; undefined when they cannot be read (the sync then writes). */
+  private async readOwnChains(): Promise<string | undefined> {
+    try {
+      return ipvsChainsText(parseIptablesSave(await this.ipt.save()));
+    } catch {
+      return undefined;
+    }
+  }
+
   private scheduleReap(draining: number): void {
     if (draining === 0 || this.reapTimer || this.stopped) return;
     this.reapTimer = setTimeout(() => {
@@ -325,7 +337,23 @@ export class IpvsProxier implements Backend {
         old.lines,
       );
     }
-    await this.ipt.restore(input, { noflush: true, counters: false });
+    // Rewriting our chains is skipped only when it would change nothing: the same rules as the last
+    // write, and the kernel's copy of our chains as read back right after it (any other edit to them
+    // is repaired by this sync, as before). iptables-restore resolves every `--vport` through
+    // getaddrinfo(), which lists all the node's addresses: at 10k Services, ~500 KUBE-IPVS-OUT-FILTER
+    // rules × 11k addresses on kube-ipvs0 took ~10 s in UML, a third of a one-endpoint sync.
+    const unchanged =
+      !this.checkJumps &&
+      this.writtenRules === rules &&
+      this.writtenChains !== undefined &&
+      (await this.readOwnChains()) === this.writtenChains;
+    if (!unchanged) {
+      this.writtenRules = undefined;
+      await this.ipt.restore(input, { noflush: true, counters: false });
+      this.writtenChains = await this.readOwnChains();
+      this.writtenRules = rules;
+    }
+    const written = unchanged ? '' : input;
     this.checkJumps = false;
     if (leftovers.length > 0) {
       log.info('removed iptables-mode leftovers', {
@@ -350,8 +378,8 @@ export class IpvsProxier implements Backend {
       backend: this.name,
       full: true,
       durationMs: performance.now() - started,
-      bytes: Buffer.byteLength(input),
-      lines: ipvs.lines + input.split('\n').length + ipsets.input.split('\n').length,
+      bytes: Buffer.byteLength(written),
+      lines: ipvs.lines + written.split('\n').length + ipsets.input.split('\n').length,
       writtenServices: desired.services.size,
       staleChains: 0,
       details: {
@@ -361,6 +389,7 @@ export class IpvsProxier implements Backend {
         bound: toBind.length,
         unbound: toUnbind.length,
         iptablesLeftoversRemoved: leftovers.length,
+        iptablesUnchanged: unchanged,
         ...phases,
       },
       draining: ipvs.draining,
@@ -370,6 +399,22 @@ export class IpvsProxier implements Backend {
     this.lastReport = report;
     return report;
   }
+}
+
+/** svcplane's IPVS-mode chains (declarations and rules) as an iptables-save shows them, for comparison. */
+export function ipvsChainsText(saved: SavedRuleset): string {
+  const out: string[] = [];
+  for (const [table, chains] of [
+    ['nat', IPVS_NAT_CHAINS],
+    ['filter', IPVS_FILTER_CHAINS],
+  ] as const) {
+    const t = saved.tables.get(table);
+    for (const chain of chains) {
+      out.push(`${table} ${chain} ${t?.chainsByName.has(chain) === true ? 'declared' : 'missing'}`);
+      for (const rule of t?.rulesByChain.get(chain) ?? []) out.push(rule.text);
+    }
+  }
+  return out.join('\n');
 }
 
 /** NodePort addresses of this family (--nodeport-addresses, else every non-loopback local address). */
