@@ -16,6 +16,7 @@ import { buildClusterState } from '../src/model/build.js';
 import type { ClusterState } from '../src/model/types.js';
 import { run } from '../src/util/exec.js';
 import { BENCH_NODE, clusterObjects, nodeObject, serviceObjects } from './cluster.js';
+import { MemoryPeak } from './memory.js';
 
 /**
  * `npm run bench`: svcplane's iptables mode at 1k–30k Services × 5 endpoints, on the real kernel of a
@@ -151,34 +152,6 @@ function parseArgs(argv: string[]): {
   return { sizes, child, latencyChanges, latencyAt, out };
 }
 
-/** Peak RSS / heap of this process, sampled every 20 ms (plus the kernel's own maxRSS at the end). */
-class MemoryPeak {
-  rss = 0;
-  heap = 0;
-  private readonly timer: NodeJS.Timeout;
-  constructor() {
-    this.sample();
-    this.timer = setInterval(() => this.sample(), 20);
-  }
-  sample(): void {
-    const m = process.memoryUsage();
-    this.rss = Math.max(this.rss, m.rss);
-    this.heap = Math.max(this.heap, m.heapUsed);
-  }
-  /** Peak so far (the kernel's maxRSS included). */
-  peak(): { rssMB: number; heapMB: number } {
-    this.sample();
-    return { rssMB: mb(Math.max(this.rss, process.resourceUsage().maxRSS * 1024)), heapMB: mb(this.heap) };
-  }
-  stop(): { rssMB: number; heapMB: number } {
-    clearInterval(this.timer);
-    this.sample();
-    const maxRss = process.resourceUsage().maxRSS * 1024;
-    return { rssMB: mb(Math.max(this.rss, maxRss)), heapMB: mb(this.heap) };
-  }
-}
-
-const mb = (b: number): number => Math.round(b / 1048576);
 const r1 = (x: number): number => Math.round(x * 10) / 10;
 
 function percentile(xs: number[], p: number): number {

@@ -1,13 +1,47 @@
 #!/usr/bin/env bash
-# npm run bench [-- --sizes 1000,10000 --changes 100]: svcplane's iptables-mode benchmark.
-# Everything kernel-side happens inside a private, empty network namespace (unshare -n): the
-# machine's own rules are never read or touched. Default sizes 1k,5k,10k (≈10 min on 2 shared
-# cores); 30k is opt-in: --sizes 30000. Results: a table on stdout, JSON in bench/results/.
+# npm run bench [-- OPTIONS]: svcplane's benchmark, iptables mode then IPVS mode.
+#
+# iptables part: everything kernel-side happens inside a private, empty network namespace (unshare -n):
+# the machine's own rules are never read or touched. Default sizes 1k,5k,10k (≈10 min on 2 shared
+# cores); 30k is opt-in: --sizes 30000. Its options: --sizes, --changes, --latency-at, --out.
+#
+# IPVS part (after the iptables part): one User-mode Linux boot per size (scripts/uml-run.sh; the
+# host's network is never touched), default 1k,10k (≈10 min, most of it the 10k size). Options:
+#   --no-ipvs            skip it                      --ipvs-only       skip the iptables part
+#   --ipvs-sizes LIST    e.g. 1000,10000 (or 1k,10k)  --ipvs-mem SIZE   UML memory (default 4G)
+#   --ipvs-timeout SECS  per size inside UML (default max(600, services × 0.15))
+#   --ipvs-out FILE      JSON (default bench/results/ipvs-<date>.json)
+# Results: tables on stdout, JSON in bench/results/ (gitignored).
+# Env: SVCPLANE_SKIP_BUILD=1 skips scripts/setup.sh (installs, npm ci, rebuild of dist/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+
+iptables_args=()
+ipvs_args=()
+run_iptables=1
+run_ipvs=1
+while (($#)); do
+  case $1 in
+    --no-ipvs) run_ipvs=0; shift ;;
+    --ipvs-only) run_iptables=0; shift ;;
+    --ipvs-sizes) ipvs_args+=(--sizes "${2:?--ipvs-sizes wants a list}"); shift 2 ;;
+    --ipvs-mem) ipvs_args+=(--mem "${2:?--ipvs-mem wants a size}"); shift 2 ;;
+    --ipvs-timeout) ipvs_args+=(--timeout "${2:?--ipvs-timeout wants seconds}"); shift 2 ;;
+    --ipvs-out) ipvs_args+=(--out "${2:?--ipvs-out wants a file}"); shift 2 ;;
+    *) iptables_args+=("$1"); shift ;;
+  esac
+done
+((run_iptables || run_ipvs)) || { echo "bench: --no-ipvs and --ipvs-only leave nothing to run" >&2; exit 2; }
+
+if [[ ${SVCPLANE_SKIP_BUILD:-} != 1 ]]; then bash scripts/setup.sh; fi
 if ! command -v /usr/bin/time >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null
 fi
 echo "bench: $(date -u +%FT%TZ) on $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-exec unshare -n node dist/bench/bench.js "$@"
+if ((run_iptables)); then
+  unshare -n node dist/bench/bench.js "${iptables_args[@]}"
+fi
+if ((run_ipvs)); then
+  echo "bench: IPVS part, $(date -u +%FT%TZ); load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  node dist/bench/ipvs-bench.js "${ipvs_args[@]}"
+fi
