@@ -104,9 +104,15 @@ interface PartialSync {
   bytes: number;
   lines: number;
   percentOfFull: number;
+  /** Medians over `samples` one-endpoint changes. */
   ms: number;
   restoreMs: number;
+  /** Bare `iptables-restore --noflush` of the same input into the same kernel state. */
+  floorMs: number;
+  samples: number;
 }
+
+const PARTIAL_SAMPLES = 20;
 
 interface Latency {
   changes: number;
@@ -328,7 +334,12 @@ async function fullSync(proxier: IptablesProxier, state: ClusterState): Promise<
   };
 }
 
-/** One endpoint of one Service changes; the state is rebuilt with structural sharing. */
+/**
+ * One endpoint of one Service changes, PARTIAL_SAMPLES times (a different Service each time; the state
+ * is rebuilt with structural sharing). Each partial sync is followed by its floor: a bare
+ * `iptables-restore --noflush` of the very input the sync wrote, into the same kernel state (it
+ * re-flushes and rewrites the same chains). Medians, and the first sync's input size.
+ */
 async function partialSync(
   proxier: IptablesProxier,
   objects: Record<string, unknown>[],
@@ -336,31 +347,54 @@ async function partialSync(
   fullBytes: number,
 ): Promise<PartialSync> {
   const n = (objects.length - 1) / 2;
-  const i = Math.floor(n / 2);
+  const inputs: string[] = [];
+  const realRestore = proxier.ipt.restore.bind(proxier.ipt);
+  proxier.ipt.restore = (input, opts) => {
+    inputs.push(typeof input === 'string' ? input : input.join(''));
+    return realRestore(input, opts);
+  };
+  const ms: number[] = [];
+  const restore: number[] = [];
+  const floor: number[] = [];
+  let first: { bytes: number; lines: number } | undefined;
+  let current = state;
   const changed = [...objects];
-  const [svc, slice] = serviceObjects(i, ENDPOINTS, 1);
-  changed[1 + 2 * i] = svc!;
-  changed[2 + 2 * i] = slice!;
-  const next = buildClusterState(
-    changed.map((obj) => ({ obj })),
-    state,
-  );
-  const report = await proxier.sync(next);
-  if (report.full) throw new Error('expected a partial sync');
-  const restoreMs = Number(report.details?.restoreMs ?? NaN);
+  try {
+    for (let k = 0; k < PARTIAL_SAMPLES; k++) {
+      const i = (Math.floor(n / 2) + k * 31) % n;
+      const [svc, slice] = serviceObjects(i, ENDPOINTS, k + 1);
+      changed[1 + 2 * i] = svc!;
+      changed[2 + 2 * i] = slice!;
+      current = buildClusterState(
+        changed.map((obj) => ({ obj })),
+        current,
+      );
+      inputs.length = 0;
+      const report = await proxier.sync(current);
+      if (report.full) throw new Error('expected a partial sync');
+      first ??= { bytes: report.bytes, lines: report.lines };
+      ms.push(report.durationMs);
+      restore.push(Number(report.details?.restoreMs ?? NaN));
+      floor.push(await timedRestore(inputs.at(-1)!, ['--noflush', '--counters']));
+    }
+  } finally {
+    proxier.ipt.restore = realRestore;
+  }
   // And back, so later measurements start from the original state.
   await proxier.sync(
     buildClusterState(
       objects.map((obj) => ({ obj })),
-      next,
+      current,
     ),
   );
   return {
-    bytes: report.bytes,
-    lines: report.lines,
-    percentOfFull: Math.round((report.bytes / fullBytes) * 10000) / 100,
-    ms: Math.round(report.durationMs),
-    restoreMs,
+    bytes: first!.bytes,
+    lines: first!.lines,
+    percentOfFull: Math.round((first!.bytes / fullBytes) * 10000) / 100,
+    ms: Math.round(percentile(ms, 50)),
+    restoreMs: Math.round(percentile(restore, 50)),
+    floorMs: Math.round(percentile(floor, 50)),
+    samples: PARTIAL_SAMPLES,
   };
 }
 
@@ -476,7 +510,7 @@ function table(results: SizeResult[]): string {
   for (const r of results) {
     if (r.partial) {
       extra.push(
-        `${r.services}: one-endpoint change: ${r.partial.bytes} bytes (${r.partial.percentOfFull}% of full), ${r.partial.lines} lines, ${r.partial.ms} ms (restore ${r.partial.restoreMs} ms)`,
+        `${r.services}: one-endpoint change: ${r.partial.bytes} bytes (${r.partial.percentOfFull}% of full), ${r.partial.lines} lines; median of ${r.partial.samples}: ${r.partial.ms} ms (restore ${r.partial.restoreMs} ms; floor, a bare restore of the same input: ${r.partial.floorMs} ms)`,
       );
     }
     if (r.latency) {
