@@ -330,7 +330,7 @@ export function renderRestoreInput(req: RenderRequest): RenderResult {
       parts.push(memo);
       continue;
     }
-    const r = renderService(ctx, cand, memoKey, changedServices !== undefined);
+    const r = renderService(ctx, cand, memoKey, write && changedServices !== undefined);
     parts.push(r.contribution);
     if (write) written.set(cand.key, r);
   }

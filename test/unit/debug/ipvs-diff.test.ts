@@ -8,28 +8,11 @@ import { parseIpsetSave } from '../../../src/ipvs/ipset.js';
 import { parseIpvsadmSave } from '../../../src/ipvs/ipvsadm.js';
 import { planIpvs } from '../../../src/ipvs/plan.js';
 import { IPVS_JUMPS, renderIpvsRules } from '../../../src/ipvs/rules.js';
-import { buildClusterState, type SourceObject } from '../../../src/model/build.js';
+import { buildClusterState } from '../../../src/model/build.js';
 import { nodeContext } from '../../../src/model/selection.js';
+import { port, slice, svc } from './objects.js';
 
 // A NodePort Service with a local and a remote pod, and a ClusterIP Service without endpoints.
-const svc = (name: string, spec: Record<string, unknown>): SourceObject => ({
-  obj: { apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'ns' }, spec },
-  source: name,
-});
-const slice = (name: string, eps: { ip: string; node: string }[]): SourceObject => ({
-  obj: {
-    apiVersion: 'discovery.k8s.io/v1',
-    kind: 'EndpointSlice',
-    metadata: { name: `${name}-1`, namespace: 'ns', labels: { 'kubernetes.io/service-name': name } },
-    addressType: 'IPv4',
-    ports: [{ name: 'p', protocol: 'TCP', port: 8080 }],
-    endpoints: eps.map((e) => ({ addresses: [e.ip], conditions: { ready: true }, nodeName: e.node })),
-  },
-  source: `${name}-slice`,
-});
-const port = (extra: Record<string, unknown> = {}) => [
-  { name: 'p', protocol: 'TCP', port: 80, targetPort: 8080, ...extra },
-];
 const STATE = buildClusterState([
   svc('web', { type: 'NodePort', clusterIP: '10.96.0.1', ports: port({ nodePort: 30080 }) }),
   slice('web', [

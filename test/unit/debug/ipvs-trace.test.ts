@@ -9,7 +9,7 @@ import { createArgs } from '../../../src/ipvs/ipset.js';
 import { ipvsLine, parseIpvsadmSave } from '../../../src/ipvs/ipvsadm.js';
 import { planIpvs } from '../../../src/ipvs/plan.js';
 import { IPVS_JUMPS, renderIpvsRules } from '../../../src/ipvs/rules.js';
-import { buildClusterState, type SourceObject } from '../../../src/model/build.js';
+import { buildClusterState } from '../../../src/model/build.js';
 import { nodeContext } from '../../../src/model/selection.js';
 import {
   KUBE_PROXY_IPVS_IPSETS,
@@ -17,6 +17,7 @@ import {
   KUBE_PROXY_IPVS_IPVSADM,
   KUBE_PROXY_IPVS_OBJECTS,
 } from './kube-proxy-ipvs.js';
+import { port, slice, svc } from './objects.js';
 
 // What `ipvsadm -Sn` prints for a ClusterIP with two pods (rr), a sticky one (persistence) and a
 // draining one (weight 0).
@@ -65,34 +66,6 @@ const POD = '10.244.0.10';
 const LOCAL_EP = '10.244.0.2';
 const REMOTE_EP = '10.244.1.2';
 
-const svc = (
-  name: string,
-  spec: Record<string, unknown>,
-  status?: Record<string, unknown>,
-): SourceObject => ({
-  obj: {
-    apiVersion: 'v1',
-    kind: 'Service',
-    metadata: { name, namespace: 'ns' },
-    spec,
-    ...(status ? { status } : {}),
-  },
-  source: name,
-});
-const slice = (name: string, eps: { ip: string; node: string }[]): SourceObject => ({
-  obj: {
-    apiVersion: 'discovery.k8s.io/v1',
-    kind: 'EndpointSlice',
-    metadata: { name: `${name}-1`, namespace: 'ns', labels: { 'kubernetes.io/service-name': name } },
-    addressType: 'IPv4',
-    ports: [{ name: 'p', protocol: 'TCP', port: 8080 }],
-    endpoints: eps.map((e) => ({ addresses: [e.ip], conditions: { ready: true }, nodeName: e.node })),
-  },
-  source: `${name}-slice`,
-});
-const port = (extra: Record<string, unknown> = {}) => [
-  { name: 'p', protocol: 'TCP', port: 80, targetPort: 8080, ...extra },
-];
 const both = [
   { ip: LOCAL_EP, node: NODE },
   { ip: REMOTE_EP, node: 'n2' },

@@ -1,4 +1,5 @@
 import type { SourceObject } from '../../../src/model/build.js';
+import { port, slice, svc } from './objects.js';
 
 /**
  * A node converged by kube-proxy in IPVS mode, for `svcplane diff` against kube-proxy's layout.
@@ -13,34 +14,6 @@ import type { SourceObject } from '../../../src/model/build.js';
  * iptables-save (legacy 1.8.9), ipset save (7.17) and ipvsadm -Sn: the texts below are that output.
  */
 
-const svc = (
-  name: string,
-  spec: Record<string, unknown>,
-  status?: Record<string, unknown>,
-): SourceObject => ({
-  obj: {
-    apiVersion: 'v1',
-    kind: 'Service',
-    metadata: { name, namespace: 'ns' },
-    spec,
-    ...(status ? { status } : {}),
-  },
-  source: name,
-});
-const slice = (name: string, eps: readonly { ip: string; node: string }[]): SourceObject => ({
-  obj: {
-    apiVersion: 'discovery.k8s.io/v1',
-    kind: 'EndpointSlice',
-    metadata: { name: `${name}-1`, namespace: 'ns', labels: { 'kubernetes.io/service-name': name } },
-    addressType: 'IPv4',
-    ports: [{ name: 'p', protocol: 'TCP', port: 8080 }],
-    endpoints: eps.map((e) => ({ addresses: [e.ip], conditions: { ready: true }, nodeName: e.node })),
-  },
-  source: `${name}-slice`,
-});
-const port = (extra: Record<string, unknown> = {}) => [
-  { name: 'p', protocol: 'TCP', port: 80, targetPort: 8080, ...extra },
-];
 const LOCAL = { ip: '10.244.0.2', node: 'n1' };
 const REMOTE = { ip: '10.244.1.2', node: 'n2' };
 
