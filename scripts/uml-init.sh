@@ -99,6 +99,9 @@ modules=(
   ip_set ip_set_hash_ip ip_set_hash_ipport ip_set_hash_ipportip ip_set_hash_ipportnet ip_set_hash_net
   ip_set_hash_netport ip_set_hash_netiface ip_set_bitmap_port ip_set_bitmap_ip ip_set_list_set
   veth bridge br_netfilter dummy
+  # SCTP's listen() needs hmac(md5) for its cookies; the kernel does not autoload the hmac template
+  # here ("sctp: failed to load transform for md5: -2", then listen fails with ENOSYS).
+  sctp hmac xt_sctp
 )
 if ! out=$(modprobe -a "${modules[@]}" 2>&1); then log "modprobe reported: $out"; fi
 [[ -d /proc/sys/net/ipv4/vs ]] || fail "ip_vs did not load: $out"
