@@ -48,7 +48,8 @@ export class Controller extends EventEmitter<ControllerEvents> {
   private syncing = false;
   private changedDuringSync = 0;
   private setupDone = false;
-  private readonly problemsLogged = new Set<string>();
+  /** Problems of the last synced state that were logged: exactly those still present (pruned each sync). */
+  private problemsLogged = new Set<string>();
   private stopped = false;
   /** Set while start() waits for the first sync; stop() calls it so start() returns. */
   private wakeStart: (() => void) | undefined;
@@ -203,13 +204,19 @@ export class Controller extends EventEmitter<ControllerEvents> {
     return reports;
   }
 
-  /** Each distinct problem is logged once, so a broken object does not flood the log every sync. */
+  /**
+   * Each distinct problem is logged once while it lasts, so a broken object does not flood the log
+   * every sync; a fixed one is forgotten (the set never outgrows the current problems) and logged
+   * again if it comes back.
+   */
   private logProblems(state: ClusterState): void {
+    const present = new Set<string>();
     for (const p of state.problems) {
       const key = JSON.stringify(p);
+      present.add(key);
       if (this.problemsLogged.has(key)) continue;
-      this.problemsLogged.add(key);
       log.warn('skipped invalid input', { object: p.object, field: p.field, reason: p.reason });
     }
+    this.problemsLogged = present;
   }
 }
