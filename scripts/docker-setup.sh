@@ -7,8 +7,9 @@
 #        svcplane-node:bookworm  svcplane-base + the host's Node binary and npm
 # Idempotent: takes a second or two when everything is there. Prints what it did and how long it took.
 #
-# Exit status: 0 ready; 3 the engine cannot be provided here (callers may skip, reason on stderr);
-# anything else is a real failure.
+# Exit status: 0 ready; 3 the engine cannot be provided here (the reason on stderr and in
+# SVCPLANE_DOCKER_REASON_FILE); anything else is another failure. Callers treat both as failures
+# (scripts/test-docker.sh: the docker suite fails with the reason).
 #
 # Environment:
 #   SVCPLANE_DOCKER_STARTED_FILE  if set, the PID of a dockerd this run started is written there

@@ -2,8 +2,10 @@
 # Container tests: sets up the Docker engine and local base images (scripts/docker-setup.sh), builds
 # the image svcplane:test from the host-built app, runs test/docker with testcontainers, and stops
 # the dockerd it started (an engine that was already running is left alone).
-# When no engine can be started it prints "SKIP: docker tests: <reason>", records one skipped test
-# in $SVCPLANE_SUMMARY_FILE and exits 0.
+# When no engine can be started (or anything else of the setup fails) the suite FAILS: it prints
+# "FAILED: docker tests: <reason>", records one failed test and the reason in $SVCPLANE_SUMMARY_FILE
+# and exits 1. It is skipped only when asked: SVCPLANE_SKIP naming "docker" (then nothing is started,
+# and the skip is recorded with that reason).
 #
 # Environment: SVCPLANE_IMAGE (default svcplane:test), SVCPLANE_DOCKER_KEEP=1 leaves a dockerd this
 # script started running (faster reruns).
@@ -16,7 +18,19 @@ BASE=svcplane-node:bookworm
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.1fs", b - a}'; }
 say() { echo "test-docker: $*" >&2; }
-summary() { if [[ -n ${SVCPLANE_SUMMARY_FILE:-} ]]; then echo "$1" >>"$SVCPLANE_SUMMARY_FILE"; fi; }
+summary() { if [[ -n ${SVCPLANE_SUMMARY_FILE:-} ]]; then printf '%s\n' "$@" >>"$SVCPLANE_SUMMARY_FILE"; fi; }
+# fail REASON: the suite failed before any test ran.
+fail() {
+  echo "FAILED: docker tests: $1"
+  summary "0 passed, 1 failed, 0 skipped" "failed: docker: $1"
+  exit 1
+}
+
+if [[ ",${SVCPLANE_SKIP:-}," == *,docker,* ]]; then
+  echo "SKIP: docker tests: asked by SVCPLANE_SKIP=$SVCPLANE_SKIP"
+  summary "0 passed, 0 failed, 1 skipped" "skipped: docker (asked by SVCPLANE_SKIP=$SVCPLANE_SKIP)"
+  exit 0
+fi
 
 started_file=$(mktemp /tmp/svcplane-dockerd-started.XXXXXX)
 reason_file=$(mktemp /tmp/svcplane-docker-reason.XXXXXX)
@@ -50,31 +64,22 @@ t=$(now)
 SVCPLANE_DOCKER_STARTED_FILE=$started_file SVCPLANE_DOCKER_REASON_FILE=$reason_file bash scripts/docker-setup.sh
 rc=$?
 dockerd_pid=$(cat "$started_file" 2>/dev/null)
-if ((rc == 3)); then
-  echo "SKIP: docker tests: $(cat "$reason_file" 2>/dev/null || echo 'the Docker engine cannot be started')"
-  summary "0 passed, 0 failed, 1 skipped"
-  exit 0
-elif ((rc != 0)); then
-  say "docker-setup.sh failed ($rc)"
-  summary "0 passed, 1 failed, 0 skipped"
-  exit 1
+if ((rc != 0)); then
+  reason=$(cat "$reason_file" 2>/dev/null)
+  if ((rc == 3)); then fail "engine unavailable: ${reason:-no reason given}"; fi
+  fail "scripts/docker-setup.sh failed (exit $rc${reason:+: $reason}; its messages above)"
 fi
 say "engine and base images ready in $(since "$t")"
 
 # The image takes the host-built app (see the Dockerfile); scripts/setup.sh has built it.
 if [[ ! -f dist/src/cli/main.js ]]; then
-  npx tsc -p tsconfig.build.json || {
-    summary "0 passed, 1 failed, 0 skipped"
-    exit 1
-  }
+  npx tsc -p tsconfig.build.json || fail "tsc -p tsconfig.build.json failed"
 fi
 t=$(now)
 old_id=$("$DOCKER" image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null)
 if ! DOCKER_BUILDKIT=1 "$DOCKER" build --quiet --network=none -t "$IMAGE" \
   --build-arg PREBUILT=1 --build-arg BUILD_BASE="$BASE" --build-arg RUNTIME_BASE="$BASE" . >/dev/null; then
-  say "image build failed"
-  summary "0 passed, 1 failed, 0 skipped"
-  exit 1
+  fail "docker build of $IMAGE failed"
 fi
 say "built $IMAGE in $(since "$t")"
 # The previous build of the tag would stay behind as a dangling image: remove it (only that one).

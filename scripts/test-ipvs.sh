@@ -19,16 +19,19 @@ while IFS= read -r -d '' ts; do
   js=dist/${ts%.ts}.js
   if [[ -f $js ]]; then files+=("$js"); else echo "test-ipvs: $ts was not compiled ($js missing)" >&2; fi
 done < <(find test/ipvs -name '*.test.ts' -print0 | sort -z)
+summary() { if [[ -n ${SVCPLANE_SUMMARY_FILE:-} ]]; then printf '%s\n' "$@" >>"$SVCPLANE_SUMMARY_FILE"; fi; }
 if ((${#files[@]} == 0)); then
   echo "test-ipvs: no compiled tests under dist/test/ipvs" >&2
+  summary "0 passed, 1 failed, 0 skipped" "failed: ipvs: no compiled tests under dist/test/ipvs"
   exit 1
 fi
 
 bash scripts/uml-run.sh --timeout "${SVCPLANE_IPVS_TIMEOUT:-1200}" --mem 1G -- \
-  node node_modules/mocha/bin/mocha.js --no-config --reporter ./test/support/reporter.cjs \
+  node node_modules/mocha/bin/mocha.js --no-config --forbid-only --reporter ./test/support/reporter.cjs \
   --timeout 60000 --exit "$@" "${files[@]}"
 status=$?
 if ((status == 125)); then
   echo "test-ipvs: User-mode Linux failed; no IPVS test ran" >&2
+  summary "0 passed, 1 failed, 0 skipped" "failed: ipvs: User-mode Linux failed, no IPVS test ran (uml-run.sh's reason above)"
 fi
 exit "$status"

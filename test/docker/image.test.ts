@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import type { StartedTestContainer } from 'testcontainers';
 import { DockerScope, dockerUnavailable, run, runOk, type NodeContainer } from '../support/docker.js';
+import { skipBecause } from '../support/skip.js';
 
 /**
  * The container image, started as the DaemonSet starts it: every capability dropped but NET_ADMIN
@@ -133,10 +134,7 @@ describe('container image (docker)', function () {
 
   before(async function () {
     const why = await dockerUnavailable();
-    if (why) {
-      console.log(`      SKIP: docker tests: ${why}`);
-      this.skip();
-    }
+    if (why) skipBecause(this, `docker tests: ${why}`);
   });
 
   after(async () => {

@@ -18,7 +18,7 @@ import { peerIP, type EchoReply, type RequestSpec } from '../../src/netns/protoc
 import { joinHostPort } from '../../src/model/ip.js';
 import type { Where } from '../../src/netns/sandbox.js';
 import { run } from '../../src/util/exec.js';
-import { expectReply, isRoot, useSandbox } from '../support/sandbox.js';
+import { expectReply, requireRoot, useSandbox } from '../support/sandbox.js';
 import { diffRulesets, formatDriftText } from '../../src/debug/diff.js';
 import { buildOwnerIndex } from '../../src/debug/owners.js';
 import { jumpRules } from '../../src/iptables/jumps.js';
@@ -982,7 +982,7 @@ describe('svcplane diff / trace on rules written by kube-proxy (a private netns)
   this.timeout(30_000);
   const ns = `svcp-dbg${randomBytes(3).toString('hex')}`;
   before(async function () {
-    if (!isRoot()) this.skip();
+    requireRoot(this);
     await run(['ip', 'netns', 'add', ns]);
     // kube-proxy's ns2/svc2 reference rules, through the real iptables-restore and iptables-save.
     // kube-proxy adds the nfacct matches only when its counters exist; this netns has none.

@@ -14,7 +14,7 @@ import {
   type ProxierOptions,
 } from '../support/iptables-harness.js';
 import { expectRuleCounted, type RuleRef } from '../support/rule-counters.js';
-import { isRoot, useSandbox } from '../support/sandbox.js';
+import { requireRoot, useSandbox } from '../support/sandbox.js';
 
 /**
  * iptables mode's frontends and masquerade, proven by real traffic (issue 8 §1, §6): plain Service
@@ -192,7 +192,7 @@ describe('iptables mode: frontends and masquerade (real traffic)', function () {
   const scenario = (opts: ProxierOptions = {}): Promise<unknown> => h.sync(objects(), opts);
 
   before(async function () {
-    if (!isRoot()) this.skip();
+    requireRoot(this);
     this.timeout(60_000);
     const sb = env.sb;
     h = new IptablesHarness(sb);

@@ -30,7 +30,8 @@ import {
 } from '../support/iptables-harness.js';
 import { sendTcpFrame, TCP_ACK, TCP_FIN, TCP_SYN } from '../support/raw-packets.js';
 import { expectRuleCounted, type RuleRef } from '../support/rule-counters.js';
-import { isRoot, useSandbox } from '../support/sandbox.js';
+import { requireRoot, useSandbox } from '../support/sandbox.js';
+import { skipBecause } from '../support/skip.js';
 
 /**
  * Kernel paths of iptables mode that only real packets show (issue 8 §1): the INVALID drop in
@@ -180,7 +181,7 @@ describe('iptables mode: kernel paths and flags (real traffic)', function () {
     );
 
   before(async function () {
-    if (!isRoot()) this.skip();
+    requireRoot(this);
     this.timeout(60_000);
     h = new IptablesHarness(env.sb);
     await h.addAddresses(
@@ -291,8 +292,7 @@ describe('iptables mode: kernel paths and flags (real traffic)', function () {
     await scenario();
     const sb = env.sb;
     if (!(await h.proxier('IPv4').ipt.supportsRandomFully())) {
-      console.log('      (skipped: this iptables has no --random-fully)');
-      this.skip();
+      skipBecause(this, 'this iptables has no --random-fully');
     }
     for (const family of ['IPv4', 'IPv6'] as const) {
       const post = rulesOf(await save(family, 'nat'), 'nat', 'KUBE-POSTROUTING');

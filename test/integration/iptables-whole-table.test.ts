@@ -6,7 +6,7 @@ import {
   serviceObject,
   sliceObject,
 } from '../support/iptables-harness.js';
-import { expectError, expectReply, isRoot, useSandbox } from '../support/sandbox.js';
+import { expectError, expectReply, requireRoot, useSandbox } from '../support/sandbox.js';
 
 /**
  * Full syncs replace the nat and filter tables in one restore (nf_tables backend, issue 7): another
@@ -42,7 +42,7 @@ describe('iptables full sync: whole tables, foreign rules kept (real traffic)', 
   const ipt = (...args: string[]) => env.sb.exec('node', ['iptables', '-w', ...args]);
 
   before(async function () {
-    if (!isRoot()) this.skip();
+    requireRoot(this);
     h = new IptablesHarness(env.sb, ['IPv4']);
     await ipt('-t', 'nat', '-N', 'FOREIGN-DNAT');
     await ipt(

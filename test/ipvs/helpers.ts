@@ -3,12 +3,13 @@
 // the "node"; nothing reaches the host's network.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { run, type RunResult } from '../../src/util/exec.js';
+import { skipBecause } from '../support/skip.js';
 
 export const inUml = process.env.SVCPLANE_IN_UML === '1';
 
-/** Skips the whole suite (with the reason in its title) unless running inside UML. */
+/** Skips the whole suite unless running inside UML (a failure unless SVCPLANE_SKIP=ipvs). */
 export function requireUml(ctx: Mocha.Context): void {
-  if (!inUml) ctx.skip();
+  if (!inUml) skipBecause(ctx, 'runs inside User-mode Linux only (scripts/test-ipvs.sh)');
 }
 
 /** Runs a command, throwing with its stderr on a non-zero exit. */

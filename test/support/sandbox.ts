@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import type { Context } from 'mocha';
 import type { EchoReply, ProbeResult } from '../../src/netns/protocol.js';
 import { Sandbox, type CreateOptions } from '../../src/netns/sandbox.js';
+import { skipBecause } from './skip.js';
 
 /**
  * Helpers for traffic tests on a netns sandbox (src/netns/sandbox.ts).
@@ -15,12 +16,9 @@ export function isRoot(): boolean {
   return typeof process.getuid === 'function' && process.getuid() === 0;
 }
 
-/** Skips the current suite/test unless running as root (namespaces need it). */
+/** Skips the current suite/test unless running as root (namespaces need it): a failure unless asked for. */
 export function requireRoot(ctx: Context): void {
-  if (!isRoot()) {
-    console.log('    (skipped: network namespace tests need root)');
-    ctx.skip();
-  }
+  if (!isRoot()) skipBecause(ctx, 'needs root (network namespaces)');
 }
 
 /** A fresh sandbox id: `t` + 7 random [a-z0-9] characters, unique across concurrent runs. */

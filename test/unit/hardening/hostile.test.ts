@@ -10,6 +10,8 @@ import { buildClusterState, type SourceObject } from '../../../src/model/build.j
 import { parseIP } from '../../../src/model/ip.js';
 import type { ClusterState } from '../../../src/model/types.js';
 import { run } from '../../../src/util/exec.js';
+import { withPropertySeed } from '../../support/property.js';
+import { requireRoot } from '../../support/sandbox.js';
 import { config, config6 } from '../iptables/fixtures.js';
 
 /**
@@ -68,7 +70,7 @@ after(async () => {
 
 /**
  * Real kernel check in the private netns: `--test`, then a real apply (catches missing jump targets).
- * Needs root: callers skip their test visibly (`this.skip()`) before; it never passes unchecked.
+ * Needs root: callers call requireRoot(this) first (a skip that fails unless asked for); it never passes unchecked.
  */
 async function restoreOK(family: 'IPv4' | 'IPv6', inputs: readonly string[]): Promise<void> {
   assert.ok(isRoot && nsReady, 'restoreOK needs root (the test should have been skipped)');
@@ -296,7 +298,7 @@ describe('hardening: hostile input corpus', function () {
   });
 
   it('every rendered corpus case passes the real iptables-restore (one batch per family)', async function () {
-    if (!isRoot) this.skip();
+    requireRoot(this);
     assert.ok(v4.length > 0);
     await restoreOK('IPv4', v4);
     await restoreOK('IPv6', v6);
@@ -450,51 +452,52 @@ describe('hardening: property — random states always render to rules the kerne
   /** Restore inputs of the 200 states, merged 50 at a time, for the kernel check below. */
   const batches: { v4: string; v6: string }[] = [];
 
-  it('200 random states: no crash, no leaked text or address or port, rejected Services absent', () => {
-    const cases = fc.sample(
-      fc.oneof(
-        fc.array(rawServiceArb(false), { minLength: 1, maxLength: 6 }),
-        fc.array(rawService, { minLength: 1, maxLength: 6 }),
-      ),
-      { numRuns: 200, seed: 4242 },
-    );
-    let batch4: string[] = [];
-    let batch6: string[] = [];
-    let rendered = 0;
-    let withProblems = 0;
-    let addresses = 0;
-    for (const raws of cases) {
-      const objects = [...GOOD, ...raws.flatMap((r, i) => objectsOf(r, i))];
-      const state = buildClusterState(objects);
-      if (state.problems.length > 0) withProblems++;
-      const inputs = renderBoth(state);
-      checkGood(state, inputs);
-      addresses += addressesAndPorts(inputs.join('')).ips.size;
-      // A Service that was rejected leaves no trace in the rules.
-      raws.forEach((r, i) => {
-        if (typeof r.name !== 'string' || r.name.includes(MARK) || r.ns.includes(MARK)) return;
-        const key = `${r.ns}/${r.name}-${i}`;
-        if (state.services.has(key)) return;
-        for (const input of inputs)
-          assert.ok(!new RegExp(`[" ]${key}[:" ]`).test(input), `${key} rejected but rendered`);
-      });
-      batch4.push(inputs[0]!);
-      batch6.push(inputs[1]!);
-      rendered++;
-      if (batch4.length >= 50) {
-        batches.push({ v4: mergeTables(batch4), v6: mergeTables(batch6) });
-        batch4 = [];
-        batch6 = [];
+  it('200 random states: no crash, no leaked text or address or port, rejected Services absent', () =>
+    withPropertySeed('random states', (seed) => {
+      const cases = fc.sample(
+        fc.oneof(
+          fc.array(rawServiceArb(false), { minLength: 1, maxLength: 6 }),
+          fc.array(rawService, { minLength: 1, maxLength: 6 }),
+        ),
+        { numRuns: 200, seed },
+      );
+      let batch4: string[] = [];
+      let batch6: string[] = [];
+      let rendered = 0;
+      let withProblems = 0;
+      let addresses = 0;
+      for (const raws of cases) {
+        const objects = [...GOOD, ...raws.flatMap((r, i) => objectsOf(r, i))];
+        const state = buildClusterState(objects);
+        if (state.problems.length > 0) withProblems++;
+        const inputs = renderBoth(state);
+        checkGood(state, inputs);
+        addresses += addressesAndPorts(inputs.join('')).ips.size;
+        // A Service that was rejected leaves no trace in the rules.
+        raws.forEach((r, i) => {
+          if (typeof r.name !== 'string' || r.name.includes(MARK) || r.ns.includes(MARK)) return;
+          const key = `${r.ns}/${r.name}-${i}`;
+          if (state.services.has(key)) return;
+          for (const input of inputs)
+            assert.ok(!new RegExp(`[" ]${key}[:" ]`).test(input), `${key} rejected but rendered`);
+        });
+        batch4.push(inputs[0]!);
+        batch6.push(inputs[1]!);
+        rendered++;
+        if (batch4.length >= 50) {
+          batches.push({ v4: mergeTables(batch4), v6: mergeTables(batch6) });
+          batch4 = [];
+          batch6 = [];
+        }
       }
-    }
-    if (batch4.length > 0) batches.push({ v4: mergeTables(batch4), v6: mergeTables(batch6) });
-    assert.equal(rendered, 200);
-    assert.ok(withProblems > 50 && withProblems < 200, `${withProblems} of 200 states had problems`);
-    assert.ok(addresses > 1000, `the check saw ${addresses} addresses`);
-  });
+      if (batch4.length > 0) batches.push({ v4: mergeTables(batch4), v6: mergeTables(batch6) });
+      assert.equal(rendered, 200);
+      assert.ok(withProblems > 50 && withProblems < 200, `${withProblems} of 200 states had problems`);
+      assert.ok(addresses > 1000, `the check saw ${addresses} addresses`);
+    }));
 
   it('… and the real iptables-restore accepts every one of them (private netns)', async function () {
-    if (!isRoot) this.skip();
+    requireRoot(this);
     assert.ok(batches.length >= 4, 'the property test ran first');
     for (const b of batches) {
       await restoreOK('IPv4', [b.v4]);

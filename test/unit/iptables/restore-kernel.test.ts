@@ -7,14 +7,13 @@ import { endpointChainName } from '../../../src/iptables/names.js';
 import { renderRestoreInput, type RenderResult } from '../../../src/iptables/render.js';
 import type { Service } from '../../../src/model/types.js';
 import { run } from '../../../src/util/exec.js';
+import { requireRoot } from '../../support/sandbox.js';
 import { config, config6, ep, NODE, render, service, state } from './fixtures.js';
 
 /**
  * The rendered input must be accepted by the real kernel. Everything runs in a private, empty
  * network namespace (`unshare -n`), so the machine's own rules are never touched.
  */
-
-const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
 
 /**
  * `--test` alone does not notice a jump to a chain that does not exist (nf_tables backend), so the
@@ -106,7 +105,7 @@ function richServices(): Service[] {
 
 describe('iptables renderer against the real kernel (unshare -n)', function () {
   before(function () {
-    if (!isRoot) this.skip();
+    requireRoot(this);
   });
 
   it('iptables-restore --test accepts and applies a rich IPv4 render (all detector variants)', async () => {

@@ -10,6 +10,7 @@ import {
   withoutCounters,
 } from '../../../src/iptables/render-whole-table.js';
 import { run } from '../../../src/util/exec.js';
+import { requireRoot } from '../../support/sandbox.js';
 
 /** The whole-table full sync's pure parts, and one real restore in a private netns (`unshare -n`). */
 
@@ -142,7 +143,7 @@ describe('whole-table full sync (pure)', () => {
 describe('whole-table full sync (kernel, private netns)', function () {
   this.timeout(30_000);
   before(function () {
-    if (process.getuid?.() !== 0) this.skip();
+    requireRoot(this);
   });
 
   it('a whole-table restore built from the listing keeps foreign chains, rules, policies and counters', async () => {

@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { ipsetVersionProblem } from '../../../src/ipvs/backend-factory.js';
 import { run } from '../../../src/util/exec.js';
 import { requireRoot } from '../../support/sandbox.js';
+import { skipBecause } from '../../support/skip.js';
 
 /**
  * Issue 3: when IPVS is unavailable, `--proxy-mode ipvs` warns and runs iptables mode. This host kernel
@@ -16,7 +17,7 @@ describe('--proxy-mode ipvs without IPVS in the kernel', function () {
     const probe = await run(['unshare', '-n', 'ipvsadm', '-Sn'], { allowFailure: true }).catch(
       () => undefined,
     );
-    if (probe?.exitCode === 0) this.skip(); // this kernel has IPVS: nothing to fall back from
+    if (probe?.exitCode === 0) skipBecause(this, 'this kernel has IPVS: nothing to fall back from');
   });
 
   it('warns and falls back to iptables mode', async () => {
