@@ -51,6 +51,19 @@ trap 'fail "init script error at line $LINENO"' ERR
 ms() { local t; read -r t _ </proc/uptime; echo "${t}s"; }
 
 # --- file systems -----------------------------------------------------------------------------------------
+# What this init hides behind private mounts must never hold the checkout (its scripts, node_modules,
+# dist) or the command's working directory: /run and /dev are private whatever happens (uml-run.sh
+# refuses such a checkout before booting), /var/tmp only when neither lives there.
+checkout=$(cd "$(dirname "$0")/.." && pwd -P)
+cwd=$(<"$dir/cwd")
+under() { [[ $1/ == "$2"/* ]]; }
+var_tmp_private=1
+for p in "$checkout" "$cwd"; do
+  for hidden in /run /dev /proc /sys; do
+    if under "$p" "$hidden"; then fail "$p is under $hidden, which is private inside User-mode Linux"; fi
+  done
+  if under "$p" /var/tmp; then var_tmp_private=; fi
+done
 mount -t proc proc /proc || fail "mount /proc"
 mount -t sysfs sysfs /sys || fail "mount /sys"
 log "kernel up at $(ms)"
@@ -67,8 +80,13 @@ ln -sf /proc/self/fd/2 /dev/stderr
 # /run is shared with the host otherwise: ip netns add would write the host's /run/netns.
 mount -t tmpfs -o mode=755 tmpfs /run || fail "mount /run"
 mkdir -p /run/lock /run/netns /run/uml/home /run/uml/bin /run/uml/alternatives
-# /var/tmp would also land on the host's disk.
-mount -t tmpfs -o mode=1777 tmpfs /var/tmp || fail "mount /var/tmp"
+# /var/tmp would also land on the host's disk: private, unless the checkout or the working directory
+# is there (a CI runner or a user may clone under /var/tmp); then it stays the host's, and we say so.
+if [[ -n $var_tmp_private ]]; then
+  mount -t tmpfs -o mode=1777 tmpfs /var/tmp || fail "mount /var/tmp"
+else
+  log "the checkout ($checkout) or the working directory ($cwd) is under /var/tmp: /var/tmp stays the host's"
+fi
 export HOME=/run/uml/home
 
 # --- modules: modprobe -d DIR, DIR/lib/modules/<ver> -> the UML modules (never created on the host) --------
@@ -129,7 +147,6 @@ hostname svcplane-uml 2>/dev/null || true
 export SVCPLANE_IN_UML=1
 while IFS= read -r -d '' kv; do export "${kv?}"; done <"$dir/env"
 mapfile -d '' -t cmd <"$dir/cmd"
-cwd=$(<"$dir/cwd")
 limit=$(<"$dir/timeout")
 ((${#cmd[@]} > 0)) || fail "empty command"
 cd "$cwd" || fail "cd $cwd"

@@ -54,6 +54,14 @@ ls -d /usr/lib/uml/modules/*/ >/dev/null 2>&1 || die "no UML modules under /usr/
 init=$(cd "$(dirname "$0")" && pwd -P)/uml-init.sh
 [[ -x $init ]] || die "$init is missing or not executable"
 [[ $init != *[[:space:]]* ]] || die "the init path may not contain spaces: $init"
+# uml-init.sh mounts private file systems over /run and /dev (and /var/tmp, unless the checkout or the
+# working directory is there): a checkout or working directory under /run or /dev would vanish.
+checkout=${init%/scripts/uml-init.sh}
+for p in "$checkout" "$cwd"; do
+  for hidden in /run /dev /proc /sys; do
+    [[ $p/ != "$hidden"/* ]] || die "$p is under $hidden, which is private inside User-mode Linux: use a checkout elsewhere"
+  done
+done
 
 # RAM file: UML backs guest memory with a file in TMPDIR; /dev/shm keeps it off the disk.
 mem_bytes=$(numfmt --from=iec "$mem")
@@ -62,6 +70,8 @@ if ((shm_free > mem_bytes + (256 << 20))); then ram_dir=/dev/shm; else ram_dir=$
 
 # Shared directory (hostfs sees the host's /tmp): command, environment, results, console log.
 work=$(mktemp -d /tmp/svcplane-uml.XXXXXXXX) || die "mktemp failed"
+# (Tests find this run's kernel processes by it: their command lines hold uml_dir=$work/uml.)
+if ((verbose)); then echo "uml-run: work directory $work" >&2; fi
 uml_pid=
 cleanup() {
   if [[ -n $uml_pid ]]; then
