@@ -176,7 +176,8 @@ export class ManifestSource implements StateSource {
       throw new Error(`manifest path ${this.path}: ${errorText(err)}`, { cause: err });
     }
     await this.scan(false);
-    this.ensureWatcher();
+    // Watching before start() resolves: a change made right after it is seen at once, not by the poll.
+    await this.ensureWatcher();
     this.pollTimer = setInterval(() => void this.poll(), this.pollMs);
     this.pollTimer.unref();
   }
@@ -218,7 +219,10 @@ export class ManifestSource implements StateSource {
   private schedule(): void {
     if (this.stopped) return;
     clearTimeout(this.debounceTimer);
-    this.debounceTimer = setTimeout(() => void this.requestScan(true), this.debounceMs);
+    this.debounceTimer = setTimeout(() => {
+      this.debounceTimer = undefined;
+      void this.requestScan(true);
+    }, this.debounceMs);
     this.debounceTimer.unref();
   }
 
@@ -246,8 +250,9 @@ export class ManifestSource implements StateSource {
   /** Cheap change check (stats only) for missed watch events; also re-creates a lost watcher. */
   private async poll(): Promise<void> {
     if (this.stopped || this.scanning) return;
-    this.ensureWatcher();
-    if ((await this.snapshot()) !== this.lastSeen) this.schedule();
+    void this.ensureWatcher();
+    // A pending debounce is not restarted: a poll faster than the debounce would postpone it forever.
+    if ((await this.snapshot()) !== this.lastSeen && !this.debounceTimer) this.schedule();
   }
 
   private async snapshot(): Promise<string> {
@@ -260,32 +265,33 @@ export class ManifestSource implements StateSource {
     }
   }
 
-  private ensureWatcher(): void {
+  /** (Re-)creates the watcher when the path's inode changed; resolves once it is in place. */
+  private async ensureWatcher(): Promise<void> {
     if (this.stopped) return;
-    void fingerprint(this.path).then((fp) => {
-      if (this.stopped) return;
-      if (fp === undefined) {
-        this.closeWatcher();
-        return;
-      }
-      // The watched inode changed (path deleted and re-created): the old watcher sees nothing any more.
-      if (this.watcher && this.watchedFingerprint?.split(':')[0] === fp.split(':')[0]) return;
+    const fp = await fingerprint(this.path);
+    if (this.stopped) return;
+    if (fp === undefined) {
       this.closeWatcher();
-      void stat(this.path)
-        .then((st) => {
-          if (this.stopped || this.watcher) return;
-          // A single file is watched through its directory: editors replace files by rename.
-          const dir = st.isDirectory() ? this.path : dirname(this.path);
-          const only = st.isDirectory() ? undefined : basename(this.path);
-          const w = watch(dir, { persistent: false }, (_event, name) => {
-            if (only === undefined || name === null || name === only) this.schedule();
-          });
-          w.on('error', () => this.closeWatcher());
-          this.watcher = w;
-          this.watchedFingerprint = fp;
-        })
-        .catch(() => undefined);
-    });
+      return;
+    }
+    // The watched inode changed (path deleted and re-created): the old watcher sees nothing any more.
+    if (this.watcher && this.watchedFingerprint?.split(':')[0] === fp.split(':')[0]) return;
+    this.closeWatcher();
+    try {
+      const st = await stat(this.path);
+      if (this.stopped || this.watcher) return;
+      // A single file is watched through its directory: editors replace files by rename.
+      const dir = st.isDirectory() ? this.path : dirname(this.path);
+      const only = st.isDirectory() ? undefined : basename(this.path);
+      const w = watch(dir, { persistent: false }, (_event, name) => {
+        if (only === undefined || name === null || name === only) this.schedule();
+      });
+      w.on('error', () => this.closeWatcher());
+      this.watcher = w;
+      this.watchedFingerprint = fp;
+    } catch {
+      // Gone meanwhile: the next poll tries again.
+    }
   }
 
   private closeWatcher(): void {
