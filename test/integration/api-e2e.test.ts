@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { addProxyOptions, resolveProxyOptions, type ProxyOptions } from '../../src/cli/proxy-options.js';
+import type { SyncReport } from '../../src/controller/backend.js';
 import { Controller } from '../../src/controller/controller.js';
 import { healthzStatus, TO_BE_DELETED_TAINT, type HealthStatus } from '../../src/controller/health.js';
 import { controllerHealth } from '../../src/controller/servers-factory.js';
@@ -28,6 +29,7 @@ import { expectError, requireRoot, useSandbox } from '../support/sandbox.js';
 const NODE = 'node-1';
 const WEB_IP = '10.96.0.80';
 const API_IP = '10.96.0.81';
+const SENTINEL_IP = '10.96.0.82';
 const NODE_PORT = 30081;
 const POD_PORT = 8080;
 const GRACE_MS = 1500;
@@ -380,7 +382,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
 
   it('watches closed by the server and 410 Gone (relist): no rule churn', async () => {
     await settled();
-    const before = { syncs, report: proxier.lastSync };
+    const before = { syncs };
     const watches = api!.requests(undefined, 'watch');
     api!.closeAllWatches();
     await until(() => api!.requests(undefined, 'watch') >= watches + 3, 5000, 'all three re-watched');
@@ -394,12 +396,30 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
     api!.compact();
     api!.closeAllWatches();
     await until(() => api!.requests(undefined, 'list') >= lists + 3, 5000, 'all three relisted after 410');
-    // Give a (wrong) sync every chance to happen: debounce + min sync period are far shorter.
-    await sleep(400);
-    assert.equal(syncs, before.syncs, 'no sync after re-watch or relist');
-    assert.equal(proxier.lastSync, before.report, 'no iptables-restore ran');
+    // A sentinel change after the relists, instead of waiting "long enough": the source's events are
+    // ordered, so a (wrong) sync caused by the re-watches or relists comes before the sentinel's sync,
+    // or is folded into it and then writes more than the sentinel's one Service.
+    const reports: SyncReport[][] = [];
+    const record = (r: SyncReport[]): void => void reports.push(r);
+    controller!.on('synced', record);
+    try {
+      api!.create('Service', service('sentinel', SENTINEL_IP));
+      await until(() => reports.length >= 1, 5000, "the sentinel's sync");
+      await settled();
+    } finally {
+      controller!.off('synced', record);
+    }
+    assert.equal(syncs, before.syncs + 1, 'one sync after re-watch and relist: the sentinel');
+    assert.deepEqual(
+      reports.map((r) => r.map((x) => [x.full, x.writtenServices])),
+      [[[false, 1]]],
+      'a partial sync writing the sentinel Service only (no rule churn from the relist)',
+    );
     assert.equal(health(), 200);
     assert.deepEqual([...(await answering(10))].sort(), ['a', 'b']);
+    api!.delete('Service', 'default', 'sentinel');
+    await until(() => syncs === before.syncs + 2, 5000, "the sentinel's removal synced");
+    await settled();
   });
 
   it('HTTP 500s from the API: backoff (no hot loop), rules stay, then recovery', async () => {
