@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(iptables ipset ipvsadm conntrack iproute2 nftables kmod user-mode-linux procps socat time curl)
+APT_PACKAGES=(iptables ipset ipvsadm conntrack iproute2 nftables kmod user-mode-linux procps socat time curl openssl)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -2,7 +2,7 @@ import type { ProxyOptions } from '../cli/proxy-options.js';
 import { log, redactUrlCredentials } from '../util/log.js';
 import { ApiSource } from './api-source.js';
 import type { ReflectorOptions } from './informer.js';
-import { loadKubeConfig } from './kubeconfig.js';
+import { credentialsWithheldOverHttp, loadKubeConfig } from './kubeconfig.js';
 import type { StateSource } from './source.js';
 
 /**
@@ -25,6 +25,23 @@ export interface ApiSourceTuning {
 
 export const DEFAULT_API_HEALTH_GRACE_MS = 60_000;
 
+/**
+ * `SVCPLANE_API_HEALTH_GRACE_SECONDS`: how long the API may be unreachable before /healthz turns
+ * 503 (default 60). An environment knob, not a flag: kube-proxy has no such flag, and its /healthz
+ * ignores the API altogether.
+ */
+export function healthGraceFromEnv(env: Readonly<Record<string, string | undefined>>): number | undefined {
+  const raw = env.SVCPLANE_API_HEALTH_GRACE_SECONDS;
+  if (raw === undefined || raw === '') return undefined;
+  const secs = Number(raw);
+  if (!Number.isFinite(secs) || secs < 0) {
+    throw new Error(
+      `SVCPLANE_API_HEALTH_GRACE_SECONDS=${JSON.stringify(raw)}: expected a number of seconds >= 0`,
+    );
+  }
+  return secs * 1000;
+}
+
 export function createApiSource(opts: ProxyOptions, tuning: ApiSourceTuning = {}): Promise<StateSource> {
   try {
     const kubeConfig = loadKubeConfig({
@@ -38,10 +55,26 @@ export function createApiSource(opts: ProxyOptions, tuning: ApiSourceTuning = {}
       server: server === undefined ? undefined : redactUrlCredentials(server),
       node: opts.hostnameOverride,
     });
+    const withheld = credentialsWithheldOverHttp(kubeConfig);
+    if (withheld.length > 0) {
+      // client-go's rule: credentials only over TLS. Say so loudly: the requests go anonymous and
+      // will likely be refused (401/403), which would otherwise look like an RBAC problem.
+      log.warn(
+        'INSECURE API URL: the API server URL is plain http://, so the kubeconfig credentials are NOT sent ' +
+          '(as client-go); requests are anonymous. Use an https:// server to authenticate.',
+        {
+          server: server === undefined ? undefined : redactUrlCredentials(server),
+          withheld: withheld.join(', '),
+        },
+      );
+    }
     return Promise.resolve(
       new ApiSource(kubeConfig, {
         nodeName: opts.hostnameOverride,
-        healthGraceMs: tuning.healthGraceMs ?? DEFAULT_API_HEALTH_GRACE_MS,
+        healthGraceMs:
+          tuning.healthGraceMs ??
+          healthGraceFromEnv(tuning.env ?? process.env) ??
+          DEFAULT_API_HEALTH_GRACE_MS,
         reflector: tuning.reflector,
       }),
     );

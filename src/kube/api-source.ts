@@ -16,8 +16,8 @@ import type { ClusterState } from '../model/types.js';
 import { SERVICE_PROXY_NAME_LABEL } from '../model/types.js';
 import { log } from '../util/log.js';
 import { kubeTransport, Reflector } from './informer.js';
-import type { ApiTransport, ReflectorOptions, ResourceSpec } from './informer.js';
-import type { SourceHealth, StateSource } from './source.js';
+import type { ApiErrorCategory, ApiTransport, ReflectorOptions, ResourceSpec } from './informer.js';
+import type { SourceHealth, SourceProblem, StateSource } from './source.js';
 
 /** `buildClusterState`'s signature (API objects carry no `source`). */
 export type BuildState = (objects: readonly SourceObject[], previous?: ClusterState) => ClusterState;
@@ -42,14 +42,45 @@ export function resourceSpecs(nodeName: string): {
   node: ResourceSpec;
 } {
   return {
-    services: { name: 'services', path: '/api/v1/services', labelSelector: `!${SERVICE_PROXY_NAME_LABEL}` },
+    services: {
+      name: 'services',
+      path: '/api/v1/services',
+      kind: 'Service',
+      apiVersion: 'v1',
+      labelSelector: `!${SERVICE_PROXY_NAME_LABEL}`,
+    },
     slices: {
       name: 'endpointslices',
       path: '/apis/discovery.k8s.io/v1/endpointslices',
+      kind: 'EndpointSlice',
+      apiVersion: 'discovery.k8s.io/v1',
       labelSelector: `!service.kubernetes.io/headless,!${SERVICE_PROXY_NAME_LABEL}`,
     },
-    node: { name: 'nodes', path: '/api/v1/nodes', fieldSelector: `metadata.name=${nodeName}` },
+    node: {
+      name: 'nodes',
+      path: '/api/v1/nodes',
+      kind: 'Node',
+      apiVersion: 'v1',
+      fieldSelector: `metadata.name=${nodeName}`,
+    },
   };
+}
+
+/** The most telling category first: a credential problem explains an "unreachable" elsewhere. */
+const PROBLEM_ORDER: readonly ApiErrorCategory[] = [
+  'credentials',
+  'unauthorized',
+  'forbidden',
+  'tls',
+  'bad-response',
+  'server-error',
+  'unreachable',
+];
+
+/** The source problem of the reflectors' failure categories. Pure. */
+export function apiProblem(categories: readonly (ApiErrorCategory | undefined)[]): SourceProblem {
+  const worst = PROBLEM_ORDER.find((c) => categories.includes(c)) ?? 'unreachable';
+  return `api-${worst}`;
 }
 
 /**
@@ -122,20 +153,25 @@ export class ApiSource implements StateSource {
 
   health(): SourceHealth {
     const now = this.now();
-    const down: string[] = [];
+    const down: { name: string; secs: number; category: ApiErrorCategory | undefined }[] = [];
     for (const r of this.reflectors) {
       const st = r.status();
       if (st.disconnectedSince !== undefined && now - st.disconnectedSince > this.healthGraceMs) {
-        const secs = Math.round((now - st.disconnectedSince) / 1000);
-        down.push(
-          `${r.spec.name} watch disconnected since ${new Date(st.disconnectedSince).toISOString()} (${secs}s)` +
-            (st.lastError ? `: ${st.lastError}` : ''),
-        );
+        down.push({
+          name: r.spec.name,
+          secs: Math.round((now - st.disconnectedSince) / 1000),
+          category: st.lastErrorCategory,
+        });
       }
     }
-    return down.length === 0
-      ? { healthy: true }
-      : { healthy: false, reason: `API unreachable: ${down.join('; ')}` };
+    if (down.length === 0) return { healthy: true };
+    const problem = apiProblem(down.map((d) => d.category));
+    return {
+      healthy: false,
+      problem,
+      // Fixed words only: the failures' own text is in the reflectors' (redacted) warnings.
+      reason: `${problem}: ${down.map((d) => `${d.name} for ${d.secs}s`).join(', ')}`,
+    };
   }
 
   async stop(): Promise<void> {
@@ -158,7 +194,14 @@ export class ApiSource implements StateSource {
   private rebuild(initial: boolean): void {
     const stores = this.reflectors.map((r) => [r.spec.name, r.items()] as const);
     const fp = storeFingerprint(stores);
-    if (!initial && fp === this.fingerprint) return;
+    if (!initial && fp === this.fingerprint) {
+      // A relist (410, reconnect) that found the same objects at the same versions: no new state,
+      // nothing for the dataplane to do.
+      log.verbose('objects unchanged; no new state', {
+        objects: this.reflectors.map((r) => `${r.spec.name}=${r.items().size}`).join(' '),
+      });
+      return;
+    }
     const objects: SourceObject[] = [];
     for (const r of this.reflectors) {
       for (const [, obj] of [...r.items()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))

@@ -6,12 +6,21 @@
  * `stop()` emits 'error' (../shared/notes/stack.md). Working around all of that is more code than this
  * loop. client-node is still used for what it does well: kubeconfig, auth and TLS (`ApiTransport`).
  *
- * Behaviour (as client-go's reflector):
- * - list, then watch from the list's resourceVersion, with `allowWatchBookmarks` and `timeoutSeconds`;
- * - a watch that ends is re-opened from the last seen resourceVersion (bookmarks advance it);
- * - 410 Gone (HTTP or ERROR event) → relist;
- * - any other failure → retry with exponential backoff and jitter;
- * - idle watchdog: no byte for `timeoutSeconds + watchdogGraceMs` → the connection is dead → abort.
+ * Behaviour (as client-go's reflector and pager):
+ * - the first list asks for `resourceVersion=0` (served from the API server's watch cache) with
+ *   `limit=500`; a server that pages anyway is followed through `continue` tokens, and when a token
+ *   expires (410) the list is redone in one piece at the latest resourceVersion;
+ * - list items come without `kind`/`apiVersion` (kube-apiserver leaves TypeMeta off the items of
+ *   typed lists, kubernetes/kubernetes#3030): they are filled in from the resource being listed;
+ * - then watch from the list's resourceVersion, with `allowWatchBookmarks` and `timeoutSeconds`;
+ *   a watch that ends is re-opened from the last seen resourceVersion (bookmarks advance it);
+ * - 410 Expired (HTTP or ERROR event) → relist from the last resourceVersion (served from the cache);
+ *   if that list is expired or too new for the server, relist at once with resourceVersion="";
+ * - any other failure → retry with exponential backoff and jitter (Retry-After respected);
+ * - deadlines measure inactivity: a list or watch is dead after that long without a byte, however
+ *   long a big response takes in total;
+ * - one watch event may take at most `maxEventBytes`; a longer line is an error and a relist, and
+ *   lines are split in time linear in the bytes received.
  */
 import http from 'node:http';
 import https from 'node:https';
@@ -34,6 +43,8 @@ export interface KubeObject {
 export interface ApiResponse {
   readonly status: number;
   readonly body: NodeJS.ReadableStream & { destroy(error?: Error): void };
+  /** `Retry-After` in seconds, when the server sent one. */
+  readonly retryAfterSeconds?: number;
 }
 
 /** How the reflector talks to the API: path (with query) in, response out; aborted via `signal`. */
@@ -47,6 +58,10 @@ export interface ResourceSpec {
   readonly name: string;
   /** Collection path, e.g. `/api/v1/services`. */
   readonly path: string;
+  /** The kind of the items, e.g. `Service` (set on list items, which carry none). */
+  readonly kind: string;
+  /** Their apiVersion, e.g. `v1` or `discovery.k8s.io/v1`. */
+  readonly apiVersion: string;
   readonly labelSelector?: string;
   readonly fieldSelector?: string;
 }
@@ -60,33 +75,55 @@ export interface BackoffOptions {
 }
 
 export interface ReflectorOptions {
-  /** Sent as `timeoutSeconds` on every watch. Default 300. */
+  /**
+   * Watches ask for a server timeout between this and twice this (random, as client-go's
+   * minWatchTimeout: nodes do not reconnect in step). Default 300.
+   */
   readonly watchTimeoutSeconds: number;
-  /** Extra time past `watchTimeoutSeconds` of silence before the watchdog declares the watch dead. */
+  /** Extra time past the watch's timeout of silence before the watchdog declares it dead. */
   readonly watchdogGraceMs: number;
-  /** Abort a list that has not completed after this long. Default 60 s. */
-  readonly listTimeoutMs: number;
+  /** A list (each page) with no byte received for this long is dead. Default 60 s. */
+  readonly listIdleTimeoutMs: number;
   /**
    * A watch that the server ends sooner than this without delivering anything counts as a failure
    * (backoff), so a server that closes every watch at once cannot drive a hot reconnect loop.
    */
   readonly minWatchMs: number;
+  /** Page size of lists (`limit`), as client-go's pager. Default 500. */
+  readonly pageSize: number;
+  /** The largest watch event (one line) accepted. Default 16 MiB. */
+  readonly maxEventBytes: number;
+  /** The largest list response (one page) accepted. Default 512 MiB (about V8's string limit). */
+  readonly maxListBytes: number;
   readonly backoff: BackoffOptions;
 }
 
 export const DEFAULT_REFLECTOR_OPTIONS: ReflectorOptions = {
   watchTimeoutSeconds: 300,
   watchdogGraceMs: 30_000,
-  listTimeoutMs: 60_000,
+  listIdleTimeoutMs: 60_000,
   minWatchMs: 1000,
+  pageSize: 500,
+  // etcd refuses objects over 1.5 MiB; their JSON with managedFields stays well below this.
+  maxEventBytes: 16 * 1024 * 1024,
+  maxListBytes: 512 * 1024 * 1024,
   backoff: { initialMs: 200, maxMs: 30_000, factor: 2, jitter: 0.5 },
 };
+
+/**
+ * Why the API cannot be used, in fixed words (for /healthz and metrics: no error text, which can
+ * carry a server's message or a credential plugin's output).
+ */
+export type ApiErrorCategory =
+  'unreachable' | 'unauthorized' | 'forbidden' | 'credentials' | 'tls' | 'server-error' | 'bad-response';
 
 export interface ReflectorStatus {
   readonly synced: boolean;
   /** Set while the reflector cannot reach (or keep) a working list/watch; epoch ms. */
   readonly disconnectedSince?: number;
+  /** The last failure's text, for logs (may quote the server). */
   readonly lastError?: string;
+  readonly lastErrorCategory?: ApiErrorCategory;
   /** Last resourceVersion seen (list, event or bookmark). */
   readonly resourceVersion?: string;
 }
@@ -108,42 +145,193 @@ export function objectKey(obj: KubeObject): string {
   return md.namespace ? `${md.namespace}/${md.name ?? ''}` : (md.name ?? '');
 }
 
+/** Collection path with the selectors and `extra`, keys sorted as client-go encodes them. */
 export function buildQuery(spec: ResourceSpec, extra: Readonly<Record<string, string>>): string {
-  const q = new URLSearchParams();
-  if (spec.labelSelector) q.set('labelSelector', spec.labelSelector);
-  if (spec.fieldSelector) q.set('fieldSelector', spec.fieldSelector);
-  for (const [k, v] of Object.entries(extra)) q.set(k, v);
+  const params: Record<string, string> = { ...extra };
+  if (spec.labelSelector) params.labelSelector = spec.labelSelector;
+  if (spec.fieldSelector) params.fieldSelector = spec.fieldSelector;
+  const q = new URLSearchParams(Object.entries(params).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
   const s = q.toString();
   return s === '' ? spec.path : `${spec.path}?${s}`;
 }
 
-/** An HTTP error from the API, with the Status reason when the body carried one. */
+/**
+ * An object as the watched type: `kind`/`apiVersion` from the resource (client-go decodes items
+ * into the list's item type, whatever they say themselves). Pure.
+ */
+export function withTypeMeta(spec: Pick<ResourceSpec, 'kind' | 'apiVersion'>, obj: object): KubeObject {
+  const { kind: _kind, apiVersion: _apiVersion, ...rest } = obj as Record<string, unknown>;
+  void _kind;
+  void _apiVersion;
+  return { kind: spec.kind, apiVersion: spec.apiVersion, ...rest };
+}
+
+/** What a Status body says (kind Status, apiVersion v1). */
+interface StatusInfo {
+  readonly message?: string;
+  readonly reason?: string;
+  readonly code?: number;
+  readonly causes: readonly string[];
+  readonly retryAfterSeconds?: number;
+}
+
+function parseStatus(value: unknown): StatusInfo {
+  const s = (typeof value === 'object' && value !== null ? value : {}) as Record<string, unknown>;
+  const details = (typeof s.details === 'object' && s.details !== null ? s.details : {}) as Record<
+    string,
+    unknown
+  >;
+  const causes = Array.isArray(details.causes)
+    ? details.causes.map((c) => {
+        const reason = (c as { reason?: unknown } | null)?.reason;
+        return typeof reason === 'string' ? reason : '';
+      })
+    : [];
+  return {
+    ...(typeof s.message === 'string' ? { message: s.message } : {}),
+    ...(typeof s.reason === 'string' ? { reason: s.reason } : {}),
+    ...(typeof s.code === 'number' ? { code: s.code } : {}),
+    causes,
+    ...(typeof details.retryAfterSeconds === 'number'
+      ? { retryAfterSeconds: details.retryAfterSeconds }
+      : {}),
+  };
+}
+
+function statusOfText(text: string): StatusInfo {
+  try {
+    return parseStatus(JSON.parse(text));
+  } catch {
+    return { message: text.slice(0, 200), causes: [] };
+  }
+}
+
+/** An error answer of the API (HTTP status or ERROR event), with the Status' reason. */
 export class ApiError extends Error {
+  readonly reason: string | undefined;
+  readonly retryAfterSeconds: number | undefined;
+  readonly causes: readonly string[];
   constructor(
     readonly code: number,
     message: string,
+    status: StatusInfo = { causes: [] },
   ) {
     super(message);
     this.name = 'ApiError';
+    this.reason = status.reason;
+    this.retryAfterSeconds = status.retryAfterSeconds;
+    this.causes = status.causes;
+  }
+
+  /** 410 Expired / Gone: the resourceVersion (or continue token) is no longer available. */
+  get expired(): boolean {
+    return this.code === 410 || this.reason === 'Expired' || this.reason === 'Gone';
+  }
+
+  /** 504 with the cause ResourceVersionTooLarge: the server has not reached that resourceVersion. */
+  get tooLargeResourceVersion(): boolean {
+    return this.code === 504 && this.causes.includes('ResourceVersionTooLarge');
   }
 }
 
-class GoneError extends Error {}
-
-async function readAll(body: NodeJS.ReadableStream): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const c of body) chunks.push(typeof c === 'string' ? Buffer.from(c) : c);
-  return Buffer.concat(chunks).toString('utf8');
+/**
+ * The credentials of the kubeconfig user could not be prepared (an exec plugin or auth provider
+ * failed, a token file is missing). The message never quotes the plugin's output: exec plugins
+ * print refresh tokens and client secrets in their errors.
+ */
+export class CredentialError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'CredentialError';
+  }
 }
 
-function statusMessage(text: string): string {
-  try {
-    const s = JSON.parse(text) as { message?: unknown };
-    if (typeof s.message === 'string') return s.message;
-  } catch {
-    // not a Status body
+/** A response broke the protocol (invalid JSON, an event too large, an unknown event type). */
+export class ProtocolError extends Error {
+  constructor(
+    message: string,
+    /** Whether a relist (rather than a re-watch) is needed to recover. */
+    readonly relist: boolean,
+  ) {
+    super(message);
+    this.name = 'ProtocolError';
   }
-  return text.slice(0, 200);
+}
+
+const TLS_CODES = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+  'ERR_SSL_WRONG_VERSION_NUMBER',
+  'EPROTO',
+]);
+
+/** The fixed category of a failure (health and metrics never show the text). Pure. */
+export function errorCategory(err: unknown): ApiErrorCategory {
+  if (err instanceof CredentialError) return 'credentials';
+  if (err instanceof ApiError) {
+    if (err.code === 401) return 'unauthorized';
+    if (err.code === 403) return 'forbidden';
+    return 'server-error';
+  }
+  if (err instanceof ProtocolError) return 'bad-response';
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && TLS_CODES.has(code)) return 'tls';
+  }
+  return 'unreachable';
+}
+
+/**
+ * Splits a byte stream into lines in time linear in its length (each byte is looked at once, a line
+ * is joined once), refusing a line longer than `maxLineBytes` before buffering it. Lines are decoded
+ * as UTF-8 whole, so a character split between chunks stays intact.
+ */
+export class LineSplitter {
+  private parts: Buffer[] = [];
+  private size = 0;
+
+  constructor(readonly maxLineBytes: number) {}
+
+  /** Feeds one chunk; returns the lines it completed (without the newline). */
+  push(chunk: Buffer): string[] {
+    const lines: string[] = [];
+    let from = 0;
+    for (let nl = chunk.indexOf(10, from); nl >= 0; nl = chunk.indexOf(10, from)) {
+      this.check(nl - from);
+      const piece = chunk.subarray(from, nl);
+      lines.push(
+        this.size === 0 ? piece.toString('utf8') : Buffer.concat([...this.parts, piece]).toString('utf8'),
+      );
+      this.parts = [];
+      this.size = 0;
+      from = nl + 1;
+    }
+    if (from < chunk.length) {
+      this.check(chunk.length - from);
+      this.parts.push(chunk.subarray(from));
+      this.size += chunk.length - from;
+    }
+    return lines;
+  }
+
+  /** Bytes of the incomplete line held. */
+  get pending(): number {
+    return this.size;
+  }
+
+  private check(more: number): void {
+    if (this.size + more > this.maxLineBytes) {
+      throw new ProtocolError(
+        `watch event larger than ${this.maxLineBytes} bytes (no newline after ${this.size + more} bytes)`,
+        true,
+      );
+    }
+  }
 }
 
 function errorText(err: unknown): string {
@@ -163,6 +351,12 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
+interface ListPage {
+  readonly items: readonly KubeObject[];
+  readonly resourceVersion: string;
+  readonly continueToken?: string;
+}
+
 export class Reflector {
   private readonly options: ReflectorOptions;
   private readonly store = new Map<string, KubeObject>();
@@ -172,17 +366,25 @@ export class Reflector {
   private synced = false;
   private syncWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   private rv?: string;
+  /** client-go's isLastSyncResourceVersionUnavailable: the next list asks for the latest state. */
+  private rvUnavailable = false;
+  /** The server paged a list before: it honours limits (no watch cache), keep paging. */
+  private paginated = false;
   private disconnectedSince?: number;
   private lastError?: string;
+  private lastErrorCategory?: ApiErrorCategory;
   private failures = 0;
   /** When the current watch was established (for resetting the backoff after a good run). */
   private watchEstablishedAt?: number;
+  /** Whether the current watch delivered any event (bookmarks included). */
+  private watchDelivered = false;
 
   constructor(
     private readonly transport: ApiTransport,
     readonly spec: ResourceSpec,
     options: Partial<ReflectorOptions> = {},
     private readonly now: () => number = Date.now,
+    private readonly random: () => number = Math.random,
   ) {
     this.options = { ...DEFAULT_REFLECTOR_OPTIONS, ...options };
   }
@@ -217,7 +419,7 @@ export class Reflector {
     return this.synced;
   }
 
-  /** Current objects (the store), keyed by namespace/name. */
+  /** Current objects (the store), keyed by namespace/name, each with kind and apiVersion. */
   items(): ReadonlyMap<string, KubeObject> {
     return this.store;
   }
@@ -233,6 +435,7 @@ export class Reflector {
       synced: this.synced,
       ...(this.disconnectedSince !== undefined ? { disconnectedSince: this.disconnectedSince } : {}),
       ...(this.lastError !== undefined ? { lastError: this.lastError } : {}),
+      ...(this.lastErrorCategory !== undefined ? { lastErrorCategory: this.lastErrorCategory } : {}),
       ...(this.rv !== undefined ? { resourceVersion: this.rv } : {}),
     };
   }
@@ -258,16 +461,24 @@ export class Reflector {
         this.watchEstablishedAt = undefined;
       } catch (err) {
         if (stop.aborted) break;
-        // A watch that worked for a while before failing starts a fresh backoff sequence.
+        // A watch that worked (for a while, or delivered events) before failing starts a fresh
+        // backoff sequence.
         const est = this.watchEstablishedAt;
-        if (est !== undefined && this.now() - est >= this.options.minWatchMs) this.failures = 0;
+        if (est !== undefined && (this.watchDelivered || this.now() - est >= this.options.minWatchMs)) {
+          this.failures = 0;
+        }
         this.watchEstablishedAt = undefined;
-        const gone = err instanceof GoneError || (err instanceof ApiError && err.code === 410);
-        if (gone) needList = true;
+        const expired = err instanceof ApiError && err.expired;
+        if (err instanceof ApiError && err.tooLargeResourceVersion) this.rvUnavailable = true;
+        if (expired || (err instanceof ProtocolError && err.relist) || this.rvUnavailable) needList = true;
         // The first 410 relists at once; repeated failures of any kind back off.
-        const delay = gone && this.failures === 0 ? 0 : backoffDelay(this.failures + 1, this.options.backoff);
+        let delay =
+          expired && this.failures === 0 ? 0 : backoffDelay(this.failures + 1, this.options.backoff);
+        if (err instanceof ApiError && err.retryAfterSeconds !== undefined) {
+          delay = Math.max(delay, Math.min(err.retryAfterSeconds * 1000, this.options.backoff.maxMs));
+        }
         this.failures++;
-        this.markFailure(err, gone);
+        this.markFailure(err, expired);
         log.warn('watch failed, retrying', {
           resource: this.spec.name,
           error: errorText(err),
@@ -279,35 +490,39 @@ export class Reflector {
     }
   }
 
-  private markFailure(err: unknown, gone: boolean): void {
+  private markFailure(err: unknown, expired: boolean): void {
     this.lastError = errorText(err);
+    this.lastErrorCategory = errorCategory(err);
     // 410 is not an outage: the API answered; only the resourceVersion is too old.
-    if (!gone && this.disconnectedSince === undefined) this.disconnectedSince = this.now();
+    if (!expired && this.disconnectedSince === undefined) this.disconnectedSince = this.now();
   }
 
   private markConnected(): void {
     this.disconnectedSince = undefined;
   }
 
-  /** GET with an abort that fires on stop or on `timer` (returns a cleanup). */
+  /** GET with an abort that fires on stop or when `armTimer`'s inactivity deadline passes. */
   private request(
     pathAndQuery: string,
-    timeoutMs: number,
+    idleMs: number,
   ): {
     response: Promise<ApiResponse>;
     controller: AbortController;
-    armTimer: (ms: number) => void;
+    armTimer: () => void;
     done: () => void;
   } {
     const controller = new AbortController();
     const onStop = (): void => controller.abort(new Error('reflector stopped'));
     this.stopController.signal.addEventListener('abort', onStop, { once: true });
     let timer: NodeJS.Timeout | undefined;
-    const armTimer = (ms: number): void => {
+    const armTimer = (): void => {
       clearTimeout(timer);
-      timer = setTimeout(() => controller.abort(new Error(`no data from the API server for ${ms} ms`)), ms);
+      timer = setTimeout(
+        () => controller.abort(new Error(`no data from the API server for ${idleMs} ms`)),
+        idleMs,
+      );
     };
-    armTimer(timeoutMs);
+    armTimer();
     const done = (): void => {
       clearTimeout(timer);
       this.stopController.signal.removeEventListener('abort', onStop);
@@ -315,39 +530,30 @@ export class Reflector {
     return { response: this.transport.get(pathAndQuery, controller.signal), controller, armTimer, done };
   }
 
+  /** client-go's relistResourceVersion: "0" first, then the last seen one, "" once that is unavailable. */
+  private relistResourceVersion(): string {
+    if (this.rvUnavailable) return '';
+    return this.rv ?? '0';
+  }
+
   private async list(): Promise<void> {
-    const path = buildQuery(this.spec, {});
-    const r = this.request(path, this.options.listTimeoutMs);
-    let text: string;
-    let status: number;
+    let result: { items: KubeObject[]; resourceVersion: string };
     try {
-      const res = await r.response;
-      status = res.status;
-      text = await readAll(res.body);
+      result = await this.listAll(this.relistResourceVersion());
     } catch (err) {
-      throw new Error(`list ${this.spec.name}: ${errorText(r.controller.signal.reason ?? err)}`, {
-        cause: err,
+      if (!(err instanceof ApiError) || !(err.expired || err.tooLargeResourceVersion)) throw err;
+      // The resourceVersion asked for is gone (or not reached): the latest state, at once.
+      log.verbose('list: resourceVersion unavailable, listing the latest state', {
+        resource: this.spec.name,
+        error: err.message,
       });
-    } finally {
-      r.done();
+      this.rvUnavailable = true;
+      result = await this.listAll('');
     }
-    if (status !== 200)
-      throw new ApiError(status, `list ${this.spec.name}: HTTP ${status}: ${statusMessage(text)}`);
-    let parsed: { metadata?: { resourceVersion?: unknown }; items?: unknown };
-    try {
-      parsed = JSON.parse(text) as typeof parsed;
-    } catch (err) {
-      throw new Error(`list ${this.spec.name}: invalid JSON: ${errorText(err)}`, { cause: err });
-    }
-    const rv = parsed.metadata?.resourceVersion;
-    if (typeof rv !== 'string' || !Array.isArray(parsed.items)) {
-      throw new Error(`list ${this.spec.name}: response has no metadata.resourceVersion or items`);
-    }
+    this.rvUnavailable = false;
     this.store.clear();
-    for (const item of parsed.items as KubeObject[]) {
-      if (typeof item === 'object' && item !== null) this.store.set(objectKey(item), item);
-    }
-    this.rv = rv;
+    for (const item of result.items) this.store.set(objectKey(item), item);
+    this.rv = result.resourceVersion;
     this.markConnected();
     const first = !this.synced;
     this.synced = true;
@@ -355,20 +561,131 @@ export class Reflector {
       for (const w of this.syncWaiters) w.resolve();
       this.syncWaiters = [];
     }
-    log.verbose('listed', { resource: this.spec.name, items: this.store.size, resourceVersion: rv });
+    log.verbose('listed', {
+      resource: this.spec.name,
+      items: this.store.size,
+      resourceVersion: result.resourceVersion,
+    });
     this.notify();
+  }
+
+  /**
+   * client-go's pager: pages of `pageSize` following `continue` (without resourceVersion); a
+   * continue token that expired (410 on page 2+) → the whole list again in one request at the
+   * latest resourceVersion. An exact resourceVersion is not paged unless the server paged before,
+   * so it is served from the watch cache.
+   */
+  private async listAll(resourceVersion: string): Promise<{ items: KubeObject[]; resourceVersion: string }> {
+    let limit = this.options.pageSize;
+    if (!this.paginated && resourceVersion !== '' && resourceVersion !== '0') limit = 0;
+    const items: KubeObject[] = [];
+    let page = await this.listPage({
+      resourceVersion,
+      ...(limit > 0 ? { limit: String(limit) } : {}),
+    });
+    items.push(...page.items);
+    let pages = 1;
+    while (page.continueToken !== undefined) {
+      this.paginated = true;
+      try {
+        page = await this.listPage({ continue: page.continueToken, limit: String(limit) });
+      } catch (err) {
+        if (!(err instanceof ApiError) || !err.expired) throw err;
+        log.verbose('list: continue token expired, listing everything in one request', {
+          resource: this.spec.name,
+          pages,
+        });
+        const full = await this.listPage({ resourceVersion: '' });
+        return { items: [...full.items], resourceVersion: full.resourceVersion };
+      }
+      items.push(...page.items);
+      pages++;
+    }
+    return { items, resourceVersion: page.resourceVersion };
+  }
+
+  private async listPage(params: Readonly<Record<string, string>>): Promise<ListPage> {
+    const query: Record<string, string> = {};
+    for (const [k, v] of Object.entries(params)) if (v !== '' || k === 'resourceVersion') query[k] = v;
+    if (query.resourceVersion === '') delete query.resourceVersion;
+    const r = this.request(buildQuery(this.spec, query), this.options.listIdleTimeoutMs);
+    let text: string;
+    let res: ApiResponse;
+    try {
+      res = await r.response;
+      r.armTimer();
+      const chunks: Buffer[] = [];
+      let size = 0;
+      for await (const c of res.body) {
+        r.armTimer();
+        const b = typeof c === 'string' ? Buffer.from(c) : c;
+        size += b.length;
+        if (size > this.options.maxListBytes) {
+          throw new ProtocolError(`list response larger than ${this.options.maxListBytes} bytes`, true);
+        }
+        chunks.push(b);
+      }
+      text = Buffer.concat(chunks).toString('utf8');
+    } catch (err) {
+      if (err instanceof CredentialError) throw err;
+      if (err instanceof ProtocolError)
+        throw new ProtocolError(`list ${this.spec.name}: ${err.message}`, true);
+      throw new Error(`list ${this.spec.name}: ${errorText(r.controller.signal.reason ?? err)}`, {
+        cause: err,
+      });
+    } finally {
+      r.done();
+      r.controller.abort();
+    }
+    if (res.status !== 200) {
+      const status = statusOfText(text);
+      throw new ApiError(
+        res.status,
+        `list ${this.spec.name}: HTTP ${res.status}: ${status.message ?? ''}`,
+        status.retryAfterSeconds === undefined && res.retryAfterSeconds !== undefined
+          ? { ...status, retryAfterSeconds: res.retryAfterSeconds }
+          : status,
+      );
+    }
+    let parsed: { metadata?: { resourceVersion?: unknown; continue?: unknown }; items?: unknown };
+    try {
+      parsed = JSON.parse(text) as typeof parsed;
+    } catch (err) {
+      throw new ProtocolError(`list ${this.spec.name}: invalid JSON: ${errorText(err)}`, true);
+    }
+    const rv = parsed.metadata?.resourceVersion;
+    if (typeof rv !== 'string' || !Array.isArray(parsed.items)) {
+      throw new ProtocolError(
+        `list ${this.spec.name}: response has no metadata.resourceVersion or items`,
+        true,
+      );
+    }
+    const items: KubeObject[] = [];
+    for (const item of parsed.items as unknown[]) {
+      // Items of a typed list carry no kind/apiVersion: they are the listed resource.
+      if (typeof item === 'object' && item !== null && !Array.isArray(item))
+        items.push(withTypeMeta(this.spec, item));
+    }
+    const cont = parsed.metadata?.continue;
+    return {
+      items,
+      resourceVersion: rv,
+      ...(typeof cont === 'string' && cont !== '' ? { continueToken: cont } : {}),
+    };
   }
 
   /** One watch request, until the server ends it (resolves) or it fails (throws). */
   private async watch(): Promise<{ events: number; durationMs: number }> {
     const started = this.now();
     const { watchTimeoutSeconds, watchdogGraceMs } = this.options;
-    const idleMs = watchTimeoutSeconds * 1000 + watchdogGraceMs;
+    // client-go: a random timeout in [min, 2·min), so many nodes do not reconnect in step.
+    const timeoutSeconds = Math.max(1, Math.floor(watchTimeoutSeconds * (1 + this.random())));
+    const idleMs = timeoutSeconds * 1000 + watchdogGraceMs;
     const path = buildQuery(this.spec, {
-      watch: '1',
-      resourceVersion: this.rv ?? '',
       allowWatchBookmarks: 'true',
-      timeoutSeconds: String(watchTimeoutSeconds),
+      resourceVersion: this.rv ?? '',
+      timeoutSeconds: String(timeoutSeconds),
+      watch: 'true',
     });
     const r = this.request(path, idleMs);
     let events = 0;
@@ -377,30 +694,41 @@ export class Reflector {
       try {
         res = await r.response;
       } catch (err) {
+        if (err instanceof CredentialError) throw err;
         throw new Error(`watch ${this.spec.name}: ${errorText(r.controller.signal.reason ?? err)}`, {
           cause: err,
         });
       }
       if (res.status !== 200) {
-        const text = await readAll(res.body).catch(() => '');
-        throw new ApiError(res.status, `watch ${this.spec.name}: HTTP ${res.status}: ${statusMessage(text)}`);
+        const text = await readBounded(res.body, 64 * 1024).catch(() => '');
+        const status = statusOfText(text);
+        throw new ApiError(
+          res.status,
+          `watch ${this.spec.name}: HTTP ${res.status}: ${status.message ?? ''}`,
+          status.retryAfterSeconds === undefined && res.retryAfterSeconds !== undefined
+            ? { ...status, retryAfterSeconds: res.retryAfterSeconds }
+            : status,
+        );
       }
       this.markConnected();
       this.watchEstablishedAt = this.now();
-      let buffered = '';
+      this.watchDelivered = false;
+      const lines = new LineSplitter(this.options.maxEventBytes);
       try {
         for await (const chunk of res.body) {
-          r.armTimer(idleMs);
-          buffered += typeof chunk === 'string' ? chunk : chunk.toString('utf8');
-          let nl: number;
-          while ((nl = buffered.indexOf('\n')) >= 0) {
-            const line = buffered.slice(0, nl).trim();
-            buffered = buffered.slice(nl + 1);
-            if (line !== '' && this.handleEvent(line)) events++;
+          r.armTimer();
+          for (const line of lines.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk)) {
+            if (line.trim() === '') continue;
+            this.handleEvent(line);
+            // Bookmarks count too (as client-go's eventCount): the stream demonstrably works.
+            events++;
+            this.watchDelivered = true;
           }
         }
       } catch (err) {
-        if (err instanceof GoneError || err instanceof ApiError) throw err;
+        if (err instanceof ApiError) throw err;
+        if (err instanceof ProtocolError)
+          throw new ProtocolError(`watch ${this.spec.name}: ${err.message}`, err.relist);
         throw new Error(`watch ${this.spec.name}: ${errorText(r.controller.signal.reason ?? err)}`, {
           cause: err,
         });
@@ -412,39 +740,44 @@ export class Reflector {
     }
   }
 
-  /** Applies one watch event line; returns true for object events (not bookmarks). */
-  private handleEvent(line: string): boolean {
+  /** Applies one watch event line (object event or bookmark); throws on an ERROR event. */
+  private handleEvent(line: string): void {
     let ev: { type?: unknown; object?: unknown };
     try {
       ev = JSON.parse(line) as typeof ev;
     } catch (err) {
-      throw new Error(`watch ${this.spec.name}: invalid event JSON: ${errorText(err)}`, { cause: err });
+      throw new ProtocolError(`invalid event JSON: ${errorText(err)}`, false);
     }
-    const obj = (typeof ev.object === 'object' && ev.object !== null ? ev.object : {}) as KubeObject;
-    const rv = obj.metadata?.resourceVersion;
+    const raw = typeof ev.object === 'object' && ev.object !== null ? ev.object : {};
     switch (ev.type) {
       case 'ADDED':
       case 'MODIFIED':
-        this.store.set(objectKey(obj), obj);
-        break;
-      case 'DELETED':
-        this.store.delete(objectKey(obj));
-        break;
+      case 'DELETED': {
+        const obj = withTypeMeta(this.spec, raw);
+        if (ev.type === 'DELETED') this.store.delete(objectKey(obj));
+        else this.store.set(objectKey(obj), obj);
+        this.advance((obj.metadata ?? {}).resourceVersion);
+        this.notify();
+        return;
+      }
       case 'BOOKMARK':
-        if (typeof rv === 'string' && rv !== '') this.rv = rv;
-        return false;
+        this.advance((raw as KubeObject).metadata?.resourceVersion);
+        return;
       case 'ERROR': {
-        const status = ev.object as { code?: unknown; message?: unknown } | undefined;
-        const msg = `watch ${this.spec.name}: ${typeof status?.message === 'string' ? status.message : 'error event'}`;
-        if (status?.code === 410) throw new GoneError(msg);
-        throw new ApiError(typeof status?.code === 'number' ? status.code : 500, msg);
+        const status = parseStatus(raw);
+        throw new ApiError(
+          status.code ?? 500,
+          `watch ${this.spec.name}: ${status.message ?? 'error event'}`,
+          status,
+        );
       }
       default:
-        throw new Error(`watch ${this.spec.name}: unknown event type ${String(ev.type)}`);
+        throw new ProtocolError(`unknown event type ${JSON.stringify(ev.type)}`, false);
     }
+  }
+
+  private advance(rv: unknown): void {
     if (typeof rv === 'string' && rv !== '') this.rv = rv;
-    this.notify();
-    return true;
   }
 
   private notify(): void {
@@ -458,25 +791,68 @@ export class Reflector {
   }
 }
 
+async function readBounded(body: NodeJS.ReadableStream, max: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of body) {
+    const b = typeof c === 'string' ? Buffer.from(c) : c;
+    if (size + b.length > max) {
+      chunks.push(b.subarray(0, max - size));
+      break;
+    }
+    chunks.push(b);
+    size += b.length;
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/** A Node system error's safe summary (code, syscall, path): no free text. */
+function systemErrorSummary(err: unknown): string | undefined {
+  const e = err as { code?: unknown; syscall?: unknown; path?: unknown } | null;
+  if (typeof e !== 'object' || e === null || typeof e.code !== 'string') return undefined;
+  return [e.syscall, e.path, e.code].filter((p) => typeof p === 'string').join(' ');
+}
+
 /**
  * An `ApiTransport` on top of a client-node KubeConfig: its auth (tokens, client certs, exec
  * plugins) and TLS settings, applied per request so rotated service-account tokens are picked up.
+ *
+ * Credentials only travel over TLS, as client-go does (clientcmd reads the user's auth only for a
+ * TLS transport): to a plain `http://` server the requests go anonymous. The factory warns about it.
  */
 export function kubeTransport(kc: KubeConfig): ApiTransport {
   const cluster = kc.getCurrentCluster();
   if (!cluster) throw new Error('kubeconfig has no current cluster');
   const base = new URL(cluster.server);
   const prefix = base.pathname.replace(/\/+$/, '');
+  const plain = base.protocol === 'http:';
   return {
     async get(pathAndQuery: string, signal: AbortSignal): Promise<ApiResponse> {
       const opts: https.RequestOptions = { method: 'GET', headers: { Accept: 'application/json' } };
-      await kc.applyToHTTPSOptions(opts);
+      if (!plain) {
+        try {
+          await kc.applyToHTTPSOptions(opts);
+        } catch (err) {
+          // client-node rejects with an exec plugin's whole stderr as the message: never repeat it.
+          const sys = systemErrorSummary(err);
+          throw new CredentialError(
+            sys !== undefined
+              ? `cannot prepare the kubeconfig's credentials or TLS files: ${sys}`
+              : "the kubeconfig user's credential plugin or auth provider failed (its output is not logged: it can hold secrets; run the plugin by hand to see it)",
+          );
+        }
+      }
       const url = new URL(prefix + pathAndQuery, base);
-      const mod = url.protocol === 'http:' ? http : https;
+      const mod = plain ? http : https;
       return new Promise<ApiResponse>((resolve, reject) => {
-        const req = mod.request(url, { ...opts, signal }, (res) =>
-          resolve({ status: res.statusCode ?? 0, body: res }),
-        );
+        const req = mod.request(url, { ...opts, signal }, (res) => {
+          const ra = Number(res.headers['retry-after']);
+          resolve({
+            status: res.statusCode ?? 0,
+            body: res,
+            ...(Number.isFinite(ra) && ra > 0 ? { retryAfterSeconds: ra } : {}),
+          });
+        });
         req.on('error', reject);
         req.end();
       });

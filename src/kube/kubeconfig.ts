@@ -145,6 +145,24 @@ export function loadKubeConfig(options: LoadKubeConfigOptions = {}): KubeConfig 
   throw new KubeConfigError(NO_CLUSTER_CONFIG);
 }
 
+/**
+ * The kinds of credentials the current user has that will NOT be sent because the server is plain
+ * `http://` (client-go reads a user's auth only for a TLS transport, and so does svcplane's
+ * transport); empty when none or when the server is https. Pure.
+ */
+export function credentialsWithheldOverHttp(kc: KubeConfig): string[] {
+  const server = kc.getCurrentCluster()?.server ?? '';
+  const user = kc.getCurrentUser();
+  if (!server.startsWith('http://') || !user) return [];
+  const kinds: string[] = [];
+  if (user.token) kinds.push('token');
+  if (user.username || user.password) kinds.push('basic auth');
+  if (user.exec) kinds.push('exec plugin');
+  if (user.authProvider) kinds.push('auth provider');
+  if (user.certData || user.certFile || user.keyData || user.keyFile) kinds.push('client certificate');
+  return kinds;
+}
+
 function restoreEnv(name: string, value: string | undefined): void {
   if (value === undefined) delete process.env[name];
   else process.env[name] = value;

@@ -4,9 +4,27 @@ import type { ClusterState } from '../model/types.js';
  * Where cluster state comes from: manifest files or the Kubernetes API. The controller only sees this
  * interface, so both sources drive the same reconcile loop.
  */
+
+/**
+ * Why a source is unhealthy, as a fixed category: what /healthz and metrics may show (never error
+ * text, which can quote a server, a file or a credential plugin).
+ */
+export type SourceProblem =
+  | 'api-unreachable'
+  | 'api-unauthorized'
+  | 'api-forbidden'
+  | 'api-credentials'
+  | 'api-tls'
+  | 'api-server-error'
+  | 'api-bad-response'
+  | 'manifests-missing'
+  | 'manifests-unreadable';
+
 export interface SourceHealth {
   readonly healthy: boolean;
-  /** Why the source is unhealthy (e.g. "API unreachable since ...", "manifest directory missing"). */
+  /** The category when unhealthy (absent: unknown). */
+  readonly problem?: SourceProblem;
+  /** Details for logs (e.g. "manifest directory missing since ..."); never served over HTTP. */
   readonly reason?: string;
 }
 

@@ -37,7 +37,7 @@ const GRACE_MS = 1500;
 const FAST: Partial<ReflectorOptions> = {
   watchTimeoutSeconds: 1,
   watchdogGraceMs: 300,
-  listTimeoutMs: 1000,
+  listIdleTimeoutMs: 1000,
   minWatchMs: 100,
   backoff: { initialMs: 50, maxMs: 400, factor: 2, jitter: 0.2 },
 };

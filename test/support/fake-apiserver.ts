@@ -1,17 +1,36 @@
 /**
- * A Kubernetes API stand-in for tests: an in-process HTTP server on 127.0.0.1 that follows the real
- * API's list/watch semantics for Services, EndpointSlices and Nodes (resourceVersion, ADDED/MODIFIED/
- * DELETED/BOOKMARK/ERROR events, 410 Gone, label/field selectors, server-side watch timeouts), plus
- * fault injection (HTTP errors, latency, watch ERROR events, hung lists, dead connections, outages,
- * compaction) and request counters.
+ * A Kubernetes API stand-in for tests: an in-process HTTP(S) server that answers list and watch of
+ * Services, EndpointSlices and Nodes the way kube-apiserver does (shapes and semantics from
+ * kube-apiserver's sources; see the README's testing notes):
  *
+ * - list: `{"kind":"ServiceList","apiVersion":"v1","metadata":{"resourceVersion":…},"items":[…]}` whose
+ *   items carry NO kind/apiVersion (kubernetes/kubernetes#3030); `continue` and `remainingItemCount`
+ *   (the latter only without selectors) when a page is not the last; `limit` ignored for
+ *   resourceVersion=0 (served from the watch cache) unless the watch cache is off; Exact/NotOlderThan
+ *   `resourceVersionMatch` with their 422s; `continue` tokens as base64url JSON; 410 Expired for an
+ *   exact resourceVersion or a continue token older than the compaction; 504 for a resourceVersion
+ *   the server has not reached;
+ * - watch: one JSON event per line, objects WITH kind/apiVersion; DELETED carries the deletion's
+ *   resourceVersion; BOOKMARK objects are empty objects of the kind with only the resourceVersion
+ *   (plus the `k8s.io/initial-events-end` annotation after the initial events of a watch-list);
+ *   a too-old resourceVersion is an ERROR event carrying a 410 Expired Status in a 200 stream;
+ *   selector transitions become ADDED/DELETED; the server ends watches at timeoutSeconds;
+ * - errors: Status objects (`kind: Status`, `apiVersion: v1`, `metadata: {}`, `status: Failure`,
+ *   message, reason, details, code); 401 without an accepted bearer token when tokens are required;
+ * - TLS with a self-signed certificate on request (kube-apiserver serves nothing else), and
+ *   listening inside another network namespace (a sandbox node reaches it as a remote API).
+ *
+ * Fault injection: HTTP errors, latency, watch ERROR events, hung lists, slow list bodies, raw bytes
+ * on watches, dead connections, outages (stop/start), compaction; request counters with queries.
  * It is not a mock of client behaviour: a client that works against it has to cope with the same
  * things a real API server does to it.
  */
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import https from 'node:https';
+import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
 import { KubeConfig } from '@kubernetes/client-node';
+import { testCertificate } from './test-cert.js';
 
 export type FakeKind = 'Service' | 'EndpointSlice' | 'Node';
 export type WatchEventType = 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';
@@ -24,34 +43,103 @@ export type KubeObj = Record<string, unknown> & {
 };
 
 export interface FakeApiServerOptions {
-  /** Events kept for watches from an older resourceVersion (older → 410 Gone). Default 1000. */
+  /** Events kept for watches and exact lists from an older resourceVersion (older → 410). Default 1000. */
   readonly historySize?: number;
-  /** Bookmark period for watches with allowWatchBookmarks=true. Default 1000 ms. */
+  /** Bookmark period for watches with allowWatchBookmarks=true. Default 1000 ms (real: ~1 min). */
   readonly bookmarkIntervalMs?: number;
   /** Server-side watch timeout when the client sends no timeoutSeconds. Default 1800 s. */
   readonly defaultWatchTimeoutSeconds?: number;
   /** Port to listen on (0 = ephemeral). */
   readonly port?: number;
+  /** Address to listen on. Default 127.0.0.1. */
+  readonly host?: string;
+  /** Serve HTTPS with the test certificate (test-cert.ts). Default false (plain HTTP). */
+  readonly tls?: boolean;
+  /**
+   * Bearer tokens the server accepts. When set, a request without one of them gets 401 Unauthorized
+   * (as kube-apiserver's authenticator answers). Default: anonymous requests are served.
+   */
+  readonly tokens?: readonly string[];
+  /**
+   * Where the listening socket comes from (instead of host/port in this process's namespace), e.g.
+   * `() => netnsListener.listen('192.0.2.2', 6443)`; called on every start().
+   */
+  readonly listenHandle?: () => Promise<NetServer>;
+  /**
+   * The server's WatchList feature gate (on from 1.34): a watch from resourceVersion ""/"0" without
+   * sendInitialEvents is defaulted to sendInitialEvents=true, and sendInitialEvents is accepted.
+   * Default true.
+   */
+  readonly watchList?: boolean;
+  /**
+   * The watch cache (on by default in kube-apiserver). Off: a list with resourceVersion=0 and a
+   * limit is paginated like any other (served by etcd). Default true.
+   */
+  readonly watchCache?: boolean;
+  /** How long a request for a resourceVersion the server has not reached waits before 504. Default 3000 ms. */
+  readonly tooLargeResourceVersionWaitMs?: number;
 }
 
 interface KindInfo {
   readonly apiVersion: string;
   readonly listKind: string;
   readonly namespaced: boolean;
+  readonly resource: string;
 }
 
 const KINDS: Readonly<Record<FakeKind, KindInfo>> = {
-  Service: { apiVersion: 'v1', listKind: 'ServiceList', namespaced: true },
-  EndpointSlice: { apiVersion: 'discovery.k8s.io/v1', listKind: 'EndpointSliceList', namespaced: true },
-  Node: { apiVersion: 'v1', listKind: 'NodeList', namespaced: false },
+  Service: { apiVersion: 'v1', listKind: 'ServiceList', namespaced: true, resource: 'services' },
+  EndpointSlice: {
+    apiVersion: 'discovery.k8s.io/v1',
+    listKind: 'EndpointSliceList',
+    namespaced: true,
+    resource: 'endpointslices',
+  },
+  Node: { apiVersion: 'v1', listKind: 'NodeList', namespaced: false, resource: 'nodes' },
 };
+
+/** The annotation on the BOOKMARK that ends a watch-list's initial events. */
+export const INITIAL_EVENTS_END_ANNOTATION = 'k8s.io/initial-events-end';
+
+/**
+ * A new, empty object of each kind as Go's encoding/json writes it (non-omitempty zero fields and
+ * struct fields appear): what a BOOKMARK carries besides metadata.resourceVersion (1.34+ shape).
+ */
+function emptyObject(kind: FakeKind): Record<string, unknown> {
+  switch (kind) {
+    case 'Service':
+      return { spec: {}, status: { loadBalancer: {} } };
+    case 'EndpointSlice':
+      return { addressType: '', endpoints: null, ports: null };
+    case 'Node':
+      return {
+        spec: {},
+        status: {
+          daemonEndpoints: { kubeletEndpoint: { Port: 0 } },
+          nodeInfo: {
+            machineID: '',
+            systemUUID: '',
+            bootID: '',
+            kernelVersion: '',
+            osImage: '',
+            containerRuntimeVersion: '',
+            kubeletVersion: '',
+            kubeProxyVersion: '',
+            operatingSystem: '',
+            architecture: '',
+          },
+        },
+      };
+  }
+}
 
 interface HistoryEvent {
   readonly rv: number;
   readonly kind: FakeKind;
+  readonly key: string;
   readonly type: 'ADDED' | 'MODIFIED' | 'DELETED';
   readonly object: KubeObj;
-  /** The object before this event (MODIFIED/DELETED), to send ADDED/DELETED when selectors flip. */
+  /** The stored object before this event (MODIFIED/DELETED). */
   readonly previous?: KubeObj;
 }
 
@@ -62,9 +150,20 @@ interface Watcher {
   lastSentRv: number;
   /** Dead connection: socket stays open, nothing is ever sent again, timeouts do not fire. */
   stalled: boolean;
-  timeoutTimer?: NodeJS.Timeout;
-  bookmarkTimer?: NodeJS.Timeout;
+  /** Bookmarks this watch received (for tests that wait for one). */
+  bookmarks: number;
+  lastBookmarkRv: number;
+  timers: NodeJS.Timeout[];
   close(): void;
+}
+
+/** What a request asked for, as the counters keep it. */
+export interface LoggedRequest {
+  readonly at: number;
+  readonly kind: FakeKind;
+  readonly verb: RequestVerb;
+  readonly query: Readonly<Record<string, string>>;
+  readonly status: number;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -147,57 +246,76 @@ export function labelsMatch(
 }
 
 interface FieldRequirement {
-  readonly field: 'metadata.name' | 'metadata.namespace';
+  readonly field: string;
   readonly negate: boolean;
   readonly value: string;
 }
 
-export function parseFieldSelector(text: string): FieldRequirement[] {
+/** Selectable fields per kind (kube-apiserver's SelectableFields; Services' spec fields since 1.31). */
+const FIELDS: Readonly<Record<FakeKind, readonly string[]>> = {
+  Service: ['metadata.name', 'metadata.namespace', 'spec.clusterIP', 'spec.type'],
+  Node: ['metadata.name', 'metadata.namespace', 'spec.unschedulable'],
+  EndpointSlice: ['metadata.name', 'metadata.namespace'],
+};
+
+/**
+ * Parses a field selector for `kind` (default: the fields every kind has); throws with the API
+ * server's message for a field the kind does not support.
+ */
+export function parseFieldSelector(text: string, kind?: FakeKind): FieldRequirement[] {
   return splitTopLevel(text).map((req) => {
     const m = /^([^!=\s]+)\s*(==|=|!=)\s*(\S*)$/.exec(req);
-    if (!m) throw new Error(`invalid field selector "${req}"`);
+    if (!m) throw new Error(`invalid selector: '${req}'; can't understand '${req}'`);
     const field = m[1]!;
-    if (field !== 'metadata.name' && field !== 'metadata.namespace') {
-      throw new Error(`field label not supported: ${field}`);
+    const supported = kind ? FIELDS[kind] : ['metadata.name', 'metadata.namespace'];
+    if (!supported.includes(field)) {
+      // Kinds with their own conversion function say it this way; the rest use the default one.
+      throw new Error(
+        kind === 'EndpointSlice'
+          ? `"${field}" is not a known field selector: only "metadata.name", "metadata.namespace"`
+          : `field label not supported: ${field}`,
+      );
     }
     return { field, negate: m[2] === '!=', value: m[3]! };
   });
 }
 
+function fieldValue(obj: KubeObj, field: string): string {
+  const spec = (obj.spec ?? {}) as Record<string, unknown>;
+  switch (field) {
+    case 'metadata.name':
+      return nameOf(obj);
+    case 'metadata.namespace':
+      return namespaceOf(obj);
+    case 'spec.clusterIP':
+      return str(spec.clusterIP);
+    case 'spec.type':
+      return str(spec.type);
+    case 'spec.unschedulable':
+      return spec.unschedulable === true ? 'true' : 'false';
+    default:
+      return '';
+  }
+}
+
 function fieldsMatch(reqs: readonly FieldRequirement[], obj: KubeObj): boolean {
-  return reqs.every((r) => {
-    const actual = r.field === 'metadata.name' ? nameOf(obj) : namespaceOf(obj);
-    return r.negate ? actual !== r.value : actual === r.value;
-  });
+  return reqs.every((r) =>
+    r.negate ? fieldValue(obj, r.field) !== r.value : fieldValue(obj, r.field) === r.value,
+  );
 }
 
 function nameOf(obj: KubeObj): string {
-  const n = obj.metadata?.name;
-  return typeof n === 'string' ? n : '';
+  return str(obj.metadata?.name);
 }
 
 function namespaceOf(obj: KubeObj): string {
-  const n = obj.metadata?.namespace;
-  return typeof n === 'string' ? n : '';
+  return str(obj.metadata?.namespace);
 }
 
 function labelsOf(obj: KubeObj): Record<string, string> {
   const l = obj.metadata?.labels;
   return typeof l === 'object' && l !== null ? (l as Record<string, string>) : {};
 }
-
-function statusBody(code: number, reason: string, message: string): Record<string, unknown> {
-  return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, code };
-}
-
-const REASONS: Readonly<Record<number, string>> = {
-  400: 'BadRequest',
-  404: 'NotFound',
-  410: 'Expired',
-  429: 'TooManyRequests',
-  500: 'InternalError',
-  503: 'ServiceUnavailable',
-};
 
 function str(v: unknown): string {
   return typeof v === 'string' ? v : '';
@@ -210,6 +328,115 @@ function finalizersOf(obj: KubeObj): unknown[] {
 
 function clone<T>(v: T): T {
   return structuredClone(v);
+}
+
+/** Go's RFC 3339 in UTC with whole seconds, as metav1.Time encodes. */
+function timestamp(): string {
+  return new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+}
+
+/** Go's encoding/json escapes <, > and & in strings. */
+function goJson(value: unknown): string {
+  return JSON.stringify(value).replace(/[<>&]/g, (c) => `\\u00${c.charCodeAt(0).toString(16)}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status objects
+// ---------------------------------------------------------------------------------------------
+
+export interface StatusDetails {
+  readonly name?: string;
+  readonly group?: string;
+  readonly kind?: string;
+  readonly causes?: readonly { reason?: string; message?: string; field?: string }[];
+  readonly retryAfterSeconds?: number;
+}
+
+/** A metav1.Status in its key order; `reason` and `details` omitted when empty, as Go's omitempty. */
+export function statusBody(
+  code: number,
+  reason: string,
+  message: string,
+  details?: StatusDetails,
+  continueToken?: string,
+): Record<string, unknown> {
+  return {
+    kind: 'Status',
+    apiVersion: 'v1',
+    metadata: continueToken ? { continue: continueToken } : {},
+    status: 'Failure',
+    message,
+    ...(reason !== '' ? { reason } : {}),
+    ...(details !== undefined ? { details } : {}),
+    code,
+  };
+}
+
+const REASONS: Readonly<Record<number, string>> = {
+  400: 'BadRequest',
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  404: 'NotFound',
+  410: 'Expired',
+  422: 'Invalid',
+  429: 'TooManyRequests',
+  500: 'InternalError',
+  503: 'ServiceUnavailable',
+  504: 'Timeout',
+};
+
+class HttpStatusError extends Error {
+  constructor(
+    readonly code: number,
+    readonly reason: string,
+    message: string,
+    readonly details?: StatusDetails,
+    readonly continueToken?: string,
+  ) {
+    super(message);
+  }
+}
+
+/** 422 Invalid for ListOptions, as apimachinery's validation words it. */
+function invalidListOptions(field: string, detail: string): HttpStatusError {
+  return new HttpStatusError(422, 'Invalid', `ListOptions.meta.k8s.io "" is invalid: ${field}: ${detail}`, {
+    kind: 'ListOptions',
+    group: 'meta.k8s.io',
+    causes: [{ reason: 'FieldValueInvalid', message: detail, field }],
+  });
+}
+
+const EXPIRED_LIST = 'The resourceVersion for the provided list is too old.';
+const EXPIRED_CONTINUE =
+  'The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.';
+
+// ---------------------------------------------------------------------------------------------
+// Continue tokens: base64url (no padding) of {"v":"meta.k8s.io/v1","rv":N,"start":"<key>\u0000"}
+// ---------------------------------------------------------------------------------------------
+
+export function encodeContinue(rv: number, lastKey: string): string {
+  return Buffer.from(JSON.stringify({ v: 'meta.k8s.io/v1', rv, start: `${lastKey}\u0000` })).toString(
+    'base64url',
+  );
+}
+
+function decodeContinue(token: string): { rv: number; start: string } {
+  let parsed: { v?: unknown; rv?: unknown; start?: unknown };
+  try {
+    parsed = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as typeof parsed;
+  } catch {
+    throw new HttpStatusError(400, 'BadRequest', `invalid continue token: ${token}`);
+  }
+  if (parsed.v !== 'meta.k8s.io/v1' || typeof parsed.rv !== 'number' || typeof parsed.start !== 'string') {
+    throw new HttpStatusError(400, 'BadRequest', 'invalid continue token: unsupported or malformed token');
+  }
+  return { rv: parsed.rv, start: parsed.start };
+}
+
+/** Go's ParseBool-like query booleans: present and not "0"/"false". */
+function queryBool(q: URLSearchParams, name: string): boolean {
+  const v = q.get(name);
+  return v !== null && v.toLowerCase() !== 'false' && v !== '0';
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -228,11 +455,6 @@ const COLLECTIONS: readonly (readonly [FakeKind, string])[] = [
   ['EndpointSlice', '/apis/discovery.k8s.io/v1'],
   ['Node', '/api/v1'],
 ];
-const RESOURCE: Readonly<Record<FakeKind, string>> = {
-  Service: 'services',
-  EndpointSlice: 'endpointslices',
-  Node: 'nodes',
-};
 
 /** Collection paths (all namespaces or one) and single-object paths, as the API server routes them. */
 function parsePath(pathname: string): ParsedPath | undefined {
@@ -244,7 +466,7 @@ function parsePath(pathname: string): ParsedPath | undefined {
       namespace = decodeURIComponent(rest[1]!);
       rest.splice(0, 2);
     }
-    if (rest[0] !== RESOURCE[kind] || rest.length > 2) continue;
+    if (rest[0] !== KINDS[kind].resource || rest.length > 2) continue;
     const name = rest.length === 2 ? decodeURIComponent(rest[1]!) : undefined;
     // A namespaced object is only addressable inside its namespace.
     if (name !== undefined && KINDS[kind].namespaced && namespace === undefined) continue;
@@ -261,11 +483,78 @@ function objKey(kind: FakeKind, namespace: string, name: string): string {
   return KINDS[kind].namespaced ? `${namespace}/${name}` : name;
 }
 
+/** ObjectMeta in Go's field order (what the API writes). */
+const META_ORDER = [
+  'name',
+  'generateName',
+  'namespace',
+  'selfLink',
+  'uid',
+  'resourceVersion',
+  'generation',
+  'creationTimestamp',
+  'deletionTimestamp',
+  'deletionGracePeriodSeconds',
+  'labels',
+  'annotations',
+  'ownerReferences',
+  'finalizers',
+  'managedFields',
+];
+
+function orderedMeta(md: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const k of META_ORDER) if (md[k] !== undefined) out[k] = md[k];
+  for (const [k, v] of Object.entries(md)) if (!(k in out) && v !== undefined) out[k] = v;
+  return out;
+}
+
+/** The object as a watch event or a GET carries it: kind and apiVersion first. */
+function withTypeMeta(kind: FakeKind, obj: KubeObj): KubeObj {
+  return { kind, apiVersion: KINDS[kind].apiVersion, ...obj };
+}
+
+/** A stored object: server-owned fields set, no TypeMeta (items of a list keep none). */
+function stored(kind: FakeKind, o: KubeObj, md: Record<string, unknown>): KubeObj {
+  const { kind: _k, apiVersion: _a, metadata: _m, ...rest } = o;
+  void _k;
+  void _a;
+  void _m;
+  const body: Record<string, unknown> = { metadata: orderedMeta(md), ...rest };
+  // Struct fields without omitempty appear even when empty.
+  if (kind === 'Service') body.status ??= { loadBalancer: {} };
+  if (kind === 'EndpointSlice') {
+    body.addressType ??= '';
+    body.endpoints ??= null;
+    body.ports ??= null;
+  }
+  return body;
+}
+
+function managedFields(kind: FakeKind): unknown[] {
+  return [
+    {
+      manager: 'svcplane-tests',
+      operation: 'Update',
+      apiVersion: KINDS[kind].apiVersion,
+      time: timestamp(),
+      fieldsType: 'FieldsV1',
+      fieldsV1: {},
+    },
+  ];
+}
+
 export class FakeApiServer {
   private readonly historySize: number;
   private readonly bookmarkIntervalMs: number;
   private readonly defaultWatchTimeoutSeconds: number;
-  private readonly server: http.Server;
+  private readonly host: string;
+  private readonly watchListGate: boolean;
+  private readonly watchCache: boolean;
+  private readonly tooLargeWaitMs: number;
+  private readonly tokens: readonly string[] | undefined;
+  private readonly listenHandle: (() => Promise<NetServer>) | undefined;
+  private server!: http.Server;
   private readonly sockets = new Set<Socket>();
   private readonly watchers = new Set<Watcher>();
   private readonly stores: Record<FakeKind, Map<string, KubeObj>> = {
@@ -274,47 +563,68 @@ export class FakeApiServer {
     Node: new Map(),
   };
   private history: HistoryEvent[] = [];
-  /** Watches from a resourceVersion below this get 410 Gone. */
+  /** Events at or below this resourceVersion are gone: older watches and exact lists get 410. */
   private compactedRv: number;
   private rv = 1000;
   private failures: { remaining: number; status: number } = { remaining: 0, status: 500 };
   private latencyMs = 0;
+  private watchesEndAtOnce = false;
   private stalled = false;
   /** While set, LIST requests are accepted and never answered (hung lists). */
   private listsStalled = false;
   private readonly hungLists = new Set<http.ServerResponse>();
+  /** Set: list bodies are written in pieces of `bytes` every `intervalMs` (a slow link). */
+  private listDribble: { bytes: number; intervalMs: number } | undefined;
   private listening = false;
+  private rvWaiters: (() => void)[] = [];
   /** The Authorization header of the last request (to check that credentials are sent). */
   lastAuthorization?: string;
   private boundPort: number;
-  private readonly counts = new Map<string, number>();
-  private readonly requestLog: {
-    readonly at: number;
-    readonly kind: FakeKind;
-    readonly verb: RequestVerb;
-  }[] = [];
+  readonly tls: boolean;
+  /** PEM of the serving certificate (the CA a client trusts) when `tls` is on. */
+  caPem?: string;
+  private readonly requestLog: LoggedRequest[] = [];
 
   private constructor(options: FakeApiServerOptions) {
     this.historySize = options.historySize ?? 1000;
     this.bookmarkIntervalMs = options.bookmarkIntervalMs ?? 1000;
     this.defaultWatchTimeoutSeconds = options.defaultWatchTimeoutSeconds ?? 1800;
     this.boundPort = options.port ?? 0;
+    this.host = options.host ?? '127.0.0.1';
+    this.watchListGate = options.watchList ?? true;
+    this.watchCache = options.watchCache ?? true;
+    this.tooLargeWaitMs = options.tooLargeResourceVersionWaitMs ?? 3000;
+    this.tokens = options.tokens;
+    this.listenHandle = options.listenHandle;
+    this.tls = options.tls ?? false;
     this.compactedRv = this.rv;
-    this.server = http.createServer((req, res) => {
-      this.handle(req, res).catch((err: unknown) => {
-        if (!res.headersSent) this.sendStatus(res, 500, `internal error: ${String(err)}`);
-        else res.destroy();
-      });
-    });
-    this.server.on('connection', (s: Socket) => {
-      this.sockets.add(s);
-      s.on('close', () => this.sockets.delete(s));
-    });
   }
 
-  /** Creates and starts a stand-in on 127.0.0.1 (ephemeral port unless `port` is given). */
+  /** Creates and starts a stand-in (127.0.0.1, ephemeral port unless `port` is given). */
   static async create(options: FakeApiServerOptions = {}): Promise<FakeApiServer> {
     const s = new FakeApiServer(options);
+    const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+      s.handle(req, res).catch((err: unknown) => {
+        if (!res.headersSent)
+          s.sendStatus(res, 500, 'InternalError', `Internal error occurred: ${String(err)}`);
+        else res.destroy();
+      });
+    };
+    if (s.tls) {
+      const { cert, key } = await testCertificate();
+      s.caPem = cert;
+      s.server = https.createServer({ cert, key }, handler);
+    } else {
+      s.server = http.createServer(handler);
+    }
+    s.server.on('connection', (sock: Socket) => {
+      s.sockets.add(sock);
+      sock.on('close', () => s.sockets.delete(sock));
+    });
+    s.server.on('secureConnection', (sock: Socket) => {
+      s.sockets.add(sock);
+      sock.on('close', () => s.sockets.delete(sock));
+    });
     await s.start();
     return s;
   }
@@ -324,7 +634,8 @@ export class FakeApiServer {
   }
 
   get url(): string {
-    return `http://127.0.0.1:${this.boundPort}`;
+    const host = this.host.includes(':') ? `[${this.host}]` : this.host;
+    return `${this.tls ? 'https' : 'http'}://${host}:${this.boundPort}`;
   }
 
   /** The current (latest) global resourceVersion. */
@@ -332,14 +643,44 @@ export class FakeApiServer {
     return String(this.rv);
   }
 
-  /** A KubeConfig pointing at this server (plain HTTP needs skipTLSVerify: client-node trap). */
-  kubeConfig(): KubeConfig {
+  /** A KubeConfig pointing at this server (with the CA when TLS; plain HTTP needs skipTLSVerify). */
+  kubeConfig(token = 'fake-token'): KubeConfig {
     const kc = new KubeConfig();
     kc.loadFromClusterAndUser(
-      { name: 'fake', server: this.url, skipTLSVerify: true },
-      { name: 'fake-user', token: 'fake-token' },
+      this.tls
+        ? {
+            name: 'fake',
+            server: this.url,
+            caData: Buffer.from(this.caPem!).toString('base64'),
+            skipTLSVerify: false,
+          }
+        : { name: 'fake', server: this.url, skipTLSVerify: true },
+      { name: 'fake-user', token },
     );
     return kc;
+  }
+
+  /**
+   * A kubeconfig file's text for this server: `user` is the YAML of the user entry (default a
+   * token), e.g. `{token: abc}` or an `exec:` block.
+   */
+  kubeconfigYaml(user = '{token: fake-token}'): string {
+    const ca = this.tls ? `, certificate-authority-data: ${Buffer.from(this.caPem!).toString('base64')}` : '';
+    return [
+      'apiVersion: v1',
+      'kind: Config',
+      'clusters:',
+      `- name: fake`,
+      `  cluster: {server: "${this.url}"${ca}}`,
+      'users:',
+      '- name: fake-user',
+      `  user: ${user}`,
+      'contexts:',
+      '- name: fake',
+      '  context: {cluster: fake, user: fake-user}',
+      'current-context: fake',
+      '',
+    ].join('\n');
   }
 
   // ----- lifecycle -----
@@ -347,13 +688,24 @@ export class FakeApiServer {
   /** Starts listening (again, on the same port after stop()). */
   async start(): Promise<void> {
     if (this.listening) return;
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(this.boundPort, '127.0.0.1', () => {
-        this.server.off('error', reject);
-        resolve();
+    if (this.listenHandle) {
+      const handle = await this.listenHandle();
+      await new Promise<void>((resolve, reject) => {
+        this.server.once('error', reject);
+        this.server.listen(handle, () => {
+          this.server.off('error', reject);
+          resolve();
+        });
       });
-    });
+    } else {
+      await new Promise<void>((resolve, reject) => {
+        this.server.once('error', reject);
+        this.server.listen(this.boundPort, this.host, () => {
+          this.server.off('error', reject);
+          resolve();
+        });
+      });
+    }
     this.boundPort = (this.server.address() as AddressInfo).port;
     this.listening = true;
   }
@@ -371,11 +723,15 @@ export class FakeApiServer {
 
   // ----- objects -----
 
-  /** Creates an object; the server sets resourceVersion, uid, creationTimestamp and generation. */
+  /**
+   * Creates an object; the server sets uid, resourceVersion, creationTimestamp, managedFields and
+   * (EndpointSlices) generation, and drops kind/apiVersion from storage. Returns it as a POST's
+   * response carries it (with kind/apiVersion).
+   */
   create(kind: FakeKind, obj: object): KubeObj {
     const o = clone(obj) as KubeObj;
     const md = { ...(o.metadata ?? {}) };
-    const name = typeof md.name === 'string' ? md.name : '';
+    const name = str(md.name);
     if (name === '') throw new Error(`create ${kind}: metadata.name is required`);
     if (KINDS[kind].namespaced && typeof md.namespace !== 'string') md.namespace = 'default';
     if (!KINDS[kind].namespaced) delete md.namespace;
@@ -385,27 +741,24 @@ export class FakeApiServer {
     delete md.deletionTimestamp;
     delete md.deletionGracePeriodSeconds;
     const rv = ++this.rv;
-    const stored: KubeObj = {
-      ...o,
-      kind,
-      apiVersion: KINDS[kind].apiVersion,
-      metadata: {
-        ...md,
-        uid: randomUUID(),
-        resourceVersion: String(rv),
-        creationTimestamp: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
-        generation: 1,
-      },
-    };
-    this.stores[kind].set(key, stored);
-    this.record({ rv, kind, type: 'ADDED', object: stored });
-    return clone(stored);
+    const object = stored(kind, o, {
+      ...md,
+      uid: randomUUID(),
+      resourceVersion: String(rv),
+      // Only strategies that set it have a generation: EndpointSlices do, Services and Nodes not.
+      generation: kind === 'EndpointSlice' ? 1 : undefined,
+      creationTimestamp: timestamp(),
+      managedFields: managedFields(kind),
+    });
+    this.stores[kind].set(key, object);
+    this.record({ rv, kind, key, type: 'ADDED', object });
+    return withTypeMeta(kind, clone(object));
   }
 
   /**
-   * Replaces an existing object (by namespace/name); bumps resourceVersion (and generation). The
-   * deletion timestamp stays the server's; an update that removes the last finalizer of an object
-   * being deleted deletes it, as the API server does.
+   * Replaces an existing object (by namespace/name); bumps resourceVersion (and an EndpointSlice's
+   * generation when anything but metadata changed). The deletion timestamp stays the server's; an
+   * update that removes the last finalizer of an object being deleted deletes it.
    */
   update(kind: FakeKind, obj: object): KubeObj {
     const o = clone(obj) as KubeObj;
@@ -422,25 +775,26 @@ export class FakeApiServer {
       md.deletionGracePeriodSeconds = pmd.deletionGracePeriodSeconds;
     }
     const rv = ++this.rv;
-    const specChanged = JSON.stringify(o.spec) !== JSON.stringify(previous.spec);
-    const stored: KubeObj = {
-      ...o,
-      kind,
-      apiVersion: KINDS[kind].apiVersion,
-      metadata: {
-        ...md,
-        uid: pmd.uid,
-        creationTimestamp: pmd.creationTimestamp,
-        resourceVersion: String(rv),
-        generation: (typeof pmd.generation === 'number' ? pmd.generation : 1) + (specChanged ? 1 : 0),
-      },
-    };
-    this.stores[kind].set(key, stored);
-    this.record({ rv, kind, type: 'MODIFIED', object: stored, previous });
-    if (md.deletionTimestamp !== undefined && finalizersOf(stored).length === 0) {
+    const candidate = stored(kind, o, {});
+    const bodyOf = (x: KubeObj): string => JSON.stringify({ ...x, metadata: undefined });
+    const changed = bodyOf(candidate) !== bodyOf(previous);
+    const object = stored(kind, o, {
+      ...md,
+      uid: pmd.uid,
+      resourceVersion: String(rv),
+      generation:
+        kind === 'EndpointSlice'
+          ? (typeof pmd.generation === 'number' ? pmd.generation : 1) + (changed ? 1 : 0)
+          : undefined,
+      creationTimestamp: pmd.creationTimestamp,
+      managedFields: managedFields(kind),
+    });
+    this.stores[kind].set(key, object);
+    this.record({ rv, kind, key, type: 'MODIFIED', object, previous });
+    if (md.deletionTimestamp !== undefined && finalizersOf(object).length === 0) {
       this.delete(kind, str(md.namespace), str(md.name));
     }
-    return clone(stored);
+    return withTypeMeta(kind, clone(object));
   }
 
   /** Creates or updates. */
@@ -461,31 +815,33 @@ export class FakeApiServer {
     if (finalizersOf(previous).length > 0) {
       if (previous.metadata?.deletionTimestamp !== undefined) return; // already being deleted
       const rv = ++this.rv;
-      const stored: KubeObj = {
+      const object: KubeObj = {
         ...previous,
-        metadata: {
+        metadata: orderedMeta({
           ...previous.metadata,
           resourceVersion: String(rv),
-          deletionTimestamp: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+          deletionTimestamp: timestamp(),
           deletionGracePeriodSeconds: 0,
-        },
+        }),
       };
-      this.stores[kind].set(key, stored);
-      this.record({ rv, kind, type: 'MODIFIED', object: stored, previous });
+      this.stores[kind].set(key, object);
+      this.record({ rv, kind, key, type: 'MODIFIED', object, previous });
       return;
     }
     this.stores[kind].delete(key);
     const rv = ++this.rv;
     // The real API sends the last state of the object with the deletion's resourceVersion.
     const object: KubeObj = { ...previous, metadata: { ...previous.metadata, resourceVersion: String(rv) } };
-    this.record({ rv, kind, type: 'DELETED', object, previous });
+    this.record({ rv, kind, key, type: 'DELETED', object, previous });
   }
 
+  /** One object as a GET returns it (with kind/apiVersion), or undefined. */
   get(kind: FakeKind, namespace: string, name: string): KubeObj | undefined {
     const o = this.stores[kind].get(objKey(kind, namespace, name));
-    return o ? clone(o) : undefined;
+    return o ? withTypeMeta(kind, clone(o)) : undefined;
   }
 
+  /** The objects of a kind as a list's items (without kind/apiVersion). */
   list(kind: FakeKind): KubeObj[] {
     return [...this.stores[kind].values()].map(clone);
   }
@@ -497,9 +853,14 @@ export class FakeApiServer {
     for (const w of [...this.watchers]) w.close();
   }
 
-  /** The next `n` list/watch requests get HTTP `status` with a Status body. */
+  /** The next `n` list/watch requests get HTTP `status` with a Status body (429: Retry-After 1). */
   failNext(n: number, status = 500): void {
     this.failures = { remaining: n, status };
+  }
+
+  /** While on, every watch ends right after its headers and initial events (a server or proxy that drops them). */
+  closeWatchesAtOnce(on = true): void {
+    this.watchesEndAtOnce = on;
   }
 
   /** Delay before every response (list and watch headers). */
@@ -527,8 +888,23 @@ export class FakeApiServer {
     for (const w of [...this.watchers]) {
       if (w.stalled || (kind !== undefined && w.kind !== kind)) continue;
       const status = statusBody(code, REASONS[code] ?? 'InternalError', message);
-      w.res.write(JSON.stringify({ type: 'ERROR', object: status }) + '\n');
+      w.res.write(goJson({ type: 'ERROR', object: status }) + '\n');
       w.close();
+      hit++;
+    }
+    return hit;
+  }
+
+  /**
+   * Writes raw bytes on open watches (of `kind`, or all), e.g. an endless line; returns how many got
+   * them. `end` closes those watches afterwards.
+   */
+  writeToWatches(data: string | Buffer, kind?: FakeKind, end = false): number {
+    let hit = 0;
+    for (const w of [...this.watchers]) {
+      if (w.stalled || (kind !== undefined && w.kind !== kind)) continue;
+      w.res.write(data);
+      if (end) w.close();
       hit++;
     }
     return hit;
@@ -543,12 +919,20 @@ export class FakeApiServer {
     this.listsStalled = on;
   }
 
+  /** Slow lists: bodies written `bytes` at a time every `intervalMs` (undefined: at once). */
+  dribbleLists(opts: { bytes: number; intervalMs: number } | undefined): void {
+    this.listDribble = opts;
+  }
+
   /** LIST requests currently hanging (the client has not closed them yet). */
   get hungListCount(): number {
     return this.hungLists.size;
   }
 
-  /** Forgets the event history: watches from any older resourceVersion get 410 Gone. */
+  /**
+   * Compaction: forgets the event history, so watches, exact lists and continue tokens from any
+   * older resourceVersion get 410 Expired.
+   */
   compact(): void {
     this.history = [];
     this.compactedRv = this.rv;
@@ -556,14 +940,11 @@ export class FakeApiServer {
 
   // ----- counters -----
 
-  /** Requests received (after fault injection counts too), optionally by kind and verb. */
+  /** Requests received (fault-injected ones too), optionally by kind and verb. */
   requests(kind?: FakeKind, verb?: RequestVerb): number {
-    let total = 0;
-    for (const [k, n] of this.counts) {
-      const [ck, cv] = k.split(':');
-      if ((kind === undefined || ck === kind) && (verb === undefined || cv === verb)) total += n;
-    }
-    return total;
+    return this.requestLog.filter(
+      (r) => (kind === undefined || r.kind === kind) && (verb === undefined || r.verb === verb),
+    ).length;
   }
 
   /** Requests received since `sinceMs` (Date.now() based). */
@@ -574,14 +955,28 @@ export class FakeApiServer {
     ).length;
   }
 
+  /** Every request with its query and status (oldest first). */
+  get log(): readonly LoggedRequest[] {
+    return this.requestLog;
+  }
+
   resetCounts(): void {
-    this.counts.clear();
     this.requestLog.length = 0;
   }
 
   /** Open watch connections (stalled ones included). */
   get openWatches(): number {
     return this.watchers.size;
+  }
+
+  /**
+   * Bookmarks received by each open watch (of `kind`, or all) whose resourceVersion is at least
+   * `minRv`; 0 for a watch that got none yet. Tests wait on this instead of sleeping.
+   */
+  bookmarksSince(minRv: number, kind?: FakeKind): number[] {
+    return [...this.watchers]
+      .filter((w) => kind === undefined || w.kind === kind)
+      .map((w) => (w.lastBookmarkRv >= minRv ? w.bookmarks : 0));
   }
 
   // ----- internals -----
@@ -593,6 +988,9 @@ export class FakeApiServer {
       this.compactedRv = dropped[dropped.length - 1]!.rv;
     }
     for (const w of this.watchers) if (w.kind === ev.kind) this.deliver(w, ev);
+    const waiters = this.rvWaiters;
+    this.rvWaiters = [];
+    for (const wake of waiters) wake();
   }
 
   /** Sends one history event to a watcher, translating selector transitions like the API does. */
@@ -607,117 +1005,351 @@ export class FakeApiServer {
     else if (now) type = 'ADDED';
     else if (before) type = 'DELETED';
     w.lastSentRv = ev.rv;
-    if (type) w.res.write(JSON.stringify({ type, object: ev.object }) + '\n');
+    if (type) w.res.write(goJson({ type, object: withTypeMeta(w.kind, ev.object) }) + '\n');
   }
 
-  private sendStatus(res: http.ServerResponse, code: number, message: string): void {
-    res.writeHead(code, { 'Content-Type': 'application/json' });
-    res.end(JSON.stringify(statusBody(code, REASONS[code] ?? 'Unknown', message)));
+  /** The objects of `kind` as they were at `rv` (>= compactedRv), by undoing later events. */
+  private stateAt(kind: FakeKind, rv: number): Map<string, KubeObj> {
+    const state = new Map(this.stores[kind]);
+    for (let i = this.history.length - 1; i >= 0; i--) {
+      const ev = this.history[i]!;
+      if (ev.rv <= rv) break;
+      if (ev.kind !== kind) continue;
+      if (ev.type === 'ADDED') state.delete(ev.key);
+      else state.set(ev.key, ev.previous!);
+    }
+    return state;
   }
 
-  private count(kind: FakeKind, verb: RequestVerb): void {
-    const k = `${kind}:${verb}`;
-    this.counts.set(k, (this.counts.get(k) ?? 0) + 1);
-    this.requestLog.push({ at: Date.now(), kind, verb });
+  /** Waits (up to the server's limit) for the resourceVersion to be reached; else 504. */
+  private async waitForRv(rv: number): Promise<void> {
+    const deadline = Date.now() + this.tooLargeWaitMs;
+    while (rv > this.rv) {
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new HttpStatusError(
+          504,
+          'Timeout',
+          `Timeout: Too large resource version: ${rv}, current: ${this.rv}`,
+          {
+            causes: [{ reason: 'ResourceVersionTooLarge', message: 'Too large resource version' }],
+            retryAfterSeconds: 1,
+          },
+        );
+      }
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.rvWaiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+  }
+
+  private sendStatus(
+    res: http.ServerResponse,
+    code: number,
+    reason: string,
+    message: string,
+    details?: StatusDetails,
+    continueToken?: string,
+  ): void {
+    const headers: Record<string, string> = {
+      'Content-Type': 'application/json',
+      'Cache-Control': 'no-cache, private',
+    };
+    if (details?.retryAfterSeconds !== undefined) headers['Retry-After'] = String(details.retryAfterSeconds);
+    res.writeHead(code, headers);
+    res.end(goJson(statusBody(code, reason, message, details, continueToken)) + '\n');
+  }
+
+  private logRequest(kind: FakeKind, verb: RequestVerb, q: URLSearchParams, res: http.ServerResponse): void {
+    const entry = { at: Date.now(), kind, verb, query: Object.fromEntries(q.entries()), status: 0 };
+    this.requestLog.push(entry);
+    // Headers are written once: record the status then (a hung request keeps 0).
+    const writeHead = res.writeHead.bind(res) as (...a: unknown[]) => http.ServerResponse;
+    (res as unknown as { writeHead: (...a: unknown[]) => http.ServerResponse }).writeHead = (...a) => {
+      entry.status = a[0] as number;
+      return writeHead(...a);
+    };
+  }
+
+  private authorized(req: http.IncomingMessage): boolean {
+    if (this.tokens === undefined) return true;
+    const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
+    return m !== null && this.tokens.includes(m[1]!);
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     this.lastAuthorization = req.headers.authorization;
     const url = new URL(req.url ?? '/', 'http://localhost');
+    if (!this.authorized(req)) {
+      this.sendStatus(res, 401, 'Unauthorized', 'Unauthorized');
+      return;
+    }
     const target = parsePath(url.pathname);
     if (req.method !== 'GET' || !target) {
-      this.sendStatus(
-        res,
-        404,
-        `the server could not find the requested resource (${req.method} ${url.pathname})`,
-      );
+      this.sendStatus(res, 404, 'NotFound', 'the server could not find the requested resource', {});
       return;
     }
     const q = url.searchParams;
-    const watch = q.get('watch') === '1' || q.get('watch') === 'true';
-    this.count(target.kind, target.name !== undefined ? 'get' : watch ? 'watch' : 'list');
+    const watch = queryBool(q, 'watch');
+    this.logRequest(target.kind, target.name !== undefined ? 'get' : watch ? 'watch' : 'list', q, res);
 
     if (this.latencyMs > 0) await new Promise((r) => setTimeout(r, this.latencyMs));
     if (this.failures.remaining > 0) {
       this.failures.remaining--;
       const code = this.failures.status;
-      this.sendStatus(res, code, `injected failure (${code})`);
+      const details =
+        code === 429
+          ? { retryAfterSeconds: 1 }
+          : code === 500
+            ? { causes: [{ message: `injected failure (${code})` }] }
+            : undefined;
+      this.sendStatus(res, code, REASONS[code] ?? '', `injected failure (${code})`, details);
       return;
     }
 
-    if (target.name !== undefined) {
-      const obj = this.stores[target.kind].get(objKey(target.kind, target.namespace ?? '', target.name));
-      if (!obj) {
-        this.sendStatus(res, 404, `${RESOURCE[target.kind]} "${target.name}" not found`);
-        return;
-      }
-      res.writeHead(200, { 'Content-Type': 'application/json' });
-      res.end(JSON.stringify(obj));
-      return;
-    }
-
-    let labelReqs: LabelRequirement[];
-    let fieldReqs: FieldRequirement[];
     try {
-      labelReqs = parseLabelSelector(q.get('labelSelector') ?? '');
-      fieldReqs = parseFieldSelector(q.get('fieldSelector') ?? '');
-    } catch (err) {
-      this.sendStatus(res, 400, (err as Error).message);
-      return;
-    }
-    const matches = (o: KubeObj): boolean =>
-      (target.namespace === undefined || namespaceOf(o) === target.namespace) &&
-      labelsMatch(labelReqs, labelsOf(o)) &&
-      fieldsMatch(fieldReqs, o);
-
-    if (!watch) {
-      if (this.listsStalled) {
-        this.hungLists.add(res);
-        res.on('close', () => this.hungLists.delete(res));
+      if (target.name !== undefined) {
+        const obj = this.stores[target.kind].get(objKey(target.kind, target.namespace ?? '', target.name));
+        if (!obj) {
+          throw new HttpStatusError(
+            404,
+            'NotFound',
+            `${KINDS[target.kind].resource} "${target.name}" not found`,
+            {
+              name: target.name,
+              kind: KINDS[target.kind].resource,
+            },
+          );
+        }
+        res.writeHead(200, { 'Content-Type': 'application/json', 'Cache-Control': 'no-cache, private' });
+        res.end(goJson(withTypeMeta(target.kind, obj)) + '\n');
         return;
       }
-      const info = KINDS[target.kind];
-      const items = [...this.stores[target.kind].values()].filter(matches).sort((a, b) => {
-        const ka = `${namespaceOf(a)}/${nameOf(a)}`;
-        const kb = `${namespaceOf(b)}/${nameOf(b)}`;
-        return ka < kb ? -1 : ka > kb ? 1 : 0;
-      });
-      res.writeHead(200, { 'Content-Type': 'application/json' });
-      res.end(
-        JSON.stringify({
-          kind: info.listKind,
-          apiVersion: info.apiVersion,
-          metadata: { resourceVersion: String(this.rv) },
-          items,
-        }),
-      );
-      return;
+
+      let labelReqs: LabelRequirement[];
+      let fieldReqs: FieldRequirement[];
+      try {
+        labelReqs = parseLabelSelector(q.get('labelSelector') ?? '');
+        fieldReqs = parseFieldSelector(q.get('fieldSelector') ?? '', target.kind);
+      } catch (err) {
+        throw new HttpStatusError(400, 'BadRequest', (err as Error).message);
+      }
+      const selectors = (q.get('labelSelector') ?? '') !== '' || (q.get('fieldSelector') ?? '') !== '';
+      const matches = (o: KubeObj): boolean =>
+        (target.namespace === undefined || namespaceOf(o) === target.namespace) &&
+        labelsMatch(labelReqs, labelsOf(o)) &&
+        fieldsMatch(fieldReqs, o);
+
+      if (watch) {
+        await this.startWatch(req, res, target.kind, matches, q);
+        return;
+      }
+      await this.serveList(res, target.kind, matches, selectors, q);
+    } catch (err) {
+      if (!(err instanceof HttpStatusError)) throw err;
+      this.sendStatus(res, err.code, err.reason, err.message, err.details, err.continueToken);
     }
-    this.startWatch(req, res, target.kind, matches, q);
   }
 
-  private startWatch(
+  /** Parses resourceVersion: "" | "0" | a number; anything else fails as the storage layer does. */
+  private static parseRv(rv: string): number | undefined {
+    if (rv === '' || rv === '0') return undefined;
+    if (!/^\d+$/.test(rv)) {
+      // A storage InvalidError is no API status: kube-apiserver answers 500 with no reason.
+      throw new HttpStatusError(
+        500,
+        '',
+        `resourceVersion: Invalid value: "${rv}": strconv.ParseUint: parsing "${rv}": invalid syntax`,
+      );
+    }
+    return Number(rv);
+  }
+
+  private async serveList(
+    res: http.ServerResponse,
+    kind: FakeKind,
+    matches: (o: KubeObj) => boolean,
+    selectors: boolean,
+    q: URLSearchParams,
+  ): Promise<void> {
+    const rvParam = q.get('resourceVersion') ?? '';
+    const rvm = q.get('resourceVersionMatch') ?? '';
+    const cont = q.get('continue') ?? '';
+    const limitParam = q.get('limit') ?? '';
+    if (limitParam !== '' && !/^-?\d+$/.test(limitParam)) {
+      throw new HttpStatusError(
+        400,
+        'BadRequest',
+        `limit: Invalid value: "${limitParam}": strconv.ParseInt: parsing "${limitParam}": invalid syntax`,
+      );
+    }
+    const limit = Math.max(0, Number(limitParam || '0'));
+
+    // apimachinery's ListOptions validation.
+    if (rvm !== '' && rvm !== 'Exact' && rvm !== 'NotOlderThan') {
+      throw invalidListOptions(
+        'resourceVersionMatch',
+        `Unsupported value: "${rvm}": supported values: "Exact", "NotOlderThan"`,
+      );
+    }
+    if (rvm !== '' && cont !== '') {
+      throw invalidListOptions(
+        'resourceVersionMatch',
+        'Forbidden: resourceVersionMatch is forbidden when continue is provided',
+      );
+    }
+    if (rvm !== '' && rvParam === '') {
+      throw invalidListOptions(
+        'resourceVersionMatch',
+        'Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided',
+      );
+    }
+    if (rvm === 'Exact' && rvParam === '0') {
+      throw invalidListOptions(
+        'resourceVersionMatch',
+        'Forbidden: resourceVersionMatch "exact" is forbidden for resourceVersion "0"',
+      );
+    }
+    if (cont !== '' && rvParam !== '' && rvParam !== '0') {
+      throw new HttpStatusError(
+        400,
+        'BadRequest',
+        'specifying resource version is not allowed when using continue',
+      );
+    }
+
+    if (this.listsStalled) {
+      this.hungLists.add(res);
+      res.on('close', () => this.hungLists.delete(res));
+      return;
+    }
+
+    // Which snapshot, from which key, and whether pages are cut.
+    let snapshotRv = this.rv;
+    let start = '';
+    let pageLimit = limit;
+    let objects: Map<string, KubeObj>;
+    if (cont !== '') {
+      const token = decodeContinue(cont);
+      if (token.rv === -1) {
+        // An inconsistent continuation (from a 410's token): the latest state.
+        objects = this.stores[kind];
+      } else {
+        if (token.rv < this.compactedRv) throw new HttpStatusError(410, 'Expired', EXPIRED_CONTINUE);
+        snapshotRv = token.rv;
+        objects = this.stateAt(kind, token.rv);
+      }
+      start = token.start;
+    } else {
+      const rv = FakeApiServer.parseRv(rvParam);
+      if (rvParam === '0') {
+        // "Any": from the watch cache, which ignores the limit.
+        if (this.watchCache) pageLimit = 0;
+        objects = this.stores[kind];
+      } else if (rv === undefined) {
+        // "Most recent" (a consistent read).
+        objects = this.stores[kind];
+      } else {
+        await this.waitForRv(rv);
+        const exact = rvm === 'Exact' || (rvm === '' && limit > 0);
+        if (exact) {
+          if (rv < this.compactedRv) throw new HttpStatusError(410, 'Expired', EXPIRED_LIST);
+          snapshotRv = rv;
+          objects = this.stateAt(kind, rv);
+        } else {
+          // "Not older than": the watch cache's current state (limit ignored there as for "0").
+          if (this.watchCache && rvm === '') pageLimit = 0;
+          objects = this.stores[kind];
+        }
+      }
+    }
+
+    // etcd key order; a continue token's start is the last key returned plus "\u0000".
+    const keys = [...objects.keys()].filter((k) => start === '' || k >= start).sort();
+    const items: KubeObj[] = [];
+    let lastKey = '';
+    let remaining = 0;
+    for (const k of keys) {
+      const o = objects.get(k)!;
+      if (!matches(o)) continue;
+      if (pageLimit > 0 && items.length >= pageLimit) {
+        remaining++;
+        continue;
+      }
+      items.push(o);
+      lastKey = k;
+    }
+    const metadata: Record<string, unknown> = { resourceVersion: String(snapshotRv) };
+    if (remaining > 0) {
+      metadata.continue = encodeContinue(snapshotRv, lastKey);
+      // Only an unfiltered list knows how many are left.
+      if (!selectors) metadata.remainingItemCount = remaining;
+    }
+    const body =
+      goJson({ kind: KINDS[kind].listKind, apiVersion: KINDS[kind].apiVersion, metadata, items }) + '\n';
+    res.writeHead(200, { 'Content-Type': 'application/json', 'Cache-Control': 'no-cache, private' });
+    const dribble = this.listDribble;
+    if (!dribble) {
+      res.end(body);
+      return;
+    }
+    const bytes = Buffer.from(body);
+    for (let off = 0; off < bytes.length; off += dribble.bytes) {
+      if (res.destroyed) return;
+      res.write(bytes.subarray(off, off + dribble.bytes));
+      await new Promise((r) => setTimeout(r, dribble.intervalMs));
+    }
+    res.end();
+  }
+
+  private async startWatch(
     req: http.IncomingMessage,
     res: http.ServerResponse,
     kind: FakeKind,
     matches: (o: KubeObj) => boolean,
     q: URLSearchParams,
-  ): void {
+  ): Promise<void> {
     const rvParam = q.get('resourceVersion') ?? '';
-    let fromRv: number | undefined;
-    if (rvParam !== '' && rvParam !== '0') {
-      if (!/^\d+$/.test(rvParam)) {
-        this.sendStatus(res, 400, `invalid resource version: ${rvParam}`);
-        return;
-      }
-      fromRv = Number(rvParam);
+    const rvm = q.get('resourceVersionMatch') ?? '';
+    const sendInitialParam = q.get('sendInitialEvents');
+    let sendInitial = sendInitialParam !== null ? queryBool(q, 'sendInitialEvents') : undefined;
+    const bookmarks = queryBool(q, 'allowWatchBookmarks');
+
+    // Validation of watch options (apimachinery), then the WatchList defaulting.
+    if (sendInitial !== undefined && !this.watchListGate) {
+      throw invalidListOptions(
+        'sendInitialEvents',
+        'Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled',
+      );
     }
+    if (sendInitial !== undefined && rvm !== 'NotOlderThan') {
+      throw invalidListOptions(
+        'resourceVersionMatch',
+        `Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan`,
+      );
+    }
+    if (sendInitial === undefined && rvm !== '') {
+      throw invalidListOptions(
+        'resourceVersionMatch',
+        'Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided',
+      );
+    }
+    if (sendInitial === undefined && this.watchListGate && (rvParam === '' || rvParam === '0')) {
+      // (and resourceVersionMatch=NotOlderThan, which the rest of this stand-in does not consult)
+      sendInitial = true;
+    }
+    const fromRv = FakeApiServer.parseRv(rvParam);
+    if (fromRv !== undefined && fromRv > this.rv) await this.waitForRv(fromRv);
+
     const timeoutParam = q.get('timeoutSeconds');
     const timeoutSeconds =
-      timeoutParam !== null && /^\d+$/.test(timeoutParam)
+      timeoutParam !== null && /^\d+$/.test(timeoutParam) && Number(timeoutParam) > 0
         ? Number(timeoutParam)
         : this.defaultWatchTimeoutSeconds;
-    const bookmarks = q.get('allowWatchBookmarks') === 'true' || q.get('allowWatchBookmarks') === '1';
 
     const w: Watcher = {
       kind,
@@ -725,10 +1357,12 @@ export class FakeApiServer {
       res,
       lastSentRv: fromRv ?? this.rv,
       stalled: this.stalled,
+      bookmarks: 0,
+      lastBookmarkRv: 0,
+      timers: [],
       close: () => {
         if (!this.watchers.delete(w)) return;
-        clearTimeout(w.timeoutTimer);
-        clearTimeout(w.bookmarkTimer);
+        for (const t of w.timers) clearTimeout(t);
         // A dead connection cannot end cleanly: drop it.
         if (w.stalled) res.destroy();
         else if (!res.writableEnded) res.end();
@@ -737,28 +1371,44 @@ export class FakeApiServer {
     this.watchers.add(w);
     req.on('close', () => {
       this.watchers.delete(w);
-      clearTimeout(w.timeoutTimer);
-      clearTimeout(w.bookmarkTimer);
+      for (const t of w.timers) clearTimeout(t);
     });
     // A dead connection accepts the request and never answers.
     if (w.stalled) return;
 
-    res.writeHead(200, { 'Content-Type': 'application/json', 'Transfer-Encoding': 'chunked' });
+    res.writeHead(200, {
+      'Content-Type': 'application/json',
+      'Cache-Control': 'no-cache, private',
+      'Transfer-Encoding': 'chunked',
+    });
     res.flushHeaders();
 
-    if (fromRv === undefined) {
-      // "Start at most recent": synthetic ADDED events for the current state, then live events.
+    const bookmark = (annotated: boolean): void => {
+      const object = {
+        kind,
+        apiVersion: KINDS[kind].apiVersion,
+        metadata: {
+          resourceVersion: String(this.rv),
+          ...(annotated ? { annotations: { [INITIAL_EVENTS_END_ANNOTATION]: 'true' } } : {}),
+        },
+        ...emptyObject(kind),
+      };
+      res.write(goJson({ type: 'BOOKMARK', object }) + '\n');
+      w.bookmarks++;
+      w.lastBookmarkRv = this.rv;
+    };
+
+    if (fromRv === undefined || sendInitial === true) {
+      // Synthetic ADDED for every matching object, at the latest state ("" / "0" / not older than N).
       for (const o of this.stores[kind].values()) {
-        if (matches(o)) res.write(JSON.stringify({ type: 'ADDED', object: o }) + '\n');
+        if (matches(o)) res.write(goJson({ type: 'ADDED', object: withTypeMeta(kind, o) }) + '\n');
       }
+      w.lastSentRv = this.rv;
+      if (sendInitial === true && bookmarks) bookmark(true);
     } else if (fromRv < this.compactedRv) {
       // Real API: HTTP 200, then one ERROR event carrying a 410 Status, then the stream ends.
-      const status = statusBody(
-        410,
-        'Expired',
-        `too old resource version: ${fromRv} (${this.compactedRv + 1})`,
-      );
-      res.write(JSON.stringify({ type: 'ERROR', object: status }) + '\n');
+      const status = statusBody(410, 'Expired', `too old resource version: ${fromRv} (${this.compactedRv})`);
+      res.write(goJson({ type: 'ERROR', object: status }) + '\n');
       w.close();
       return;
     } else {
@@ -766,24 +1416,31 @@ export class FakeApiServer {
       w.lastSentRv = Math.max(w.lastSentRv, this.rv);
     }
 
-    w.timeoutTimer = setTimeout(() => {
-      if (!w.stalled) w.close();
-    }, timeoutSeconds * 1000);
+    if (this.watchesEndAtOnce) {
+      w.close();
+      return;
+    }
+    const timeoutMs = timeoutSeconds * 1000;
+    w.timers.push(
+      setTimeout(() => {
+        if (!w.stalled) w.close();
+      }, timeoutMs),
+    );
     if (bookmarks) {
       const tick = (): void => {
         if (!this.watchers.has(w)) return;
-        if (!w.stalled) {
-          const info = KINDS[kind];
-          const object = {
-            kind,
-            apiVersion: info.apiVersion,
-            metadata: { resourceVersion: String(this.rv) },
-          };
-          res.write(JSON.stringify({ type: 'BOOKMARK', object }) + '\n');
-        }
-        w.bookmarkTimer = setTimeout(tick, this.bookmarkIntervalMs);
+        if (!w.stalled) bookmark(false);
+        w.timers.push(setTimeout(tick, this.bookmarkIntervalMs));
       };
-      w.bookmarkTimer = setTimeout(tick, this.bookmarkIntervalMs);
+      w.timers.push(setTimeout(tick, this.bookmarkIntervalMs));
+      // kube-apiserver also sends one about 2 s before the deadline.
+      if (timeoutMs > 2000) {
+        w.timers.push(
+          setTimeout(() => {
+            if (this.watchers.has(w) && !w.stalled) bookmark(false);
+          }, timeoutMs - 2000),
+        );
+      }
     }
   }
 }

@@ -36,7 +36,7 @@ current-context: test
 const FAST = {
   watchTimeoutSeconds: 1,
   watchdogGraceMs: 200,
-  listTimeoutMs: 1000,
+  listIdleTimeoutMs: 1000,
   minWatchMs: 100,
   backoff: { initialMs: 20, maxMs: 200, factor: 2, jitter: 0.2 },
 };
@@ -44,22 +44,28 @@ const FAST = {
 describe('createApiSource (cluster configuration → API source)', function () {
   this.timeout(10_000);
   let api: FakeApiServer;
+  /** The same cluster over TLS, requiring a token (as kube-apiserver with RBAC would). */
+  let tlsApi: FakeApiServer;
   let dir: string;
 
   before(async () => {
     api = await FakeApiServer.create();
+    tlsApi = await FakeApiServer.create({ tls: true, tokens: ['secret-token'] });
     dir = mkdtempSync(join(tmpdir(), 'svcplane-kc-'));
-    for (const name of ['node-1', 'node-2']) {
-      api.create('Node', {
-        metadata: { name, labels: { 'topology.kubernetes.io/zone': `zone-${name}` } },
-        status: {
-          addresses: [{ type: 'InternalIP', address: name === 'node-1' ? '192.0.2.1' : '192.0.2.9' }],
-        },
-      });
+    for (const server of [api, tlsApi]) {
+      for (const name of ['node-1', 'node-2']) {
+        server.create('Node', {
+          metadata: { name, labels: { 'topology.kubernetes.io/zone': `zone-${name}` } },
+          status: {
+            addresses: [{ type: 'InternalIP', address: name === 'node-1' ? '192.0.2.1' : '192.0.2.9' }],
+          },
+        });
+      }
     }
   });
   after(async () => {
     await api.stop();
+    await tlsApi.stop();
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -76,14 +82,14 @@ describe('createApiSource (cluster configuration → API source)', function () {
 
   it('--kubeconfig: lists through it with its credentials and watches only --hostname-override', async () => {
     const file = join(dir, 'kubeconfig');
-    writeFileSync(file, kubeconfigFor(api.url, 'secret-token'));
+    writeFileSync(file, tlsApi.kubeconfigYaml('{token: secret-token}'));
     const source = await createApiSource(options([`--kubeconfig=${file}`, '--hostname-override=Node-1']), {
       env: {},
       reflector: FAST,
     });
     try {
       await source.start();
-      assert.equal(api.lastAuthorization, 'Bearer secret-token');
+      assert.equal(tlsApi.lastAuthorization, 'Bearer secret-token');
       const nodes = source.current()?.nodes;
       assert.deepEqual([...(nodes?.keys() ?? [])], ['node-1'], 'field selector metadata.name=node-1');
       assert.deepEqual(nodes?.get('node-1')?.addresses, ['192.0.2.1']);

@@ -3,7 +3,12 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { kubeTransport } from '../../../src/kube/informer.js';
-import { KubeConfigError, loadKubeConfig, SERVICE_ACCOUNT_DIR } from '../../../src/kube/kubeconfig.js';
+import {
+  credentialsWithheldOverHttp,
+  KubeConfigError,
+  loadKubeConfig,
+  SERVICE_ACCOUNT_DIR,
+} from '../../../src/kube/kubeconfig.js';
 import { redactSecrets, redactUrlCredentials } from '../../../src/util/log.js';
 import { FakeApiServer } from '../../support/fake-apiserver.js';
 
@@ -147,11 +152,11 @@ describe('loadKubeConfig', () => {
     );
   });
 
-  it('talks to a plain-HTTP API through the loaded configuration, with the bearer token', async () => {
-    const api = await FakeApiServer.create();
+  it('talks to an HTTPS API through the loaded configuration (its CA), with the bearer token', async () => {
+    const api = await FakeApiServer.create({ tls: true, tokens: ['abc'] });
     try {
       const file = path.join(dir, 'kc.yaml');
-      await writeFile(file, kubeconfigYaml(api.url));
+      await writeFile(file, api.kubeconfigYaml('{token: abc}'));
       const res = await kubeTransport(loadKubeConfig({ kubeconfig: file })).get(
         '/api/v1/nodes',
         new AbortController().signal,
@@ -159,6 +164,29 @@ describe('loadKubeConfig', () => {
       assert.equal(res.status, 200);
       assert.equal(api.lastAuthorization, 'Bearer abc');
       res.body.destroy();
+    } finally {
+      await api.stop();
+    }
+  });
+
+  it('sends no credentials to a plain-HTTP API (as client-go), and says which are withheld', async () => {
+    const api = await FakeApiServer.create();
+    try {
+      const file = path.join(dir, 'kc.yaml');
+      await writeFile(file, kubeconfigYaml(api.url));
+      const kc = loadKubeConfig({ kubeconfig: file });
+      assert.deepEqual(credentialsWithheldOverHttp(kc), ['token']);
+      const res = await kubeTransport(kc).get('/api/v1/nodes', new AbortController().signal);
+      assert.equal(res.status, 200);
+      assert.equal(api.lastAuthorization, undefined, 'no Authorization header over http');
+      res.body.destroy();
+      // --master http://… overrides an https kubeconfig: the same.
+      const https = path.join(dir, 'https.yaml');
+      await writeFile(https, kubeconfigYaml('https://10.0.0.1:6443'));
+      assert.deepEqual(credentialsWithheldOverHttp(loadKubeConfig({ kubeconfig: https })), []);
+      assert.deepEqual(credentialsWithheldOverHttp(loadKubeConfig({ kubeconfig: https, master: api.url })), [
+        'token',
+      ]);
     } finally {
       await api.stop();
     }

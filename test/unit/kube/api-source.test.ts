@@ -13,7 +13,7 @@ const NODE = 'node-1';
 const FAST: Partial<ReflectorOptions> = {
   watchTimeoutSeconds: 1,
   watchdogGraceMs: 200,
-  listTimeoutMs: 1000,
+  listIdleTimeoutMs: 1000,
   minWatchMs: 100,
   backoff: { initialMs: 20, maxMs: 200, factor: 2, jitter: 0.2 },
 };
@@ -243,9 +243,11 @@ describe('ApiSource against the API stand-in', function () {
   });
 
   it('backs off when the server closes every watch at once', async () => {
-    // timeoutSeconds=0: the server ends each watch immediately, with no events.
-    const s = makeSource({ reflector: { ...FAST, watchTimeoutSeconds: 0 } });
+    const s = makeSource();
     await s.start();
+    // The server (or a proxy in front of it) ends each watch right after its headers, with no events.
+    api.closeWatchesAtOnce();
+    api.closeAllWatches();
     const t0 = Date.now();
     await sleep(1000);
     const n = api.requestsSince(t0, undefined, 'watch');
@@ -275,7 +277,8 @@ describe('ApiSource against the API stand-in', function () {
     assert.equal(s.health().healthy, true, 'within the grace period');
     await waitFor(() => !s.health().healthy, 3000, 'unhealthy');
     const h = s.health();
-    assert.match(h.reason!, /API unreachable: .*watch disconnected since/);
+    assert.equal(h.problem, 'api-unreachable');
+    assert.match(h.reason!, /^api-unreachable: services for \d+s, endpointslices for \d+s, nodes for \d+s$/);
     assert.equal(s.current(), before, 'the last state stays available');
     await api.start();
     await waitFor(() => s.health().healthy, 4000, 'healthy again');
@@ -329,9 +332,9 @@ describe('ApiSource against the API stand-in', function () {
     assert.equal(api.requests(undefined, 'list'), lists + 1);
   });
 
-  it('a hung LIST is aborted after listTimeoutMs and retried; start() resolves once lists answer', async () => {
+  it('a hung LIST is aborted after listIdleTimeoutMs and retried; start() resolves once lists answer', async () => {
     api.stallLists();
-    const s = makeSource(); // listTimeoutMs 1000
+    const s = makeSource(); // listIdleTimeoutMs 1000
     let resolved = false;
     const t0 = Date.now();
     const started = s.start().then(() => (resolved = true));
@@ -340,7 +343,7 @@ describe('ApiSource against the API stand-in', function () {
     assert.equal(api.requests(undefined, 'list'), 3, 'no retry before the list timeout');
     // The client gives up on each hung list (the stand-in sees the connection close) and retries.
     await waitFor(() => api.requests(undefined, 'list') >= 6, 3000, 'lists retried');
-    assert.ok(Date.now() - t0 >= 1000, 'retried only after listTimeoutMs');
+    assert.ok(Date.now() - t0 >= 1000, 'retried only after listIdleTimeoutMs');
     assert.ok(api.hungListCount <= 3, `only the current attempts hang (${api.hungListCount})`);
     assert.equal(resolved, false, 'no sync from an incomplete list');
     assert.equal(s.current(), undefined);
@@ -430,7 +433,7 @@ describe('Reflector helpers', () => {
     assert.notEqual(storeFingerprint([['services', a]]), storeFingerprint([['services', c]]));
   });
 
-  it('a reflector sends allowWatchBookmarks and timeoutSeconds on watches', async () => {
+  it('a reflector lists with resourceVersion=0 and limit=500, and watches with bookmarks and a timeout', async () => {
     const api = await FakeApiServer.create();
     const seen: string[] = [];
     const transport = {
@@ -440,12 +443,20 @@ describe('Reflector helpers', () => {
         return kubeTransport(api.kubeConfig()).get(p, signal);
       },
     };
-    const r = new Reflector(transport, { name: 'services', path: '/api/v1/services' }, FAST);
+    const r = new Reflector(transport, resourceSpecs(NODE).services, FAST);
     r.start();
     await r.waitForSync();
     await waitFor(() => seen.length >= 2);
     await r.stop();
     await api.stop();
-    assert.match(seen[1]!, /watch=1&resourceVersion=\d+&allowWatchBookmarks=true&timeoutSeconds=1$/);
+    // As client-go sends them: keys sorted, the first list from the watch cache in pages of 500.
+    const sel = 'labelSelector=%21service.kubernetes.io%2Fservice-proxy-name';
+    assert.equal(seen[0], `/api/v1/services?${sel}&limit=500&resourceVersion=0`);
+    assert.match(
+      seen[1]!,
+      new RegExp(
+        `^/api/v1/services\\?allowWatchBookmarks=true&${sel}&resourceVersion=\\d+&timeoutSeconds=1&watch=true$`,
+      ),
+    );
   });
 });

@@ -78,35 +78,71 @@ describe('FakeApiServer (Kubernetes API stand-in)', () => {
     await api.stop();
   });
 
-  it('lists with kind, apiVersion, resourceVersion and server-set metadata', async () => {
+  it('lists as kube-apiserver does: list TypeMeta and metadata, items WITHOUT kind/apiVersion', async () => {
     const a = api.create('Service', svc('a'));
     const n = api.create('Node', { metadata: { name: 'node-1' } });
+    const e = api.create('EndpointSlice', {
+      metadata: { name: 'a-x', labels: { 'kubernetes.io/service-name': 'a' } },
+      addressType: 'IPv4',
+    });
     assert.ok(Number(n.metadata!.resourceVersion) > Number(a.metadata!.resourceVersion));
-    assert.equal(a.metadata!.generation, 1);
+    assert.equal(a.metadata!.generation, undefined, 'the Service strategy sets no generation');
+    assert.equal(e.metadata!.generation, 1, 'EndpointSlices start at generation 1');
     assert.match(String(a.metadata!.uid), /^[0-9a-f-]{36}$/);
     assert.match(String(a.metadata!.creationTimestamp), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+    assert.ok(Array.isArray(a.metadata!.managedFields));
+    assert.deepEqual(a.status, { loadBalancer: {} }, 'status is a struct: always written');
+    assert.equal(e.endpoints, null, 'endpoints/ports have no omitempty: null when empty');
+    assert.equal(e.ports, null);
 
-    const { status, body } = await getJson(`${api.url}/api/v1/services`);
-    assert.equal(status, 200);
+    const res = await fetch(`${api.url}/api/v1/services`);
+    assert.equal(res.headers.get('cache-control'), 'no-cache, private');
+    const text = await res.text();
+    assert.ok(text.endsWith('}\n'), 'the body ends with a newline');
+    const body = JSON.parse(text) as Record<string, unknown>;
+    assert.deepEqual(Object.keys(body), ['kind', 'apiVersion', 'metadata', 'items']);
     assert.equal(body.kind, 'ServiceList');
     assert.equal(body.apiVersion, 'v1');
     assert.deepEqual(body.metadata, { resourceVersion: api.resourceVersion });
-    assert.equal((body.items as unknown[]).length, 1);
+    const items = body.items as Record<string, unknown>[];
+    assert.equal(items.length, 1);
+    assert.equal(items[0]!.kind, undefined, 'kubernetes/kubernetes#3030: no kind on list items');
+    assert.equal(items[0]!.apiVersion, undefined);
+    assert.deepEqual(Object.keys(items[0]!.metadata as object).slice(0, 5), [
+      'name',
+      'namespace',
+      'uid',
+      'resourceVersion',
+      'creationTimestamp',
+    ]);
 
     const slices = await getJson(`${api.url}/apis/discovery.k8s.io/v1/endpointslices`);
     assert.equal(slices.body.kind, 'EndpointSliceList');
     assert.equal(slices.body.apiVersion, 'discovery.k8s.io/v1');
+    assert.equal((slices.body.items as Record<string, unknown>[])[0]!.kind, undefined);
     const nodes = await getJson(`${api.url}/api/v1/nodes`);
     assert.equal(nodes.body.kind, 'NodeList');
+    const empty = await getJson(`${api.url}/api/v1/namespaces/none/services`);
+    assert.deepEqual(empty.body.items, [], 'items is [] when empty, never null');
   });
 
-  it('updates bump resourceVersion and generation (on spec change); deletes are visible', async () => {
+  it("updates bump resourceVersion (and an EndpointSlice's generation on a change); deletes are visible", async () => {
     const a = api.create('Service', svc('a'));
     const b = api.update('Service', { ...svc('a'), spec: { clusterIP: '10.96.0.11' } });
     assert.equal(b.metadata!.uid, a.metadata!.uid);
-    assert.equal(b.metadata!.generation, 2);
-    const c = api.update('Service', { ...svc('a', { x: 'y' }), spec: { clusterIP: '10.96.0.11' } });
-    assert.equal(c.metadata!.generation, 2);
+    assert.ok(Number(b.metadata!.resourceVersion) > Number(a.metadata!.resourceVersion));
+    assert.equal(b.metadata!.generation, undefined);
+    const sl = { metadata: { name: 's' }, addressType: 'IPv4', endpoints: [] };
+    api.create('EndpointSlice', sl);
+    assert.equal(
+      api.update('EndpointSlice', { ...sl, metadata: { name: 's', labels: { x: 'y' } } }).metadata!
+        .generation,
+      1,
+    );
+    assert.equal(
+      api.update('EndpointSlice', { ...sl, endpoints: [{ addresses: ['10.0.0.1'] }] }).metadata!.generation,
+      2,
+    );
     api.delete('Service', 'default', 'a');
     const { body } = await getJson(`${api.url}/api/v1/services`);
     assert.deepEqual(body.items, []);
@@ -179,15 +215,82 @@ describe('FakeApiServer (Kubernetes API stand-in)', () => {
     );
   });
 
-  it('sends bookmarks only when allowWatchBookmarks=true', async () => {
+  it("watch events carry kind and apiVersion; DELETED has the deletion's resourceVersion", async () => {
+    api.create('Service', svc('a'));
+    const w = watch(`/api/v1/services?watch=true&resourceVersion=${api.resourceVersion}`);
+    assert.equal(await w.status, 200);
+    api.update('Service', svc('a', { v: '2' }));
+    api.delete('Service', 'default', 'a');
+    await waitFor(() => w.events.length === 2);
+    for (const e of w.events) {
+      assert.equal((e.object as { kind?: string }).kind, 'Service');
+      assert.equal((e.object as { apiVersion?: string }).apiVersion, 'v1');
+    }
+    assert.equal(w.events[1]!.object.metadata!.resourceVersion, api.resourceVersion);
+  });
+
+  it('sends bookmarks only when allowWatchBookmarks=true: an empty object of the kind with the resourceVersion', async () => {
     const rv = api.resourceVersion;
     const with_ = watch(`/api/v1/services?watch=1&resourceVersion=${rv}&allowWatchBookmarks=true`);
     const without = watch(`/api/v1/services?watch=1&resourceVersion=${rv}`);
-    await waitFor(() => with_.events.length >= 2);
+    const slices = watch(
+      `/apis/discovery.k8s.io/v1/endpointslices?watch=1&resourceVersion=${rv}&allowWatchBookmarks=true`,
+    );
+    await waitFor(() => with_.events.length >= 2 && slices.events.length >= 1);
     assert.equal(without.events.length, 0);
     const bm = with_.events[0]!;
     assert.equal(bm.type, 'BOOKMARK');
-    assert.equal(bm.object.metadata!.resourceVersion, api.resourceVersion);
+    assert.deepEqual(bm.object, {
+      kind: 'Service',
+      apiVersion: 'v1',
+      metadata: { resourceVersion: api.resourceVersion },
+      spec: {},
+      status: { loadBalancer: {} },
+    });
+    assert.deepEqual(slices.events[0]!.object, {
+      kind: 'EndpointSlice',
+      apiVersion: 'discovery.k8s.io/v1',
+      metadata: { resourceVersion: api.resourceVersion },
+      addressType: '',
+      endpoints: null,
+      ports: null,
+    });
+  });
+
+  it('watch-list: a watch from "" or "0" gets the initial ADDED events, then the initial-events-end bookmark', async () => {
+    api.create('Service', svc('a'));
+    api.create('Service', svc('b'));
+    const w = watch('/api/v1/services?watch=true&resourceVersion=0&allowWatchBookmarks=true');
+    await waitFor(() => w.events.length >= 3);
+    assert.deepEqual(
+      w.events.slice(0, 3).map((e) => e.type),
+      ['ADDED', 'ADDED', 'BOOKMARK'],
+    );
+    const end = w.events[2]!.object as {
+      metadata: { annotations?: Record<string, string>; resourceVersion: string };
+    };
+    assert.deepEqual(end.metadata.annotations, { 'k8s.io/initial-events-end': 'true' });
+    assert.equal(end.metadata.resourceVersion, api.resourceVersion);
+    // Explicit form, and its validation.
+    const explicit = watch(
+      '/api/v1/services?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true',
+    );
+    await waitFor(() => explicit.events.length >= 3);
+    const bad = await getJson(`${api.url}/api/v1/services?watch=true&sendInitialEvents=true`);
+    assert.equal(bad.status, 422);
+    assert.equal(bad.body.reason, 'Invalid');
+    const rvm = await getJson(
+      `${api.url}/api/v1/services?watch=true&resourceVersionMatch=NotOlderThan&resourceVersion=1`,
+    );
+    assert.equal(rvm.status, 422);
+    // With the server's WatchList gate off: rejected, and no defaulting.
+    await api.stop();
+    api = await FakeApiServer.create({ watchList: false, bookmarkIntervalMs: 50 });
+    const off = await getJson(
+      `${api.url}/api/v1/services?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan`,
+    );
+    assert.equal(off.status, 422);
+    assert.match(String(off.body.message), /WatchList feature gate/);
   });
 
   it('answers a compacted resourceVersion with an ERROR event carrying 410 Gone, then closes', async () => {
@@ -199,8 +302,15 @@ describe('FakeApiServer (Kubernetes API stand-in)', () => {
     await w.ended;
     assert.equal(w.events.length, 1);
     assert.equal(w.events[0]!.type, 'ERROR');
-    assert.equal(w.events[0]!.object.code, 410);
-    assert.match(w.events[0]!.object.message!, /too old resource version/);
+    assert.deepEqual(w.events[0]!.object, {
+      kind: 'Status',
+      apiVersion: 'v1',
+      metadata: {},
+      status: 'Failure',
+      message: `too old resource version: ${rv} (${api.resourceVersion})`,
+      reason: 'Expired',
+      code: 410,
+    });
     // The current resourceVersion is still watchable.
     const ok = watch(`/api/v1/services?watch=1&resourceVersion=${api.resourceVersion}`);
     assert.equal(await ok.status, 200);
@@ -218,10 +328,14 @@ describe('FakeApiServer (Kubernetes API stand-in)', () => {
     await waitFor(() => recent.events.length === 3);
   });
 
-  it('rejects an invalid resourceVersion with 400', async () => {
-    const { status, body } = await getJson(`${api.url}/api/v1/services?watch=1&resourceVersion=abc`);
-    assert.equal(status, 400);
-    assert.equal(body.kind, 'Status');
+  it('answers a non-numeric resourceVersion as the storage layer fails: 500, no reason', async () => {
+    for (const q of ['watch=1&resourceVersion=abc', 'resourceVersion=abc']) {
+      const { status, body } = await getJson(`${api.url}/api/v1/services?${q}`);
+      assert.equal(status, 500, q);
+      assert.equal(body.kind, 'Status');
+      assert.equal(body.reason, undefined);
+      assert.match(String(body.message), /resourceVersion: Invalid value: "abc"/);
+    }
   });
 
   it('applies label selectors: =, !=, in, notin, exists, !exists', async () => {
@@ -261,7 +375,7 @@ describe('FakeApiServer (Kubernetes API stand-in)', () => {
     );
   });
 
-  it('applies field selectors on metadata.name and metadata.namespace; rejects others', async () => {
+  it("applies field selectors (metadata.*, Services' spec.clusterIP/spec.type); rejects others as the API does", async () => {
     api.create('Node', { metadata: { name: 'node-1' } });
     api.create('Node', { metadata: { name: 'node-2' } });
     const { body } = await getJson(`${api.url}/api/v1/nodes?fieldSelector=metadata.name%3Dnode-2`);
@@ -276,9 +390,21 @@ describe('FakeApiServer (Kubernetes API stand-in)', () => {
       (ns.body.items as { metadata: { name: string } }[]).map((i) => i.metadata.name),
       ['b'],
     );
-    const bad = await getJson(`${api.url}/api/v1/nodes?fieldSelector=spec.unschedulable%3Dtrue`);
+    const ip = await getJson(`${api.url}/api/v1/services?fieldSelector=spec.clusterIP!%3DNone`);
+    assert.equal((ip.body.items as unknown[]).length, 2);
+    const sched = await getJson(`${api.url}/api/v1/nodes?fieldSelector=spec.unschedulable%3Dfalse`);
+    assert.equal((sched.body.items as unknown[]).length, 2);
+    const bad = await getJson(`${api.url}/api/v1/nodes?fieldSelector=status.phase%3DRunning`);
     assert.equal(bad.status, 400);
-    assert.match(String(bad.body.message), /field label not supported/);
+    assert.match(String(bad.body.message), /field label not supported: status.phase/);
+    const slices = await getJson(
+      `${api.url}/apis/discovery.k8s.io/v1/endpointslices?fieldSelector=foo%3Dbar`,
+    );
+    assert.equal(slices.status, 400);
+    assert.equal(
+      slices.body.message,
+      '"foo" is not a known field selector: only "metadata.name", "metadata.namespace"',
+    );
   });
 
   it('closes watches at timeoutSeconds', async () => {
@@ -307,6 +433,12 @@ describe('FakeApiServer (Kubernetes API stand-in)', () => {
     assert.deepEqual([r1.status, r2.status, r3.status], [503, 503, 200]);
     assert.equal(r1.body.kind, 'Status');
     assert.equal(r1.body.code, 503);
+    assert.equal(r1.body.reason, 'ServiceUnavailable');
+    api.failNext(1, 429);
+    const res = await fetch(`${api.url}/api/v1/services`);
+    assert.equal(res.status, 429);
+    assert.equal(res.headers.get('retry-after'), '1');
+    assert.deepEqual(((await res.json()) as { details: unknown }).details, { retryAfterSeconds: 1 });
   });
 
   it('setLatencyMs delays responses', async () => {
@@ -407,6 +539,8 @@ describe('FakeApiServer (Kubernetes API stand-in)', () => {
     const missing = await getJson(`${api.url}/api/v1/namespaces/two/services/a`);
     assert.equal(missing.status, 404);
     assert.equal(missing.body.reason, 'NotFound');
+    assert.equal(missing.body.message, 'services "a" not found');
+    assert.deepEqual(missing.body.details, { name: 'a', kind: 'services' });
     // A namespaced object has no cluster-wide single-object path.
     assert.equal((await getJson(`${api.url}/api/v1/services/a`)).status, 404);
     assert.equal(api.requests(undefined, 'get'), 3);
@@ -417,6 +551,160 @@ describe('FakeApiServer (Kubernetes API stand-in)', () => {
     const { status, body } = await getJson(`${api.url}/api/v1/pods`);
     assert.equal(status, 404);
     assert.equal(body.reason, 'NotFound');
+  });
+});
+
+describe('FakeApiServer list semantics (resourceVersion, resourceVersionMatch, limit/continue)', () => {
+  let api: FakeApiServer;
+  afterEach(async () => {
+    await api.stop();
+  });
+  const items = (b: Record<string, unknown>): string[] =>
+    (b.items as { metadata: { name: string } }[]).map((i) => i.metadata.name);
+  const meta = (
+    b: Record<string, unknown>,
+  ): { resourceVersion: string; continue?: string; remainingItemCount?: number } =>
+    b.metadata as { resourceVersion: string; continue?: string; remainingItemCount?: number };
+
+  it('limit/continue pages at one snapshot; remainingItemCount only without selectors', async () => {
+    api = await FakeApiServer.create();
+    for (const n of ['a', 'b', 'c', 'd', 'e']) api.create('Service', svc(n));
+    const first = await getJson(`${api.url}/api/v1/services?limit=2`);
+    assert.deepEqual(items(first.body), ['a', 'b']);
+    const m = meta(first.body);
+    assert.equal(m.remainingItemCount, 3);
+    const snapshot = m.resourceVersion;
+    // The token is base64url JSON {v, rv, start}: opaque to clients, but this is its real shape.
+    assert.deepEqual(JSON.parse(Buffer.from(m.continue!, 'base64url').toString()), {
+      v: 'meta.k8s.io/v1',
+      rv: Number(snapshot),
+      start: 'default/b\u0000',
+    });
+    // Changes after the first page do not show: the pages are one consistent snapshot.
+    api.delete('Service', 'default', 'c');
+    api.create('Service', svc('bb'));
+    const second = await getJson(`${api.url}/api/v1/services?limit=2&continue=${m.continue!}`);
+    assert.deepEqual(items(second.body), ['c', 'd']);
+    assert.equal(meta(second.body).resourceVersion, snapshot);
+    const last = await getJson(`${api.url}/api/v1/services?limit=2&continue=${meta(second.body).continue!}`);
+    assert.deepEqual(items(last.body), ['e']);
+    assert.deepEqual(meta(last.body), { resourceVersion: snapshot });
+    const sel = await getJson(`${api.url}/api/v1/services?limit=1&labelSelector=x!%3Dy`);
+    assert.ok(meta(sel.body).continue);
+    assert.equal(meta(sel.body).remainingItemCount, undefined);
+  });
+
+  it('resourceVersion=0 is served from the watch cache: the limit is ignored (not with the cache off)', async () => {
+    api = await FakeApiServer.create();
+    for (const n of ['a', 'b', 'c']) api.create('Service', svc(n));
+    const cached = await getJson(`${api.url}/api/v1/services?limit=1&resourceVersion=0`);
+    assert.deepEqual(items(cached.body), ['a', 'b', 'c']);
+    assert.equal(meta(cached.body).continue, undefined);
+    await api.stop();
+    api = await FakeApiServer.create({ watchCache: false });
+    for (const n of ['a', 'b', 'c']) api.create('Service', svc(n));
+    const etcd = await getJson(`${api.url}/api/v1/services?limit=1&resourceVersion=0`);
+    assert.deepEqual(items(etcd.body), ['a']);
+    assert.ok(meta(etcd.body).continue);
+  });
+
+  it('validation: continue with a resourceVersion is 400, resourceVersionMatch misuse is 422, a bad token 400', async () => {
+    api = await FakeApiServer.create();
+    api.create('Service', svc('a'));
+    api.create('Service', svc('b'));
+    const tok = meta((await getJson(`${api.url}/api/v1/services?limit=1`)).body).continue!;
+    const both = await getJson(`${api.url}/api/v1/services?limit=1&continue=${tok}&resourceVersion=5`);
+    assert.equal(both.status, 400);
+    assert.equal(both.body.message, 'specifying resource version is not allowed when using continue');
+    for (const q of [
+      'resourceVersionMatch=Exact',
+      'resourceVersionMatch=Exact&resourceVersion=0',
+      'resourceVersionMatch=Sometime&resourceVersion=5',
+    ]) {
+      const r = await getJson(`${api.url}/api/v1/services?${q}`);
+      assert.equal(r.status, 422, q);
+      assert.equal(r.body.reason, 'Invalid', q);
+      assert.equal((r.body.details as { kind: string }).kind, 'ListOptions');
+    }
+    const bad = await getJson(`${api.url}/api/v1/services?limit=1&continue=garbage`);
+    assert.equal(bad.status, 400);
+    assert.match(String(bad.body.message), /^invalid continue token/);
+  });
+
+  it('Exact and limit+resourceVersion lists show that version; a compacted one is 410 Expired, as is a stale continue', async () => {
+    api = await FakeApiServer.create();
+    api.create('Service', svc('a'));
+    const rv = api.resourceVersion;
+    api.create('Service', svc('b'));
+    const exact = await getJson(
+      `${api.url}/api/v1/services?resourceVersion=${rv}&resourceVersionMatch=Exact`,
+    );
+    assert.deepEqual(items(exact.body), ['a']);
+    assert.equal(meta(exact.body).resourceVersion, rv);
+    const paged = await getJson(`${api.url}/api/v1/services?resourceVersion=${rv}&limit=10`);
+    assert.deepEqual(items(paged.body), ['a']);
+    const notOlder = await getJson(
+      `${api.url}/api/v1/services?resourceVersion=${rv}&resourceVersionMatch=NotOlderThan`,
+    );
+    assert.deepEqual(items(notOlder.body), ['a', 'b']);
+    const tok = meta((await getJson(`${api.url}/api/v1/services?limit=1`)).body).continue!;
+    // etcd compacts up to a revision: later writes, then the compaction.
+    api.create('Service', svc('c'));
+    api.compact();
+    const gone = await getJson(`${api.url}/api/v1/services?resourceVersion=${rv}&resourceVersionMatch=Exact`);
+    assert.equal(gone.status, 410);
+    assert.equal(gone.body.reason, 'Expired');
+    assert.equal(gone.body.message, 'The resourceVersion for the provided list is too old.');
+    const stale = await getJson(`${api.url}/api/v1/services?limit=1&continue=${tok}`);
+    assert.equal(stale.status, 410);
+    assert.match(String(stale.body.message), /^The provided continue parameter is too old/);
+    // "Not older than" is still served from the cache.
+    assert.equal((await getJson(`${api.url}/api/v1/services?resourceVersion=${rv}`)).status, 200);
+  });
+
+  it('a resourceVersion the server has not reached: 504 Timeout, ResourceVersionTooLarge, after a wait', async () => {
+    api = await FakeApiServer.create({ tooLargeResourceVersionWaitMs: 100 });
+    const ahead = Number(api.resourceVersion) + 5;
+    const t0 = Date.now();
+    const r = await getJson(`${api.url}/api/v1/services?resourceVersion=${ahead}`);
+    assert.ok(Date.now() - t0 >= 90);
+    assert.equal(r.status, 504);
+    assert.equal(r.body.reason, 'Timeout');
+    assert.equal(
+      r.body.message,
+      `Timeout: Too large resource version: ${ahead}, current: ${api.resourceVersion}`,
+    );
+    assert.deepEqual(r.body.details, {
+      causes: [{ reason: 'ResourceVersionTooLarge', message: 'Too large resource version' }],
+      retryAfterSeconds: 1,
+    });
+  });
+
+  it('tokens: 401 Unauthorized Status without an accepted bearer token; TLS with its own CA', async () => {
+    api = await FakeApiServer.create({ tls: true, tokens: ['good'] });
+    assert.match(api.url, /^https:\/\/127\.0\.0\.1:\d+$/);
+    const { kubeTransport } = await import('../../../src/kube/informer.js');
+    const read = async (token: string): Promise<{ status: number; body: string }> => {
+      const res = await kubeTransport(api.kubeConfig(token)).get(
+        '/api/v1/services',
+        new AbortController().signal,
+      );
+      const chunks: Buffer[] = [];
+      for await (const c of res.body) chunks.push(c as Buffer);
+      return { status: res.status, body: Buffer.concat(chunks).toString() };
+    };
+    const denied = await read('bad');
+    assert.equal(denied.status, 401);
+    assert.deepEqual(JSON.parse(denied.body), {
+      kind: 'Status',
+      apiVersion: 'v1',
+      metadata: {},
+      status: 'Failure',
+      message: 'Unauthorized',
+      reason: 'Unauthorized',
+      code: 401,
+    });
+    assert.equal((await read('good')).status, 200);
   });
 });
 
@@ -431,7 +719,12 @@ describe('label/field selector parsing', () => {
     assert.ok(labelsMatch(parseLabelSelector(''), {}));
   });
   it('rejects unsupported fields', () => {
-    assert.throws(() => parseFieldSelector('status.phase=Running'), /not supported/);
+    assert.throws(() => parseFieldSelector('status.phase=Running', 'Node'), /not supported/);
+    assert.throws(
+      () => parseFieldSelector('spec.type=ClusterIP', 'EndpointSlice'),
+      /not a known field selector/,
+    );
+    assert.equal(parseFieldSelector('spec.type=ClusterIP', 'Service').length, 1);
     assert.equal(parseFieldSelector('metadata.name=x').length, 1);
   });
 });
