@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { SourceHealth } from '../kube/source.js';
+import type { SourceHealth, SourceProblem } from '../kube/source.js';
 import type { NodeInfo } from '../model/types.js';
 import type { ProxyMetrics } from './metrics.js';
 
@@ -8,9 +8,13 @@ import type { ProxyMetrics } from './metrics.js';
  * HTTP handler: /healthz is 200 with lastUpdated/currentTime/nodeEligible unless a change has waited
  * for the kernel longer than twice the sync period, nothing was synced yet, the source is unhealthy,
  * or this node is not eligible (KEP-3836: being deleted, or tainted for deletion by the cluster
- * autoscaler, so load balancers drain it first) — 503, with the reason. /livez only fails on the
- * stuck-change condition: a missing manifest directory, an unreachable API or a node on its way out
- * is not cured by restarting svcplane.
+ * autoscaler, so load balancers drain it first), or a sync was refused by the safety valve — 503.
+ * /livez only fails on the stuck-change condition: a missing manifest directory, an unreachable API
+ * or a node on its way out is not cured by restarting svcplane.
+ *
+ * The body says why in fixed words only (kube-proxy's carries no reason at all): /healthz listens on
+ * all addresses without authentication, and error text can quote an API server, a file path or a
+ * credential plugin's output (tokens). Details go to the logs, redacted.
  */
 
 /** The cluster autoscaler's taint on a node it is about to delete (kube-proxy's ToBeDeletedTaint). */
@@ -22,17 +26,33 @@ export interface NodeEligibility {
   readonly reason?: string;
 }
 
+/** The fixed reasons /healthz may give. */
+export const HEALTH_REASONS = {
+  stale: 'a change has not reached the kernel within twice the sync period',
+  neverSynced: 'no successful sync yet',
+  refused: 'a sync was refused by the safety valve (it would have removed most Services)',
+  nodeDeleting: 'not eligible: node is being deleted',
+  nodeTainted: `not eligible: node has the taint ToBeDeletedByClusterAutoscaler`,
+} as const;
+
+/** What /healthz says about each source problem (fixed words). */
+export const SOURCE_PROBLEMS: Readonly<Record<SourceProblem, string>> = {
+  'api-unreachable': 'Kubernetes API unreachable',
+  'api-unauthorized': 'Kubernetes API rejects the credentials (401)',
+  'api-forbidden': 'Kubernetes API forbids list/watch (403)',
+  'api-credentials': 'kubeconfig credential plugin or auth provider failed',
+  'api-tls': 'TLS with the Kubernetes API failed',
+  'api-server-error': 'Kubernetes API answers with errors',
+  'api-bad-response': 'Kubernetes API sent an invalid response',
+  'manifests-missing': 'manifest path missing',
+  'manifests-unreadable': 'manifest path unreadable',
+};
+
 /** kube-proxy's SyncNode: not eligible when the Node has a deletionTimestamp or the autoscaler's taint. */
 export function nodeEligibility(node: NodeInfo): NodeEligibility {
-  if (node.deletionTimestamp !== undefined) {
-    return {
-      eligible: false,
-      reason: `node ${node.name} is being deleted (since ${node.deletionTimestamp})`,
-    };
-  }
-  if (node.taintKeys?.includes(TO_BE_DELETED_TAINT)) {
-    return { eligible: false, reason: `node ${node.name} has the taint ${TO_BE_DELETED_TAINT}` };
-  }
+  if (node.deletionTimestamp !== undefined) return { eligible: false, reason: HEALTH_REASONS.nodeDeleting };
+  if (node.taintKeys?.includes(TO_BE_DELETED_TAINT))
+    return { eligible: false, reason: HEALTH_REASONS.nodeTainted };
   return { eligible: true };
 }
 
@@ -58,6 +78,8 @@ export interface HealthInputs {
   readonly node: NodeEligibility;
   readonly syncPeriodMs: number;
   readonly now: number;
+  /** Wall-clock ms since when the latest state's sync is refused by the safety valve (0/absent: none). */
+  readonly refusedSince?: number;
 }
 
 export interface HealthStatus {
@@ -67,9 +89,10 @@ export interface HealthStatus {
     readonly currentTime: string;
     /** /healthz only (kube-proxy's /livez does not report it). */
     readonly nodeEligible?: boolean;
-    /** Why it is unhealthy; absent when healthy. */
+    /** Why it is unhealthy, in fixed words (HEALTH_REASONS, SOURCE_PROBLEMS); absent when healthy. */
     readonly reason?: string;
     readonly queuedSince?: string;
+    /** The source's problem in fixed words (SOURCE_PROBLEMS). */
     readonly sourceError?: string;
   };
 }
@@ -81,17 +104,25 @@ export function isStale(h: Pick<HealthInputs, 'queuedSince' | 'syncPeriodMs' | '
   return h.queuedSince !== 0 && h.now - h.queuedSince > 2 * h.syncPeriodMs;
 }
 
+/** The source's problem in fixed words; never its own text. */
+function sourceProblem(source: SourceHealth): string {
+  return source.problem !== undefined ? SOURCE_PROBLEMS[source.problem] : 'source unhealthy';
+}
+
 export function healthzStatus(h: HealthInputs): HealthStatus {
   const reasons: string[] = [];
   const stale = isStale(h);
-  if (stale) {
+  if (stale) reasons.push(HEALTH_REASONS.stale);
+  if (h.lastSyncedAt === 0 && !stale) reasons.push(HEALTH_REASONS.neverSynced);
+  if ((h.refusedSince ?? 0) !== 0) reasons.push(HEALTH_REASONS.refused);
+  if (!h.source.healthy) reasons.push(`source unhealthy: ${sourceProblem(h.source)}`);
+  // Only the tracker's fixed reasons (or the generic one) are shown.
+  if (!h.node.eligible) {
+    const known = [HEALTH_REASONS.nodeDeleting, HEALTH_REASONS.nodeTainted] as string[];
     reasons.push(
-      `a change queued at ${iso(h.queuedSince)} has not reached the kernel for ${Math.round((h.now - h.queuedSince) / 1000)}s (limit ${(2 * h.syncPeriodMs) / 1000}s)`,
+      h.node.reason !== undefined && known.includes(h.node.reason) ? h.node.reason : 'not eligible',
     );
   }
-  if (h.lastSyncedAt === 0 && !stale) reasons.push('no successful sync yet');
-  if (!h.source.healthy) reasons.push(`source unhealthy: ${h.source.reason ?? 'unknown reason'}`);
-  if (!h.node.eligible) reasons.push(`not eligible: ${h.node.reason ?? 'node marked for deletion'}`);
   return {
     code: reasons.length === 0 ? 200 : 503,
     body: {
@@ -100,7 +131,7 @@ export function healthzStatus(h: HealthInputs): HealthStatus {
       nodeEligible: h.node.eligible,
       ...(reasons.length > 0 ? { reason: reasons.join('; ') } : {}),
       ...(stale ? { queuedSince: iso(h.queuedSince) } : {}),
-      ...(h.source.healthy ? {} : { sourceError: h.source.reason ?? 'source unhealthy' }),
+      ...(h.source.healthy ? {} : { sourceError: sourceProblem(h.source) }),
     },
   };
 }
@@ -112,9 +143,7 @@ export function livezStatus(h: HealthInputs): HealthStatus {
     body: {
       lastUpdated: iso(h.lastSyncedAt),
       currentTime: iso(h.now),
-      ...(stale
-        ? { reason: 'a queued change has not reached the kernel', queuedSince: iso(h.queuedSince) }
-        : {}),
+      ...(stale ? { reason: HEALTH_REASONS.stale, queuedSince: iso(h.queuedSince) } : {}),
     },
   };
 }

@@ -195,10 +195,17 @@ export class ManifestSource implements StateSource {
     if (this.missingSince) {
       return {
         healthy: false,
+        problem: 'manifests-missing',
         reason: `manifest path ${this.path} missing since ${this.missingSince.toISOString()}; keeping the last state`,
       };
     }
-    if (this.listError) return { healthy: false, reason: `manifest path ${this.path}: ${this.listError}` };
+    if (this.listError) {
+      return {
+        healthy: false,
+        problem: 'manifests-unreadable',
+        reason: `manifest path ${this.path}: ${this.listError}`,
+      };
+    }
     return { healthy: true };
   }
 

@@ -18,20 +18,52 @@ const serializeErrors = winston.format((info) => {
 /** Field names whose values never reach a log line (credentials in a kubeconfig, headers …). */
 const SECRET_KEY = /token|password|secret|authorization|bearer|credential|client-?key|private-?key/i;
 
-/** `scheme://user:password@` anywhere in a text (a URL with credentials in it). */
-const URL_USERINFO = /\b([a-z][a-z0-9+.-]*:\/\/)[^/?#\s@]*(?:@[^/?#\s@]*)*@/gi;
+/**
+ * Credentials found by their shape, anywhere in a text. Every pattern is linear in the text's length:
+ * a match can only start where a token starts (a lookbehind rules out the middle of a run), its
+ * repetitions are bounded or end at a character they cannot contain, so no start re-scans a long run
+ * (the former URL pattern took seconds on 80 KB of "a.a.a…": every character was a scheme start).
+ */
+const CONTENT_RULES: readonly (readonly [RegExp, string])[] = [
+  // A PEM private key, to its END line (or the end of the text).
+  [
+    /-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----(?:(?!-----END)[\s\S])*(?:-----END [A-Z0-9 ]{0,40}PRIVATE KEY-----)?/g,
+    '[redacted private key]',
+  ],
+  // `scheme://user:password@host`: the userinfo goes.
+  [/(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,31}:\/\/)[^\s/?#]*@/gi, '$1'],
+  // `Bearer <token>`, `Basic <base64>` (Authorization headers, error messages quoting them).
+  [/\b(Bearer|Basic)\s{1,8}(?!\[redacted)[A-Za-z0-9._~+/=-]{4,}/gi, '$1 [redacted]'],
+  // JWTs (service-account and OIDC tokens): header.payload.signature, base64url.
+  [/(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*/g, '[redacted jwt]'],
+  // kubeadm bootstrap tokens: [a-z0-9]{6}.[a-z0-9]{16}.
+  [/(?<![A-Za-z0-9.])[a-z0-9]{6}\.[a-z0-9]{16}(?![A-Za-z0-9.])/g, '[redacted]'],
+  // key=value, key: value, "key":"value" for secret-looking keys (refresh_token=, client_secret=,
+  // password=, api_key=, Authorization: …).
+  [
+    /(?<![A-Za-z0-9])((?:[A-Za-z0-9]{1,32}[_-])?(?:token|password|passwd|pwd|secret|apikey|api[_-]key|private[_-]key|credentials?|authorization|cookie))(["']?\s{0,4}[:=]\s{0,4}["']?)(?!\[redacted)[^\s"'&,;)}\]]+/gi,
+    '$1$2[redacted]',
+  ],
+];
 
 /** Removes the userinfo part of every URL in `text`. Pure. */
 export function redactUrlCredentials(text: string): string {
-  return text.replace(URL_USERINFO, '$1');
+  return text.replace(CONTENT_RULES[1]![0], '$1');
+}
+
+/** Replaces credentials found by their shape (see CONTENT_RULES) in `text`. Pure, linear time. */
+export function redactText(text: string): string {
+  let out = text;
+  for (const [re, replacement] of CONTENT_RULES) out = out.replace(re, replacement);
+  return out;
 }
 
 /**
- * Replaces secret-looking fields (at any depth, bounded) with "[redacted]" and strips credentials
- * from URLs in strings; pure, for the format and tests.
+ * Replaces secret-looking fields (at any depth, bounded) with "[redacted]" and credentials found by
+ * their shape in strings; pure, for the format and tests.
  */
 export function redactSecrets(value: unknown, depth = 0): unknown {
-  if (typeof value === 'string') return redactUrlCredentials(value);
+  if (typeof value === 'string') return redactText(value);
   if (depth > 6 || value === null || typeof value !== 'object') return value;
   if (Array.isArray(value)) return value.map((v) => redactSecrets(v, depth + 1));
   const out: Record<string, unknown> = {};

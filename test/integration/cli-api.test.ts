@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -50,6 +50,14 @@ async function eventually(what: string, ms: number, cond: () => boolean): Promis
   }
 }
 
+async function eventuallyAsync(what: string, ms: number, cond: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 describe('svcplane CLI against an unusable API (real processes, private netns)', function () {
   this.timeout(60_000);
   const NS = `svcp-c${randomBytes(4).toString('hex')}`;
@@ -76,9 +84,15 @@ describe('svcplane CLI against an unusable API (real processes, private netns)',
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  /** Starts `svcplane ARGS` in the private netns; collects every output line. */
-  function svcplane(args: readonly string[]): { child: ChildHandle; lines: string[] } {
-    const child = startProcess([process.execPath, '--import=tsx', '-e', ENTRY, ...args], { netns: NS });
+  /** Starts `svcplane ARGS` in the private netns (with `env` added); collects every output line. */
+  function svcplane(
+    args: readonly string[],
+    env: Readonly<Record<string, string>> = {},
+  ): { child: ChildHandle; lines: string[] } {
+    const vars = Object.entries(env).map(([k, v]) => `${k}=${v}`);
+    const child = startProcess(['env', ...vars, process.execPath, '--import=tsx', '-e', ENTRY, ...args], {
+      netns: NS,
+    });
     children.push(child);
     const lines: string[] = [];
     child.onLine((l) => lines.push(l));
@@ -128,6 +142,56 @@ describe('svcplane CLI against an unusable API (real processes, private netns)',
     assert.ok(!out.includes(password), `the URL password was printed:\n${out}`);
     assert.ok(!out.includes('admin:'), `the URL user was printed:\n${out}`);
   });
+  it('an exec credential plugin that fails: its secrets reach neither the logs nor /healthz', async () => {
+    const refresh = secret('rt');
+    const client = secret('cs');
+    const jwt = `eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ${randomBytes(8).toString('hex')}In0.${randomBytes(16).toString('hex')}`;
+    const plugin = join(dir, 'failing-plugin.sh');
+    // What an OIDC/cloud plugin prints when a refresh fails: the request, secrets included.
+    writeFileSync(
+      plugin,
+      `#!/bin/sh\necho "oauth2: cannot fetch token: POST https://idp.example/token refresh_token=${refresh}&client_secret=${client}" >&2\necho "id_token: ${jwt}" >&2\nexit 1\n`,
+    );
+    chmodSync(plugin, 0o755);
+    const file = join(dir, 'exec.yaml');
+    writeFileSync(
+      file,
+      kubeconfig(`https://127.0.0.1:${api!.port}`, 'unused').replace(
+        /user: \{token: unused\}/,
+        `user: {exec: {apiVersion: client.authentication.k8s.io/v1, command: ${plugin}, interactiveMode: Never}}`,
+      ),
+    );
+    const { child, lines } = svcplane(['run', `--kubeconfig=${file}`, ...daemonFlags], {
+      SVCPLANE_API_HEALTH_GRACE_SECONDS: '1',
+    });
+    await eventually(
+      'three failed attempts logged',
+      15_000,
+      () => lines.filter((l) => l.includes('watch failed, retrying')).length >= 3,
+    );
+    const leaks = (text: string): string[] => [refresh, client, jwt].filter((s) => text.includes(s));
+    assert.deepEqual(leaks(lines.join('\n')), [], `the plugin's secrets were logged:\n${lines.join('\n')}`);
+    assert.ok(
+      lines.some((l) => l.includes('credential plugin or auth provider failed')),
+      'the failure is logged (without the output)',
+    );
+    // /healthz turns 503 after the grace period, with a fixed reason.
+    let body = '';
+    await eventuallyAsync('/healthz names the credential plugin', 15_000, async () => {
+      const r = await run(['curl', '-s', '--max-time', '2', 'http://127.0.0.1:10256/healthz'], {
+        netns: NS,
+        allowFailure: true,
+      });
+      body = r.stdout;
+      return body.includes('credential plugin');
+    });
+    const h = JSON.parse(body) as { reason?: string; sourceError?: string };
+    assert.equal(h.sourceError, 'kubeconfig credential plugin or auth provider failed');
+    assert.deepEqual(leaks(body), []);
+    await child.stop(5000);
+    assert.deepEqual(leaks(lines.join('\n')), []);
+  });
+
   for (const mode of [[], ['--detect-local-mode=NodeCIDR']]) {
     it(`SIGTERM before the API was ever reached: exit 0 within 3 s${mode.length ? ' (NodeCIDR: waiting for the Node)' : ''}`, async () => {
       const file = join(dir, 'unreachable.yaml');

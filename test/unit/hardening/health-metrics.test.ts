@@ -137,21 +137,33 @@ describe('hardening: health', () => {
     assert.equal(ok.body.currentTime, new Date(61_000).toISOString());
     const stale = healthzStatus({ ...H, queuedSince: 1000, lastSyncedAt: 500, now: 1000 + 60_001 });
     assert.equal(stale.code, 503);
-    assert.match(stale.body.reason ?? '', /has not reached the kernel/);
+    assert.equal(stale.body.reason, 'a change has not reached the kernel within twice the sync period');
     assert.equal(livezStatus({ ...H, queuedSince: 1000, lastSyncedAt: 500, now: 61_001 }).code, 503);
   });
 
-  it('healthz: 503 with the reason when the source is unhealthy; livez stays 200', () => {
+  it('healthz: 503 with a fixed reason when the source is unhealthy, never its text; livez stays 200', () => {
     const h = {
       ...H,
-      source: { healthy: false, reason: 'manifest path /x missing since …' },
+      source: {
+        healthy: false,
+        problem: 'api-credentials' as const,
+        reason: 'exec plugin: refresh_token=rt-secret client_secret=cs-secret',
+      },
       queuedSince: 0,
       lastSyncedAt: 5,
       now: 10,
     };
     const s = healthzStatus(h);
     assert.equal(s.code, 503);
-    assert.match(s.body.reason ?? '', /manifest path \/x missing/);
+    assert.equal(s.body.reason, 'source unhealthy: kubeconfig credential plugin or auth provider failed');
+    assert.equal(s.body.sourceError, 'kubeconfig credential plugin or auth provider failed');
+    assert.doesNotMatch(JSON.stringify(s.body), /secret|refresh_token/);
+    const unknown = healthzStatus({ ...h, source: { healthy: false, reason: '/path: EACCES' } });
+    assert.equal(unknown.body.reason, 'source unhealthy: source unhealthy');
+    assert.doesNotMatch(JSON.stringify(unknown.body), /EACCES|path/);
+    const refused = healthzStatus({ ...h, source: { healthy: true }, refusedSince: 7 });
+    assert.equal(refused.code, 503);
+    assert.match(refused.body.reason ?? '', /refused by the safety valve/);
     assert.equal(livezStatus(h).code, 200);
     assert.equal(healthzStatus({ ...H, queuedSince: 0, lastSyncedAt: 0, now: 10 }).code, 503, 'never synced');
   });
@@ -225,7 +237,10 @@ describe('hardening: /healthz nodeEligible (KEP-3836)', () => {
       assert.equal(h.code, eligible ? 200 : 503, what);
       assert.equal(h.body.nodeEligible, eligible, what);
       if (!eligible)
-        assert.match(h.body.reason ?? '', /not eligible: node node-1 (is being deleted|has the taint)/);
+        assert.match(
+          h.body.reason ?? '',
+          /^not eligible: node (is being deleted|has the taint ToBeDeletedByClusterAutoscaler)$/,
+        );
       const l = livezStatus({ ...base, node });
       assert.equal(l.code, 200, `${what}: livez`);
       assert.equal('nodeEligible' in l.body, false, "kube-proxy's /livez has no nodeEligible");
