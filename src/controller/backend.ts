@@ -27,4 +27,10 @@ export interface Backend {
   detectDrift(): Promise<boolean>;
   /** The next sync rewrites everything. */
   forceFullSync(): void;
+  /**
+   * Service keys (namespace/name) whose rules the kernel holds now, whoever wrote them (an earlier
+   * run, kube-proxy): the safety valve's "programmed" before this process applied anything.
+   * Optional: a backend that cannot tell leaves the first sync unguarded.
+   */
+  programmedServices?(): Promise<ReadonlySet<string>>;
 }

@@ -4,13 +4,15 @@ import type { ClusterState } from '../model/types.js';
 import { log } from '../util/log.js';
 import type { Backend, SyncReport } from './backend.js';
 import { BoundedFrequencyRunner } from './runner.js';
+import { massRemovalVerdict, programmedKeys, SAFETY_VALVE, type ValveVerdict } from './safety-valve.js';
 
 /**
  * The reconcile loop: waits for the source's first complete state, then converges every backend to
  * the latest state, at most once per minSyncPeriod and at least once per syncPeriod. Drift (rules
  * changed by another agent) is checked on a timer of its own, every syncPeriod whatever the syncs in
  * between, so a repair never waits more than one period plus one sync. Failures are retried with
- * backoff; the kernel keeps the previous rules meanwhile.
+ * backoff; the kernel keeps the previous rules meanwhile. A state that would take most Services out
+ * of service while as many objects became invalid is refused by the safety valve (safety-valve.ts).
  */
 
 export interface ControllerOptions {
@@ -21,6 +23,25 @@ export interface ControllerOptions {
 export interface ControllerEvents {
   synced: [reports: SyncReport[], state: ClusterState];
   syncError: [error: Error];
+  /** The safety valve refused to apply `state`; nothing was written. */
+  syncRefused: [verdict: ValveVerdict, state: ClusterState];
+}
+
+/** `svcplane sync` (and tests): the safety valve refused the state. */
+export class SafetyValveError extends Error {
+  constructor(readonly verdict: ValveVerdict) {
+    super(refusalText(verdict));
+    this.name = 'SafetyValveError';
+  }
+}
+
+function refusalText(v: ValveVerdict): string {
+  return (
+    `safety valve: refused a sync that would take ${v.removed + v.emptied} of ${v.programmed} programmed ` +
+    `Services out of service (${v.removed} removed, ${v.emptied} left without endpoints) while ` +
+    `${v.newProblems} objects became invalid; the kernel keeps its rules. Fix or delete the invalid ` +
+    'objects (logged as "skipped invalid input") to lift it'
+  );
 }
 
 export class SyncError extends Error {
@@ -50,6 +71,11 @@ export class Controller extends EventEmitter<ControllerEvents> {
   private setupDone = false;
   /** Problems of the last synced state that were logged: exactly those still present (pruned each sync). */
   private problemsLogged = new Set<string>();
+  /** The last state every backend applied (the valve's "programmed"). */
+  private applied: ClusterState | undefined;
+  /** The state the valve refused last, and since when syncs are refused (0: not refused). */
+  private refusedState: ClusterState | undefined;
+  private refusedSince = 0;
   private stopped = false;
   /** Set while start() waits for the first sync; stop() calls it so start() returns. */
   private wakeStart: (() => void) | undefined;
@@ -92,11 +118,13 @@ export class Controller extends EventEmitter<ControllerEvents> {
       const done = (): void => {
         this.off('synced', done);
         this.off('syncError', done);
+        this.off('syncRefused', done);
         this.wakeStart = undefined;
         resolve();
       };
       this.on('synced', done);
       this.on('syncError', done);
+      this.on('syncRefused', done);
       this.wakeStart = done;
     });
     this.runner.start();
@@ -124,15 +152,28 @@ export class Controller extends EventEmitter<ControllerEvents> {
   async syncOnce(): Promise<SyncReport[]> {
     await this.source.start();
     try {
-      return await this.syncState(this.requireState());
+      const state = this.requireState();
+      const verdict = await this.valve(state);
+      if (verdict?.refuse) {
+        this.logProblems(state);
+        throw new SafetyValveError(verdict);
+      }
+      return await this.syncState(state);
     } finally {
       await this.source.stop();
     }
   }
 
-  /** kube-proxy's healthz view: the oldest unsynced change and the last successful sync. */
-  health(): { queuedSince: number; lastSyncedAt: number } {
-    return { queuedSince: this.queuedSince, lastSyncedAt: this.lastSyncedAt };
+  /**
+   * kube-proxy's healthz view: the oldest unsynced change and the last successful sync; plus since
+   * when the safety valve refuses the latest state (0: it does not).
+   */
+  health(): { queuedSince: number; lastSyncedAt: number; refusedSince: number } {
+    return {
+      queuedSince: this.queuedSince,
+      lastSyncedAt: this.lastSyncedAt,
+      refusedSince: this.refusedSince,
+    };
   }
 
   /** Asks for a sync soon (e.g. an operator signal). */
@@ -155,6 +196,16 @@ export class Controller extends EventEmitter<ControllerEvents> {
     this.changedDuringSync = 0;
     try {
       const state = this.requireState();
+      const verdict = await this.valve(state);
+      if (verdict?.refuse) {
+        this.refuse(verdict, state);
+        return;
+      }
+      if (this.refusedSince !== 0) {
+        log.info('safety valve: the new state is accepted again; syncing', {});
+        this.refusedSince = 0;
+        this.refusedState = undefined;
+      }
       const reports = await this.syncState(state);
       // Changes seen during the sync are not in the kernel yet: they stay queued (healthz).
       this.queuedSince = this.changedDuringSync;
@@ -166,6 +217,50 @@ export class Controller extends EventEmitter<ControllerEvents> {
     } finally {
       this.syncing = false;
     }
+  }
+
+  /**
+   * The safety valve's verdict on applying `state`, or undefined when it cannot trip (fewer
+   * problems than the least number of Services it guards): the kernel is only read then.
+   */
+  private async valve(state: ClusterState): Promise<ValveVerdict | undefined> {
+    if (state.problems.length < SAFETY_VALVE.minServices) return undefined;
+    let programmed: ReadonlySet<string>;
+    if (this.applied !== undefined) {
+      programmed = programmedKeys(this.applied);
+    } else {
+      // The first sync of this process: what the kernel holds (an earlier run's or kube-proxy's).
+      const keys = new Set<string>();
+      for (const b of this.backends) {
+        try {
+          for (const k of (await b.programmedServices?.()) ?? []) keys.add(k);
+        } catch (err) {
+          log.warn('cannot read the programmed Services for the safety valve', {
+            backend: b.name,
+            error: err,
+          });
+        }
+      }
+      programmed = keys;
+    }
+    return massRemovalVerdict({ programmed, previous: this.applied, next: state });
+  }
+
+  /** Reports a refused state (once per state at error level) and tells listeners (metrics). */
+  private refuse(verdict: ValveVerdict, state: ClusterState): void {
+    this.logProblems(state);
+    if (this.refusedSince === 0) this.refusedSince = Date.now();
+    if (this.refusedState !== state) {
+      this.refusedState = state;
+      log.error(refusalText(verdict), {
+        programmed: verdict.programmed,
+        removed: verdict.removed,
+        emptied: verdict.emptied,
+        newProblems: verdict.newProblems,
+        services: verdict.examples.join(' '),
+      });
+    }
+    this.emit('syncRefused', verdict, state);
   }
 
   /** Asks every backend whether its rules are still as written; a drifted one syncs in full next. */
@@ -201,6 +296,7 @@ export class Controller extends EventEmitter<ControllerEvents> {
       }
     }
     if (failures.length > 0) throw new SyncError(failures);
+    this.applied = state;
     return reports;
   }
 

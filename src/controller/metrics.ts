@@ -4,6 +4,7 @@ import type { StateSource } from '../kube/source.js';
 import type { ClusterState, Service } from '../model/types.js';
 import type { Backend, SyncReport } from './backend.js';
 import { SyncError } from './controller.js';
+import type { ValveVerdict } from './safety-valve.js';
 
 /**
  * Prometheus metrics with kube-proxy's names (dashboards and alerts written for kube-proxy keep
@@ -168,6 +169,10 @@ export class ProxyMetrics {
     'kind',
     'result',
   ]);
+  readonly syncRefused = this.counter(
+    'svcplane_sync_refused_total',
+    'Syncs refused by the safety valve: the new state would take most programmed Services out of service while as many objects became invalid',
+  );
   readonly problems = this.gauge(
     'svcplane_input_problems',
     'Objects (or parts) skipped as invalid in the current state, by object kind',
@@ -245,8 +250,10 @@ export interface MetricsSubject {
   readonly backends: readonly Backend[];
   on(event: 'synced', fn: (reports: SyncReport[], state: ClusterState) => void): unknown;
   on(event: 'syncError', fn: (error: Error) => void): unknown;
+  on(event: 'syncRefused', fn: (verdict: ValveVerdict, state: ClusterState) => void): unknown;
   off(event: 'synced', fn: (reports: SyncReport[], state: ClusterState) => void): unknown;
   off(event: 'syncError', fn: (error: Error) => void): unknown;
+  off(event: 'syncRefused', fn: (verdict: ValveVerdict, state: ClusterState) => void): unknown;
 }
 
 /** Trigger times kept per Service while its changes wait for the kernel (syncs failing). */
@@ -334,13 +341,19 @@ export function attachMetrics(metrics: ProxyMetrics, subject: MetricsSubject): (
       );
     }
   };
+  const onRefused = (_verdict: ValveVerdict, state: ClusterState): void => {
+    metrics.syncRefused.inc();
+    metrics.observeProblems(state);
+  };
   metrics.sourceHealth = () => subject.source.health().healthy;
   const unsubscribe = subject.source.onChange(onChange);
   subject.on('synced', onSynced);
   subject.on('syncError', onError);
+  subject.on('syncRefused', onRefused);
   return () => {
     unsubscribe();
     subject.off('synced', onSynced);
     subject.off('syncError', onError);
+    subject.off('syncRefused', onRefused);
   };
 }

@@ -1,3 +1,4 @@
+import { programmedServiceKeys } from './programmed.js';
 import type { Backend, SyncReport } from '../controller/backend.js';
 import { cidrContains, parseCIDR } from '../model/ip.js';
 import { nodeContext, type NodeContext } from '../model/selection.js';
@@ -153,6 +154,11 @@ export class IptablesProxier implements Backend {
 
   forceFullSync(): void {
     this.needFullSync = true;
+  }
+
+  /** Services with rules in the kernel now (any writer's): for the safety valve's first sync. */
+  async programmedServices(): Promise<ReadonlySet<string>> {
+    return programmedServiceKeys(parseIptablesSave(await this.ipt.save()));
   }
 
   /**
