@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { redactText } from '../util/log.js';
 import { packageRoot } from '../util/paths.js';
 import { registerProxyCommands } from './proxy.js';
 import { registerNetnsCommands } from './netns.js';
@@ -56,7 +57,8 @@ export async function cli(argv: readonly string[]): Promise<number> {
   try {
     return await main(argv);
   } catch (err) {
-    process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+    // Redacted by content too: defence in depth for a message that quotes a server or a plugin.
+    process.stderr.write(`${redactText(err instanceof Error ? err.message : String(err))}\n`);
     return 2;
   }
 }

@@ -9,7 +9,7 @@ import { ManifestSource } from '../kube/manifests.js';
 import type { StateSource } from '../kube/source.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import { CommandError } from '../util/exec.js';
-import { log, setVerbosity } from '../util/log.js';
+import { log, redactText, setVerbosity } from '../util/log.js';
 import {
   NODE_POD_CIDR_TIMEOUT_MS,
   resolveNodePodCIDRs,
@@ -255,6 +255,7 @@ async function cleanup(binary: string): Promise<number> {
   return status;
 }
 
+/** An error's message for stderr, with credentials redacted by content (as the logs are). */
 function describe(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
+  return redactText(err instanceof Error ? err.message : String(err));
 }

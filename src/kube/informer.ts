@@ -93,7 +93,7 @@ export interface ReflectorOptions {
   readonly pageSize: number;
   /** The largest watch event (one line) accepted. Default 16 MiB. */
   readonly maxEventBytes: number;
-  /** The largest list response (one page) accepted. Default 512 MiB (about V8's string limit). */
+  /** The largest list response (one page) accepted. Default 500 MiB (under V8's string limit). */
   readonly maxListBytes: number;
   readonly backoff: BackoffOptions;
 }
@@ -106,7 +106,7 @@ export const DEFAULT_REFLECTOR_OPTIONS: ReflectorOptions = {
   pageSize: 500,
   // etcd refuses objects over 1.5 MiB; their JSON with managedFields stays well below this.
   maxEventBytes: 16 * 1024 * 1024,
-  maxListBytes: 512 * 1024 * 1024,
+  maxListBytes: 500 * 1024 * 1024,
   backoff: { initialMs: 200, maxMs: 30_000, factor: 2, jitter: 0.5 },
 };
 

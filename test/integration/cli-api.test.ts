@@ -141,6 +141,11 @@ describe('svcplane CLI against an unusable API (real processes, private netns)',
     assert.ok(!out.includes(token), `the token was printed:\n${out}`);
     assert.ok(!out.includes(password), `the URL password was printed:\n${out}`);
     assert.ok(!out.includes('admin:'), `the URL user was printed:\n${out}`);
+    // A plain http:// server: the token is not sent at all (client-go's rule), and that is said loudly.
+    assert.match(
+      out,
+      /"level":"warn","message":"INSECURE API URL: .*credentials are NOT sent.*"withheld":"token"/,
+    );
   });
   it('an exec credential plugin that fails: its secrets reach neither the logs nor /healthz', async () => {
     const refresh = secret('rt');

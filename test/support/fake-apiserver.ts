@@ -1084,18 +1084,21 @@ export class FakeApiServer {
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     this.lastAuthorization = req.headers.authorization;
     const url = new URL(req.url ?? '/', 'http://localhost');
+    const target = parsePath(url.pathname);
+    const q = url.searchParams;
+    const watch = queryBool(q, 'watch');
+    // Logged before authentication, so a test sees the refused requests (and their 401) too.
+    if (req.method === 'GET' && target) {
+      this.logRequest(target.kind, target.name !== undefined ? 'get' : watch ? 'watch' : 'list', q, res);
+    }
     if (!this.authorized(req)) {
       this.sendStatus(res, 401, 'Unauthorized', 'Unauthorized');
       return;
     }
-    const target = parsePath(url.pathname);
     if (req.method !== 'GET' || !target) {
       this.sendStatus(res, 404, 'NotFound', 'the server could not find the requested resource', {});
       return;
     }
-    const q = url.searchParams;
-    const watch = queryBool(q, 'watch');
-    this.logRequest(target.kind, target.name !== undefined ? 'get' : watch ? 'watch' : 'list', q, res);
 
     if (this.latencyMs > 0) await new Promise((r) => setTimeout(r, this.latencyMs));
     if (this.failures.remaining > 0) {

@@ -285,6 +285,27 @@ describe('ApiSource against the API stand-in', function () {
     assert.equal(states.length, 0);
   });
 
+  it('a server that rejects the token: unhealthy after the grace period as api-unauthorized, no text', async () => {
+    await api.stop();
+    api = await FakeApiServer.create({ tls: true, tokens: ['the-right-one'] });
+    source = new ApiSource(api.kubeConfig('a-wrong-token'), {
+      nodeName: NODE,
+      healthGraceMs: 200,
+      reflector: FAST,
+    });
+    const started = source.start();
+    started.catch(() => undefined);
+    await waitFor(() => !source!.health().healthy, 4000, 'unhealthy');
+    const h = source.health();
+    assert.equal(h.problem, 'api-unauthorized');
+    assert.doesNotMatch(h.reason ?? '', /Unauthorized|token/);
+    assert.ok(api.log.length >= 3, 'the lists were tried');
+    assert.ok(
+      api.log.every((r) => r.status === 401),
+      JSON.stringify(api.log.map((r) => r.status)),
+    );
+  });
+
   it('needs only the RBAC verbs list and watch: no single-object GET, also across relists', async () => {
     const s = makeSource();
     await s.start();
