@@ -142,25 +142,92 @@ export function conntrackCleanupRequired(prev: ClusterState | undefined, next: C
   return false;
 }
 
-/** `conntrack -D` arguments deleting exactly this flow. */
-export function deleteArgs(e: ConntrackEntry): string[] {
+/**
+ * One `conntrack -D` filter that deletes a group of stale flows at once. Staleness depends only on
+ * the flow's family, protocol, original destination and port and its reply source and port (the
+ * backend), so one filter on exactly those fields deletes every stale flow of the group and nothing
+ * else: thousands of clients stuck on one removed endpoint cost one filter, not one process each.
+ * (kube-proxy builds the same kind of filter, on the reply source IP only, for its netlink delete.)
+ */
+export interface ConntrackDeleteFilter {
+  readonly family: IPFamily;
+  readonly protocol: string;
+  readonly origDst: string;
+  readonly origDport: number;
+  readonly replySrc: string;
+  readonly replySport: number;
+  /** Stale flows of the listing this filter covers. */
+  readonly flows: number;
+}
+
+/** Groups stale entries into delete filters (pure; order of first appearance). */
+export function deleteFilters(stale: readonly ConntrackEntry[]): ConntrackDeleteFilter[] {
+  const byKey = new Map<string, { filter: Omit<ConntrackDeleteFilter, 'flows'>; flows: number }>();
+  for (const e of stale) {
+    const key = [e.family, e.protocol, e.orig.dst, e.orig.dport, e.reply.src, e.reply.sport].join('|');
+    const cur = byKey.get(key);
+    if (cur) {
+      cur.flows++;
+      continue;
+    }
+    byKey.set(key, {
+      filter: {
+        family: e.family,
+        protocol: e.protocol,
+        origDst: e.orig.dst,
+        origDport: e.orig.dport,
+        replySrc: e.reply.src,
+        replySport: e.reply.sport,
+      },
+      flows: 1,
+    });
+  }
+  return [...byKey.values()].map(({ filter, flows }) => ({ ...filter, flows }));
+}
+
+/** `conntrack` arguments of one delete filter (validated values only: canonical IPs, integer ports). */
+export function filterArgs(f: ConntrackDeleteFilter): string[] {
+  const ip = (v: string): string => {
+    const p = parseIP(v);
+    if (!p || p.family !== f.family) throw new Error(`conntrack filter: invalid ${f.family} address "${v}"`);
+    return p.ip;
+  };
+  const port = (v: number): string => {
+    if (!Number.isInteger(v) || v < 0 || v > 65535) throw new Error(`conntrack filter: invalid port ${v}`);
+    return String(v);
+  };
+  if (!/^[a-z0-9]+$/.test(f.protocol)) throw new Error(`conntrack filter: invalid protocol "${f.protocol}"`);
   return [
     '-D',
     '-f',
-    e.family === 'IPv4' ? 'ipv4' : 'ipv6',
+    f.family === 'IPv4' ? 'ipv4' : 'ipv6',
     '-p',
-    e.protocol,
-    '--orig-src',
-    e.orig.src,
+    f.protocol,
     '--orig-dst',
-    e.orig.dst,
-    '--sport',
-    String(e.orig.sport),
+    ip(f.origDst),
     '--dport',
-    String(e.orig.dport),
+    port(f.origDport),
     '--reply-src',
-    e.reply.src,
+    ip(f.replySrc),
     '--reply-port-src',
-    String(e.reply.sport),
+    port(f.replySport),
   ];
+}
+
+/**
+ * Input for one `conntrack -R FILE` (--load-file, conntrack-tools >= 1.4.6): one delete
+ * command per line, all run by a single process.
+ */
+export function batchDeleteInput(filters: readonly ConntrackDeleteFilter[]): string {
+  return filters.map((f) => filterArgs(f).join(' ') + '\n').join('');
+}
+
+/**
+ * Flows a `conntrack -R` batch deleted: it prints each deleted entry on stdout (one line, with its
+ * `src=` tuples) and no summary.
+ */
+export function countDeleted(stdout: string): number {
+  let n = 0;
+  for (const line of stdout.split('\n')) if (/\bsrc=\S+ dst=\S+/.test(line)) n++;
+  return n;
 }

@@ -1,19 +1,28 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { ProxyMetrics } from '../controller/metrics.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
-import { CommandError, run } from '../util/exec.js';
+import { CommandError, run, type RunResult } from '../util/exec.js';
 import { log } from '../util/log.js';
 import {
+  batchDeleteInput,
   conntrackCleanupRequired,
-  deleteArgs,
+  countDeleted,
+  deleteFilters,
+  filterArgs,
   parseConntrackList,
   staleUDPEntries,
+  type ConntrackDeleteFilter,
   type ConntrackEntry,
 } from './entries.js';
 
 /**
  * Runs kube-proxy's conntrack cleanup after successful syncs: lists UDP flows with the `conntrack`
- * tool (argument arrays, inside `netns` when given), deletes the stale ones flow by flow. Runs are
- * serialized; a failure is logged and counted, and retried on the next sync that needs it.
+ * tool (argument arrays, inside `netns` when given) and deletes the stale ones in one batch per
+ * family (`conntrack -R FILE`, one filter per stale frontend/backend pair). Runs coalesce: at most one is
+ * in flight and one waits, for the latest state only, so a burst of syncs costs two runs, not one per
+ * sync. A failure is logged and counted, and retried after the next sync.
  */
 
 export interface ConntrackReconcilerOptions {
@@ -27,8 +36,18 @@ export interface ConntrackReconcilerOptions {
 
 export interface ReconcileResult {
   readonly listed: number;
+  /** Delete filters applied (one per stale frontend/backend pair). */
+  readonly filters: number;
   readonly deleted: number;
   readonly durationMs: number;
+}
+
+/** Work done so far (tests and metrics). */
+export interface ReconcilerStats {
+  /** Reconcile runs started. */
+  readonly runs: number;
+  /** `conntrack` processes spawned. */
+  readonly commands: number;
 }
 
 /** The subset of the Controller the reconciler listens to. */
@@ -37,20 +56,40 @@ export interface SyncedEvents {
   off(event: 'synced', fn: (reports: unknown[], state: ClusterState) => void): unknown;
 }
 
+interface PendingRun {
+  /** Replaced by every later state until the run starts. */
+  state: ClusterState;
+  promise: Promise<ReconcileResult | undefined>;
+  readonly start: () => void;
+}
+
 export class ConntrackReconciler {
-  private lastReconciled: ClusterState | undefined;
+  /** The state of the last afterSync call (what the next change is compared with). */
+  private lastSeen: ClusterState | undefined;
   /** Whether the last needed cleanup failed (then the next sync retries even without a change). */
   private retry = false;
   private disabled = false;
-  private chain: Promise<unknown> = Promise.resolve();
+  /** The run in flight, if any. */
+  private inFlight: Promise<ReconcileResult | undefined> | undefined;
+  /** The latest state waiting for the run in flight, and the promise its run will settle. */
+  private pending: PendingRun | undefined;
+  /** Whether `conntrack -R` (batch) works; false after an old tool refused it. */
+  private batchSupported = true;
+  private counts = { runs: 0, commands: 0 };
 
   constructor(private readonly opts: ConntrackReconcilerOptions) {}
 
-  private exec(args: readonly string[], allowFailure = false) {
+  get stats(): ReconcilerStats {
+    return { ...this.counts };
+  }
+
+  private exec(args: readonly string[], opts: { allowFailure?: boolean } = {}) {
+    this.counts.commands++;
+    this.opts.metrics?.conntrackCommands.inc();
     return run([this.opts.binary ?? 'conntrack', ...args], {
       netns: this.opts.netns,
       timeoutMs: this.opts.timeoutMs ?? 30_000,
-      allowFailure,
+      allowFailure: opts.allowFailure ?? false,
     });
   }
 
@@ -67,69 +106,121 @@ export class ConntrackReconciler {
     return parseConntrackList(r.stdout);
   }
 
-  /** Deletes one flow; false when it was already gone. */
-  async delete(e: ConntrackEntry): Promise<boolean> {
-    const r = await this.exec(deleteArgs(e), true);
-    if (r.exitCode === 0) return true;
-    if (/0 flow entries have been deleted/.test(r.stderr)) return false;
-    throw new CommandError(r.argv, r.exitCode, r.stderr, 'exit');
+  /**
+   * Applies delete filters: one `conntrack -R` for all of them; with a tool too old for `-R`, one
+   * `conntrack -D` per filter. Returns the flows deleted.
+   */
+  async deleteBatch(filters: readonly ConntrackDeleteFilter[]): Promise<number> {
+    if (filters.length === 0) return 0;
+    if (this.batchSupported) {
+      const r = await withBatchFile(batchDeleteInput(filters), (path) =>
+        this.exec(['-R', path], { allowFailure: true }),
+      );
+      if (r.exitCode === 0) return countDeleted(r.stdout);
+      if (!/unknown option|invalid option/i.test(r.stderr)) throw commandError(r);
+      log.warn('conntrack has no batch mode (-R); deleting stale flows one filter at a time', {
+        stderr: r.stderr.trim(),
+      });
+      this.batchSupported = false;
+    }
+    let deleted = 0;
+    for (const f of filters) {
+      const r = await this.exec(filterArgs(f), { allowFailure: true });
+      const m = /(\d+) flow entries have been deleted/.exec(r.stderr);
+      if (r.exitCode !== 0 && !(m && m[1] === '0')) throw commandError(r);
+      deleted += m ? Number(m[1]) : 0;
+    }
+    return deleted;
   }
 
   /** Deletes every stale UDP flow for `state` (all families). */
   async reconcile(state: ClusterState): Promise<ReconcileResult> {
+    this.counts.runs++;
+    this.opts.metrics?.conntrackRuns.inc();
     const started = performance.now();
     let listed = 0;
     let deleted = 0;
+    let filterCount = 0;
     for (const family of this.opts.families) {
       const entries = await this.list(family);
       listed += entries.length;
-      for (const e of staleUDPEntries(state, family, entries)) {
-        if (await this.delete(e)) {
-          deleted++;
-          log.verbose('deleted stale UDP conntrack entry', {
-            family,
-            origDst: `${e.orig.dst}:${e.orig.dport}`,
-            origSrc: `${e.orig.src}:${e.orig.sport}`,
-            replySrc: `${e.reply.src}:${e.reply.sport}`,
-          });
-        }
+      const filters = deleteFilters(staleUDPEntries(state, family, entries));
+      if (filters.length === 0) continue;
+      filterCount += filters.length;
+      deleted += await this.deleteBatch(filters);
+      for (const f of filters) {
+        log.verbose('deleted stale UDP conntrack entries', {
+          family,
+          origDst: `${f.origDst}:${f.origDport}`,
+          replySrc: `${f.replySrc}:${f.replySport}`,
+          flows: f.flows,
+        });
       }
     }
     const durationMs = performance.now() - started;
     this.opts.metrics?.conntrackDuration.observe(durationMs / 1000);
     this.opts.metrics?.conntrackDeleted.inc(deleted);
-    return { listed, deleted, durationMs };
+    return { listed, filters: filterCount, deleted, durationMs };
   }
 
-  /** Reconciles after a synced state when its UDP endpoints changed (serialized; never throws). */
+  /**
+   * Reconciles after a synced state when its UDP endpoints changed (never throws). While a run is in
+   * flight, later states replace each other as the one pending run; the promise settles with the run
+   * that covers `state` (undefined when no cleanup was needed or it failed).
+   */
   afterSync(state: ClusterState): Promise<ReconcileResult | undefined> {
-    const prev = this.lastReconciled;
-    this.lastReconciled = state;
+    const prev = this.lastSeen;
+    this.lastSeen = state;
+    if (this.pending) {
+      // A run is already waiting: it now cleans for this newer state.
+      this.pending.state = state;
+      return this.pending.promise;
+    }
     // The first sync after a start also cleans: flows may predate a restart.
     const needed =
       !this.disabled && (this.retry || prev === undefined || conntrackCleanupRequired(prev, state));
     if (!needed) return Promise.resolve(undefined);
-    const p = this.chain.then(async () => {
-      try {
-        const r = await this.reconcile(state);
-        this.retry = false;
-        if (r.deleted > 0) log.info('conntrack cleanup', { ...r, durationMs: Math.round(r.durationMs) });
-        return r;
-      } catch (error) {
-        this.opts.metrics?.conntrackFailures.inc();
-        if (error instanceof CommandError && error.reason === 'not-found') {
-          // No conntrack tool on this node: say so once instead of every sync.
-          this.disabled = true;
-          log.error('conntrack tool not found; stale UDP flows will not be cleaned up', { error });
-          return undefined;
-        }
-        this.retry = true;
-        log.error('conntrack cleanup failed; retrying after the next sync', { error });
+    if (!this.inFlight) return this.runGuarded(state);
+    let start!: () => void;
+    const gate = new Promise<void>((resolve) => (start = resolve));
+    const pending: PendingRun = { state, start, promise: Promise.resolve(undefined) };
+    pending.promise = gate.then(() => {
+      this.pending = undefined;
+      return this.runGuarded(pending.state);
+    });
+    this.pending = pending;
+    return pending.promise;
+  }
+
+  /** One run; when it ends the pending one (if any) starts. */
+  private runGuarded(state: ClusterState): Promise<ReconcileResult | undefined> {
+    const p = this.runOnce(state).finally(() => {
+      if (this.inFlight === p) this.inFlight = undefined;
+      this.pending?.start();
+    });
+    this.inFlight = p;
+    return p;
+  }
+
+  private async runOnce(state: ClusterState): Promise<ReconcileResult | undefined> {
+    if (this.disabled) return undefined;
+    try {
+      const r = await this.reconcile(state);
+      this.retry = false;
+      if (r.deleted > 0) log.info('conntrack cleanup', { ...r, durationMs: Math.round(r.durationMs) });
+      return r;
+    } catch (error) {
+      this.opts.metrics?.conntrackFailures.inc();
+      if (error instanceof CommandError && error.reason === 'not-found') {
+        // No conntrack tool on this node: say so once instead of every sync.
+        this.disabled = true;
+        log.error('conntrack tool not found; stale UDP flows will not be cleaned up', { error });
         return undefined;
       }
-    });
-    this.chain = p;
-    return p;
+      this.retry = true;
+      log.error('conntrack cleanup failed; retrying after the next sync', { error });
+      return undefined;
+    }
   }
 
   /** Listens to a controller's 'synced' events. Returns a detach function. */
@@ -139,8 +230,30 @@ export class ConntrackReconciler {
     return () => controller.off('synced', fn);
   }
 
-  /** Resolves when the queued cleanups are done. */
+  /** Resolves when no run is in flight or pending. */
   async idle(): Promise<void> {
-    await this.chain;
+    while (this.inFlight || this.pending) {
+      await (this.pending?.promise ?? this.inFlight);
+    }
   }
+}
+
+/**
+ * `conntrack -R` reads a file: `-` means /dev/stdin, which it cannot open when stdin is a socket (as
+ * Node's child pipes are). The batch goes through a private temporary file (TMPDIR: a tmpfs in the
+ * image, whose root filesystem is read-only).
+ */
+async function withBatchFile<T>(content: string, fn: (path: string) => Promise<T>): Promise<T> {
+  const dir = await mkdtemp(join(tmpdir(), 'svcplane-conntrack-'));
+  try {
+    const path = join(dir, 'batch');
+    await writeFile(path, content, { mode: 0o600 });
+    return await fn(path);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+function commandError(r: RunResult): CommandError {
+  return new CommandError(r.argv, r.exitCode, r.stderr, 'exit');
 }

@@ -150,6 +150,14 @@ export class ProxyMetrics {
     'kubeproxy_conntrack_reconciler_deleted_entries_total',
     'Cumulative conntrack flows deleted by conntrack reconciler',
   );
+  readonly conntrackRuns = this.counter(
+    'svcplane_conntrack_reconciler_runs_total',
+    'Conntrack reconciliations started (bursts of syncs coalesce into at most two)',
+  );
+  readonly conntrackCommands = this.counter(
+    'svcplane_conntrack_reconciler_commands_total',
+    'conntrack processes the reconciler started (one listing and at most one batch delete per family and run)',
+  );
   readonly conntrackFailures = this.counter(
     'svcplane_conntrack_reconciler_failures_total',
     'Conntrack reconciliations that failed (listing or deleting)',

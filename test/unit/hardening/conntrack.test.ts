@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
 import {
+  batchDeleteInput,
   conntrackCleanupRequired,
-  deleteArgs,
+  countDeleted,
+  deleteFilters,
+  filterArgs,
   parseConntrackLine,
   parseConntrackList,
   staleUDPEntries,
-  type ConntrackEntry,
 } from '../../../src/conntrack/entries.js';
 import { ProxyMetrics } from '../../../src/controller/metrics.js';
 import { ConntrackReconciler } from '../../../src/conntrack/reconciler.js';
@@ -87,20 +89,37 @@ describe('conntrack reconciler (pure)', () => {
     assert.equal(conntrackCleanupRequired(state(udp(['10.0.0.1'])), state()), true);
   });
 
-  it('deletes by exact tuple, as an argument array', () => {
-    const e = parseConntrackList(LIST)[0] as ConntrackEntry;
-    assert.deepEqual(deleteArgs(e), [
+  it('groups stale flows into one delete filter per frontend and backend, as argument arrays', () => {
+    const entries = parseConntrackList(LIST);
+    const s = state(
+      service('ns/dns', {
+        type: 'NodePort',
+        clusterIP: '10.96.0.53',
+        ports: [{ protocol: 'UDP', port: 53, nodePort: 30053, endpoints: [ep('10.244.0.3', 5353)] }],
+      }),
+    );
+    // Three more clients of the removed endpoint .2: same filter as 40000.
+    const more = [40010, 40011, 40012].map((sport) => ({
+      ...entries[0]!,
+      orig: { ...entries[0]!.orig, sport },
+      reply: { ...entries[0]!.reply, dport: sport },
+    }));
+    const filters = deleteFilters(staleUDPEntries(s, 'IPv4', [...entries, ...more]));
+    assert.deepEqual(
+      filters.map((f) => [f.origDst, f.origDport, f.replySrc, f.replySport, f.flows]),
+      [
+        ['10.96.0.53', 53, '10.244.0.2', 5353, 4],
+        ['192.0.2.1', 30053, '10.244.0.2', 5353, 1],
+      ],
+    );
+    assert.deepEqual(filterArgs(filters[0]!), [
       '-D',
       '-f',
       'ipv4',
       '-p',
       'udp',
-      '--orig-src',
-      '10.244.0.9',
       '--orig-dst',
       '10.96.0.53',
-      '--sport',
-      '40000',
       '--dport',
       '53',
       '--reply-src',
@@ -108,6 +127,35 @@ describe('conntrack reconciler (pure)', () => {
       '--reply-port-src',
       '5353',
     ]);
+    assert.equal(
+      batchDeleteInput(filters),
+      '-D -f ipv4 -p udp --orig-dst 10.96.0.53 --dport 53 --reply-src 10.244.0.2 --reply-port-src 5353\n' +
+        '-D -f ipv4 -p udp --orig-dst 192.0.2.1 --dport 30053 --reply-src 10.244.0.2 --reply-port-src 5353\n',
+    );
+  });
+
+  it('refuses filter values that are not canonical addresses or ports', () => {
+    const f = {
+      family: 'IPv4' as const,
+      protocol: 'udp',
+      origDst: '10.96.0.53',
+      origDport: 53,
+      replySrc: '10.244.0.2',
+      replySport: 5353,
+      flows: 1,
+    };
+    assert.throws(() => filterArgs({ ...f, origDst: '10.96.0.53 -F' }), /invalid IPv4 address/);
+    assert.throws(() => filterArgs({ ...f, replySrc: 'fd00::1' }), /invalid IPv4 address/);
+    assert.throws(() => filterArgs({ ...f, origDport: 70000 }), /invalid port/);
+    assert.throws(() => filterArgs({ ...f, protocol: 'udp -D' }), /invalid protocol/);
+  });
+
+  it('counts the flows a batch printed as deleted', () => {
+    const out =
+      'udp      17 99 src=10.0.0.1 dst=10.96.0.10 sport=1000 dport=53 [UNREPLIED] src=10.244.0.5 dst=10.0.0.1 sport=5353 dport=1000 mark=0 use=1\n' +
+      'udp      17 99 src=fd00::1 dst=fd00::53 sport=1000 dport=53 src=fd00::5 dst=fd00::1 sport=5353 dport=1000 mark=0 use=1\n';
+    assert.equal(countDeleted(out), 2);
+    assert.equal(countDeleted(''), 0);
   });
 
   it('without a conntrack tool: one failure, logged once, then no more attempts', async () => {
