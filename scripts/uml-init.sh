@@ -95,8 +95,25 @@ kver=$(uname -r)
 mkdir -p /run/uml/mod/lib/modules
 ln -s "/usr/lib/uml/modules/$kver" "/run/uml/mod/lib/modules/$kver"
 real_modprobe=$(command -v modprobe) || fail "modprobe not found (install kmod)"
+# The same wrapper serves callers on PATH and the kernel's own module autoload (kernel.modprobe), which
+# starts it with a bare environment: without GLIBC_TUNABLES, glibc's AVX code paths lose their state in
+# this kernel (see the top of this file) and modprobe misread its own arguments ("Module /run/uml/mod
+# not found", "invalid option"), so every autoload failed. env sets them before the shell starts.
+# Modules listed in /run/uml/hidden-modules (one name per line, after alias resolution) are refused as
+# if not installed: the tests of a missing kernel module hide one and bring it back.
 cat >/run/uml/bin/modprobe <<EOF
-#!/bin/sh
+#!/usr/bin/env -S GLIBC_TUNABLES=$GLIBC_TUNABLES /bin/sh
+if [ -s /run/uml/hidden-modules ]; then
+  for arg in "\$@"; do
+    case \$arg in -*) continue ;; esac
+    for m in \$($real_modprobe -d /run/uml/mod -R "\$arg" 2>/dev/null) "\$arg"; do
+      if grep -qxF -- "\$m" /run/uml/hidden-modules; then
+        echo "modprobe: FATAL: Module \$arg not found (hidden by /run/uml/hidden-modules)" >&2
+        exit 1
+      fi
+    done
+  done
+fi
 exec $real_modprobe -d /run/uml/mod "\$@"
 EOF
 chmod 755 /run/uml/bin/modprobe
@@ -117,8 +134,9 @@ modules=(
   ip_set ip_set_hash_ip ip_set_hash_ipport ip_set_hash_ipportip ip_set_hash_ipportnet ip_set_hash_net
   ip_set_hash_netport ip_set_hash_netiface ip_set_bitmap_port ip_set_bitmap_ip ip_set_list_set
   veth bridge br_netfilter dummy
-  # SCTP's listen() needs hmac(md5) for its cookies; the kernel does not autoload the hmac template
-  # here ("sctp: failed to load transform for md5: -2", then listen fails with ENOSYS).
+  # SCTP's listen() needs hmac(md5) for its cookies. These failed to autoload ("sctp: failed to load
+  # transform for md5: -2", listen() ENOSYS) while the autoload wrapper ran without GLIBC_TUNABLES (fixed
+  # above); preloading them stays the cheaper way.
   sctp hmac xt_sctp
 )
 if ! out=$(modprobe -a "${modules[@]}" 2>&1); then log "modprobe reported: $out"; fi

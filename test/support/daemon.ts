@@ -1,0 +1,94 @@
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { startProcess, type ChildHandle } from '../../src/util/exec.js';
+import { packageRoot } from '../../src/util/paths.js';
+
+/**
+ * `svcplane <args>` as its own process, the way users run it: from the source through tsx on the host,
+ * from the build (bin/svcplane.js → dist) inside User-mode Linux, where tsx is too slow. Its JSON log
+ * lines are parsed as they come, so tests wait on what the daemon says it did (events), not on time.
+ */
+
+export type LogLine = Record<string, unknown>;
+
+export class Daemon {
+  readonly lines: LogLine[] = [];
+  readonly raw: string[] = [];
+  private exitCode: number | null | undefined;
+
+  private constructor(readonly child: ChildHandle) {
+    child.onLine((l) => {
+      this.raw.push(l);
+      if (!l.startsWith('{')) return;
+      try {
+        this.lines.push(JSON.parse(l) as LogLine);
+      } catch {
+        /* not a log line */
+      }
+    });
+    void child.exited.then((code) => (this.exitCode = code));
+  }
+
+  /** Starts `svcplane ...args` (inside `netns` when given). */
+  static start(args: readonly string[], opts: { netns?: string; fromBuild?: boolean } = {}): Daemon {
+    const root = packageRoot();
+    const argv = opts.fromBuild
+      ? [process.execPath, join(root, 'bin', 'svcplane.js'), ...args]
+      : [
+          process.execPath,
+          '--import=tsx',
+          '-e',
+          `import(${JSON.stringify(pathToFileURL(join(root, 'src', 'cli', 'main.ts')).href)}).then(async (m) => { process.exitCode = await m.main(['node', 'svcplane', ...process.argv.slice(1)]); }, (e) => { console.error(e); process.exitCode = 2; });`,
+          ...args,
+        ];
+    return new Daemon(startProcess(argv, opts.netns ? { netns: opts.netns } : {}));
+  }
+
+  /** Log lines from index `from` on that match. */
+  logged(from: number, pred: (l: LogLine) => boolean): LogLine[] {
+    return this.lines.slice(from).filter(pred);
+  }
+
+  /** Waits for the `count`-th line from `from` on that matches; fails with the log tail if the daemon exits. */
+  async waitFor(
+    what: string,
+    from: number,
+    pred: (l: LogLine) => boolean,
+    timeoutMs = 15_000,
+    count = 1,
+  ): Promise<LogLine[]> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const got = this.logged(from, pred);
+      if (got.length >= count) return got;
+      if (this.exitCode !== undefined)
+        assert.fail(`${what}: the daemon exited (${String(this.exitCode)})\n${this.tail()}`);
+      if (Date.now() > deadline) assert.fail(`${what}: not within ${timeoutMs} ms\n${this.tail()}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  tail(n = 30): string {
+    return this.raw.slice(-n).join('\n');
+  }
+
+  stop(graceMs = 5000): Promise<number | null> {
+    return this.child.stop(graceMs);
+  }
+}
+
+/** Polls `probe` until it returns a value (not undefined); fails after `timeoutMs`. */
+export async function eventually<T>(
+  what: string,
+  timeoutMs: number,
+  probe: () => Promise<T | undefined>,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) assert.fail(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
