@@ -1,15 +1,19 @@
 import assert from 'node:assert/strict';
-import { chmod, mkdir, mkdtemp, rename, rm, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rename, rm, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { endpointChainName } from '../../src/iptables/names.js';
 import { packageRoot } from '../../src/util/paths.js';
 import { startProcess, type ChildHandle } from '../../src/util/exec.js';
 import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
 
 /**
  * The daemon (`svcplane run`, from source through tsx) inside a sandbox node: health, metrics,
- * health-check node ports, a failing iptables-restore, a flushed filter table, a vanished
+ * health-check node ports, restores the kernel refuses, a flushed filter table, a vanished
  * manifest directory and SIGTERM, each with real traffic and real HTTP.
+ *
+ * Refused restores are real: another agent's chain jumps to the KUBE-SEP chain a change is about to
+ * delete, and the kernel refuses to delete a chain in use (EBUSY), until that rule goes.
  */
 
 const NODE = 'node-1';
@@ -71,7 +75,6 @@ describe('hardening: the daemon under failures (sandbox)', function () {
   });
   let dir: string;
   let manifests: string;
-  let bin: string;
   let daemon: ChildHandle | undefined;
   const lines: Json[] = [];
   const raw: string[] = [];
@@ -92,6 +95,16 @@ describe('hardening: the daemon under failures (sandbox)', function () {
     return m ? Number(m[1]) : NaN;
   };
   const logged = (pred: (l: Json) => boolean, from = 0): Json | undefined => lines.slice(from).find(pred);
+  const nat = (...args: string[]) => env.sb.exec('node', ['iptables', '-w', '-t', 'nat', ...args]);
+  /** Another agent's rule jumps to web's KUBE-SEP chain of `pod`: the kernel refuses to delete it. */
+  const holdEndpointChain = async (pod: string): Promise<void> => {
+    await nat('-N', 'FOREIGN');
+    await nat('-A', 'FOREIGN', '-j', endpointChainName('hard/web:p', 'tcp', `${env.sb.podIP(pod)}:8080`));
+  };
+  const releaseEndpointChain = async (): Promise<void> => {
+    await nat('-F', 'FOREIGN');
+    await nat('-X', 'FOREIGN');
+  };
 
   /** `svcplane run` from source (tsx) inside the sandbox node; its JSON log lines land in `lines`. */
   const startDaemon = (): ChildHandle => {
@@ -113,8 +126,6 @@ describe('hardening: the daemon under failures (sandbox)', function () {
         '10.244.0.0/16',
         '--ip-families',
         'IPv4',
-        '--iptables-binary',
-        join(bin, 'iptables'),
         '--iptables-min-sync-period',
         '100ms',
         '--iptables-sync-period',
@@ -138,19 +149,7 @@ describe('hardening: the daemon under failures (sandbox)', function () {
   before(async function () {
     dir = await mkdtemp(join(tmpdir(), 'svcp-hard-'));
     manifests = join(dir, 'manifests');
-    bin = join(dir, 'bin');
     await mkdir(manifests);
-    await mkdir(bin);
-    // Wrappers: the restore one fails while a flag file exists (a kernel-refused write, as far as
-    // svcplane can tell: non-zero exit and stderr).
-    const flag = join(dir, 'fail-restore');
-    await writeFile(join(bin, 'iptables'), '#!/bin/sh\nexec iptables "$@"\n');
-    await writeFile(join(bin, 'iptables-save'), '#!/bin/sh\nexec iptables-save "$@"\n');
-    await writeFile(
-      join(bin, 'iptables-restore'),
-      `#!/bin/sh\nif [ -e '${flag}' ]; then cat >/dev/null; echo 'iptables-restore: injected failure: line 2 failed' >&2; exit 1; fi\nexec iptables-restore "$@"\n`,
-    );
-    for (const f of ['iptables', 'iptables-save', 'iptables-restore']) await chmod(join(bin, f), 0o755);
 
     const a = env.sb.podIP('a');
     await write('web.json', [svc('web', '10.96.8.80'), slice('web', [{ ip: a }])]);
@@ -279,16 +278,17 @@ describe('hardening: the daemon under failures (sandbox)', function () {
     await waitFor('hc closed', async () => ((await http('outside', url)) === undefined ? true : undefined));
   });
 
-  it('a failing iptables-restore keeps the previous rules serving, is counted and logged with stderr, retried, then full', async () => {
+  it('a restore the kernel refuses keeps the previous rules serving, is counted and logged with stderr, retried, then full', async () => {
     const web = { proto: 'tcp', ip: '10.96.8.80', port: 80 } as const;
     expectReply(await env.sb.request('client', web), 'a');
     const from = lines.length;
     const failuresBefore = await metric('kubeproxy_sync_proxy_rules_iptables_restore_failures_total');
-    await writeFile(join(dir, 'fail-restore'), '');
+    // Moving web from a to b deletes a's KUBE-SEP chain: refused while the foreign jump holds it.
+    await holdEndpointChain('a');
     await write('web.json', [svc('web', '10.96.8.80'), slice('web', [{ ip: env.sb.podIP('b') }])]);
     const err = await waitFor('a logged failure', () =>
       Promise.resolve(
-        logged((l) => l.level === 'error' && JSON.stringify(l).includes('injected failure'), from),
+        logged((l) => l.level === 'error' && /Device or resource busy/.test(JSON.stringify(l)), from),
       ),
     );
     assert.match(JSON.stringify(err), /iptables-restore/);
@@ -303,7 +303,7 @@ describe('hardening: the daemon under failures (sandbox)', function () {
     const retries = lines
       .slice(from)
       .filter((l) => l.level === 'error' && l.message === 'sync failed; previous rules stay in place');
-    await unlink(join(dir, 'fail-restore'));
+    await releaseEndpointChain();
     const synced = await waitFor('the retried sync', () =>
       Promise.resolve(logged((l) => l.message === 'synced', from)),
     );
@@ -316,15 +316,13 @@ describe('hardening: the daemon under failures (sandbox)', function () {
     assert.equal(await metric('kubeproxy_sync_proxy_rules_endpoint_changes_pending'), 0);
   });
 
-  it('a change stuck behind failing restores turns /healthz 503 after 2× the sync period, then recovers', async () => {
+  it('a change stuck behind refused restores turns /healthz 503 after 2× the sync period, then recovers', async () => {
     const healthz = async () => http('outside', `http://${env.sb.nodeIPv4}:10256/healthz`);
-    await writeFile(join(dir, 'fail-restore'), '');
+    // web is on b: moving it to a deletes b's KUBE-SEP chain, refused while the foreign jump holds it.
+    await holdEndpointChain('b');
     const queuedAt = Date.now();
     try {
-      await write('web.json', [
-        svc('web', '10.96.8.80'),
-        slice('web', [{ ip: env.sb.podIP('a') }, { ip: env.sb.podIP('b') }]),
-      ]);
+      await write('web.json', [svc('web', '10.96.8.80'), slice('web', [{ ip: env.sb.podIP('a') }])]);
       await new Promise((r) => setTimeout(r, 1000));
       assert.equal((await healthz())?.code, 200, 'within the limit');
       const r = await waitFor(
@@ -339,7 +337,7 @@ describe('hardening: the daemon under failures (sandbox)', function () {
       assert.match(String((JSON.parse(r.body) as Json).reason), /has not reached the kernel/);
       assert.equal((await http('outside', `http://${env.sb.nodeIPv4}:10256/livez`))?.code, 503);
     } finally {
-      await unlink(join(dir, 'fail-restore'));
+      await releaseEndpointChain();
     }
     await waitFor('healthz 200 again', async () => ((await healthz())?.code === 200 ? true : undefined));
     await write('web.json', [svc('web', '10.96.8.80'), slice('web', [{ ip: env.sb.podIP('b') }])]);
