@@ -65,9 +65,9 @@ describe('iptables mode: SCTP through the rules (UML, real associations)', funct
     port: number,
   ): Promise<{ server: string; peer: string }> {
     const { sb } = ctx;
-    const res = await run(['socat', '-T', '3', '-u', `SCTP-CONNECT:${ip}:${port}`, 'STDOUT'], {
+    const res = await run(['socat', '-T', '10', '-u', `SCTP-CONNECT:${ip}:${port}`, 'STDOUT'], {
       netns: sb.nsOf(where),
-      timeoutMs: 10_000,
+      timeoutMs: 20_000,
     });
     const [server = '', peer = ''] = res.stdout.trim().split('\n');
     return { server, peer };
@@ -93,9 +93,9 @@ describe('iptables mode: SCTP through the rules (UML, real associations)', funct
     for (const pod of ['a', 'b']) {
       await waitFor(`SCTP server in ${pod}`, async () => {
         if (!servers.every((s) => s.running)) assert.fail(servers.map((s) => s.log).join('\n'));
-        const r = await run(['socat', '-T', '3', '-u', `SCTP-CONNECT:${sb.podIP(pod)}:${PORT}`, 'STDOUT'], {
+        const r = await run(['socat', '-T', '10', '-u', `SCTP-CONNECT:${sb.podIP(pod)}:${PORT}`, 'STDOUT'], {
           netns: sb.nsOf('client'),
-          timeoutMs: 10_000,
+          timeoutMs: 20_000,
           allowFailure: true,
         });
         return r.exitCode === 0 && r.stdout.startsWith(sb.podIP(pod));

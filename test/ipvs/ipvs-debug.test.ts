@@ -403,11 +403,11 @@ describe('svcplane diff/explain --proxy-mode ipvs (UML)', function () {
     await waitFor('the SCTP server', async () => {
       const r = await sb.exec(
         'client',
-        ['socat', '-T', '3', 'STDIO', `SCTP-CONNECT:10.96.30.6:${SCTP_PORT},shut-none`],
+        ['socat', '-T', '10', 'STDIO', `SCTP-CONNECT:10.96.30.6:${SCTP_PORT},shut-none`],
         {
           input: '',
           allowFailure: true,
-          timeoutMs: 10_000,
+          timeoutMs: 20_000,
         },
       );
       const m = /^(\S+) (\S+)$/m.exec(r.stdout);

@@ -1008,8 +1008,8 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
     const sctp = async (from: Where, ip: string, port: number, bind?: string) => {
       const r = await env.sb.exec(
         from,
-        ['socat', '-T', '3', 'STDIO', `SCTP-CONNECT:${ip}:${port},shut-none${bind ? `,bind=${bind}` : ''}`],
-        { input: '', allowFailure: true, timeoutMs: 10_000 },
+        ['socat', '-T', '10', 'STDIO', `SCTP-CONNECT:${ip}:${port},shut-none${bind ? `,bind=${bind}` : ''}`],
+        { input: '', allowFailure: true, timeoutMs: 20_000 },
       );
       const m = /^(\S+) (\S+)$/m.exec(r.stdout);
       if (r.exitCode !== 0 || !m)
