@@ -274,20 +274,24 @@ describe('Reflector parts', () => {
     );
   });
 
-  it('LineSplitter: linear in the bytes of a long line (4x the bytes, well under 16x the time)', () => {
+  it('LineSplitter: linear in the bytes of a long line (8x the bytes, far below the 64x of a quadratic)', () => {
     const chunk = Buffer.alloc(16 * 1024, 0x61);
     const time = (mb: number): number => {
-      const s = new LineSplitter(1024 * 1024 * 1024);
-      const t0 = performance.now();
-      for (let n = 0; n < (mb * 1024 * 1024) / chunk.length; n++) s.push(chunk);
-      assert.equal(s.push(Buffer.from('\n'))[0]!.length, mb * 1024 * 1024);
-      return performance.now() - t0;
+      let best = Infinity;
+      for (let run = 0; run < 3; run++) {
+        const s = new LineSplitter(1024 * 1024 * 1024);
+        const t0 = performance.now();
+        for (let n = 0; n < (mb * 1024 * 1024) / chunk.length; n++) s.push(chunk);
+        assert.equal(s.push(Buffer.from('\n'))[0]!.length, mb * 1024 * 1024);
+        best = Math.min(best, performance.now() - t0);
+      }
+      return best;
     };
     time(2); // warm-up
-    const small = Math.max(time(8), 1);
+    const small = Math.max(time(4), 2);
     const big = time(32);
     // The old splitter (string += chunk, indexOf from the start) was quadratic: 64 MB took 36 s.
-    assert.ok(big < small * 12, `8 MB: ${small.toFixed(0)} ms, 32 MB: ${big.toFixed(0)} ms`);
+    assert.ok(big < small * 24, `4 MB: ${small.toFixed(0)} ms, 32 MB: ${big.toFixed(0)} ms`);
     assert.ok(big < 5000, `32 MB line split in ${big.toFixed(0)} ms`);
   });
 
