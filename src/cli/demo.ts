@@ -28,12 +28,33 @@ export const DEMO_PODS: readonly DemoPod[] = [
   { name: 'client', index: 10, tcp: [] },
 ];
 
+/**
+ * What kube-proxy gives for a probe of the examples, checked by the demo (it fails otherwise):
+ * `backends` are the pods behind the Service; `spread` 'all' means every one of them answers (a
+ * balanced Service), 'one' that a single one answers every request (ClientIP affinity); `masquerade`
+ * whether the backend sees the node (its pod-network address) instead of the client.
+ */
+export interface DemoExpectation {
+  readonly backends: readonly string[];
+  readonly spread: 'all' | 'one';
+  readonly masquerade: boolean;
+}
+
 export interface DemoProbe {
   readonly service: string;
   readonly from: string;
   readonly req: RequestSpec;
+  /** Requests sent at least; a balanced Service gets more (up to MAX_BALANCED_REQUESTS) until every backend answered. */
   readonly times: number;
+  readonly expect: DemoExpectation;
 }
+
+/** A balanced Service of two backends misses one of them in 24 random picks with probability 2^-23. */
+export const MAX_BALANCED_REQUESTS = 24;
+
+const BOTH = ['pod-a', 'pod-b'];
+const balanced = (masquerade = false): DemoExpectation => ({ backends: BOTH, spread: 'all', masquerade });
+const only = (pod: string): DemoExpectation => ({ backends: [pod], spread: 'all', masquerade: false });
 
 export const DEMO_PROBES: readonly DemoProbe[] = [
   {
@@ -41,60 +62,70 @@ export const DEMO_PROBES: readonly DemoProbe[] = [
     from: 'client',
     req: { proto: 'tcp', ip: '10.96.0.10', port: 80 },
     times: 4,
+    expect: balanced(),
   },
   {
     service: 'default/external-db (Endpoints, no selector)',
     from: 'client',
     req: { proto: 'tcp', ip: '10.96.0.11', port: 5432 },
     times: 1,
+    expect: only('db'),
   },
   {
     service: 'default/redis',
     from: 'client',
     req: { proto: 'tcp', ip: '10.97.97.97', port: 6379 },
     times: 1,
+    expect: only('redis'),
   },
   {
     service: 'default/web-nodeport (NodePort)',
     from: 'outside',
     req: { proto: 'tcp', ip: '192.0.2.1', port: 30080 },
     times: 3,
+    expect: balanced(true),
   },
   {
     service: 'default/sticky (ClientIP affinity)',
     from: 'client',
     req: { proto: 'tcp', ip: '10.96.0.13', port: 80 },
     times: 4,
+    expect: { backends: BOTH, spread: 'one', masquerade: false },
   },
   {
     service: 'default/multi:http',
     from: 'client',
     req: { proto: 'tcp', ip: '10.96.0.14', port: 80 },
     times: 2,
+    expect: balanced(),
   },
   {
     service: 'default/multi:https',
     from: 'client',
     req: { proto: 'tcp', ip: '10.96.0.14', port: 443 },
     times: 2,
+    expect: balanced(),
   },
   {
     service: 'default/extip (externalIPs)',
     from: 'outside',
     req: { proto: 'tcp', ip: '203.0.113.10', port: 80 },
     times: 2,
+    expect: balanced(true),
   },
   {
     service: 'kube-system/dns:dns (UDP)',
     from: 'client',
     req: { proto: 'udp', ip: '10.96.0.53', port: 53 },
     times: 2,
+    expect: only('dns'),
   },
   {
     service: 'kube-system/dns:dns-tcp',
     from: 'client',
     req: { proto: 'tcp', ip: '10.96.0.53', port: 53 },
     times: 1,
+    expect: only('dns'),
   },
 ];
 
@@ -103,16 +134,68 @@ export interface DemoRow {
   readonly frontend: string;
   readonly from: string;
   readonly answers: readonly string[];
+  /** Source addresses the backends saw, each with what it is ("client" or "node: masqueraded"). */
   readonly peers: readonly string[];
+  /** Where the row differs from what kube-proxy gives (empty: as expected). */
+  readonly problems: readonly string[];
 }
 
-export function summarizeProbe(probe: DemoProbe, results: readonly ProbeResult[]): DemoRow {
+/** Addresses a backend may see: the requester's own, or the node's pod-network address (masquerade). */
+export interface DemoAddresses {
+  /** The address of each requester (`client` pod, `outside`). */
+  readonly requester: Readonly<Record<string, string>>;
+  /** What masqueraded traffic comes from: the node's address on the pod network (cbr0). */
+  readonly masquerade: string;
+}
+
+const hostOf = (peer: string): string => peer.replace(/^\[?(.*?)\]?:\d+$/, '$1');
+
+/** What the backends' answers say against the probe's expectation, one sentence per deviation. */
+export function checkProbe(
+  probe: DemoProbe,
+  results: readonly ProbeResult[],
+  addrs: DemoAddresses,
+): string[] {
+  const problems: string[] = [];
+  const failed = results.filter((r) => !r.ok).length;
+  if (failed > 0) problems.push(`${failed} of ${results.length} requests not answered`);
+  const ok = results.flatMap((r) => (r.ok ? [r.reply] : []));
+  const pods = [...new Set(ok.map((r) => r.pod))].sort();
+  const stray = pods.filter((p) => !probe.expect.backends.includes(p));
+  if (stray.length > 0) problems.push(`answered by ${stray.join(', ')}, not a backend of this Service`);
+  const want = [...probe.expect.backends].sort();
+  if (probe.expect.spread === 'all' && stray.length === 0 && pods.join() !== want.join() && ok.length > 0)
+    problems.push(`expected answers from ${want.join(' and ')}, got ${pods.join(', ')} only`);
+  if (probe.expect.spread === 'one' && pods.length > 1)
+    problems.push(`ClientIP affinity: one backend expected, got ${pods.join(' and ')}`);
+  const client = addrs.requester[probe.from];
+  const want4 = probe.expect.masquerade ? addrs.masquerade : client;
+  const seen = [...new Set(ok.map((r) => hostOf(r.peer)))];
+  const wrong = seen.filter((p) => p !== want4);
+  if (wrong.length > 0)
+    problems.push(
+      probe.expect.masquerade
+        ? `not masqueraded: the backend saw ${wrong.join(', ')}, kube-proxy gives the node (${addrs.masquerade})`
+        : `masqueraded: the backend saw ${wrong.join(', ')}, kube-proxy keeps the client's ${client ?? '?'}`,
+    );
+  return problems;
+}
+
+export function summarizeProbe(
+  probe: DemoProbe,
+  results: readonly ProbeResult[],
+  addrs: DemoAddresses,
+): DemoRow {
   const answers = results.map((r) =>
     r.ok ? `${r.reply.pod} ${r.reply.ip}:${r.reply.port}` : `✗ ${r.error}`,
   );
-  const peers = [
-    ...new Set(results.filter((r) => r.ok).map((r) => (r.ok ? r.reply.peer.replace(/:\d+$/, '') : ''))),
-  ];
+  const peers = [...new Set(results.flatMap((r) => (r.ok ? [hostOf(r.reply.peer)] : [])))].map((p) =>
+    p === addrs.masquerade
+      ? `${p} (node: masqueraded)`
+      : p === addrs.requester[probe.from]
+        ? `${p} (client)`
+        : p,
+  );
   const ip = probe.req.ip.includes(':') ? `[${probe.req.ip}]` : probe.req.ip;
   return {
     service: probe.service,
@@ -120,17 +203,43 @@ export function summarizeProbe(probe: DemoProbe, results: readonly ProbeResult[]
     from: probe.from,
     answers,
     peers,
+    problems: checkProbe(probe, results, addrs),
   };
 }
 
+/** Sends the probe's requests; a balanced Service gets more until every backend answered. */
+export async function runProbe(
+  probe: DemoProbe,
+  request: (from: string, req: RequestSpec) => Promise<ProbeResult>,
+): Promise<ProbeResult[]> {
+  const results: ProbeResult[] = [];
+  const balanced = probe.expect.spread === 'all' && probe.expect.backends.length > 1;
+  const seen = new Set<string>();
+  for (let i = 0; i < (balanced ? MAX_BALANCED_REQUESTS : probe.times); i++) {
+    if (balanced && i >= probe.times && probe.expect.backends.every((b) => seen.has(b))) break;
+    const r = await request(probe.from, probe.req);
+    if (r.ok) seen.add(r.reply.pod);
+    results.push(r);
+  }
+  return results;
+}
+
 export function formatTable(rows: readonly DemoRow[]): string {
-  const header = ['Service', 'frontend', 'from', 'answered by (each request)', 'source seen by backend'];
+  const header = [
+    'Service',
+    'frontend',
+    'from',
+    'answered by (each request)',
+    'source seen by backend',
+    'as kube-proxy',
+  ];
   const body = rows.map((r) => [
     r.service,
     r.frontend,
     r.from,
     countAnswers(r.answers),
     r.peers.join(', ') || '-',
+    r.problems.length === 0 ? '✓' : `✗ ${r.problems.join('; ')}`,
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)));
   const line = (cells: readonly string[]): string =>
@@ -226,11 +335,13 @@ export async function runDemo(opts: {
     await waitForSync(daemon, 30_000);
     out("svcplane demo: rules are in the node's kernel; sending requests…\n");
     const rows: DemoRow[] = [];
+    const addrs: DemoAddresses = {
+      requester: { client: sb.podIP('client'), outside: sb.outsideIPv4 },
+      masquerade: sb.gatewayIPv4,
+    };
     for (const probe of DEMO_PROBES) {
-      const results: ProbeResult[] = [];
-      for (let i = 0; i < probe.times; i++)
-        results.push(await sb.request(probe.from, { ...probe.req, timeoutMs: 1500 }));
-      rows.push(summarizeProbe(probe, results));
+      const results = await runProbe(probe, (from, req) => sb.request(from, { ...req, timeoutMs: 1500 }));
+      rows.push(summarizeProbe(probe, results, addrs));
     }
     out(formatTable(rows));
     const expectNone = opts.noRuleServices ?? NO_RULE_SERVICES;
@@ -243,9 +354,13 @@ export async function runDemo(opts: {
     } else {
       out(`\n✗ ${withRules.join(' and ')} got rules, but must have none (headless / ExternalName).`);
     }
-    const failed = rows.filter((r) => r.answers.some((a) => a.startsWith('✗'))).length;
-    out(failed === 0 ? '\nAll frontends answered.' : `\n${failed} frontend(s) did not answer.`);
-    return failed === 0 && withRules.length === 0 ? 0 : 1;
+    const wrong = rows.filter((r) => r.problems.length > 0);
+    out(
+      wrong.length === 0
+        ? '\nAll frontends answered as kube-proxy would: balanced Services by every backend, the ClientIP one by one, masquerade where kube-proxy masquerades.'
+        : `\n✗ ${wrong.length} frontend(s) not as kube-proxy would:\n${wrong.map((r) => `  ${r.service}: ${r.problems.join('; ')}`).join('\n')}`,
+    );
+    return wrong.length === 0 && withRules.length === 0 ? 0 : 1;
   } finally {
     if (daemon) {
       const code = await daemon.stop();
