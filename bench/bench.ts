@@ -15,7 +15,7 @@ import { ManifestSource } from '../src/kube/manifests.js';
 import { buildClusterState } from '../src/model/build.js';
 import type { ClusterState } from '../src/model/types.js';
 import { run } from '../src/util/exec.js';
-import { BENCH_NODE, clusterObjects, nodeObject, serviceObjects } from './cluster.js';
+import { BENCH_LIMITS, BENCH_NODE, clusterObjects, nodeObject, serviceObjects } from './cluster.js';
 import { MemoryPeak } from './memory.js';
 
 /**
@@ -238,7 +238,11 @@ async function measureSize(n: number, latencyChanges: number, latencyAt: number)
 
     let t = performance.now();
     const objects = clusterObjects({ services: n, endpointsPerService: ENDPOINTS });
-    const state = buildClusterState(objects.map((obj) => ({ obj })));
+    const state = buildClusterState(
+      objects.map((obj) => ({ obj })),
+      undefined,
+      BENCH_LIMITS,
+    );
     const buildMs = performance.now() - t;
     if (state.problems.length > 0)
       throw new Error(`synthetic cluster invalid: ${JSON.stringify(state.problems[0])}`);
@@ -368,6 +372,7 @@ async function partialSync(
       current = buildClusterState(
         changed.map((obj) => ({ obj })),
         current,
+        BENCH_LIMITS,
       );
       inputs.length = 0;
       const report = await proxier.sync(current);
@@ -385,6 +390,7 @@ async function partialSync(
     buildClusterState(
       objects.map((obj) => ({ obj })),
       current,
+      BENCH_LIMITS,
     ),
   );
   return {
@@ -423,7 +429,7 @@ async function eventLatency(
   };
   await writeFile(join(mdir, '00-node.json'), JSON.stringify(nodeObject()));
   for (let f = 0; f * perFile < n; f++) await writeFile(fileOf(f * perFile), fileText(f));
-  const source = new ManifestSource(mdir, { debounceMs: 10, pollMs: 60_000 });
+  const source = new ManifestSource(mdir, { debounceMs: 10, pollMs: 60_000, limits: BENCH_LIMITS });
   await source.start();
   const initial = source.current();
   if (!initial) throw new Error('manifest source has no state');

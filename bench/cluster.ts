@@ -3,7 +3,16 @@
  * deterministic for a given size, turned into a ClusterState by the real buildClusterState.
  * Mix: ~70% ClusterIP, 20% NodePort, 10% LoadBalancer (a third of those eTP=Local, half with source
  * ranges); 10% of Services have two ports; every Service has `endpointsPerService` ready endpoints.
+ * Node ports are unique, as the API server's allocator makes them: 30% of 10k Services need more than
+ * the default range's 2768, so the bench builds its states with BENCH_LIMITS (range 30000-65535, as
+ * `--service-node-port-range=30000-65535` would).
  */
+import { DEFAULT_SERVICE_LIMITS, type ServiceLimits } from '../src/model/limits.js';
+
+export const BENCH_LIMITS: ServiceLimits = {
+  ...DEFAULT_SERVICE_LIMITS,
+  nodePortRange: { first: 30000, last: 65535 },
+};
 
 export const BENCH_NODE = 'node-1';
 export const BENCH_NODE_IP = '192.0.2.1';
@@ -48,13 +57,19 @@ export function serviceObjects(i: number, per: number, generation = 0): Raw[] {
   const local = type === 'LoadBalancer' && i % 30 === 9;
   const ports: Raw[] = [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080 }];
   if (multi) ports.push({ name: 'metrics', protocol: 'TCP', port: 9090, targetPort: 9090 });
-  const nodePortBase = 30000 + ((i * 2) % 2700);
-  if (type !== 'ClusterIP') ports.forEach((p, k) => (p.nodePort = nodePortBase + k));
+  // Node-port Services (i % 10 in 7..9) have one port: two numbers each, the node port and (for
+  // eTP=Local) the health-check port.
+  const nodePortBase = 30000 + 2 * (Math.floor(i / 10) * 3 + (kind - 7));
+  if (type !== 'ClusterIP') {
+    if (nodePortBase + 1 > BENCH_LIMITS.nodePortRange.last)
+      throw new Error(`bench: no node port left for Service ${i}`);
+    ports.forEach((p, k) => (p.nodePort = nodePortBase + k));
+  }
   const spec: Raw = { selector: { app: name }, clusterIP: clusterIP(i), type, ports };
   const status: Raw = {};
   if (type === 'LoadBalancer') {
     spec.externalTrafficPolicy = local ? 'Local' : 'Cluster';
-    if (local) spec.healthCheckNodePort = 32700 + (i % 60);
+    if (local) spec.healthCheckNodePort = nodePortBase + 1;
     if (i % 20 === 9) spec.loadBalancerSourceRanges = ['198.51.100.0/24', '203.0.113.0/25'];
     status.loadBalancer = { ingress: [{ ip: ipOf([198, 18], i) }] };
   }

@@ -20,7 +20,7 @@ import { buildClusterState } from '../src/model/build.js';
 import type { ClusterState } from '../src/model/types.js';
 import { run } from '../src/util/exec.js';
 import { parseIpAddressJson } from '../src/util/netif.js';
-import { BENCH_NODE, BENCH_NODE_IP, clusterObjects, serviceObjects } from './cluster.js';
+import { BENCH_LIMITS, BENCH_NODE, BENCH_NODE_IP, clusterObjects, serviceObjects } from './cluster.js';
 import { MemoryPeak } from './memory.js';
 
 /**
@@ -282,7 +282,11 @@ async function measureChild(n: number): Promise<ChildResult> {
 
     let t = performance.now();
     const objects = clusterObjects({ services: n, endpointsPerService: ENDPOINTS });
-    const state = buildClusterState(objects.map((obj) => ({ obj })));
+    const state = buildClusterState(
+      objects.map((obj) => ({ obj })),
+      undefined,
+      BENCH_LIMITS,
+    );
     const buildMs = performance.now() - t;
     if (state.problems.length > 0)
       throw new Error(`synthetic cluster invalid: ${JSON.stringify(state.problems[0])}`);
@@ -334,6 +338,7 @@ async function measureChild(n: number): Promise<ChildResult> {
     const next = buildClusterState(
       changed.map((obj) => ({ obj })),
       state,
+      BENCH_LIMITS,
     );
     const partial = await measuredSync(proxier, config, next, randomFully);
     proxier.stop();

@@ -2,7 +2,7 @@ import { renderRestoreInput, type IptablesRenderConfig } from '../src/iptables/r
 import { dropUnchangedFixedChains, fixedChainContents } from '../src/iptables/render-unchanged.js';
 import { buildClusterState } from '../src/model/build.js';
 import { nodeContext } from '../src/model/selection.js';
-import { BENCH_NODE, clusterObjects, serviceObjects } from './cluster.js';
+import { BENCH_LIMITS, BENCH_NODE, clusterObjects, serviceObjects } from './cluster.js';
 
 /**
  * The pure work of a full and a one-endpoint partial sync at one size, for `node --cpu-prof`:
@@ -23,7 +23,11 @@ const config: IptablesRenderConfig = {
 };
 const objects = clusterObjects({ services: n, endpointsPerService: 5 });
 let t = performance.now();
-const state = buildClusterState(objects.map((obj) => ({ obj })));
+const state = buildClusterState(
+  objects.map((obj) => ({ obj })),
+  undefined,
+  BENCH_LIMITS,
+);
 console.log(`build ${(performance.now() - t).toFixed(0)} ms`);
 for (let round = 0; round < 3; round++) {
   t = performance.now();
@@ -39,6 +43,7 @@ for (let round = 0; round < 3; round++) {
   const next = buildClusterState(
     changed.map((obj) => ({ obj })),
     state,
+    BENCH_LIMITS,
   );
   const tBuild = performance.now() - t;
   t = performance.now();

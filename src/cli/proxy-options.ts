@@ -12,6 +12,13 @@ import {
   type ProxyConfigOverrides,
   type ProxyMode,
 } from '../config/kube-proxy-config.js';
+import {
+  DEFAULT_NODE_PORT_RANGE,
+  formatPortRange,
+  parsePortRange,
+  serviceLimits,
+  type ServiceLimits,
+} from '../model/limits.js';
 import { log } from '../util/log.js';
 import { addIpvsOptions, resolveIpvsOptions, type IpvsOptions } from '../ipvs/options.js';
 import { boolOption, parseDuration, parseIntInRange, parseList } from './flags.js';
@@ -54,6 +61,11 @@ export interface ProxyOptions {
   readonly ipFamilies: readonly ('IPv4' | 'IPv6')[];
   readonly healthzBindAddress: string;
   readonly metricsBindAddress: string;
+  /**
+   * --service-node-port-range (kube-apiserver's flag; config `serviceNodePortRange`), with the
+   * healthz and metrics ports reserved: what a Service's node ports may be.
+   */
+  readonly serviceLimits: ServiceLimits;
   readonly verbosity: number;
   /** --ipvs-… flags (used with --proxy-mode ipvs). */
   readonly ipvs: IpvsOptions;
@@ -94,6 +106,11 @@ export function addProxyOptions(cmd: Command): Command {
     .option('--ip-families <list>', 'IPv4, IPv6 or both (default both)', parseList)
     .option('--healthz-bind-address <ip:port>', 'health server address', '0.0.0.0:10256')
     .option('--metrics-bind-address <ip:port>', 'metrics server address', '127.0.0.1:10249')
+    .option(
+      '--service-node-port-range <first-last>',
+      "node ports Services may use (kube-apiserver's flag); others, and svcplane's own ports, are refused",
+      formatPortRange(DEFAULT_NODE_PORT_RANGE),
+    )
     .option('-v, --v <level>', 'log verbosity', parseIntInRange(0, 10), 0);
   boolOption(cmd, 'masquerade-all', 'SNAT all traffic sent via Service cluster IPs', false);
   boolOption(cmd, 'iptables-localhost-nodeports', 'allow NodePorts on 127.0.0.1 (IPv4)', true);
@@ -175,6 +192,17 @@ export function resolveProxyOptions(raw: Raw, opts: { companions?: boolean } = {
     throw new Error('--iptables-sync-period: must be greater than or equal to --iptables-min-sync-period');
   }
   const ipvs = resolveIpvsOptions(raw);
+  const healthzBindAddress = str('healthzBindAddress') ?? '0.0.0.0:10256';
+  const metricsBindAddress = str('metricsBindAddress') ?? '127.0.0.1:10249';
+  const nodePortRange = parsePortRange(
+    str('serviceNodePortRange') ?? formatPortRange(DEFAULT_NODE_PORT_RANGE),
+  );
+  if ('error' in nodePortRange) throw new Error(`--service-node-port-range: ${nodePortRange.error}`);
+  const portOf = (hostPort: string): number => Number(/:(\d+)$/.exec(hostPort)?.[1] ?? 0);
+  const serviceLimitsValue = serviceLimits(nodePortRange, [
+    { port: portOf(healthzBindAddress), what: "svcplane's healthz port (--healthz-bind-address)" },
+    { port: portOf(metricsBindAddress), what: "svcplane's metrics port (--metrics-bind-address)" },
+  ]);
   return {
     manifests: str('manifests'),
     kubeconfig: str('kubeconfig'),
@@ -198,8 +226,9 @@ export function resolveProxyOptions(raw: Raw, opts: { companions?: boolean } = {
     iptablesBinary: binary,
     iptablesFullSyncMode: fullSyncMode,
     ipFamilies: families.length > 0 ? (families as ('IPv4' | 'IPv6')[]) : ['IPv4', 'IPv6'],
-    healthzBindAddress: str('healthzBindAddress') ?? '0.0.0.0:10256',
-    metricsBindAddress: str('metricsBindAddress') ?? '127.0.0.1:10249',
+    healthzBindAddress,
+    metricsBindAddress,
+    serviceLimits: serviceLimitsValue,
     verbosity: num('v', 0),
   };
 }
@@ -274,6 +303,12 @@ const CONFIG_FLAGS: readonly ConfigFlag[] = [
     field: 'metricsBindAddress',
     fromConfig: (c) => c.metricsBindAddress,
     toOverrides: (o, v) => (o.metricsBindAddress = asString(v)),
+  },
+  {
+    key: 'serviceNodePortRange',
+    field: 'serviceNodePortRange',
+    fromConfig: (c) => c.serviceNodePortRange,
+    toOverrides: (o, v) => (o.serviceNodePortRange = asString(v)),
   },
   {
     key: 'nodeportAddresses',

@@ -56,7 +56,7 @@ export function registerProxyCommands(program: Command): void {
 }
 
 export async function createSource(opts: ProxyOptions): Promise<StateSource> {
-  if (opts.manifests !== undefined) return new ManifestSource(opts.manifests);
+  if (opts.manifests !== undefined) return new ManifestSource(opts.manifests, { limits: opts.serviceLimits });
   const { createApiSource } = await import('../kube/api-source-factory.js');
   return createApiSource(opts);
 }

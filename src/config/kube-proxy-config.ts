@@ -11,6 +11,7 @@
 import { readFile } from 'node:fs/promises';
 import { parseAllDocuments } from 'yaml';
 import { parseCIDR, parseIP } from '../model/ip.js';
+import { DEFAULT_NODE_PORT_RANGE, formatPortRange, parsePortRange } from '../model/limits.js';
 import { formatGoDuration, parseGoDuration } from './duration.js';
 
 export { formatGoDuration, parseGoDuration };
@@ -55,6 +56,11 @@ export interface ProxyConfig {
   readonly metricsBindAddress: string;
   /** CIDRs, or `['primary']`; empty = all local addresses. */
   readonly nodePortAddresses: readonly string[];
+  /**
+   * svcplane's own field (kube-apiserver's --service-node-port-range): the node ports Services may
+   * use, `first-last`; default 30000-32767.
+   */
+  readonly serviceNodePortRange: string;
   readonly detectLocalMode: DetectLocalMode;
   readonly detectLocal: { readonly bridgeInterface: string; readonly interfaceNamePrefix: string };
   readonly iptables: {
@@ -138,6 +144,7 @@ export function defaultProxyConfig(): ProxyConfig {
     healthzBindAddress: `0.0.0.0:${HEALTHZ_PORT}`,
     metricsBindAddress: `127.0.0.1:${METRICS_PORT}`,
     nodePortAddresses: [],
+    serviceNodePortRange: formatPortRange(DEFAULT_NODE_PORT_RANGE),
     detectLocalMode: 'ClusterCIDR',
     detectLocal: { bridgeInterface: '', interfaceNamePrefix: '' },
     iptables: {
@@ -298,6 +305,7 @@ function readConfig(doc: Json, r: Reader): ProxyConfigOverrides {
     'healthzBindAddress',
     'metricsBindAddress',
     'nodePortAddresses',
+    'serviceNodePortRange',
     'detectLocalMode',
     'detectLocal',
     'iptables',
@@ -332,6 +340,8 @@ function readConfig(doc: Json, r: Reader): ProxyConfigOverrides {
   if (metrics) out.metricsBindAddress = metrics;
   const npa = r.stringList(doc, 'nodePortAddresses', '');
   if (npa !== undefined) out.nodePortAddresses = npa;
+  const range = r.string(doc, 'serviceNodePortRange', '');
+  if (range) out.serviceNodePortRange = range;
   const dlm = r.string(doc, 'detectLocalMode', '');
   if (dlm) out.detectLocalMode = dlm as DetectLocalMode;
 
@@ -561,6 +571,8 @@ export function validateProxyConfig(c: ProxyConfig): ConfigProblem[] {
       p.push({ field: 'nodePortAddresses', reason: '"primary" cannot be combined with CIDRs' });
     }
   } else checkCIDRs('nodePortAddresses', c.nodePortAddresses, p);
+  const range = parsePortRange(c.serviceNodePortRange);
+  if ('error' in range) p.push({ field: 'serviceNodePortRange', reason: range.error });
 
   if (!DETECT_LOCAL_MODES.includes(c.detectLocalMode)) {
     p.push({

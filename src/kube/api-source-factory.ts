@@ -1,4 +1,5 @@
 import type { ProxyOptions } from '../cli/proxy-options.js';
+import { buildClusterState } from '../model/build.js';
 import { log, redactUrlCredentials } from '../util/log.js';
 import { ApiSource } from './api-source.js';
 import type { ReflectorOptions } from './informer.js';
@@ -76,6 +77,7 @@ export function createApiSource(opts: ProxyOptions, tuning: ApiSourceTuning = {}
           healthGraceFromEnv(tuning.env ?? process.env) ??
           DEFAULT_API_HEALTH_GRACE_MS,
         reflector: tuning.reflector,
+        build: (objects, previous) => buildClusterState(objects, previous, opts.serviceLimits),
       }),
     );
   } catch (err) {

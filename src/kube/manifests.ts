@@ -3,6 +3,7 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, extname, join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { buildClusterState, flattenLists, type SourceObject } from '../model/build.js';
+import type { ServiceLimits } from '../model/limits.js';
 import type { ClusterState, Problem } from '../model/types.js';
 import { deepEqual } from '../model/validate.js';
 import { log } from '../util/log.js';
@@ -134,6 +135,8 @@ export interface ManifestSourceOptions {
   readonly debounceMs?: number;
   /** Period of the stat fallback for missed watch events (default 1000 ms). */
   readonly pollMs?: number;
+  /** Node-port range, reserved ports and rule budget applied to the Services (model defaults). */
+  readonly limits?: ServiceLimits;
 }
 
 function sameState(a: ClusterState | undefined, b: ClusterState): boolean {
@@ -146,6 +149,7 @@ function sameState(a: ClusterState | undefined, b: ClusterState): boolean {
 export class ManifestSource implements StateSource {
   private readonly debounceMs: number;
   private readonly pollMs: number;
+  private readonly limits: ServiceLimits | undefined;
   private readonly files = new Map<string, FileEntry>();
   private readonly listeners = new Set<(state: ClusterState) => void>();
   private state: ClusterState | undefined;
@@ -166,6 +170,7 @@ export class ManifestSource implements StateSource {
   ) {
     this.debounceMs = opts.debounceMs ?? 200;
     this.pollMs = opts.pollMs ?? 1000;
+    this.limits = opts.limits;
   }
 
   async start(): Promise<void> {
@@ -379,7 +384,7 @@ export class ManifestSource implements StateSource {
       objects.push(...entry.objects);
       if (entry.problem) fileProblems.push(entry.problem);
     }
-    const built = buildClusterState(objects, this.state);
+    const built = buildClusterState(objects, this.state, this.limits);
     const next: ClusterState = { ...built, problems: [...fileProblems, ...built.problems] };
     if (sameState(this.state, next)) return;
     this.state = next;

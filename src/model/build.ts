@@ -6,7 +6,16 @@ import { parseNode } from './node.js';
 import { parseService, type ParsedService } from './service.js';
 import type { ClusterState, Endpoint, NodeInfo, ObjectRef, Problem, Service, ServicePort } from './types.js';
 import { serviceKey } from './types.js';
-import { compareStrings, deepEqual, isRecord, Issues, type JsonRecord, show } from './validate.js';
+import { DEFAULT_SERVICE_LIMITS, applyServiceLimits, type ServiceLimits } from './limits.js';
+import {
+  compareStrings,
+  deepEqual,
+  displayName,
+  isRecord,
+  Issues,
+  type JsonRecord,
+  show,
+} from './validate.js';
 
 /**
  * Turns raw Kubernetes objects (from manifests or the API) into a validated ClusterState. Pure: no I/O,
@@ -30,6 +39,27 @@ const KINDS: Readonly<Record<Kind, string>> = {
 };
 
 const isKind = (k: string): k is Kind => Object.hasOwn(KINDS, k);
+
+/** Edit distance of two short strings, for "did you mean" (inputs cut at 40 characters). */
+function editDistance(a: string, b: string): number {
+  const x = a.slice(0, 40);
+  const y = b.slice(0, 40);
+  let row = Array.from({ length: y.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= x.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= y.length; j++) {
+      next[j] = Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (x[i - 1] === y[j - 1] ? 0 : 1));
+    }
+    row = next;
+  }
+  return row[y.length]!;
+}
+
+function unknownKindReason(kind: string): string {
+  const known = Object.keys(KINDS);
+  const near = known.find((k) => k.toLowerCase() === kind.toLowerCase() || editDistance(k, kind) <= 2);
+  return `${show(kind)} is not a kind svcplane reads (${known.join(', ')}, or a List of them); the object is ignored${near ? ` (did you mean ${near}?)` : ''}`;
+}
 const MAX_LIST_DEPTH = 8;
 
 /**
@@ -104,7 +134,15 @@ function classify(so: SourceObject, problems: Problem[]): Classified | undefined
     });
     return undefined;
   }
-  if (!isKind(o.kind)) return undefined; // other kinds (Deployment, ConfigMap, ...) are none of our business
+  if (!isKind(o.kind)) {
+    // Reported, not silently dropped: a typo (`kind: Servise`) would otherwise lose a Service unseen.
+    problems.push({
+      object: rawRef(displayName(o.kind), o, isRecord(o.metadata) && !!o.metadata.namespace, so.source),
+      field: 'kind',
+      reason: unknownKindReason(o.kind),
+    });
+    return undefined;
+  }
   const ref = rawRef(o.kind, o, o.kind !== 'Node', so.source);
   if (o.apiVersion !== KINDS[o.kind]) {
     problems.push({
@@ -265,7 +303,11 @@ function sameItems<T>(a: readonly T[], b: readonly T[]): boolean {
  * Builds the validated cluster state. With `previous`, a Service (or Node) equal to its previous version
  * is the very same object, so consumers detect changes with `!==`.
  */
-export function buildClusterState(objects: readonly SourceObject[], previous?: ClusterState): ClusterState {
+export function buildClusterState(
+  objects: readonly SourceObject[],
+  previous?: ClusterState,
+  limits: ServiceLimits = DEFAULT_SERVICE_LIMITS,
+): ClusterState {
   const flat = flattenLists(objects);
   const problems: Problem[] = [...flat.problems];
   const classified: Classification[] = [];
@@ -276,6 +318,7 @@ export function buildClusterState(objects: readonly SourceObject[], previous?: C
   }
 
   const services = new Map<string, ParsedService>();
+  const serviceRefs = new Map<string, ObjectRef>();
   const slicesByService = new Map<string, ParsedSlice[]>();
   const legacy = new Map<string, ParsedEndpoints>();
   const nodes = new Map<string, NodeInfo>();
@@ -286,6 +329,7 @@ export function buildClusterState(objects: readonly SourceObject[], previous?: C
       switch (parsed.kind) {
         case 'Service':
           services.set(key, parsed.value);
+          serviceRefs.set(key, c.ref);
           break;
         case 'EndpointSlice': {
           const list = slicesByService.get(key);
@@ -304,8 +348,8 @@ export function buildClusterState(objects: readonly SourceObject[], previous?: C
     problems.push(...parsed.problems);
   }
 
-  const outServices: [string, Service][] = [];
-  for (const [key, { service, hasSelector }] of services) {
+  const joined: [string, Service][] = [];
+  for (const [key, { service, hasSelector }] of [...services].sort(([a], [b]) => compareStrings(a, b))) {
     let built = service;
     if (service.skipReason === undefined) {
       let slices: readonly ParsedSlice[] =
@@ -326,9 +370,15 @@ export function buildClusterState(objects: readonly SourceObject[], previous?: C
         joinCache.set(service, { slices, built });
       }
     }
-    const prev = previous?.services.get(key);
-    outServices.push([key, prev && (prev === built || deepEqual(prev, built)) ? prev : built]);
+    joined.push([key, built]);
   }
+  const limited = applyServiceLimits(joined, serviceRefs, limits);
+  problems.push(...limited.problems);
+  const kept = new Set(limited.kept.map(([key]) => key));
+  const outServices: [string, Service][] = limited.kept.map(([key, built]) => {
+    const prev = previous?.services.get(key);
+    return [key, prev && (prev === built || deepEqual(prev, built)) ? prev : built];
+  });
   const outNodes: [string, NodeInfo][] = [...nodes].map(([name, node]) => {
     const prev = previous?.nodes.get(name);
     return [name, prev && deepEqual(prev, node) ? prev : node];
@@ -336,7 +386,7 @@ export function buildClusterState(objects: readonly SourceObject[], previous?: C
   // Newest trigger time per Service (for kubeproxy_network_programming_duration_seconds).
   const triggers = new Map<string, number>();
   for (const [key, slices] of slicesByService) {
-    if (!services.has(key)) continue;
+    if (!kept.has(key)) continue;
     for (const sl of slices) {
       if (sl.triggerTime !== undefined && sl.triggerTime > (triggers.get(key) ?? -Infinity)) {
         triggers.set(key, sl.triggerTime);
@@ -344,7 +394,7 @@ export function buildClusterState(objects: readonly SourceObject[], previous?: C
     }
   }
   return {
-    services: sortedMap(outServices),
+    services: new Map(outServices),
     nodes: sortedMap(outNodes),
     problems,
     ...(triggers.size > 0 ? { endpointsTriggerTimes: sortedMap(triggers) } : {}),

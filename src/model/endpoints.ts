@@ -1,5 +1,5 @@
 import { readSlicePorts, type ParsedSlice, type SliceEndpoint } from './endpointslice.js';
-import { parseIP } from './ip.js';
+import { parseIP, specialAddressReason } from './ip.js';
 import { readMeta } from './meta.js';
 import type { IPFamily } from './types.js';
 import {
@@ -40,6 +40,10 @@ function readAddress(
   if (ipText === undefined) {
     if (iss.count === before) iss.add(`${path}.ip`, 'is required');
   } else if (!ip) iss.add(`${path}.ip`, `${show(ipText)} is not a valid IP address`);
+  else {
+    const special = specialAddressReason(ip.ip);
+    if (special) iss.add(`${path}.ip`, `${ip.ip} ${special}`);
+  }
   const nodeName = readString(iss, a, 'nodeName', `${path}.nodeName`);
   if (nodeName !== undefined && nodeName !== '') {
     const r = checkDNS1123Subdomain(nodeName);

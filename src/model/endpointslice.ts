@@ -1,4 +1,4 @@
-import { parseIP } from './ip.js';
+import { parseIP, specialAddressReason } from './ip.js';
 import { readMeta } from './meta.js';
 import type { Endpoint, IPFamily, Protocol } from './types.js';
 import { SERVICE_NAME_LABEL, TRIGGER_TIME_ANNOTATION } from './types.js';
@@ -34,8 +34,8 @@ export interface SlicePort {
 export interface ParsedSlice {
   readonly namespace: string;
   readonly name: string;
-  /** The `kubernetes.io/service-name` label; undefined when absent (the slice serves no Service). */
-  readonly serviceName: string | undefined;
+  /** The `kubernetes.io/service-name` label (a slice without a valid one is a problem, not parsed). */
+  readonly serviceName: string;
   readonly family: IPFamily;
   readonly ports: readonly SlicePort[];
   readonly endpoints: readonly SliceEndpoint[];
@@ -117,7 +117,11 @@ function readSliceEndpoint(
     if (!parsed) iss.add(`${path}.addresses[0]`, `${show(first)} is not a valid IP address`);
     else if (parsed.family !== family) {
       iss.add(`${path}.addresses[0]`, `${parsed.ip} is not an ${family} address (slice addressType)`);
-    } else ip = parsed.ip;
+    } else {
+      const special = specialAddressReason(parsed.ip);
+      if (special) iss.add(`${path}.addresses[0]`, `${parsed.ip} ${special}`);
+      else ip = parsed.ip;
+    }
   }
   const cond = readRecord(iss, ep, 'conditions', `${path}.conditions`) ?? {};
   const readyRaw = readBool(iss, cond, 'ready', `${path}.conditions.ready`);
@@ -169,7 +173,8 @@ export function parseEndpointSlice(iss: Issues, obj: JsonRecord): ParsedSlice | 
   const rawEndpoints = readArray(iss, obj, 'endpoints', 'endpoints') ?? [];
   if (!meta || iss.count > 0 || family === undefined) return undefined;
   if (Object.hasOwn(meta.labels, HEADLESS_LABEL)) return undefined;
-  const serviceName = meta.labels[SERVICE_NAME_LABEL];
+  const serviceName = readServiceName(iss, meta.labels);
+  if (serviceName === undefined) return undefined;
   const endpoints: SliceEndpoint[] = [];
   rawEndpoints.forEach((ep, i) => {
     const parsed = readSliceEndpoint(iss, ep, `endpoints[${i}]`, family);
@@ -185,6 +190,26 @@ export function parseEndpointSlice(iss: Issues, obj: JsonRecord): ParsedSlice | 
     endpoints,
     ...(triggerTime !== undefined ? { triggerTime } : {}),
   };
+}
+
+/**
+ * The `kubernetes.io/service-name` label: the Service the slice belongs to. Without it, or with a
+ * value no Service can have, the slice serves nothing; reported (kube-proxy logs it too), not dropped
+ * unseen.
+ */
+function readServiceName(iss: Issues, labels: Readonly<Record<string, string>>): string | undefined {
+  const field = `metadata.labels[${show(SERVICE_NAME_LABEL)}]`;
+  const name = labels[SERVICE_NAME_LABEL];
+  if (name === undefined || name === '') {
+    iss.add(field, 'is required: the slice belongs to no Service and is ignored');
+    return undefined;
+  }
+  const r = checkDNS1123Label(name);
+  if (r) {
+    iss.add(field, `${r}: no Service has this name; the slice is ignored`);
+    return undefined;
+  }
+  return name;
 }
 
 /** Informational only (metrics): a missing or malformed annotation is ignored, never a problem. */

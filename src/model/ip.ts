@@ -63,3 +63,40 @@ export function cidrContains(cidr: string, ip: string): boolean {
 export function joinHostPort(ip: string, port: number): string {
   return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
 }
+
+/**
+ * Why a canonical IP (as parseIP returns it) may not be a Service address or an endpoint, or
+ * undefined when it may: the API server's ValidateNonSpecialIP (unspecified, loopback, link-local,
+ * link-local multicast), widened to all multicast and the limited broadcast, which no DNAT can serve
+ * either. Programming one would capture the node's own traffic (`-d 127.0.0.1 -j KUBE-EXT-…`) or its
+ * metadata service (169.254.169.254). IPv4-mapped IPv6 addresses are judged by the IPv4 address
+ * inside. Reads the canonical text (runs for every endpoint of every rebuild).
+ */
+export function specialAddressReason(ip: string): string | undefined {
+  if (!ip.includes(':')) return specialIPv4Reason(ip);
+  if (ip === '::') return 'may not be unspecified (::)';
+  if (ip === '::1') return 'may not be the loopback address (::1)';
+  const first = ip.startsWith('::') ? 0 : Number.parseInt(ip.slice(0, ip.indexOf(':')), 16);
+  if (first >= 0xfe80 && first <= 0xfebf) return 'may not be in the link-local range (fe80::/10)';
+  if (first >= 0xff00) return 'may not be in the multicast range (ff00::/8)';
+  if (ip.startsWith('::ffff:')) {
+    const v6 = ipaddr.IPv6.parse(ip);
+    if (v6.isIPv4MappedAddress()) return specialIPv4Reason(v6.toIPv4Address().toString());
+  }
+  return undefined;
+}
+
+function specialIPv4Reason(ip: string): string | undefined {
+  const dot = ip.indexOf('.');
+  const a = Number(ip.slice(0, dot));
+  if (a === 0) {
+    return ip === '0.0.0.0'
+      ? 'may not be unspecified (0.0.0.0)'
+      : 'may not be in the "this network" range (0.0.0.0/8)';
+  }
+  if (a === 127) return 'may not be in the loopback range (127.0.0.0/8)';
+  if (a === 169 && ip.startsWith('169.254.')) return 'may not be in the link-local range (169.254.0.0/16)';
+  if (a >= 224 && a <= 239) return 'may not be in the multicast range (224.0.0.0/4)';
+  if (ip === '255.255.255.255') return 'may not be the broadcast address';
+  return undefined;
+}

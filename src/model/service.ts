@@ -1,4 +1,4 @@
-import { parseCIDR, parseIP } from './ip.js';
+import { parseCIDR, parseIP, specialAddressReason } from './ip.js';
 import { readMeta } from './meta.js';
 import type {
   IPFamily,
@@ -73,6 +73,9 @@ function readClusterIPs(iss: Issues, spec: JsonRecord): { ips: string[]; headles
     const f = field === 'spec.clusterIPs' ? `spec.clusterIPs[${i}]` : field;
     const ip = parseIP(text);
     if (!ip) return iss.add(f, `${show(text)} is not a valid IP address`);
+    // No allocator vouches for a manifest's cluster IP: 127.0.0.1 would capture the node's own traffic.
+    const special = specialAddressReason(ip.ip);
+    if (special) return iss.add(f, `${ip.ip} ${special}`);
     if (seen.has(ip.family))
       return iss.add(f, `${ip.ip} is a second ${ip.family} cluster IP (at most one per family)`);
     seen.add(ip.family);
@@ -85,7 +88,9 @@ function readExternalIPs(iss: Issues, spec: JsonRecord): string[] {
   const out: string[] = [];
   (readStringArray(iss, spec, 'externalIPs', 'spec.externalIPs') ?? []).forEach((text, i) => {
     const ip = parseIP(text);
+    const special = ip && specialAddressReason(ip.ip);
     if (!ip) iss.add(`spec.externalIPs[${i}]`, `${show(text)} is not a valid IP address`);
+    else if (special) iss.add(`spec.externalIPs[${i}]`, `${ip.ip} ${special}`);
     else if (!out.includes(ip.ip)) out.push(ip.ip);
   });
   return out;
@@ -106,6 +111,8 @@ function readIngress(iss: Issues, obj: JsonRecord): LoadBalancerIngress[] {
     if (ipText === undefined || ipText === '') return;
     const ip = parseIP(ipText);
     if (!ip) return iss.add(`${path}.ip`, `${show(ipText)} is not a valid IP address`);
+    const special = specialAddressReason(ip.ip);
+    if (special) return iss.add(`${path}.ip`, `${ip.ip} ${special}`);
     if (ipMode && !out.some((o) => o.ip === ip.ip)) out.push({ ip: ip.ip, ipMode });
   });
   return out;

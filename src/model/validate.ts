@@ -28,16 +28,39 @@ export class Issues {
 
 /** A value rendered for a problem reason: JSON-quoted and truncated, so it cannot smuggle newlines. */
 export function show(v: unknown): string {
-  let text: string;
-  try {
-    text =
-      typeof v === 'string'
-        ? JSON.stringify(v.length > 80 ? `${v.slice(0, 80)}...` : v)
-        : String(JSON.stringify(v));
-  } catch {
-    text = typeof v;
-  }
+  const text = preview(v, 0, { left: 120 });
   return text.length > 100 ? `${text.slice(0, 100)}...` : text;
+}
+
+/**
+ * JSON text of `v` as far as it fits in `budget` characters, nested at most 4 levels: never walks
+ * a huge or deeply nested value (a 10 MB string, 10k nested arrays) to show 100 characters of it.
+ */
+function preview(v: unknown, depth: number, budget: { left: number }): string {
+  if (typeof v === 'string') {
+    const text = JSON.stringify(v.length > 80 ? `${v.slice(0, 80)}...` : v);
+    budget.left -= text.length;
+    return text;
+  }
+  if (typeof v !== 'object' || v === null) {
+    const text = String(JSON.stringify(v));
+    budget.left -= text.length;
+    return text;
+  }
+  const array = Array.isArray(v);
+  if (depth >= 4) return array ? '[...]' : '{...}';
+  const parts: string[] = [];
+  const entries = array ? (v as unknown[]).entries() : Object.entries(v).values();
+  for (const [k, item] of entries) {
+    if (budget.left <= 0) {
+      parts.push('...');
+      break;
+    }
+    const key = array ? '' : `${JSON.stringify(String(k).slice(0, 80))}:`;
+    budget.left -= key.length + 1;
+    parts.push(`${key}${preview(item, depth + 1, budget)}`);
+  }
+  return array ? `[${parts.join(',')}]` : `{${parts.join(',')}}`;
 }
 
 /** A name safe to show in an ObjectRef: kept when it is plain printable ASCII, else quoted. */

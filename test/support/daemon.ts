@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { startProcess, type ChildHandle } from '../../src/util/exec.js';
+import { startProcess, withNetns, type ChildHandle } from '../../src/util/exec.js';
 import { packageRoot } from '../../src/util/paths.js';
 
 /**
@@ -30,8 +30,14 @@ export class Daemon {
     void child.exited.then((code) => (this.exitCode = code));
   }
 
-  /** Starts `svcplane ...args` (inside `netns` when given). */
-  static start(args: readonly string[], opts: { netns?: string; fromBuild?: boolean } = {}): Daemon {
+  /**
+   * Starts `svcplane ...args` (inside `netns` when given; behind `prefix`, e.g. `nsenter --mount=…`,
+   * which then runs `ip netns exec`).
+   */
+  static start(
+    args: readonly string[],
+    opts: { netns?: string; fromBuild?: boolean; prefix?: readonly string[] } = {},
+  ): Daemon {
     const root = packageRoot();
     const argv = opts.fromBuild
       ? [process.execPath, join(root, 'bin', 'svcplane.js'), ...args]
@@ -42,6 +48,7 @@ export class Daemon {
           `import(${JSON.stringify(pathToFileURL(join(root, 'src', 'cli', 'main.ts')).href)}).then(async (m) => { process.exitCode = await m.main(['node', 'svcplane', ...process.argv.slice(1)]); }, (e) => { console.error(e); process.exitCode = 2; });`,
           ...args,
         ];
+    if (opts.prefix) return new Daemon(startProcess([...opts.prefix, ...withNetns(opts.netns, argv)]));
     return new Daemon(startProcess(argv, opts.netns ? { netns: opts.netns } : {}));
   }
 
@@ -89,6 +96,27 @@ export async function eventually<T>(
     const v = await probe();
     if (v !== undefined) return v;
     if (Date.now() > deadline) assert.fail(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Polls `check` until it returns a value (not undefined); fails with the last error after `timeoutMs`. */
+export async function until<T>(
+  what: string,
+  check: () => Promise<T | undefined>,
+  timeoutMs = 15_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await check();
+      if (v !== undefined) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline)
+      assert.fail(`${what}: not within ${timeoutMs} ms${last instanceof Error ? ` (${last.message})` : ''}`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }

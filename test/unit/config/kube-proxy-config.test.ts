@@ -103,6 +103,7 @@ mode: ipvs
 healthzBindAddress: 0.0.0.0:12345
 metricsBindAddress: 0.0.0.0:9999
 nodePortAddresses: [192.168.1.0/24, "fd00::/64"]
+serviceNodePortRange: 20000-22767
 detectLocalMode: BridgeInterface
 detectLocal:
   bridgeInterface: cbr0
@@ -143,6 +144,7 @@ logging:
       healthzBindAddress: '0.0.0.0:12345',
       metricsBindAddress: '0.0.0.0:9999',
       nodePortAddresses: ['192.168.1.0/24', 'fd00::/64'],
+      serviceNodePortRange: '20000-22767',
       detectLocalMode: 'BridgeInterface',
       detectLocal: { bridgeInterface: 'cbr0', interfaceNamePrefix: 'veth' },
       iptables: {

@@ -322,7 +322,7 @@ describe('buildClusterState', () => {
     assert.deepEqual([...s.nodes.keys()], ['ok'], 'only the valid Node is kept');
   });
 
-  it('flattens Lists and typed lists; ignores other kinds', () => {
+  it('flattens Lists and typed lists; reports other kinds once each, with a hint for typos', () => {
     const s = build([
       { apiVersion: 'v1', kind: 'List', items: [{ apiVersion: 'v1', kind: 'List', items: [svc('a', {})] }] },
       {
@@ -331,8 +331,19 @@ describe('buildClusterState', () => {
         items: [{ metadata: { name: 'b' }, spec: { clusterIP: '10.96.0.2', ports: [{ port: 80 }] } }],
       },
       { apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'x' } },
+      { apiVersion: 'v1', kind: 'Servise', metadata: { name: 'typo', namespace: 'n' } },
+      { apiVersion: 'v1', kind: 'endpointslice', metadata: { name: 'lower' } },
     ]);
-    assert.deepEqual(s.problems, []);
+    assert.deepEqual(
+      s.problems.map(
+        (p) => `${p.object.kind} ${p.object.namespace ?? '-'}/${p.object.name}: ${p.field}: ${p.reason}`,
+      ),
+      [
+        'Deployment -/x: kind: "Deployment" is not a kind svcplane reads (Service, EndpointSlice, Endpoints, Node, or a List of them); the object is ignored',
+        'Servise n/typo: kind: "Servise" is not a kind svcplane reads (Service, EndpointSlice, Endpoints, Node, or a List of them); the object is ignored (did you mean Service?)',
+        'endpointslice -/lower: kind: "endpointslice" is not a kind svcplane reads (Service, EndpointSlice, Endpoints, Node, or a List of them); the object is ignored (did you mean EndpointSlice?)',
+      ],
+    );
     assert.deepEqual([...s.services.keys()], ['default/a', 'default/b']);
   });
 
