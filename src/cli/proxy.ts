@@ -56,7 +56,13 @@ export function registerProxyCommands(program: Command): void {
 }
 
 export async function createSource(opts: ProxyOptions): Promise<StateSource> {
-  if (opts.manifests !== undefined) return new ManifestSource(opts.manifests, { limits: opts.serviceLimits });
+  if (opts.manifests !== undefined) {
+    // A scan hanging longer than kube-proxy's health timeout (2 × sync period) turns /healthz unhealthy.
+    return new ManifestSource(opts.manifests, {
+      limits: opts.serviceLimits,
+      stuckAfterMs: 2 * opts.syncPeriodMs,
+    });
+  }
   const { createApiSource } = await import('../kube/api-source-factory.js');
   return createApiSource(opts);
 }

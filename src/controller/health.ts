@@ -46,6 +46,7 @@ export const SOURCE_PROBLEMS: Readonly<Record<SourceProblem, string>> = {
   'api-bad-response': 'Kubernetes API sent an invalid response',
   'manifests-missing': 'manifest path missing',
   'manifests-unreadable': 'manifest path unreadable',
+  'manifests-stuck': 'manifest read hanging',
 };
 
 /** kube-proxy's SyncNode: not eligible when the Node has a deletionTimestamp or the autoscaler's taint. */

@@ -1,12 +1,20 @@
-import { watch, type FSWatcher } from 'node:fs';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { constants, watch, type FSWatcher, type Stats } from 'node:fs';
+import { open, readdir, stat } from 'node:fs/promises';
 import { basename, dirname, extname, join } from 'node:path';
-import { parseAllDocuments } from 'yaml';
+import { Composer, LineCounter, Parser } from 'yaml';
 import { buildClusterState, flattenLists, type SourceObject } from '../model/build.js';
 import type { ServiceLimits } from '../model/limits.js';
 import type { ClusterState, Problem } from '../model/types.js';
 import { deepEqual } from '../model/validate.js';
 import { log } from '../util/log.js';
+import {
+  jsonNestingDepth,
+  MAX_MANIFEST_FILE_BYTES,
+  MAX_NESTING_DEPTH,
+  MIN_EXPANSION_BUDGET,
+  measureValue,
+  yamlNestingDepth,
+} from './manifest-limits.js';
 import type { SourceHealth, StateSource } from './source.js';
 
 /**
@@ -16,9 +24,7 @@ import type { SourceHealth, StateSource } from './source.js';
  */
 
 const EXTENSIONS = new Set(['.yaml', '.yml', '.json']);
-/** Manifests are small; anything bigger is a mistake (or an attack) and is rejected before parsing. */
-const MAX_FILE_BYTES = 32 * 1024 * 1024;
-/** Bounds alias expansion ("billion laughs"). */
+/** Bounds alias expansion per anchor in the `yaml` package itself; valueShapeProblem bounds the total. */
 const MAX_ALIAS_COUNT = 1000;
 
 const fileProblem = (file: string, reason: string): Problem => ({
@@ -30,38 +36,72 @@ const fileProblem = (file: string, reason: string): Problem => ({
 const errorText = (err: unknown): string =>
   err instanceof Error ? ((err as NodeJS.ErrnoException).code ?? err.message) : String(err);
 
+/** One file's objects, or why it cannot be used. */
+type FileContent = { objects: SourceObject[] } | { error: string };
+
 /** Parses one file's text into source objects (`name.yaml#<document index>`), or a reason it cannot be used. */
-export function parseManifestText(
-  text: string,
-  label: string,
-  json: boolean,
-): { objects: SourceObject[] } | { error: string } {
+export function parseManifestText(text: string, label: string, json: boolean): FileContent {
+  const values = json ? parseJsonDocuments(text) : parseYamlDocuments(text);
+  if ('error' in values) return values;
   const objects: SourceObject[] = [];
-  if (json) {
+  values.docs.forEach((obj, i) => {
+    // Empty documents (a trailing "---", comments only) are not objects.
+    if (obj !== null && obj !== undefined) objects.push({ obj, source: `${label}#${i}` });
+  });
+  return { objects };
+}
+
+/** A JSON file: one value, or an array of them (as kubectl accepts). */
+function parseJsonDocuments(text: string): { docs: unknown[] } | { error: string } {
+  // JSON has no aliases: only the depth can be out of bounds (JSON.parse itself does not recurse,
+  // but whatever walks the value later might).
+  if (jsonNestingDepth(text) > MAX_NESTING_DEPTH)
+    return { error: `nested deeper than ${MAX_NESTING_DEPTH} levels` };
+  let value: unknown;
+  try {
+    value = JSON.parse(text) as unknown;
+  } catch (err) {
+    return { error: `invalid JSON: ${err instanceof Error ? err.message : String(err)}` };
+  }
+  return { docs: Array.isArray(value) ? (value as unknown[]) : [value] };
+}
+
+/**
+ * Multi-document YAML. The concrete syntax tree is built (without recursion) and its nesting bounded
+ * before it is composed into objects, which recurses.
+ */
+function parseYamlDocuments(text: string): { docs: unknown[] } | { error: string } {
+  const lines = new LineCounter();
+  const tokens = Array.from(new Parser(lines.addNewLine).parse(text));
+  if (yamlNestingDepth(tokens) > MAX_NESTING_DEPTH) {
+    return { error: `nested deeper than ${MAX_NESTING_DEPTH} levels` };
+  }
+  const docs: unknown[] = [];
+  let budget = Math.max(MIN_EXPANSION_BUDGET, text.length);
+  // Without a `*` there is no alias: the syntax tree's depth is the objects' depth.
+  const aliases = text.includes('*');
+  for (const [i, doc] of Array.from(new Composer().compose(tokens)).entries()) {
+    const err = doc.errors[0];
+    if (err) {
+      const { line, col } = lines.linePos(err.pos[0]);
+      const where = line > 0 ? ` at line ${line}, column ${col}` : '';
+      return { error: `invalid YAML in document ${i}: ${err.message.split('\n')[0] ?? ''}${where}` };
+    }
     let value: unknown;
     try {
-      value = JSON.parse(text) as unknown;
-    } catch (err) {
-      return { error: `invalid JSON: ${err instanceof Error ? err.message : String(err)}` };
-    }
-    const docs = Array.isArray(value) ? (value as unknown[]) : [value];
-    docs.forEach((obj, i) => objects.push({ obj, source: `${label}#${i}` }));
-    return { objects };
-  }
-  const docs = parseAllDocuments(text);
-  for (const [i, doc] of docs.entries()) {
-    const err = doc.errors[0];
-    if (err) return { error: `invalid YAML in document ${i}: ${err.message.split('\n')[0] ?? ''}` };
-    let obj: unknown;
-    try {
-      obj = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT }) as unknown;
+      value = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT }) as unknown;
     } catch (e) {
       return { error: `invalid YAML in document ${i}: ${e instanceof Error ? e.message : String(e)}` };
     }
-    // Empty documents (a trailing "---", comments only) are not objects.
-    if (obj !== null && obj !== undefined) objects.push({ obj, source: `${label}#${i}` });
+    // Aliases share values, so the objects may be bigger and deeper than the text shows.
+    if (aliases) {
+      const shape = measureValue(value, budget);
+      if ('problem' in shape) return { error: `document ${i}: ${shape.problem}` };
+      budget -= shape.values;
+    }
+    docs.push(value);
   }
-  return { objects };
+  return { docs };
 }
 
 /** The manifest files under `path` (a file, or a directory's *.yaml/*.yml/*.json, sorted). */
@@ -88,12 +128,55 @@ async function fingerprint(file: string): Promise<string | undefined> {
   }
 }
 
-async function readManifestFile(file: string): Promise<{ objects: SourceObject[] } | { error: string }> {
+function fileType(st: Stats): string {
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isBlockDevice()) return 'a block device';
+  if (st.isSocket()) return 'a socket';
+  return 'not a regular file';
+}
+
+/**
+ * The text of a regular file (a symlink is followed), at most `maxBytes`. Anything else (a FIFO
+ * would block the read forever, /dev/zero never ends, opening a device can act on it) is refused
+ * before it is opened; the open is non-blocking and re-checked, in case the file was swapped
+ * meanwhile. Directories (also through a symlink) are skipped like the ones listFiles leaves out.
+ */
+export async function readRegularFile(
+  file: string,
+  maxBytes: number,
+): Promise<{ text: string } | { error: string } | { directory: true }> {
+  const st = await stat(file);
+  if (st.isDirectory()) return { directory: true };
+  if (!st.isFile()) return { error: `${fileType(st)}: only regular files are read` };
+  if (st.size > maxBytes) return { error: `larger than ${maxBytes} bytes (${st.size})` };
+  const handle = await open(file, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
   try {
-    const st = await stat(file);
-    if (st.size > MAX_FILE_BYTES) return { error: `file is larger than ${MAX_FILE_BYTES} bytes` };
-    const text = await readFile(file, 'utf8');
-    return parseManifestText(text, basename(file), extname(file).toLowerCase() === '.json');
+    const opened = await handle.stat();
+    if (!opened.isFile()) return { error: `${fileType(opened)}: only regular files are read` };
+    // Read to the end, but never past the bound: the file may have grown since the stat.
+    const buf = Buffer.allocUnsafe(Math.min(opened.size, maxBytes) + 1);
+    let length = 0;
+    for (;;) {
+      if (length === buf.length) {
+        return { error: `larger than ${maxBytes} bytes (grew while read)` };
+      }
+      const { bytesRead } = await handle.read(buf, length, buf.length - length, null);
+      if (bytesRead === 0) break;
+      length += bytesRead;
+    }
+    return { text: buf.toString('utf8', 0, length) };
+  } finally {
+    await handle.close();
+  }
+}
+
+async function readManifestFile(file: string): Promise<FileContent> {
+  try {
+    const r = await readRegularFile(file, MAX_MANIFEST_FILE_BYTES);
+    if ('directory' in r) return { objects: [] };
+    if ('error' in r) return r;
+    return parseManifestText(r.text, basename(file), extname(file).toLowerCase() === '.json');
   } catch (err) {
     return { error: `cannot read: ${errorText(err)}` };
   }
@@ -135,9 +218,17 @@ export interface ManifestSourceOptions {
   readonly debounceMs?: number;
   /** Period of the stat fallback for missed watch events (default 1000 ms). */
   readonly pollMs?: number;
+  /**
+   * A scan running longer than this (a read hanging on a network or FUSE filesystem) makes the
+   * source unhealthy until it ends (default 60 s; the daemon uses twice the sync period).
+   */
+  readonly stuckAfterMs?: number;
   /** Node-port range, reserved ports and rule budget applied to the Services (model defaults). */
   readonly limits?: ServiceLimits;
 }
+
+/** How long stop() waits for a scan in progress before it gives up on it. */
+const STOP_WAIT_MS = 2000;
 
 function sameState(a: ClusterState | undefined, b: ClusterState): boolean {
   if (!a || a.services.size !== b.services.size || a.nodes.size !== b.nodes.size) return false;
@@ -149,7 +240,10 @@ function sameState(a: ClusterState | undefined, b: ClusterState): boolean {
 export class ManifestSource implements StateSource {
   private readonly debounceMs: number;
   private readonly pollMs: number;
+  private readonly stuckAfterMs: number;
   private readonly limits: ServiceLimits | undefined;
+  /** Wall-clock start of the scan in progress (0 when none). */
+  private scanStartedAt = 0;
   private readonly files = new Map<string, FileEntry>();
   private readonly listeners = new Set<(state: ClusterState) => void>();
   private state: ClusterState | undefined;
@@ -163,6 +257,7 @@ export class ManifestSource implements StateSource {
   private scanning: Promise<void> | undefined;
   private rescanRequested = false;
   private stopped = false;
+  private wakeStart: (() => void) | undefined;
 
   constructor(
     private readonly path: string,
@@ -170,6 +265,7 @@ export class ManifestSource implements StateSource {
   ) {
     this.debounceMs = opts.debounceMs ?? 200;
     this.pollMs = opts.pollMs ?? 1000;
+    this.stuckAfterMs = opts.stuckAfterMs ?? 60_000;
     this.limits = opts.limits;
   }
 
@@ -180,7 +276,12 @@ export class ManifestSource implements StateSource {
     } catch (err) {
       throw new Error(`manifest path ${this.path}: ${errorText(err)}`, { cause: err });
     }
-    await this.scan(false);
+    // stop() ends the wait for a first scan hanging in a read (SIGTERM at start-up).
+    const stopped = new Promise<'stopped'>((resolve) => (this.wakeStart = () => resolve('stopped')));
+    const first = await Promise.race([this.requestScan(false), stopped]);
+    this.wakeStart = undefined;
+    if (first === 'stopped' || this.stopped)
+      throw new Error(`manifest source ${this.path}: stopped while starting`);
     // Watching before start() resolves: a change made right after it is seen at once, not by the poll.
     await this.ensureWatcher();
     this.pollTimer = setInterval(() => void this.poll(), this.pollMs);
@@ -211,16 +312,34 @@ export class ManifestSource implements StateSource {
         reason: `manifest path ${this.path}: ${this.listError}`,
       };
     }
+    const scanning = this.scanStartedAt === 0 ? 0 : Date.now() - this.scanStartedAt;
+    if (scanning > this.stuckAfterMs) {
+      return {
+        healthy: false,
+        problem: 'manifests-stuck',
+        reason: `reading manifest path ${this.path} stuck since ${new Date(this.scanStartedAt).toISOString()}; keeping the last state`,
+      };
+    }
     return { healthy: true };
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.wakeStart?.();
     clearTimeout(this.debounceTimer);
     clearInterval(this.pollTimer);
     this.watcher?.close();
     this.watcher = undefined;
-    await this.scanning;
+    // A read hanging in the kernel cannot be cancelled: stopping does not wait for it forever.
+    if (this.scanning) {
+      let timer: NodeJS.Timeout | undefined;
+      const gaveUp = await Promise.race([
+        this.scanning.then(() => false),
+        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), STOP_WAIT_MS))),
+      ]);
+      clearTimeout(timer);
+      if (gaveUp) log.warn('manifest scan still running at stop; not waiting for it', { path: this.path });
+    }
   }
 
   /** Reads changed files now, without waiting for the debounce (for tests and SIGHUP-style reloads). */
@@ -318,6 +437,15 @@ export class ManifestSource implements StateSource {
    * so a file still being written is not read half-way.
    */
   private async scan(settle: boolean): Promise<void> {
+    this.scanStartedAt = Date.now();
+    try {
+      await this.scanFiles(settle);
+    } finally {
+      this.scanStartedAt = 0;
+    }
+  }
+
+  private async scanFiles(settle: boolean): Promise<void> {
     this.lastSeen = await this.snapshot();
     let files: string[];
     try {

@@ -18,7 +18,8 @@ export type SourceProblem =
   | 'api-server-error'
   | 'api-bad-response'
   | 'manifests-missing'
-  | 'manifests-unreadable';
+  | 'manifests-unreadable'
+  | 'manifests-stuck';
 
 export interface SourceHealth {
   readonly healthy: boolean;
