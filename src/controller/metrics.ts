@@ -242,10 +242,26 @@ export class ProxyMetrics {
   observeProblems(state: ClusterState): void {
     this.problems.reset();
     const byKind = new Map<string, number>();
-    for (const p of state.problems) byKind.set(p.object.kind, (byKind.get(p.object.kind) ?? 0) + 1);
+    for (const p of state.problems) {
+      // The kind of an unknown object is the input's own text: one label value each would let a
+      // manifest directory mint any number of series.
+      const kind = PROBLEM_KINDS.has(p.object.kind) ? p.object.kind : 'other';
+      byKind.set(kind, (byKind.get(kind) ?? 0) + 1);
+    }
     for (const [kind, n] of byKind) this.problems.set({ kind }, n);
   }
 }
+
+/** The `kind` label values of svcplane_input_problems; every other kind counts as `other`. */
+const PROBLEM_KINDS: ReadonlySet<string> = new Set([
+  'Service',
+  'EndpointSlice',
+  'Endpoints',
+  'Node',
+  'List',
+  'File',
+  'Unknown',
+]);
 
 function lastAttemptFull(b: Backend): boolean {
   const v = (b as Backend & { lastAttemptFull?: unknown }).lastAttemptFull;

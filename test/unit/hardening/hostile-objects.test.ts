@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { resolveProxyOptions } from '../../../src/cli/proxy-options.js';
+import { ProxyMetrics } from '../../../src/controller/metrics.js';
 import { ConfigError, parseKubeProxyConfig } from '../../../src/config/kube-proxy-config.js';
 import { renderRestoreInput } from '../../../src/iptables/render.js';
 import { parseManifestText } from '../../../src/kube/manifests.js';
@@ -319,6 +320,21 @@ describe('hardening: kinds and slices that would be dropped unseen are reported 
       `EndpointSlice upper ${label}: "Owner" must be a DNS-1123 label (lowercase alphanumerics and '-', starting and ending with an alphanumeric): no Service has this name; the slice is ignored`,
     ]);
     assert.equal(s.services.get('h/owner')?.ports[0]?.endpoints.length, 0, 'no slice leaks into owner');
+  });
+
+  it('svcplane_input_problems counts unknown kinds as "other": no label value per hostile kind', async () => {
+    const s = bothWays(
+      Array.from({ length: 50 }, (_, i) => ({
+        apiVersion: 'v1',
+        kind: `Kind${i}"\n`,
+        metadata: { name: `k${i}` },
+      })),
+    );
+    const metrics = new ProxyMetrics();
+    metrics.observeProblems(s);
+    const text = await metrics.registry.metrics();
+    const series = text.split('\n').filter((l) => l.startsWith('svcplane_input_problems{'));
+    assert.deepEqual(series, ['svcplane_input_problems{kind="other"} 50']);
   });
 
   it('from a manifest file too: a typo’d kind in a multi-document file', () => {
