@@ -15,6 +15,7 @@ import {
 } from '../support/iptables-harness.js';
 import { expectRuleCounted, type RuleRef } from '../support/rule-counters.js';
 import { requireRoot, useSandbox } from '../support/sandbox.js';
+import { traceAgrees } from '../support/trace-check.js';
 
 /**
  * iptables mode's frontends and masquerade, proven by real traffic (issue 8 §1, §6): plain Service
@@ -230,6 +231,18 @@ describe('iptables mode: frontends and masquerade (real traffic)', function () {
       }
       // A port the Service does not have is not DNATed (and nothing on the way answers it).
       await expectNoAnswer(sb, 'client', tcp('10.96.0.10', WEB, DROP_MS));
+      // svcplane trace agrees, port by port: the named target port of each, nothing for the other.
+      for (const [port, target] of [
+        [80, WEB],
+        [9090, METRICS],
+      ] as const) {
+        const t = await traceAgrees(sb, 'client', tcp('10.96.0.10', port));
+        assert.deepEqual(
+          t.endpoints.map((e) => e.endpoint),
+          BACKENDS.map((p) => `${sb.podIP(p)}:${target}`),
+        );
+      }
+      assert.equal((await traceAgrees(sb, 'client', tcp('10.96.0.10', WEB))).verdict, 'untouched');
     });
 
     it('from the node and from outside (routed via the node): both endpoints answer', async () => {
@@ -302,6 +315,15 @@ describe('iptables mode: frontends and masquerade (real traffic)', function () {
       assert.deepEqual([u.reply.proto, u.reply.port, u.peer], ['udp', DNS, MASQ_V4]);
       // A pod reaching a NodePort on the node's address goes through the EXT chain too.
       assert.equal(answeredPeer(await sb.request('client', tcp(sb.nodeIPv4, 30080)), BACKENDS).peer, MASQ_V4);
+      // svcplane trace agrees (endpoints and masquerade) for each of them.
+      for (const [from, req] of [
+        ['outside', tcp(sb.nodeIPv6, 30080)],
+        ['outside', udp(sb.nodeIPv4, 30053)],
+        ['client', tcp(sb.nodeIPv4, 30080)],
+      ] as const) {
+        const t = await traceAgrees(sb, from, req);
+        assert.deepEqual([t.verdict, t.masquerade, t.endpoints.length], ['dnat', true, 2]);
+      }
     });
 
     it('localhost NodePorts: 127.0.0.1:<nodePort> from the node (route_localnet set)', async () => {
@@ -334,6 +356,9 @@ describe('iptables mode: frontends and masquerade (real traffic)', function () {
         await expectNoAnswer(sb, 'outside', tcp(NODE_SECOND_IP, 30080, DROP_MS), 'refused');
         // 127.0.0.1 is not in the CIDR either.
         await expectNoAnswer(sb, 'node', tcp('127.0.0.1', 30080, DROP_MS));
+        // svcplane trace agrees: a NodePort on the address in the CIDR, nothing on the other one.
+        assert.equal((await traceAgrees(sb, 'outside', tcp(sb.nodeIPv4, 30080))).verdict, 'dnat');
+        assert.notEqual((await traceAgrees(sb, 'outside', tcp(NODE_SECOND_IP, 30080))).verdict, 'dnat');
       } finally {
         await h.removeAddresses('node', 'ext0', [`${NODE_SECOND_IP}/24`]);
       }
@@ -359,6 +384,8 @@ describe('iptables mode: frontends and masquerade (real traffic)', function () {
         answeredPeer(await sb.request('client', tcp('198.51.100.10', 80)), BACKENDS).peer,
         MASQ_V4,
       );
+      const t = await traceAgrees(sb, 'outside', tcp(EXTERNAL_IP_V6, 80));
+      assert.deepEqual([t.verdict, t.masquerade, t.endpoints.length], ['dnat', true, 2]);
     });
 
     it('LoadBalancer ingress IP from outside answers; an ipMode Proxy ingress IP is not programmed', async () => {
@@ -368,6 +395,9 @@ describe('iptables mode: frontends and masquerade (real traffic)', function () {
       assert.equal(peer, MASQ_V4);
       await expectNoAnswer(sb, 'outside', tcp('198.51.100.11', 80, DROP_MS));
       assert.ok(!(await h.save('IPv4')).includes('198.51.100.11'), 'no rule names the Proxy-mode IP');
+      // svcplane trace agrees: the VIP-mode IP is DNATed, the Proxy-mode one untouched.
+      assert.equal((await traceAgrees(sb, 'outside', tcp('198.51.100.10', 80))).verdict, 'dnat');
+      assert.equal((await traceAgrees(sb, 'outside', tcp('198.51.100.11', 80))).verdict, 'untouched');
     });
 
     it('loadBalancerSourceRanges: the allowed source passes, other sources are dropped (counted)', async () => {

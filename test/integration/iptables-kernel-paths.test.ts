@@ -32,6 +32,8 @@ import { sendTcpFrame, TCP_ACK, TCP_FIN, TCP_SYN } from '../support/raw-packets.
 import { expectRuleCounted, type RuleRef } from '../support/rule-counters.js';
 import { requireRoot, useSandbox } from '../support/sandbox.js';
 import { skipBecause } from '../support/skip.js';
+import { traceAgrees } from '../support/trace-check.js';
+import { traceOnNode } from '../../src/cli/trace.js';
 
 /**
  * Kernel paths of iptables mode that only real packets show (issue 8 §1): the INVALID drop in
@@ -284,6 +286,29 @@ describe('iptables mode: kernel paths and flags (real traffic)', function () {
       },
       4,
     );
+    // svcplane trace says the same of those packets: dropped by that very rule.
+    for (const [src, inInterface] of [
+      [sb.outsideIPv4, 'ext0'],
+      [sb.podIP('client'), 'cbr0'],
+    ] as const) {
+      const { trace } = await traceOnNode(
+        {
+          src,
+          dst: '127.0.0.5',
+          dport: 12345,
+          proto: 'tcp',
+          iptablesBinary: 'iptables',
+          netns: sb.nodeNs,
+          inInterface,
+        },
+        'IPv4',
+      );
+      assert.equal(trace.verdict, 'drop', `trace from ${src} on ${inInterface}`);
+      assert.ok(
+        trace.path.some((s) => s.chain === 'KUBE-FIREWALL' && s.action === 'DROP'),
+        JSON.stringify(trace.path),
+      );
+    }
     // The node's own localhost traffic is not touched: a localhost NodePort still answers.
     answeredPeer(await sb.request('node', tcp('127.0.0.1', WEB_NODEPORT)), ['a', 'b']);
   });
@@ -332,6 +357,12 @@ describe('iptables mode: kernel paths and flags (real traffic)', function () {
       assert.equal(h.lastReports[0]!.full, true);
       assert.equal(h.lastReports[0]!.render.largeClusterMode, true, 'IPv4 is in large-cluster mode');
       assertAnsweredBy(await h.answers('client', tcp(WEB_IP, 80), { until: ['a', 'b'] }), ['a', 'b']);
+      // svcplane trace finds its way through the comment-less SEP rules, and traffic agrees.
+      const t = await traceAgrees(sb, 'client', tcp(WEB_IP, 80));
+      assert.deepEqual(
+        t.endpoints.map((e) => e.endpoint),
+        ['a', 'b'].map((p) => `${sb.podIP(p)}:${WEB}`),
+      );
       const nat = await save('IPv4', 'nat');
       const svc = serviceChainName('default/web:http', 'tcp');
       const seps = ['a', 'b'].map((p) =>
@@ -394,6 +425,9 @@ describe('iptables mode: kernel paths and flags (real traffic)', function () {
       'b',
       'c',
     ]);
+    // svcplane trace agrees: one endpoint for the node-hinted Service, three for the other.
+    assert.equal((await traceAgrees(env.sb, 'client', tcp('10.96.20.30', 80))).endpoints.length, 1);
+    assert.equal((await traceAgrees(env.sb, 'client', tcp('10.96.20.31', 80))).endpoints.length, 3);
   });
 
   it('eTP=Local: a serving-terminating local endpoint serves outside traffic when none is ready; a not-serving one does not', async () => {
@@ -442,6 +476,9 @@ describe('iptables mode: kernel paths and flags (real traffic)', function () {
         'b',
       ]);
       await expectNoAnswer(sb, 'outside', tcp(sb.nodeIPv4, WEB_NODEPORT, 600), 'refused');
+      // svcplane trace agrees: a NodePort on the --bind-address only.
+      assert.equal((await traceAgrees(sb, 'outside', tcp(NODE_SECOND_IP, WEB_NODEPORT))).verdict, 'dnat');
+      assert.notEqual((await traceAgrees(sb, 'outside', tcp(sb.nodeIPv4, WEB_NODEPORT))).verdict, 'dnat');
       // IPv6 has no --bind-address of its family: the Node object's IPv6 address serves.
       answeredPeer(await sb.request('outside', tcp(sb.nodeIPv6, WEB_NODEPORT)), ['a', 'b']);
     } finally {
@@ -478,6 +515,16 @@ describe('iptables mode: kernel paths and flags (real traffic)', function () {
       'ClusterIP from outside',
     );
     assert.equal(answeredPeer(await sb.request('client', tcp(WEB_IP, 80))).peer, sb.podIP('client'));
+    // svcplane trace reads the 0x20 mark: masquerade predicted where it happens, and only there.
+    for (const [from, req, masq] of [
+      ['outside', tcp(sb.nodeIPv4, WEB_NODEPORT), true],
+      ['outside', tcp(sb.nodeIPv6, WEB_NODEPORT), true],
+      ['outside', tcp(WEB_IP, 80), true],
+      ['client', tcp(WEB_IP, 80), false],
+    ] as const) {
+      const t = await traceAgrees(sb, from, req);
+      assert.equal(t.masquerade, masq, `${from} → ${req.ip}: ${t.masqueradeReason}`);
+    }
   });
 
   it('--detect-local-mode=BridgeInterface: pods on cbr0 keep their source, outside traffic is masqueraded', async () => {

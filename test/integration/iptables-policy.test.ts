@@ -7,6 +7,8 @@ import type { Sandbox } from '../../src/netns/sandbox.js';
 import { peerIP, type ProbeResult, type RequestSpec } from '../../src/netns/protocol.js';
 import { expectRuleCounted, type RuleRef } from '../support/rule-counters.js';
 import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
+import { traceAgrees } from '../support/trace-check.js';
+import { traceOnNode } from '../../src/cli/trace.js';
 
 /**
  * Traffic policies through the rules IptablesProxier writes into a sandbox node (both families):
@@ -280,6 +282,22 @@ describe('iptables traffic policies (real traffic, both families)', function () 
             seen.add(p);
         }
         assert.deepEqual([...seen].sort(), ['a', 'b', 'c']);
+        // svcplane trace agrees: the zone-hinted endpoint only, then all three.
+        const hinted = await traceAgrees(env.sb, 'client', {
+          proto: 'tcp',
+          ip: clusterIP(6, family),
+          port: 80,
+        });
+        assert.deepEqual(
+          hinted.endpoints.map((e) => e.endpoint),
+          [family === 'IPv4' ? `${env.sb.podIP('a')}:${TARGET}` : `[${env.sb.podIP('a', family)}]:${TARGET}`],
+        );
+        const other = await traceAgrees(env.sb, 'client', {
+          proto: 'tcp',
+          ip: clusterIP(7, family),
+          port: 80,
+        });
+        assert.equal(other.endpoints.length, 3);
       });
     });
   }
@@ -322,6 +340,27 @@ describe('iptables traffic policies (real traffic, both families)', function () 
     expectError(await sb.request('outside', { proto: 'tcp', ip: sb.nodeIPv4, port: 30201 }), 'refused');
     const after = await accept();
     assert.ok(after && after.packets > before.packets, 'the ACCEPT rule counted the packet');
+    // svcplane trace: delivered to the node itself (the health check server's port) through that rule.
+    const { trace } = await traceOnNode(
+      {
+        src: sb.outsideIPv4,
+        dst: sb.nodeIPv4,
+        dport: 30201,
+        proto: 'tcp',
+        iptablesBinary: 'iptables',
+        netns: sb.nodeNs,
+      },
+      'IPv4',
+    );
+    assert.equal(trace.verdict, 'local', JSON.stringify(trace.path));
+    assert.ok(
+      trace.path.some((s) => s.chain === 'KUBE-NODEPORTS' && s.action === 'ACCEPT'),
+      JSON.stringify(trace.path),
+    );
+    assert.equal(
+      (await traceAgrees(sb, 'outside', { proto: 'tcp', ip: sb.nodeIPv4, port: 30201 })).verdict,
+      'local',
+    );
     const v6 = parseIptablesSave((await sb.exec('node', ['ip6tables-save', '-t', 'filter'])).stdout);
     assert.ok(
       rulesOf(v6, 'filter', 'KUBE-NODEPORTS').some((r) => getArg(r, '--dport') === '30201'),

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { traceOnNode } from '../../src/cli/trace.js';
 import { IptablesProxier } from '../../src/iptables/proxier.js';
 import { buildClusterState } from '../../src/model/build.js';
 import type { ClusterState } from '../../src/model/types.js';
@@ -133,5 +134,52 @@ describe('iptables mode: SCTP through the rules (UML, real associations)', funct
     const np = await associate('outside', sb.nodeIPv4, NODE_PORT);
     assert.ok([sb.podIP('a'), sb.podIP('b')].includes(np.server), `NodePort answered by "${np.server}"`);
     assert.equal(np.peer, MASQ, 'NodePort (eTP=Cluster) is masqueraded');
+  });
+
+  it('svcplane trace of the SCTP ClusterIP and NodePort agrees with real associations (endpoints, masquerade)', async () => {
+    const { sb } = ctx;
+    for (const [from, src, ip, port, fromNode] of [
+      ['client', sb.podIP('client'), CLUSTER_IP, PORT, false],
+      ['node', sb.nodeIPv4, CLUSTER_IP, PORT, true],
+      ['outside', sb.outsideIPv4, sb.nodeIPv4, NODE_PORT, false],
+    ] as const) {
+      const { trace } = await traceOnNode(
+        { src, dst: ip, dport: port, proto: 'sctp', iptablesBinary: 'iptables', netns: sb.nodeNs, fromNode },
+        'IPv4',
+      );
+      assert.deepEqual(trace.unsupported, []);
+      assert.equal(trace.verdict, 'dnat', `${from} → ${ip}:${port}`);
+      const predicted = new Map(trace.endpoints.map((e) => [e.endpoint.replace(/:\d+$/, ''), e.masquerade]));
+      assert.deepEqual([...predicted.keys()].sort(), [sb.podIP('a'), sb.podIP('b')].sort());
+      // Every association lands on a predicted endpoint and sees the predicted source; both are reached.
+      const seen = new Set<string>();
+      for (let i = 0; i < 20 && seen.size < 2; i++) {
+        const { server, peer } = await associate(from, ip, port);
+        assert.ok(
+          predicted.has(server),
+          `${from}: answered by "${server}", predicted ${[...predicted.keys()].join(', ')}`,
+        );
+        assert.equal(
+          peer,
+          predicted.get(server) ? MASQ : src,
+          `${from}: masquerade ${String(predicted.get(server))} predicted`,
+        );
+        seen.add(server);
+      }
+      assert.equal(seen.size, 2, `${from}: both predicted endpoints answered`);
+    }
+    // The same packet as TCP is none of this Service's.
+    const tcp = await traceOnNode(
+      {
+        src: sb.podIP('client'),
+        dst: CLUSTER_IP,
+        dport: PORT,
+        proto: 'tcp',
+        iptablesBinary: 'iptables',
+        netns: sb.nodeNs,
+      },
+      'IPv4',
+    );
+    assert.notEqual(tcp.trace.verdict, 'dnat');
   });
 });
