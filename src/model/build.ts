@@ -2,7 +2,11 @@ import { parseEndpointSlice, type ParsedSlice } from './endpointslice.js';
 import { parseLegacyEndpoints, type ParsedEndpoints } from './endpoints.js';
 import { joinHostPort } from './ip.js';
 import { DEFAULT_NAMESPACE, rawRef } from './meta.js';
+import { parseNetworkPolicy } from './networkpolicy.js';
 import { parseNode } from './node.js';
+import { parseNamespace, parsePod } from './pod.js';
+import type { NamespaceInfo, NetworkPolicy, PodInfo } from './policy-types.js';
+import { policyKey } from './policy-types.js';
 import { parseService, type ParsedService } from './service.js';
 import type { ClusterState, Endpoint, NodeInfo, ObjectRef, Problem, Service, ServicePort } from './types.js';
 import { serviceKey } from './types.js';
@@ -28,7 +32,7 @@ export interface SourceObject {
   readonly source?: string;
 }
 
-type Kind = 'Service' | 'EndpointSlice' | 'Endpoints' | 'Node';
+type Kind = 'Service' | 'EndpointSlice' | 'Endpoints' | 'Node' | 'Namespace' | 'Pod' | 'NetworkPolicy';
 
 /** The (apiVersion, kind) pairs svcplane reads; every other kind is ignored. */
 const KINDS: Readonly<Record<Kind, string>> = {
@@ -36,7 +40,13 @@ const KINDS: Readonly<Record<Kind, string>> = {
   EndpointSlice: 'discovery.k8s.io/v1',
   Endpoints: 'v1',
   Node: 'v1',
+  // Read for NetworkPolicy enforcement (kept in the state whether or not it is switched on).
+  Namespace: 'v1',
+  Pod: 'v1',
+  NetworkPolicy: 'networking.k8s.io/v1',
 };
+
+const CLUSTER_SCOPED: ReadonlySet<Kind> = new Set(['Node', 'Namespace']);
 
 const isKind = (k: string): k is Kind => Object.hasOwn(KINDS, k);
 
@@ -143,7 +153,7 @@ function classify(so: SourceObject, problems: Problem[]): Classified | undefined
     });
     return undefined;
   }
-  const ref = rawRef(o.kind, o, o.kind !== 'Node', so.source);
+  const ref = rawRef(o.kind, o, !CLUSTER_SCOPED.has(o.kind), so.source);
   if (o.apiVersion !== KINDS[o.kind]) {
     problems.push({
       object: ref,
@@ -187,12 +197,11 @@ function classifyCached(so: SourceObject): Classification {
 function rawIdentity(c: Classified): string | undefined {
   const md = isRecord(c.obj.metadata) ? c.obj.metadata : undefined;
   if (!md || typeof md.name !== 'string') return undefined;
-  const ns =
-    c.kind === 'Node'
-      ? ''
-      : typeof md.namespace === 'string' && md.namespace !== ''
-        ? md.namespace
-        : DEFAULT_NAMESPACE;
+  const ns = CLUSTER_SCOPED.has(c.kind)
+    ? ''
+    : typeof md.namespace === 'string' && md.namespace !== ''
+      ? md.namespace
+      : DEFAULT_NAMESPACE;
   return `${c.kind}\u0000${ns}\u0000${md.name}`;
 }
 
@@ -248,6 +257,9 @@ type Parsed = { readonly problems: readonly Problem[]; readonly key?: string } &
   | { kind: 'EndpointSlice'; value: ParsedSlice | undefined }
   | { kind: 'Endpoints'; value: ParsedEndpoints | undefined }
   | { kind: 'Node'; value: NodeInfo | undefined }
+  | { kind: 'Namespace'; value: NamespaceInfo | undefined }
+  | { kind: 'Pod'; value: PodInfo | undefined }
+  | { kind: 'NetworkPolicy'; value: NetworkPolicy | undefined }
 );
 
 /**
@@ -290,6 +302,23 @@ function parseClassified(c: Classified): Parsed {
       parsed = { kind: c.kind, value, problems: iss.problems, ...(value ? { key: value.name } : {}) };
       break;
     }
+    case 'Namespace': {
+      const value = parseNamespace(iss, c.obj);
+      parsed = { kind: c.kind, value, problems: iss.problems, ...(value ? { key: value.name } : {}) };
+      break;
+    }
+    case 'Pod': {
+      const value = parsePod(iss, c.obj);
+      const key = value && serviceKey(value.namespace, value.name);
+      parsed = { kind: c.kind, value, problems: iss.problems, ...(key !== undefined ? { key } : {}) };
+      break;
+    }
+    case 'NetworkPolicy': {
+      const value = parseNetworkPolicy(iss, c.obj);
+      const key = value && policyKey(value.namespace, value.name);
+      parsed = { kind: c.kind, value, problems: iss.problems, ...(key !== undefined ? { key } : {}) };
+      break;
+    }
   }
   parseCache.set(c.obj, { ref: c.ref, parsed });
   return parsed;
@@ -322,6 +351,10 @@ export function buildClusterState(
   const slicesByService = new Map<string, ParsedSlice[]>();
   const legacy = new Map<string, ParsedEndpoints>();
   const nodes = new Map<string, NodeInfo>();
+  const namespaces = new Map<string, NamespaceInfo>();
+  const pods = new Map<string, PodInfo>();
+  const podRefs = new Map<string, ObjectRef>();
+  const policies = new Map<string, NetworkPolicy>();
   for (const c of dropDuplicates(classified, problems)) {
     const parsed = parseClassified(c);
     const key = parsed.key;
@@ -342,6 +375,16 @@ export function buildClusterState(
           break;
         case 'Node':
           nodes.set(key, parsed.value);
+          break;
+        case 'Namespace':
+          namespaces.set(key, parsed.value);
+          break;
+        case 'Pod':
+          pods.set(key, parsed.value);
+          podRefs.set(key, c.ref);
+          break;
+        case 'NetworkPolicy':
+          policies.set(key, parsed.value);
           break;
       }
     }
@@ -393,10 +436,52 @@ export function buildClusterState(
       }
     }
   }
+  problems.push(...podAddressConflicts(pods, podRefs));
   return {
     services: new Map(outServices),
     nodes: sortedMap(outNodes),
+    namespaces: reuseEqual(namespaces, previous?.namespaces),
+    pods: reuseEqual(pods, previous?.pods),
+    networkPolicies: reuseEqual(policies, previous?.networkPolicies),
     problems,
     ...(triggers.size > 0 ? { endpointsTriggerTimes: sortedMap(triggers) } : {}),
   };
+}
+
+/** Sorted by key; a value equal to its previous version is the very same object (`!==` means changed). */
+function reuseEqual<V>(
+  current: ReadonlyMap<string, V>,
+  previous: ReadonlyMap<string, V> | undefined,
+): Map<string, V> {
+  return sortedMap(
+    [...current].map(([key, value]): [string, V] => {
+      const prev = previous?.get(key);
+      return [key, prev !== undefined && (prev === value || deepEqual(prev, value)) ? prev : value];
+    }),
+  );
+}
+
+/**
+ * Two live pods claiming one address (a stale pod of a lost node, a bad manifest): reported on each
+ * later claimant. The policy engine trusts neither for that address (see src/netpol/pod-index.ts).
+ */
+function podAddressConflicts(
+  pods: ReadonlyMap<string, PodInfo>,
+  refs: ReadonlyMap<string, ObjectRef>,
+): Problem[] {
+  const owner = new Map<string, string>();
+  const out: Problem[] = [];
+  for (const [key, pod] of [...pods].sort(([a], [b]) => compareStrings(a, b))) {
+    if (pod.hostNetwork || pod.phase === 'Succeeded' || pod.phase === 'Failed') continue;
+    pod.ips.forEach((ip, i) => {
+      const first = owner.get(ip);
+      if (first === undefined) return void owner.set(ip, key);
+      out.push({
+        object: refs.get(key) ?? { kind: 'Pod', namespace: pod.namespace, name: pod.name },
+        field: `status.podIPs[${i}]`,
+        reason: `${ip} is also the address of Pod ${first}: no policy selector matches that address while both claim it`,
+      });
+    });
+  }
+  return out;
 }

@@ -4,6 +4,8 @@
  * can be compared structurally and renderers stay pure.
  */
 
+import type { NamespaceInfo, NetworkPolicy, PodInfo } from './policy-types.js';
+
 export type IPFamily = 'IPv4' | 'IPv6';
 export type Protocol = 'TCP' | 'UDP' | 'SCTP';
 export type TrafficPolicy = 'Cluster' | 'Local';
@@ -115,6 +117,14 @@ export interface NodeInfo {
 export interface ClusterState {
   readonly services: ReadonlyMap<string, Service>;
   readonly nodes: ReadonlyMap<string, NodeInfo>;
+  /**
+   * What NetworkPolicy enforcement reads (src/model/policy-types.ts): Namespaces by name, Pods and
+   * NetworkPolicies by `namespace/name`. Absent = none (a state built by hand); buildClusterState
+   * always sets them.
+   */
+  readonly namespaces?: ReadonlyMap<string, NamespaceInfo>;
+  readonly pods?: ReadonlyMap<string, PodInfo>;
+  readonly networkPolicies?: ReadonlyMap<string, NetworkPolicy>;
   /** Everything that was rejected while building this state. */
   readonly problems: readonly Problem[];
   /**

@@ -311,8 +311,8 @@ describe('hardening: kinds and slices that would be dropped unseen are reported 
     ]);
     const label = 'metadata.labels["kubernetes.io/service-name"]';
     assert.deepEqual(lines(s), [
-      'Servise typo kind: "Servise" is not a kind svcplane reads (Service, EndpointSlice, Endpoints, Node, or a List of them); the object is ignored (did you mean Service?)',
-      'Deployment d kind: "Deployment" is not a kind svcplane reads (Service, EndpointSlice, Endpoints, Node, or a List of them); the object is ignored',
+      'Servise typo kind: "Servise" is not a kind svcplane reads (Service, EndpointSlice, Endpoints, Node, Namespace, Pod, NetworkPolicy, or a List of them); the object is ignored (did you mean Service?)',
+      'Deployment d kind: "Deployment" is not a kind svcplane reads (Service, EndpointSlice, Endpoints, Node, Namespace, Pod, NetworkPolicy, or a List of them); the object is ignored',
       `EndpointSlice no-label ${label}: is required: the slice belongs to no Service and is ignored`,
       `EndpointSlice other-label ${label}: is required: the slice belongs to no Service and is ignored`,
       `EndpointSlice empty ${label}: is required: the slice belongs to no Service and is ignored`,

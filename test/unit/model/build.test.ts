@@ -339,9 +339,9 @@ describe('buildClusterState', () => {
         (p) => `${p.object.kind} ${p.object.namespace ?? '-'}/${p.object.name}: ${p.field}: ${p.reason}`,
       ),
       [
-        'Deployment -/x: kind: "Deployment" is not a kind svcplane reads (Service, EndpointSlice, Endpoints, Node, or a List of them); the object is ignored',
-        'Servise n/typo: kind: "Servise" is not a kind svcplane reads (Service, EndpointSlice, Endpoints, Node, or a List of them); the object is ignored (did you mean Service?)',
-        'endpointslice -/lower: kind: "endpointslice" is not a kind svcplane reads (Service, EndpointSlice, Endpoints, Node, or a List of them); the object is ignored (did you mean EndpointSlice?)',
+        'Deployment -/x: kind: "Deployment" is not a kind svcplane reads (Service, EndpointSlice, Endpoints, Node, Namespace, Pod, NetworkPolicy, or a List of them); the object is ignored',
+        'Servise n/typo: kind: "Servise" is not a kind svcplane reads (Service, EndpointSlice, Endpoints, Node, Namespace, Pod, NetworkPolicy, or a List of them); the object is ignored (did you mean Service?)',
+        'endpointslice -/lower: kind: "endpointslice" is not a kind svcplane reads (Service, EndpointSlice, Endpoints, Node, Namespace, Pod, NetworkPolicy, or a List of them); the object is ignored (did you mean EndpointSlice?)',
       ],
     );
     assert.deepEqual([...s.services.keys()], ['default/a', 'default/b']);
