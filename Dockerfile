@@ -1,5 +1,6 @@
-# svcplane container image: Node + the app + iptables (nft and legacy), ipset, ipvsadm, conntrack,
-# iproute2. Needs BuildKit (DOCKER_BUILDKIT=1; Debian's docker.io client has it built in) because the
+# svcplane container image: Node + the app + iptables (nft and legacy), nft, ipset, ipvsadm, conntrack,
+# iproute2. Runs with a read-only root filesystem: the entrypoint picks the iptables backend and passes
+# it as --iptables-binary (nothing is rewritten); svcplane writes only under /tmp (mount a tmpfs). Needs BuildKit (DOCKER_BUILDKIT=1; Debian's docker.io client has it built in) because the
 # app stage is picked by a build argument and only that stage is built.
 #
 #   docker build -t svcplane .                         # public bases, app built from source (npm ci)
@@ -50,7 +51,7 @@ FROM ${RUNTIME_BASE}
 # The apt step runs only when the base lacks a tool (the local svcplane-node base has them all).
 RUN --mount=type=secret,id=apt_sources,target=/run/apt-sources/build.sources \
     set -e; need=; \
-    for c in iptables-nft iptables-legacy ipset ipvsadm conntrack ip modprobe update-alternatives; do \
+    for c in iptables-nft iptables-legacy nft ipset ipvsadm conntrack ip modprobe; do \
       command -v "$c" >/dev/null 2>&1 || need="$need $c"; \
     done; \
     if [ -n "$need" ]; then \
@@ -60,7 +61,7 @@ RUN --mount=type=secret,id=apt_sources,target=/run/apt-sources/build.sources \
       export DEBIAN_FRONTEND=noninteractive; \
       apt-get $src update -qq; \
       apt-get $src install -y -qq --no-install-recommends \
-        iptables ipset ipvsadm conntrack iproute2 kmod ca-certificates >/dev/null; \
+        iptables nftables ipset ipvsadm conntrack iproute2 kmod ca-certificates >/dev/null; \
       rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
     fi
 ENV NODE_ENV=production

@@ -34,7 +34,7 @@ BASE_IMAGE=svcplane-base:bookworm
 NODE_IMAGE=svcplane-node:bookworm
 # The runtime needs these; installing them into the debootstrap tree (one pass, no apt in docker build)
 # is about twice as fast as a second apt run and needs no network inside containers.
-BASE_PACKAGES=iptables,ipset,ipvsadm,conntrack,iproute2,kmod,ca-certificates
+BASE_PACKAGES=iptables,nftables,ipset,ipvsadm,conntrack,iproute2,kmod,ca-certificates
 
 t0=$(date +%s.%N)
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1fs", b - a}'; }
@@ -131,10 +131,19 @@ else
   rm -f "$PIDFILE"
   mkdir -p "$DATA_ROOT" "$EXEC_ROOT"
   # setsid: dockerd outlives this script and gets no signals meant for the caller's process group.
-  setsid /usr/sbin/dockerd \
-    --data-root "$DATA_ROOT" --exec-root "$EXEC_ROOT" --pidfile "$PIDFILE" \
-    --iptables=false --ip-forward=false --ip-masq=false --bridge=none \
-    --log-level=warn </dev/null >>"$LOGFILE" 2>&1 &
+  # It must not inherit the caller's other descriptors either: under `flock /tmp/svcplane-heavy.lock`
+  # the lock's descriptor would keep the shared heavy lock held for as long as dockerd runs (seen with
+  # SVCPLANE_DOCKER_KEEP=1: every other helper's heavy step waited).
+  (
+    for fd in /proc/self/fd/*; do
+      n=${fd##*/}
+      if ((n > 2)); then eval "exec $n>&-" 2>/dev/null || true; fi
+    done
+    exec setsid /usr/sbin/dockerd \
+      --data-root "$DATA_ROOT" --exec-root "$EXEC_ROOT" --pidfile "$PIDFILE" \
+      --iptables=false --ip-forward=false --ip-masq=false --bridge=none \
+      --log-level=warn </dev/null >>"$LOGFILE" 2>&1
+  ) &
   pid=$!
   for _ in $(seq 1 150); do
     if engine_answers; then break; fi
@@ -154,8 +163,13 @@ else
 fi
 
 # --- 3. base images -----------------------------------------------------------------------------
-has_image() { "$DOCKER" image inspect "$1" >/dev/null 2>&1; }
-IMPORT_CHANGES=(--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' --change 'CMD ["bash"]')
+# An image counts only when built with today's package list (a base from before a package was added
+# would make the Dockerfile's offline apt step fail).
+has_image() {
+  [[ $("$DOCKER" image inspect --format '{{index .Config.Labels "svcplane.base.packages"}}' "$1" 2>/dev/null) == "$BASE_PACKAGES" ]]
+}
+IMPORT_CHANGES=(--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' --change 'CMD ["bash"]'
+  --change "LABEL svcplane.base.packages=$BASE_PACKAGES")
 
 if ! has_image "$BASE_IMAGE" || ! has_image "$NODE_IMAGE"; then
   if [[ -z $rootfs_pid ]]; then start_rootfs; fi

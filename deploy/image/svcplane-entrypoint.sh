@@ -1,15 +1,17 @@
 #!/bin/sh
 # Installed in the image as /usr/local/bin/svcplane. Picks the iptables backend the way kube-proxy's
-# iptables-wrapper does, then runs svcplane. svcplane calls iptables/iptables-restore/iptables-save by
-# their plain names, so the choice is made with Debian's alternatives (inside the container only).
+# iptables-wrapper does and hands it to svcplane as --iptables-binary (iptables-nft or
+# iptables-legacy). Nothing is written anywhere: the image runs with a read-only root filesystem, and
+# /etc/alternatives keeps Debian's default (nft) for anything else that calls plain `iptables`.
 #
 # SVCPLANE_IPTABLES_MODE=nft|legacy forces a backend; auto (default) uses the one that already holds
-# kube-proxy's hint chains or more rules on the host (hostNetwork pods see the node's rules), else nft.
+# kube-proxy's/kubelet's hint chains, else the one with more rules (hostNetwork pods see the node's
+# rules), else nft. The legacy backend needs CAP_NET_RAW, even to be read: auto refuses to guess
+# without it. An explicit --iptables-binary in the arguments wins.
 set -eu
 
 APP=${SVCPLANE_APP_DIR:-/app}
 MODE=${SVCPLANE_IPTABLES_MODE:-auto}
-MARKER=/run/svcplane-iptables-mode
 
 count_rules() { # $1 = legacy|nft: number of rules in all tables, IPv4 and IPv6
   { "iptables-$1-save" 2>/dev/null || true; "ip6tables-$1-save" 2>/dev/null || true; } | grep -c '^-' || true
@@ -18,11 +20,24 @@ has_hint() { # kube-proxy / kubelet leave these chains in the backend they use
   { "iptables-$1-save" -t mangle 2>/dev/null || true; } | grep -qE '^:(KUBE-IPTABLES-HINT|KUBE-KUBELET-CANARY) '
 }
 
+# The subcommands that program or read iptables take --iptables-binary.
+case ${1:-} in
+  run | sync | cleanup | diff | explain | trace) ;;
+  *) exec node "$APP/bin/svcplane.js" "$@" ;;
+esac
+for arg in "$@"; do
+  case $arg in
+    --iptables-binary | --iptables-binary=*) exec node "$APP/bin/svcplane.js" "$@" ;;
+  esac
+done
+
 case $MODE in
   nft | legacy) ;;
   auto)
-    if [ -r "$MARKER" ]; then
-      MODE=$(cat "$MARKER")
+    if ! iptables-legacy-save -t mangle >/dev/null 2>&1; then
+      echo "svcplane: SVCPLANE_IPTABLES_MODE=auto cannot read the legacy iptables backend (it needs" \
+        "CAP_NET_RAW): set SVCPLANE_IPTABLES_MODE=nft, or add NET_RAW to inspect both" >&2
+      exit 2
     elif has_hint legacy; then
       MODE=legacy
     elif has_hint nft; then
@@ -39,15 +54,6 @@ case $MODE in
     ;;
 esac
 
-case $(readlink -f /usr/sbin/iptables 2>/dev/null || true) in
-  *"xtables-$MODE-multi") ;;
-  *)
-    if ! update-alternatives --quiet --set iptables "/usr/sbin/iptables-$MODE" >/dev/null 2>&1 ||
-      ! update-alternatives --quiet --set ip6tables "/usr/sbin/ip6tables-$MODE" >/dev/null 2>&1; then
-      echo "svcplane: warning: could not select the iptables $MODE backend (read-only root?)" >&2
-    fi
-    ;;
-esac
-echo "$MODE" >"$MARKER" 2>/dev/null || true
-
-exec node "$APP/bin/svcplane.js" "$@"
+cmd=$1
+shift
+exec node "$APP/bin/svcplane.js" "$cmd" "--iptables-binary=iptables-$MODE" "$@"

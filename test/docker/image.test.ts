@@ -1,14 +1,18 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { StartedTestContainer } from 'testcontainers';
 import { DockerScope, dockerUnavailable, run, runOk, type NodeContainer } from '../support/docker.js';
 import { skipBecause } from '../support/skip.js';
 
 /**
  * The container image, started as the DaemonSet starts it: every capability dropped but NET_ADMIN
- * and NET_RAW (`--cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW`), never privileged.
- * Every container gets its own network namespace, so the rules written here never touch the host's.
- * Run through scripts/test-docker.sh (sets up the engine and builds svcplane:test).
+ * (`--cap-drop ALL --cap-add NET_ADMIN`), never privileged, the engine's default seccomp profile
+ * (RuntimeDefault), a read-only root filesystem with a tmpfs on /tmp, the nft backend chosen by
+ * SVCPLANE_IPTABLES_MODE. Every container gets its own network namespace, so the rules written here
+ * never touch the host's. Run through scripts/test-docker.sh (sets up the engine, builds svcplane:test).
  */
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
@@ -98,8 +102,8 @@ require('http')
 const WRITE_FILE = `
 const fs = require('fs');
 const [path, text] = process.argv.slice(1);
-fs.writeFileSync('/manifest.new', text);
-fs.renameSync('/manifest.new', path);
+fs.writeFileSync(path + '.new', text);
+fs.renameSync(path + '.new', path);
 `;
 
 async function until(cond: () => Promise<boolean>, ms: number, what: () => string): Promise<void> {
@@ -113,12 +117,21 @@ async function until(cond: () => Promise<boolean>, ms: number, what: () => strin
 /** Keeps a container running so tests can exec into it. */
 const idle = (c: NodeContainer): NodeContainer => c.withEntrypoint(['sleep', 'infinity']);
 
-/** The DaemonSet's securityContext (deploy/svcplane.yaml): drop ALL, add NET_ADMIN and NET_RAW. */
-const daemonSetCapabilities = (c: NodeContainer): NodeContainer =>
-  c.withDroppedCapabilities('ALL').withAddedCapabilities('NET_ADMIN', 'NET_RAW');
+/**
+ * The DaemonSet's pod (deploy/svcplane.yaml): drop ALL, add NET_ADMIN (+ NET_RAW for the legacy
+ * backend), read-only root, /tmp in memory, SVCPLANE_IPTABLES_MODE as given (the DaemonSet's nft).
+ */
+const daemonSetPod = (c: NodeContainer, opts: { netRaw?: boolean; mode?: string } = {}): NodeContainer =>
+  c
+    .withDroppedCapabilities('ALL')
+    .withAddedCapabilities(...(opts.netRaw ? ['NET_ADMIN', 'NET_RAW'] : ['NET_ADMIN']))
+    .withReadOnlyRootFilesystem()
+    .withTmpFs({ '/tmp': 'rw,size=16m' })
+    .withEnvironment(opts.mode === undefined ? {} : { SVCPLANE_IPTABLES_MODE: opts.mode });
 
-/** CAP_NET_ADMIN (12) and CAP_NET_RAW (13), as a capability bit mask. */
-const NET_ADMIN_AND_RAW = (1n << 12n) | (1n << 13n);
+/** CAP_NET_ADMIN (12) and CAP_NET_RAW (13), as capability bit masks. */
+const NET_ADMIN = 1n << 12n;
+const NET_RAW = 1n << 13n;
 
 /** A capability set line of /proc/PID/status (CapEff, CapBnd …) as a bit mask. */
 async function capabilityMask(box: StartedTestContainer, field: string): Promise<bigint> {
@@ -143,14 +156,33 @@ describe('container image (docker)', function () {
 
   describe('contents', () => {
     let box: StartedTestContainer;
+    let rawBox: StartedTestContainer;
+    let manifestDir: string;
     before(async () => {
-      box = await scope.start('contents', (c) => daemonSetCapabilities(idle(c)));
+      // Manifests from a host directory: a read-only root takes no files copied in.
+      manifestDir = await mkdtemp(join(tmpdir(), 'svcp-docker-'));
+      await writeFile(join(manifestDir, 'echo.yaml'), manifests(['10.244.0.7', '10.244.0.8']));
+      // The DaemonSet's hostPath /run/xtables.lock (iptables-legacy takes it; /run is read-only).
+      await writeFile(join(manifestDir, 'xtables.lock'), '');
+      const mount = (c: NodeContainer) =>
+        c.withBindMounts([
+          { source: manifestDir, target: '/manifests', mode: 'ro' },
+          { source: join(manifestDir, 'xtables.lock'), target: '/run/xtables.lock', mode: 'rw' },
+        ]);
+      box = await scope.start('contents', (c) => mount(daemonSetPod(idle(c))));
+      rawBox = await scope.start('contents-raw', (c) => mount(daemonSetPod(idle(c), { netRaw: true })));
+    });
+    after(async () => {
+      await rm(manifestDir, { recursive: true, force: true });
     });
 
-    it('runs with exactly the capabilities the DaemonSet grants: NET_ADMIN and NET_RAW', async () => {
+    it('runs with exactly the capabilities the DaemonSet grants (NET_ADMIN), under a seccomp filter', async () => {
       // Proves the engine applied --cap-drop ALL: the tests below run with nothing more.
-      assert.equal(await capabilityMask(box, 'CapEff'), NET_ADMIN_AND_RAW);
-      assert.equal(await capabilityMask(box, 'CapBnd'), NET_ADMIN_AND_RAW);
+      assert.equal(await capabilityMask(box, 'CapEff'), NET_ADMIN);
+      assert.equal(await capabilityMask(box, 'CapBnd'), NET_ADMIN);
+      assert.equal(await capabilityMask(rawBox, 'CapEff'), NET_ADMIN | NET_RAW);
+      // The engine's default profile (what RuntimeDefault means): mode 2 = filter.
+      assert.match(await runOk(box, ['cat', '/proc/self/status']), /^Seccomp:\s+2$/m);
     });
 
     it('runs svcplane --version through the entrypoint', async () => {
@@ -158,13 +190,14 @@ describe('container image (docker)', function () {
       assert.equal(out.trim(), pkg.version);
     });
 
-    it('holds iptables (nft and legacy), ipset, ipvsadm, conntrack and iproute2', async () => {
+    it('holds iptables (nft and legacy), nft, ipset, ipvsadm, conntrack and iproute2', async () => {
       for (const tool of [
         'iptables',
         'iptables-nft',
         'iptables-legacy',
         'iptables-restore',
         'ip6tables',
+        'nft',
         'ipset',
         'ipvsadm',
         'conntrack',
@@ -176,22 +209,39 @@ describe('container image (docker)', function () {
       assert.match(await runOk(box, ['conntrack', '--version']), /conntrack v\d/);
     });
 
-    it('selects the iptables backend: nft by default, legacy or nft on request', async () => {
-      // A fresh network namespace holds no rules in either backend: auto picks nft.
-      await runOk(box, ['svcplane', '--version']);
-      assert.match(await runOk(box, ['iptables', '--version']), /nf_tables/);
-      await runOk(box, ['svcplane', '--version'], { SVCPLANE_IPTABLES_MODE: 'legacy' });
-      assert.match(await runOk(box, ['iptables', '--version']), /legacy/);
-      assert.match(await runOk(box, ['iptables-restore', '--version']), /legacy/);
-      assert.match(await runOk(box, ['ip6tables', '--version']), /legacy/);
-      await runOk(box, ['svcplane', '--version'], { SVCPLANE_IPTABLES_MODE: 'nft' });
-      assert.match(await runOk(box, ['iptables', '--version']), /nf_tables/);
-      const bad = await run(box, ['svcplane', '--version'], { SVCPLANE_IPTABLES_MODE: 'bogus' });
+    it('has a read-only root: the backend is chosen by --iptables-binary, /etc/alternatives untouched', async () => {
+      const probe = await run(box, ['sh', '-c', 'touch /etc/svcplane-probe']);
+      assert.notEqual(probe.exitCode, 0, 'the root filesystem is writable');
+      const sync = ['svcplane', 'sync', '--manifests', '/manifests', '--hostname-override', 'node'];
+      // nft (the DaemonSet's choice) with NET_ADMIN only.
+      const nft = await run(box, sync, { SVCPLANE_IPTABLES_MODE: 'nft' });
+      assert.equal(nft.exitCode, 0, `svcplane sync (nft) failed:\n${nft.stdout}${nft.stderr}`);
+      assert.match(await runOk(box, ['iptables-nft-save', '-t', 'nat']), /^:KUBE-SERVICES/m);
+      // legacy needs NET_RAW; its rules land in the legacy tables only.
+      const legacy = await run(rawBox, sync, { SVCPLANE_IPTABLES_MODE: 'legacy' });
+      assert.equal(legacy.exitCode, 0, `svcplane sync (legacy) failed:\n${legacy.stdout}${legacy.stderr}`);
+      assert.match(await runOk(rawBox, ['iptables-legacy-save', '-t', 'nat']), /^:KUBE-SERVICES/m);
+      assert.doesNotMatch(await runOk(rawBox, ['iptables-nft-save', '-t', 'nat']), /KUBE-SERVICES/);
+      // auto reads both backends: legacy now holds more rules, so auto picks legacy again.
+      const auto = await run(rawBox, sync);
+      assert.equal(auto.exitCode, 0, auto.stderr);
+      assert.doesNotMatch(await runOk(rawBox, ['iptables-nft-save', '-t', 'nat']), /KUBE-SERVICES/);
+      // auto without NET_RAW cannot read legacy: refuses to guess.
+      const blind = await run(box, sync);
+      assert.equal(blind.exitCode, 2);
+      assert.match(blind.stderr, /needs CAP_NET_RAW/);
+      const bad = await run(box, sync, { SVCPLANE_IPTABLES_MODE: 'bogus' });
       assert.equal(bad.exitCode, 2);
       assert.match(bad.stderr, /SVCPLANE_IPTABLES_MODE/);
+      for (const b of [box, rawBox]) {
+        assert.equal(
+          (await runOk(b, ['readlink', '-f', '/usr/sbin/iptables'])).trim(),
+          '/usr/sbin/xtables-nft-multi',
+        );
+      }
     });
 
-    it('can write nat rules with NET_ADMIN and NET_RAW only (not privileged)', async () => {
+    it('can write nat rules with NET_ADMIN only (not privileged)', async () => {
       const rules = '*nat\n:SVCPLANE-PROBE - [0:0]\n-A SVCPLANE-PROBE -j RETURN\nCOMMIT\n';
       await runOk(box, ['sh', '-c', `printf '${rules}' | iptables-restore --noflush`]);
       assert.match(await runOk(box, ['iptables-save', '-t', 'nat']), /:SVCPLANE-PROBE/);
@@ -207,14 +257,19 @@ describe('container image (docker)', function () {
      * capabilities (all dropped but NET_ADMIN and NET_RAW).
      */
     async function startClient(name: string, command?: string[]): Promise<StartedTestContainer> {
+      // Manifests from a host directory (a read-only root takes no files copied in); the test edits
+      // them there, as a ConfigMap update would.
+      const dir = await mkdtemp(join(tmpdir(), `svcp-docker-${name}-`));
+      manifestDirs.push(dir);
+      await writeFile(join(dir, 'echo.yaml'), manifests(backendIps));
       const client = await scope.start(name, (c) =>
-        daemonSetCapabilities(command ? c.withCommand(command) : idle(c))
+        daemonSetPod(command ? c.withCommand(command) : idle(c), { mode: 'nft' })
           .withNetworkMode(net)
           .withHostname(name)
           // /proc/sys is read-only in a container that is not privileged: the engine sets the
           // namespaced sysctls a node would have (kube-proxy's localhost NodePorts need this one).
           .withSysctls({ 'net.ipv4.conf.all.route_localnet': '1' })
-          .withCopyContentToContainer([{ content: manifests(backendIps), target: '/manifests/echo.yaml' }]),
+          .withBindMounts([{ source: dir, target: '/manifests', mode: 'rw' }]),
       );
       // The network is --internal (no way out): route the Service range to the node's interface,
       // as a cluster node's routing does, so the packet exists for DNAT to rewrite.
@@ -234,6 +289,11 @@ describe('container image (docker)', function () {
       // n random picks between two backends: both answer (a miss has probability 2^-(n-1)).
       assert.deepEqual([...new Set(answers)].sort(), [...backendIps].sort());
     }
+
+    const manifestDirs: string[] = [];
+    after(async () => {
+      for (const dir of manifestDirs.splice(0)) await rm(dir, { recursive: true, force: true });
+    });
 
     before(async () => {
       net = await scope.network('svc');
@@ -326,6 +386,8 @@ describe('container image (docker)', function () {
       // The manifest source watches its files: one backend left → only that one answers.
       const [first] = backendIps as [string, string];
       await runOk(daemon, ['node', '-e', WRITE_FILE, '/manifests/echo.yaml', manifests([first])]);
+      // Nothing but /tmp is writable: the daemon ran with a read-only root all along.
+      assert.notEqual((await run(daemon, ['sh', '-c', 'touch /svcplane-probe'])).exitCode, 0);
       let answers: string[] = [];
       await until(
         async () => {

@@ -45,10 +45,18 @@ export interface ExecOutcome {
   readonly stderr: string;
 }
 
-/** GenericContainer plus namespaced sysctls set by the engine at creation (`docker run --sysctl`). */
+/**
+ * GenericContainer plus namespaced sysctls set by the engine at creation (`docker run --sysctl`) and a
+ * read-only root filesystem (`docker run --read-only`).
+ */
 export class NodeContainer extends GenericContainer {
   withSysctls(sysctls: Record<string, string>): this {
     this.hostConfig.Sysctls = { ...this.hostConfig.Sysctls, ...sysctls };
+    return this;
+  }
+
+  withReadOnlyRootFilesystem(): this {
+    this.hostConfig.ReadonlyRootfs = true;
     return this;
   }
 }

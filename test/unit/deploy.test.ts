@@ -1,5 +1,16 @@
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
 import { parse, parseAllDocuments } from 'yaml';
 
@@ -373,20 +384,64 @@ describe('deploy/ manifests', () => {
     assert.equal(typeof container.image, 'string');
   });
 
-  it('drops every capability but NET_ADMIN and NET_RAW (SYS_MODULE only for IPVS), never privileged', () => {
+  it('drops every capability but NET_ADMIN; NET_RAW only for the legacy backend, SYS_MODULE only for IPVS', () => {
     const sc = container.securityContext as Obj;
     assert.equal(sc.privileged, false);
     assert.equal(sc.allowPrivilegeEscalation, false);
     assert.deepEqual(get(sc, 'capabilities', 'drop'), ['ALL']);
     const add = [...(get(sc, 'capabilities', 'add') as string[])].sort();
-    // The ConfigMap's mode decides: IPVS loads kernel modules (SYS_MODULE), iptables mode does not.
+    // The ConfigMap's mode and the iptables backend decide: iptables-legacy opens a raw socket even to
+    // read (legacy, and auto which reads both backends); IPVS loads kernel modules (SYS_MODULE).
     const conf = parse(get(pick(objects, 'ConfigMap'), 'data', 'config.conf') as string) as Obj;
-    assert.deepEqual(
-      add,
-      conf.mode === 'ipvs' ? ['NET_ADMIN', 'NET_RAW', 'SYS_MODULE'] : ['NET_ADMIN', 'NET_RAW'],
-    );
+    const backend = (container.env as Obj[]).find((e) => e.name === 'SVCPLANE_IPTABLES_MODE')?.value;
+    assert.ok(backend === 'nft' || backend === 'legacy' || backend === 'auto', `backend ${String(backend)}`);
+    const want = ['NET_ADMIN'];
+    if (backend !== 'nft') want.push('NET_RAW');
+    if (conf.mode === 'ipvs') want.push('SYS_MODULE');
+    assert.deepEqual(add, want.sort());
     assert.notEqual(pod.hostPID, true);
     assert.notEqual(pod.hostIPC, true);
+  });
+
+  it('confines the pod: RuntimeDefault seccomp, read-only root with /tmp in memory', () => {
+    const seccomp =
+      get(container, 'securityContext', 'seccompProfile', 'type') ??
+      get(pod, 'securityContext', 'seccompProfile', 'type');
+    assert.equal(seccomp, 'RuntimeDefault');
+    assert.equal(get(container, 'securityContext', 'readOnlyRootFilesystem'), true);
+    // svcplane writes only under TMPDIR (conntrack -R batch files): /tmp must be a writable volume.
+    const tmp = (container.volumeMounts as Obj[]).find((m) => m.mountPath === '/tmp');
+    assert.ok(tmp, 'a /tmp mount');
+    assert.notEqual(tmp.readOnly, true);
+    const volume = (pod.volumes as Obj[]).find((v) => v.name === tmp.name);
+    assert.equal(get(volume, 'emptyDir', 'medium'), 'Memory');
+  });
+
+  it('resolves names with the node resolv.conf (dnsPolicy Default), not through the Services it programs', () => {
+    assert.equal(pod.hostNetwork, true);
+    assert.equal(pod.dnsPolicy, 'Default');
+  });
+
+  it('limits memory above the measured peak at 10k Services (docs/performance.md) with headroom', () => {
+    // The figures the limit is sized from: svcplane's own VmHWM (`svcplane sync` at 10k) and the peak
+    // of its iptables-restore child at 10k; both live in the container's cgroup during a full sync.
+    const perf = readFileSync(new URL('../../docs/performance.md', import.meta.url), 'utf8');
+    const vmhwm = /node's \*\*VmHWM (\d+) MB\*\*/.exec(perf);
+    assert.ok(vmhwm, 'docs/performance.md: no "node\'s **VmHWM N MB**" figure');
+    const header = perf.split('\n').find((l) => l.startsWith('| services |') && l.includes('restore RSS MB'));
+    assert.ok(header, 'docs/performance.md: no iptables figures table with a "restore RSS MB" column');
+    const column = header.split('|').findIndex((c) => c.trim() === 'restore RSS MB');
+    const row = perf.split('\n').find((l) => l.startsWith('| 10k |'));
+    assert.ok(row, 'docs/performance.md: no 10k row');
+    const restoreMB = Number(row.split('|')[column]?.trim());
+    assert.ok(restoreMB > 0, `restore RSS at 10k: ${row}`);
+    const peakMB = Number(vmhwm[1]) + restoreMB;
+    const limit = String(get(container, 'resources', 'limits', 'memory'));
+    const m = /^(\d+)(Mi|Gi)$/.exec(limit);
+    assert.ok(m, `memory limit "${limit}" in Mi or Gi`);
+    const limitMB = (Number(m[1]) * (m[2] === 'Gi' ? 1024 : 1) * 1024 * 1024) / 1e6;
+    assert.ok(limitMB >= 1.3 * peakMB, `limit ${limit} (${Math.round(limitMB)} MB) < 1.3 × ${peakMB} MB`);
+    assert.ok(limitMB <= 4 * peakMB, `limit ${limit} is far above the measured peak (${peakMB} MB)`);
   });
 
   it('mounts /run/xtables.lock (FileOrCreate), /lib/modules read-only and the configuration', () => {
@@ -453,5 +508,118 @@ describe('deploy/ manifests', () => {
       Number(String(conf.healthzBindAddress).split(':')[1]),
       get(container, 'readinessProbe', 'httpGet', 'port'),
     );
+  });
+});
+
+describe('image entrypoint (deploy/image/svcplane-entrypoint.sh)', () => {
+  const script = new URL('../../deploy/image/svcplane-entrypoint.sh', import.meta.url).pathname;
+  let dir: string;
+
+  /**
+   * The script runs on this machine, so everything it could call to inspect or change the host's
+   * iptables is a stub first on PATH: `iptables-{legacy,nft}-save` print what STUB_LEGACY / STUB_NFT
+   * say (`denied` = no CAP_NET_RAW, `hint` = kube-proxy's hint chain, `rules` = three rules),
+   * `update-alternatives` only records that it was called. The app prints the arguments it gets.
+   */
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'svcp-entry-'));
+    mkdirSync(join(dir, 'app', 'bin'), { recursive: true });
+    mkdirSync(join(dir, 'stubs'));
+    writeFileSync(
+      join(dir, 'app', 'bin', 'svcplane.js'),
+      'console.log(JSON.stringify(process.argv.slice(2)));\n',
+    );
+    const save = (variable: string) =>
+      [
+        '#!/bin/sh',
+        `case "$${variable}" in`,
+        '  denied) echo "iptables-save v1.8.9 (legacy): Cannot initialize: Permission denied (you must be root)" >&2; exit 1 ;;',
+        "  hint) printf '*mangle\\n:KUBE-IPTABLES-HINT - [0:0]\\nCOMMIT\\n' ;;",
+        "  rules) printf '*filter\\n-A INPUT -j ACCEPT\\n-A INPUT -j ACCEPT\\n-A INPUT -j ACCEPT\\nCOMMIT\\n' ;;",
+        'esac',
+        '',
+      ].join('\n');
+    const stubs: Record<string, string> = {
+      'iptables-legacy-save': save('STUB_LEGACY'),
+      'iptables-nft-save': save('STUB_NFT'),
+      'ip6tables-legacy-save': '#!/bin/sh\n',
+      'ip6tables-nft-save': '#!/bin/sh\n',
+      'update-alternatives': `#!/bin/sh\necho "$@" >> '${join(dir, 'alternatives-called')}'\nexit 1\n`,
+    };
+    for (const [name, text] of Object.entries(stubs))
+      writeFileSync(join(dir, 'stubs', name), text, { mode: 0o755 });
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  const entry = (args: string[], env: Record<string, string> = {}) => {
+    const r = spawnSync('sh', [script, ...args], {
+      env: {
+        PATH: `${join(dir, 'stubs')}:${process.env.PATH ?? ''}`,
+        SVCPLANE_APP_DIR: join(dir, 'app'),
+        ...env,
+      },
+      encoding: 'utf8',
+    });
+    return {
+      status: r.status,
+      argv: r.status === 0 ? (JSON.parse(r.stdout) as string[]) : [],
+      stderr: r.stderr,
+    };
+  };
+  const backendOf = (env: Record<string, string>) => entry(['sync'], env).argv[1];
+
+  it('hands the backend to svcplane as --iptables-binary for the commands that use iptables', () => {
+    assert.deepEqual(entry(['sync', '--manifests', '/m'], { SVCPLANE_IPTABLES_MODE: 'nft' }).argv, [
+      'sync',
+      '--iptables-binary=iptables-nft',
+      '--manifests',
+      '/m',
+    ]);
+    assert.deepEqual(
+      entry(['run', '--config=/etc/svcplane/config.conf'], { SVCPLANE_IPTABLES_MODE: 'legacy' }).argv,
+      ['run', '--iptables-binary=iptables-legacy', '--config=/etc/svcplane/config.conf'],
+    );
+    for (const cmd of ['cleanup', 'diff', 'explain', 'trace'])
+      assert.equal(
+        entry([cmd], { SVCPLANE_IPTABLES_MODE: 'nft' }).argv[1],
+        '--iptables-binary=iptables-nft',
+        cmd,
+      );
+  });
+
+  it('auto: the backend holding the hint chain, else the one with more rules, else nft', () => {
+    assert.equal(backendOf({ STUB_LEGACY: 'hint', STUB_NFT: 'rules' }), '--iptables-binary=iptables-legacy');
+    assert.equal(backendOf({ STUB_NFT: 'hint', STUB_LEGACY: 'rules' }), '--iptables-binary=iptables-nft');
+    assert.equal(backendOf({ STUB_LEGACY: 'rules' }), '--iptables-binary=iptables-legacy');
+    assert.equal(backendOf({}), '--iptables-binary=iptables-nft');
+  });
+
+  it('auto without CAP_NET_RAW (legacy unreadable) refuses to guess', () => {
+    const r = entry(['run'], { STUB_LEGACY: 'denied', STUB_NFT: 'hint' });
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /cannot read the legacy iptables backend \(it needs CAP_NET_RAW\)/);
+  });
+
+  it('leaves other commands and an explicit --iptables-binary alone; refuses an unknown mode', () => {
+    assert.deepEqual(entry(['--version'], { SVCPLANE_IPTABLES_MODE: 'legacy' }).argv, ['--version']);
+    assert.deepEqual(entry(['demo'], { SVCPLANE_IPTABLES_MODE: 'legacy' }).argv, ['demo']);
+    assert.deepEqual(
+      entry(['sync', '--iptables-binary=iptables'], { SVCPLANE_IPTABLES_MODE: 'legacy' }).argv,
+      ['sync', '--iptables-binary=iptables'],
+    );
+    const bad = entry(['sync'], { SVCPLANE_IPTABLES_MODE: 'bogus' });
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /SVCPLANE_IPTABLES_MODE must be nft, legacy or auto/);
+  });
+
+  it('writes nothing (read-only root): no alternatives switched, no redirection to a file', () => {
+    assert.equal(existsSync(join(dir, 'alternatives-called')), false, 'update-alternatives was called');
+    const text = readFileSync(script, 'utf8')
+      .split('\n')
+      .filter((l) => !l.trimStart().startsWith('#'))
+      .join('\n');
+    assert.doesNotMatch(text, /update-alternatives|\bln\b|\bcp\b|\bmv\b|\btee\b/);
+    for (const m of text.matchAll(/\d?>+\s*(\S+)/g))
+      assert.match(m[1]!, /^(\/dev\/null|&[12];?)$/, `redirection to ${m[1]!}`);
   });
 });
