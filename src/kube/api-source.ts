@@ -1,6 +1,7 @@
 /**
- * The Kubernetes API as a StateSource: three reflectors (Services, EndpointSlices, this Node), one
- * validated ClusterState built from their stores.
+ * The Kubernetes API as a StateSource: three reflectors (Services, EndpointSlices, this Node), and
+ * with NetworkPolicy enforcement three more (NetworkPolicies, Pods, Namespaces: policy-resources.ts),
+ * one validated ClusterState built from their stores.
  *
  * - `start()` resolves only once every initial list is complete (no sync from a partial view).
  * - Changes are batched (`debounceMs`) and a new state is emitted only when the set of
@@ -17,6 +18,7 @@ import { SERVICE_PROXY_NAME_LABEL } from '../model/types.js';
 import { log } from '../util/log.js';
 import { kubeTransport, Reflector } from './informer.js';
 import type { ApiErrorCategory, ApiTransport, ReflectorOptions, ResourceSpec } from './informer.js';
+import { NETWORK_POLICY_RESOURCES } from './policy-resources.js';
 import type { SourceHealth, SourceProblem, StateSource } from './source.js';
 
 /** `buildClusterState`'s signature (API objects carry no `source`). */
@@ -32,6 +34,8 @@ export interface ApiSourceOptions {
   readonly reflector?: Partial<ReflectorOptions>;
   /** Defaults to the model's `buildClusterState`. */
   readonly build?: BuildState;
+  /** Also watch what NetworkPolicy enforcement reads (NetworkPolicies, Pods, Namespaces). Default off. */
+  readonly networkPolicy?: boolean;
   readonly now?: () => number;
 }
 
@@ -123,7 +127,8 @@ export class ApiSource implements StateSource {
     this.build = options.build ?? buildClusterState;
     this.now = options.now ?? Date.now;
     const specs = resourceSpecs(options.nodeName);
-    this.reflectors = [specs.services, specs.slices, specs.node].map(
+    const policy = options.networkPolicy ? NETWORK_POLICY_RESOURCES : [];
+    this.reflectors = [specs.services, specs.slices, specs.node, ...policy].map(
       (s) => new Reflector(transport, s, options.reflector ?? {}, this.now),
     );
   }

@@ -1,7 +1,8 @@
 /**
  * A Kubernetes API stand-in for tests: an in-process HTTP(S) server that answers list and watch of
- * Services, EndpointSlices and Nodes the way kube-apiserver does (shapes and semantics from
- * kube-apiserver's sources; see the README's testing notes):
+ * Services, EndpointSlices and Nodes, and (for NetworkPolicy enforcement) NetworkPolicies, Pods and
+ * Namespaces, the way kube-apiserver does (shapes and semantics from kube-apiserver's sources; see
+ * the README's testing notes):
  *
  * - list: `{"kind":"ServiceList","apiVersion":"v1","metadata":{"resourceVersion":…},"items":[…]}` whose
  *   items carry NO kind/apiVersion (kubernetes/kubernetes#3030); `continue` and `remainingItemCount`
@@ -15,6 +16,11 @@
  *   (plus the `k8s.io/initial-events-end` annotation after the initial events of a watch-list);
  *   a too-old resourceVersion is an ERROR event carrying a 410 Expired Status in a 200 stream;
  *   selector transitions become ADDED/DELETED; the server ends watches at timeoutSeconds;
+ * - objects as stored: the API server's defaulting (NetworkPolicy protocol TCP and policyTypes; Pod
+ *   and container defaults, container port protocol TCP, status.phase Pending on create; the
+ *   Namespace's kubernetes.io/metadata.name label, spec.finalizers and status.phase), generation
+ *   where the strategy keeps one (EndpointSlice, NetworkPolicy, Pod), and a Namespace deleted in
+ *   two steps (Terminating, then gone: it must be empty first, there is no namespace controller);
  * - errors: Status objects (`kind: Status`, `apiVersion: v1`, `metadata: {}`, `status: Failure`,
  *   message, reason, details, code); 401 without an accepted bearer token when tokens are required;
  * - TLS with a self-signed certificate on request (kube-apiserver serves nothing else), and
@@ -32,7 +38,7 @@ import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
 import { KubeConfig } from '@kubernetes/client-node';
 import { testCertificate } from './test-cert.js';
 
-export type FakeKind = 'Service' | 'EndpointSlice' | 'Node';
+export type FakeKind = 'Service' | 'EndpointSlice' | 'Node' | 'NetworkPolicy' | 'Pod' | 'Namespace';
 export type WatchEventType = 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';
 /** As RBAC names them: a collection read (`list`), a watch, or a single-object read (`get`). */
 export type RequestVerb = 'list' | 'watch' | 'get';
@@ -96,7 +102,18 @@ const KINDS: Readonly<Record<FakeKind, KindInfo>> = {
     resource: 'endpointslices',
   },
   Node: { apiVersion: 'v1', listKind: 'NodeList', namespaced: false, resource: 'nodes' },
+  NetworkPolicy: {
+    apiVersion: 'networking.k8s.io/v1',
+    listKind: 'NetworkPolicyList',
+    namespaced: true,
+    resource: 'networkpolicies',
+  },
+  Pod: { apiVersion: 'v1', listKind: 'PodList', namespaced: true, resource: 'pods' },
+  Namespace: { apiVersion: 'v1', listKind: 'NamespaceList', namespaced: false, resource: 'namespaces' },
 };
+
+/** Kinds whose registry strategy keeps metadata.generation (bumped when the spec changes). */
+const HAS_GENERATION: ReadonlySet<FakeKind> = new Set(['EndpointSlice', 'NetworkPolicy', 'Pod']);
 
 /** The annotation on the BOOKMARK that ends a watch-list's initial events. */
 export const INITIAL_EVENTS_END_ANNOTATION = 'k8s.io/initial-events-end';
@@ -130,6 +147,12 @@ function emptyObject(kind: FakeKind): Record<string, unknown> {
           },
         },
       };
+    case 'NetworkPolicy':
+      return { spec: { podSelector: {} } };
+    case 'Pod':
+      return { spec: { containers: null }, status: {} };
+    case 'Namespace':
+      return { spec: {}, status: {} };
   }
 }
 
@@ -256,7 +279,25 @@ const FIELDS: Readonly<Record<FakeKind, readonly string[]>> = {
   Service: ['metadata.name', 'metadata.namespace', 'spec.clusterIP', 'spec.type'],
   Node: ['metadata.name', 'metadata.namespace', 'spec.unschedulable'],
   EndpointSlice: ['metadata.name', 'metadata.namespace'],
+  NetworkPolicy: ['metadata.name', 'metadata.namespace'],
+  // pkg/registry/core/pod/strategy.go PodToSelectableFields.
+  Pod: [
+    'metadata.name',
+    'metadata.namespace',
+    'spec.nodeName',
+    'spec.restartPolicy',
+    'spec.schedulerName',
+    'spec.serviceAccountName',
+    'spec.hostNetwork',
+    'status.phase',
+    'status.podIP',
+    'status.nominatedNodeName',
+  ],
+  Namespace: ['metadata.name', 'metadata.namespace', 'status.phase'],
 };
+
+/** Kinds without a field-label conversion function of their own answer with the default one's words. */
+const DEFAULT_FIELD_CONVERSION: ReadonlySet<FakeKind> = new Set(['EndpointSlice', 'NetworkPolicy']);
 
 /**
  * Parses a field selector for `kind` (default: the fields every kind has); throws with the API
@@ -271,7 +312,7 @@ export function parseFieldSelector(text: string, kind?: FakeKind): FieldRequirem
     if (!supported.includes(field)) {
       // Kinds with their own conversion function say it this way; the rest use the default one.
       throw new Error(
-        kind === 'EndpointSlice'
+        kind !== undefined && DEFAULT_FIELD_CONVERSION.has(kind)
           ? `"${field}" is not a known field selector: only "metadata.name", "metadata.namespace"`
           : `field label not supported: ${field}`,
       );
@@ -282,7 +323,19 @@ export function parseFieldSelector(text: string, kind?: FakeKind): FieldRequirem
 
 function fieldValue(obj: KubeObj, field: string): string {
   const spec = (obj.spec ?? {}) as Record<string, unknown>;
+  const status = (obj.status ?? {}) as Record<string, unknown>;
   switch (field) {
+    case 'spec.nodeName':
+    case 'spec.restartPolicy':
+    case 'spec.schedulerName':
+    case 'spec.serviceAccountName':
+      return str(spec[field.slice('spec.'.length)]);
+    case 'spec.hostNetwork':
+      return spec.hostNetwork === true ? 'true' : 'false';
+    case 'status.phase':
+    case 'status.podIP':
+    case 'status.nominatedNodeName':
+      return str(status[field.slice('status.'.length)]);
     case 'metadata.name':
       return nameOf(obj);
     case 'metadata.namespace':
@@ -454,6 +507,9 @@ const COLLECTIONS: readonly (readonly [FakeKind, string])[] = [
   ['Service', '/api/v1'],
   ['EndpointSlice', '/apis/discovery.k8s.io/v1'],
   ['Node', '/api/v1'],
+  ['NetworkPolicy', '/apis/networking.k8s.io/v1'],
+  ['Pod', '/api/v1'],
+  ['Namespace', '/api/v1'],
 ];
 
 /** Collection paths (all namespaces or one) and single-object paths, as the API server routes them. */
@@ -531,6 +587,62 @@ function stored(kind: FakeKind, o: KubeObj, md: Record<string, unknown>): KubeOb
   return body;
 }
 
+const isObj = (v: unknown): v is Record<string, unknown> =>
+  typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** pkg/apis/networking/v1/defaults.go: protocol TCP on every port; policyTypes from the rules. */
+function defaultNetworkPolicy(o: KubeObj): void {
+  const spec = isObj(o.spec) ? o.spec : (o.spec = {});
+  spec.podSelector ??= {};
+  for (const dir of ['ingress', 'egress']) {
+    for (const rule of Array.isArray(spec[dir]) ? (spec[dir] as unknown[]) : []) {
+      for (const port of isObj(rule) && Array.isArray(rule.ports) ? (rule.ports as unknown[]) : []) {
+        if (isObj(port)) port.protocol ??= 'TCP';
+      }
+    }
+  }
+  if (!Array.isArray(spec.policyTypes) || spec.policyTypes.length === 0) {
+    const egress = Array.isArray(spec.egress) && spec.egress.length > 0;
+    spec.policyTypes = egress ? ['Ingress', 'Egress'] : ['Ingress'];
+  }
+}
+
+/** pkg/apis/core/v1/defaults.go for what a pod spec needs; admission plugins' additions left out. */
+function defaultPod(o: KubeObj, creating: boolean): void {
+  const spec = isObj(o.spec) ? o.spec : (o.spec = {});
+  spec.restartPolicy ??= 'Always';
+  spec.terminationGracePeriodSeconds ??= 30;
+  spec.dnsPolicy ??= 'ClusterFirst';
+  spec.securityContext ??= {};
+  spec.schedulerName ??= 'default-scheduler';
+  spec.enableServiceLinks ??= true;
+  for (const c of Array.isArray(spec.containers) ? (spec.containers as unknown[]) : []) {
+    if (!isObj(c)) continue;
+    c.resources ??= {};
+    c.terminationMessagePath ??= '/dev/termination-log';
+    c.terminationMessagePolicy ??= 'File';
+    c.imagePullPolicy ??= typeof c.image === 'string' && !c.image.includes(':') ? 'Always' : 'IfNotPresent';
+    for (const p of Array.isArray(c.ports) ? (c.ports as unknown[]) : []) if (isObj(p)) p.protocol ??= 'TCP';
+  }
+  // The registry's PrepareForCreate: a new pod's status is Pending, whatever the client sent.
+  if (creating) o.status = { phase: 'Pending', qosClass: 'BestEffort' };
+}
+
+/** The namespace's own-name label (always overwritten), its finalizer and phase. */
+function defaultNamespace(o: KubeObj, md: Record<string, unknown>): void {
+  md.labels = { ...(isObj(md.labels) ? md.labels : {}), 'kubernetes.io/metadata.name': str(md.name) };
+  const spec = isObj(o.spec) ? o.spec : (o.spec = {});
+  spec.finalizers ??= ['kubernetes'];
+  o.status = { phase: 'Active', ...(isObj(o.status) ? o.status : {}) };
+}
+
+/** The API server's defaulting of a created or updated object (in place). */
+function applyDefaults(kind: FakeKind, o: KubeObj, md: Record<string, unknown>, creating: boolean): void {
+  if (kind === 'NetworkPolicy') defaultNetworkPolicy(o);
+  else if (kind === 'Pod') defaultPod(o, creating);
+  else if (kind === 'Namespace') defaultNamespace(o, md);
+}
+
 function managedFields(kind: FakeKind): unknown[] {
   return [
     {
@@ -561,6 +673,9 @@ export class FakeApiServer {
     Service: new Map(),
     EndpointSlice: new Map(),
     Node: new Map(),
+    NetworkPolicy: new Map(),
+    Pod: new Map(),
+    Namespace: new Map(),
   };
   private history: HistoryEvent[] = [];
   /** Events at or below this resourceVersion are gone: older watches and exact lists get 410. */
@@ -737,6 +852,7 @@ export class FakeApiServer {
     if (!KINDS[kind].namespaced) delete md.namespace;
     const key = objKey(kind, str(md.namespace), name);
     if (this.stores[kind].has(key)) throw new Error(`create ${kind} ${key}: already exists`);
+    applyDefaults(kind, o, md, true);
     // Server-owned: a client cannot create an object that is being deleted.
     delete md.deletionTimestamp;
     delete md.deletionGracePeriodSeconds;
@@ -745,8 +861,8 @@ export class FakeApiServer {
       ...md,
       uid: randomUUID(),
       resourceVersion: String(rv),
-      // Only strategies that set it have a generation: EndpointSlices do, Services and Nodes not.
-      generation: kind === 'EndpointSlice' ? 1 : undefined,
+      // Only strategies that set it have a generation (EndpointSlices, NetworkPolicies, Pods).
+      generation: HAS_GENERATION.has(kind) ? 1 : undefined,
       creationTimestamp: timestamp(),
       managedFields: managedFields(kind),
     });
@@ -768,6 +884,7 @@ export class FakeApiServer {
     const previous = this.stores[kind].get(key);
     if (!previous) throw new Error(`update ${kind} ${key}: not found`);
     const pmd = previous.metadata ?? {};
+    applyDefaults(kind, o, md, false);
     delete md.deletionTimestamp;
     delete md.deletionGracePeriodSeconds;
     if (pmd.deletionTimestamp !== undefined) {
@@ -776,16 +893,17 @@ export class FakeApiServer {
     }
     const rv = ++this.rv;
     const candidate = stored(kind, o, {});
-    const bodyOf = (x: KubeObj): string => JSON.stringify({ ...x, metadata: undefined });
+    // A status write (the kubelet's) is no spec change: only the spec counts where there is one.
+    const bodyOf = (x: KubeObj): string =>
+      JSON.stringify('spec' in x ? x.spec : { ...x, metadata: undefined });
     const changed = bodyOf(candidate) !== bodyOf(previous);
     const object = stored(kind, o, {
       ...md,
       uid: pmd.uid,
       resourceVersion: String(rv),
-      generation:
-        kind === 'EndpointSlice'
-          ? (typeof pmd.generation === 'number' ? pmd.generation : 1) + (changed ? 1 : 0)
-          : undefined,
+      generation: HAS_GENERATION.has(kind)
+        ? (typeof pmd.generation === 'number' ? pmd.generation : 1) + (changed ? 1 : 0)
+        : undefined,
       creationTimestamp: pmd.creationTimestamp,
       managedFields: managedFields(kind),
     });
@@ -812,6 +930,7 @@ export class FakeApiServer {
     const key = objKey(kind, namespace, name);
     const previous = this.stores[kind].get(key);
     if (!previous) throw new Error(`delete ${kind} ${key}: not found`);
+    if (kind === 'Namespace') return this.deleteNamespace(key, previous);
     if (finalizersOf(previous).length > 0) {
       if (previous.metadata?.deletionTimestamp !== undefined) return; // already being deleted
       const rv = ++this.rv;
@@ -833,6 +952,39 @@ export class FakeApiServer {
     // The real API sends the last state of the object with the deletion's resourceVersion.
     const object: KubeObj = { ...previous, metadata: { ...previous.metadata, resourceVersion: String(rv) } };
     this.record({ rv, kind, key, type: 'DELETED', object, previous });
+  }
+
+  /**
+   * A Namespace goes Terminating (MODIFIED: deletionTimestamp, status.phase), then, once the namespace
+   * controller has emptied it and removed its spec finalizer, away (DELETED). The stand-in has no
+   * such controller: it refuses to delete a namespace that still holds objects.
+   */
+  private deleteNamespace(key: string, previous: KubeObj): void {
+    const held = (Object.keys(this.stores) as FakeKind[]).filter(
+      (k) => KINDS[k].namespaced && [...this.stores[k].values()].some((o) => namespaceOf(o) === key),
+    );
+    if (held.length > 0) throw new Error(`delete Namespace ${key}: delete its ${held.join(', ')} first`);
+    const rv = ++this.rv;
+    const terminating: KubeObj = {
+      ...previous,
+      metadata: orderedMeta({
+        ...previous.metadata,
+        resourceVersion: String(rv),
+        deletionTimestamp: timestamp(),
+        deletionGracePeriodSeconds: 0,
+      }),
+      status: { phase: 'Terminating' },
+    };
+    this.stores.Namespace.set(key, terminating);
+    this.record({ rv, kind: 'Namespace', key, type: 'MODIFIED', object: terminating, previous });
+    this.stores.Namespace.delete(key);
+    const gone = ++this.rv;
+    const object: KubeObj = {
+      ...terminating,
+      metadata: { ...terminating.metadata, resourceVersion: String(gone) },
+      spec: { ...(isObj(terminating.spec) ? terminating.spec : {}), finalizers: [] },
+    };
+    this.record({ rv: gone, kind: 'Namespace', key, type: 'DELETED', object, previous: terminating });
   }
 
   /** One object as a GET returns it (with kind/apiVersion), or undefined. */

@@ -349,16 +349,19 @@ describe('deploy/ manifests', () => {
     }
   });
 
-  it('grants least privilege: list and watch on services, nodes and endpointslices, nothing else', () => {
+  it('grants least privilege: list and watch on what svcplane reads (with NetworkPolicy enforcement), nothing else', () => {
     const rules = (get(pick(objects, 'ClusterRole'), 'rules') as Obj[]).flatMap((r) =>
       (r.apiGroups as string[]).flatMap((g) =>
         (r.resources as string[]).map((res) => `${g}/${res}:${[...(r.verbs as string[])].sort().join(',')}`),
       ),
     );
     assert.deepEqual(rules.sort(), [
+      '/namespaces:list,watch',
       '/nodes:list,watch',
+      '/pods:list,watch',
       '/services:list,watch',
       'discovery.k8s.io/endpointslices:list,watch',
+      'networking.k8s.io/networkpolicies:list,watch',
     ]);
     const binding = pick(objects, 'ClusterRoleBinding');
     const sa = pick(objects, 'ServiceAccount');

@@ -23,7 +23,7 @@ describe('hardening: security defaults', () => {
     assert.throws(() => splitHostPort('127.0.0.1:70000'), /port out of range/);
   });
 
-  it('the DaemonSet RBAC grants exactly list and watch on Services, EndpointSlices and Nodes', () => {
+  it('the DaemonSet RBAC grants exactly list and watch on what svcplane reads (NetworkPolicy enforcement included)', () => {
     const docs = parseAllDocuments(readFileSync(join(ROOT, 'deploy/svcplane.yaml'), 'utf8')).map(
       (d) =>
         d.toJS() as {
@@ -39,12 +39,18 @@ describe('hardening: security defaults', () => {
     });
     // The informers list, then watch; the Node is listed by field selector (never a GET by name).
     assert.deepEqual(granted.sort(), [
+      '/namespaces:list',
+      '/namespaces:watch',
       '/nodes:list',
       '/nodes:watch',
+      '/pods:list',
+      '/pods:watch',
       '/services:list',
       '/services:watch',
       'discovery.k8s.io/endpointslices:list',
       'discovery.k8s.io/endpointslices:watch',
+      'networking.k8s.io/networkpolicies:list',
+      'networking.k8s.io/networkpolicies:watch',
     ]);
   });
 

@@ -548,7 +548,7 @@ describe('FakeApiServer (Kubernetes API stand-in)', () => {
   });
 
   it('returns 404 Status for unknown paths', async () => {
-    const { status, body } = await getJson(`${api.url}/api/v1/pods`);
+    const { status, body } = await getJson(`${api.url}/api/v1/configmaps`);
     assert.equal(status, 404);
     assert.equal(body.reason, 'NotFound');
   });
