@@ -38,6 +38,23 @@ function sameShape(a: PlanSet, b: PlanSet): boolean {
   return a.kind === b.kind && ('family' in a ? a.family : '') === ('family' in b ? b.family : '');
 }
 
+/** Equal elements in equal order (plans sort them): the common case, decided without building keys. */
+function sameElements(a: PlanSet, b: PlanSet): boolean {
+  if (a.elements.length !== b.elements.length) return false;
+  const x = a.elements as readonly unknown[];
+  const y = b.elements as readonly unknown[];
+  for (let i = 0; i < x.length; i++) {
+    const p = x[i];
+    const q = y[i];
+    if (p === q) continue;
+    if (typeof p !== 'object' || typeof q !== 'object' || p === null || q === null) return false;
+    const pr = p as Record<string, unknown>;
+    const qr = q as Record<string, unknown>;
+    for (const k of Object.keys(pr)) if (pr[k] !== qr[k]) return false;
+  }
+  return true;
+}
+
 export function diffPlans(before: PolicyPlan, after: PolicyPlan): PlanDiff {
   const setsAdded: PlanSet[] = [];
   const setsRemoved: string[] = [];
@@ -50,7 +67,7 @@ export function diffPlans(before: PolicyPlan, after: PolicyPlan): PlanDiff {
       setsAdded.push(set);
       continue;
     }
-    if (old === set) continue;
+    if (old === set || sameElements(old, set)) continue;
     const oldKeys = elementKeys(old);
     const newKeys = elementKeys(set);
     const added = difference(newKeys, new Set(oldKeys));

@@ -221,6 +221,119 @@ function blocksDescription(blocks: readonly IPBlock[]): string {
     .join(', ');
 }
 
+/** A set's name and how to describe it, per family where it has one. */
+interface SetRef {
+  readonly names: Readonly<Record<IPFamily, string>>;
+  readonly description: string;
+}
+
+interface CompiledGroup extends SetRef {
+  /** What defines the group (the key its members are computed once per plan under). */
+  readonly key: string;
+  readonly peer: SelectorPeer;
+}
+
+interface CompiledRule {
+  readonly index: number;
+  /** No `from`/`to`: any address. */
+  readonly anyPeer: boolean;
+  readonly groups: readonly CompiledGroup[];
+  /** The rule's ipBlocks as disjoint CIDRs, per family (absent: none of that family). */
+  readonly networks: ReadonlyMap<IPFamily, { readonly name: string; readonly set: PlanSet }>;
+  /** No `ports`: any protocol and port. */
+  readonly anyPort: boolean;
+  readonly ports?: { readonly name: string; readonly set: PlanSet };
+  readonly named: readonly (SetRef & { readonly portName: string; readonly protocol: Protocol })[];
+}
+
+/** What a policy means regardless of which pods exist: computed once per policy object. */
+interface CompiledPolicy {
+  readonly name: string;
+  readonly targets: SetRef & { readonly key: string };
+  readonly directions: readonly { readonly direction: Direction; readonly rules: readonly CompiledRule[] }[];
+}
+
+const perFamily = (prefix: string, definition: string): Record<IPFamily, string> => ({
+  IPv4: setName(prefix, 'IPv4', definition),
+  IPv6: setName(prefix, 'IPv6', definition),
+});
+
+function compileRule(np: NetworkPolicy, rule: PolicyRule, index: number): CompiledRule {
+  const groups: CompiledGroup[] = [];
+  for (const peer of rule.peers) {
+    if (peer.kind !== 'pods') continue;
+    const key = JSON.stringify([
+      peer.namespaceSelector
+        ? ['namespaces', selectorKey(peer.namespaceSelector)]
+        : ['namespace', np.namespace],
+      peer.podSelector ? selectorKey(peer.podSelector) : '*',
+    ]);
+    if (groups.some((g) => g.key === key)) continue;
+    groups.push({
+      key,
+      peer,
+      names: perFamily('grp', key),
+      description: peerDescription(np.namespace, peer),
+    });
+  }
+  const blocks = rule.peers.flatMap((p) => (p.kind === 'ipBlock' ? [p.ipBlock] : []));
+  const networks = new Map<IPFamily, { name: string; set: PlanSet }>();
+  for (const [family, cidrs] of ipBlockCidrs(blocks)) {
+    if (cidrs.length === 0) continue;
+    const name = setName('net', family, cidrs.join(' '));
+    const description = blocksDescription(blocks.filter((b) => b.family === family));
+    networks.set(family, { name, set: { kind: 'networks', name, family, description, elements: cidrs } });
+  }
+  const ranges = portRanges(rule);
+  let ports: CompiledRule['ports'];
+  if (ranges.length > 0) {
+    const name = setName('prt', undefined, ranges.map(portRangeKey).join(' '));
+    const description = ranges
+      .map((r) => `${r.protocol}/${r.first === r.last ? r.first : `${r.first}-${r.last}`}`)
+      .join(', ');
+    ports = { name, set: { kind: 'ports', name, description, elements: ranges } };
+  }
+  return {
+    index,
+    anyPeer: rule.peers.length === 0,
+    groups,
+    networks,
+    anyPort: rule.ports.length === 0,
+    ...(ports ? { ports } : {}),
+    named: namedPorts(rule).map((n) => ({
+      portName: n.name,
+      protocol: n.protocol,
+      names: perFamily('nmd', `${n.name}/${n.protocol}`),
+      description: `container port ${n.name}/${n.protocol} of each pod`,
+    })),
+  };
+}
+
+const compiledPolicies = new WeakMap<NetworkPolicy, CompiledPolicy>();
+
+/** Policies keep their identity across states while unchanged (buildClusterState), so this is a cache. */
+function compilePolicy(np: NetworkPolicy): CompiledPolicy {
+  const hit = compiledPolicies.get(np);
+  if (hit) return hit;
+  const key = `targets ${np.namespace} ${np.podSelector ? selectorKey(np.podSelector) : '<unreadable>'}`;
+  const compiled: CompiledPolicy = {
+    name: nameOfPolicy(np),
+    targets: {
+      key,
+      names: perFamily('tgt', key),
+      description: np.podSelector
+        ? `pods ${formatSelector(np.podSelector)} of namespace ${np.namespace} on this node`
+        : `every pod of namespace ${np.namespace} on this node (the policy's selector is unreadable)`,
+    },
+    directions: DIRECTIONS.filter((d) => appliesIn(np, d)).map((direction) => ({
+      direction,
+      rules: np[direction].map((rule, i) => compileRule(np, rule, i)),
+    })),
+  };
+  compiledPolicies.set(np, compiled);
+  return compiled;
+}
+
 /** Accumulates sets by name; elements are filled only for sets an active rule uses. */
 class SetTable {
   readonly sets = new Map<string, PlanSet>();
@@ -248,13 +361,31 @@ class PlanBuilder {
   readonly table = new SetTable();
   readonly rules = new Map<string, PlanRule>();
   private readonly localPods: PodInfo[];
+  private readonly localByNamespace = new Map<string, PodInfo[]>();
+  /** Members per group / targets key, computed once per plan (for every family). */
+  private readonly members = new Map<string, readonly PodInfo[]>();
 
   constructor(
     private readonly index: PolicyIndex,
     private readonly node: string,
     private readonly families: readonly IPFamily[],
   ) {
-    this.localPods = [...index.podsByNamespace.values()].flat().filter((p) => p.nodeName === node);
+    this.localPods = [];
+    for (const [ns, pods] of index.podsByNamespace) {
+      const local = pods.filter((p) => p.nodeName === node);
+      if (local.length === 0) continue;
+      this.localByNamespace.set(ns, local);
+      this.localPods.push(...local);
+    }
+  }
+
+  private memo(key: string, compute: () => readonly PodInfo[]): readonly PodInfo[] {
+    let hit = this.members.get(key);
+    if (!hit) {
+      hit = compute();
+      this.members.set(key, hit);
+    }
+    return hit;
   }
 
   addressesOf(pods: readonly PodInfo[], family: IPFamily): string[] {
@@ -265,80 +396,51 @@ class PlanBuilder {
     return [...out].sort(compareStrings);
   }
 
-  /** The local pods the policy selects, per family. */
-  targetsSet(np: NetworkPolicy, family: IPFamily): { name: string; active: boolean } {
-    const selected = this.localPods.filter((p) => policySelects(np, p));
-    const definition = `targets ${np.namespace} ${np.podSelector ? selectorKey(np.podSelector) : '<unreadable>'}`;
-    const description = np.podSelector
-      ? `pods ${formatSelector(np.podSelector)} of namespace ${np.namespace} on this node`
-      : `every pod of namespace ${np.namespace} on this node (the policy's selector is unreadable)`;
-    const name = setName('tgt', family, definition);
-    const elements = this.addressesOf(selected, family);
-    // Targets are always filled: they decide whether the policy's other sets are needed.
-    this.table.declare(name, { kind: 'addresses', name, family, description, elements }, () => ({
+  /** The local pods the policy selects, as a set of the family; active when it has members. */
+  targetsSet(np: NetworkPolicy, c: CompiledPolicy, family: IPFamily): { name: string; active: boolean } {
+    const selected = this.memo(c.targets.key, () =>
+      (this.localByNamespace.get(np.namespace) ?? []).filter((p) => policySelects(np, p)),
+    );
+    const name = c.targets.names[family];
+    const set: PlanSet = {
       kind: 'addresses',
       name,
       family,
-      description,
-      elements,
-    }));
-    return { name, active: elements.length > 0 };
-  }
-
-  peerGroup(namespace: string, peer: SelectorPeer, family: IPFamily): string {
-    const definition = JSON.stringify([
-      peer.namespaceSelector ? ['namespaces', selectorKey(peer.namespaceSelector)] : ['namespace', namespace],
-      peer.podSelector ? selectorKey(peer.podSelector) : '*',
-    ]);
-    const name = setName('grp', family, definition);
-    const description = peerDescription(namespace, peer);
-    const empty: PlanSet = { kind: 'addresses', name, family, description, elements: [] };
-    return this.table.declare(name, empty, () => ({
-      ...empty,
-      elements: this.addressesOf(
-        candidatePods(this.index, namespace, peer).filter((p) =>
-          peerSelectsPod(this.index, namespace, peer, p),
-        ),
-        family,
-      ),
-    }));
-  }
-
-  networks(blocks: readonly IPBlock[], family: IPFamily): string | undefined {
-    const cidrs = ipBlockCidrs(blocks).get(family);
-    if (!cidrs || cidrs.length === 0) return undefined;
-    const name = setName('net', family, cidrs.join(' '));
-    const set: PlanSet = {
-      kind: 'networks',
-      name,
-      family,
-      description: blocksDescription(blocks.filter((b) => b.family === family)),
-      elements: cidrs,
+      description: c.targets.description,
+      elements: this.addressesOf(selected, family),
     };
-    return this.table.declare(name, set, () => set);
+    // Targets are always filled: they decide whether the policy's other sets are needed.
+    this.table.declare(name, set, () => set);
+    return { name, active: set.elements.length > 0 };
   }
 
-  ports(ranges: readonly PortRange[]): string {
-    const name = setName('prt', undefined, ranges.map(portRangeKey).join(' '));
-    const description = ranges
-      .map((r) => `${r.protocol}/${r.first === r.last ? r.first : `${r.first}-${r.last}`}`)
-      .join(', ');
-    const set: PlanSet = { kind: 'ports', name, description, elements: ranges };
-    return this.table.declare(name, set, () => set);
+  peerGroup(namespace: string, g: CompiledGroup, family: IPFamily): string {
+    const name = g.names[family];
+    const empty: PlanSet = { kind: 'addresses', name, family, description: g.description, elements: [] };
+    return this.table.declare(name, empty, () => {
+      const members = this.memo(g.key, () =>
+        candidatePods(this.index, namespace, g.peer).filter((p) =>
+          peerSelectsPod(this.index, namespace, g.peer, p),
+        ),
+      );
+      return { ...empty, elements: this.addressesOf(members, family) };
+    });
   }
 
-  named(portName: string, protocol: Protocol, family: IPFamily): string {
-    const name = setName('nmd', family, `${portName}/${protocol}`);
-    const description = `container port ${portName}/${protocol} of each pod`;
-    const empty: PlanSet = { kind: 'address-ports', name, family, description, elements: [] };
+  named(n: CompiledRule['named'][number], family: IPFamily): string {
+    const name = n.names[family];
+    const empty: PlanSet = { kind: 'address-ports', name, family, description: n.description, elements: [] };
     return this.table.declare(name, empty, () => {
       const elements: AddressPort[] = [];
-      for (const pod of [...this.index.podsByNamespace.values()].flat()) {
-        if (pod.invalid) continue;
-        const np = pod.namedPorts.find((n) => n.name === portName && n.protocol === protocol);
-        if (!np) continue;
-        for (const ip of ownedAddresses(this.index, pod)) {
-          if (ipFamilyOf(ip) === family) elements.push({ address: ip, protocol, port: np.port });
+      for (const pods of this.index.podsByNamespace.values()) {
+        for (const pod of pods) {
+          if (pod.invalid) continue;
+          const np = pod.namedPorts.find((x) => x.name === n.portName && x.protocol === n.protocol);
+          if (!np) continue;
+          for (const ip of ownedAddresses(this.index, pod)) {
+            if (ipFamilyOf(ip) === family)
+              elements.push({ address: ip, protocol: n.protocol, port: np.port });
+          }
         }
       }
       elements.sort((a, b) => compareStrings(addressPortKey(a), addressPortKey(b)));
@@ -346,47 +448,45 @@ class PlanBuilder {
     });
   }
 
-  addRules(np: NetworkPolicy, direction: Direction, family: IPFamily): void {
-    const targets = this.targetsSet(np, family);
-    const policy = nameOfPolicy(np);
-    np[direction].forEach((rule, i) => {
-      const peers: (string | undefined)[] = [];
-      if (rule.peers.length === 0) peers.push(undefined);
-      else {
-        for (const peer of rule.peers) {
-          if (peer.kind === 'pods') peers.push(this.peerGroup(np.namespace, peer, family));
+  addRules(np: NetworkPolicy, family: IPFamily): void {
+    const c = compilePolicy(np);
+    const targets = this.targetsSet(np, c, family);
+    for (const { direction, rules } of c.directions) {
+      for (const rule of rules) {
+        const peers: (string | undefined)[] = [];
+        if (rule.anyPeer) peers.push(undefined);
+        else {
+          for (const g of rule.groups) peers.push(this.peerGroup(np.namespace, g, family));
+          const net = rule.networks.get(family);
+          if (net) peers.push(this.table.declare(net.name, net.set, () => net.set));
         }
-        const blocks = rule.peers.flatMap((p) => (p.kind === 'ipBlock' ? [p.ipBlock] : []));
-        const net = this.networks(blocks, family);
-        if (net) peers.push(net);
-      }
-      const ports: PlanRule['ports'][] = [];
-      if (rule.ports.length === 0) ports.push(undefined);
-      else {
-        const ranges = portRanges(rule);
-        if (ranges.length > 0) ports.push({ kind: 'ports', set: this.ports(ranges) });
-        for (const n of namedPorts(rule))
-          ports.push({ kind: 'named', set: this.named(n.name, n.protocol, family) });
-      }
-      for (const peer of peers) {
-        for (const p of ports) {
-          const r: PlanRule = {
-            direction,
-            family,
-            policy,
-            rule: i,
-            targets: targets.name,
-            ...(peer !== undefined ? { peer } : {}),
-            ...(p !== undefined ? { ports: p } : {}),
-          };
-          this.rules.set(ruleKey(r), r);
-          if (targets.active) {
-            if (peer !== undefined) this.table.activate(peer);
-            if (p !== undefined) this.table.activate(p.set);
+        const ports: PlanRule['ports'][] = [];
+        if (rule.anyPort) ports.push(undefined);
+        else {
+          const p = rule.ports;
+          if (p) ports.push({ kind: 'ports', set: this.table.declare(p.name, p.set, () => p.set) });
+          for (const n of rule.named) ports.push({ kind: 'named', set: this.named(n, family) });
+        }
+        for (const peer of peers) {
+          for (const p of ports) {
+            const r: PlanRule = {
+              direction,
+              family,
+              policy: c.name,
+              rule: rule.index,
+              targets: targets.name,
+              ...(peer !== undefined ? { peer } : {}),
+              ...(p !== undefined ? { ports: p } : {}),
+            };
+            this.rules.set(ruleKey(r), r);
+            if (targets.active) {
+              if (peer !== undefined) this.table.activate(peer);
+              if (p !== undefined) this.table.activate(p.set);
+            }
           }
         }
       }
-    });
+    }
   }
 
   plannedPod(pod: PodInfo): PlannedPod {
@@ -435,10 +535,7 @@ class PlanBuilder {
         };
         this.table.declare(name, set, () => set);
       }
-      for (const np of this.index.policies) {
-        if (np.invalid) continue;
-        for (const d of DIRECTIONS) if (appliesIn(np, d)) this.addRules(np, d, family);
-      }
+      for (const np of this.index.policies) if (!np.invalid) this.addRules(np, family);
     }
     const sets = new Map([...this.table.sets].sort(([a], [b]) => compareStrings(a, b)));
     const rules = [...this.rules].sort(([a], [b]) => compareStrings(a, b)).map(([, r]) => r);

@@ -134,7 +134,8 @@ export function candidatePods(
 ): PodInfo[] {
   if (!peer.namespaceSelector) return [...(index.podsByNamespace.get(policyNamespace) ?? [])];
   const out: PodInfo[] = [];
-  for (const [name, ns] of [...index.namespaces].sort(([a], [b]) => compareStrings(a, b))) {
+  // Order is irrelevant: members become sorted addresses.
+  for (const [name, ns] of index.namespaces) {
     if (selectorMatches(peer.namespaceSelector, ns.labels))
       out.push(...(index.podsByNamespace.get(name) ?? []));
   }
