@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { parseCIDR, parseIP } from '../model/ip.js';
-import type { DetectLocalMode } from '../iptables/proxier.js';
+import { isFullSyncMode, type DetectLocalMode, type FullSyncMode } from '../iptables/proxier.js';
 import { isSafeInterfaceName } from '../iptables/render-lines.js';
 import {
   ConfigError,
@@ -54,10 +54,10 @@ export interface ProxyOptions {
   /** e.g. `iptables-legacy`: restore/save and ip6tables names are derived from it. */
   readonly iptablesBinary: string;
   /**
-   * svcplane's --iptables-full-sync-mode: how full syncs write (docs/performance.md). `auto`: whole
-   * tables on nf_tables (foreign rules carried over), kube-proxy's `--noflush` on legacy.
+   * svcplane's --iptables-full-sync-mode: how full syncs write (docs/performance.md). `auto`:
+   * `--noflush` in chunks on nf_tables, kube-proxy's single `--noflush` on legacy.
    */
-  readonly iptablesFullSyncMode: 'auto' | 'whole-table' | 'noflush';
+  readonly iptablesFullSyncMode: FullSyncMode;
   readonly ipFamilies: readonly ('IPv4' | 'IPv6')[];
   readonly healthzBindAddress: string;
   readonly metricsBindAddress: string;
@@ -100,7 +100,7 @@ export function addProxyOptions(cmd: Command): Command {
     .option('--iptables-binary <name>', 'iptables command to use, e.g. iptables-legacy', 'iptables')
     .option(
       '--iptables-full-sync-mode <mode>',
-      "svcplane: auto (whole tables on nf_tables), whole-table, or noflush (kube-proxy's way)",
+      "svcplane: auto (chunked on nf_tables, noflush on legacy), chunked, noflush (kube-proxy's way), or whole-table (fastest; may lose a rule another agent adds during the write)",
       'auto',
     )
     .option('--ip-families <list>', 'IPv4, IPv6 or both (default both)', parseList)
@@ -179,8 +179,10 @@ export function resolveProxyOptions(raw: Raw, opts: { companions?: boolean } = {
     throw new Error(`--iptables-binary: "${binary}" must name an iptables command`);
   }
   const fullSyncMode = str('iptablesFullSyncMode') ?? 'auto';
-  if (fullSyncMode !== 'auto' && fullSyncMode !== 'whole-table' && fullSyncMode !== 'noflush') {
-    throw new Error(`--iptables-full-sync-mode: "${fullSyncMode}" is not auto, whole-table or noflush`);
+  if (!isFullSyncMode(fullSyncMode)) {
+    throw new Error(
+      `--iptables-full-sync-mode: "${fullSyncMode}" is not auto, chunked, noflush or whole-table`,
+    );
   }
   const hostnameOverride = (str('hostnameOverride') ?? hostname()).trim().toLowerCase();
   const badName = nodeNameProblem(hostnameOverride);

@@ -4,6 +4,7 @@ import { cidrContains, parseCIDR } from '../model/ip.js';
 import { nodeContext, type NodeContext } from '../model/selection.js';
 import type { ClusterState, IPFamily, NodeInfo, Service } from '../model/types.js';
 import { deepEqual } from '../model/validate.js';
+import { CommandError } from '../util/exec.js';
 import { log } from '../util/log.js';
 import {
   addressesInCIDRs,
@@ -12,7 +13,7 @@ import {
   type InterfaceAddress,
 } from '../util/netif.js';
 import { ensureSysctl, readSysctl } from '../util/sysctl.js';
-import { Iptables, KUBE_PROXY_CANARY, type RestoreResult } from './iptables.js';
+import { Iptables, KUBE_PROXY_CANARY, RestoreError, type RestoreResult } from './iptables.js';
 import { canaryLines, mergeExtraLines, missingJumpLines } from './jump-plan.js';
 import { jumpRules, type JumpRule } from './jumps.js';
 import { detached } from './render-lines.js';
@@ -23,10 +24,13 @@ import {
   type LocalDetector,
   type RenderResult,
 } from './render.js';
+import { ChunkingError, chunkedRestoreInput } from './render-chunks.js';
 import { dropUnchangedFixedChains, fixedChainContents, type FixedChainContents } from './render-unchanged.js';
 import {
+  builtinChainRequests,
   declaredChains,
   foreignChainRequests,
+  kernelAsSave,
   listingAsSave,
   listingInput,
   parseListing,
@@ -40,9 +44,10 @@ import { isServiceChainName, parseIptablesSave, serviceChainsOf, type SavedRules
 
 /**
  * The iptables backend for one IP family: kube-proxy's syncProxyRules split by concern. It decides
- * full vs partial sync (KEP-3453), gathers node facts, renders (pure) and applies one
- * `iptables-restore --noflush` transaction. A failed write leaves the kernel as it was and forces the
- * next sync to be full.
+ * full vs partial sync (KEP-3453), gathers node facts, renders (pure) and applies the rules with one
+ * iptables-restore: a partial sync is one `--noflush` transaction; a full sync on nf_tables is the
+ * same input in transactions of at most CHUNK_CHAINS chains (render-chunks.ts). A failed write
+ * leaves the previous rules serving and forces the next sync to be full.
  */
 
 export type DetectLocalMode = 'ClusterCIDR' | 'NodeCIDR' | 'BridgeInterface' | 'InterfaceNamePrefix' | '';
@@ -70,17 +75,34 @@ export interface IptablesProxierConfig {
   /** A partial sync becomes full when the last full sync is older than this (kube-proxy: 1 h). */
   readonly fullSyncPeriodMs?: number;
   /**
-   * How full syncs write: `whole-table` replaces nat and filter (foreign rules carried over),
-   * `noflush` is kube-proxy's way; `auto` (default) picks whole-table on the nf_tables backend.
+   * How full syncs write (docs/performance.md): `chunked` is `--noflush` in transactions of at most
+   * CHUNK_CHAINS chains (never touches foreign rules, near-linear on nf_tables); `noflush` is
+   * kube-proxy's single transaction (quadratic on nf_tables); `whole-table` replaces nat and filter
+   * carrying foreign rules over (fastest, but a foreign rule added while it writes is lost); `auto`
+   * (default) is chunked on nf_tables and noflush on legacy.
    */
-  readonly fullSyncMode?: 'auto' | 'whole-table' | 'noflush';
+  readonly fullSyncMode?: FullSyncMode;
 }
+
+export type FullSyncMode = 'auto' | 'chunked' | 'whole-table' | 'noflush';
+
+export function isFullSyncMode(v: string): v is FullSyncMode {
+  return v === 'auto' || v === 'chunked' || v === 'whole-table' || v === 'noflush';
+}
+
+/**
+ * Chains per transaction of a chunked full sync. Each transaction costs ~chains × commands in
+ * iptables-nft's cache request and one validation of the whole table by the kernel at commit (the
+ * walk from the built-in chains, ~0.1 s at 10k Services): at 10k, 250 chains per chunk took 45 s,
+ * 500 took 27 s, 1000 took 21 s and 2000 took 28 s into a populated table (docs/performance.md).
+ */
+export const CHUNK_CHAINS = 1000;
 
 /** What one sync wrote. */
 interface AppliedSync {
   readonly rendered: RenderResult;
   readonly restore: RestoreResult;
-  readonly mode: 'noflush' | 'whole-table';
+  readonly mode: 'noflush' | 'chunked' | 'whole-table';
   /** The part of the restore input that wrote svcplane's own chains (for drift tracking). */
   readonly ownInput: string;
   readonly staleChains: number;
@@ -115,8 +137,8 @@ export class IptablesProxier implements Backend {
   private readonly written = new Map<string, number>();
   /** Content of each fixed chain as the kernel holds it after our last restore (render-unchanged.ts). */
   private fixedContents: FixedChainContents = new Map();
-  /** Whether full syncs replace whole tables (resolved on first use; see useWholeTable). */
-  private wholeTable: boolean | undefined;
+  /** How full syncs write (resolved on first use; see fullSyncStrategy). */
+  private strategy: Exclude<FullSyncMode, 'auto'> | undefined;
   /** Whether the last attempted sync was full (metrics count failed partial restores apart). */
   lastAttemptFull = true;
   /** Set when route_localnet cannot be enabled (read-only /proc/sys). */
@@ -194,10 +216,13 @@ export class IptablesProxier implements Backend {
     this.lastAttemptFull = full;
 
     try {
+      const strategy = full ? await this.fullSyncStrategy() : 'noflush';
       const applied =
-        full && (await this.useWholeTable())
+        strategy === 'whole-table'
           ? await this.wholeTableSync(state, facts)
-          : await this.noflushSync(state, facts, full);
+          : strategy === 'chunked'
+            ? await this.chunkedSync(state, facts)
+            : await this.noflushSync(state, facts, full);
       const { rendered, restore } = applied;
       this.applied = state;
       trackWrittenChains(this.written, applied.ownInput, full);
@@ -283,10 +308,11 @@ export class IptablesProxier implements Backend {
   }
 
   /**
-   * Whole-table full sync (nf_tables backend, see render-whole-table.ts): nat and filter are
+   * Whole-table full sync (opt-in, nf_tables backend, see render-whole-table.ts): nat and filter are
    * replaced in one transaction whose input carries every foreign chain and rule over verbatim.
    * The foreign chains are listed after rendering and listed again right before the restore; if
-   * they changed in between, this sync falls back to --noflush rather than lose them.
+   * they changed in between, or the restore names a chain that vanished, this sync is written in
+   * chunks instead. A foreign rule added while iptables-restore runs is still lost.
    */
   private async wholeTableSync(state: ClusterState, facts: NodeFacts): Promise<AppliedSync> {
     const rendered = renderRestoreInput({
@@ -301,11 +327,9 @@ export class IptablesProxier implements Backend {
     try {
       kernel = parseNftChains(await this.ipt.listNftChains(), this.config.family === 'IPv6' ? 'ip6' : 'ip');
     } catch (err) {
-      log.warn('nft list chains failed: full syncs use iptables-restore --noflush', {
-        backend: this.name,
-        error: err instanceof Error ? err.message : String(err),
-      });
-      this.wholeTable = false;
+      if (!nftMissing(err)) throw err;
+      log.warn('nft not found: full syncs use iptables-restore --noflush', { backend: this.name });
+      this.strategy = 'noflush';
       return this.noflushSync(state, facts, true);
     }
     if (!(kernel.get('mangle') ?? []).some((c) => c.name === KUBE_PROXY_CANARY)) {
@@ -330,18 +354,31 @@ export class IptablesProxier implements Backend {
       wholeTableCanaries(),
     );
     // Race guard: another agent's change since the listing would be lost by a whole-table write.
-    // Re-listing the same chains (one process, no counters) catches changed rules and policies, and
-    // new chains as soon as a built-in chain jumps to them; an unreferenced chain created in these
-    // few milliseconds is the one case it misses.
+    // Re-listing the same chains (one process, no counters) catches changed rules and policies
+    // until here. It cannot cover the restore itself: a rule another agent adds while
+    // iptables-restore reads and commits the input (seconds at 10k Services) is lost; that is why
+    // this mode is not the default (docs/performance.md, "Foreign rules and full syncs").
     const listingAgain = await this.ipt.listChainRules(listingInput(requests, false));
     const listMs = performance.now() - listStarted;
     if (withoutCounters(listing) !== listingAgain) {
-      log.warn('foreign iptables rules changed during the full sync: writing with --noflush instead', {
+      log.warn('foreign iptables rules changed during the full sync: writing in --noflush chunks instead', {
         backend: this.name,
       });
-      return this.noflushSync(state, facts, true);
+      return this.chunkedSync(state, facts);
     }
-    const restore = await this.ipt.restore(input, { noflush: false, counters: true });
+    let restore: RestoreResult;
+    try {
+      restore = await this.ipt.restore(input, { noflush: false, counters: true });
+    } catch (err) {
+      // A foreign rule listed after its chain was created, or a chain deleted between the two
+      // listings: the transaction was refused as a whole, nothing changed. Write the safe way.
+      if (!(err instanceof RestoreError) || !/Chain '[^']*' does not exist/.test(err.stderr)) throw err;
+      log.warn('foreign iptables chains changed during the full sync: writing in --noflush chunks instead', {
+        backend: this.name,
+        error: err.message,
+      });
+      return this.chunkedSync(state, facts);
+    }
     this.fixedContents = fixedChainContents(rendered.restoreInput);
     const active = rendered.activeServiceChains;
     const stale = (kernel.get('nat') ?? []).filter((c) => isServiceChainName(c.name) && !active.has(c.name));
@@ -355,14 +392,81 @@ export class IptablesProxier implements Backend {
     };
   }
 
-  /** Whole-table full syncs need the nf_tables backend (legacy restores are linear anyway). */
-  private async useWholeTable(): Promise<boolean> {
-    if (this.wholeTable === undefined) {
+  /**
+   * Chunked full syncs on the nf_tables backend by default (a single `--noflush` transaction is
+   * quadratic there); legacy restores are linear, so kube-proxy's way stays.
+   */
+  private async fullSyncStrategy(): Promise<Exclude<FullSyncMode, 'auto'>> {
+    if (this.strategy === undefined) {
       const mode = this.config.fullSyncMode ?? 'auto';
-      this.wholeTable =
-        mode === 'whole-table' || (mode === 'auto' && (await this.ipt.version()).backend === 'nf_tables');
+      this.strategy =
+        mode !== 'auto' ? mode : (await this.ipt.version()).backend === 'nf_tables' ? 'chunked' : 'noflush';
     }
-    return this.wholeTable;
+    return this.strategy;
+  }
+
+  /**
+   * Chunked full sync (render-chunks.ts): kube-proxy's `--noflush` input, written in transactions of
+   * at most CHUNK_CHAINS chains by one iptables-restore. Foreign chains and rules are never part of
+   * the input, so nothing another agent writes meanwhile can be lost. Instead of an iptables-save of
+   * the whole ruleset (seconds at 10k, and refetched by iptables-nft whenever another agent commits),
+   * it reads the chain names (`nft list chains`) and the rules of the built-in chains only.
+   */
+  private async chunkedSync(state: ClusterState, facts: NodeFacts): Promise<AppliedSync> {
+    const listStarted = performance.now();
+    let kernel: Map<string, KernelChain[]>;
+    try {
+      kernel = parseNftChains(await this.ipt.listNftChains(), this.config.family === 'IPv6' ? 'ip6' : 'ip');
+    } catch (err) {
+      // Without nft, one --noflush transaction (an iptables-save first). Any other failure (a
+      // timeout: see "Foreign rules and full syncs" in docs/performance.md) fails this sync; the
+      // previous rules keep serving and the next attempt retries.
+      if (!nftMissing(err)) throw err;
+      log.warn('nft not found: full syncs use one iptables-restore --noflush', { backend: this.name });
+      this.strategy = 'noflush';
+      return this.noflushSync(state, facts, true);
+    }
+    const rendered = renderRestoreInput({
+      state,
+      config: this.renderConfig(facts),
+      existingServiceChains: new Set(
+        (kernel.get('nat') ?? []).filter((c) => isServiceChainName(c.name)).map((c) => c.name),
+      ),
+    });
+    const requests = builtinChainRequests(kernel);
+    const listed = parseListing(requests, await this.ipt.listChainRules(listingInput(requests, false)));
+    const saved = parseIptablesSave(kernelAsSave(kernel, listed));
+    const listMs = performance.now() - listStarted;
+    const input = mergeExtraLines(
+      rendered.restoreInput,
+      missingJumpLines(
+        saved,
+        jumpRules(this.config.family, facts),
+        renderedFixedChains(this.config.family, facts),
+      ),
+      canaryLines(saved),
+    );
+    let pieces: string[];
+    try {
+      pieces = chunkedRestoreInput(input, CHUNK_CHAINS);
+    } catch (err) {
+      if (!(err instanceof ChunkingError)) throw err;
+      log.warn('cannot order the restore input in chunks; writing it as one transaction', {
+        backend: this.name,
+        error: err.message,
+      });
+      pieces = [input];
+    }
+    const restore = await this.ipt.restore(pieces, { noflush: true, counters: true });
+    this.fixedContents = fixedChainContents(input);
+    return {
+      rendered,
+      restore,
+      mode: 'chunked',
+      ownInput: input,
+      staleChains: rendered.staleChains.length,
+      listMs,
+    };
   }
 
   private renderConfig(facts: NodeFacts): IptablesRenderConfig {
@@ -379,6 +483,11 @@ export class IptablesProxier implements Backend {
       : this.config;
     return gatherNodeFacts(config, state);
   }
+}
+
+/** `nft` is not installed (as opposed to failing or timing out). */
+function nftMissing(err: unknown): boolean {
+  return err instanceof CommandError && err.reason === 'not-found';
 }
 
 /** The iptables binary and kernel facts the renderer needs (read once at setup). */

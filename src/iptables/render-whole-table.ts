@@ -173,6 +173,41 @@ export function listingAsSave(foreign: ReadonlyMap<string, ForeignTable>): strin
   return out.join('\n') + '\n';
 }
 
+/** Requests for the built-in chains of nat and filter only (what the chunked full sync lists). */
+export function builtinChainRequests(kernel: ReadonlyMap<string, readonly KernelChain[]>): ChainRequest[] {
+  return WHOLE_TABLES.flatMap((table) =>
+    (kernel.get(table) ?? []).filter((c) => c.builtin).map((c) => ({ table, chain: c.name, builtin: true })),
+  );
+}
+
+/**
+ * iptables-save text of what the chunked full sync knows about the kernel: every chain of mangle,
+ * nat and filter (names from `nft list chains`) and the listed rules (built-in chains). Enough for
+ * the jump and canary planners, which look at built-in chains' rules and at chain existence.
+ */
+export function kernelAsSave(
+  kernel: ReadonlyMap<string, readonly KernelChain[]>,
+  listed: ReadonlyMap<string, ForeignTable>,
+): string {
+  const out: string[] = [];
+  for (const table of ['mangle', ...WHOLE_TABLES]) {
+    const chains = kernel.get(table) ?? [];
+    const f = listed.get(table);
+    if (chains.length === 0 && !f) continue;
+    out.push(`*${table}`);
+    const declared = new Set<string>();
+    for (const d of f?.declarations ?? []) {
+      out.push(d);
+      declared.add(d.slice(1, d.indexOf(' ')));
+    }
+    for (const c of chains)
+      if (!declared.has(c.name)) out.push(`:${c.name} ${c.builtin ? 'ACCEPT' : '-'} [0:0]`);
+    for (const r of f?.rules ?? []) out.push(r.replace(/ -c \d+ \d+/, ''));
+    out.push('COMMIT');
+  }
+  return out.length === 0 ? '' : out.join('\n') + '\n';
+}
+
 /** Chains each table section of a rendered input declares. */
 export function declaredChains(input: string): Map<string, Set<string>> {
   const out = new Map<string, Set<string>>();

@@ -181,6 +181,7 @@ export type ProxierOptions = Partial<
     | 'bindAddress'
     | 'bridgeInterface'
     | 'interfaceNamePrefix'
+    | 'fullSyncMode'
   >
 >;
 

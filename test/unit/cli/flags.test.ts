@@ -71,7 +71,15 @@ describe('kube-proxy style flags', () => {
       iptablesProxierConfig(parse(['--iptables-full-sync-mode=noflush']), 'IPv6').fullSyncMode,
       'noflush',
     );
-    assert.throws(() => parse(['--iptables-full-sync-mode=fast']), /--iptables-full-sync-mode/);
+    for (const mode of ['chunked', 'whole-table'] as const)
+      assert.equal(
+        iptablesProxierConfig(parse([`--iptables-full-sync-mode=${mode}`]), 'IPv4').fullSyncMode,
+        mode,
+      );
+    assert.throws(
+      () => parse(['--iptables-full-sync-mode=fast']),
+      /--iptables-full-sync-mode: "fast" is not auto, chunked, noflush or whole-table/,
+    );
   });
 
   it('rejects invalid values with the flag name', () => {

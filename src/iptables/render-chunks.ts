@@ -1,0 +1,144 @@
+/**
+ * The chunked `--noflush` full sync (nf_tables backend). One `iptables-restore --noflush` transaction
+ * of a whole ruleset costs O(commands × distinct chains) in iptables-nft (its cache request keeps the
+ * chain names of a transaction in a sorted linked list: see docs/performance.md), so a 10k-Service
+ * full sync takes minutes; replacing whole tables instead is linear but drops any rule another agent
+ * adds between the listing and the commit. Here the same `--noflush` input is cut into transactions
+ * of at most `maxChains` chains each (still one process): foreign chains are never touched, and the
+ * quadratic term shrinks by the number of chunks.
+ *
+ * Every chunk is a consistent state: a chain is declared (flushed) and refilled in the same
+ * transaction, after every chain it jumps to (dependencies first, so KUBE-SEP before KUBE-SVC before
+ * KUBE-SERVICES), and chains that are deleted (`-X`) go last with the jumps from built-in chains, when
+ * nothing references them any more. Pure: text in, text pieces out.
+ */
+
+/** One table section of a restore input, split by role. */
+interface TableParts {
+  readonly table: string;
+  /** Chain → its declaration line (`:CHAIN - [0:0]`), in first-seen order. */
+  readonly decls: Map<string, string>;
+  /** Chain → its `-A` lines, in input order. */
+  readonly rules: Map<string, string[]>;
+  /** `-X CHAIN` lines. */
+  readonly deletes: string[];
+  /** Everything else (`-I` jumps from built-in chains …), in input order. */
+  readonly tail: string[];
+}
+
+export class ChunkingError extends Error {
+  constructor(reason: string) {
+    super(`chunked restore input: ${reason}`);
+    this.name = 'ChunkingError';
+  }
+}
+
+function splitTables(input: string): TableParts[] {
+  const out: TableParts[] = [];
+  let cur: TableParts | undefined;
+  for (const line of input.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    if (line.startsWith('*')) {
+      cur = { table: line.slice(1), decls: new Map(), rules: new Map(), deletes: [], tail: [] };
+      out.push(cur);
+      continue;
+    }
+    if (!cur) throw new ChunkingError(`line outside a table: ${JSON.stringify(line)}`);
+    if (line === 'COMMIT') {
+      cur = undefined;
+    } else if (line.startsWith(':')) {
+      const chain = line.slice(1, line.indexOf(' ') === -1 ? undefined : line.indexOf(' '));
+      if (!cur.decls.has(chain)) cur.decls.set(chain, line);
+    } else if (line.startsWith('-A ')) {
+      const chain = line.slice(3, line.indexOf(' ', 3) === -1 ? undefined : line.indexOf(' ', 3));
+      const list = cur.rules.get(chain);
+      if (list) list.push(line);
+      else cur.rules.set(chain, [line]);
+    } else if (line.startsWith('-X ')) {
+      cur.deletes.push(line);
+    } else {
+      cur.tail.push(line);
+    }
+  }
+  if (cur) throw new ChunkingError(`table ${cur.table} has no COMMIT`);
+  return out;
+}
+
+/** The chain a rule jumps or goes to (`-j X` / `-g X`), if any. */
+function targetOf(rule: string): string | undefined {
+  const m = / -[jg] (\S+)/.exec(rule);
+  return m?.[1];
+}
+
+/** Declared chains of one table, each after the declared chains it jumps to (DFS post-order). */
+function dependencyOrder(t: TableParts, skip: ReadonlySet<string>): string[] {
+  const order: string[] = [];
+  const state = new Map<string, 'visiting' | 'done'>();
+  const visit = (root: string): void => {
+    // Iterative DFS: chains of one Service nest a few levels, but a long chain list must not
+    // exhaust the stack.
+    const stack: { chain: string; targets: string[]; next: number }[] = [];
+    const push = (chain: string): void => {
+      state.set(chain, 'visiting');
+      const targets = (t.rules.get(chain) ?? [])
+        .map(targetOf)
+        .filter((x): x is string => x !== undefined && x !== chain && t.decls.has(x) && !skip.has(x));
+      stack.push({ chain, targets, next: 0 });
+    };
+    push(root);
+    while (stack.length > 0) {
+      const top = stack[stack.length - 1]!;
+      if (top.next < top.targets.length) {
+        const target = top.targets[top.next++]!;
+        const s = state.get(target);
+        if (s === 'visiting') throw new ChunkingError(`jump cycle through ${target} in ${t.table}`);
+        if (s === undefined) push(target);
+        continue;
+      }
+      stack.pop();
+      state.set(top.chain, 'done');
+      order.push(top.chain);
+    }
+  };
+  for (const chain of t.decls.keys()) {
+    if (skip.has(chain) || state.has(chain)) continue;
+    visit(chain);
+  }
+  return order;
+}
+
+/**
+ * The `--noflush` restore input `input` as transactions of at most `maxChains` declared chains each,
+ * in pieces to write in order (one process). Throws ChunkingError on an input it cannot order (a
+ * jump cycle); callers then write the input as one transaction.
+ */
+export function chunkedRestoreInput(input: string, maxChains: number): string[] {
+  if (!Number.isInteger(maxChains) || maxChains < 1) throw new ChunkingError(`maxChains ${maxChains}`);
+  const out: string[] = [];
+  for (const t of splitTables(input)) {
+    const deleted = new Set(t.deletes.map((l) => l.slice(3).trim()));
+    const order = dependencyOrder(t, deleted);
+    for (let i = 0; i < order.length; i += maxChains) {
+      const lines = [`*${t.table}`];
+      const part = order.slice(i, i + maxChains);
+      for (const c of part) lines.push(t.decls.get(c)!);
+      for (const c of part) for (const r of t.rules.get(c) ?? []) lines.push(r);
+      lines.push('COMMIT');
+      out.push(lines.join('\n') + '\n');
+    }
+    // Rules of chains that are not declared here (built-in chains, chains that already exist) and
+    // the deletions: last, when every chain they name exists and nothing jumps to a deleted chain.
+    for (const c of deleted) {
+      if (t.rules.has(c)) throw new ChunkingError(`chain ${c} is deleted but has rules`);
+    }
+    const undeclared = [...t.rules].filter(([c]) => !t.decls.has(c)).flatMap(([, r]) => r);
+    const last = [
+      ...[...deleted].map((c) => t.decls.get(c) ?? `:${c} - [0:0]`),
+      ...undeclared,
+      ...t.tail,
+      ...t.deletes,
+    ];
+    if (last.length > 0 || order.length === 0) out.push([`*${t.table}`, ...last, 'COMMIT'].join('\n') + '\n');
+  }
+  return out;
+}
