@@ -73,7 +73,8 @@ export class DockerScope {
 
   /**
    * A bridge network of our own, `--internal` so nothing on it has a way out of the machine
-   * (the engine runs without NAT anyway; see scripts/docker-setup.sh).
+   * (the engine runs without NAT anyway; see scripts/docker-setup.sh). The engine picks the subnet:
+   * it avoids the host's own routes (a fixed one could take the host's gateway address).
    */
   async network(suffix: string): Promise<string> {
     const client = await getContainerRuntimeClient();

@@ -61,6 +61,8 @@ export interface FakeApiServerOptions {
   readonly host?: string;
   /** Serve HTTPS with the test certificate (test-cert.ts). Default false (plain HTTP). */
   readonly tls?: boolean;
+  /** More IP addresses the certificate names (its default ones: test-cert.ts). */
+  readonly certificateIPs?: readonly string[];
   /**
    * Bearer tokens the server accepts. When set, a request without one of them gets 401 Unauthorized
    * (as kube-apiserver's authenticator answers). Default: anonymous requests are served.
@@ -726,7 +728,7 @@ export class FakeApiServer {
       });
     };
     if (s.tls) {
-      const { cert, key } = await testCertificate();
+      const { cert, key } = await testCertificate(options.certificateIPs);
       s.caPem = cert;
       s.server = https.createServer({ cert, key }, handler);
     } else {

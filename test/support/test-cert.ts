@@ -5,8 +5,9 @@ import { run } from '../../src/util/exec.js';
 
 /**
  * A self-signed serving certificate for test API servers (kube-apiserver always serves TLS), made
- * with the openssl CLI (Node has no X.509 writer). One per process, for 127.0.0.1, ::1, localhost
- * and the sandbox's outside address 192.0.2.2, so a node namespace can reach a stand-in there.
+ * with the openssl CLI (Node has no X.509 writer). One per process and address list, for 127.0.0.1,
+ * ::1, localhost and the sandbox's outside address 192.0.2.2, so a node namespace can reach a stand-in
+ * there, plus `extraIPs` (e.g. a container's address on a Docker network).
  */
 export interface TestCertificate {
   /** PEM certificate; also the CA a client trusts (self-signed). */
@@ -14,10 +15,19 @@ export interface TestCertificate {
   readonly key: string;
 }
 
-let cached: Promise<TestCertificate> | undefined;
+const cached = new Map<string, Promise<TestCertificate>>();
 
-export function testCertificate(): Promise<TestCertificate> {
-  cached ??= (async () => {
+export function testCertificate(extraIPs: readonly string[] = []): Promise<TestCertificate> {
+  const sans = [
+    'IP:127.0.0.1',
+    'IP:::1',
+    'IP:192.0.2.2',
+    ...extraIPs.map((ip) => `IP:${ip}`),
+    'DNS:localhost',
+  ].join(',');
+  let made = cached.get(sans);
+  if (made) return made;
+  made = (async () => {
     const dir = mkdtempSync(join(tmpdir(), 'svcplane-cert-'));
     try {
       const keyFile = join(dir, 'key.pem');
@@ -40,12 +50,13 @@ export function testCertificate(): Promise<TestCertificate> {
         '-subj',
         '/CN=svcplane-test-apiserver',
         '-addext',
-        'subjectAltName=IP:127.0.0.1,IP:::1,IP:192.0.2.2,DNS:localhost',
+        `subjectAltName=${sans}`,
       ]);
       return { cert: readFileSync(certFile, 'utf8'), key: readFileSync(keyFile, 'utf8') };
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
   })();
-  return cached;
+  cached.set(sans, made);
+  return made;
 }
