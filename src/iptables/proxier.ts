@@ -437,33 +437,34 @@ export class IptablesProxier implements Backend {
     const listed = parseListing(requests, await this.ipt.listChainRules(listingInput(requests, false)));
     const saved = parseIptablesSave(kernelAsSave(kernel, listed));
     const listMs = performance.now() - listStarted;
-    const input = mergeExtraLines(
-      rendered.restoreInput,
+    const extras = [
       missingJumpLines(
         saved,
         jumpRules(this.config.family, facts),
         renderedFixedChains(this.config.family, facts),
       ),
       canaryLines(saved),
-    );
+    ];
     let pieces: string[];
     try {
-      pieces = chunkedRestoreInput(input, CHUNK_CHAINS);
+      pieces = chunkedRestoreInput(rendered.restoreInput, CHUNK_CHAINS, ...extras);
     } catch (err) {
       if (!(err instanceof ChunkingError)) throw err;
       log.warn('cannot order the restore input in chunks; writing it as one transaction', {
         backend: this.name,
         error: err.message,
       });
-      pieces = [input];
+      pieces = [mergeExtraLines(rendered.restoreInput, ...extras)];
     }
     const restore = await this.ipt.restore(pieces, { noflush: true, counters: true });
-    this.fixedContents = fixedChainContents(input);
+    // What the drift model and the partial syncs compare with: our chains (the jumps and canaries
+    // are checked by existence), as the whole-table path keeps them.
+    this.fixedContents = fixedChainContents(rendered.restoreInput);
     return {
       rendered,
       restore,
       mode: 'chunked',
-      ownInput: input,
+      ownInput: rendered.restoreInput,
       staleChains: rendered.staleChains.length,
       listMs,
     };

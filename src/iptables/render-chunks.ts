@@ -13,6 +13,8 @@
  * nothing references them any more. Pure: text in, text pieces out.
  */
 
+import type { ExtraLines } from './jump-plan.js';
+
 /** One table section of a restore input, split by role. */
 interface TableParts {
   readonly table: string;
@@ -33,34 +35,52 @@ export class ChunkingError extends Error {
   }
 }
 
-function splitTables(input: string): TableParts[] {
+function splitTables(input: string, extras: readonly ExtraLines[]): TableParts[] {
   const out: TableParts[] = [];
   let cur: TableParts | undefined;
-  for (const line of input.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    if (line.startsWith('*')) {
-      cur = { table: line.slice(1), decls: new Map(), rules: new Map(), deletes: [], tail: [] };
-      out.push(cur);
-      continue;
-    }
-    if (!cur) throw new ChunkingError(`line outside a table: ${JSON.stringify(line)}`);
-    if (line === 'COMMIT') {
-      cur = undefined;
-    } else if (line.startsWith(':')) {
+  const open = (table: string): TableParts => {
+    const found = out.find((t) => t.table === table);
+    if (found) return found;
+    const t: TableParts = { table, decls: new Map(), rules: new Map(), deletes: [], tail: [] };
+    out.push(t);
+    return t;
+  };
+  const add = (t: TableParts, line: string): void => {
+    if (line.startsWith(':')) {
       const chain = line.slice(1, line.indexOf(' ') === -1 ? undefined : line.indexOf(' '));
-      if (!cur.decls.has(chain)) cur.decls.set(chain, line);
+      if (!t.decls.has(chain)) t.decls.set(chain, line);
     } else if (line.startsWith('-A ')) {
       const chain = line.slice(3, line.indexOf(' ', 3) === -1 ? undefined : line.indexOf(' ', 3));
-      const list = cur.rules.get(chain);
+      const list = t.rules.get(chain);
       if (list) list.push(line);
-      else cur.rules.set(chain, [line]);
+      else t.rules.set(chain, [line]);
     } else if (line.startsWith('-X ')) {
-      cur.deletes.push(line);
+      t.deletes.push(line);
     } else {
-      cur.tail.push(line);
+      t.tail.push(line);
+    }
+  };
+  // One pass with indexOf: a 10k-Service input has 270k lines (split() would hold all of them).
+  for (let start = 0; start < input.length;) {
+    let end = input.indexOf('\n', start);
+    if (end === -1) end = input.length;
+    const line = input.slice(start, end);
+    start = end + 1;
+    if (line === '' || line.startsWith('#')) continue;
+    if (line.startsWith('*')) {
+      if (cur) throw new ChunkingError(`table ${cur.table} has no COMMIT`);
+      cur = open(line.slice(1));
+    } else if (!cur) {
+      throw new ChunkingError(`line outside a table: ${JSON.stringify(line)}`);
+    } else if (line === 'COMMIT') {
+      cur = undefined;
+    } else {
+      add(cur, line);
     }
   }
   if (cur) throw new ChunkingError(`table ${cur.table} has no COMMIT`);
+  // Extra lines (missing jumps, canaries) join their table as if written before its COMMIT.
+  for (const extra of extras) for (const [table, lines] of extra) for (const l of lines) add(open(table), l);
   return out;
 }
 
@@ -108,14 +128,19 @@ function dependencyOrder(t: TableParts, skip: ReadonlySet<string>): string[] {
 }
 
 /**
- * The `--noflush` restore input `input` as transactions of at most `maxChains` declared chains each,
- * in pieces to write in order (one process). Throws ChunkingError on an input it cannot order (a
- * jump cycle); callers then write the input as one transaction.
+ * The `--noflush` restore input `input` plus `extras` (as mergeExtraLines would add them, without
+ * that copy of the input) as transactions of at most `maxChains` declared chains each, in pieces to
+ * write in order (one process). Throws ChunkingError on an input it cannot order (a jump cycle);
+ * callers then write the merged input as one transaction.
  */
-export function chunkedRestoreInput(input: string, maxChains: number): string[] {
+export function chunkedRestoreInput(
+  input: string,
+  maxChains: number,
+  ...extras: readonly ExtraLines[]
+): string[] {
   if (!Number.isInteger(maxChains) || maxChains < 1) throw new ChunkingError(`maxChains ${maxChains}`);
   const out: string[] = [];
-  for (const t of splitTables(input)) {
+  for (const t of splitTables(input, extras)) {
     const deleted = new Set(t.deletes.map((l) => l.slice(3).trim()));
     const order = dependencyOrder(t, deleted);
     for (let i = 0; i < order.length; i += maxChains) {

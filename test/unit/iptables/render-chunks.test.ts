@@ -23,8 +23,14 @@ function parseChunks(pieces: string[]): Chunk[] {
 
 const chainOf = (line: string): string => line.split(' ')[line.startsWith(':') ? 0 : 1]!.replace(/^:/, '');
 
-/** Eight Services, some with two endpoints and a NodePort, one stale chain, the built-in jumps. */
-function sampleInput(): string {
+const EXTRAS = new Map([
+  ['nat', ['-I PREROUTING 1 -m comment --comment "kubernetes service portals" -j KUBE-SERVICES']],
+  ['filter', [':KUBE-PROXY-CANARY - [0:0]']],
+  ['mangle', [':KUBE-PROXY-CANARY - [0:0]']],
+]);
+
+/** Eight Services, some with two endpoints and a NodePort, one stale chain; before the extras. */
+function sampleRendered(): string {
   const services = Array.from({ length: 8 }, (_, i) =>
     service(`ns/s${i}`, {
       type: i % 2 ? 'NodePort' : 'ClusterIP',
@@ -38,14 +44,12 @@ function sampleInput(): string {
       ],
     }),
   );
-  const rendered = render(services, {}, { existingServiceChains: new Set(['KUBE-SVC-STALESTALESTALE1']) });
-  return mergeExtraLines(
-    rendered.restoreInput,
-    new Map([
-      ['nat', ['-I PREROUTING 1 -m comment --comment "kubernetes service portals" -j KUBE-SERVICES']],
-      ['filter', [':KUBE-PROXY-CANARY - [0:0]']],
-    ]),
-  );
+  return render(services, {}, { existingServiceChains: new Set(['KUBE-SVC-STALESTALESTALE1']) }).restoreInput;
+}
+
+/** The same with the built-in jumps and canaries merged in (what one transaction would write). */
+function sampleInput(): string {
+  return mergeExtraLines(sampleRendered(), EXTRAS);
 }
 
 describe('chunked --noflush full sync input (pure)', () => {
@@ -93,11 +97,15 @@ describe('chunked --noflush full sync input (pure)', () => {
     for (const c of nat.slice(0, -1)) assert.ok(!c.lines.some((l) => l.includes('STALESTALE')));
   });
 
+  it('takes the extras apart from the input, as if merged (no copy of the input)', () => {
+    assert.deepEqual(chunkedRestoreInput(sampleRendered(), 5, EXTRAS), chunkedRestoreInput(sampleInput(), 5));
+  });
+
   it('writes one transaction per table when the chains fit, and refuses a jump cycle', () => {
     const pieces = chunkedRestoreInput(sampleInput(), 100_000);
     assert.deepEqual(
       parseChunks(pieces).map((c) => c.table),
-      ['filter', 'nat', 'nat'],
+      ['filter', 'nat', 'nat', 'mangle'],
     );
     const cycle = '*nat\n:A - [0:0]\n:B - [0:0]\n-A A -j B\n-A B -j A\nCOMMIT\n';
     assert.throws(() => chunkedRestoreInput(cycle, 10), ChunkingError);
