@@ -1,31 +1,52 @@
-import { constants, watch, type FSWatcher, type Stats } from 'node:fs';
-import { open, readdir, stat } from 'node:fs/promises';
-import { basename, dirname, extname, join } from 'node:path';
-import { Composer, LineCounter, Parser } from 'yaml';
-import { buildClusterState, flattenLists, type SourceObject } from '../model/build.js';
+import { watch, type FSWatcher } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { buildClusterState, flattenLists, prepareSourceObjects, type SourceObject } from '../model/build.js';
 import type { ServiceLimits } from '../model/limits.js';
 import type { ClusterState, Problem } from '../model/types.js';
 import { deepEqual } from '../model/validate.js';
 import { log } from '../util/log.js';
 import {
-  jsonNestingDepth,
-  MAX_MANIFEST_FILE_BYTES,
-  MAX_NESTING_DEPTH,
-  MIN_EXPANSION_BUDGET,
-  measureValue,
-  yamlNestingDepth,
-} from './manifest-limits.js';
+  isManifestName,
+  nodeManifestFs,
+  notRegular,
+  readRegularFile,
+  type ListedFile,
+  type ManifestFs,
+  type Stamp,
+} from './manifest-files.js';
+import { parseManifestText } from './manifest-parse.js';
+import { readManifestFiles, type FileRead, type ReadRequest } from './manifest-read.js';
 import type { SourceHealth, StateSource } from './source.js';
 
 /**
  * Manifest files as a state source: a file or a directory of *.yaml, *.yml and *.json (not recursive),
  * multi-document YAML, JSON, Lists. A file that cannot be read or parsed is a problem (kind "File") and
  * its last good content stays in effect, so a half-written or broken file never shrinks the state.
+ *
+ * Cost per change is O(changed files) (issue 14): the directory watch names the file, and only that
+ * file is stat'ed and, if its stamp changed, read and parsed. Two timers decide when:
+ * - a name that was only renamed (an atomic replacement, a new file moved in) is looked at after
+ *   FAST_MS: its content is complete. Unless it is gone or empty then: a deletion or a file just
+ *   created and not yet written waits like an in-place write;
+ * - a name written in place ('change' events) waits until the directory was quiet for `debounceMs`,
+ *   and a file modified less than `debounceMs` ago is left for the next round, so a file still being
+ *   written is never read half-way; a burst of writes is one state.
+ * Events for other names (an editor's temporary file, a ConfigMap volume's `..data` swap) only make
+ * the known symbolic links be looked at, whose targets may have moved.
+ * The poll (every `pollMs`) is the fallback for missed events: the directory's stamp (a new or removed
+ * name changes it) and, round-robin, a slice of the files so that each is stat'ed once per `sweepMs`
+ * (writes through a hard link or over NFS raise no event here). Nothing else lists or stats every file
+ * after the start, except refresh() and a re-created watcher (events may have been missed).
  */
 
-const EXTENSIONS = new Set(['.yaml', '.yml', '.json']);
-/** Bounds alias expansion per anchor in the `yaml` package itself; valueShapeProblem bounds the total. */
-const MAX_ALIAS_COUNT = 1000;
+export { parseManifestText, readRegularFile };
+
+/** How long a renamed name waits for a following write event before it is read. */
+const FAST_MS = 5;
+/** Files read and parsed at once while scanning (fs calls run on libuv's thread pool). */
+const READ_CONCURRENCY = 32;
+/** The sweep looks at least this many files per poll: small directories are stat'ed every poll. */
+const SWEEP_MIN_PER_POLL = 100;
 
 const fileProblem = (file: string, reason: string): Problem => ({
   object: { kind: 'File', name: basename(file), source: file },
@@ -36,150 +57,32 @@ const fileProblem = (file: string, reason: string): Problem => ({
 const errorText = (err: unknown): string =>
   err instanceof Error ? ((err as NodeJS.ErrnoException).code ?? err.message) : String(err);
 
-/** One file's objects, or why it cannot be used. */
-type FileContent = { objects: SourceObject[] } | { error: string };
+const isGone = (err: unknown): boolean => {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
+};
 
-/** Parses one file's text into source objects (`name.yaml#<document index>`), or a reason it cannot be used. */
-export function parseManifestText(text: string, label: string, json: boolean): FileContent {
-  const values = json ? parseJsonDocuments(text) : parseYamlDocuments(text);
-  if ('error' in values) return values;
-  const objects: SourceObject[] = [];
-  values.docs.forEach((obj, i) => {
-    // Empty documents (a trailing "---", comments only) are not objects.
-    if (obj !== null && obj !== undefined) objects.push({ obj, source: `${label}#${i}` });
-  });
-  return { objects };
+/** Runs `fn` over `items`, at most `limit` at once; resolves when all did. */
+async function eachLimited<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
-/** A JSON file: one value, or an array of them (as kubectl accepts). */
-function parseJsonDocuments(text: string): { docs: unknown[] } | { error: string } {
-  // JSON has no aliases: only the depth can be out of bounds (JSON.parse itself does not recurse,
-  // but whatever walks the value later might).
-  if (jsonNestingDepth(text) > MAX_NESTING_DEPTH)
-    return { error: `nested deeper than ${MAX_NESTING_DEPTH} levels` };
-  let value: unknown;
-  try {
-    value = JSON.parse(text) as unknown;
-  } catch (err) {
-    return { error: `invalid JSON: ${err instanceof Error ? err.message : String(err)}` };
-  }
-  return { docs: Array.isArray(value) ? (value as unknown[]) : [value] };
-}
-
-/**
- * Multi-document YAML. The concrete syntax tree is built (without recursion) and its nesting bounded
- * before it is composed into objects, which recurses.
- */
-function parseYamlDocuments(text: string): { docs: unknown[] } | { error: string } {
-  const lines = new LineCounter();
-  const tokens = Array.from(new Parser(lines.addNewLine).parse(text));
-  if (yamlNestingDepth(tokens) > MAX_NESTING_DEPTH) {
-    return { error: `nested deeper than ${MAX_NESTING_DEPTH} levels` };
-  }
-  const docs: unknown[] = [];
-  let budget = Math.max(MIN_EXPANSION_BUDGET, text.length);
-  // Without a `*` there is no alias: the syntax tree's depth is the objects' depth.
-  const aliases = text.includes('*');
-  for (const [i, doc] of Array.from(new Composer().compose(tokens)).entries()) {
-    const err = doc.errors[0];
-    if (err) {
-      const { line, col } = lines.linePos(err.pos[0]);
-      const where = line > 0 ? ` at line ${line}, column ${col}` : '';
-      return { error: `invalid YAML in document ${i}: ${err.message.split('\n')[0] ?? ''}${where}` };
-    }
-    let value: unknown;
-    try {
-      value = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT }) as unknown;
-    } catch (e) {
-      return { error: `invalid YAML in document ${i}: ${e instanceof Error ? e.message : String(e)}` };
-    }
-    // Aliases share values, so the objects may be bigger and deeper than the text shows.
-    if (aliases) {
-      const shape = measureValue(value, budget);
-      if ('problem' in shape) return { error: `document ${i}: ${shape.problem}` };
-      budget -= shape.values;
-    }
-    docs.push(value);
-  }
-  return { docs };
-}
-
-/** The manifest files under `path` (a file, or a directory's *.yaml/*.yml/*.json, sorted). */
-async function listFiles(path: string): Promise<string[]> {
-  const st = await stat(path);
-  if (!st.isDirectory()) return [path];
-  const entries = await readdir(path, { withFileTypes: true });
-  return entries
-    .filter(
-      (e) => !e.isDirectory() && !e.name.startsWith('.') && EXTENSIONS.has(extname(e.name).toLowerCase()),
-    )
-    .map((e) => e.name)
-    .sort()
-    .map((name) => join(path, name));
-}
-
-/** A change detector for one file: inode, size and nanosecond times. */
-async function fingerprint(file: string): Promise<string | undefined> {
-  try {
-    const st = await stat(file, { bigint: true });
-    return `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
-  } catch {
-    return undefined;
-  }
-}
-
-function fileType(st: Stats): string {
-  if (st.isFIFO()) return 'a FIFO';
-  if (st.isCharacterDevice()) return 'a character device';
-  if (st.isBlockDevice()) return 'a block device';
-  if (st.isSocket()) return 'a socket';
-  return 'not a regular file';
-}
-
-/**
- * The text of a regular file (a symlink is followed), at most `maxBytes`. Anything else (a FIFO
- * would block the read forever, /dev/zero never ends, opening a device can act on it) is refused
- * before it is opened; the open is non-blocking and re-checked, in case the file was swapped
- * meanwhile. Directories (also through a symlink) are skipped like the ones listFiles leaves out.
- */
-export async function readRegularFile(
-  file: string,
-  maxBytes: number,
-): Promise<{ text: string } | { error: string } | { directory: true }> {
-  const st = await stat(file);
-  if (st.isDirectory()) return { directory: true };
-  if (!st.isFile()) return { error: `${fileType(st)}: only regular files are read` };
-  if (st.size > maxBytes) return { error: `larger than ${maxBytes} bytes (${st.size})` };
-  const handle = await open(file, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
-  try {
-    const opened = await handle.stat();
-    if (!opened.isFile()) return { error: `${fileType(opened)}: only regular files are read` };
-    // Read to the end, but never past the bound: the file may have grown since the stat.
-    const buf = Buffer.allocUnsafe(Math.min(opened.size, maxBytes) + 1);
-    let length = 0;
-    for (;;) {
-      if (length === buf.length) {
-        return { error: `larger than ${maxBytes} bytes (grew while read)` };
-      }
-      const { bytesRead } = await handle.read(buf, length, buf.length - length, null);
-      if (bytesRead === 0) break;
-      length += bytesRead;
-    }
-    return { text: buf.toString('utf8', 0, length) };
-  } finally {
-    await handle.close();
-  }
-}
-
-async function readManifestFile(file: string): Promise<FileContent> {
-  try {
-    const r = await readRegularFile(file, MAX_MANIFEST_FILE_BYTES);
-    if ('directory' in r) return { objects: [] };
-    if ('error' in r) return r;
-    return parseManifestText(r.text, basename(file), extname(file).toLowerCase() === '.json');
-  } catch (err) {
-    return { error: `cannot read: ${errorText(err)}` };
-  }
+/** The directory to list and, for a single-file path, the one name in it. */
+async function listing(fs: ManifestFs, path: string): Promise<{ dir: string; files: ListedFile[] }> {
+  const st = await fs.stat(path);
+  if (st.kind === 'directory') return { dir: path, files: await fs.list(path) };
+  return {
+    dir: dirname(path),
+    files: [{ name: basename(path), regular: st.kind === 'file', symlink: false }],
+  };
 }
 
 /**
@@ -188,36 +91,52 @@ async function readManifestFile(file: string): Promise<FileContent> {
  */
 export async function loadManifestObjects(
   path: string,
+  fs: ManifestFs = nodeManifestFs,
 ): Promise<{ objects: SourceObject[]; problems: Problem[] }> {
-  let files: string[];
+  let found: { dir: string; files: ListedFile[] };
   try {
-    files = await listFiles(path);
+    found = await listing(fs, path);
   } catch (err) {
     throw new Error(`manifest path ${path}: ${errorText(err)}`, { cause: err });
   }
+  const files = [...found.files].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const requests = files.map((f) => ({ path: join(found.dir, f.name), listedRegular: f.regular }));
+  const results = new Map<string, FileRead>();
+  await readManifestFiles(requests, (req, read) => results.set(req.path, read), { fs });
   const objects: SourceObject[] = [];
   const problems: Problem[] = [];
-  for (const file of files) {
-    const r = await readManifestFile(file);
-    if ('error' in r) problems.push(fileProblem(file, r.error));
-    else objects.push(...r.objects);
+  for (const { path: file } of requests) {
+    const r = results.get(file)!;
+    if ('directory' in r) continue;
+    if ('changed' in r) problems.push(fileProblem(file, 'changed while it was read'));
+    else if ('failed' in r) problems.push(fileProblem(file, `cannot read: ${r.failed}`));
+    else if ('error' in r.content) problems.push(fileProblem(file, r.content.error));
+    else objects.push(...r.content.objects);
   }
   const flat = flattenLists(objects);
   return { objects: flat.objects, problems: [...problems, ...flat.problems] };
 }
 
 interface FileEntry {
-  readonly fingerprint: string;
+  /** Stamp of the file as last read (or refused). */
+  readonly stamp: Stamp;
   /** Last good content (kept while the file is broken). */
   readonly objects: readonly SourceObject[];
   readonly problem?: Problem;
+  /** Listed as a symbolic link: its target may change without an event for its name. */
+  readonly symlink: boolean;
 }
 
+/** When a name is looked at: after FAST_MS (renamed), or once the directory is quiet (written in place). */
+type Urgency = 'fast' | 'quiet';
+
 export interface ManifestSourceOptions {
-  /** Quiet time after a change before files are read (default 200 ms). */
+  /** Quiet time after an in-place write before files are read (default 200 ms). */
   readonly debounceMs?: number;
-  /** Period of the stat fallback for missed watch events (default 1000 ms). */
+  /** Period of the fallback for missed watch events: the directory's stamp, a slice of the files (default 1000 ms). */
   readonly pollMs?: number;
+  /** Every file is stat'ed at least once per sweep by the poll (default 60 s). */
+  readonly sweepMs?: number;
   /**
    * A scan running longer than this (a read hanging on a network or FUSE filesystem) makes the
    * source unhealthy until it ends (default 60 s; the daemon uses twice the sync period).
@@ -225,6 +144,8 @@ export interface ManifestSourceOptions {
   readonly stuckAfterMs?: number;
   /** Node-port range, reserved ports and rule budget applied to the Services (model defaults). */
   readonly limits?: ServiceLimits;
+  /** The file system (tests count what is read). */
+  readonly fs?: ManifestFs;
 }
 
 /** How long stop() waits for a scan in progress before it gives up on it. */
@@ -239,21 +160,40 @@ function sameState(a: ClusterState | undefined, b: ClusterState): boolean {
 
 export class ManifestSource implements StateSource {
   private readonly debounceMs: number;
+  private readonly fastMs: number;
   private readonly pollMs: number;
+  private readonly sweepMs: number;
   private readonly stuckAfterMs: number;
   private readonly limits: ServiceLimits | undefined;
+  private readonly fs: ManifestFs;
   /** Wall-clock start of the scan in progress (0 when none). */
   private scanStartedAt = 0;
+  /** The directory read (the path, or a single file's directory) and that file's name. */
+  private dir: string;
+  private only: string | undefined;
+  /** Known manifest files by name; `sorted` caches their names in order (undefined: stale). */
   private readonly files = new Map<string, FileEntry>();
+  private sorted: string[] | undefined;
+  /** Names to look at, and how soon. */
+  private readonly dirty = new Map<string, Urgency>();
+  /** The next scan lists the directory and stats every file (start, refresh, missed events). */
+  private rescanAll = true;
+  /** The next scan lists the directory for new and removed names (its stamp changed). */
+  private relist = false;
+  /** The quiet timer fired: the next scan also takes the names written in place. */
+  private quietDue = false;
+  /** The path's stamp when it was last listed. */
+  private listedStamp: Stamp | undefined;
+  private sweepQueue: string[] = [];
   private readonly listeners = new Set<(state: ClusterState) => void>();
   private state: ClusterState | undefined;
   private missingSince: Date | undefined;
   private listError: string | undefined;
   private watcher: FSWatcher | undefined;
-  private watchedFingerprint: string | undefined;
-  private debounceTimer: NodeJS.Timeout | undefined;
+  private watchedStamp: Stamp | undefined;
+  private quietTimer: NodeJS.Timeout | undefined;
+  private fastTimer: NodeJS.Timeout | undefined;
   private pollTimer: NodeJS.Timeout | undefined;
-  private lastSeen = '';
   private scanning: Promise<void> | undefined;
   private rescanRequested = false;
   private stopped = false;
@@ -264,26 +204,31 @@ export class ManifestSource implements StateSource {
     opts: ManifestSourceOptions = {},
   ) {
     this.debounceMs = opts.debounceMs ?? 200;
+    this.fastMs = Math.min(FAST_MS, this.debounceMs);
     this.pollMs = opts.pollMs ?? 1000;
+    this.sweepMs = opts.sweepMs ?? 60_000;
     this.stuckAfterMs = opts.stuckAfterMs ?? 60_000;
     this.limits = opts.limits;
+    this.fs = opts.fs ?? nodeManifestFs;
+    this.dir = path;
   }
 
   async start(): Promise<void> {
     this.stopped = false;
     try {
-      await stat(this.path);
+      await this.fs.stat(this.path);
     } catch (err) {
       throw new Error(`manifest path ${this.path}: ${errorText(err)}`, { cause: err });
     }
+    // Watching before the first scan: a change made while it reads is an event, not lost.
+    await this.ensureWatcher();
     // stop() ends the wait for a first scan hanging in a read (SIGTERM at start-up).
     const stopped = new Promise<'stopped'>((resolve) => (this.wakeStart = () => resolve('stopped')));
+    this.rescanAll = true;
     const first = await Promise.race([this.requestScan(false), stopped]);
     this.wakeStart = undefined;
     if (first === 'stopped' || this.stopped)
       throw new Error(`manifest source ${this.path}: stopped while starting`);
-    // Watching before start() resolves: a change made right after it is seen at once, not by the poll.
-    await this.ensureWatcher();
     this.pollTimer = setInterval(() => void this.poll(), this.pollMs);
     this.pollTimer.unref();
   }
@@ -326,10 +271,10 @@ export class ManifestSource implements StateSource {
   async stop(): Promise<void> {
     this.stopped = true;
     this.wakeStart?.();
-    clearTimeout(this.debounceTimer);
+    clearTimeout(this.quietTimer);
+    clearTimeout(this.fastTimer);
     clearInterval(this.pollTimer);
-    this.watcher?.close();
-    this.watcher = undefined;
+    this.closeWatcher();
     // A read hanging in the kernel cannot be cancelled: stopping does not wait for it forever.
     if (this.scanning) {
       let timer: NodeJS.Timeout | undefined;
@@ -342,19 +287,39 @@ export class ManifestSource implements StateSource {
     }
   }
 
-  /** Reads changed files now, without waiting for the debounce (for tests and SIGHUP-style reloads). */
+  /** Lists and stats every file now and reads the changed ones, without waiting (tests, reloads). */
   async refresh(): Promise<void> {
+    this.rescanAll = true;
     await this.requestScan(false);
   }
 
-  private schedule(): void {
+  /**
+   * A name to look at: renamed ones soon, ones written in place once the directory is quiet. Write
+   * events restart the quiet time (`restart`); the poll does not (it would postpone it forever).
+   */
+  private markDirty(name: string, urgency: Urgency, restart: boolean): void {
     if (this.stopped) return;
-    clearTimeout(this.debounceTimer);
-    this.debounceTimer = setTimeout(() => {
-      this.debounceTimer = undefined;
+    if (urgency === 'quiet' || this.dirty.get(name) === 'quiet') {
+      this.dirty.set(name, 'quiet');
+      this.scheduleQuiet(restart);
+    } else {
+      this.dirty.set(name, 'fast');
+      this.fastTimer ??= setTimeout(() => {
+        this.fastTimer = undefined;
+        void this.requestScan(true);
+      }, this.fastMs).unref();
+    }
+  }
+
+  /** The quiet timer: restarted by writes (`restart`), else only started when not pending. */
+  private scheduleQuiet(restart: boolean): void {
+    if (this.stopped || (this.quietTimer && !restart)) return;
+    clearTimeout(this.quietTimer);
+    this.quietTimer = setTimeout(() => {
+      this.quietTimer = undefined;
+      this.quietDue = true;
       void this.requestScan(true);
-    }, this.debounceMs);
-    this.debounceTimer.unref();
+    }, this.debounceMs).unref();
   }
 
   /** Serializes scans: a request during a scan runs one more scan after it. */
@@ -378,63 +343,104 @@ export class ManifestSource implements StateSource {
     return this.scanning;
   }
 
-  /** Cheap change check (stats only) for missed watch events; also re-creates a lost watcher. */
-  private async poll(): Promise<void> {
-    if (this.stopped || this.scanning) return;
-    void this.ensureWatcher();
-    // A pending debounce is not restarted: a poll faster than the debounce would postpone it forever.
-    if ((await this.snapshot()) !== this.lastSeen && !this.debounceTimer) this.schedule();
-  }
-
-  private async snapshot(): Promise<string> {
-    try {
-      const files = await listFiles(this.path);
-      const fps = await Promise.all(files.map(async (f) => `${f}=${(await fingerprint(f)) ?? '-'}`));
-      return fps.join('\n');
-    } catch (err) {
-      return `error:${errorText(err)}`;
-    }
-  }
-
-  /** (Re-)creates the watcher when the path's inode changed; resolves once it is in place. */
-  private async ensureWatcher(): Promise<void> {
-    if (this.stopped) return;
-    const fp = await fingerprint(this.path);
-    if (this.stopped) return;
-    if (fp === undefined) {
-      this.closeWatcher();
+  private onWatchEvent(event: string, name: string | null): void {
+    if (name === null) {
+      // The platform did not say which file: look at all of them.
+      this.rescanAll = true;
+      this.scheduleQuiet(true);
       return;
     }
-    // The watched inode changed (path deleted and re-created): the old watcher sees nothing any more.
-    if (this.watcher && this.watchedFingerprint?.split(':')[0] === fp.split(':')[0]) return;
-    this.closeWatcher();
+    const urgency: Urgency = event === 'rename' ? 'fast' : 'quiet';
+    const ours = this.only === undefined ? isManifestName(name) : name === this.only;
+    if (ours) {
+      this.markDirty(name, urgency, true);
+      return;
+    }
+    // Another name (a temporary file, a ConfigMap volume's `..data` link swapped): our symbolic
+    // links may point elsewhere now.
+    for (const [known, entry] of this.files) if (entry.symlink) this.markDirty(known, urgency, true);
+  }
+
+  /**
+   * The fallback for missed events, every pollMs: re-creates a lost watcher, relists the directory
+   * when its stamp changed, and stats the next slice of the sweep.
+   */
+  private async poll(): Promise<void> {
+    if (this.stopped || this.scanning) return;
+    const stamp = await this.ensureWatcher();
+    if (this.stopped || this.scanning) return;
+    if (stamp !== this.listedStamp) {
+      this.relist = true;
+      this.scheduleQuiet(false);
+    }
+    await this.sweep();
+  }
+
+  /** Stats the next files of the round-robin sweep; a changed stamp marks the file. */
+  private async sweep(): Promise<void> {
+    if (this.sweepQueue.length === 0) this.sweepQueue = [...this.files.keys()];
+    const n = Math.max(SWEEP_MIN_PER_POLL, Math.ceil((this.files.size * this.pollMs) / this.sweepMs));
+    const slice = this.sweepQueue.splice(0, n);
+    await eachLimited(slice, READ_CONCURRENCY, async (name) => {
+      const entry = this.files.get(name);
+      if (!entry) return;
+      let stamp: Stamp | undefined;
+      try {
+        stamp = (await this.fs.stat(join(this.dir, name))).stamp;
+      } catch {
+        stamp = undefined;
+      }
+      if (stamp !== entry.stamp) this.markDirty(name, 'quiet', false);
+    });
+  }
+
+  /** (Re-)creates the watcher when the path's inode changed; resolves with the path's stamp. */
+  private async ensureWatcher(): Promise<Stamp | undefined> {
+    if (this.stopped) return undefined;
+    let st;
     try {
-      const st = await stat(this.path);
-      if (this.stopped || this.watcher) return;
-      // A single file is watched through its directory: editors replace files by rename.
-      const dir = st.isDirectory() ? this.path : dirname(this.path);
-      const only = st.isDirectory() ? undefined : basename(this.path);
-      const w = watch(dir, { persistent: false }, (_event, name) => {
-        if (only === undefined || name === null || name === only) this.schedule();
-      });
+      st = await this.fs.stat(this.path);
+    } catch {
+      this.closeWatcher();
+      return undefined;
+    }
+    if (this.stopped) return st.stamp;
+    // The watched inode changed (path deleted and re-created): the old watcher sees nothing any more.
+    const inode = (s: Stamp | undefined): string | undefined => s?.split(':')[0];
+    if (this.watcher && inode(this.watchedStamp) === inode(st.stamp)) return st.stamp;
+    this.closeWatcher();
+    // A single file is watched through its directory: editors replace files by rename.
+    const isDir = st.kind === 'directory';
+    const dir = isDir ? this.path : dirname(this.path);
+    this.dir = dir;
+    this.only = isDir ? undefined : basename(this.path);
+    try {
+      const w = watch(dir, { persistent: false }, (event, name) => this.onWatchEvent(event, name));
       w.on('error', () => this.closeWatcher());
       this.watcher = w;
-      this.watchedFingerprint = fp;
+      this.watchedStamp = st.stamp;
+      // Events before this one were missed: look at everything once.
+      if (this.state !== undefined) {
+        this.rescanAll = true;
+        this.scheduleQuiet(false);
+      }
     } catch {
       // Gone meanwhile: the next poll tries again.
     }
+    return st.stamp;
   }
 
   private closeWatcher(): void {
     this.watcher?.close();
     this.watcher = undefined;
-    this.watchedFingerprint = undefined;
+    this.watchedStamp = undefined;
   }
 
   /**
-   * Re-reads changed files and publishes a new state when anything changed. With `settle`, a file
-   * modified less than `debounceMs` ago (or modified while being read) is left for the next round,
-   * so a file still being written is not read half-way.
+   * Looks at the dirty names (all of them after a quiet period, else the renamed ones), or lists
+   * and stats everything after a rescan request, reads what changed and publishes a new state when
+   * anything did. With `settle`, a file written in place less than `debounceMs` ago is left for the
+   * next round, so a file still being written is not read half-way.
    */
   private async scan(settle: boolean): Promise<void> {
     this.scanStartedAt = Date.now();
@@ -446,70 +452,175 @@ export class ManifestSource implements StateSource {
   }
 
   private async scanFiles(settle: boolean): Promise<void> {
-    this.lastSeen = await this.snapshot();
-    let files: string[];
+    let changed = false;
+    const all = this.rescanAll;
+    if (all || this.relist) {
+      this.rescanAll = false;
+      this.relist = false;
+      const wasUnavailable = this.missingSince !== undefined || this.listError !== undefined;
+      const listed = await this.list();
+      if (listed === undefined) return;
+      for (const name of [...this.files.keys()]) {
+        if (!listed.has(name)) changed = this.forget(name) || changed;
+      }
+      // Back after it was missing: it may be another directory, with other files of the same names.
+      const statAll = all || wasUnavailable;
+      for (const [name, file] of listed) {
+        const known = this.files.get(name);
+        if (statAll || !known) this.dirty.set(name, 'quiet');
+        if (known && known.symlink !== file.symlink)
+          this.files.set(name, { ...known, symlink: file.symlink });
+      }
+      this.listedFiles = listed;
+    }
+    const takeQuiet = this.quietDue || !settle;
+    this.quietDue = false;
+    const names: [string, Urgency][] = [];
+    for (const [name, urgency] of this.dirty)
+      if (takeQuiet || urgency === 'fast') names.push([name, urgency]);
+    for (const [name] of names) this.dirty.delete(name);
+    const reads: ReadRequest[] = [];
+    await eachLimited(names, READ_CONCURRENCY, async ([name, urgency]) => {
+      const r = await this.check(name, urgency, settle);
+      if (r === 'changed') changed = true;
+      else if (r !== 'same' && r !== 'later') reads.push(r);
+    });
+    // What changed is read and parsed.
+    await readManifestFiles(
+      reads,
+      (req, read) => {
+        if (this.accept(basename(req.path), read) === 'changed') changed = true;
+      },
+      { fs: this.fs },
+    );
+    this.listedFiles = undefined;
+    // Names left for later (being written, or waiting for quiet) are never forgotten.
+    if (this.dirty.size > 0) this.scheduleQuiet(false);
+    if (changed || this.state === undefined) this.publish();
+  }
+
+  /** The listing of the scan in progress (regular files need no stat before they are read). */
+  private listedFiles: Map<string, ListedFile> | undefined;
+
+  /** Lists the path; on failure records why (missing, unreadable) and keeps the last state. */
+  private async list(): Promise<Map<string, ListedFile> | undefined> {
     try {
-      files = await listFiles(this.path);
+      const before = (await this.fs.stat(this.path)).stamp;
+      const found = await listing(this.fs, this.path);
+      this.dir = found.dir;
+      this.only = found.dir === this.path ? undefined : basename(this.path);
+      this.listedStamp = before;
       this.missingSince = undefined;
       this.listError = undefined;
+      return new Map(found.files.map((f) => [f.name, f]));
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' || code === 'ENOTDIR') this.missingSince ??= new Date();
+      if (isGone(err)) this.missingSince ??= new Date();
       else this.listError = errorText(err);
+      this.listedStamp = undefined;
       log.warn('manifest path unavailable; keeping the last state', {
         path: this.path,
         reason: errorText(err),
       });
-      return;
-    }
-    let retry = false;
-    const seen = new Set(files);
-    for (const file of [...this.files.keys()]) if (!seen.has(file)) this.files.delete(file);
-    for (const file of files) {
-      const fp = await fingerprint(file);
-      const cached = this.files.get(file);
-      if (fp === undefined) {
-        this.files.delete(file); // deleted between listing and stat
-        continue;
-      }
-      if (cached?.fingerprint === fp) continue;
-      if (settle && (await this.recentlyModified(file))) {
-        retry = true;
-        continue;
-      }
-      const r = await readManifestFile(file);
-      if ((await fingerprint(file)) !== fp) {
-        retry = true; // changed while we read it
-        continue;
-      }
-      if ('error' in r) {
-        const problem = fileProblem(file, `${r.error}; keeping its last good content`);
-        log.warn('manifest file rejected', { file, reason: r.error });
-        this.files.set(file, { fingerprint: fp, objects: cached?.objects ?? [], problem });
-      } else {
-        this.files.set(file, { fingerprint: fp, objects: r.objects });
-      }
-    }
-    if (retry) this.schedule();
-    this.publish(files);
-  }
-
-  private async recentlyModified(file: string): Promise<boolean> {
-    try {
-      const age = Date.now() - (await stat(file)).mtimeMs;
-      return age >= 0 && age < this.debounceMs;
-    } catch {
-      return false;
+      return undefined;
     }
   }
 
-  private publish(files: readonly string[]): void {
+  private forget(name: string): boolean {
+    if (!this.files.delete(name)) return false;
+    this.sorted = undefined;
+    return true;
+  }
+
+  private remember(name: string, entry: FileEntry): void {
+    if (!this.files.has(name)) this.sorted = undefined;
+    this.files.set(name, entry);
+  }
+
+  /**
+   * Looks at one name: unchanged stamp, nothing; gone, forgotten; changed, a request to read it.
+   * 'later': to be looked at again (being written, or a renamed name that turned out gone or empty).
+   */
+  private async check(
+    name: string,
+    urgency: Urgency,
+    settle: boolean,
+  ): Promise<'changed' | 'same' | 'later' | ReadRequest> {
+    const file = join(this.dir, name);
+    const known = this.files.get(name);
+    const listed = this.listedFiles?.get(name);
+    const later = (): 'later' => {
+      this.dirty.set(name, 'quiet');
+      return 'later';
+    };
+    // At the start (no settling), a file just listed as regular is read at once: one open, no stat.
+    const readNow = !settle && listed?.regular === true && known === undefined;
+    if (!readNow) {
+      let st;
+      try {
+        st = await this.fs.stat(file);
+      } catch (err) {
+        if (!isGone(err)) {
+          return this.refused(name, known, file, `cannot read: ${errorText(err)}`, '');
+        }
+        if (urgency === 'fast' && settle) return later(); // a deletion waits like a write
+        return this.forget(name) ? 'changed' : 'same';
+      }
+      if (st.kind === 'directory') return this.forget(name) ? 'changed' : 'same';
+      if (known?.stamp === st.stamp) return 'same';
+      if (st.kind !== 'file') return this.refused(name, known, file, notRegular(st.kind), st.stamp);
+      if (settle && urgency === 'fast' && st.size === 0) return later();
+      if (settle && urgency === 'quiet') {
+        const age = Date.now() - st.mtimeMs;
+        if (age >= 0 && age < this.debounceMs) return later();
+      }
+    }
+    return { path: file, listedRegular: readNow };
+  }
+
+  /** What reading a name gave: its new content, a problem, or to be looked at again. */
+  private accept(name: string, r: FileRead): 'changed' | 'same' | 'later' {
+    const file = join(this.dir, name);
+    const known = this.files.get(name);
+    if ('changed' in r) {
+      this.dirty.set(name, 'quiet');
+      return 'later';
+    }
+    if ('directory' in r) return this.forget(name) ? 'changed' : 'same';
+    if ('failed' in r) return this.refused(name, known, file, `cannot read: ${r.failed}`, '');
+    if ('error' in r.content) return this.refused(name, known, file, r.content.error, r.stamp);
+    // Validated now, while other files are still being read (buildClusterState finds it done).
+    prepareSourceObjects(r.content.objects);
+    const symlink = this.listedFiles?.get(name)?.symlink ?? known?.symlink ?? false;
+    this.remember(name, { stamp: r.stamp, objects: r.content.objects, symlink });
+    return 'changed';
+  }
+
+  /** A file that cannot be used: a problem, and its last good content stays. */
+  private refused(
+    name: string,
+    known: FileEntry | undefined,
+    file: string,
+    reason: string,
+    stamp: Stamp,
+  ): 'changed' {
+    log.warn('manifest file rejected', { file, reason });
+    const problem = fileProblem(file, `${reason}; keeping its last good content`);
+    this.remember(name, {
+      stamp,
+      objects: known?.objects ?? [],
+      problem,
+      symlink: this.listedFiles?.get(name)?.symlink ?? known?.symlink ?? false,
+    });
+    return 'changed';
+  }
+
+  private publish(): void {
+    this.sorted ??= [...this.files.keys()].sort();
     const objects: SourceObject[] = [];
     const fileProblems: Problem[] = [];
-    for (const file of files) {
-      const entry = this.files.get(file);
-      if (!entry) continue;
-      objects.push(...entry.objects);
+    for (const name of this.sorted) {
+      const entry = this.files.get(name)!;
+      for (const o of entry.objects) objects.push(o);
       if (entry.problem) fileProblems.push(entry.problem);
     }
     const built = buildClusterState(objects, this.state, this.limits);

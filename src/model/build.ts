@@ -324,6 +324,17 @@ function parseClassified(c: Classified): Parsed {
   return parsed;
 }
 
+/**
+ * Validates raw objects ahead of a build: fills the per-object caches that buildClusterState reads,
+ * so a source can do this part while it is still reading other files (issue 14). Changes no result.
+ */
+export function prepareSourceObjects(objects: readonly SourceObject[]): void {
+  for (const so of flattenLists(objects).objects) {
+    const c = classifyCached(so);
+    if (c.classified) parseClassified(c.classified);
+  }
+}
+
 function sameItems<T>(a: readonly T[], b: readonly T[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }

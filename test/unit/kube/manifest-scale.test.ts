@@ -1,0 +1,212 @@
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { nodeManifestFs, type ManifestFs } from '../../../src/kube/manifest-files.js';
+import { ManifestSource } from '../../../src/kube/manifests.js';
+import type { ClusterState } from '../../../src/model/types.js';
+
+/**
+ * The manifest source at scale (issue 14): a change costs O(changed files). An injected file system
+ * counts every read, stat and listing by file name, so each test says exactly what was touched.
+ */
+
+const FILES = 400;
+
+const svc = (i: number, port = 80): string => `apiVersion: v1
+kind: Service
+metadata:
+  name: s${i}
+  namespace: default
+spec:
+  clusterIP: 10.96.${Math.floor(i / 200)}.${(i % 200) + 1}
+  ports:
+    - port: ${port}
+`;
+
+class CountingFs implements ManifestFs {
+  reads = new Map<string, number>();
+  stats = new Map<string, number>();
+  lists = 0;
+  reset(): void {
+    this.reads.clear();
+    this.stats.clear();
+    this.lists = 0;
+  }
+  private static bump(m: Map<string, number>, path: string): void {
+    m.set(basename(path), (m.get(basename(path)) ?? 0) + 1);
+  }
+  list: ManifestFs['list'] = (dir) => {
+    this.lists++;
+    return nodeManifestFs.list(dir);
+  };
+  stat: ManifestFs['stat'] = (path) => {
+    CountingFs.bump(this.stats, path);
+    return nodeManifestFs.stat(path);
+  };
+  read: ManifestFs['read'] = (path, max, listed) => {
+    CountingFs.bump(this.reads, path);
+    return nodeManifestFs.read(path, max, listed);
+  };
+  /** Files (not the directory itself) stat'ed. */
+  fileStats(dir: string): number {
+    return [...this.stats].filter(([name]) => name !== basename(dir)).reduce((n, [, c]) => n + c, 0);
+  }
+}
+
+function waitFor(
+  src: ManifestSource,
+  pred: (s: ClusterState) => boolean,
+  ms = 10_000,
+): Promise<ClusterState> {
+  return new Promise((resolve, reject) => {
+    const cur = src.current();
+    if (cur && pred(cur)) return resolve(cur);
+    const timer = setTimeout(() => {
+      off();
+      reject(new Error(`timed out; ${src.current()?.services.size} services`));
+    }, ms);
+    const off = src.onChange((s) => {
+      if (pred(s)) {
+        clearTimeout(timer);
+        off();
+        resolve(s);
+      }
+    });
+  });
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const portOf = (s: ClusterState, i: number): number | undefined =>
+  s.services.get(`default/s${i}`)?.ports[0]?.port;
+
+describe('manifest source at scale: O(changed files) per change', function () {
+  this.timeout(30_000);
+  let root: string;
+  let dir: string;
+  let fs: CountingFs;
+  let source: ManifestSource | undefined;
+
+  beforeEach(() => {
+    root = mkdtempSync(join(tmpdir(), 'svcplane-scale-'));
+    dir = join(root, 'manifests');
+    mkdirSync(dir);
+    for (let i = 0; i < FILES; i++) writeFileSync(join(dir, `s${i}.yaml`), svc(i));
+    fs = new CountingFs();
+  });
+  afterEach(async () => {
+    await source?.stop();
+    source = undefined;
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  /** Long poll and sweep: only watch events can explain what is read. */
+  async function start(opts: { pollMs?: number; sweepMs?: number; debounceMs?: number } = {}): Promise<void> {
+    source = new ManifestSource(dir, {
+      fs,
+      debounceMs: opts.debounceMs ?? 50,
+      pollMs: opts.pollMs ?? 60_000,
+      sweepMs: opts.sweepMs ?? 600_000,
+    });
+    await source.start();
+    assert.equal(source.current()!.services.size, FILES);
+    assert.equal(fs.reads.size, FILES, 'the start reads every file once');
+    assert.ok([...fs.reads.values()].every((n) => n === 1));
+    fs.reset();
+  }
+
+  /** Writes `text` to a hidden temporary file and renames it over `name` (atomic, as GitOps tools do). */
+  function replace(name: string, text: string): void {
+    const tmp = join(dir, `.${name}.tmp`);
+    writeFileSync(tmp, text);
+    renameSync(tmp, join(dir, name));
+  }
+
+  it('a file replaced by rename is read, and no other', async () => {
+    await start();
+    replace('s7.yaml', svc(7, 81));
+    await waitFor(source!, (s) => portOf(s, 7) === 81);
+    assert.deepEqual([...fs.reads], [['s7.yaml', 1]]);
+    assert.ok(fs.fileStats(dir) <= 2, `files stat'ed: ${JSON.stringify([...fs.stats])}`);
+    assert.equal(fs.lists, 0);
+  });
+
+  it('a file written in place is read once it settled, and no other', async () => {
+    await start();
+    writeFileSync(join(dir, 's9.yaml'), svc(9, 82));
+    await waitFor(source!, (s) => portOf(s, 9) === 82);
+    assert.deepEqual([...fs.reads], [['s9.yaml', 1]]);
+    assert.deepEqual(
+      [...fs.stats.keys()].filter((n) => n !== basename(dir)),
+      ['s9.yaml'],
+    );
+  });
+
+  it('new, deleted and renamed files in a large directory are picked up, reading only those', async () => {
+    await start();
+    writeFileSync(join(dir, 'new.yaml'), svc(FILES + 1));
+    unlinkSync(join(dir, 's3.yaml'));
+    renameSync(join(dir, 's4.yaml'), join(dir, 'moved-s4.yml'));
+    const s = await waitFor(
+      source!,
+      (st) => st.services.has(`default/s${FILES + 1}`) && !st.services.has('default/s3'),
+    );
+    for (let i = 0; i < 100 && !fs.reads.has('moved-s4.yml'); i++) await sleep(20);
+    // s4 moved to another name: still there, now from its new file.
+    assert.ok(source!.current()!.services.has('default/s4'));
+    assert.equal(s.services.size, FILES);
+    assert.deepEqual([...fs.reads.keys()].sort(), ['moved-s4.yml', 'new.yaml']);
+    assert.deepEqual([...fs.stats.keys()].filter((n) => n !== basename(dir)).sort(), [
+      'moved-s4.yml',
+      'new.yaml',
+      's3.yaml',
+      's4.yaml',
+    ]);
+  });
+
+  it('idle: the poll stats the directory and a slice of the sweep, and reads nothing', async () => {
+    // 50 ms polls, every file once per 10 s: 2 files per poll, at least SWEEP_MIN_PER_POLL (100).
+    await start({ pollMs: 50, sweepMs: 10_000 });
+    await sleep(520);
+    assert.equal(fs.reads.size, 0);
+    const polls = fs.stats.get(basename(dir)) ?? 0;
+    assert.ok(polls >= 5 && polls <= 12, `${polls} polls`);
+    const perPoll = fs.fileStats(dir) / polls;
+    assert.ok(perPoll <= 100, `${perPoll} of ${FILES} files stat'ed per poll`);
+    assert.equal(fs.lists, 0, 'the directory did not change: not listed');
+  });
+
+  it('a write that raises no event (through a hard link elsewhere) is found by the sweep', async () => {
+    const outside = join(root, 'outside.yaml');
+    writeFileSync(outside, svc(11));
+    unlinkSync(join(dir, 's11.yaml'));
+    // A hard link: writes through the other name raise no event in the watched directory.
+    await import('node:fs').then((f) => f.linkSync(outside, join(dir, 's11.yaml')));
+    await start({ pollMs: 20, sweepMs: 200 });
+    writeFileSync(outside, svc(11, 83));
+    await waitFor(source!, (s) => portOf(s, 11) === 83);
+    assert.deepEqual([...fs.reads], [['s11.yaml', 1]]);
+  });
+
+  it('a ConfigMap volume (symlinks into ..data, swapped by rename) is re-read through its links', async () => {
+    // What kubelet writes: ..2026_1/<files>, ..data -> ..2026_1, <file> -> ..data/<file>.
+    rmSync(dir, { recursive: true });
+    mkdirSync(dir);
+    mkdirSync(join(dir, '..v1'));
+    for (let i = 0; i < 20; i++) {
+      writeFileSync(join(dir, '..v1', `s${i}.yaml`), svc(i));
+      symlinkSync(join('..data', `s${i}.yaml`), join(dir, `s${i}.yaml`));
+    }
+    symlinkSync('..v1', join(dir, '..data'));
+    source = new ManifestSource(dir, { fs, debounceMs: 50, pollMs: 60_000, sweepMs: 600_000 });
+    await source.start();
+    assert.equal(source.current()!.services.size, 20);
+    fs.reset();
+    mkdirSync(join(dir, '..v2'));
+    for (let i = 0; i < 20; i++) writeFileSync(join(dir, '..v2', `s${i}.yaml`), svc(i, i === 5 ? 90 : 80));
+    symlinkSync('..v2', join(dir, '..data_tmp'));
+    renameSync(join(dir, '..data_tmp'), join(dir, '..data'));
+    await waitFor(source, (s) => portOf(s, 5) === 90);
+    assert.equal(fs.reads.size, 20, 'every link re-read (its target changed)');
+  });
+});
