@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# npm run bench [-- OPTIONS]: svcplane's benchmark, iptables mode then IPVS mode.
+# npm run bench [-- OPTIONS]: svcplane's benchmark, iptables mode, the manifest source, then IPVS mode.
 #
 # iptables part: everything kernel-side happens inside a private, empty network namespace (unshare -n):
 # the machine's own rules are never read or touched. Default sizes 1k,5k,10k (≈10 min on 2 shared
 # cores); 30k is opt-in: --sizes 30000. Its options: --sizes, --changes, --latency-at, --out.
 #
-# IPVS part (after the iptables part): one User-mode Linux boot per size (scripts/uml-run.sh; the
+# Manifest part (bench/manifests-bench.ts, after the iptables part): `svcplane sync` and `svcplane run` on
+# a manifest directory in both layouts (100 Services per JSON file; one YAML file per Service), each
+# process in its own `unshare -n`: load time, whole command vs the restore floor, idle CPU,
+# event-to-rules vs the partial-restore floor, RSS. Default 1k,10k (≈10 min). Options:
+#   --no-manifests  skip it     --manifests-only  only it     --manifest-sizes LIST (e.g. 1k,10k)
+#   --manifest-changes N (default 30)   --manifest-out FILE (default bench/results/manifests-<date>.json)
+#
+# IPVS part (after the manifest part): one User-mode Linux boot per size (scripts/uml-run.sh; the
 # host's network is never touched), default 1k,10k (≈10 min, most of it the 10k size). Options:
 #   --no-ipvs            skip it                      --ipvs-only       skip the iptables part
 #   --ipvs-sizes LIST    e.g. 1000,10000 (or 1k,10k)  --ipvs-mem SIZE   UML memory (default 4G)
@@ -18,12 +25,19 @@ cd "$(dirname "$0")/.."
 
 iptables_args=()
 ipvs_args=()
+manifest_args=()
 run_iptables=1
 run_ipvs=1
+run_manifests=1
 while (($#)); do
   case $1 in
     --no-ipvs) run_ipvs=0; shift ;;
-    --ipvs-only) run_iptables=0; shift ;;
+    --ipvs-only) run_iptables=0; run_manifests=0; shift ;;
+    --no-manifests) run_manifests=0; shift ;;
+    --manifests-only) run_iptables=0; run_ipvs=0; shift ;;
+    --manifest-sizes) manifest_args+=(--sizes "${2:?--manifest-sizes wants a list}"); shift 2 ;;
+    --manifest-changes) manifest_args+=(--changes "${2:?--manifest-changes wants a number}"); shift 2 ;;
+    --manifest-out) manifest_args+=(--out "${2:?--manifest-out wants a file}"); shift 2 ;;
     --ipvs-sizes) ipvs_args+=(--sizes "${2:?--ipvs-sizes wants a list}"); shift 2 ;;
     --ipvs-mem) ipvs_args+=(--mem "${2:?--ipvs-mem wants a size}"); shift 2 ;;
     --ipvs-timeout) ipvs_args+=(--timeout "${2:?--ipvs-timeout wants seconds}"); shift 2 ;;
@@ -31,7 +45,7 @@ while (($#)); do
     *) iptables_args+=("$1"); shift ;;
   esac
 done
-((run_iptables || run_ipvs)) || { echo "bench: --no-ipvs and --ipvs-only leave nothing to run" >&2; exit 2; }
+((run_iptables || run_ipvs || run_manifests)) || { echo "bench: nothing left to run" >&2; exit 2; }
 
 if [[ ${SVCPLANE_SKIP_BUILD:-} != 1 ]]; then bash scripts/setup.sh; fi
 if ! command -v /usr/bin/time >/dev/null 2>&1; then
@@ -40,6 +54,10 @@ fi
 echo "bench: $(date -u +%FT%TZ) on $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 if ((run_iptables)); then
   unshare -n node dist/bench/bench.js "${iptables_args[@]}"
+fi
+if ((run_manifests)); then
+  echo "bench: manifest part, $(date -u +%FT%TZ); load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  node dist/bench/manifests-bench.js "${manifest_args[@]}"
 fi
 if ((run_ipvs)); then
   echo "bench: IPVS part, $(date -u +%FT%TZ); load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

@@ -143,7 +143,7 @@ export async function diffNode(
 
 /** One complete state from the source (manifests or the API), then the source is stopped. */
 export async function loadState(opts: ProxyOptions): Promise<ClusterState> {
-  const source = await createSource(opts);
+  const source = await createSource(opts, true);
   try {
     await source.start();
     const state = source.current();

@@ -55,12 +55,14 @@ export function registerProxyCommands(program: Command): void {
     });
 }
 
-export async function createSource(opts: ProxyOptions): Promise<StateSource> {
+/** The state source; `readOnce` for commands that use one state and exit (sync, diff). */
+export async function createSource(opts: ProxyOptions, readOnce = false): Promise<StateSource> {
   if (opts.manifests !== undefined) {
     // A scan hanging longer than kube-proxy's health timeout (2 × sync period) turns /healthz unhealthy.
     return new ManifestSource(opts.manifests, {
       limits: opts.serviceLimits,
       stuckAfterMs: 2 * opts.syncPeriodMs,
+      readOnce,
     });
   }
   const { createApiSource } = await import('../kube/api-source-factory.js');
@@ -116,7 +118,7 @@ export function iptablesProxierConfig(opts: ProxyOptions, family: IPFamily): Ipt
 
 async function syncOnce(opts: ProxyOptions): Promise<number> {
   // A source that cannot be built (no --manifests and no cluster) is a usage error: thrown.
-  const source = new StartOnceSource(await createSource(opts));
+  const source = new StartOnceSource(await createSource(opts, true));
   try {
     await source.start();
     refuseBrokenFiles(source.current());

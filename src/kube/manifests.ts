@@ -146,6 +146,12 @@ export interface ManifestSourceOptions {
   readonly limits?: ServiceLimits;
   /** The file system (tests count what is read). */
   readonly fs?: ManifestFs;
+  /**
+   * Read the files once (`svcplane sync`, `diff`): no watch, no poll, and once the state is built
+   * the files' objects are let go, and with them the model's caches keyed by them (issue 14: ~40 MB
+   * of a 10k sync's peak).
+   */
+  readonly readOnce?: boolean;
 }
 
 /** How long stop() waits for a scan in progress before it gives up on it. */
@@ -166,6 +172,7 @@ export class ManifestSource implements StateSource {
   private readonly stuckAfterMs: number;
   private readonly limits: ServiceLimits | undefined;
   private readonly fs: ManifestFs;
+  private readonly readOnce: boolean;
   /** Wall-clock start of the scan in progress (0 when none). */
   private scanStartedAt = 0;
   /** The directory read (the path, or a single file's directory) and that file's name. */
@@ -210,6 +217,7 @@ export class ManifestSource implements StateSource {
     this.stuckAfterMs = opts.stuckAfterMs ?? 60_000;
     this.limits = opts.limits;
     this.fs = opts.fs ?? nodeManifestFs;
+    this.readOnce = opts.readOnce ?? false;
     this.dir = path;
   }
 
@@ -221,7 +229,7 @@ export class ManifestSource implements StateSource {
       throw new Error(`manifest path ${this.path}: ${errorText(err)}`, { cause: err });
     }
     // Watching before the first scan: a change made while it reads is an event, not lost.
-    await this.ensureWatcher();
+    if (!this.readOnce) await this.ensureWatcher();
     // stop() ends the wait for a first scan hanging in a read (SIGTERM at start-up).
     const stopped = new Promise<'stopped'>((resolve) => (this.wakeStart = () => resolve('stopped')));
     this.rescanAll = true;
@@ -229,6 +237,11 @@ export class ManifestSource implements StateSource {
     this.wakeStart = undefined;
     if (first === 'stopped' || this.stopped)
       throw new Error(`manifest source ${this.path}: stopped while starting`);
+    if (this.readOnce) {
+      this.files.clear();
+      this.sorted = undefined;
+      return;
+    }
     this.pollTimer = setInterval(() => void this.poll(), this.pollMs);
     this.pollTimer.unref();
   }

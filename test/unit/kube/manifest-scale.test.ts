@@ -209,4 +209,16 @@ describe('manifest source at scale: O(changed files) per change', function () {
     await waitFor(source, (s) => portOf(s, 5) === 90);
     assert.equal(fs.reads.size, 20, 'every link re-read (its target changed)');
   });
+
+  it('readOnce (svcplane sync): one read of each file, then nothing is watched or polled', async () => {
+    source = new ManifestSource(dir, { fs, readOnce: true, debounceMs: 10, pollMs: 10 });
+    await source.start();
+    assert.equal(source.current()!.services.size, FILES);
+    assert.equal(fs.reads.size, FILES);
+    fs.reset();
+    replace('s1.yaml', svc(1, 99));
+    await sleep(200);
+    assert.equal(fs.reads.size + fs.stats.size + fs.lists, 0, 'nothing looked at after the start');
+    assert.equal(portOf(source.current()!, 1), 80, 'the state read at the start stays');
+  });
 });
