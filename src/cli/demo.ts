@@ -328,6 +328,9 @@ export async function runDemo(opts: {
         '--cluster-cidr=10.244.0.0/16,fd00:10:244::/64',
         '--healthz-bind-address=127.0.0.1:10256',
         '--metrics-bind-address=127.0.0.1:10249',
+        // waitForSync reads JSON lines and the per-sync line (-v=2, as kube-proxy's).
+        '--logging-format=json',
+        '-v=2',
       ],
       { netns: sb.nodeNs },
     );

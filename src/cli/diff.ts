@@ -22,15 +22,12 @@ import { planIpvs, type IpvsDesired } from '../ipvs/plan.js';
 import { DUMMY_DEVICE, ipvsPlanConfig, ipvsRulesConfig } from '../ipvs/proxier.js';
 import { IPVS_JUMPS, renderIpvsRules } from '../ipvs/rules.js';
 import { ipvsConfigFor } from '../ipvs/backend-factory.js';
-import { setVerbosity } from '../util/log.js';
+import { configureLogging } from '../util/log.js';
+import type { FlagSpec } from '../config/flags.js';
+import { iptablesBinaries, resolveProxyOptions, type ProxyOptions } from '../config/options.js';
 import { nodePodCIDRsOf } from './node-cidr.js';
-import { createSource, iptablesProxierConfig } from './proxy.js';
-import {
-  addProxyOptions,
-  iptablesBinaries,
-  resolveProxyOptions,
-  type ProxyOptions,
-} from './proxy-options.js';
+import { commandUsage, createSource, describeFailure, iptablesProxierConfig } from './proxy.js';
+import { loadConfiguration, logNotices, RENDER_FLAGS } from './proxy-options.js';
 
 /**
  * `svcplane diff`: what svcplane would program for the current state (from --manifests or the
@@ -54,46 +51,99 @@ export function exitTwoOnUsageError(cmd: Command): Command {
   });
 }
 
+/** `--output` and `--netns` of the debugging commands (diff, explain). */
+export const INSPECT_FLAGS: readonly FlagSpec[] = [
+  {
+    name: 'output',
+    kind: 'string',
+    value: 'format',
+    default: 'text',
+    help: 'text or json',
+    origin: 'svcplane',
+    withConfig: 'flag',
+    support: 'honoured',
+  },
+  {
+    name: 'netns',
+    kind: 'string',
+    value: 'name',
+    default: '',
+    help: 'inspect the rules of this named network namespace (e.g. a sandbox node)',
+    origin: 'svcplane',
+    withConfig: 'flag',
+    support: 'honoured',
+  },
+];
+
 export function registerDiffCommand(program: Command): void {
-  const cmd = addProxyOptions(
-    program
-      .command('diff')
-      .description(
-        'compare the rules svcplane would program for the current state with the kernel (exit 0 in sync, 1 drift, 2 error)',
-      ),
-  )
-    .option('--output <format>', 'text or json', outputOption, 'text')
-    .option('--netns <name>', 'inspect the rules of this named network namespace (e.g. a sandbox node)');
-  exitTwoOnUsageError(cmd).action(async (raw: Record<string, unknown>) => {
-    process.exitCode = await runDiff(raw, process.stdout, process.stderr);
-  });
+  // Its kube-proxy style flags are parsed by diffMain (main.ts routes the command); listed for help.
+  program
+    .command('diff')
+    .description(
+      'compare the rules svcplane would program for the current state with the kernel (exit 0 in sync, 1 drift, 2 error)',
+    )
+    .helpOption(false);
 }
 
 interface Writer {
   write(text: string): unknown;
 }
 
+/** `svcplane diff [flags]`: exit 0 in sync, 1 drift, 2 error (usage errors included). */
+export async function diffMain(args: readonly string[], out: Writer, err: Writer): Promise<number> {
+  const specs = [...RENDER_FLAGS, ...INSPECT_FLAGS];
+  if (args.includes('-h') || args.includes('--help')) {
+    out.write(
+      commandUsage(
+        'svcplane diff [flags]',
+        'Compare the rules svcplane would program (from --manifests or the cluster) with the kernel.',
+        specs,
+      ),
+    );
+    return 0;
+  }
+  try {
+    const loaded = await loadConfiguration(args, specs);
+    configureLogging(loaded.options.logging);
+    logNotices(loaded.notices);
+    return await diffWith(loaded.options, loaded.flags.values, out, err);
+  } catch (e) {
+    err.write(`svcplane diff: ${describeFailure(e)}\n`);
+    return 2;
+  }
+}
+
+/** diff from raw flag values (attribute → typed value), without a --config file. */
 export async function runDiff(raw: Record<string, unknown>, out: Writer, err: Writer): Promise<number> {
   try {
-    const opts = resolveProxyOptions(raw);
-    setVerbosity(opts.verbosity);
-    const netns = typeof raw.netns === 'string' ? raw.netns : undefined;
-    const state = await loadState(opts);
-    const result = await diffNode(opts, state, netns);
-    for (const note of result.notes) err.write(`note: ${note}\n`);
-    if (raw.output === 'json') {
-      const mode = result.mode ?? 'iptables';
-      out.write(`${JSON.stringify({ inSync: result.inSync, mode, families: result.families }, null, 2)}\n`);
-    } else if (result.mode === 'ipvs') {
-      out.write(formatIpvsDriftText(result.families as readonly IpvsFamilyDrift[]));
-    } else {
-      out.write(formatDriftText(result.families as readonly FamilyDrift[]));
-    }
-    return result.inSync ? 0 : 1;
+    return await diffWith(resolveProxyOptions(raw), raw, out, err);
   } catch (e) {
     err.write(`svcplane diff: ${describe(e)}\n`);
     return 2;
   }
+}
+
+async function diffWith(
+  opts: ProxyOptions,
+  values: Readonly<Record<string, unknown>>,
+  out: Writer,
+  err: Writer,
+): Promise<number> {
+  const output = typeof values.output === 'string' ? values.output : 'text';
+  if (output !== 'text' && output !== 'json') throw new Error(`--output: "${output}": expected text or json`);
+  const netns = typeof values.netns === 'string' && values.netns !== '' ? values.netns : undefined;
+  const state = await loadState(opts);
+  const result = await diffNode(opts, state, netns);
+  for (const note of result.notes) err.write(`note: ${note}\n`);
+  if (output === 'json') {
+    const mode = result.mode ?? 'iptables';
+    out.write(`${JSON.stringify({ inSync: result.inSync, mode, families: result.families }, null, 2)}\n`);
+  } else if (result.mode === 'ipvs') {
+    out.write(formatIpvsDriftText(result.families as readonly IpvsFamilyDrift[]));
+  } else {
+    out.write(formatDriftText(result.families as readonly FamilyDrift[]));
+  }
+  return result.inSync ? 0 : 1;
 }
 
 export interface NodeDiff {

@@ -1,20 +1,14 @@
-import { InvalidArgumentError, type Command } from 'commander';
+import type { Command } from 'commander';
 import { explainService, formatExplainText, type ExplainFamilyInput } from '../debug/explain.js';
 import { diffRulesets } from '../debug/diff.js';
 import { buildOwnerIndex } from '../debug/owners.js';
 import { jumpRules } from '../iptables/jumps.js';
 import { nodeContext } from '../model/selection.js';
-import { setVerbosity } from '../util/log.js';
-import {
-  describe,
-  desiredRules,
-  exitTwoOnUsageError,
-  loadState,
-  outputOption,
-  readKernelRules,
-  readIpvsNode,
-} from './diff.js';
-import { addProxyOptions, resolveProxyOptions, type ProxyOptions } from './proxy-options.js';
+import { configureLogging } from '../util/log.js';
+import { resolveProxyOptions, type ProxyOptions } from '../config/options.js';
+import { describe, desiredRules, INSPECT_FLAGS, loadState, readKernelRules, readIpvsNode } from './diff.js';
+import { commandUsage, describeFailure } from './proxy.js';
+import { loadConfiguration, logNotices, RENDER_FLAGS } from './proxy-options.js';
 import { explainIpvs, formatIpvsExplainLines } from '../debug/ipvs-explain.js';
 import type { ClusterState } from '../model/types.js';
 
@@ -24,48 +18,85 @@ import type { ClusterState } from '../model/types.js';
  * not), 2 on error or when the Service is unknown to both the state and the kernel.
  */
 
-function serviceArg(v: string): string {
-  if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?\/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(v)) {
-    throw new InvalidArgumentError('expected NAMESPACE/NAME');
-  }
-  return v;
-}
+const SERVICE_KEY = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?\/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
 
 export function registerExplainCommand(program: Command): void {
-  const cmd = addProxyOptions(
-    program
-      .command('explain')
-      .description(
-        "explain one Service on this node: frontends, endpoints, the kernel's rules and counters, warnings",
-      )
-      .argument('<namespace/name>', 'the Service', serviceArg),
-  )
-    .option('--output <format>', 'text or json', outputOption, 'text')
-    .option('--netns <name>', 'inspect the rules of this named network namespace (e.g. a sandbox node)');
-  exitTwoOnUsageError(cmd).action(async (key: string, raw: Record<string, unknown>) => {
-    process.exitCode = await runExplain(key, raw, process.stdout, process.stderr);
-  });
+  // Its kube-proxy style flags are parsed by explainMain (main.ts routes the command); listed for help.
+  program
+    .command('explain')
+    .description(
+      "explain one Service on this node: frontends, endpoints, the kernel's rules and counters, warnings",
+    )
+    .argument('<namespace/name>', 'the Service')
+    .helpOption(false);
 }
 
 interface Writer {
   write(text: string): unknown;
 }
 
+/** `svcplane explain NAMESPACE/NAME [flags]`. */
+export async function explainMain(args: readonly string[], out: Writer, err: Writer): Promise<number> {
+  const specs = [...RENDER_FLAGS, ...INSPECT_FLAGS];
+  if (args.includes('-h') || args.includes('--help')) {
+    out.write(
+      commandUsage(
+        'svcplane explain NAMESPACE/NAME [flags]',
+        "Explain one Service on this node: frontends, endpoints, the kernel's rules and counters, warnings.",
+        specs,
+      ),
+    );
+    return 0;
+  }
+  try {
+    const loaded = await loadConfiguration(args, specs, { positionals: 1 });
+    const key = loaded.flags.positionals[0];
+    if (key === undefined || !SERVICE_KEY.test(key)) {
+      throw new Error(`expected the Service as NAMESPACE/NAME, got ${JSON.stringify(key ?? '')}`);
+    }
+    configureLogging(loaded.options.logging);
+    logNotices(loaded.notices);
+    return await explainWith(key, loaded.options, loaded.flags.values, out, err);
+  } catch (e) {
+    err.write(`svcplane explain: ${describeFailure(e)}\n`);
+    return 2;
+  }
+}
+
+/** explain from raw flag values (attribute → typed value), without a --config file. */
 export async function runExplain(
   key: string,
   raw: Record<string, unknown>,
   out: Writer,
   err: Writer,
 ): Promise<number> {
+  let opts: ProxyOptions;
   try {
-    const opts = resolveProxyOptions(raw);
-    setVerbosity(opts.verbosity);
+    opts = resolveProxyOptions(raw);
+  } catch (e) {
+    err.write(`svcplane explain: ${describe(e)}\n`);
+    return 2;
+  }
+  return explainWith(key, opts, raw, out, err);
+}
+
+async function explainWith(
+  key: string,
+  opts: ProxyOptions,
+  raw: Readonly<Record<string, unknown>>,
+  out: Writer,
+  err: Writer,
+): Promise<number> {
+  try {
+    if (raw.output !== undefined && raw.output !== 'text' && raw.output !== 'json') {
+      throw new Error(`--output: ${JSON.stringify(raw.output)}: expected text or json`);
+    }
     if (opts.proxyMode !== 'iptables' && opts.proxyMode !== 'ipvs') {
       throw new Error(
         `--proxy-mode ${String(opts.proxyMode)}: explain supports iptables and ipvs modes only`,
       );
     }
-    const netns = typeof raw.netns === 'string' ? raw.netns : undefined;
+    const netns = typeof raw.netns === 'string' && raw.netns !== '' ? raw.netns : undefined;
     const state = await loadState(opts);
     if (opts.proxyMode === 'ipvs')
       return await explainIpvsMode(key, opts, state, netns, raw.output, out, err);

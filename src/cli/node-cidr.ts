@@ -1,7 +1,7 @@
 import type { SourceHealth, StateSource } from '../kube/source.js';
 import type { ClusterState } from '../model/types.js';
 import { log } from '../util/log.js';
-import type { ProxyOptions } from './proxy-options.js';
+import type { ProxyOptions } from '../config/options.js';
 
 /**
  * --detect-local-mode=NodeCIDR as kube-proxy does it (cmd/kube-proxy server): at startup, wait for

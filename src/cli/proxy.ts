@@ -1,7 +1,13 @@
+import { writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import type { Backend } from '../controller/backend.js';
 import type { Servers } from '../controller/servers-factory.js';
 import { Controller } from '../controller/controller.js';
+import { FlagError } from '../config/command-line.js';
+import { ConfigError, formatKubeProxyConfig } from '../config/kube-proxy-config.js';
+import { PROXY_FLAGS, TOP_LEVEL_FLAGS, type FlagSpec } from '../config/flags.js';
+import { iptablesBinaries, type ProxyOptions } from '../config/options.js';
+import { formatFlagHelp } from '../config/reference.js';
 import { cleanupLeftovers } from '../iptables/cleanup.js';
 import { Iptables } from '../iptables/iptables.js';
 import { IptablesProxier, type IptablesProxierConfig } from '../iptables/proxier.js';
@@ -9,43 +15,68 @@ import { ManifestSource } from '../kube/manifests.js';
 import type { StateSource } from '../kube/source.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import { CommandError } from '../util/exec.js';
-import { log, redactText, setVerbosity } from '../util/log.js';
+import { configureLogging, log, logVerbosity, redactText, STACK_VERBOSITY } from '../util/log.js';
+import { setOomScoreAdj } from '../util/process.js';
+import { applyConntrackSysctls } from '../conntrack/sysctls.js';
 import {
   NODE_POD_CIDR_TIMEOUT_MS,
   resolveNodePodCIDRs,
   StartOnceSource,
   watchNodePodCIDRs,
 } from './node-cidr.js';
-import {
-  addProxyOptions,
-  iptablesBinaries,
-  resolveProxyOptions,
-  type ProxyOptions,
-} from './proxy-options.js';
+import { loadConfiguration, logNotices, RENDER_FLAGS, type LoadedConfiguration } from './proxy-options.js';
 
-/** `svcplane run`, `svcplane sync` and `svcplane cleanup`. */
+/**
+ * The daemon as kube-proxy's command line runs it (`svcplane [flags]`, `svcplane run [flags]`), with
+ * kube-proxy's one-shot actions (--cleanup, --write-config-to, --init-only), and `svcplane sync`
+ * (converge once) and `svcplane cleanup`.
+ */
+
+/** An error the operator can act on: printed as one line, exit status 1, no stack trace. */
+export class StartupError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'StartupError';
+  }
+}
+
+/** The usage text of the daemon form. */
+export function daemonUsage(commands: string): string {
+  return [
+    'Usage: svcplane [flags]          run the dataplane daemon, as kube-proxy [flags]',
+    '       svcplane COMMAND [...]    (svcplane help COMMAND)',
+    '',
+    'svcplane programs the Linux kernel (iptables or IPVS) so that Kubernetes Services reach their',
+    "pods, as kube-proxy does; it takes kube-proxy's flags and configuration file.",
+    commands === '' ? '' : `\nCommands:\n${commands}`,
+    formatFlagHelp([...PROXY_FLAGS, ...TOP_LEVEL_FLAGS]),
+    '',
+  ].join('\n');
+}
+
+/** Usage of a flag command (sync, diff, explain). */
+export function commandUsage(usage: string, description: string, specs: readonly FlagSpec[]): string {
+  return `Usage: ${usage}\n\n${description}\n${formatFlagHelp(specs)}\n`;
+}
+
+/** Why a start-up failed, as one line (credentials redacted by content, as the logs are). */
+export function describeFailure(err: unknown): string {
+  if (err instanceof FlagError || err instanceof ConfigError || err instanceof StartupError) {
+    return redactText(err.message);
+  }
+  return redactText(err instanceof Error ? err.message : String(err));
+}
 
 export function registerProxyCommands(program: Command): void {
-  addProxyOptions(
-    program
-      .command('run')
-      .description('run the dataplane controller (the daemon): watch the source, keep the kernel converged'),
-  ).action(async (raw: Record<string, unknown>) => {
-    const opts = resolveProxyOptions(raw);
-    setVerbosity(opts.verbosity);
-    process.exitCode = await runDaemon(opts);
-  });
-
-  addProxyOptions(
-    program
-      .command('sync')
-      .description('converge the kernel once from the source and exit (0 once the rules are in the kernel)'),
-  ).action(async (raw: Record<string, unknown>) => {
-    const opts = resolveProxyOptions(raw);
-    setVerbosity(opts.verbosity);
-    process.exitCode = await syncOnce(opts);
-  });
-
+  // `run` and `sync` parse their own kube-proxy style flags (main.ts routes them); listed here for help.
+  program
+    .command('run')
+    .description('run the daemon: the same as `svcplane [flags]` (kube-proxy [flags])')
+    .helpOption(false);
+  program
+    .command('sync')
+    .description('converge the kernel once from the source and exit (0 once the rules are in the kernel)')
+    .helpOption(false);
   program
     .command('cleanup')
     .description('remove every rule svcplane (or kube-proxy) created, like kube-proxy --cleanup')
@@ -53,6 +84,77 @@ export function registerProxyCommands(program: Command): void {
     .action(async (raw: { iptablesBinary: string }) => {
       process.exitCode = await cleanup(raw.iptablesBinary);
     });
+}
+
+/** Applies the logging settings of a resolved configuration, then says what it ignores. */
+function startLogging(loaded: LoadedConfiguration): void {
+  configureLogging(loaded.options.logging);
+  logNotices(loaded.notices);
+}
+
+/**
+ * `svcplane [flags]` / `svcplane run [flags]`: kube-proxy's command line. Resolves to the exit
+ * status; an expected failure is one line on stderr (exit 1).
+ */
+export async function daemonMain(args: readonly string[], commands = ''): Promise<number> {
+  let loaded: LoadedConfiguration;
+  try {
+    if (args.includes('-h') || args.includes('--help')) {
+      process.stdout.write(daemonUsage(commands));
+      return 0;
+    }
+    loaded = await loadConfiguration(args, [...PROXY_FLAGS, ...TOP_LEVEL_FLAGS]);
+  } catch (err) {
+    process.stderr.write(`svcplane: ${describeFailure(err)}\n`);
+    return 1;
+  }
+  if (loaded.flags.values.version === true) {
+    const { packageVersion } = await import('./version.js');
+    process.stdout.write(`svcplane v${packageVersion()}\n`);
+    return 0;
+  }
+  startLogging(loaded);
+  const { values } = loaded.flags;
+  try {
+    if (typeof values.writeConfigTo === 'string' && values.writeConfigTo !== '') {
+      await writeFile(values.writeConfigTo, formatKubeProxyConfig(loaded.config));
+      log.info('wrote the configuration', { file: values.writeConfigTo });
+      return 0;
+    }
+    if (values.cleanup === true) return await cleanup(loaded.options.iptablesBinary);
+    if (values.initOnly === true) return await initOnly(loaded.options);
+    return await runDaemon(loaded.options);
+  } catch (err) {
+    // One line with the cause; the stack only at -v=4 and above.
+    log.error(
+      `svcplane cannot start: ${describeFailure(err)}`,
+      logVerbosity() >= STACK_VERBOSITY ? { error: err } : {},
+    );
+    return 1;
+  }
+}
+
+/** `svcplane sync [flags]`. */
+export async function syncMain(args: readonly string[]): Promise<number> {
+  if (args.includes('-h') || args.includes('--help')) {
+    process.stdout.write(
+      commandUsage(
+        'svcplane sync [flags]',
+        'Converge the kernel once from the source (--manifests, else the API) and exit.',
+        RENDER_FLAGS,
+      ),
+    );
+    return 0;
+  }
+  let loaded: LoadedConfiguration;
+  try {
+    loaded = await loadConfiguration(args, RENDER_FLAGS);
+  } catch (err) {
+    process.stderr.write(`svcplane sync: ${describeFailure(err)}\n`);
+    return 1;
+  }
+  startLogging(loaded);
+  return syncOnce(loaded.options);
 }
 
 /** The state source; `readOnce` for commands that use one state and exit (sync, diff). */
@@ -69,29 +171,66 @@ export async function createSource(opts: ProxyOptions, readOnce = false): Promis
   return createApiSource(opts);
 }
 
+/** What an unusable iptables binary means for the operator, from the command's failure. */
+function iptablesProblem(err: unknown): string {
+  if (err instanceof CommandError) {
+    const cmd = err.argv.find((a) => a.includes('iptables')) ?? err.argv[0] ?? 'iptables';
+    if (err.reason === 'not-found') return `${cmd} not found (install iptables, or set --iptables-binary)`;
+    const stderr = err.stderr.trim().split('\n')[0] ?? '';
+    if (/Permission denied|must be root|Operation not permitted/i.test(stderr)) {
+      return `${cmd}: ${stderr} (run svcplane as root, or with CAP_NET_ADMIN and CAP_NET_RAW)`;
+    }
+    return `${cmd}: ${stderr || `exit status ${String(err.exitCode)}`}`;
+  }
+  return err instanceof Error ? err.message : String(err);
+}
+
 /** The families whose iptables binaries work here; IPv6 is dropped with a warning when unavailable. */
 export async function usableFamilies(opts: ProxyOptions): Promise<IPFamily[]> {
   const families: IPFamily[] = [];
+  const problems: string[] = [];
   for (const family of opts.ipFamilies) {
     const ipt = new Iptables({ family, binaries: iptablesBinaries(opts.iptablesBinary, family) });
     try {
       await ipt.save('nat');
       families.push(family);
     } catch (err) {
-      log.warn(`${family} iptables unavailable; not programming ${family}`, { error: err });
+      problems.push(`${family}: ${iptablesProblem(err)}`);
     }
   }
-  if (families.length === 0) throw new Error('no usable iptables binary for any IP family');
+  if (families.length === 0) {
+    throw new StartupError(`no usable iptables for any IP family: ${problems.join('; ')}`);
+  }
+  for (const p of problems)
+    log.warn(`not programming ${p.split(':')[0] ?? ''}: iptables unavailable`, { reason: p });
   return families;
 }
 
-export async function createBackends(opts: ProxyOptions): Promise<Backend[]> {
+/** The backends of the mode, and the options with the mode in effect (IPVS may fall back to iptables). */
+export async function createModeBackends(
+  opts: ProxyOptions,
+): Promise<{ readonly options: ProxyOptions; readonly backends: Backend[] }> {
   if (opts.proxyMode === 'ipvs') {
-    const { createIpvsBackends } = await import('../ipvs/backend-factory.js');
-    return createIpvsBackends(opts);
+    const { createIpvsBackends, ipvsUnavailable } = await import('../ipvs/backend-factory.js');
+    const reason = await ipvsUnavailable(opts.ipvs.scheduler);
+    if (reason === undefined) {
+      return { options: opts, backends: createIpvsBackends(opts, await usableFamilies(opts)) };
+    }
+    // Issue 3 asked for kube-proxy < 1.26's fallback (newer kube-proxy exits here).
+    log.warn(`IPVS proxy mode is unavailable (${reason}); falling back to iptables mode`, {
+      scheduler: opts.ipvs.scheduler,
+    });
+    return createModeBackends({ ...opts, proxyMode: 'iptables' });
   }
   const families = await usableFamilies(opts);
-  return families.map((family) => new IptablesProxier(iptablesProxierConfig(opts, family)));
+  return {
+    options: opts,
+    backends: families.map((family) => new IptablesProxier(iptablesProxierConfig(opts, family))),
+  };
+}
+
+export async function createBackends(opts: ProxyOptions): Promise<Backend[]> {
+  return (await createModeBackends(opts)).backends;
 }
 
 /**
@@ -117,8 +256,13 @@ export function iptablesProxierConfig(opts: ProxyOptions, family: IPFamily): Ipt
 }
 
 async function syncOnce(opts: ProxyOptions): Promise<number> {
-  // A source that cannot be built (no --manifests and no cluster) is a usage error: thrown.
-  const source = new StartOnceSource(await createSource(opts, true));
+  let source: StartOnceSource;
+  try {
+    source = new StartOnceSource(await createSource(opts, true));
+  } catch (err) {
+    process.stderr.write(`svcplane sync: ${describeFailure(err)}\n`);
+    return 1;
+  }
   try {
     await source.start();
     refuseBrokenFiles(source.current());
@@ -139,7 +283,7 @@ async function syncOnce(opts: ProxyOptions): Promise<number> {
     }
     return 0;
   } catch (err) {
-    process.stderr.write(`svcplane sync failed: ${describe(err)}\n`);
+    process.stderr.write(`svcplane sync failed: ${describeFailure(err)}\n`);
     await source.stop().catch(() => undefined);
     return 1;
   }
@@ -177,6 +321,24 @@ function stopRequests(): { readonly stopped: Promise<number>; request(code: numb
   };
 }
 
+/**
+ * kube-proxy's privileged start-up steps (platformSetup): the process's OOM score and the conntrack
+ * sysctls. A sysctl the kernel refuses fails the start-up; one this container may not write (read-only
+ * /proc/sys or /sys, or outside the host's network namespace) is a warning naming it.
+ */
+async function privilegedSetup(opts: ProxyOptions): Promise<void> {
+  await setOomScoreAdj(opts.oomScoreAdj);
+  await applyConntrackSysctls(opts.conntrack);
+}
+
+/** `--init-only`: the privileged steps (conntrack sysctls, each backend's kernel settings), then exit. */
+async function initOnly(opts: ProxyOptions): Promise<number> {
+  await privilegedSetup(opts);
+  for (const b of await createBackends(opts)) await b.setup();
+  log.info('initialization done (--init-only); exiting');
+  return 0;
+}
+
 async function runDaemon(initial: ProxyOptions): Promise<number> {
   const source = new StartOnceSource(await createSource(initial));
   // Listen for signals before anything waits for the source: the API may never answer the first
@@ -187,9 +349,11 @@ async function runDaemon(initial: ProxyOptions): Promise<number> {
   let servers: Servers | undefined;
   let unwatch = (): void => undefined;
   const startup = async (): Promise<void> => {
-    const opts = await resolveNodePodCIDRs(initial, source, NODE_POD_CIDR_TIMEOUT_MS, aborted.signal);
-    const backends = await createBackends(opts);
+    const wanted = await resolveNodePodCIDRs(initial, source, NODE_POD_CIDR_TIMEOUT_MS, aborted.signal);
+    // Probing the binaries first: without iptables (or root) that is the one failure to report.
+    const { options: opts, backends } = await createModeBackends(wanted);
     if (aborted.signal.aborted) return;
+    await privilegedSetup(opts);
     controller = new Controller(source, backends, opts);
     const { startServers } = await import('../controller/servers-factory.js');
     servers = await startServers(opts, controller);
@@ -235,9 +399,9 @@ async function runDaemon(initial: ProxyOptions): Promise<number> {
   return code;
 }
 
+/** kube-proxy --cleanup: every mode's rules (IPVS first: its chains use shared ones and its sets). */
 async function cleanup(binary: string): Promise<number> {
   let status = 0;
-  // IPVS first: its chains reference shared ones (KUBE-MARK-MASQ) and its sets.
   try {
     const { cleanupIpvs } = await import('../ipvs/cleanup.js');
     const ipts = (['IPv4', 'IPv6'] as const).map(
@@ -246,7 +410,7 @@ async function cleanup(binary: string): Promise<number> {
     const { removed } = await cleanupIpvs(ipts);
     process.stdout.write(`ipvs: removed ${removed.length} chains/rules/sets/links\n`);
   } catch (err) {
-    process.stderr.write(`ipvs: cleanup failed: ${describe(err)}\n`);
+    process.stderr.write(`ipvs: cleanup failed: ${describeFailure(err)}\n`);
     status = 1;
   }
   for (const family of ['IPv4', 'IPv6'] as const) {
@@ -256,14 +420,9 @@ async function cleanup(binary: string): Promise<number> {
       process.stdout.write(`${family}: removed ${removed.length} chains/rules\n`);
     } catch (err) {
       if (err instanceof CommandError && err.reason === 'not-found') continue;
-      process.stderr.write(`${family}: cleanup failed: ${describe(err)}\n`);
+      process.stderr.write(`${family}: cleanup failed: ${describeFailure(err)}\n`);
       status = 1;
     }
   }
   return status;
-}
-
-/** An error's message for stderr, with credentials redacted by content (as the logs are). */
-function describe(err: unknown): string {
-  return redactText(err instanceof Error ? err.message : String(err));
 }

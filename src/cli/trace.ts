@@ -18,7 +18,7 @@ import {
   readKernelRules,
   type OutputFormat,
 } from './diff.js';
-import { resolveProxyOptions } from './proxy-options.js';
+import { resolveProxyOptions } from '../config/options.js';
 
 /**
  * `svcplane trace`: one packet through the kernel's current rules (iptables-save; in IPVS mode also

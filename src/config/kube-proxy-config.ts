@@ -1,15 +1,17 @@
 /**
- * KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1), the `--config FILE` of kube-proxy, for
- * the fields svcplane supports. Parsing is pure (text in, config + warnings out); defaults and
- * validation follow kube-proxy's (pkg/proxy/apis/config/v1alpha1/defaults.go, validation.go).
+ * KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1), the `--config FILE` of kube-proxy, every
+ * field of it. Parsing is pure (text in, config + warnings out); defaults and validation follow
+ * kube-proxy's (pkg/proxy/apis/config/v1alpha1/defaults.go, validation.go), so the file kubeadm writes
+ * (every field present, unset ones as zero values and nulls) reads as kube-proxy's defaults.
  *
- * - Unknown fields, and kube-proxy fields svcplane does not implement, are warnings (with the path).
+ * - Unknown fields are warnings (with the path); what svcplane does not implement is judged on the
+ *   resolved configuration (options.ts), whether it came from the file or from flags.
  * - Invalid values throw a ConfigError naming every bad field and the reason.
  * - Durations use Go's syntax (`1s`, `500ms`, `1m30s`) and are held in milliseconds (`…Ms` fields).
  * - `mergeConfig(file, flags)`: flags override the file, as in kube-proxy.
  */
 import { readFile } from 'node:fs/promises';
-import { parseAllDocuments } from 'yaml';
+import { parseAllDocuments, stringify } from 'yaml';
 import { parseCIDR, parseIP } from '../model/ip.js';
 import { DEFAULT_NODE_PORT_RANGE, formatPortRange, parsePortRange } from '../model/limits.js';
 import { formatGoDuration, parseGoDuration } from './duration.js';
@@ -42,17 +44,42 @@ export const IPVS_SCHEDULERS = [
   'mh',
 ] as const;
 
+export type LoggingFormat = 'text' | 'json';
+export const LOGGING_FORMATS: readonly LoggingFormat[] = ['text', 'json'];
+
+export interface LogStreamOptions {
+  readonly splitStream: boolean;
+  /** A Kubernetes quantity (`0`, `64Ki`); svcplane never buffers. */
+  readonly infoBufferSize: string;
+}
+
 export interface ProxyConfig {
+  readonly featureGates: Readonly<Record<string, boolean>>;
   /** The node IP to use (0.0.0.0 / :: = detect). */
   readonly bindAddress: string;
-  readonly clientConnection: { readonly kubeconfig: string };
+  readonly clientConnection: {
+    readonly kubeconfig: string;
+    readonly acceptContentTypes: string;
+    readonly contentType: string;
+    readonly qps: number;
+    readonly burst: number;
+  };
+  /** Exit when a server cannot bind (else: log and retry every 5 s). */
+  readonly bindAddressHardFail: boolean;
+  readonly enableProfiling: boolean;
+  readonly showHiddenMetricsForVersion: string;
+  /** -1000..1000, written to /proc/self/oom_score_adj. */
+  readonly oomScoreAdj: number;
+  readonly configSyncPeriodMs: number;
+  /** Unused by kube-proxy since the userspace proxy's removal; kept for round trips. */
+  readonly portRange: string;
   /** From `clusterCIDR` (comma-separated, at most one per family). */
   readonly clusterCIDRs: readonly string[];
   readonly hostnameOverride: string;
   readonly mode: ProxyMode;
-  /** `ip:port`; the port is appended (10256) when missing, as kube-proxy does. */
+  /** `ip:port`; the port is appended (10256) when missing, as kube-proxy does; '' = off (flag only). */
   readonly healthzBindAddress: string;
-  /** `ip:port`; the port is appended (10249) when missing. */
+  /** `ip:port`; the port is appended (10249) when missing; '' = off (flag only). */
   readonly metricsBindAddress: string;
   /** CIDRs, or `['primary']`; empty = all local addresses. */
   readonly nodePortAddresses: readonly string[];
@@ -80,7 +107,14 @@ export interface ProxyConfig {
     readonly tcpFinTimeoutMs: number;
     readonly udpTimeoutMs: number;
   };
-  /** Accepted and validated; svcplane does not tune conntrack sysctls. */
+  /** Read and kept for a round trip; svcplane has no nftables mode yet. */
+  readonly nftables: {
+    readonly masqueradeAll: boolean;
+    readonly masqueradeBit: number;
+    readonly minSyncPeriodMs: number;
+    readonly syncPeriodMs: number;
+  };
+  /** The conntrack sysctls set at start-up (conntrack/sysctls.ts). */
   readonly conntrack: {
     readonly maxPerCore: number;
     readonly min: number;
@@ -90,7 +124,14 @@ export interface ProxyConfig {
     readonly udpTimeoutMs: number;
     readonly udpStreamTimeoutMs: number;
   };
-  readonly logging: { readonly verbosity: number };
+  readonly logging: {
+    readonly format: LoggingFormat;
+    readonly flushFrequencyMs: number;
+    readonly verbosity: number;
+    /** `pattern=N` entries. */
+    readonly vmodule: readonly string[];
+    readonly options: { readonly text: LogStreamOptions; readonly json: LogStreamOptions };
+  };
 }
 
 type DeepPartial<T> = {
@@ -136,8 +177,21 @@ const METRICS_PORT = 10249;
 /** kube-proxy's defaults (v1alpha1 SetDefaults_KubeProxyConfiguration). */
 export function defaultProxyConfig(): ProxyConfig {
   return {
+    featureGates: {},
     bindAddress: '0.0.0.0',
-    clientConnection: { kubeconfig: '' },
+    clientConnection: {
+      kubeconfig: '',
+      acceptContentTypes: '',
+      contentType: 'application/vnd.kubernetes.protobuf',
+      qps: 5,
+      burst: 10,
+    },
+    bindAddressHardFail: false,
+    enableProfiling: false,
+    showHiddenMetricsForVersion: '',
+    oomScoreAdj: -999,
+    configSyncPeriodMs: 15 * 60_000,
+    portRange: '',
     clusterCIDRs: [],
     hostnameOverride: '',
     mode: 'iptables',
@@ -164,6 +218,7 @@ export function defaultProxyConfig(): ProxyConfig {
       tcpFinTimeoutMs: 0,
       udpTimeoutMs: 0,
     },
+    nftables: { masqueradeAll: false, masqueradeBit: 14, minSyncPeriodMs: 1000, syncPeriodMs: 30_000 },
     conntrack: {
       maxPerCore: 32 * 1024,
       min: 128 * 1024,
@@ -173,32 +228,22 @@ export function defaultProxyConfig(): ProxyConfig {
       udpTimeoutMs: 0,
       udpStreamTimeoutMs: 0,
     },
-    logging: { verbosity: 0 },
+    logging: {
+      format: 'text',
+      flushFrequencyMs: 5000,
+      verbosity: 0,
+      vmodule: [],
+      options: {
+        text: { splitStream: false, infoBufferSize: '0' },
+        json: { splitStream: false, infoBufferSize: '0' },
+      },
+    },
   };
 }
 
 // ---------------------------------------------------------------------------------------------
 // Reading the file
 // ---------------------------------------------------------------------------------------------
-
-/** kube-proxy fields svcplane knows but does not implement: ignored with a specific warning. */
-const UNSUPPORTED = new Set([
-  'featureGates',
-  'enableProfiling',
-  'showHiddenMetricsForVersion',
-  'oomScoreAdj',
-  'portRange',
-  'configSyncPeriod',
-  'winkernel',
-  'nftables',
-  'clientConnection.acceptContentTypes',
-  'clientConnection.contentType',
-  'clientConnection.qps',
-  'clientConnection.burst',
-  'logging.format',
-  'logging.flushFrequency',
-  'logging.options',
-]);
 
 type Json = Record<string, unknown>;
 
@@ -216,10 +261,7 @@ class Reader {
     for (const k of Object.keys(obj)) {
       if (known.includes(k)) continue;
       const path = prefix === '' ? k : `${prefix}.${k}`;
-      this.warnings.push({
-        field: path,
-        message: UNSUPPORTED.has(path) ? 'not supported by svcplane; ignored' : 'unknown field; ignored',
-      });
+      this.warnings.push({ field: path, message: 'unknown field; ignored' });
     }
   }
 
@@ -253,6 +295,35 @@ class Reader {
       return this.fail(`${prefix}${key}`, `must be an integer, got ${JSON.stringify(v)}`);
     }
     return v;
+  }
+
+  number(obj: Json, key: string, prefix: string): number | undefined {
+    const v = obj[key];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== 'number' || !Number.isFinite(v)) {
+      return this.fail(`${prefix}${key}`, `must be a number, got ${JSON.stringify(v)}`);
+    }
+    return v;
+  }
+
+  /** A Kubernetes quantity (`0`, `512`, `64Ki`, `1M`), as a string or a number. */
+  quantity(obj: Json, key: string, prefix: string): string | undefined {
+    const v = obj[key];
+    if (v === undefined || v === null) return undefined;
+    const text = typeof v === 'number' ? String(v) : v;
+    if (typeof text !== 'string' || !/^\d+(\.\d+)?([KMGTPE]i?|[kmun])?$/.test(text)) {
+      return this.fail(`${prefix}${key}`, `must be a quantity like 0, 512 or 64Ki, got ${JSON.stringify(v)}`);
+    }
+    return text;
+  }
+
+  boolMap(obj: Json, key: string, prefix: string): Record<string, boolean> | undefined {
+    const v = obj[key];
+    if (v === undefined || v === null) return undefined;
+    if (!isRecord(v) || Object.values(v).some((x) => typeof x !== 'boolean')) {
+      return this.fail(`${prefix}${key}`, 'must map feature names to true or false');
+    }
+    return v as Record<string, boolean>;
   }
 
   duration(obj: Json, key: string, prefix: string): number | undefined {
@@ -293,35 +364,73 @@ function nonZero(ms: number | undefined): number | undefined {
   return ms === 0 ? undefined : ms;
 }
 
+/** kube-proxy's zero-value defaulting of a duration (`0s` = unset), as defaults.go does. */
+function nonZeroDuration(r: Reader, obj: Json, key: string, prefix: string): number | undefined {
+  return nonZero(r.duration(obj, key, prefix));
+}
+
 function readConfig(doc: Json, r: Reader): ProxyConfigOverrides {
   r.checkKeys(doc, '', [
     'apiVersion',
     'kind',
+    'featureGates',
     'bindAddress',
+    'bindAddressHardFail',
     'clientConnection',
     'clusterCIDR',
-    'hostnameOverride',
-    'mode',
-    'healthzBindAddress',
-    'metricsBindAddress',
-    'nodePortAddresses',
-    'serviceNodePortRange',
-    'detectLocalMode',
+    'configSyncPeriod',
+    'conntrack',
     'detectLocal',
+    'detectLocalMode',
+    'enableProfiling',
+    'healthzBindAddress',
+    'hostnameOverride',
     'iptables',
     'ipvs',
-    'conntrack',
     'logging',
+    'metricsBindAddress',
+    'mode',
+    'nftables',
+    'nodePortAddresses',
+    'oomScoreAdj',
+    'portRange',
+    'showHiddenMetricsForVersion',
+    // svcplane's own (kube-apiserver's --service-node-port-range); kube-proxy does not have it.
+    'serviceNodePortRange',
+    // Windows-only: kube-proxy ignores them on Linux, so does svcplane.
+    'winkernel',
+    'windowsRunAsService',
   ]);
   const out: ProxyConfigOverrides = {};
+  const gates = r.boolMap(doc, 'featureGates', '');
+  if (gates !== undefined) out.featureGates = gates;
   const cc = r.object(doc, 'clientConnection', '');
   if (cc) {
-    r.checkKeys(cc, 'clientConnection', ['kubeconfig']);
-    const kubeconfig = r.string(cc, 'kubeconfig', 'clientConnection.');
-    if (kubeconfig !== undefined) out.clientConnection = { kubeconfig };
+    r.checkKeys(cc, 'clientConnection', ['kubeconfig', 'acceptContentTypes', 'contentType', 'qps', 'burst']);
+    const p = 'clientConnection.';
+    const contentType = r.string(cc, 'contentType', p);
+    out.clientConnection = defined({
+      kubeconfig: r.string(cc, 'kubeconfig', p),
+      acceptContentTypes: r.string(cc, 'acceptContentTypes', p),
+      contentType: contentType === '' ? undefined : contentType,
+      qps: nonZero(r.number(cc, 'qps', p)),
+      burst: nonZero(r.int(cc, 'burst', p)),
+    });
   }
   const bindAddress = r.string(doc, 'bindAddress', '');
   if (bindAddress !== undefined && bindAddress !== '') out.bindAddress = bindAddress;
+  const hardFail = r.bool(doc, 'bindAddressHardFail', '');
+  if (hardFail !== undefined) out.bindAddressHardFail = hardFail;
+  const profiling = r.bool(doc, 'enableProfiling', '');
+  if (profiling !== undefined) out.enableProfiling = profiling;
+  const hidden = r.string(doc, 'showHiddenMetricsForVersion', '');
+  if (hidden !== undefined) out.showHiddenMetricsForVersion = hidden;
+  const oom = r.int(doc, 'oomScoreAdj', '');
+  if (oom !== undefined) out.oomScoreAdj = oom;
+  const configSync = nonZeroDuration(r, doc, 'configSyncPeriod', '');
+  if (configSync !== undefined) out.configSyncPeriodMs = configSync;
+  const portRange = r.string(doc, 'portRange', '');
+  if (portRange !== undefined) out.portRange = portRange;
   const cidr = r.string(doc, 'clusterCIDR', '');
   if (cidr !== undefined) {
     out.clusterCIDRs = cidr
@@ -361,12 +470,19 @@ function readConfig(doc: Json, r: Reader): ProxyConfigOverrides {
       'minSyncPeriod',
       'syncPeriod',
       'localhostNodePorts',
+      'snatNodeInternalIP',
     ]);
+    if (r.bool(ipt, 'snatNodeInternalIP', 'iptables.') === true) {
+      r.warnings.push({
+        field: 'iptables.snatNodeInternalIP',
+        message: "not implemented by svcplane: SNAT uses the egress interface's address (MASQUERADE)",
+      });
+    }
     out.iptables = defined({
       masqueradeAll: r.bool(ipt, 'masqueradeAll', 'iptables.'),
       masqueradeBit: r.int(ipt, 'masqueradeBit', 'iptables.'),
-      minSyncPeriodMs: nonZero(r.duration(ipt, 'minSyncPeriod', 'iptables.')),
-      syncPeriodMs: nonZero(r.duration(ipt, 'syncPeriod', 'iptables.')),
+      minSyncPeriodMs: nonZeroDuration(r, ipt, 'minSyncPeriod', 'iptables.'),
+      syncPeriodMs: nonZeroDuration(r, ipt, 'syncPeriod', 'iptables.'),
       localhostNodePorts: r.bool(ipt, 'localhostNodePorts', 'iptables.'),
     });
   }
@@ -385,13 +501,23 @@ function readConfig(doc: Json, r: Reader): ProxyConfigOverrides {
     const scheduler = r.string(ipvs, 'scheduler', 'ipvs.');
     out.ipvs = defined({
       scheduler: scheduler === '' ? undefined : scheduler,
-      syncPeriodMs: nonZero(r.duration(ipvs, 'syncPeriod', 'ipvs.')),
+      syncPeriodMs: nonZeroDuration(r, ipvs, 'syncPeriod', 'ipvs.'),
       minSyncPeriodMs: r.duration(ipvs, 'minSyncPeriod', 'ipvs.'),
       strictARP: r.bool(ipvs, 'strictARP', 'ipvs.'),
       excludeCIDRs: r.stringList(ipvs, 'excludeCIDRs', 'ipvs.'),
       tcpTimeoutMs: r.duration(ipvs, 'tcpTimeout', 'ipvs.'),
       tcpFinTimeoutMs: r.duration(ipvs, 'tcpFinTimeout', 'ipvs.'),
       udpTimeoutMs: r.duration(ipvs, 'udpTimeout', 'ipvs.'),
+    });
+  }
+  const nft = r.object(doc, 'nftables', '');
+  if (nft) {
+    r.checkKeys(nft, 'nftables', ['masqueradeAll', 'masqueradeBit', 'minSyncPeriod', 'syncPeriod']);
+    out.nftables = defined({
+      masqueradeAll: r.bool(nft, 'masqueradeAll', 'nftables.'),
+      masqueradeBit: r.int(nft, 'masqueradeBit', 'nftables.'),
+      minSyncPeriodMs: nonZeroDuration(r, nft, 'minSyncPeriod', 'nftables.'),
+      syncPeriodMs: nonZeroDuration(r, nft, 'syncPeriod', 'nftables.'),
     });
   }
   const ct = r.object(doc, 'conntrack', '');
@@ -417,9 +543,53 @@ function readConfig(doc: Json, r: Reader): ProxyConfigOverrides {
   }
   const logging = r.object(doc, 'logging', '');
   if (logging) {
-    r.checkKeys(logging, 'logging', ['verbosity']);
-    const verbosity = r.int(logging, 'verbosity', 'logging.');
-    if (verbosity !== undefined) out.logging = { verbosity };
+    r.checkKeys(logging, 'logging', ['format', 'flushFrequency', 'verbosity', 'vmodule', 'options']);
+    const format = r.string(logging, 'format', 'logging.');
+    const options = r.object(logging, 'options', 'logging.');
+    const stream = (name: 'text' | 'json'): Partial<LogStreamOptions> | undefined => {
+      const o = options ? r.object(options, name, 'logging.options.') : undefined;
+      if (!o) return undefined;
+      const p = `logging.options.${name}.`;
+      r.checkKeys(o, `logging.options.${name}`, ['splitStream', 'infoBufferSize']);
+      return defined({
+        splitStream: r.bool(o, 'splitStream', p),
+        infoBufferSize: r.quantity(o, 'infoBufferSize', p),
+      });
+    };
+    if (options) r.checkKeys(options, 'logging.options', ['text', 'json']);
+    out.logging = defined({
+      format: format === '' ? undefined : (format as LoggingFormat),
+      flushFrequencyMs: nonZero(flushFrequency(r, logging)),
+      verbosity: r.int(logging, 'verbosity', 'logging.'),
+      vmodule: vmoduleList(r, logging),
+      options: options ? defined({ text: stream('text'), json: stream('json') }) : undefined,
+    });
+  }
+  return out;
+}
+
+/** logging.flushFrequency: a duration string, or nanoseconds as a number (component-base accepts both). */
+function flushFrequency(r: Reader, logging: Json): number | undefined {
+  const v = logging.flushFrequency;
+  if (typeof v === 'number') {
+    if (!Number.isInteger(v) || v < 0)
+      return r.fail('logging.flushFrequency', `${v} must be 0 or more nanoseconds`);
+    return v / 1e6;
+  }
+  return r.duration(logging, 'flushFrequency', 'logging.');
+}
+
+/** logging.vmodule: a list of {filePattern, verbosity} or of `pattern=N` strings. */
+function vmoduleList(r: Reader, logging: Json): string[] | undefined {
+  const v = logging.vmodule;
+  if (v === undefined || v === null) return undefined;
+  if (!Array.isArray(v)) return r.fail('logging.vmodule', 'must be a list');
+  const out: string[] = [];
+  for (const item of v) {
+    if (typeof item === 'string') out.push(item);
+    else if (isRecord(item) && typeof item.filePattern === 'string' && Number.isInteger(item.verbosity)) {
+      out.push(`${item.filePattern}=${String(item.verbosity)}`);
+    } else return r.fail('logging.vmodule', 'entries must be {filePattern, verbosity}');
   }
   return out;
 }
@@ -498,12 +668,22 @@ function applyOverrides(base: ProxyConfig, o: ProxyConfigOverrides): ProxyConfig
   return {
     ...base,
     ...top,
+    featureGates: { ...(o.featureGates ?? base.featureGates) } as Record<string, boolean>,
     clientConnection: { ...base.clientConnection, ...defined(o.clientConnection ?? {}) },
     detectLocal: { ...base.detectLocal, ...defined(o.detectLocal ?? {}) },
     iptables: { ...base.iptables, ...defined(o.iptables ?? {}) },
     ipvs: { ...base.ipvs, ...defined(o.ipvs ?? {}) },
+    nftables: { ...base.nftables, ...defined(o.nftables ?? {}) },
     conntrack: { ...base.conntrack, ...defined(o.conntrack ?? {}) },
-    logging: { ...base.logging, ...defined(o.logging ?? {}) },
+    logging: {
+      ...base.logging,
+      ...defined({ ...(o.logging ?? {}), options: undefined }),
+      vmodule: [...(o.logging?.vmodule ?? base.logging.vmodule)],
+      options: {
+        text: { ...base.logging.options.text, ...defined(o.logging?.options?.text ?? {}) },
+        json: { ...base.logging.options.json, ...defined(o.logging?.options?.json ?? {}) },
+      },
+    },
   };
 }
 
@@ -522,6 +702,7 @@ function normalize(c: ProxyConfig): ProxyConfig {
 }
 
 function checkHostPort(field: string, value: string, problems: ConfigProblem[]): void {
+  if (value === '') return; // off (only a flag can say so: the file's '' means the default)
   const v = appendPortIfNeeded(value, 0);
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(v);
   const ip = m?.[1] ?? m?.[2];
@@ -553,7 +734,13 @@ export function validateProxyConfig(c: ProxyConfig): ConfigProblem[] {
   if (!parseIP(c.bindAddress))
     p.push({ field: 'bindAddress', reason: `"${c.bindAddress}" is not a valid IP address` });
   if ((c.mode as string) !== 'iptables' && (c.mode as string) !== 'ipvs') {
-    p.push({ field: 'mode', reason: `"${c.mode}" is not supported by svcplane (supported: iptables, ipvs)` });
+    p.push({
+      field: 'mode',
+      reason:
+        (c.mode as string) === 'nftables'
+          ? 'nftables is not implemented by svcplane yet (supported: iptables, ipvs); refusing rather than programming another mode'
+          : `"${c.mode}" is not supported by svcplane (supported: iptables, ipvs)`,
+    });
   }
   checkHostPort('healthzBindAddress', c.healthzBindAddress, p);
   checkHostPort('metricsBindAddress', c.metricsBindAddress, p);
@@ -592,7 +779,8 @@ export function validateProxyConfig(c: ProxyConfig): ConfigProblem[] {
       reason: 'required when detectLocalMode is InterfaceNamePrefix',
     });
   }
-  const ifname = /^[^\s/:]{1,15}$/;
+  // The rule the renderers check again before a name reaches a rule (iptables/render-lines.ts).
+  const ifname = /^(?!-)[A-Za-z0-9._-]{1,15}$/;
   if (c.detectLocal.bridgeInterface !== '' && !ifname.test(c.detectLocal.bridgeInterface)) {
     p.push({
       field: 'detectLocal.bridgeInterface',
@@ -653,6 +841,32 @@ export function validateProxyConfig(c: ProxyConfig): ConfigProblem[] {
   if (!Number.isInteger(c.logging.verbosity) || c.logging.verbosity < 0) {
     p.push({ field: 'logging.verbosity', reason: `${c.logging.verbosity} must be an integer 0 or more` });
   }
+  if (!LOGGING_FORMATS.includes(c.logging.format)) {
+    p.push({
+      field: 'logging.format',
+      reason: `"${c.logging.format}" must be one of ${LOGGING_FORMATS.join(', ')}`,
+    });
+  }
+  checkDuration('logging.flushFrequency', c.logging.flushFrequencyMs, p);
+  for (const [i, m] of c.logging.vmodule.entries()) {
+    if (!/^[^=,\s]+=\d+$/.test(m))
+      p.push({ field: `logging.vmodule[${i}]`, reason: `"${m}" is not pattern=N` });
+  }
+  if (!Number.isInteger(c.oomScoreAdj) || c.oomScoreAdj < -1000 || c.oomScoreAdj > 1000) {
+    p.push({ field: 'oomScoreAdj', reason: `${c.oomScoreAdj} must be within the range [-1000, 1000]` });
+  }
+  checkDuration('configSyncPeriod', c.configSyncPeriodMs, p, true);
+  if (c.clientConnection.qps < 0) p.push({ field: 'clientConnection.qps', reason: 'must be 0 or more' });
+  if (c.clientConnection.burst < 0) p.push({ field: 'clientConnection.burst', reason: 'must be 0 or more' });
+  const nft = c.nftables;
+  if (!Number.isInteger(nft.masqueradeBit) || nft.masqueradeBit < 0 || nft.masqueradeBit > 31) {
+    p.push({
+      field: 'nftables.masqueradeBit',
+      reason: `${nft.masqueradeBit} must be within the range [0, 31]`,
+    });
+  }
+  checkDuration('nftables.syncPeriod', nft.syncPeriodMs, p, true);
+  checkDuration('nftables.minSyncPeriod', nft.minSyncPeriodMs, p);
   return p;
 }
 
@@ -669,4 +883,88 @@ export function mergeConfig(
   const problems = validateProxyConfig(merged);
   if (problems.length > 0) throw new ConfigError('(flags and configuration file)', problems);
   return normalize(merged);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing (--write-config-to)
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * The configuration as a KubeProxyConfiguration v1alpha1 document, every field present with keys
+ * sorted (as kube-proxy's encoder writes it), so kube-proxy and svcplane read it back to the same
+ * values. '' server addresses (a flag turned the server off) are written as kube-proxy would: empty.
+ */
+export function formatKubeProxyConfig(c: ProxyConfig): string {
+  const d = formatGoDuration;
+  const doc = {
+    apiVersion: KUBE_PROXY_CONFIG_API_VERSION,
+    kind: KUBE_PROXY_CONFIG_KIND,
+    bindAddress: c.bindAddress,
+    bindAddressHardFail: c.bindAddressHardFail,
+    clientConnection: { ...c.clientConnection },
+    clusterCIDR: c.clusterCIDRs.join(','),
+    configSyncPeriod: d(c.configSyncPeriodMs),
+    conntrack: {
+      maxPerCore: c.conntrack.maxPerCore,
+      min: c.conntrack.min,
+      tcpBeLiberal: c.conntrack.tcpBeLiberal,
+      tcpCloseWaitTimeout: d(c.conntrack.tcpCloseWaitTimeoutMs),
+      tcpEstablishedTimeout: d(c.conntrack.tcpEstablishedTimeoutMs),
+      udpStreamTimeout: d(c.conntrack.udpStreamTimeoutMs),
+      udpTimeout: d(c.conntrack.udpTimeoutMs),
+    },
+    detectLocal: { ...c.detectLocal },
+    detectLocalMode: c.detectLocalMode,
+    enableProfiling: c.enableProfiling,
+    featureGates: { ...c.featureGates },
+    healthzBindAddress: c.healthzBindAddress,
+    hostnameOverride: c.hostnameOverride,
+    iptables: {
+      localhostNodePorts: c.iptables.localhostNodePorts,
+      masqueradeAll: c.iptables.masqueradeAll,
+      masqueradeBit: c.iptables.masqueradeBit,
+      minSyncPeriod: d(c.iptables.minSyncPeriodMs),
+      syncPeriod: d(c.iptables.syncPeriodMs),
+    },
+    ipvs: {
+      excludeCIDRs: c.ipvs.excludeCIDRs.length > 0 ? [...c.ipvs.excludeCIDRs] : null,
+      minSyncPeriod: d(c.ipvs.minSyncPeriodMs),
+      scheduler: c.ipvs.scheduler,
+      strictARP: c.ipvs.strictARP,
+      syncPeriod: d(c.ipvs.syncPeriodMs),
+      tcpFinTimeout: d(c.ipvs.tcpFinTimeoutMs),
+      tcpTimeout: d(c.ipvs.tcpTimeoutMs),
+      udpTimeout: d(c.ipvs.udpTimeoutMs),
+    },
+    logging: {
+      flushFrequency: d(c.logging.flushFrequencyMs),
+      format: c.logging.format,
+      options: {
+        json: { ...c.logging.options.json },
+        text: { ...c.logging.options.text },
+      },
+      verbosity: c.logging.verbosity,
+      vmodule: c.logging.vmodule.map((m) => {
+        const [filePattern = '', level = '0'] = m.split('=');
+        return { filePattern, verbosity: Number(level) };
+      }),
+    },
+    metricsBindAddress: c.metricsBindAddress,
+    mode: c.mode,
+    nftables: {
+      masqueradeAll: c.nftables.masqueradeAll,
+      masqueradeBit: c.nftables.masqueradeBit,
+      minSyncPeriod: d(c.nftables.minSyncPeriodMs),
+      syncPeriod: d(c.nftables.syncPeriodMs),
+    },
+    nodePortAddresses: c.nodePortAddresses.length > 0 ? [...c.nodePortAddresses] : null,
+    oomScoreAdj: c.oomScoreAdj,
+    portRange: c.portRange,
+    showHiddenMetricsForVersion: c.showHiddenMetricsForVersion,
+    // svcplane's own field: written only when set, so kube-proxy reads the default file strictly.
+    ...(c.serviceNodePortRange !== formatPortRange(DEFAULT_NODE_PORT_RANGE)
+      ? { serviceNodePortRange: c.serviceNodePortRange }
+      : {}),
+  };
+  return stringify(doc, { sortMapEntries: true, lineWidth: 0 });
 }

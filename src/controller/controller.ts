@@ -290,7 +290,8 @@ export class Controller extends EventEmitter<ControllerEvents> {
       try {
         const report = await b.sync(state);
         reports.push(report);
-        log.info('synced', { ...report, details: undefined, ...report.details });
+        // kube-proxy logs each sync at -v=2 ("SyncProxyRules complete").
+        log.verbose('synced', { ...report, details: undefined, ...report.details });
       } catch (error) {
         failures.push({ backend: b.name, error });
       }

@@ -1,15 +1,44 @@
-import { Counter, Gauge, Histogram, Registry, exponentialBuckets, linearBuckets } from 'prom-client';
+import {
+  Counter,
+  Gauge,
+  Histogram,
+  Registry,
+  collectDefaultMetrics,
+  exponentialBuckets,
+  linearBuckets,
+} from 'prom-client';
 import { RestoreError } from '../iptables/iptables.js';
 import type { StateSource } from '../kube/source.js';
-import type { ClusterState, Service } from '../model/types.js';
+import type { ClusterState, IPFamily, Service } from '../model/types.js';
 import type { Backend, SyncReport } from './backend.js';
 import { SyncError } from './controller.js';
 import type { ValveVerdict } from './safety-valve.js';
 
 /**
- * Prometheus metrics with kube-proxy's names (dashboards and alerts written for kube-proxy keep
- * working), plus svcplane_* ones. The class only records; `attachMetrics` wires it to a controller.
+ * Prometheus metrics with kube-proxy's names, labels and types (dashboards and alerts written for
+ * kube-proxy keep working): per IP family where kube-proxy has its `ip_family` label (each family's
+ * proxier observes its own sync once), the mode-specific families only in their mode (as kube-proxy's
+ * RegisterMetrics), the process and runtime metrics (prom-client's defaults: process_cpu_seconds_total,
+ * process_resident_memory_bytes, process_open_fds …), plus svcplane_* ones. The class only records;
+ * `attachMetrics` wires it to a controller.
  */
+
+/** The family a backend programs (kube-proxy's per-family proxiers): `iptables/IPv4` → IPv4. */
+export function backendFamily(name: string): IPFamily | undefined {
+  if (name.endsWith('IPv4')) return 'IPv4';
+  if (name.endsWith('IPv6')) return 'IPv6';
+  return undefined;
+}
+
+/** Which metric families to register: kube-proxy registers the iptables ones only in their modes. */
+export type MetricsMode = 'iptables' | 'ipvs';
+
+export interface ProxyMetricsOptions {
+  /** Default iptables: every family kube-proxy's iptables mode has. */
+  readonly mode?: MetricsMode;
+  /** prom-client's process and Node.js runtime metrics (default true). */
+  readonly processMetrics?: boolean;
+}
 
 /** kube-proxy's buckets for sync durations: 1 ms … ~16 s. */
 const SYNC_BUCKETS = exponentialBuckets(0.001, 2, 15);
@@ -68,32 +97,78 @@ function endpointsOf(s: Service | undefined): string {
 
 export class ProxyMetrics {
   readonly registry = new Registry();
+  readonly mode: MetricsMode;
+  /** Registers the families of the iptables mode only there (kube-proxy's RegisterMetrics). */
+  private readonly iptablesRegistries: Registry[];
+  private readonly restoreRegistries: Registry[];
 
-  readonly syncDuration = this.histogram(
-    'kubeproxy_sync_proxy_rules_duration_seconds',
-    'SyncProxyRules latency in seconds',
-  );
-  readonly syncFullDuration = this.histogram(
-    'kubeproxy_sync_full_proxy_rules_duration_seconds',
-    'SyncProxyRules latency in seconds for full resyncs',
-  );
-  readonly syncPartialDuration = this.histogram(
-    'kubeproxy_sync_partial_proxy_rules_duration_seconds',
-    'SyncProxyRules latency in seconds for partial resyncs',
-  );
+  constructor(opts: ProxyMetricsOptions = {}) {
+    this.mode = opts.mode ?? 'iptables';
+    this.iptablesRegistries = this.mode === 'iptables' ? [this.registry] : [];
+    // kube-proxy's IPVS mode restores iptables too and counts its failures.
+    this.restoreRegistries = [this.registry];
+    if (opts.processMetrics !== false) collectDefaultMetrics({ register: this.registry });
+    this.syncFullDuration = this.histogram(
+      'kubeproxy_sync_full_proxy_rules_duration_seconds',
+      'SyncProxyRules latency in seconds for full resyncs',
+      this.iptablesRegistries,
+    );
+    this.syncPartialDuration = this.histogram(
+      'kubeproxy_sync_partial_proxy_rules_duration_seconds',
+      'SyncProxyRules latency in seconds for partial resyncs',
+      this.iptablesRegistries,
+    );
+    this.iptablesTotal = new Gauge({
+      name: 'kubeproxy_sync_proxy_rules_iptables_total',
+      help: 'Total number of iptables rules owned by kube-proxy',
+      labelNames: ['table', 'ip_family'],
+      registers: this.iptablesRegistries,
+    });
+    this.iptablesLast = new Gauge({
+      name: 'kubeproxy_sync_proxy_rules_iptables_last',
+      help: 'Number of iptables rules written by kube-proxy in last sync',
+      labelNames: ['table', 'ip_family'],
+      registers: this.iptablesRegistries,
+    });
+    this.restoreFailures = new Counter({
+      name: 'kubeproxy_sync_proxy_rules_iptables_restore_failures_total',
+      help: 'Cumulative proxy iptables restore failures',
+      labelNames: ['ip_family'],
+      registers: this.restoreRegistries,
+    });
+    this.partialRestoreFailures = new Counter({
+      name: 'kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total',
+      help: 'Cumulative proxy iptables partial restore failures',
+      labelNames: ['ip_family'],
+      registers: this.iptablesRegistries,
+    });
+  }
+
+  readonly syncDuration = new Histogram({
+    name: 'kubeproxy_sync_proxy_rules_duration_seconds',
+    help: 'SyncProxyRules latency in seconds',
+    labelNames: ['ip_family'],
+    buckets: SYNC_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly syncFullDuration: Histogram<'ip_family'>;
+  readonly syncPartialDuration: Histogram<'ip_family'>;
   readonly networkProgramming = new Histogram({
     name: 'kubeproxy_network_programming_duration_seconds',
     help: 'In Cluster Network Programming Latency in seconds',
+    labelNames: ['ip_family'],
     buckets: PROGRAMMING_BUCKETS,
     registers: [this.registry],
   });
   readonly lastSyncTimestamp = this.gauge(
     'kubeproxy_sync_proxy_rules_last_timestamp_seconds',
     'The last time proxy rules were successfully synced',
+    ['ip_family'],
   );
   readonly lastQueuedTimestamp = this.gauge(
     'kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds',
     'The last time a sync of proxy rules was queued',
+    ['ip_family'],
   );
   readonly endpointChangesPending = this.gauge(
     'kubeproxy_sync_proxy_rules_endpoint_changes_pending',
@@ -111,28 +186,14 @@ export class ProxyMetrics {
     'kubeproxy_sync_proxy_rules_service_changes_total',
     'Cumulative proxy rules Service changes',
   );
-  readonly iptablesTotal = this.gauge(
-    'kubeproxy_sync_proxy_rules_iptables_total',
-    'Total number of iptables rules owned by kube-proxy',
-    ['table'],
-  );
-  readonly iptablesLast = this.gauge(
-    'kubeproxy_sync_proxy_rules_iptables_last',
-    'Number of iptables rules written by kube-proxy in last sync',
-    ['table'],
-  );
-  readonly restoreFailures = this.counter(
-    'kubeproxy_sync_proxy_rules_iptables_restore_failures_total',
-    'Cumulative proxy iptables restore failures',
-  );
-  readonly partialRestoreFailures = this.counter(
-    'kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total',
-    'Cumulative proxy iptables partial restore failures',
-  );
+  readonly iptablesTotal: Gauge<'table' | 'ip_family'>;
+  readonly iptablesLast: Gauge<'table' | 'ip_family'>;
+  readonly restoreFailures: Counter<'ip_family'>;
+  readonly partialRestoreFailures: Counter<'ip_family'>;
   readonly noLocalEndpoints = this.gauge(
     'kubeproxy_sync_proxy_rules_no_local_endpoints_total',
     'Number of services with a Local traffic policy and no endpoints',
-    ['traffic_policy'],
+    ['traffic_policy', 'ip_family'],
   );
   readonly healthzTotal = this.counter(
     'kubeproxy_proxy_healthz_total',
@@ -142,10 +203,12 @@ export class ProxyMetrics {
   readonly livezTotal = this.counter('kubeproxy_proxy_livez_total', 'Cumulative proxy livez HTTP status', [
     'code',
   ]);
-  readonly conntrackDuration = this.histogram(
-    'kubeproxy_conntrack_reconciler_sync_duration_seconds',
-    'ReconcileConntrackFlowsLatency latency in seconds',
-  );
+  readonly conntrackDuration = new Histogram({
+    name: 'kubeproxy_conntrack_reconciler_sync_duration_seconds',
+    help: 'ReconcileConntrackFlowsLatency latency in seconds',
+    buckets: SYNC_BUCKETS,
+    registers: [this.registry],
+  });
   readonly conntrackDeleted = this.counter(
     'kubeproxy_conntrack_reconciler_deleted_entries_total',
     'Cumulative conntrack flows deleted by conntrack reconciler',
@@ -197,8 +260,12 @@ export class ProxyMetrics {
     },
   });
 
-  private histogram(name: string, help: string): Histogram {
-    return new Histogram({ name, help, buckets: SYNC_BUCKETS, registers: [this.registry] });
+  private histogram(
+    name: string,
+    help: string,
+    registers: Registry[] = [this.registry],
+  ): Histogram<'ip_family'> {
+    return new Histogram({ name, help, labelNames: ['ip_family'], buckets: SYNC_BUCKETS, registers });
   }
 
   private gauge<L extends string>(name: string, help: string, labelNames: readonly L[] = []): Gauge<L> {
@@ -209,33 +276,40 @@ export class ProxyMetrics {
     return new Counter<L>({ name, help, labelNames, registers: [this.registry] });
   }
 
-  /** One successful sync of one backend. */
+  /** One successful sync of one backend: observed once, under its family. */
   observeReport(r: SyncReport, nowMs = Date.now()): void {
     const seconds = r.durationMs / 1000;
-    this.syncDuration.observe(seconds);
-    (r.full ? this.syncFullDuration : this.syncPartialDuration).observe(seconds);
-    this.lastSyncTimestamp.set(nowMs / 1000);
+    const ip_family = backendFamily(r.backend) ?? '';
+    this.syncDuration.observe({ ip_family }, seconds);
+    (r.full ? this.syncFullDuration : this.syncPartialDuration).observe({ ip_family }, seconds);
+    this.lastSyncTimestamp.set({ ip_family }, nowMs / 1000);
     this.restoreBytes.set({ backend: r.backend }, r.bytes);
     this.restoreLines.set({ backend: r.backend }, r.lines);
     this.syncsTotal.inc({ backend: r.backend, kind: r.full ? 'full' : 'partial', result: 'ok' });
     const ipt = iptablesFigures(r);
     if (ipt) {
-      this.iptablesTotal.set({ table: 'filter' }, ipt.counts.totalFilterRules);
-      this.iptablesTotal.set({ table: 'nat' }, ipt.counts.totalNatRules);
-      this.iptablesLast.set({ table: 'filter' }, ipt.counts.filterRules);
-      this.iptablesLast.set({ table: 'nat' }, ipt.counts.natRules);
-      this.noLocalEndpoints.set({ traffic_policy: 'internal' }, ipt.noLocalEndpoints.internal);
-      this.noLocalEndpoints.set({ traffic_policy: 'external' }, ipt.noLocalEndpoints.external);
+      this.iptablesTotal.set({ table: 'filter', ip_family }, ipt.counts.totalFilterRules);
+      this.iptablesTotal.set({ table: 'nat', ip_family }, ipt.counts.totalNatRules);
+      this.iptablesLast.set({ table: 'filter', ip_family }, ipt.counts.filterRules);
+      this.iptablesLast.set({ table: 'nat', ip_family }, ipt.counts.natRules);
+      this.noLocalEndpoints.set({ traffic_policy: 'internal', ip_family }, ipt.noLocalEndpoints.internal);
+      this.noLocalEndpoints.set({ traffic_policy: 'external', ip_family }, ipt.noLocalEndpoints.external);
     }
   }
 
-  /** A failed backend sync: restore failures are counted as kube-proxy does. */
+  /** A sync queued for these families (kube-proxy: each family's proxier queues its own). */
+  observeQueued(families: readonly IPFamily[], nowMs = Date.now()): void {
+    for (const ip_family of families) this.lastQueuedTimestamp.set({ ip_family }, nowMs / 1000);
+  }
+
+  /** A failed backend sync: restore failures are counted per family, as kube-proxy does. */
   observeFailure(backend: Backend | undefined, name: string, error: unknown): void {
     const full = backend === undefined ? true : lastAttemptFull(backend);
     this.syncsTotal.inc({ backend: name, kind: full ? 'full' : 'partial', result: 'error' });
     if (error instanceof RestoreError) {
-      this.restoreFailures.inc();
-      if (!full) this.partialRestoreFailures.inc();
+      const ip_family = backendFamily(name) ?? '';
+      this.restoreFailures.inc({ ip_family });
+      if (!full) this.partialRestoreFailures.inc({ ip_family });
     }
   }
 
@@ -325,12 +399,15 @@ export function attachMetrics(metrics: ProxyMetrics, subject: MetricsSubject): (
     metrics.endpointChangesPending.set(d.endpoints.size);
     metrics.serviceChangesPending.set(d.services.size);
   };
+  const families = (): IPFamily[] => [
+    ...new Set(subject.backends.map((b) => backendFamily(b.name)).filter((f) => f !== undefined)),
+  ];
   const onChange = (state: ClusterState): void => {
     const now = Date.now();
     const d = diffStates(lastSeen, state);
     metrics.endpointChangesTotal.inc(d.endpoints.size);
     metrics.serviceChangesTotal.inc(d.services.size);
-    metrics.lastQueuedTimestamp.set(now / 1000);
+    metrics.observeQueued(families(), now);
     lastSeen = state;
     seqOf.set(state, ++seq);
     addTriggers(state, d.endpoints, seq);
@@ -342,10 +419,14 @@ export function attachMetrics(metrics: ProxyMetrics, subject: MetricsSubject): (
     // The first sync carries the initial state, which came without a change event.
     if (lastSynced === undefined) addTriggers(state, diffStates(undefined, state).endpoints, 0);
     const upTo = seqOf.get(state) ?? 0;
+    // Each family's proxier programmed the change: one observation per family, as kube-proxy's.
+    const synced = [...new Set(reports.map((r) => backendFamily(r.backend) ?? ''))];
     for (const [key, times] of pendingTriggers) {
       for (const [t, at] of times) {
         if (at > upTo) continue; // came with a later state: not in the kernel yet
-        if (t <= now) metrics.networkProgramming.observe((now - t) / 1000);
+        if (t <= now) {
+          for (const ip_family of synced) metrics.networkProgramming.observe({ ip_family }, (now - t) / 1000);
+        }
         times.delete(t);
       }
       if (times.size === 0) pendingTriggers.delete(key);

@@ -1,5 +1,5 @@
 import { createServer, type Server } from 'node:http';
-import type { ProxyOptions } from '../cli/proxy-options.js';
+import type { ProxyOptions } from '../config/options.js';
 import { ConntrackReconciler } from '../conntrack/reconciler.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import { log } from '../util/log.js';
@@ -26,7 +26,7 @@ export interface Servers {
   readonly metrics: ProxyMetrics;
   readonly healthCheckNodePorts: HealthCheckNodePorts;
   readonly conntrack: ConntrackReconciler | undefined;
-  /** Bound addresses (`host:port`), for logs and tests; absent when disabled (port 0). */
+  /** Bound addresses (`host:port`), for logs and tests; absent when off ('' or port 0) or not bound yet. */
   readonly healthzAddress?: string;
   readonly metricsAddress?: string;
   close(): Promise<void>;
@@ -67,14 +67,60 @@ export function healthStatus(
   return healthzStatus({ ...controllerHealth(controller, opts)(), now });
 }
 
-async function listen(server: Server, address: string, what: string): Promise<string | undefined> {
-  const { host, port } = splitHostPort(address);
-  if (port === 0) return undefined;
+/** kube-proxy retries a server that cannot bind every 5 s (unless --bind-address-hard-fail). */
+export const BIND_RETRY_MS = 5000;
+
+async function listenOnce(server: Server, host: string, port: number): Promise<void> {
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (err) => reject(new Error(`${what} server on ${address}: ${err.message}`)));
-    server.listen(port, host, resolve);
+    const onError = (err: Error): void => reject(err);
+    server.once('error', onError);
+    server.listen(port, host, () => {
+      server.off('error', onError);
+      resolve();
+    });
   });
-  return address;
+}
+
+interface Listening {
+  /** The address once bound; undefined when off or still retrying. */
+  readonly address: string | undefined;
+  stop(): void;
+}
+
+/**
+ * Binds `server` to `address` ('' or port 0: off). A failure throws with --bind-address-hard-fail;
+ * otherwise it is logged and retried every BIND_RETRY_MS, as kube-proxy does.
+ */
+async function listen(server: Server, address: string, what: string, hardFail: boolean): Promise<Listening> {
+  if (address === '') return { address: undefined, stop: () => undefined };
+  const { host, port } = splitHostPort(address);
+  if (port === 0) return { address: undefined, stop: () => undefined };
+  try {
+    await listenOnce(server, host, port);
+    return { address, stop: () => undefined };
+  } catch (err) {
+    const message = `${what} server on ${address}: ${(err as Error).message}`;
+    if (hardFail) throw new Error(message, { cause: err });
+    log.error(`${message}; retrying every ${BIND_RETRY_MS / 1000} s`);
+  }
+  let bound: string | undefined;
+  const timer = setInterval(() => {
+    listenOnce(server, host, port).then(
+      () => {
+        clearInterval(timer);
+        bound = address;
+        log.info(`${what} server listening`, { address });
+      },
+      (err: unknown) => log.verbose(`${what} server: bind retry failed`, { reason: (err as Error).message }),
+    );
+  }, BIND_RETRY_MS);
+  timer.unref();
+  return {
+    get address() {
+      return bound;
+    },
+    stop: () => clearInterval(timer),
+  };
 }
 
 /** Families the backends program (names end in IPv4/IPv6), for the conntrack reconciler. */
@@ -88,7 +134,8 @@ function familiesOf(controller: Controller): IPFamily[] {
 }
 
 export async function startServers(opts: ProxyOptions, controller: Controller): Promise<Servers> {
-  const metrics = new ProxyMetrics();
+  // The mode in effect (an unavailable IPVS fell back to iptables): its metric families, as kube-proxy.
+  const metrics = new ProxyMetrics({ mode: opts.proxyMode });
   const detachMetrics = attachMetrics(metrics, controller);
   const inputs = controllerHealth(controller, {
     syncPeriodMs: opts.syncPeriodMs,
@@ -125,7 +172,9 @@ export async function startServers(opts: ProxyOptions, controller: Controller): 
     healthHandler(inputs, metrics)(req, res);
   });
 
+  const listening: Listening[] = [];
   const close = async (): Promise<void> => {
+    for (const l of listening) l.stop();
     detachMetrics();
     detachConntrack?.();
     controller.off('synced', onSynced);
@@ -136,9 +185,17 @@ export async function startServers(opts: ProxyOptions, controller: Controller): 
     );
   };
   try {
-    const healthzAddress = await listen(health, opts.healthzBindAddress, 'healthz');
-    const metricsAddress = await listen(metricsServer, opts.metricsBindAddress, 'metrics');
-    log.info('servers listening', { healthz: healthzAddress ?? 'off', metrics: metricsAddress ?? 'off' });
+    const hardFail = opts.bindAddressHardFail;
+    const h = await listen(health, opts.healthzBindAddress, 'healthz', hardFail);
+    listening.push(h);
+    const m = await listen(metricsServer, opts.metricsBindAddress, 'metrics', hardFail);
+    listening.push(m);
+    const healthzAddress = h.address;
+    const metricsAddress = m.address;
+    log.info('servers listening', {
+      healthz: healthzAddress ?? (opts.healthzBindAddress === '' ? 'off' : 'retrying'),
+      metrics: metricsAddress ?? (opts.metricsBindAddress === '' ? 'off' : 'retrying'),
+    });
     return {
       metrics,
       healthCheckNodePorts: hcPorts,
@@ -148,7 +205,6 @@ export async function startServers(opts: ProxyOptions, controller: Controller): 
       close,
     };
   } catch (err) {
-    log.error('cannot start servers', { error: err });
     await close();
     throw err;
   }

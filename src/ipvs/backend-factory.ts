@@ -1,15 +1,13 @@
-import type { ProxyOptions } from '../cli/proxy-options.js';
+import { iptablesBinaries, type ProxyOptions } from '../config/options.js';
 import type { Backend } from '../controller/backend.js';
 import { run } from '../util/exec.js';
-import { log } from '../util/log.js';
-import { iptablesBinaries } from '../cli/proxy-options.js';
 import type { IPFamily } from '../model/types.js';
 import { IpvsProxier, type IpvsProxierConfig } from './proxier.js';
 import { resolveSchedulerFlags } from './types.js';
 
 /**
- * `--proxy-mode ipvs`: one IpvsProxier per usable family. When IPVS is unavailable svcplane warns and
- * falls back to iptables mode, as issue 3 asks (kube-proxy < 1.26 did this; newer kube-proxy exits).
+ * `--proxy-mode ipvs`: one IpvsProxier per usable family, once ipvsUnavailable() found IPVS usable
+ * (the caller falls back to iptables mode otherwise, as issue 3 asks; kube-proxy < 1.26 did this).
  */
 
 /** kube-proxy's CanUseIPVSProxier probe: TEST-NET-2 virtual server with the configured scheduler. */
@@ -55,16 +53,7 @@ export async function ipvsUnavailable(scheduler: string, netns?: string): Promis
   }
 }
 
-export async function createIpvsBackends(opts: ProxyOptions): Promise<Backend[]> {
-  const { createBackends, usableFamilies } = await import('../cli/proxy.js');
-  const reason = await ipvsUnavailable(opts.ipvs.scheduler);
-  if (reason !== undefined) {
-    log.warn(`IPVS proxy mode is unavailable (${reason}); falling back to iptables mode`, {
-      scheduler: opts.ipvs.scheduler,
-    });
-    return createBackends({ ...opts, proxyMode: 'iptables' });
-  }
-  const families = await usableFamilies(opts);
+export function createIpvsBackends(opts: ProxyOptions, families: readonly IPFamily[]): Backend[] {
   return families.map((family) => new IpvsProxier(ipvsConfigFor(opts, family)));
 }
 

@@ -1,4 +1,4 @@
-import type { ProxyOptions } from '../cli/proxy-options.js';
+import type { ProxyOptions } from '../config/options.js';
 import { buildClusterState } from '../model/build.js';
 import { log, redactUrlCredentials } from '../util/log.js';
 import { ApiSource } from './api-source.js';

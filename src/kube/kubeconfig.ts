@@ -3,7 +3,9 @@
  * clear error. Never client-node's `loadFromDefault()`, which silently falls back to localhost:8080.
  */
 import fs from 'node:fs';
+import { dirname, isAbsolute, join } from 'node:path';
 import { KubeConfig } from '@kubernetes/client-node';
+import { parse as parseYaml } from 'yaml';
 import type { Cluster } from '@kubernetes/client-node';
 import { redactUrlCredentials } from '../util/log.js';
 
@@ -107,6 +109,7 @@ export function loadKubeConfig(options: LoadKubeConfigOptions = {}): KubeConfig 
       throw new KubeConfigError(`cannot load kubeconfig ${file}: ${describeLoadError(err)}`);
     }
     fixCurrentCluster(kc, `kubeconfig ${file}`, master);
+    useTokenFiles(kc, file);
     return kc;
   }
 
@@ -161,6 +164,37 @@ export function credentialsWithheldOverHttp(kc: KubeConfig): string[] {
   if (user.authProvider) kinds.push('auth provider');
   if (user.certData || user.certFile || user.keyData || user.keyFile) kinds.push('client certificate');
   return kinds;
+}
+
+/**
+ * client-go's `tokenFile` user field (kubeadm's kube-proxy kubeconfig.conf authenticates with the
+ * pod's service-account token that way), which client-node does not read: without this, the requests
+ * go out anonymous and the API server answers 401. Becomes client-node's token-file provider, which
+ * re-reads the file every minute (projected tokens rotate), as client-go does. A relative path is
+ * relative to the kubeconfig's directory, as in client-go.
+ */
+function useTokenFiles(kc: KubeConfig, file: string): void {
+  let doc: unknown;
+  try {
+    doc = parseYaml(fs.readFileSync(file, 'utf8'));
+  } catch {
+    return; // client-node read it already; nothing more to learn here
+  }
+  const users = (doc as { users?: unknown } | null)?.users;
+  if (!Array.isArray(users)) return;
+  const tokenFiles = new Map<string, string>();
+  for (const u of users as { name?: unknown; user?: { tokenFile?: unknown } }[]) {
+    const tf = u?.user?.tokenFile;
+    if (typeof u?.name === 'string' && typeof tf === 'string' && tf !== '') {
+      tokenFiles.set(u.name, isAbsolute(tf) ? tf : join(dirname(file), tf));
+    }
+  }
+  if (tokenFiles.size === 0) return;
+  kc.users = kc.users.map((user) => {
+    const tokenFile = tokenFiles.get(user.name);
+    if (tokenFile === undefined || user.token || user.authProvider || user.exec) return user;
+    return { ...user, authProvider: { name: 'tokenFile', config: { tokenFile } } };
+  });
 }
 
 function restoreEnv(name: string, value: string | undefined): void {

@@ -1,16 +1,39 @@
 import winston from 'winston';
 
 /**
- * Structured JSON logs. Errors are serialized with message, stack and any context fields
- * (winston would print `{}` for them otherwise). Verbosity follows kube-proxy's `-v`:
- * 0–1 info, 2–4 verbose, 5+ debug.
+ * Logs as kube-proxy writes them: `--logging-format=text` (the default; one klog-style line per
+ * message, `I1206 09:35:51.123456   4242 svcplane] "message" key="value"`) or `json` (one object per
+ * line: level, message, timestamp and the fields). `-v` means what it means for kube-proxy: 0 start-up,
+ * changes and problems; 2 every sync (log.verbose); 4 details and error stack traces (log.debug).
+ * Below -v=4 an error is its message only: an expected failure stays one line. Credentials are
+ * redacted from both formats, by field name and by content.
  */
+
+export type LogFormat = 'text' | 'json';
+
+export interface LogSettings {
+  readonly format: LogFormat;
+  readonly verbosity: number;
+  /** Info lines to stdout, warnings and errors to stderr (default: everything to stderr). */
+  readonly splitStream: boolean;
+}
+
+let settings: LogSettings = { format: 'text', verbosity: 0, splitStream: false };
+
+/** kube-proxy's verbosity where stack traces appear. */
+export const STACK_VERBOSITY = 4;
+
+/** An Error as a plain object: its message and context fields, the stack only at -v=4 and above. */
+function errorFields(e: Error, depth = 0): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...e, name: e.name, message: e.message };
+  if (settings.verbosity >= STACK_VERBOSITY && e.stack) out.stack = e.stack;
+  if (e.cause instanceof Error && depth < 3) out.cause = errorFields(e.cause, depth + 1);
+  return out;
+}
 
 const serializeErrors = winston.format((info) => {
   for (const [k, v] of Object.entries(info)) {
-    if (v instanceof Error) {
-      (info as Record<string, unknown>)[k] = { ...v, name: v.name, message: v.message, stack: v.stack };
-    }
+    if (v instanceof Error) (info as Record<string, unknown>)[k] = errorFields(v);
   }
   return info;
 });
@@ -82,25 +105,106 @@ const redact = winston.format((info) => {
   return info;
 });
 
+/** winston's level for a kube-proxy verbosity: info (0-1), verbose (2-3), debug (4+). */
 export function levelForVerbosity(v: number): string {
-  if (v >= 5) return 'debug';
+  if (v >= STACK_VERBOSITY) return 'debug';
   if (v >= 2) return 'verbose';
   return 'info';
 }
 
-export const log = winston.createLogger({
-  level: process.env.SVCPLANE_LOG_LEVEL ?? 'info',
-  format: winston.format.combine(
-    serializeErrors(),
-    redact(),
-    winston.format.timestamp(),
-    winston.format.json(),
-  ),
-  transports: [
-    new winston.transports.Console({ stderrLevels: ['error', 'warn', 'info', 'verbose', 'debug'] }),
-  ],
+const SEVERITY: Readonly<Record<string, string>> = { error: 'E', warn: 'W' };
+
+function two(n: number): string {
+  return String(n).padStart(2, '0');
+}
+
+/** Now, in microseconds since the epoch (klog's timestamps have microseconds). */
+function nowMicros(): number {
+  return Math.round((performance.timeOrigin + performance.now()) * 1000);
+}
+
+/** klog's header: Lmmdd hh:mm:ss.uuuuuu threadid file] (local time, as klog). */
+function klogHeader(level: string, micros: number): string {
+  const at = new Date(Math.floor(micros / 1000));
+  const frac = String(micros % 1_000_000).padStart(6, '0');
+  const date = `${two(at.getMonth() + 1)}${two(at.getDate())}`;
+  const time = `${two(at.getHours())}:${two(at.getMinutes())}:${two(at.getSeconds())}.${frac}`;
+  return `${SEVERITY[level] ?? 'I'}${date} ${time} ${String(process.pid).padStart(7)} svcplane]`;
+}
+
+/** A value as klog's text format writes it: strings quoted, numbers and booleans bare, objects as JSON. */
+function klogValue(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (typeof v === 'number' || typeof v === 'boolean' || v === null || v === undefined) return String(v);
+  if (
+    typeof v === 'object' &&
+    'message' in v &&
+    typeof v.message === 'string' &&
+    Object.keys(v).length <= 3
+  ) {
+    // An error without context fields reads as its message, as klog's err="…".
+    const e = v as { message: string; stack?: string };
+    return JSON.stringify(e.stack ?? e.message);
+  }
+  return JSON.stringify(v);
+}
+
+/** One klog-style line (pure given `micros`, the time in microseconds since the epoch). */
+export function formatTextLine(info: Readonly<Record<string, unknown>>, micros = nowMicros()): string {
+  const { level, message, timestamp: _t, ...fields } = info;
+  const parts = [klogHeader(String(level), micros), JSON.stringify(String(message))];
+  for (const [k, v] of Object.entries(fields)) {
+    if (v === undefined || typeof k === 'symbol') continue;
+    parts.push(`${k}=${klogValue(v)}`);
+  }
+  return parts.join(' ');
+}
+
+const text = winston.format((info) => {
+  const rec = info as Record<string | symbol, unknown>;
+  const plain: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(info)) plain[k] = v;
+  rec[Symbol.for('message')] = formatTextLine(plain);
+  return info;
 });
 
+function formatFor(format: LogFormat): winston.Logform.Format {
+  return winston.format.combine(
+    serializeErrors(),
+    redact(),
+    ...(format === 'json' ? [winston.format.timestamp(), winston.format.json()] : [text()]),
+  );
+}
+
+function transportFor(split: boolean): winston.transport {
+  return new winston.transports.Console({
+    stderrLevels: split ? ['error', 'warn'] : ['error', 'warn', 'info', 'verbose', 'debug'],
+  });
+}
+
+export const log = winston.createLogger({
+  level: process.env.SVCPLANE_LOG_LEVEL ?? 'info',
+  format: formatFor(settings.format),
+  transports: [transportFor(false)],
+});
+
+/** Applies --logging-format, -v and --log-*-split-stream (SVCPLANE_LOG_LEVEL, when set, wins over -v). */
+export function configureLogging(next: Partial<LogSettings>): void {
+  const before = settings;
+  settings = { ...settings, ...next };
+  if (settings.format !== before.format) log.format = formatFor(settings.format);
+  if (settings.splitStream !== before.splitStream) {
+    log.clear();
+    log.add(transportFor(settings.splitStream));
+  }
+  log.level = process.env.SVCPLANE_LOG_LEVEL ?? levelForVerbosity(settings.verbosity);
+}
+
 export function setVerbosity(v: number): void {
-  log.level = levelForVerbosity(v);
+  configureLogging({ verbosity: v });
+}
+
+/** The verbosity in effect (-v). */
+export function logVerbosity(): number {
+  return settings.verbosity;
 }

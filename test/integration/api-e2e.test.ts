@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Command } from 'commander';
-import { addProxyOptions, resolveProxyOptions, type ProxyOptions } from '../../src/cli/proxy-options.js';
+import type { ProxyOptions } from '../../src/config/options.js';
+import { loadConfiguration, RENDER_FLAGS } from '../../src/cli/proxy-options.js';
 import type { SyncReport } from '../../src/controller/backend.js';
 import { Controller } from '../../src/controller/controller.js';
 import { healthzStatus, TO_BE_DELETED_TAINT, type HealthStatus } from '../../src/controller/health.js';
@@ -279,10 +279,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
         '',
       ].join('\n'),
     );
-    const cmd = addProxyOptions(new Command('run').exitOverride()).action((raw: Record<string, unknown>) => {
-      opts = resolveProxyOptions(raw);
-    });
-    await cmd.parseAsync([`--config=${config}`], { from: 'user' });
+    opts = (await loadConfiguration([`--config=${config}`], RENDER_FLAGS)).options;
     assert.equal(opts.kubeconfig, kubeconfig);
 
     const source = await createApiSource(opts, { env: {}, reflector: FAST, healthGraceMs: GRACE_MS });

@@ -104,9 +104,10 @@ describe('svcplane CLI against an unusable API (real processes, private netns)',
     '--healthz-bind-address=127.0.0.1:10256',
     '--metrics-bind-address=127.0.0.1:10249',
     '--v=5',
+    '--logging-format=json',
   ];
 
-  it('a malformed kubeconfig: exit 2 with the position of the error, without quoting the file', async () => {
+  it('a malformed kubeconfig: exit 1 (as kube-proxy) with the position of the error, without quoting the file', async () => {
     const token = secret('malformed-token');
     const file = join(dir, 'malformed.yaml');
     // Broken YAML right after the token: the parser's own message would quote this line.
@@ -116,7 +117,7 @@ describe('svcplane CLI against an unusable API (real processes, private netns)',
     );
     for (const command of ['run', 'sync']) {
       const { child, lines } = svcplane([command, `--kubeconfig=${file}`, ...daemonFlags]);
-      assert.equal(await child.exited, 2, `${command}: exit status\n${lines.join('\n')}`);
+      assert.equal(await child.exited, 1, `${command}: exit status\n${lines.join('\n')}`);
       const out = lines.join('\n');
       assert.match(out, /cannot load kubeconfig .*malformed\.yaml: invalid YAML: .* at line \d+, column \d+/);
       assert.ok(!out.includes(token), `${command} printed the token:\n${out}`);

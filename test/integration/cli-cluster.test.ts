@@ -301,6 +301,9 @@ describe('svcplane run --kubeconfig against the API stand-in (real process, sand
         process.execPath,
         CLI,
         'run',
+        // Tests read JSON lines; -v=2 logs every sync, as kube-proxy's.
+        '--logging-format=json',
+        '-v=2',
         `--kubeconfig=${kubeconfig}`,
         ...common,
         '--healthz-bind-address=0.0.0.0:10256',

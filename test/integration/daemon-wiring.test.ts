@@ -101,6 +101,9 @@ describe('svcplane run: conntrack cleanup and debounce through the running daemo
         '-e',
         entry,
         'run',
+        // Tests read JSON lines; -v=2 logs every sync, as kube-proxy's.
+        '--logging-format=json',
+        '-v=2',
         `--manifests=${dir}`,
         `--hostname-override=${NODE}`,
         '--cluster-cidr=10.244.0.0/16',

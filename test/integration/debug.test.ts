@@ -7,7 +7,7 @@ import { runDiff, loadState, readKernelRules } from '../../src/cli/diff.js';
 import { runExplain } from '../../src/cli/explain.js';
 import { main } from '../../src/cli/main.js';
 import { iptablesProxierConfig } from '../../src/cli/proxy.js';
-import { resolveProxyOptions, type ProxyOptions } from '../../src/cli/proxy-options.js';
+import { resolveProxyOptions, type ProxyOptions } from '../../src/config/options.js';
 import { traceOnNode } from '../../src/cli/trace.js';
 import type { FamilyDrift } from '../../src/debug/diff.js';
 import { formatTraceText } from '../../src/debug/trace-format.js';

@@ -90,9 +90,12 @@ describe('hardening: the daemon under failures (sandbox)', function () {
   };
   const metricsText = async (): Promise<string> =>
     (await http('node', 'http://127.0.0.1:10249/metrics'))?.body ?? '';
+  /** A series' value; a counter without a sample yet is 0 (Prometheus' rate() reads it so too). */
   const metric = async (name: string): Promise<number> => {
-    const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(await metricsText());
-    return m ? Number(m[1]) : NaN;
+    const text = await metricsText();
+    const m = new RegExp(`^${name.replace(/[{}]/g, '\\$&')} (\\S+)$`, 'm').exec(text);
+    if (m) return Number(m[1]);
+    return name.endsWith('_total{ip_family="IPv4"}') ? 0 : NaN;
   };
   const logged = (pred: (l: Json) => boolean, from = 0): Json | undefined => lines.slice(from).find(pred);
   const nat = (...args: string[]) => env.sb.exec('node', ['iptables', '-w', '-t', 'nat', ...args]);
@@ -118,6 +121,9 @@ describe('hardening: the daemon under failures (sandbox)', function () {
         code,
         'svcplane',
         'run',
+        // Tests read JSON lines; -v=2 logs every sync, as kube-proxy's.
+        '--logging-format=json',
+        '-v=2',
         '--manifests',
         manifests,
         '--hostname-override',
@@ -210,27 +216,36 @@ describe('hardening: the daemon under failures (sandbox)', function () {
       'not reachable from outside',
     );
     const text = await metricsText();
+    // Per family (kube-proxy's ip_family label; this node runs IPv4 only).
     for (const name of [
-      'kubeproxy_sync_proxy_rules_duration_seconds_bucket',
-      'kubeproxy_sync_full_proxy_rules_duration_seconds_count',
-      'kubeproxy_sync_partial_proxy_rules_duration_seconds_count',
-      'kubeproxy_network_programming_duration_seconds_count',
-      'kubeproxy_sync_proxy_rules_last_timestamp_seconds',
-      'kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds',
+      'kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"}',
+      'kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family="IPv4"}',
+      'kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"}',
       'kubeproxy_sync_proxy_rules_endpoint_changes_pending',
       'kubeproxy_sync_proxy_rules_endpoint_changes_total',
       'kubeproxy_sync_proxy_rules_service_changes_pending',
       'kubeproxy_sync_proxy_rules_service_changes_total',
-      'kubeproxy_sync_proxy_rules_iptables_total{table="nat"}',
-      'kubeproxy_sync_proxy_rules_iptables_last{table="filter"}',
-      'kubeproxy_sync_proxy_rules_iptables_restore_failures_total',
-      'kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total',
-      'kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external"}',
+      'kubeproxy_sync_proxy_rules_iptables_total{table="nat",ip_family="IPv4"}',
+      'kubeproxy_sync_proxy_rules_iptables_last{table="filter",ip_family="IPv4"}',
+      'kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external",ip_family="IPv4"}',
       'kubeproxy_proxy_healthz_total{code="200"}',
       'kubeproxy_conntrack_reconciler_deleted_entries_total',
       'svcplane_sync_restore_bytes{backend="iptables/IPv4"}',
+      'process_resident_memory_bytes',
+      'process_cpu_seconds_total',
+      'process_open_fds',
     ]) {
-      assert.ok(text.includes(`\n${name}`), `metric ${name} missing`);
+      assert.ok(text.includes(`\n${name} `), `metric ${name} missing`);
+    }
+    // Declared, with a series once something happened (a partial sync, a trigger time, a failure).
+    for (const name of [
+      'kubeproxy_sync_partial_proxy_rules_duration_seconds',
+      'kubeproxy_network_programming_duration_seconds',
+      'kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds',
+      'kubeproxy_sync_proxy_rules_iptables_restore_failures_total',
+      'kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total',
+    ]) {
+      assert.match(text, new RegExp(`^# TYPE ${name} `, 'm'));
     }
     // kube-proxy's types, as dashboards and recording rules expect them.
     const types = new Map([...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].map((m) => [m[1]!, m[2]!]));
@@ -247,7 +262,7 @@ describe('hardening: the daemon under failures (sandbox)', function () {
     ] as const) {
       assert.equal(types.get(name), type, `# TYPE ${name}`);
     }
-    assert.ok((await metric('kubeproxy_sync_proxy_rules_iptables_total{table="nat"}')) > 5);
+    assert.ok((await metric('kubeproxy_sync_proxy_rules_iptables_total{table="nat",ip_family="IPv4"}')) > 5);
     assert.equal((await http('node', 'http://127.0.0.1:10249/proxyMode'))?.body, 'iptables');
   });
 
@@ -282,7 +297,9 @@ describe('hardening: the daemon under failures (sandbox)', function () {
     const web = { proto: 'tcp', ip: '10.96.8.80', port: 80 } as const;
     expectReply(await env.sb.request('client', web), 'a');
     const from = lines.length;
-    const failuresBefore = await metric('kubeproxy_sync_proxy_rules_iptables_restore_failures_total');
+    const failuresBefore = await metric(
+      'kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv4"}',
+    );
     // Moving web from a to b deletes a's KUBE-SEP chain: refused while the foreign jump holds it.
     await holdEndpointChain('a');
     await write('web.json', [svc('web', '10.96.8.80'), slice('web', [{ ip: env.sb.podIP('b') }])]);
@@ -300,11 +317,16 @@ describe('hardening: the daemon under failures (sandbox)', function () {
       assert.ok(['a', 'b'].includes(r.pod), `answered by ${r.pod}`);
     }
     await waitFor('restore failures counted', async () =>
-      (await metric('kubeproxy_sync_proxy_rules_iptables_restore_failures_total')) > failuresBefore
+      (await metric('kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv4"}')) >
+      failuresBefore
         ? true
         : undefined,
     );
-    assert.ok((await metric('kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total')) >= 1);
+    assert.ok(
+      (await metric(
+        'kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total{ip_family="IPv4"}',
+      )) >= 1,
+    );
     assert.ok((await metric('kubeproxy_sync_proxy_rules_endpoint_changes_pending')) >= 1);
     const retries = lines
       .slice(from)
@@ -360,7 +382,9 @@ describe('hardening: the daemon under failures (sandbox)', function () {
   it('a flushed filter table is repaired within one sync period, also when a change-driven sync comes between', async () => {
     const empty = { proto: 'tcp', ip: '10.96.8.81', port: 80, timeoutMs: 500 } as const;
     expectError(await env.sb.request('client', empty), 'refused');
-    const fullBefore = await metric('kubeproxy_sync_full_proxy_rules_duration_seconds_count');
+    const fullBefore = await metric(
+      'kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family="IPv4"}',
+    );
     // Flush right after a drift check: the worst case, a whole period until the next one.
     const before = lines.length;
     const check = await waitFor(
@@ -406,7 +430,9 @@ describe('hardening: the daemon under failures (sandbox)', function () {
     });
     // Seen as drift (logged with the reason) and repaired by a full sync.
     assert.ok(logged((l) => l.level === 'warn' && /another agent/.test(String(l.message)), from));
-    assert.ok((await metric('kubeproxy_sync_full_proxy_rules_duration_seconds_count')) > fullBefore);
+    assert.ok(
+      (await metric('kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family="IPv4"}')) > fullBefore,
+    );
     assert.equal((await http('outside', `http://${env.sb.nodeIPv4}:10256/healthz`))?.code, 200);
     await unlink(join(manifests, 'extra.json'));
   });

@@ -56,11 +56,12 @@ describe('a write the kernel refuses (real EBUSY, running daemon)', function () 
     const r = await env.sb.request('client', { proto: 'tcp', ip, port: 80, timeoutMs: 500 });
     return r.ok ? r.reply.pod : r.error;
   };
+  /** A counter's value (0 before its first sample, as Prometheus reads a labelled counter). */
   const metric = async (name: string): Promise<number> => {
     const r = await env.sb.exec('node', ['curl', '-s', '--max-time', '2', 'http://127.0.0.1:10249/metrics']);
-    const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(r.stdout);
-    assert.ok(m, `${name} in /metrics`);
-    return Number(m[1]);
+    assert.match(r.stdout, new RegExp(`^# TYPE ${name.replace(/\{.*/, '')} `, 'm'), `${name} in /metrics`);
+    const m = new RegExp(`^${name.replace(/[{}]/g, '\\$&')} (\\S+)$`, 'm').exec(r.stdout);
+    return m ? Number(m[1]) : 0;
   };
   const nat = (...args: string[]) => env.sb.exec('node', ['iptables', '-w', '-t', 'nat', ...args]);
 
@@ -102,7 +103,9 @@ describe('a write the kernel refuses (real EBUSY, running daemon)', function () 
     const oldChain = serviceChainName('default/old:http', 'tcp');
     await nat('-N', 'FOREIGN');
     await nat('-A', 'FOREIGN', '-j', oldChain);
-    const failuresBefore = await metric('kubeproxy_sync_proxy_rules_iptables_restore_failures_total');
+    const failuresBefore = await metric(
+      'kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv4"}',
+    );
 
     // old deleted (its chains must go) and web moved to b, in one change.
     const from = d.lines.length;
@@ -134,7 +137,9 @@ describe('a write the kernel refuses (real EBUSY, running daemon)', function () 
       assert.ok(['a', 'b'].includes(await answer(WEB)), 'web: previous or new endpoint');
       assert.ok(['b', 'timeout'].includes(await answer(OLD)), 'old: previous endpoint or gone');
     }
-    const counted = await metric('kubeproxy_sync_proxy_rules_iptables_restore_failures_total');
+    const counted = await metric(
+      'kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv4"}',
+    );
     assert.ok(counted >= failuresBefore + 3, `restore failures counted: ${failuresBefore} → ${counted}`);
     // Exponential backoff: each retry announced twice as far as the one before, and kept.
     const retries = failures.slice(0, 3).map((l) => Number(l.retryInMs));

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { loadState, runDiff } from '../../src/cli/diff.js';
 import { ipvsConfigFor } from '../../src/ipvs/backend-factory.js';
 import { runExplain } from '../../src/cli/explain.js';
-import { resolveProxyOptions } from '../../src/cli/proxy-options.js';
+import { resolveProxyOptions } from '../../src/config/options.js';
 import { runTrace, traceOnNode } from '../../src/cli/trace.js';
 import type { IpvsFamilyDrift } from '../../src/debug/ipvs-diff.js';
 import type { IpvsExplainFamily } from '../../src/debug/ipvs-explain.js';

@@ -39,6 +39,10 @@ export class Daemon {
     opts: { netns?: string; fromBuild?: boolean; prefix?: readonly string[] } = {},
   ): Daemon {
     const root = packageRoot();
+    // This class reads JSON log lines, and waits on the per-sync line (-v=2, as kube-proxy logs it).
+    if (args[0] === 'run' && !args.some((a) => a.startsWith('--logging-format'))) {
+      args = ['run', '--logging-format=json', '-v=2', ...args.slice(1)];
+    }
     const argv = opts.fromBuild
       ? [process.execPath, join(root, 'bin', 'svcplane.js'), ...args]
       : [

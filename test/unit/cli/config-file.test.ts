@@ -2,24 +2,19 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Command } from 'commander';
 import { parseAllDocuments } from 'yaml';
-import { main } from '../../../src/cli/main.js';
-import {
-  addProxyOptions,
-  applyConfigFile,
-  mergeFlagsWithConfig,
-  resolveProxyOptions,
-  type ProxyOptions,
-} from '../../../src/cli/proxy-options.js';
+import { loadConfiguration, RENDER_FLAGS, type LoadedConfiguration } from '../../../src/cli/proxy-options.js';
+import { PROXY_FLAGS } from '../../../src/config/flags.js';
 import {
   ConfigError,
-  defaultProxyConfig,
-  type ConfigWarning,
+  formatKubeProxyConfig,
+  parseKubeProxyConfig,
 } from '../../../src/config/kube-proxy-config.js';
-import { log } from '../../../src/util/log.js';
 
-/** `--config FILE` on the proxy commands: file values apply, flags the user passed override them. */
+/**
+ * `--config FILE` as kube-proxy reads it: the file decides, the flags kube-proxy ignores then are
+ * named in a warning, the hostname override and the logging flags still apply.
+ */
 
 const HEADER = 'apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n';
 
@@ -48,11 +43,27 @@ ipvs:
   strictARP: true
   excludeCIDRs: [10.9.0.0/16]
   tcpTimeout: 15m
+conntrack:
+  maxPerCore: 0
+  tcpBeLiberal: true
+  udpTimeout: 30s
+oomScoreAdj: -500
 logging:
   verbosity: 3
+  format: json
 `;
 
-describe('--config FILE (KubeProxyConfiguration) with flags', () => {
+/** The kubeadm ConfigMap's config.conf, verbatim (test/fixtures/kubeadm). */
+function kubeadmConfig(): string {
+  const text = readFileSync(
+    new URL('../../fixtures/kubeadm/kube-proxy-configmap.yaml', import.meta.url),
+    'utf8',
+  );
+  const cm = parseAllDocuments(text)[0]!.toJS() as { data: Record<string, string> };
+  return cm.data['config.conf']!;
+}
+
+describe('--config FILE (KubeProxyConfiguration) with flags, as kube-proxy', () => {
   let dir: string;
   before(() => {
     dir = mkdtempSync(join(tmpdir(), 'svcplane-config-'));
@@ -65,19 +76,44 @@ describe('--config FILE (KubeProxyConfiguration) with flags', () => {
     return p;
   }
 
-  /** Parses like the CLI does (hook included) and returns what the action would see. */
-  async function parse(args: string[]): Promise<ProxyOptions> {
-    let seen: ProxyOptions | undefined;
-    const cmd = addProxyOptions(new Command('sync').exitOverride()).action((raw: Record<string, unknown>) => {
-      seen = resolveProxyOptions(raw);
-    });
-    await cmd.parseAsync(args, { from: 'user' });
-    assert.ok(seen, 'the action ran');
-    return seen;
-  }
+  const load = (args: string[]): Promise<LoadedConfiguration> => loadConfiguration(args, PROXY_FLAGS);
+  const notices = (l: LoadedConfiguration): string[] => l.notices.map((n) => `${n.subject}: ${n.message}`);
 
-  it('applies every supported field from the file', async () => {
-    const o = await parse([`--config=${file('full.yaml', FULL)}`]);
+  it("kubeadm's stock config.conf: kube-proxy's defaults, not one warning", async () => {
+    const l = await load([
+      `--config=${file('kubeadm.conf', kubeadmConfig())}`,
+      '--hostname-override=worker-1',
+    ]);
+    assert.deepEqual(notices(l), []);
+    const o = l.options;
+    assert.equal(o.hostnameOverride, 'worker-1');
+    assert.equal(o.kubeconfig, '/var/lib/kube-proxy/kubeconfig.conf');
+    assert.equal(o.proxyMode, 'iptables');
+    assert.deepEqual(o.clusterCIDRs, ['172.17.0.0/16']);
+    assert.equal(o.detectLocalMode, 'ClusterCIDR');
+    assert.equal(o.healthzBindAddress, '0.0.0.0:10256');
+    assert.equal(o.metricsBindAddress, '127.0.0.1:10249');
+    assert.equal(o.masqueradeBit, 14);
+    assert.equal(o.syncPeriodMs, 30_000);
+    assert.equal(o.minSyncPeriodMs, 1000);
+    assert.equal(o.localhostNodePorts, true);
+    assert.equal(o.oomScoreAdj, -999);
+    assert.deepEqual(o.conntrack, {
+      maxPerCore: 32768,
+      min: 131072,
+      tcpEstablishedTimeoutMs: 86_400_000,
+      tcpCloseWaitTimeoutMs: 3_600_000,
+      tcpBeLiberal: false,
+      udpTimeoutMs: 0,
+      udpStreamTimeoutMs: 0,
+    });
+    assert.deepEqual(o.logging, { format: 'text', verbosity: 0, splitStream: false });
+    assert.equal(l.config.configSyncPeriodMs, 15 * 60_000);
+    assert.equal(l.config.clientConnection.qps, 5);
+  });
+
+  it('applies every field from the file', async () => {
+    const o = (await load([`--config=${file('full.yaml', FULL)}`])).options;
     assert.equal(o.proxyMode, 'iptables');
     assert.equal(o.hostnameOverride, 'node-from-file');
     assert.deepEqual(o.clusterCIDRs, ['10.244.0.0/16', 'fd00:10:244::/56']);
@@ -94,6 +130,11 @@ describe('--config FILE (KubeProxyConfiguration) with flags', () => {
     assert.equal(o.syncPeriodMs, 60_000);
     assert.equal(o.localhostNodePorts, false);
     assert.equal(o.verbosity, 3);
+    assert.equal(o.logging.format, 'json');
+    assert.equal(o.oomScoreAdj, -500);
+    assert.equal(o.conntrack.maxPerCore, 0);
+    assert.equal(o.conntrack.tcpBeLiberal, true);
+    assert.equal(o.conntrack.udpTimeoutMs, 30_000);
     assert.equal(o.ipvs.scheduler, 'lc');
     assert.equal(o.ipvs.strictARP, true);
     assert.deepEqual(o.ipvs.excludeCIDRs, ['10.9.0.0/16']);
@@ -101,186 +142,118 @@ describe('--config FILE (KubeProxyConfiguration) with flags', () => {
     assert.equal(o.ipvs.syncPeriodMs, 45_000);
   });
 
-  it('mode: ipvs in the file wins over the --proxy-mode default, and its ipvs periods apply', async () => {
-    const o = await parse([`--config=${file('ipvs.yaml', FULL.replace('mode: iptables', 'mode: ipvs'))}`]);
+  it('mode: ipvs in the file takes its ipvs periods', async () => {
+    const o = (await load([`--config=${file('ipvs.yaml', FULL.replace('mode: iptables', 'mode: ipvs'))}`]))
+      .options;
     assert.equal(o.proxyMode, 'ipvs');
     assert.equal(o.syncPeriodMs, 45_000);
     assert.equal(o.minSyncPeriodMs, 500);
-    const flag = await parse([
-      `--config=${file('ipvs2.yaml', FULL)}`,
-      '--proxy-mode=ipvs',
-      '--ipvs-sync-period=5s',
-    ]);
-    assert.equal(flag.proxyMode, 'ipvs');
-    assert.equal(flag.syncPeriodMs, 5000);
   });
 
-  it('flags the user passed override the file; flag defaults do not', async () => {
-    const o = await parse([
+  it('the file wins over the flags kube-proxy then ignores, each named once; the others still apply', async () => {
+    const l = await load([
       '--config',
       file('full2.yaml', FULL),
-      '--hostname-override=node-1',
+      '--proxy-mode=ipvs',
       '--iptables-sync-period=10s',
-      '--iptables-localhost-nodeports',
       '--masquerade-all=false',
       '--cluster-cidr=10.0.0.0/8',
       '--kubeconfig=/tmp/other.conf',
+      '--hostname-override=node-1',
+      '--master=https://10.0.0.1:6443',
       '-v',
       '0',
+      '--logging-format=text',
+      '--iptables-binary=iptables-legacy',
     ]);
-    assert.equal(o.hostnameOverride, 'node-1');
-    assert.equal(o.syncPeriodMs, 10_000);
-    assert.equal(o.minSyncPeriodMs, 2000, 'file value kept');
-    assert.equal(o.localhostNodePorts, true, 'a bare boolean flag overrides the file');
-    assert.equal(o.masqueradeAll, false);
-    assert.deepEqual(o.clusterCIDRs, ['10.0.0.0/8']);
-    assert.equal(o.kubeconfig, '/tmp/other.conf');
-    assert.equal(o.verbosity, 0, 'an explicit flag equal to the default still overrides');
-    // --healthz-bind-address has a commander default; the file still wins there.
-    assert.equal(o.healthzBindAddress, '127.0.0.1:12345');
+    const o = l.options;
+    assert.equal(o.proxyMode, 'iptables', 'the file decides the mode');
+    assert.equal(o.syncPeriodMs, 60_000);
+    assert.equal(o.masqueradeAll, true);
+    assert.deepEqual(o.clusterCIDRs, ['10.244.0.0/16', 'fd00:10:244::/56']);
+    assert.equal(o.kubeconfig, '/etc/kubernetes/proxy.conf');
+    assert.equal(o.hostnameOverride, 'node-1', '--hostname-override applies over the file');
+    assert.equal(o.master, 'https://10.0.0.1:6443');
+    assert.equal(o.verbosity, 0, 'logging flags apply over the file');
+    assert.equal(o.logging.format, 'text');
+    assert.equal(o.iptablesBinary, 'iptables-legacy', "svcplane's own flags apply");
+    const ignored = notices(l).filter((n) => n.includes('ignored because --config is given'));
+    assert.deepEqual(
+      ignored.map((n) => n.split(':')[0]),
+      ['--proxy-mode', '--iptables-sync-period', '--masquerade-all', '--cluster-cidr', '--kubeconfig'],
+    );
+    assert.match(ignored[0]!, /set mode in the file/);
   });
 
-  it('a minimal file leaves kube-proxy defaults; no --config behaves as before', async () => {
-    const o = await parse([`--config=${file('min.yaml', HEADER)}`, '--hostname-override=n1']);
-    const flagsOnly = await parse(['--hostname-override=n1']);
-    // The file's ipvs.syncPeriod has a default (30s); without a file the iptables period applies.
-    const comparable = (x: ProxyOptions): object => ({
-      ...x,
-      config: undefined,
-      ipvs: { ...x.ipvs, syncPeriodMs: undefined },
-    });
-    assert.deepEqual(comparable(o), comparable(flagsOnly));
-    assert.equal(o.ipvs.syncPeriodMs, 30_000);
-  });
-
-  it('warns about unknown and unsupported fields and keeps going', async () => {
+  it('warns about unknown fields and keeps going', async () => {
     const p = file(
       'unknown.yaml',
       `${HEADER}bogusField: 1\nfeatureGates: {Foo: true}\niptables:\n  typo: 1\n`,
     );
-    // No action: parsing stops after the options; then read the file as the preAction hook does.
-    const cmd = addProxyOptions(new Command('sync').exitOverride());
-    await cmd.parseAsync([`--config=${p}`, '--hostname-override=n1'], { from: 'user' });
-    log.silent = true;
-    let warnings: readonly ConfigWarning[];
-    try {
-      warnings = await applyConfigFile(cmd);
-    } finally {
-      log.silent = false;
-    }
-    assert.equal(cmd.getOptionValueSource('iptablesSyncPeriod'), 'config');
-    assert.equal(cmd.getOptionValueSource('hostnameOverride'), 'cli');
-    assert.deepEqual(
-      warnings.map((w) => `${w.field}: ${w.message}`),
-      [
-        'bogusField: unknown field; ignored',
-        'featureGates: not supported by svcplane; ignored',
-        'iptables.typo: unknown field; ignored',
-      ],
-    );
+    const l = await load([`--config=${p}`, '--hostname-override=n1']);
+    assert.deepEqual(notices(l), [
+      `${p}: bogusField: unknown field; ignored`,
+      `${p}: iptables.typo: unknown field; ignored`,
+      '--feature-gates (featureGates): feature gate Foo=true ignored: svcplane has no feature gates',
+    ]);
   });
 
-  it('rejects invalid values with the field and the reason, before the command runs', async () => {
+  it('rejects invalid values with the field and the reason', async () => {
     const bad = file(
       'bad.yaml',
       `${HEADER}iptables:\n  masqueradeBit: 40\n  syncPeriod: 10x\nclusterCIDR: 10.0.0.0/33\n`,
     );
+    await assert.rejects(load([`--config=${bad}`, '--hostname-override=n1']), (err: unknown) => {
+      assert.ok(err instanceof ConfigError, String(err));
+      assert.match(err.message, /bad\.yaml/);
+      assert.match(err.message, /iptables\.syncPeriod: invalid duration "10x"/);
+      return true;
+    });
     await assert.rejects(
-      main(['node', 'svcplane', 'sync', `--config=${bad}`, '--hostname-override=n1']),
-      (err: unknown) => {
-        assert.ok(err instanceof ConfigError, String(err));
-        assert.match(err.message, /bad\.yaml/);
-        assert.match(err.message, /iptables\.syncPeriod: invalid duration "10x"/);
-        return true;
-      },
-    );
-    const range = file('range.yaml', `${HEADER}iptables:\n  masqueradeBit: 40\n`);
-    await assert.rejects(
-      main(['node', 'svcplane', 'sync', `--config=${range}`]),
+      load([`--config=${file('range.yaml', `${HEADER}iptables:\n  masqueradeBit: 40\n`)}`]),
       /iptables\.masqueradeBit: 40 must be within the range \[0, 31\]/,
     );
-    const name = file('name.yaml', `${HEADER}hostnameOverride: "bad_name!"\n`);
     await assert.rejects(
-      main(['node', 'svcplane', 'sync', `--config=${name}`]),
-      /hostnameOverride: "bad_name!"/,
+      load([`--config=${file('name.yaml', `${HEADER}hostnameOverride: "bad_name!"\n`)}`]),
+      /hostname-override: "bad_name!"/,
     );
     await assert.rejects(
-      main(['node', 'svcplane', 'run', `--config=${join(dir, 'missing.yaml')}`]),
+      load([`--config=${join(dir, 'missing.yaml')}`]),
       /missing\.yaml: \(file\): cannot read/,
     );
     await assert.rejects(
-      main([
-        'node',
-        'svcplane',
-        'sync',
-        `--config=${file('kind.yaml', 'apiVersion: v1\nkind: ConfigMap\n')}`,
-      ]),
+      load([`--config=${file('kind.yaml', 'apiVersion: v1\nkind: ConfigMap\n')}`]),
       /apiVersion: must be "kubeproxy\.config\.k8s\.io\/v1alpha1"/,
     );
-  });
-
-  it('a detect-local mode from the flags may take its interface from the file', async () => {
-    const bridge = file('bridge.yaml', `${HEADER}detectLocal:\n  bridgeInterface: br-pods\n`);
-    const o = await parse([`--config=${bridge}`, '--detect-local-mode=BridgeInterface']);
-    assert.deepEqual([o.detectLocalMode, o.bridgeInterface], ['BridgeInterface', 'br-pods']);
     await assert.rejects(
-      parse([`--config=${bridge}`, '--detect-local-mode=InterfaceNamePrefix']),
-      /detectLocal\.interfaceNamePrefix: required when detectLocalMode is InterfaceNamePrefix/,
+      load([`--config=${file('nft.yaml', `${HEADER}mode: nftables\n`)}`]),
+      /mode: nftables is not implemented by svcplane yet/,
     );
   });
 
-  it('validates the merge of file and flags as a whole', async () => {
-    const p = file('periods.yaml', `${HEADER}iptables:\n  minSyncPeriod: 10s\n  syncPeriod: 20s\n`);
+  it('--write-config-to writes what kube-proxy and svcplane read back to the same configuration', async () => {
+    const l = await load([
+      `--config=${file('k.conf', kubeadmConfig())}`,
+      '--hostname-override=worker-1',
+      '-v=2',
+    ]);
+    const text = formatKubeProxyConfig(l.config);
+    const back = parseKubeProxyConfig(text);
+    assert.deepEqual(back.warnings, []);
+    assert.deepEqual(back.config, l.config);
+    // Every v1alpha1 field kubeadm writes is there, sorted as kube-proxy's encoder writes them.
+    const keys = Object.keys(parseAllDocuments(text)[0]!.toJS() as object);
+    assert.deepEqual(keys, [...keys].sort());
+    for (const k of Object.keys(parseAllDocuments(kubeadmConfig())[0]!.toJS() as object)) {
+      if (k !== 'winkernel') assert.ok(keys.includes(k), k);
+    }
+  });
+
+  it('sync/diff/explain take the same flags but not the one-shot actions', async () => {
+    await assert.rejects(loadConfiguration(['--cleanup'], RENDER_FLAGS), /--cleanup: unknown flag/);
     await assert.rejects(
-      parse([`--config=${p}`, '--iptables-sync-period=5s']),
-      /iptables\.syncPeriod: must be greater than or equal to iptables\.minSyncPeriod/,
-    );
-    await assert.rejects(parse([`--config=${p}`, '--cluster-cidr=10.0.0.0/33']), /--cluster-cidr/);
-  });
-
-  it('mergeFlagsWithConfig is pure: explicit flags into the config, the rest out of it', () => {
-    const file = { ...defaultProxyConfig(), clusterCIDRs: ['10.1.0.0/16'], hostnameOverride: 'a' };
-    const { config, values } = mergeFlagsWithConfig(
-      file,
-      { clusterCidr: ['10.2.0.0/16'], iptablesSyncPeriod: 5000, hostnameOverride: 'ignored' },
-      (k) => k === 'clusterCidr' || k === 'iptablesSyncPeriod',
-    );
-    assert.deepEqual(config.clusterCIDRs, ['10.2.0.0/16']);
-    assert.equal(config.iptables.syncPeriodMs, 5000);
-    assert.equal(config.hostnameOverride, 'a');
-    assert.equal(values.get('hostnameOverride'), 'a');
-    assert.equal(values.has('clusterCidr'), false, 'explicit flags keep their own value');
-    assert.equal(values.get('bindAddress'), undefined, '0.0.0.0 means "detect" (unset flag)');
-  });
-
-  it("deploy/'s ConfigMap with the DaemonSet's args resolves (--hostname-override from the pod)", async () => {
-    const docs = parseAllDocuments(
-      readFileSync(new URL('../../../deploy/svcplane.yaml', import.meta.url), 'utf8'),
-    );
-    const objects = docs.map(
-      (d) => d.toJS() as { kind?: string; data?: Record<string, string> } & Record<string, unknown>,
-    );
-    const cm = objects.find((o) => o.kind === 'ConfigMap');
-    const ds = objects.find((o) => o.kind === 'DaemonSet') as
-      { spec: { template: { spec: { containers: { args: string[] }[] } } } } | undefined;
-    assert.ok(cm?.data?.['config.conf'] && ds);
-    const conf = file('deploy.conf', cm.data['config.conf']);
-    const args = ds.spec.template.spec.containers[0]!.args.slice(1).map((a) =>
-      a.replace('/etc/svcplane/config.conf', conf).replace('$(NODE_NAME)', 'worker-1'),
-    );
-    const o = await parse(args);
-    assert.equal(o.hostnameOverride, 'worker-1');
-    assert.equal(o.config, conf);
-    assert.equal(o.proxyMode, 'iptables');
-    assert.deepEqual(o.clusterCIDRs, ['10.244.0.0/16']);
-    assert.equal(o.detectLocalMode, 'ClusterCIDR');
-    assert.equal(o.healthzBindAddress, '0.0.0.0:10256');
-  });
-
-  it('rejects flag-only sync periods in the wrong order', async () => {
-    await assert.rejects(
-      parse(['--iptables-min-sync-period=1m', '--iptables-sync-period=30s']),
-      /--iptables-sync-period: must be greater than or equal to --iptables-min-sync-period/,
+      loadConfiguration(['--masquerade-all', 'false'], RENDER_FLAGS),
+      /"false": unexpected argument .* --name=false/,
     );
   });
 });

@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { Command } from 'commander';
 import {
   nodePodCIDRsOf,
   resolveNodePodCIDRs,
@@ -7,7 +6,7 @@ import {
   watchNodePodCIDRs,
 } from '../../../src/cli/node-cidr.js';
 import { iptablesProxierConfig } from '../../../src/cli/proxy.js';
-import { addProxyOptions, resolveProxyOptions, type ProxyOptions } from '../../../src/cli/proxy-options.js';
+import { optionsFromArgs, type ProxyOptions } from '../../../src/config/options.js';
 import { localDetectorFor } from '../../../src/iptables/proxier.js';
 import type { SourceHealth, StateSource } from '../../../src/kube/source.js';
 import { buildClusterState } from '../../../src/model/build.js';
@@ -17,9 +16,7 @@ import { log } from '../../../src/util/log.js';
 /** --detect-local-mode=NodeCIDR: the Node's spec.podCIDRs, read at startup as kube-proxy does. */
 
 function options(args: string[]): ProxyOptions {
-  const cmd = addProxyOptions(new Command('sync').exitOverride());
-  cmd.parse(['--hostname-override=node-1', ...args], { from: 'user' });
-  return resolveProxyOptions(cmd.opts());
+  return optionsFromArgs(['--hostname-override=node-1', ...args]);
 }
 
 function stateWithNode(spec: Record<string, unknown> | undefined): ClusterState {

@@ -135,9 +135,11 @@ logging:
   verbosity: 4
 `);
     assert.deepEqual(warnings, []);
+    const d = defaultProxyConfig();
     const expected: ProxyConfig = {
+      ...d,
       bindAddress: '192.168.1.10',
-      clientConnection: { kubeconfig: '/var/lib/kube-proxy/kubeconfig.conf' },
+      clientConnection: { ...d.clientConnection, kubeconfig: '/var/lib/kube-proxy/kubeconfig.conf' },
       clusterCIDRs: ['10.244.0.0/16', 'fd00:10:244::/56'],
       hostnameOverride: 'node-a',
       mode: 'ipvs',
@@ -173,7 +175,7 @@ logging:
         udpTimeoutMs: 30_000,
         udpStreamTimeoutMs: 120_000,
       },
-      logging: { verbosity: 4 },
+      logging: { ...d.logging, verbosity: 4 },
     };
     assert.deepEqual(config, expected);
   });
@@ -216,30 +218,64 @@ logging:
     assert.equal(config.iptables.masqueradeBit, 0);
   });
 
-  it('warns about unknown fields and unsupported kube-proxy fields, with their path', () => {
-    const { warnings } = parse(`
+  it('warns about unknown fields, with their path; reads every kube-proxy field', () => {
+    const { config, warnings } = parse(`
 featureGates: {Foo: true}
 bogus: 1
-clientConnection: {qps: 5, kubeconfig: /k}
+clientConnection: {qps: 50, burst: 100, contentType: application/json, kubeconfig: /k}
 iptables: {syncPeriod: 30s, typo: 1}
 ipvs: {nope: true}
 detectLocal: {x: 1}
 conntrack: {y: 1}
-logging: {format: json}
+logging: {format: json, flushFrequency: 1s, vmodule: [{filePattern: proxier, verbosity: 4}], options: {json: {splitStream: true, infoBufferSize: 64Ki}}}
+nftables: {masqueradeBit: 12, syncPeriod: 0s}
+oomScoreAdj: -100
+configSyncPeriod: 5m
+bindAddressHardFail: true
+enableProfiling: true
+showHiddenMetricsForVersion: "1.34"
+portRange: ""
+winkernel: {enableDSR: false}
 `);
     assert.deepEqual(
       warnings.map((w) => `${w.field}: ${w.message}`).sort(),
       [
-        'featureGates: not supported by svcplane; ignored',
         'bogus: unknown field; ignored',
-        'clientConnection.qps: not supported by svcplane; ignored',
         'iptables.typo: unknown field; ignored',
         'ipvs.nope: unknown field; ignored',
         'detectLocal.x: unknown field; ignored',
         'conntrack.y: unknown field; ignored',
-        'logging.format: not supported by svcplane; ignored',
       ].sort(),
     );
+    assert.deepEqual(config.featureGates, { Foo: true });
+    assert.deepEqual(config.clientConnection, {
+      kubeconfig: '/k',
+      acceptContentTypes: '',
+      contentType: 'application/json',
+      qps: 50,
+      burst: 100,
+    });
+    assert.deepEqual(config.logging, {
+      format: 'json',
+      flushFrequencyMs: 1000,
+      verbosity: 0,
+      vmodule: ['proxier=4'],
+      options: {
+        text: { splitStream: false, infoBufferSize: '0' },
+        json: { splitStream: true, infoBufferSize: '64Ki' },
+      },
+    });
+    assert.deepEqual(config.nftables, {
+      masqueradeAll: false,
+      masqueradeBit: 12,
+      minSyncPeriodMs: 1000,
+      syncPeriodMs: 30_000,
+    });
+    assert.equal(config.oomScoreAdj, -100);
+    assert.equal(config.configSyncPeriodMs, 300_000);
+    assert.equal(config.bindAddressHardFail, true);
+    assert.equal(config.enableProfiling, true);
+    assert.equal(config.showHiddenMetricsForVersion, '1.34');
   });
 
   describe('rejects invalid values naming the field and the reason', () => {
@@ -249,7 +285,17 @@ logging: {format: json}
       ['bindAddress type', 'bindAddress: 5\n', 'bindAddress', /must be a string/],
       ['clusterCIDR', 'clusterCIDR: 10.0.0.0/33\n', 'clusterCIDR[0]', /not a valid CIDR/],
       ['clusterCIDR same family', 'clusterCIDR: 10.0.0.0/8,11.0.0.0/8\n', 'clusterCIDR', /dual-stack/],
-      ['mode', 'mode: nftables\n', 'mode', /not supported by svcplane/],
+      ['mode', 'mode: nftables\n', 'mode', /nftables is not implemented by svcplane yet/],
+      ['mode userspace', 'mode: userspace\n', 'mode', /not supported by svcplane/],
+      ['oomScoreAdj', 'oomScoreAdj: -1001\n', 'oomScoreAdj', /\[-1000, 1000\]/],
+      ['logging.format', 'logging: {format: xml}\n', 'logging.format', /must be one of text, json/],
+      ['featureGates', 'featureGates: {A: "yes"}\n', 'featureGates', /true or false/],
+      [
+        'infoBufferSize',
+        'logging: {options: {text: {infoBufferSize: lots}}}\n',
+        'logging.options.text.infoBufferSize',
+        /quantity/,
+      ],
       ['healthzBindAddress', 'healthzBindAddress: localhost:1\n', 'healthzBindAddress', /IP:port/],
       [
         'metricsBindAddress port',

@@ -290,14 +290,17 @@ describe('hardening: controller queue bookkeeping and metrics', () => {
     assert.match(text, /kubeproxy_sync_proxy_rules_endpoint_changes_total 2/);
     assert.match(text, /kubeproxy_sync_proxy_rules_endpoint_changes_pending 0/);
     // No EndpointSlice trigger-time annotation on these changes: no latency is recorded (kube-proxy).
-    assert.match(text, /kubeproxy_network_programming_duration_seconds_count 0/);
-    assert.match(text, /kubeproxy_sync_full_proxy_rules_duration_seconds_count 1/);
-    assert.match(text, /kubeproxy_sync_partial_proxy_rules_duration_seconds_count 2/);
-    assert.match(text, /kubeproxy_sync_proxy_rules_iptables_total\{table="nat"\} 9/);
-    assert.match(text, /kubeproxy_sync_proxy_rules_iptables_last\{table="nat"\} 7/);
-    assert.match(text, /kubeproxy_sync_proxy_rules_no_local_endpoints_total\{traffic_policy="external"\} 2/);
-    assert.match(text, /kubeproxy_sync_proxy_rules_last_timestamp_seconds \d/);
-    assert.match(text, /kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds \d/);
+    assert.doesNotMatch(text, /kubeproxy_network_programming_duration_seconds_count\{/);
+    assert.match(text, /kubeproxy_sync_full_proxy_rules_duration_seconds_count\{ip_family="IPv4"\} 1/);
+    assert.match(text, /kubeproxy_sync_partial_proxy_rules_duration_seconds_count\{ip_family="IPv4"\} 2/);
+    assert.match(text, /kubeproxy_sync_proxy_rules_iptables_total\{table="nat",ip_family="IPv4"\} 9/);
+    assert.match(text, /kubeproxy_sync_proxy_rules_iptables_last\{table="nat",ip_family="IPv4"\} 7/);
+    assert.match(
+      text,
+      /kubeproxy_sync_proxy_rules_no_local_endpoints_total\{traffic_policy="external",ip_family="IPv4"\} 2/,
+    );
+    assert.match(text, /kubeproxy_sync_proxy_rules_last_timestamp_seconds\{ip_family="IPv4"\} \d/);
+    assert.match(text, /kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds\{ip_family="IPv4"\} \d/);
     assert.match(text, /svcplane_sync_restore_bytes\{backend="fake\/IPv4"\} 1000/);
     await c.stop();
   });
@@ -322,8 +325,11 @@ describe('hardening: controller queue bookkeeping and metrics', () => {
     await failed;
     assert.notEqual(c.health().queuedSince, 0);
     const text = await metrics.registry.metrics();
-    assert.match(text, /kubeproxy_sync_proxy_rules_iptables_restore_failures_total 1/);
-    assert.match(text, /kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total 1/);
+    assert.match(text, /kubeproxy_sync_proxy_rules_iptables_restore_failures_total\{ip_family="IPv4"\} 1/);
+    assert.match(
+      text,
+      /kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total\{ip_family="IPv4"\} 1/,
+    );
     assert.match(text, /kubeproxy_sync_proxy_rules_endpoint_changes_pending 1/);
     await c.stop();
   });
@@ -346,9 +352,9 @@ describe('hardening: controller queue bookkeeping and metrics', () => {
     be.release();
     await started;
     const count = async (): Promise<string> =>
-      /kubeproxy_network_programming_duration_seconds_count (\d+)/.exec(
+      /kubeproxy_network_programming_duration_seconds_count\{ip_family="IPv4"\} (\d+)/.exec(
         await metrics.registry.metrics(),
-      )?.[1] ?? '';
+      )?.[1] ?? '0';
     assert.equal(await count(), '0');
     const next = be.waitEntered();
     src.set(withTrigger(['10.0.0.2'], Date.now() - 1));
@@ -358,7 +364,9 @@ describe('hardening: controller queue bookkeeping and metrics', () => {
     await new Promise((r) => setTimeout(r, 5));
     assert.equal(await count(), '1');
     const text = await metrics.registry.metrics();
-    const sum = Number(/kubeproxy_network_programming_duration_seconds_sum (\S+)/.exec(text)?.[1]);
+    const sum = Number(
+      /kubeproxy_network_programming_duration_seconds_sum\{ip_family="IPv4"\} (\S+)/.exec(text)?.[1],
+    );
     assert.ok(sum >= 0.03 && sum < 5, `latency ${sum}`);
     await c.stop();
   });
@@ -381,7 +389,7 @@ describe('hardening: controller queue bookkeeping and metrics', () => {
     });
     const count = async (): Promise<number> =>
       Number(
-        /kubeproxy_network_programming_duration_seconds_count (\d+)/.exec(
+        /kubeproxy_network_programming_duration_seconds_count\{ip_family="IPv4"\} (\d+)/.exec(
           await metrics.registry.metrics(),
         )?.[1],
       );
@@ -443,16 +451,22 @@ describe('hardening: controller queue bookkeeping and metrics', () => {
     const text = await metrics.registry.metrics();
     assert.match(
       text,
-      new RegExp(`kubeproxy_network_programming_duration_seconds_count ${MAX_PENDING_TRIGGER_TIMES}\\n`),
+      new RegExp(
+        `kubeproxy_network_programming_duration_seconds_count\\{ip_family="IPv4"\\} ${MAX_PENDING_TRIGGER_TIMES}\\n`,
+      ),
     );
     // The oldest ones were kept: the sum is that of the 16 longest waits.
-    const sum = Number(/kubeproxy_network_programming_duration_seconds_sum (\S+)/.exec(text)?.[1]);
+    const sum = Number(
+      /kubeproxy_network_programming_duration_seconds_sum\{ip_family="IPv4"\} (\S+)/.exec(text)?.[1],
+    );
     assert.ok(sum >= MAX_PENDING_TRIGGER_TIMES * 0.2, `sum ${sum}`);
     c.requestSync();
     await new Promise<void>((r) => c.once('synced', () => r()));
     assert.match(
       await metrics.registry.metrics(),
-      new RegExp(`kubeproxy_network_programming_duration_seconds_count ${MAX_PENDING_TRIGGER_TIMES}\\n`),
+      new RegExp(
+        `kubeproxy_network_programming_duration_seconds_count\\{ip_family="IPv4"\\} ${MAX_PENDING_TRIGGER_TIMES}\\n`,
+      ),
       'nothing left to observe again',
     );
     await c.stop();
@@ -487,7 +501,17 @@ describe('hardening: controller queue bookkeeping and metrics', () => {
     // kube-proxy's nfacct packet counters are not implemented (README): not exported either.
     assert.equal(types.has('kubeproxy_iptables_ct_state_invalid_dropped_packets_total'), false);
     assert.equal(types.has('kubeproxy_iptables_localhost_nodeports_accepted_packets_total'), false);
-    for (const name of types.keys()) assert.match(name, /^(kubeproxy|svcplane)_/, name);
+    // Process and runtime metrics, as every kube-proxy dashboard reads them (prom-client's defaults).
+    for (const name of [
+      'process_cpu_seconds_total',
+      'process_resident_memory_bytes',
+      'process_open_fds',
+      'process_max_fds',
+      'process_start_time_seconds',
+    ]) {
+      assert.ok(types.has(name), name);
+    }
+    for (const name of types.keys()) assert.match(name, /^(kubeproxy|svcplane|process|nodejs)_/, name);
   });
 
   it('reads the trigger-time annotation of EndpointSlices (newest per Service; junk ignored)', () => {

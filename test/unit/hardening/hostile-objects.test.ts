@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { resolveProxyOptions } from '../../../src/cli/proxy-options.js';
+import { resolveProxyOptions } from '../../../src/config/options.js';
 import { ProxyMetrics } from '../../../src/controller/metrics.js';
 import { ConfigError, parseKubeProxyConfig } from '../../../src/config/kube-proxy-config.js';
 import { renderRestoreInput } from '../../../src/iptables/render.js';

@@ -5,7 +5,7 @@ import type { Backend, SyncReport } from '../../../src/controller/backend.js';
 import { Controller } from '../../../src/controller/controller.js';
 import type { SourceHealth, StateSource } from '../../../src/kube/source.js';
 import type { ClusterState, Problem } from '../../../src/model/types.js';
-import { log } from '../../../src/util/log.js';
+import { configureLogging, log } from '../../../src/util/log.js';
 
 /**
  * The controller logs each problem once while it lasts. The set of logged problems is pruned to the
@@ -90,8 +90,14 @@ describe('hardening: the problem log is pruned to the problems still present', (
       },
     }),
   });
-  before(() => log.add(sink));
-  after(() => log.remove(sink));
+  before(() => {
+    configureLogging({ format: 'json' });
+    log.add(sink);
+  });
+  after(() => {
+    log.remove(sink);
+    configureLogging({ format: 'text' });
+  });
 
   it('logs a problem once while it lasts, and again when it comes back after a fix', async () => {
     const src = new HandSource(withProblems('a', 'b'));

@@ -2,9 +2,8 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Command } from 'commander';
 import { parseAllDocuments } from 'yaml';
-import { addProxyOptions, resolveProxyOptions } from '../../../src/cli/proxy-options.js';
+import { optionsFromArgs } from '../../../src/config/options.js';
 import { splitHostPort } from '../../../src/controller/servers-factory.js';
 
 /** Security defaults: metrics on localhost only, least-privilege RBAC, no shell anywhere. */
@@ -13,10 +12,7 @@ const ROOT = join(dirname(fileURLToPath(import.meta.url)), '../../..');
 
 describe('hardening: security defaults', () => {
   it('binds metrics to 127.0.0.1:10249 and healthz to 0.0.0.0:10256 by default', () => {
-    const cmd = addProxyOptions(new Command('run'));
-    cmd.exitOverride();
-    cmd.parse([], { from: 'user' });
-    const opts = resolveProxyOptions(cmd.opts());
+    const opts = optionsFromArgs([]);
     assert.equal(opts.metricsBindAddress, '127.0.0.1:10249');
     assert.equal(splitHostPort(opts.metricsBindAddress).host, '127.0.0.1');
     assert.equal(opts.healthzBindAddress, '0.0.0.0:10256');

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { ipvsConfigFor } from '../../../src/ipvs/backend-factory.js';
 import { ipvsRulesConfig } from '../../../src/ipvs/proxier.js';
-import { resolveProxyOptions, type ProxyOptions } from '../../../src/cli/proxy-options.js';
+import { resolveProxyOptions, type ProxyOptions } from '../../../src/config/options.js';
 
 /** --detect-local-mode in IPVS mode: kube-proxy's four detectors, as the KUBE-SERVICES masquerade match. */
 function notLocal(opts: ProxyOptions, family: 'IPv4' | 'IPv6' = 'IPv4'): readonly string[] | undefined {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { planIpvsIptablesCleanup } from '../../../src/ipvs/cleanup.js';
 import { planIpvs, type IpvsPlanConfig } from '../../../src/ipvs/plan.js';
 import { renderIpvsRules } from '../../../src/ipvs/rules.js';
-import { resolveIpvsOptions } from '../../../src/ipvs/options.js';
+import { optionsFromArgs } from '../../../src/config/options.js';
 import { parseIptablesSave } from '../../../src/iptables/save-parse.js';
 import { buildClusterState, type SourceObject } from '../../../src/model/build.js';
 import { nodeContext } from '../../../src/model/selection.js';
@@ -237,12 +237,12 @@ describe('renderIpvsRules', () => {
 
 describe('IPVS flags', () => {
   it('defaults to rr and validates', () => {
-    assert.equal(resolveIpvsOptions({}).scheduler, 'rr');
-    assert.equal(resolveIpvsOptions({ ipvsScheduler: 'mh', ipvsStrictArp: true }).strictARP, true);
-    assert.throws(() => resolveIpvsOptions({ ipvsScheduler: 'bogus' }), /--ipvs-scheduler/);
-    assert.throws(() => resolveIpvsOptions({ ipvsExcludeCidrs: ['nope'] }), /--ipvs-exclude-cidrs/);
+    assert.equal(optionsFromArgs([]).ipvs.scheduler, 'rr');
+    assert.equal(optionsFromArgs(['--ipvs-scheduler=mh', '--ipvs-strict-arp']).ipvs.strictARP, true);
+    assert.throws(() => optionsFromArgs(['--ipvs-scheduler=bogus']), /--ipvs-scheduler/);
+    assert.throws(() => optionsFromArgs(['--ipvs-exclude-cidrs=nope']), /--ipvs-exclude-cidrs/);
     assert.throws(
-      () => resolveIpvsOptions({ ipvsSyncPeriod: 1000, ipvsMinSyncPeriod: 5000 }),
+      () => optionsFromArgs(['--ipvs-sync-period=1s', '--ipvs-min-sync-period=5s']),
       /--ipvs-sync-period/,
     );
   });

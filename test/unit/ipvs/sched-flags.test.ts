@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { resolveIpvsOptions } from '../../../src/ipvs/options.js';
+import { loadConfiguration, RENDER_FLAGS } from '../../../src/cli/proxy-options.js';
 import { resolveSchedulerFlags } from '../../../src/ipvs/types.js';
 
 describe('IPVS scheduler flags', () => {
@@ -14,17 +14,18 @@ describe('IPVS scheduler flags', () => {
     assert.deepEqual(resolveSchedulerFlags('sh', ['sh-port', 'flag-2']), ['sh-port']);
   });
 
-  it('refuses flags a scheduler does not have, and flag-3', () => {
+  it('refuses flags a scheduler does not have, and flag-3', async () => {
     assert.throws(() => resolveSchedulerFlags('rr', ['flag-1']), /scheduler rr takes no flags/);
     assert.throws(() => resolveSchedulerFlags('sh', ['mh-port']), /not a flag of sh/);
     assert.throws(() => resolveSchedulerFlags('mh', ['flag-3']), /not a flag of mh/);
-    assert.throws(
-      () => resolveIpvsOptions({ ipvsScheduler: 'wrr', ipvsSchedulerFlags: ['flag-2'] }),
+    await assert.rejects(
+      loadConfiguration(['--ipvs-scheduler=wrr', '--ipvs-scheduler-flags=flag-2'], RENDER_FLAGS),
       /--ipvs-scheduler-flags/,
     );
-    assert.deepEqual(
-      resolveIpvsOptions({ ipvsScheduler: 'sh', ipvsSchedulerFlags: ['flag-1'] }).schedulerFlags,
-      ['flag-1'],
+    const sh = await loadConfiguration(
+      ['--ipvs-scheduler=sh', '--ipvs-scheduler-flags=flag-1'],
+      RENDER_FLAGS,
     );
+    assert.deepEqual(sh.options.ipvs.schedulerFlags, ['flag-1']);
   });
 });

@@ -1,0 +1,218 @@
+import assert from 'node:assert/strict';
+import type { Backend, SyncReport } from '../../../src/controller/backend.js';
+import { Controller } from '../../../src/controller/controller.js';
+import { attachMetrics, ProxyMetrics } from '../../../src/controller/metrics.js';
+import { RestoreError } from '../../../src/iptables/iptables.js';
+import type { SourceHealth, StateSource } from '../../../src/kube/source.js';
+import type { ClusterState } from '../../../src/model/types.js';
+import { ep, service, state } from '../iptables/fixtures.js';
+
+/**
+ * Dual-stack metrics as kube-proxy exports them: each family's proxier observes its own syncs under
+ * `ip_family`. Before issue 13 both families wrote one unlabelled series: the IPv6 rule count
+ * overwrote IPv4's and every sync was counted twice in sync_proxy_rules_duration_seconds.
+ */
+
+class FixedSource implements StateSource {
+  private listeners = new Set<(s: ClusterState) => void>();
+  constructor(private s: ClusterState) {}
+  start(): Promise<void> {
+    return Promise.resolve();
+  }
+  current(): ClusterState {
+    return this.s;
+  }
+  onChange(fn: (s: ClusterState) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+  health(): SourceHealth {
+    return { healthy: true };
+  }
+  stop(): Promise<void> {
+    return Promise.resolve();
+  }
+  set(s: ClusterState): void {
+    this.s = s;
+    for (const l of this.listeners) l(s);
+  }
+}
+
+/** One family's iptables backend with fixed rule counts. */
+class FamilyBackend implements Backend {
+  readonly name: string;
+  fail: Error | undefined;
+  lastAttemptFull = true;
+  constructor(
+    family: 'IPv4' | 'IPv6',
+    private readonly natRules: number,
+  ) {
+    this.name = `iptables/${family}`;
+  }
+  setup(): Promise<void> {
+    return Promise.resolve();
+  }
+  detectDrift(): Promise<boolean> {
+    return Promise.resolve(false);
+  }
+  forceFullSync(): void {}
+  sync(): Promise<SyncReport> {
+    if (this.fail) return Promise.reject(this.fail);
+    const full = this.lastAttemptFull;
+    this.lastAttemptFull = false;
+    return Promise.resolve({
+      backend: this.name,
+      full,
+      durationMs: 5,
+      bytes: 100,
+      lines: 10,
+      writtenServices: 1,
+      staleChains: 0,
+      render: {
+        counts: {
+          filterRules: 1,
+          totalFilterRules: 2,
+          natRules: this.natRules,
+          natChains: 3,
+          totalNatRules: this.natRules + 1,
+        },
+        largeClusterMode: false,
+        noLocalEndpoints: { internal: 0, external: this.natRules === 40 ? 1 : 0 },
+      },
+    } as SyncReport);
+  }
+}
+
+const web = (ips: string[]): ClusterState =>
+  state(
+    service('ns/web', {
+      clusterIP: '10.96.0.10',
+      ports: [{ protocol: 'TCP', port: 80, endpoints: ips.map((ip) => ep(ip, 80)) }],
+    }),
+  );
+
+async function scrape(metrics: ProxyMetrics): Promise<string> {
+  return metrics.registry.metrics();
+}
+
+function value(text: string, series: string): number | undefined {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
+describe('metrics: one series per IP family (dual-stack scrape)', () => {
+  it('each family counted once per sync, with its own rule counts', async () => {
+    const src = new FixedSource(web(['10.0.0.1']));
+    const v4 = new FamilyBackend('IPv4', 40);
+    const v6 = new FamilyBackend('IPv6', 6);
+    const c = new Controller(src, [v4, v6], { minSyncPeriodMs: 1, syncPeriodMs: 60_000 });
+    const metrics = new ProxyMetrics({ processMetrics: false });
+    attachMetrics(metrics, c);
+    await c.start();
+    const synced = new Promise((r) => c.once('synced', r));
+    src.set(web(['10.0.0.2']));
+    await synced;
+    const text = await scrape(metrics);
+    await c.stop();
+    for (const f of ['IPv4', 'IPv6']) {
+      assert.equal(value(text, `kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="${f}"}`), 2, f);
+      assert.equal(
+        value(text, `kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family="${f}"}`),
+        1,
+      );
+      assert.equal(
+        value(text, `kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family="${f}"}`),
+        1,
+      );
+      assert.ok(value(text, `kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="${f}"}`)! > 0);
+      assert.ok(
+        value(text, `kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family="${f}"}`)! > 0,
+      );
+    }
+    assert.equal(value(text, 'kubeproxy_sync_proxy_rules_iptables_total{table="nat",ip_family="IPv4"}'), 41);
+    assert.equal(value(text, 'kubeproxy_sync_proxy_rules_iptables_total{table="nat",ip_family="IPv6"}'), 7);
+    assert.equal(value(text, 'kubeproxy_sync_proxy_rules_iptables_last{table="nat",ip_family="IPv4"}'), 40);
+    assert.equal(
+      value(
+        text,
+        'kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external",ip_family="IPv4"}',
+      ),
+      1,
+    );
+    assert.equal(
+      value(
+        text,
+        'kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external",ip_family="IPv6"}',
+      ),
+      0,
+    );
+    // The change trackers are shared by both families in kube-proxy: no label there.
+    assert.equal(value(text, 'kubeproxy_sync_proxy_rules_endpoint_changes_total'), 1);
+    assert.doesNotMatch(text, /^kubeproxy_sync_proxy_rules_iptables_total\{table="nat"\}/m);
+  });
+
+  it('restore failures counted for the family that failed', async () => {
+    const src = new FixedSource(web(['10.0.0.1']));
+    const v4 = new FamilyBackend('IPv4', 4);
+    const v6 = new FamilyBackend('IPv6', 4);
+    const c = new Controller(src, [v4, v6], { minSyncPeriodMs: 1, syncPeriodMs: 60_000 });
+    const metrics = new ProxyMetrics({ processMetrics: false });
+    attachMetrics(metrics, c);
+    await c.start();
+    v6.fail = new RestoreError(['ip6tables-restore'], 1, 'line 2 failed', 'exit', 2, 'x', 2);
+    const failed = new Promise((r) => c.once('syncError', r));
+    src.set(web(['10.0.0.2']));
+    await failed;
+    const text = await scrape(metrics);
+    await c.stop();
+    assert.equal(
+      value(text, 'kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv6"}'),
+      1,
+    );
+    assert.equal(
+      value(text, 'kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv4"}'),
+      undefined,
+    );
+    assert.equal(
+      value(text, 'kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total{ip_family="IPv6"}'),
+      1,
+    );
+  });
+
+  it("mode-specific families as kube-proxy's RegisterMetrics: IPVS mode has no iptables rule counts", async () => {
+    const ipvs = await scrape(new ProxyMetrics({ mode: 'ipvs', processMetrics: false }));
+    const iptables = await scrape(new ProxyMetrics({ mode: 'iptables', processMetrics: false }));
+    const families = (t: string): Set<string> =>
+      new Set([...t.matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]!));
+    for (const name of [
+      'kubeproxy_sync_proxy_rules_iptables_total',
+      'kubeproxy_sync_proxy_rules_iptables_last',
+      'kubeproxy_sync_full_proxy_rules_duration_seconds',
+      'kubeproxy_sync_partial_proxy_rules_duration_seconds',
+      'kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total',
+    ]) {
+      assert.ok(families(iptables).has(name), name);
+      assert.ok(!families(ipvs).has(name), name);
+    }
+    for (const name of [
+      'kubeproxy_sync_proxy_rules_duration_seconds',
+      'kubeproxy_sync_proxy_rules_iptables_restore_failures_total',
+      'kubeproxy_network_programming_duration_seconds',
+    ]) {
+      assert.ok(families(ipvs).has(name), name);
+    }
+  });
+
+  it('process and runtime metrics by default', async () => {
+    const text = await scrape(new ProxyMetrics());
+    for (const name of [
+      'process_cpu_seconds_total',
+      'process_resident_memory_bytes',
+      'process_open_fds',
+      'process_start_time_seconds',
+      'nodejs_heap_size_used_bytes',
+    ]) {
+      assert.match(text, new RegExp(`^${name} \\d`, 'm'), name);
+    }
+  });
+});
