@@ -1,4 +1,4 @@
-import { hash } from 'node:crypto';
+import { sha256Base32 } from '../util/base32.js';
 
 /**
  * Chain names and probabilities exactly as kube-proxy's iptables proxier computes them
@@ -20,22 +20,9 @@ const SERVICE_CHAIN_PREFIXES = [
   EXTERNAL_CHAIN_PREFIX,
 ] as const;
 
-const BASE32_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
-
-/** First 16 base32 (RFC 4648, std alphabet) characters of sha256(input): 80 bits, never padding. */
+/** First 16 base32 characters of sha256(input): 80 bits. */
 function hash16(input: string): string {
-  // One-shot crypto.hash: no Hash object per name (a 10k-Service render hashes 60k names).
-  const d = hash('sha256', input, 'buffer');
-  let out = '';
-  // Two groups of 5 bytes = 40 bits = 8 base32 digits; 40 bits fit a double exactly.
-  for (let g = 0; g < 10; g += 5) {
-    let v = 0;
-    for (let i = 0; i < 5; i++) v = v * 256 + (d[g + i] ?? 0);
-    for (let shift = 35; shift >= 0; shift -= 5) {
-      out += BASE32_ALPHABET[Math.floor(v / 2 ** shift) % 32];
-    }
-  }
-  return out;
+  return sha256Base32(input, 2);
 }
 
 /** The per-service-port chain names, built once and reused (flat strings with cached hashes). */

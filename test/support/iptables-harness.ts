@@ -4,7 +4,9 @@ import {
   type IptablesProxierConfig,
   type IptablesSyncReport,
 } from '../../src/iptables/proxier.js';
+import type { SyncReport } from '../../src/controller/backend.js';
 import { buildClusterState } from '../../src/model/build.js';
+import { NftablesProxier } from '../../src/nftables/proxier.js';
 import type { ClusterState, IPFamily, Protocol } from '../../src/model/types.js';
 import { peerIP, type EchoReply, type ProbeResult, type RequestSpec } from '../../src/netns/protocol.js';
 import type { Sandbox, Where } from '../../src/netns/sandbox.js';
@@ -208,18 +210,32 @@ export const DEFAULT_OPTIONS: Required<
   masqueradeBit: 14,
 };
 
+/** Which dataplane the harness programs: the same scenarios run against each mode. */
+export type HarnessMode = 'iptables' | 'nftables';
+
 export class IptablesHarness {
   private proxiers: IptablesProxier[] = [];
+  private nftProxiers: NftablesProxier[] = [];
   private optionsKey = '';
   private state: ClusterState | undefined;
   private nodePrepared = false;
   /** The reports of the last sync, one per family (full/partial, duration, lines). */
   lastReports: readonly IptablesSyncReport[] = [];
+  /** nftables mode: the reports of the last sync. */
+  lastNftReports: readonly SyncReport[] = [];
 
   constructor(
     readonly sb: Sandbox,
     readonly families: readonly IPFamily[] = ['IPv4', 'IPv6'],
+    readonly mode: HarnessMode = 'iptables',
   ) {}
+
+  /** The nftables proxier of one family (nftables mode, after the first sync). */
+  nftProxier(family: IPFamily = 'IPv4'): NftablesProxier {
+    const p = this.nftProxiers.find((x) => x.name === `nftables/${family}`);
+    if (!p) throw new Error(`no nftables ${family} proxier: nftables mode, call sync() first`);
+    return p;
+  }
 
   /** The proxier of one family (after the first sync). */
   proxier(family: IPFamily = 'IPv4'): IptablesProxier {
@@ -253,6 +269,28 @@ export class IptablesHarness {
     if (!this.nodePrepared) {
       await this.prepareNode();
       this.nodePrepared = true;
+    }
+    if (this.mode === 'nftables') {
+      if (key !== this.optionsKey) {
+        // kube-proxy's nftables mode has no localhost NodePorts and one way of writing.
+        const {
+          localhostNodePorts: _l,
+          fullSyncMode: _f,
+          ...nftOptions
+        } = merged as typeof merged & Pick<ProxierOptions, 'fullSyncMode'>;
+        this.nftProxiers = this.families.map(
+          (family) =>
+            new NftablesProxier({ family, nodeName: NODE_NAME, netns: this.sb.nodeNs, ...nftOptions }),
+        );
+        for (const p of this.nftProxiers) await p.setup();
+        await this.flushConntrack();
+        this.optionsKey = key;
+      }
+      const nftReports: SyncReport[] = [];
+      for (const p of this.nftProxiers) nftReports.push(await p.sync(state));
+      this.lastNftReports = nftReports;
+      this.state = state;
+      return state;
     }
     if (key !== this.optionsKey) {
       this.proxiers = this.families.map(

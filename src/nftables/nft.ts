@@ -1,0 +1,197 @@
+import { release } from 'node:os';
+import { CommandError, run } from '../util/exec.js';
+import type { IPFamily } from '../model/types.js';
+import {
+  parseNftJson,
+  parseNftTable,
+  type ListedChain,
+  type ListedContainer,
+  type ListedTable,
+} from './listing.js';
+import { TABLE } from './names.js';
+import { nftFamily } from './transaction.js';
+
+/**
+ * The nft wrapper: the only place nftables mode spawns. One `nft -f -` per transaction (atomic:
+ * the kernel takes all of it or nothing), JSON listings, the version checks kube-proxy makes.
+ */
+
+export class NftError extends Error {
+  constructor(
+    readonly argv: readonly string[],
+    readonly stderr: string,
+    readonly exitCode: number | undefined,
+    what: string,
+  ) {
+    const tail = stderr.trim().split('\n').slice(0, 12).join('\n');
+    super(
+      `${what}: "${argv.join(' ')}" failed${exitCode === undefined ? '' : ` (status ${exitCode})`}${tail ? `: ${tail}` : ''}`,
+    );
+    this.name = 'NftError';
+  }
+}
+
+/** nft ≥ 1.0.1 (older ones parse the whole ruleset and can crash on other agents' rules). */
+export const MIN_NFT_VERSION = [1, 0, 1] as const;
+/** Kernel ≥ 5.13: kube-proxy's proxy for "the distro's nft is new enough" (issues.k8s.io/122743). */
+export const MIN_KERNEL_VERSION = [5, 13] as const;
+export const SKIP_KERNEL_CHECK_ENV = 'KUBE_PROXY_NFTABLES_SKIP_KERNEL_VERSION_CHECK';
+
+function versionLess(have: readonly number[], want: readonly number[]): boolean {
+  for (let i = 0; i < want.length; i++) {
+    const h = have[i] ?? 0;
+    if (h !== want[i]) return h < want[i]!;
+  }
+  return false;
+}
+
+/** Why nftables mode cannot run with this nft and kernel (undefined when it can). Pure. */
+export function versionProblem(
+  nftVersionOutput: string,
+  kernelRelease: string,
+  skipKernelCheck: boolean,
+): string | undefined {
+  const m = /v?(\d+)\.(\d+)(?:\.(\d+))?/.exec(nftVersionOutput);
+  if (!m) return `cannot read the nft version from ${JSON.stringify(nftVersionOutput.trim())}`;
+  const nft = [Number(m[1]), Number(m[2]), Number(m[3] ?? 0)];
+  if (versionLess(nft, MIN_NFT_VERSION)) {
+    return `nftables mode needs nft ${MIN_NFT_VERSION.join('.')} or later, found ${nft.join('.')}`;
+  }
+  if (!skipKernelCheck) {
+    const k = /^(\d+)\.(\d+)/.exec(kernelRelease);
+    if (!k) return `cannot read the kernel version from ${JSON.stringify(kernelRelease)}`;
+    const kernel = [Number(k[1]), Number(k[2])];
+    if (versionLess(kernel, MIN_KERNEL_VERSION)) {
+      return `nftables mode needs kernel ${MIN_KERNEL_VERSION.join('.')} or later, found ${kernelRelease} (set ${SKIP_KERNEL_CHECK_ENV}=1 to skip this check)`;
+    }
+  }
+  return undefined;
+}
+
+export interface NftOptions {
+  readonly family: IPFamily;
+  readonly netns?: string;
+  /** The nft binary (default `nft`). */
+  readonly binary?: string;
+}
+
+export interface NftRunResult {
+  readonly bytes: number;
+  readonly lines: number;
+  readonly durationMs: number;
+}
+
+const NOT_FOUND = /No such file or directory/;
+
+export class Nft {
+  readonly family: 'ip' | 'ip6';
+  private readonly bin: string;
+
+  constructor(private readonly opts: NftOptions) {
+    this.family = nftFamily(opts.family);
+    this.bin = opts.binary ?? 'nft';
+  }
+
+  private async exec(
+    args: readonly string[],
+    input: string | undefined,
+    what: string,
+  ): Promise<{ stdout: string; durationMs: number }> {
+    const argv = [this.bin, ...args];
+    try {
+      const r = await run(argv, {
+        netns: this.opts.netns,
+        ...(input !== undefined ? { input } : {}),
+        timeoutMs: 120_000,
+      });
+      return { stdout: r.stdout, durationMs: r.durationMs };
+    } catch (err) {
+      if (err instanceof CommandError) {
+        if (err.reason === 'not-found')
+          throw new NftError(argv, 'not found (is nftables installed?)', undefined, what);
+        throw new NftError(err.argv, err.stderr, err.exitCode, what);
+      }
+      throw err;
+    }
+  }
+
+  /** `nft --version` output. */
+  async version(): Promise<string> {
+    return (await this.exec(['--version'], undefined, 'nft version')).stdout;
+  }
+
+  /** Checks nft and the kernel as kube-proxy does; throws with a clear message. */
+  async checkVersions(): Promise<void> {
+    const problem = versionProblem(
+      await this.version(),
+      release(),
+      Boolean(process.env[SKIP_KERNEL_CHECK_ENV]),
+    );
+    if (problem !== undefined) throw new Error(problem);
+  }
+
+  /** One atomic transaction. */
+  async apply(lines: readonly string[], what = 'nftables transaction'): Promise<NftRunResult> {
+    const input = lines.join('\n') + '\n';
+    const r = await this.exec(['-f', '-'], input, what);
+    return { bytes: Buffer.byteLength(input), lines: lines.length, durationMs: r.durationMs };
+  }
+
+  /** `nft -j list table <family> kube-proxy`, parsed; undefined when the table does not exist. */
+  async listTable(): Promise<ListedTable | undefined> {
+    const text = await this.listText(['list', 'table', this.family, TABLE]);
+    return text === undefined ? undefined : parseNftTable(text, this.family, TABLE);
+  }
+
+  /** The raw JSON listing of the table (for `svcplane diff/trace`), undefined when absent. */
+  async listTableJson(): Promise<string | undefined> {
+    return this.listText(['list', 'table', this.family, TABLE]);
+  }
+
+  /** Our table's chains without their rules (cheap: `nft -j list chains <family>`). */
+  async listChains(): Promise<ListedChain[]> {
+    const text = await this.listText(['list', 'chains', this.family]);
+    if (text === undefined) return [];
+    return [...(parseNftJson(text, { family: this.family, table: TABLE })[0]?.chains.values() ?? [])];
+  }
+
+  /** Our table's sets (not maps), without elements. */
+  async listSets(): Promise<ListedContainer[]> {
+    const text = await this.listText(['list', 'sets', this.family]);
+    if (text === undefined) return [];
+    return [...(parseNftJson(text, { family: this.family, table: TABLE })[0]?.containers.values() ?? [])];
+  }
+
+  private async listText(args: readonly string[]): Promise<string | undefined> {
+    try {
+      return (await this.exec(['-j', ...args], undefined, 'nft listing')).stdout;
+    } catch (err) {
+      if (err instanceof NftError && NOT_FOUND.test(err.stderr)) return undefined;
+      throw err;
+    }
+  }
+}
+
+/**
+ * Deletes the `kube-proxy` table of both families (kube-proxy's CleanupLeftovers): `add` then
+ * `delete` in one transaction, so a missing table is no error. Returns the families it failed for.
+ */
+export async function deleteKubeProxyTables(
+  opts: { netns?: string; binary?: string } = {},
+): Promise<string[]> {
+  const failed: string[] = [];
+  for (const family of ['IPv4', 'IPv6'] as const) {
+    const nft = new Nft({ family, ...opts });
+    try {
+      await nft.apply(
+        [`add table ${nft.family} ${TABLE}`, `delete table ${nft.family} ${TABLE}`],
+        'nftables cleanup',
+      );
+    } catch (err) {
+      // No nft binary, or no nf_tables in the kernel: nothing of ours can be there.
+      if (err instanceof NftError && err.exitCode === undefined) continue;
+      failed.push(`${nft.family}: ${(err as Error).message}`);
+    }
+  }
+  return failed;
+}
