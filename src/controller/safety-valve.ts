@@ -11,7 +11,7 @@ import type { ClusterState, Problem } from '../model/types.js';
  * Service of the node). A mass removal explained by as many new problems is that failure mode, and
  * applying it is an outage of the whole node; keeping the last rules is the safe side.
  *
- * The rule (see the README, "Safety valve"):
+ * The rule (see docs/cluster.md, "Safety valve"):
  * - "out of service" counts the programmed Services that the new state drops, and those that had
  *   endpoints and would have none (their EndpointSlices became invalid: every connection refused);
  * - refused when that count is at least MIN_SERVICES (2), more than HALF of the programmed

@@ -244,7 +244,7 @@ export function renderIpvsRules(desired: IpvsDesired, config: IpvsRulesConfig): 
     'RETURN',
   );
   A(filter, 'KUBE-SOURCE-RANGES-FIREWALL', 'source not in loadBalancerSourceRanges', '-j', 'DROP');
-  // svcplane: what iptables mode does and kube-proxy's IPVS mode does not (README "IPVS mode").
+  // svcplane: what iptables mode does and kube-proxy's IPVS mode does not (docs/modes.md, "IPVS mode").
   A(
     filter,
     'KUBE-IPVS-FILTER',

@@ -310,7 +310,7 @@ describe('hardening: the daemon under failures (sandbox)', function () {
     );
     assert.match(JSON.stringify(err), /iptables-restore/);
     // web keeps being served: by the previous rules, or by the retried full sync's first transactions
-    // (on nf_tables it commits in consistent parts, the stale chains' deletion last: README). That the
+    // (on nf_tables it commits in consistent parts, the stale chains' deletion last: docs/modes.md). That the
     // refused transaction itself leaves the previous rules is kernel-refusal.test.ts's.
     for (let i = 0; i < 4; i++) {
       const r = expectReply(await env.sb.request('client', web));

@@ -131,7 +131,7 @@ describe('a write the kernel refuses (real EBUSY, running daemon)', function () 
       'no sync succeeded',
     );
     // The retries are full syncs, written on nf_tables as consistent transactions with the stale
-    // chains' deletion last (README): what serves is the previous state or the new one, Service by
+    // chains' deletion last (docs/modes.md): what serves is the previous state or the new one, Service by
     // Service (web on a or b; old on b or gone), never anything else.
     for (let i = 0; i < 3; i++) {
       assert.ok(['a', 'b'].includes(await answer(WEB)), 'web: previous or new endpoint');

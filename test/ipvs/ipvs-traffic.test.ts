@@ -27,7 +27,7 @@ import { Background, requireUml, waitFor } from './helpers.js';
  * (and its flags), affinity, policies, topology, no-endpoint REJECT, hairpin, IPv6, plus what is
  * IPVS's own: the switch from iptables mode, leftovers of a previous run, survival of established
  * connections and graceful termination. Where IPVS mode must differ from iptables mode the test says
- * so in its title and pins the IPVS behaviour (README "IPVS mode").
+ * so in its title and pins the IPVS behaviour (docs/modes.md, "IPVS mode").
  *
  * One sandbox for the file. Before IPVS starts, the node runs iptables mode on the same Services (the
  * switch) and holds weight-0 real servers (a previous run). Each Service carries one scenario; tests

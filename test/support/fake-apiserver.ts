@@ -2,7 +2,7 @@
  * A Kubernetes API stand-in for tests: an in-process HTTP(S) server that answers list and watch of
  * Services, EndpointSlices and Nodes, and (for NetworkPolicy enforcement) NetworkPolicies, Pods and
  * Namespaces, the way kube-apiserver does (shapes and semantics from kube-apiserver's sources; see
- * the README's testing notes):
+ * docs/cluster.md, "Behaviour against the API"):
  *
  * - list: `{"kind":"ServiceList","apiVersion":"v1","metadata":{"resourceVersion":…},"items":[…]}` whose
  *   items carry NO kind/apiVersion (kubernetes/kubernetes#3030); `continue` and `remainingItemCount`

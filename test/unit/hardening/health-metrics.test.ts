@@ -498,7 +498,7 @@ describe('hardening: controller queue bookkeeping and metrics', () => {
       kubeproxy_conntrack_reconciler_deleted_entries_total: 'counter',
     };
     for (const [name, type] of Object.entries(kubeProxy)) assert.equal(types.get(name), type, name);
-    // kube-proxy's nfacct packet counters are not implemented (README): not exported either.
+    // kube-proxy's nfacct packet counters are not implemented (docs/operations.md): not exported either.
     assert.equal(types.has('kubeproxy_iptables_ct_state_invalid_dropped_packets_total'), false);
     assert.equal(types.has('kubeproxy_iptables_localhost_nodeports_accepted_packets_total'), false);
     // Process and runtime metrics, as every kube-proxy dashboard reads them (prom-client's defaults).
