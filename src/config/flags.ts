@@ -599,6 +599,13 @@ export const SVCPLANE_FLAGS: readonly FlagSpec[] = [
     field: 'serviceNodePortRange',
   }),
   sp({
+    name: 'network-policy',
+    kind: 'bool',
+    default: 'false',
+    help: 'enforce NetworkPolicy for the pods of this node (off: leave it to the network plugin); not in this build yet: refused',
+    field: 'networkPolicy',
+  }),
+  sp({
     name: 'ipvs-scheduler-flags',
     kind: 'list',
     value: 'flags',

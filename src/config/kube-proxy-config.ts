@@ -88,6 +88,11 @@ export interface ProxyConfig {
    * use, `first-last`; default 30000-32767.
    */
   readonly serviceNodePortRange: string;
+  /**
+   * svcplane's own field (flag --network-policy): enforce NetworkPolicy for the pods of this node.
+   * Off by default, so that svcplane stays a kube-proxy drop-in beside a network plugin that does.
+   */
+  readonly networkPolicy: boolean;
   readonly detectLocalMode: DetectLocalMode;
   readonly detectLocal: { readonly bridgeInterface: string; readonly interfaceNamePrefix: string };
   readonly iptables: {
@@ -199,6 +204,7 @@ export function defaultProxyConfig(): ProxyConfig {
     metricsBindAddress: `127.0.0.1:${METRICS_PORT}`,
     nodePortAddresses: [],
     serviceNodePortRange: formatPortRange(DEFAULT_NODE_PORT_RANGE),
+    networkPolicy: false,
     detectLocalMode: 'ClusterCIDR',
     detectLocal: { bridgeInterface: '', interfaceNamePrefix: '' },
     iptables: {
@@ -397,6 +403,8 @@ function readConfig(doc: Json, r: Reader): ProxyConfigOverrides {
     'showHiddenMetricsForVersion',
     // svcplane's own (kube-apiserver's --service-node-port-range); kube-proxy does not have it.
     'serviceNodePortRange',
+    // svcplane's own: NetworkPolicy enforcement (--network-policy).
+    'networkPolicy',
     // Windows-only: kube-proxy ignores them on Linux, so does svcplane.
     'winkernel',
     'windowsRunAsService',
@@ -451,6 +459,8 @@ function readConfig(doc: Json, r: Reader): ProxyConfigOverrides {
   if (npa !== undefined) out.nodePortAddresses = npa;
   const range = r.string(doc, 'serviceNodePortRange', '');
   if (range) out.serviceNodePortRange = range;
+  const networkPolicy = r.bool(doc, 'networkPolicy', '');
+  if (networkPolicy !== undefined) out.networkPolicy = networkPolicy;
   const dlm = r.string(doc, 'detectLocalMode', '');
   if (dlm) out.detectLocalMode = dlm as DetectLocalMode;
 
@@ -760,6 +770,15 @@ export function validateProxyConfig(c: ProxyConfig): ConfigProblem[] {
   } else checkCIDRs('nodePortAddresses', c.nodePortAddresses, p);
   const range = parsePortRange(c.serviceNodePortRange);
   if ('error' in range) p.push({ field: 'serviceNodePortRange', reason: range.error });
+  if (c.networkPolicy) {
+    // Asked for and not done would leave every policy unenforced while the operator believes otherwise.
+    p.push({
+      field: 'networkPolicy',
+      reason:
+        'NetworkPolicy enforcement is not in this build yet (its model, sources and policy engine are; ' +
+        'the kernel rules are not: docs/network-policy.md); refusing rather than running without it',
+    });
+  }
 
   if (!DETECT_LOCAL_MODES.includes(c.detectLocalMode)) {
     p.push({
@@ -965,6 +984,7 @@ export function formatKubeProxyConfig(c: ProxyConfig): string {
     ...(c.serviceNodePortRange !== formatPortRange(DEFAULT_NODE_PORT_RANGE)
       ? { serviceNodePortRange: c.serviceNodePortRange }
       : {}),
+    ...(c.networkPolicy ? { networkPolicy: true } : {}),
   };
   return stringify(doc, { sortMapEntries: true, lineWidth: 0 });
 }

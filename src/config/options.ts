@@ -104,6 +104,8 @@ export interface ProxyOptions {
    */
   readonly serviceLimits: ServiceLimits;
   readonly bindAddressHardFail: boolean;
+  /** --network-policy (config `networkPolicy`): NetworkPolicy enforcement for this node's pods. */
+  readonly networkPolicy: boolean;
   /** Written to /proc/self/oom_score_adj at start-up. */
   readonly oomScoreAdj: number;
   readonly conntrack: ConntrackOptions;
@@ -305,6 +307,7 @@ function toOptions(
     metricsBindAddress: c.metricsBindAddress,
     serviceLimits: limits,
     bindAddressHardFail: c.bindAddressHardFail,
+    networkPolicy: c.networkPolicy,
     oomScoreAdj: c.oomScoreAdj,
     conntrack: { ...c.conntrack },
     logging: {

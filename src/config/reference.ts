@@ -130,6 +130,10 @@ export const FIELDS_WITHOUT_FLAGS: Readonly<
     support: "svcplane's own field (kube-proxy does not have it; written only when not the default)",
     what: "node ports Services may use, as kube-apiserver's --service-node-port-range (flag --service-node-port-range)",
   },
+  networkPolicy: {
+    support: "svcplane's own field (kube-proxy does not have it; written only when true)",
+    what: 'enforce NetworkPolicy for the pods of this node (flag --network-policy); default false',
+  },
   'iptables.snatNodeInternalIP': {
     support: '**no**: one warning when true',
     what: "SNAT Service traffic to the node's InternalIP",

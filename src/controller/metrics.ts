@@ -332,6 +332,10 @@ const PROBLEM_KINDS: ReadonlySet<string> = new Set([
   'EndpointSlice',
   'Endpoints',
   'Node',
+  // Read for NetworkPolicy enforcement (src/model/policy-types.ts).
+  'Namespace',
+  'Pod',
+  'NetworkPolicy',
   'List',
   'File',
   'Unknown',

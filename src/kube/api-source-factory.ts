@@ -78,6 +78,7 @@ export function createApiSource(opts: ProxyOptions, tuning: ApiSourceTuning = {}
           DEFAULT_API_HEALTH_GRACE_MS,
         reflector: tuning.reflector,
         build: (objects, previous) => buildClusterState(objects, previous, opts.serviceLimits),
+        networkPolicy: opts.networkPolicy,
       }),
     );
   } catch (err) {
