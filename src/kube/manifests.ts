@@ -157,11 +157,23 @@ export interface ManifestSourceOptions {
 /** How long stop() waits for a scan in progress before it gives up on it. */
 const STOP_WAIT_MS = 2000;
 
+function sameMap<V>(a: ReadonlyMap<string, V> | undefined, b: ReadonlyMap<string, V> | undefined): boolean {
+  if ((a?.size ?? 0) !== (b?.size ?? 0)) return false;
+  for (const [k, v] of b ?? []) if (a?.get(k) !== v) return false;
+  return true;
+}
+
+/** Every kind the state carries (NetworkPolicy's too: a policy or a pod label edit is a change). */
 function sameState(a: ClusterState | undefined, b: ClusterState): boolean {
-  if (!a || a.services.size !== b.services.size || a.nodes.size !== b.nodes.size) return false;
-  for (const [k, v] of b.services) if (a.services.get(k) !== v) return false;
-  for (const [k, v] of b.nodes) if (a.nodes.get(k) !== v) return false;
-  return deepEqual(a.problems, b.problems);
+  if (!a) return false;
+  return (
+    sameMap(a.services, b.services) &&
+    sameMap(a.nodes, b.nodes) &&
+    sameMap(a.namespaces, b.namespaces) &&
+    sameMap(a.pods, b.pods) &&
+    sameMap(a.networkPolicies, b.networkPolicies) &&
+    deepEqual(a.problems, b.problems)
+  );
 }
 
 export class ManifestSource implements StateSource {

@@ -65,4 +65,28 @@ describe('manifest source: NetworkPolicy kinds', () => {
     );
     assert.match(st.problems[0]!.object.source ?? '', /shop\.yaml#3$/);
   });
+
+  // Found by the daemon test (test/integration/netpol-daemon.test.ts): the source compared Services,
+  // Nodes and problems only, so a label or policy edit published nothing and was never enforced.
+  for (const [what, from, to] of [
+    ['a pod label edit', 'labels: {role: db}', 'labels: {role: cache}'],
+    ['a namespace label edit', 'labels: {project: myproject}', 'labels: {project: other}'],
+    ['a policy edit', 'ingress: [{ports: [{port: redis}]}]', 'ingress: [{ports: [{port: 6380}]}]'],
+  ] as const) {
+    it(`publishes ${what} (Services and Nodes unchanged)`, async () => {
+      writeFileSync(join(dir, 'shop.yaml'), FILE);
+      source = new ManifestSource(dir, { debounceMs: 20, pollMs: 50 });
+      await source.start();
+      const first = source.current()!;
+      const changed = new Promise<void>((resolve) => source!.onChange(() => resolve()));
+      writeFileSync(join(dir, 'shop.yaml'), FILE.replace(from, to));
+      await changed;
+      const next = source.current()!;
+      assert.notEqual(next, first);
+      assert.notDeepEqual(
+        [next.pods, next.namespaces, next.networkPolicies],
+        [first.pods, first.namespaces, first.networkPolicies],
+      );
+    });
+  }
 });
