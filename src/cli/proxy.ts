@@ -206,8 +206,21 @@ export async function usableFamilies(opts: ProxyOptions): Promise<IPFamily[]> {
   return families;
 }
 
-/** The backends of the mode, and the options with the mode in effect (IPVS may fall back to iptables). */
+/**
+ * The backends of the mode, and the options with the mode in effect (IPVS may fall back to iptables);
+ * with --network-policy, the policy enforcer after them (its own nftables table, whatever the mode).
+ */
 export async function createModeBackends(
+  opts: ProxyOptions,
+): Promise<{ readonly options: ProxyOptions; readonly backends: Backend[] }> {
+  const mode = await createProxyBackends(opts);
+  if (!mode.options.networkPolicy) return mode;
+  const { NetpolEnforcer } = await import('../netpol/enforcer.js');
+  const enforcer = new NetpolEnforcer({ nodeName: opts.hostnameOverride, families: opts.ipFamilies });
+  return { options: mode.options, backends: [...mode.backends, enforcer] };
+}
+
+async function createProxyBackends(
   opts: ProxyOptions,
 ): Promise<{ readonly options: ProxyOptions; readonly backends: Backend[] }> {
   if (opts.proxyMode === 'ipvs') {
@@ -220,7 +233,7 @@ export async function createModeBackends(
     log.warn(`IPVS proxy mode is unavailable (${reason}); falling back to iptables mode`, {
       scheduler: opts.ipvs.scheduler,
     });
-    return createModeBackends({ ...opts, proxyMode: 'iptables' });
+    return createProxyBackends({ ...opts, proxyMode: 'iptables' });
   }
   const families = await usableFamilies(opts);
   return {
@@ -421,6 +434,17 @@ async function cleanup(binary: string): Promise<number> {
     } catch (err) {
       if (err instanceof CommandError && err.reason === 'not-found') continue;
       process.stderr.write(`${family}: cleanup failed: ${describeFailure(err)}\n`);
+      status = 1;
+    }
+  }
+  try {
+    const { cleanupNetpol } = await import('../netpol/enforcer.js');
+    const removed = await cleanupNetpol();
+    process.stdout.write(`netpol: ${removed ? 'removed table inet svcplane-netpol' : 'no policy table'}\n`);
+  } catch (err) {
+    // No nft here: nothing of ours can be in nf_tables' policy table either.
+    if (!(err instanceof CommandError && err.reason === 'not-found')) {
+      process.stderr.write(`netpol: cleanup failed: ${describeFailure(err)}\n`);
       status = 1;
     }
   }

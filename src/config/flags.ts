@@ -602,7 +602,7 @@ export const SVCPLANE_FLAGS: readonly FlagSpec[] = [
     name: 'network-policy',
     kind: 'bool',
     default: 'false',
-    help: 'enforce NetworkPolicy for the pods of this node (off: leave it to the network plugin); not in this build yet: refused',
+    help: 'enforce NetworkPolicy for the pods of this node in nftables table inet svcplane-netpol (off: leave it to the network plugin)',
     field: 'networkPolicy',
   }),
   sp({

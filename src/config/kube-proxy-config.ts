@@ -770,15 +770,6 @@ export function validateProxyConfig(c: ProxyConfig): ConfigProblem[] {
   } else checkCIDRs('nodePortAddresses', c.nodePortAddresses, p);
   const range = parsePortRange(c.serviceNodePortRange);
   if ('error' in range) p.push({ field: 'serviceNodePortRange', reason: range.error });
-  if (c.networkPolicy) {
-    // Asked for and not done would leave every policy unenforced while the operator believes otherwise.
-    p.push({
-      field: 'networkPolicy',
-      reason:
-        'NetworkPolicy enforcement is not in this build yet (its model, sources and policy engine are; ' +
-        'the kernel rules are not: docs/network-policy.md); refusing rather than running without it',
-    });
-  }
 
   if (!DETECT_LOCAL_MODES.includes(c.detectLocalMode)) {
     p.push({

@@ -11,9 +11,8 @@ import { FakeApiServer } from '../../support/fake-apiserver.js';
 
 /**
  * The NetworkPolicy switch: --network-policy and the config field networkPolicy, off by default.
- * Until the kernel rules exist, asking for it is refused (running without would leave every policy
- * unenforced while the operator believes otherwise); the resolved option reaches the API source,
- * which then watches what enforcement reads.
+ * Asked for, it is accepted (the enforcer: src/netpol/enforcer.ts, test/integration/netpol-*.test.ts);
+ * the resolved option reaches the API source, which then watches what enforcement reads.
  */
 
 const FILE = (extra: string): string => `apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -28,17 +27,9 @@ describe('--network-policy / networkPolicy (svcplane extension)', () => {
     assert.doesNotMatch(formatKubeProxyConfig(defaultProxyConfig()), /networkPolicy/);
   });
 
-  it('asked for on the command line or in the file: refused with the reason, naming the flag or field', () => {
-    assert.throws(
-      () => optionsFromArgs(['--hostname-override=node-1', '--network-policy']),
-      /--network-policy: NetworkPolicy enforcement is not in this build yet .*refusing rather than running without it/,
-    );
-    assert.throws(
-      () => parseKubeProxyConfig(FILE('networkPolicy: true'), 'config.yaml'),
-      (err: unknown) =>
-        err instanceof ConfigError &&
-        err.problems.some((p) => p.field === 'networkPolicy' && /not in this build yet/.test(p.reason)),
-    );
+  it('asked for on the command line or in the file: on; =false and false: off', () => {
+    assert.equal(optionsFromArgs(['--hostname-override=node-1', '--network-policy']).networkPolicy, true);
+    assert.equal(parseKubeProxyConfig(FILE('networkPolicy: true'), 'config.yaml').config.networkPolicy, true);
     assert.equal(
       optionsFromArgs(['--hostname-override=node-1', '--network-policy=false']).networkPolicy,
       false,
