@@ -134,16 +134,42 @@ async function diffWith(
   const netns = typeof values.netns === 'string' && values.netns !== '' ? values.netns : undefined;
   const state = await loadState(opts);
   const result = await diffNode(opts, state, netns);
+  // --network-policy: the policy table against the plan of this state (src/netpol).
+  const policy = opts.networkPolicy ? await diffPolicyTable(opts, state, netns) : undefined;
+  const inSync = result.inSync && (policy?.lines.length ?? 0) === 0;
   for (const note of result.notes) err.write(`note: ${note}\n`);
   if (output === 'json') {
     const mode = result.mode ?? 'iptables';
-    out.write(`${JSON.stringify({ inSync: result.inSync, mode, families: result.families }, null, 2)}\n`);
+    const networkPolicy = policy
+      ? { inSync: policy.lines.length === 0, differences: policy.lines }
+      : undefined;
+    out.write(
+      `${JSON.stringify({ inSync, mode, families: result.families, ...(networkPolicy ? { networkPolicy } : {}) }, null, 2)}\n`,
+    );
   } else if (result.mode === 'ipvs') {
     out.write(formatIpvsDriftText(result.families as readonly IpvsFamilyDrift[]));
   } else {
     out.write(formatDriftText(result.families as readonly FamilyDrift[]));
   }
-  return result.inSync ? 0 : 1;
+  if (policy && output !== 'json') {
+    const { formatPolicyDiff } = await import('../netpol/inspect.js');
+    out.write(formatPolicyDiff(policy));
+  }
+  return inSync ? 0 : 1;
+}
+
+async function diffPolicyTable(
+  opts: ProxyOptions,
+  state: ClusterState,
+  netns: string | undefined,
+): Promise<{ readonly lines: readonly string[] }> {
+  const { NetpolEnforcer } = await import('../netpol/enforcer.js');
+  const enforcer = new NetpolEnforcer({
+    nodeName: opts.hostnameOverride,
+    families: opts.ipFamilies,
+    ...(netns !== undefined ? { netns } : {}),
+  });
+  return enforcer.compare(enforcer.plan(state));
 }
 
 export interface NodeDiff {

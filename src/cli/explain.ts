@@ -38,6 +38,7 @@ interface Writer {
 /** `svcplane explain NAMESPACE/NAME [flags]`. */
 export async function explainMain(args: readonly string[], out: Writer, err: Writer): Promise<number> {
   const specs = [...RENDER_FLAGS, ...INSPECT_FLAGS];
+  if (args[0] === 'pod') return explainPodMain(args.slice(1), specs, out, err);
   if (args.includes('-h') || args.includes('--help')) {
     out.write(
       commandUsage(
@@ -170,4 +171,61 @@ async function explainIpvsMode(
     return 2;
   }
   return 0;
+}
+
+/**
+ * `svcplane explain pod NAMESPACE/NAME [flags]`: the NetworkPolicies selecting the pod, what they
+ * allow, and whether the kernel's policy table (inet svcplane-netpol) says the same. Exit 0 when
+ * explained, 2 on error or when the pod is unknown.
+ */
+async function explainPodMain(
+  args: readonly string[],
+  specs: Parameters<typeof loadConfiguration>[1],
+  out: Writer,
+  err: Writer,
+): Promise<number> {
+  if (args.includes('-h') || args.includes('--help')) {
+    out.write(
+      commandUsage(
+        'svcplane explain pod NAMESPACE/NAME [flags]',
+        "Explain NetworkPolicy for one pod: the policies selecting it, what they allow, the kernel's table.",
+        specs,
+      ),
+    );
+    return 0;
+  }
+  try {
+    const loaded = await loadConfiguration(args, specs, { positionals: 1 });
+    const key = loaded.flags.positionals[0];
+    if (key === undefined || !SERVICE_KEY.test(key)) {
+      throw new Error(`expected the pod as NAMESPACE/NAME, got ${JSON.stringify(key ?? '')}`);
+    }
+    configureLogging(loaded.options.logging);
+    logNotices(loaded.notices);
+    const opts = { ...loaded.options, networkPolicy: true };
+    const netns =
+      typeof loaded.flags.values.netns === 'string' && loaded.flags.values.netns !== ''
+        ? loaded.flags.values.netns
+        : undefined;
+    const state = await loadState(opts);
+    const { NetpolEnforcer } = await import('../netpol/enforcer.js');
+    const { explainPod } = await import('../netpol/inspect.js');
+    const enforcer = new NetpolEnforcer({
+      nodeName: opts.hostnameOverride,
+      families: opts.ipFamilies,
+      ...(netns !== undefined ? { netns } : {}),
+    });
+    let kernel;
+    try {
+      kernel = await enforcer.compare(enforcer.plan(state));
+    } catch (e) {
+      kernel = { lines: [`cannot read the policy table: ${describe(e)}`] };
+    }
+    const report = explainPod(state, opts.hostnameOverride, key, kernel);
+    out.write(report.text);
+    return report.found ? 0 : 2;
+  } catch (e) {
+    err.write(`svcplane explain pod: ${describeFailure(e)}\n`);
+    return 2;
+  }
 }

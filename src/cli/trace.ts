@@ -19,6 +19,7 @@ import {
   type OutputFormat,
 } from './diff.js';
 import { resolveProxyOptions } from '../config/options.js';
+import { formatTracedPolicies, tracePolicies, type TracedPolicy } from '../netpol/inspect.js';
 
 /**
  * `svcplane trace`: one packet through the kernel's current rules (iptables-save; in IPVS mode also
@@ -104,14 +105,21 @@ export async function runTrace(o: TraceOptions, out: Writer, err: Writer): Promi
     const wantsState = o.manifests !== undefined || o.kubeconfig !== undefined || o.master !== undefined;
     const state = wantsState
       ? await loadState(
-          resolveProxyOptions({ manifests: o.manifests, kubeconfig: o.kubeconfig, master: o.master }),
+          resolveProxyOptions({
+            manifests: o.manifests,
+            kubeconfig: o.kubeconfig,
+            master: o.master,
+            // Pods, namespaces and policies too: the policy verdict of the packet (src/netpol).
+            networkPolicy: true,
+          }),
         )
       : undefined;
     const result = await traceOnNode(o, family, state);
+    const policy = state ? policyVerdicts(state, result) : [];
     out.write(
       o.output === 'json'
-        ? `${JSON.stringify(traceJson(result.packet, result.trace), null, 2)}\n`
-        : formatTraceText(result.packet, result.trace),
+        ? `${JSON.stringify({ ...traceJson(result.packet, result.trace), ...(state ? { policy } : {}) }, null, 2)}\n`
+        : formatTraceText(result.packet, result.trace) + formatTracedPolicies(policy),
     );
     return 0;
   } catch (e) {
@@ -168,6 +176,27 @@ export async function traceOnNode(
     if (recent.size > 0) trace = tracePacket({ ...input, recent });
   }
   return { packet, trace };
+}
+
+/** NetworkPolicy's verdict at each backend the trace ends at (or the destination itself without DNAT). */
+function policyVerdicts(
+  state: ClusterState,
+  result: { packet: TracePacket; trace: ReturnType<typeof tracePacket> },
+): TracedPolicy[] {
+  if ((state.networkPolicies?.size ?? 0) === 0 && (state.pods?.size ?? 0) === 0) return [];
+  const { packet, trace } = result;
+  const destinations = trace.endpoints.flatMap((e) => {
+    const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(e.endpoint);
+    return m ? [{ ip: m[1]!, port: Number(m[2]) }] : [];
+  });
+  if (destinations.length === 0) destinations.push({ ip: packet.dst, port: packet.dport });
+  const protocol = packet.proto === 'udp' ? 'UDP' : packet.proto === 'sctp' ? 'SCTP' : 'TCP';
+  return tracePolicies(
+    state,
+    undefined,
+    { src: packet.src, protocol, fromNode: packet.fromNode },
+    destinations,
+  );
 }
 
 /** Whether any rule uses `-m set` (IPVS mode): only then is `ipset save` worth reading. */

@@ -267,14 +267,78 @@ describe('svcplane run --network-policy: the seeds’ example, Services, changes
     expectReply(await probe('frontend', ip('db'), DB), 'db');
   });
 
+  /** `svcplane ARGS` once, in the node's namespace: exit status and output. */
+  async function cli(args: readonly string[]): Promise<{ code: number | null; out: string }> {
+    const d = Daemon.start(args, { netns: env.sb.nodeNs });
+    const code = await d.child.exited;
+    return { code, out: d.raw.join('\n') };
+  }
+  it('operator tools: explain pod, trace with the policy verdict, diff covering the policy table', async () => {
+    // The daemon's own flags (an operator passes its --config).
+    const args = (): string[] => [
+      `--manifests=${dir}`,
+      `--hostname-override=${NODE_NAME}`,
+      '--ip-families=IPv4',
+      '--cluster-cidr=10.244.0.0/16',
+    ];
+    const explain = await cli(['explain', 'pod', 'default/db', ...args()]);
+    assert.equal(explain.code, 0, explain.out);
+    assert.match(explain.out, /Ingress: +isolated by default\/test-network-policy/);
+    assert.match(
+      explain.out,
+      /ingress\[0\]: from 172\.17\.0\.0\/16 except 172\.17\.1\.0\/24; every pod of namespaces project=myproject; pods role=frontend of namespace default — ports TCP\/6379/,
+    );
+    assert.match(explain.out, /egress\[0\]: to 10\.0\.0\.0\/24 — ports TCP\/5978/);
+    assert.match(explain.out, /Kernel: +table inet svcplane-netpol holds what these policies say/);
+    const open = await cli(['explain', 'pod', 'default/other', ...args()]);
+    assert.match(open.out, /Ingress: +not isolated/);
+    assert.equal((await cli(['explain', 'pod', 'default/nobody', ...args()])).code, 2);
+
+    const trace = (src: string): Promise<{ code: number | null; out: string }> =>
+      cli(['trace', '--src', ip(src), '--dst', CLUSTER_IP, '--dport', '80', `--manifests=${dir}`]);
+    const allowed = await trace('frontend');
+    assert.equal(allowed.code, 0, allowed.out);
+    assert.match(
+      allowed.out,
+      new RegExp(
+        `-> ${ip('db').replace(/\./g, '\\.')}:6379 +allowed: .*ingress of default/db: allowed by default/test-network-policy ingress\\[0\\]`,
+      ),
+    );
+    const denied = await trace('other');
+    assert.match(
+      denied.out,
+      /denied: .*ingress of default\/db: DENIED, isolated by default\/test-network-policy: no ingress rule/,
+    );
+
+    const diff = await cli(['diff', '--network-policy', ...args()]);
+    assert.equal(diff.code, 0, diff.out);
+    assert.match(diff.out, /NetworkPolicy \(table inet svcplane-netpol\): in sync/);
+  });
+
   it('svcplane cleanup removes the policy table', async () => {
     await daemon!.stop(5000);
     daemon = undefined;
     const before = await env.sb.exec('node', ['nft', 'list', 'tables']);
     assert.match(before.stdout, /table inet svcplane-netpol/, 'the rules stay when svcplane stops');
-    const d = Daemon.start(['cleanup'], { netns: env.sb.nodeNs });
-    assert.equal(await d.child.exited, 0, d.tail());
-    assert.match(d.raw.join('\n'), /netpol: removed table inet svcplane-netpol/);
+    // With nobody to repair it, diff names the drift and exits 1.
+    await env.sb.exec('node', ['nft', 'flush', 'set', 'inet', 'svcplane-netpol', 'isolated-ingress-v4']);
+    const diff = await cli([
+      'diff',
+      '--network-policy',
+      `--manifests=${dir}`,
+      `--hostname-override=${NODE_NAME}`,
+      '--ip-families=IPv4',
+      '--cluster-cidr=10.244.0.0/16',
+    ]);
+    assert.equal(diff.code, 1, diff.out);
+    assert.match(diff.out, /IPv4: in sync/, 'the proxy rules are fine: the policy table alone differs');
+    assert.match(
+      diff.out,
+      new RegExp(`set isolated-ingress-v4: 1 element\\(s\\) missing \\(${ip('db').replace(/\./g, '\\.')}\\)`),
+    );
+    const cleanup = await cli(['cleanup']);
+    assert.equal(cleanup.code, 0, cleanup.out);
+    assert.match(cleanup.out, /netpol: removed table inet svcplane-netpol/);
     const after = await env.sb.exec('node', ['nft', 'list', 'tables']);
     assert.doesNotMatch(after.stdout, /svcplane-netpol/);
     expectReply(await probe('other', ip('db'), DB), 'db');
