@@ -265,8 +265,16 @@ async function daemonRun(m: ManifestDir, work: string, changes: number, idleMs: 
   const started = performance.now();
   const synced: SyncedLine[] = [];
   let waiter: (() => void) | undefined;
-  // Loopback up for the metrics server; `exec`: the PID is svcplane's.
-  const daemonArgv = [SVCPLANE(), 'run', ...proxyArgs(m.dir), '--iptables-min-sync-period=0s'];
+  // Loopback up for the metrics server; `exec`: the PID is svcplane's. The `synced` lines are read
+  // as JSON: kube-proxy's default is text, and -v=2 is where each sync is logged.
+  const daemonArgv = [
+    SVCPLANE(),
+    'run',
+    ...proxyArgs(m.dir),
+    '--iptables-min-sync-period=0s',
+    '--logging-format=json',
+    '-v=2',
+  ];
   const child: ChildHandle = startProcess([
     'unshare',
     '-n',
