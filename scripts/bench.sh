@@ -18,6 +18,11 @@
 #   --ipvs-sizes LIST    e.g. 1000,10000 (or 1k,10k)  --ipvs-mem SIZE   UML memory (default 4G)
 #   --ipvs-timeout SECS  per size inside UML (default max(600, services × 0.15))
 #   --ipvs-out FILE      JSON (default bench/results/ipvs-<date>.json)
+# NetworkPolicy part (bench/netpol-bench.ts, last; under `unshare -n`): 1k policies x 10k pods (1k on this
+# node), the real enforcer into the real kernel: first program, one pod label change to enforced (p50,
+# max, per stage) against the nft element-transaction floor, peak RSS (≈1 min). Options:
+#   --no-netpol  skip it     --netpol-only  only it     --netpol-changes N (default 30)
+#   --netpol-out FILE (default bench/results/netpol-<date>.json)
 # Results: tables on stdout, JSON in bench/results/ (gitignored).
 # Env: SVCPLANE_SKIP_BUILD=1 skips scripts/setup.sh (installs, npm ci, rebuild of dist/).
 set -euo pipefail
@@ -26,15 +31,21 @@ cd "$(dirname "$0")/.."
 iptables_args=()
 ipvs_args=()
 manifest_args=()
+netpol_args=()
+run_netpol=1
 run_iptables=1
 run_ipvs=1
 run_manifests=1
 while (($#)); do
   case $1 in
     --no-ipvs) run_ipvs=0; shift ;;
-    --ipvs-only) run_iptables=0; run_manifests=0; shift ;;
+    --no-netpol) run_netpol=0; shift ;;
+    --netpol-only) run_iptables=0; run_ipvs=0; run_manifests=0; shift ;;
+    --netpol-changes) netpol_args+=(--changes "${2:?--netpol-changes wants a number}"); shift 2 ;;
+    --netpol-out) netpol_args+=(--out "${2:?--netpol-out wants a file}"); shift 2 ;;
+    --ipvs-only) run_iptables=0; run_manifests=0; run_netpol=0; shift ;;
     --no-manifests) run_manifests=0; shift ;;
-    --manifests-only) run_iptables=0; run_ipvs=0; shift ;;
+    --manifests-only) run_iptables=0; run_ipvs=0; run_netpol=0; shift ;;
     --manifest-sizes) manifest_args+=(--sizes "${2:?--manifest-sizes wants a list}"); shift 2 ;;
     --manifest-changes) manifest_args+=(--changes "${2:?--manifest-changes wants a number}"); shift 2 ;;
     --manifest-out) manifest_args+=(--out "${2:?--manifest-out wants a file}"); shift 2 ;;
@@ -45,7 +56,7 @@ while (($#)); do
     *) iptables_args+=("$1"); shift ;;
   esac
 done
-((run_iptables || run_ipvs || run_manifests)) || { echo "bench: nothing left to run" >&2; exit 2; }
+((run_iptables || run_ipvs || run_manifests || run_netpol)) || { echo "bench: nothing left to run" >&2; exit 2; }
 
 if [[ ${SVCPLANE_SKIP_BUILD:-} != 1 ]]; then bash scripts/setup.sh; fi
 if ! command -v /usr/bin/time >/dev/null 2>&1; then
@@ -62,4 +73,8 @@ fi
 if ((run_ipvs)); then
   echo "bench: IPVS part, $(date -u +%FT%TZ); load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
   node dist/bench/ipvs-bench.js "${ipvs_args[@]}"
+fi
+if ((run_netpol)); then
+  echo "bench: NetworkPolicy part, $(date -u +%FT%TZ); load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  unshare -n node dist/bench/netpol-bench.js "${netpol_args[@]}"
 fi

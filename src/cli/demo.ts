@@ -23,7 +23,7 @@ export const DEMO_PODS: readonly DemoPod[] = [
   { name: 'pod-a', index: 2, tcp: [9376, 8080, 8443] },
   { name: 'pod-b', index: 3, tcp: [9376, 8080, 8443] },
   { name: 'db', index: 4, tcp: [5432] },
-  { name: 'redis', index: 5, tcp: [6379] },
+  { name: 'redis', index: 5, tcp: [6379, 6380] },
   { name: 'dns', index: 6, tcp: [53], udp: [53] },
   { name: 'client', index: 10, tcp: [] },
 ];
@@ -253,6 +253,108 @@ function countAnswers(answers: readonly string[]): string {
   return [...counts].map(([a, n]) => (n > 1 ? `${a} ×${n}` : a)).join(', ');
 }
 
+/**
+ * The seeds' NetworkPolicy (examples/network-policy.yaml: redis is role=db, client role=frontend,
+ * pod-b in namespace myproject, pod-a role=backend), each connection checked: what the policy allows
+ * must be answered by that pod, what it does not must fail.
+ */
+export interface PolicyProbe {
+  readonly from: string;
+  /** Who the requester is, as the policy sees it. */
+  readonly fromWhat: string;
+  readonly to: string;
+  readonly port: number;
+  readonly allowed: boolean;
+  readonly why: string;
+}
+
+export const POLICY_PROBES: readonly PolicyProbe[] = [
+  {
+    from: 'client',
+    fromWhat: 'default, role=frontend',
+    to: 'redis',
+    port: 6379,
+    allowed: true,
+    why: 'ingress: pods role=frontend, TCP 6379',
+  },
+  {
+    from: 'pod-b',
+    fromWhat: 'namespace myproject',
+    to: 'redis',
+    port: 6379,
+    allowed: true,
+    why: 'ingress: namespaces project=myproject',
+  },
+  {
+    from: 'pod-a',
+    fromWhat: 'default, role=backend',
+    to: 'redis',
+    port: 6379,
+    allowed: false,
+    why: 'no rule allows role=backend',
+  },
+  {
+    from: 'client',
+    fromWhat: 'default, role=frontend',
+    to: 'redis',
+    port: 6380,
+    allowed: false,
+    why: 'port 6380 is not in the rule',
+  },
+  {
+    from: 'outside',
+    fromWhat: '192.0.2.2, outside the cluster',
+    to: 'redis',
+    port: 6379,
+    allowed: false,
+    why: 'not in 172.17.0.0/16',
+  },
+  {
+    from: 'node',
+    fromWhat: 'the node (kubelet)',
+    to: 'redis',
+    port: 6379,
+    allowed: true,
+    why: 'a node always reaches its pods',
+  },
+  {
+    from: 'redis',
+    fromWhat: 'default, role=db',
+    to: 'pod-a',
+    port: 9376,
+    allowed: false,
+    why: 'egress only to 10.0.0.0/24 TCP 5978',
+  },
+  {
+    from: 'client',
+    fromWhat: 'default, role=frontend',
+    to: 'pod-a',
+    port: 9376,
+    allowed: true,
+    why: 'pod-a is selected by no policy',
+  },
+];
+
+export function formatPolicyTable(
+  rows: readonly (PolicyProbe & { readonly got: string; readonly ok: boolean })[],
+): string {
+  const header = ['client', 'as', 'port', 'pod', 'expected', 'got', 'why', 'check'];
+  const body = rows.map((r) => [
+    r.from,
+    r.fromWhat,
+    String(r.port),
+    r.to,
+    r.allowed ? 'allowed' : 'denied',
+    r.got,
+    r.why,
+    r.ok ? '✓' : '✗',
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)));
+  const line = (cells: readonly string[]): string =>
+    cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n');
+}
+
 /** The example Services that must get no dataplane (headless and ExternalName). */
 export const NO_RULE_SERVICES: readonly string[] = ['default/headless-db', 'default/search'];
 
@@ -328,6 +430,8 @@ export async function runDemo(opts: {
         '--cluster-cidr=10.244.0.0/16,fd00:10:244::/64',
         '--healthz-bind-address=127.0.0.1:10256',
         '--metrics-bind-address=127.0.0.1:10249',
+        // examples/network-policy.yaml: the seeds' NetworkPolicy, enforced.
+        '--network-policy',
         // waitForSync reads JSON lines and the per-sync line (-v=2, as kube-proxy's).
         '--logging-format=json',
         '-v=2',
@@ -363,7 +467,25 @@ export async function runDemo(opts: {
         ? '\nAll frontends answered as kube-proxy would: balanced Services by every backend, the ClientIP one by one, masquerade where kube-proxy masquerades.'
         : `\n✗ ${wrong.length} frontend(s) not as kube-proxy would:\n${wrong.map((r) => `  ${r.service}: ${r.problems.join('; ')}`).join('\n')}`,
     );
-    return wrong.length === 0 && withRules.length === 0 ? 0 : 1;
+    const policyRows = [];
+    for (const p of POLICY_PROBES) {
+      const r = await sb.request(p.from, { proto: 'tcp', ip: sb.podIP(p.to), port: p.port, timeoutMs: 1500 });
+      const answered = r.ok && r.reply.pod === p.to;
+      policyRows.push({
+        ...p,
+        got: answered ? 'answered' : r.ok ? `answered by ${r.reply.pod}` : r.error,
+        ok: answered === p.allowed,
+      });
+    }
+    out('\nNetworkPolicy default/test-network-policy (examples/network-policy.yaml), with --network-policy:');
+    out(formatPolicyTable(policyRows));
+    const policyWrong = policyRows.filter((r) => !r.ok);
+    out(
+      policyWrong.length === 0
+        ? '\nEvery connection the policy allows was answered, every other one failed.'
+        : `\n✗ ${policyWrong.length} connection(s) not as the policy says.`,
+    );
+    return wrong.length === 0 && withRules.length === 0 && policyWrong.length === 0 ? 0 : 1;
   } finally {
     if (daemon) {
       const code = await daemon.stop();

@@ -75,6 +75,7 @@ export class NetpolEnforcer implements Backend {
   async sync(state: ClusterState): Promise<SyncReport> {
     const started = performance.now();
     const plan = state === this.lastState && this.applied ? this.applied : this.plan(state);
+    const planned = performance.now();
     let text: string;
     let full = this.needFull || this.applied === undefined;
     let elementChanges = 0;
@@ -89,6 +90,7 @@ export class NetpolEnforcer implements Backend {
     }
     if (full) text = renderTable(plan);
     const input = text!;
+    const rendered = performance.now();
     try {
       if (input.length > 0) await this.nft(['-f', '-'], input);
     } catch (err) {
@@ -114,6 +116,9 @@ export class NetpolEnforcer implements Backend {
         localPods: plan.pods.length,
         isolatedPods: isolated,
         elementChanges,
+        planMs: Math.round(planned - started),
+        renderMs: Math.round(rendered - planned),
+        nftMs: Math.round(performance.now() - rendered),
       },
     };
   }

@@ -42,6 +42,11 @@ describe('demo (npm start)', function () {
     for (const row of rows) assert.match(row, / {2}✓$/, row);
     assert.match(text, /All frontends answered as kube-proxy would/);
     assert.match(text, /No rules for default\/headless-db and default\/search/);
+    // The seeds' NetworkPolicy: each connection checked against what the policy says.
+    assert.match(text, /client +default, role=frontend +6379 +redis +allowed +answered .*✓/);
+    assert.match(text, /pod-a +default, role=backend +6379 +redis +denied +refused .*✓/);
+    assert.match(text, /redis +default, role=db +9376 +pod-a +denied +\S+ .*✓/);
+    assert.match(text, /Every connection the policy allows was answered, every other one failed/);
     assert.ok(!(await listSandboxes()).includes(id), 'sandbox removed');
   });
 
