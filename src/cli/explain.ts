@@ -1,16 +1,11 @@
 import type { Command } from 'commander';
-import { explainService, formatExplainText, type ExplainFamilyInput } from '../debug/explain.js';
-import { diffRulesets } from '../debug/diff.js';
-import { buildOwnerIndex } from '../debug/owners.js';
-import { jumpRules } from '../iptables/jumps.js';
-import { nodeContext } from '../model/selection.js';
+import { loadState } from '../kube/open-source.js';
+import { modeNamed } from '../modes/registry.js';
 import { configureLogging } from '../util/log.js';
 import { resolveProxyOptions, type ProxyOptions } from '../config/options.js';
-import { describe, desiredRules, INSPECT_FLAGS, loadState, readKernelRules, readIpvsNode } from './diff.js';
+import { describe, INSPECT_FLAGS } from './diff.js';
 import { commandUsage, describeFailure } from './proxy.js';
 import { loadConfiguration, logNotices, RENDER_FLAGS } from './proxy-options.js';
-import { explainIpvs, formatIpvsExplainLines } from '../debug/ipvs-explain.js';
-import type { ClusterState } from '../model/types.js';
 
 /**
  * `svcplane explain NAMESPACE/NAME`: frontends, endpoints by category, the kernel's chains and rules
@@ -92,37 +87,12 @@ async function explainWith(
     if (raw.output !== undefined && raw.output !== 'text' && raw.output !== 'json') {
       throw new Error(`--output: ${JSON.stringify(raw.output)}: expected text or json`);
     }
-    if (opts.proxyMode !== 'iptables' && opts.proxyMode !== 'ipvs') {
-      throw new Error(
-        `--proxy-mode ${String(opts.proxyMode)}: explain supports iptables and ipvs modes only`,
-      );
-    }
     const netns = typeof raw.netns === 'string' && raw.netns !== '' ? raw.netns : undefined;
+    const mode = modeNamed(opts.proxyMode);
     const state = await loadState(opts);
-    if (opts.proxyMode === 'ipvs')
-      return await explainIpvsMode(key, opts, state, netns, raw.output, out, err);
-    const owners = buildOwnerIndex(state);
-    const families: ExplainFamilyInput[] = [];
-    for (const family of opts.ipFamilies) {
-      const kernel = await readKernelRules(opts, family, netns, true);
-      if (!kernel) {
-        families.push({ family });
-        continue;
-      }
-      const desired = await desiredRules(opts, family, state, netns);
-      const drift = diffRulesets({
-        family,
-        desired,
-        actual: kernel,
-        owners,
-        jumps: jumpRules(family, { localhostNodePorts: opts.localhostNodePorts }),
-      });
-      families.push({ family, kernel, drift });
-    }
-    const node = nodeContext(opts.hostnameOverride, state.nodes.get(opts.hostnameOverride)?.labels ?? {});
-    const report = explainService({ key, state, node, families });
-    out.write(raw.output === 'json' ? `${JSON.stringify(report, null, 2)}\n` : formatExplainText(report));
-    if (!report.found && report.warnings.length === 0) {
+    const explained = await mode.explain(key, opts, state, netns);
+    out.write(raw.output === 'json' ? `${JSON.stringify(explained.report, null, 2)}\n` : explained.text);
+    if (!explained.known) {
       err.write(`svcplane explain: Service ${key} not found (neither in the state nor in the kernel)\n`);
       return 2;
     }
@@ -131,46 +101,6 @@ async function explainWith(
     err.write(`svcplane explain: ${describe(e)}\n`);
     return 2;
   }
-}
-
-/** IPVS mode: the Service from the state, plus its virtual servers, real servers and ipset entries. */
-async function explainIpvsMode(
-  key: string,
-  opts: ProxyOptions,
-  state: ClusterState,
-  netns: string | undefined,
-  output: unknown,
-  out: Writer,
-  err: Writer,
-): Promise<number> {
-  const { families } = await readIpvsNode(opts, state, netns);
-  const node = nodeContext(opts.hostnameOverride, state.nodes.get(opts.hostnameOverride)?.labels ?? {});
-  // The iptables chains of iptables mode do not exist here: explain the state only, then IPVS.
-  const explained = explainService({
-    key,
-    state,
-    node,
-    families: opts.ipFamilies.map((family) => ({ family })),
-  });
-  const base = {
-    ...explained,
-    warnings: explained.warnings.filter((w) => !/iptables-save not available/.test(w)),
-  };
-  const ipvs = explainIpvs({ key, families });
-  const report = {
-    ...base,
-    mode: 'ipvs',
-    ipvs: ipvs.families,
-    warnings: [...base.warnings, ...ipvs.warnings],
-  };
-  const found = base.found || ipvs.families.some((f) => f.virtualServers.length > 0);
-  if (output === 'json') out.write(`${JSON.stringify(report, null, 2)}\n`);
-  else out.write(formatExplainText(report, { rules: false, extra: formatIpvsExplainLines(ipvs) }));
-  if (!found) {
-    err.write(`svcplane explain: Service ${key} not found (neither in the state nor in the kernel)\n`);
-    return 2;
-  }
-  return 0;
 }
 
 /**

@@ -62,7 +62,8 @@ export async function resolveNodePodCIDRs(
   /** Ends the wait early (svcplane stopping): then it throws like a timeout. */
   signal?: AbortSignal,
 ): Promise<ProxyOptions> {
-  if (opts.detectLocalMode !== 'NodeCIDR' || opts.proxyMode !== 'iptables') return opts;
+  // Every mode's detector needs them (IPVS too: kube-proxy shares one LocalTrafficDetector).
+  if (opts.detectLocalMode !== 'NodeCIDR') return opts;
   await source.start();
   const node = opts.hostnameOverride;
   const has = (s: ClusterState | undefined): readonly string[] | undefined => {

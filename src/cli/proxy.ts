@@ -1,20 +1,16 @@
 import { writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import type { Backend } from '../controller/backend.js';
 import type { Servers } from '../controller/servers-factory.js';
 import { Controller } from '../controller/controller.js';
 import { FlagError } from '../config/command-line.js';
 import { ConfigError, formatKubeProxyConfig } from '../config/kube-proxy-config.js';
 import { PROXY_FLAGS, TOP_LEVEL_FLAGS, type FlagSpec } from '../config/flags.js';
-import { iptablesBinaries, type ProxyOptions } from '../config/options.js';
+import type { ProxyOptions } from '../config/options.js';
 import { formatFlagHelp } from '../config/reference.js';
-import { cleanupLeftovers } from '../iptables/cleanup.js';
-import { Iptables } from '../iptables/iptables.js';
-import { IptablesProxier, type IptablesProxierConfig } from '../iptables/proxier.js';
-import { ManifestSource } from '../kube/manifests.js';
-import type { StateSource } from '../kube/source.js';
-import type { ClusterState, IPFamily } from '../model/types.js';
-import { CommandError } from '../util/exec.js';
+import { createSource } from '../kube/open-source.js';
+import { cleanupEveryMode, startDataplane } from '../modes/registry.js';
+import { describeProblem, type ClusterState } from '../model/types.js';
+import { StartupError } from '../util/errors.js';
 import { configureLogging, log, logVerbosity, redactText, STACK_VERBOSITY } from '../util/log.js';
 import { setOomScoreAdj } from '../util/process.js';
 import { applyConntrackSysctls } from '../conntrack/sysctls.js';
@@ -31,14 +27,6 @@ import { loadConfiguration, logNotices, RENDER_FLAGS, type LoadedConfiguration }
  * kube-proxy's one-shot actions (--cleanup, --write-config-to, --init-only), and `svcplane sync`
  * (converge once) and `svcplane cleanup`.
  */
-
-/** An error the operator can act on: printed as one line, exit status 1, no stack trace. */
-export class StartupError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'StartupError';
-  }
-}
 
 /** The usage text of the daemon form. */
 export function daemonUsage(commands: string): string {
@@ -157,117 +145,6 @@ export async function syncMain(args: readonly string[]): Promise<number> {
   return syncOnce(loaded.options);
 }
 
-/** The state source; `readOnce` for commands that use one state and exit (sync, diff). */
-export async function createSource(opts: ProxyOptions, readOnce = false): Promise<StateSource> {
-  if (opts.manifests !== undefined) {
-    // A scan hanging longer than kube-proxy's health timeout (2 × sync period) turns /healthz unhealthy.
-    return new ManifestSource(opts.manifests, {
-      limits: opts.serviceLimits,
-      stuckAfterMs: 2 * opts.syncPeriodMs,
-      readOnce,
-    });
-  }
-  const { createApiSource } = await import('../kube/api-source-factory.js');
-  return createApiSource(opts);
-}
-
-/** What an unusable iptables binary means for the operator, from the command's failure. */
-function iptablesProblem(err: unknown): string {
-  if (err instanceof CommandError) {
-    const cmd = err.argv.find((a) => a.includes('iptables')) ?? err.argv[0] ?? 'iptables';
-    if (err.reason === 'not-found') return `${cmd} not found (install iptables, or set --iptables-binary)`;
-    const stderr = err.stderr.trim().split('\n')[0] ?? '';
-    if (/Permission denied|must be root|Operation not permitted/i.test(stderr)) {
-      return `${cmd}: ${stderr} (run svcplane as root, or with CAP_NET_ADMIN and CAP_NET_RAW)`;
-    }
-    return `${cmd}: ${stderr || `exit status ${String(err.exitCode)}`}`;
-  }
-  return err instanceof Error ? err.message : String(err);
-}
-
-/** The families whose iptables binaries work here; IPv6 is dropped with a warning when unavailable. */
-export async function usableFamilies(opts: ProxyOptions): Promise<IPFamily[]> {
-  const families: IPFamily[] = [];
-  const problems: string[] = [];
-  for (const family of opts.ipFamilies) {
-    const ipt = new Iptables({ family, binaries: iptablesBinaries(opts.iptablesBinary, family) });
-    try {
-      await ipt.save('nat');
-      families.push(family);
-    } catch (err) {
-      problems.push(`${family}: ${iptablesProblem(err)}`);
-    }
-  }
-  if (families.length === 0) {
-    throw new StartupError(`no usable iptables for any IP family: ${problems.join('; ')}`);
-  }
-  for (const p of problems)
-    log.warn(`not programming ${p.split(':')[0] ?? ''}: iptables unavailable`, { reason: p });
-  return families;
-}
-
-/**
- * The backends of the mode, and the options with the mode in effect (IPVS may fall back to iptables);
- * with --network-policy, the policy enforcer after them (its own nftables table, whatever the mode).
- */
-export async function createModeBackends(
-  opts: ProxyOptions,
-): Promise<{ readonly options: ProxyOptions; readonly backends: Backend[] }> {
-  const mode = await createProxyBackends(opts);
-  if (!mode.options.networkPolicy) return mode;
-  const { NetpolEnforcer } = await import('../netpol/enforcer.js');
-  const enforcer = new NetpolEnforcer({ nodeName: opts.hostnameOverride, families: opts.ipFamilies });
-  return { options: mode.options, backends: [...mode.backends, enforcer] };
-}
-
-async function createProxyBackends(
-  opts: ProxyOptions,
-): Promise<{ readonly options: ProxyOptions; readonly backends: Backend[] }> {
-  if (opts.proxyMode === 'ipvs') {
-    const { createIpvsBackends, ipvsUnavailable } = await import('../ipvs/backend-factory.js');
-    const reason = await ipvsUnavailable(opts.ipvs.scheduler);
-    if (reason === undefined) {
-      return { options: opts, backends: createIpvsBackends(opts, await usableFamilies(opts)) };
-    }
-    // Issue 3 asked for kube-proxy < 1.26's fallback (newer kube-proxy exits here).
-    log.warn(`IPVS proxy mode is unavailable (${reason}); falling back to iptables mode`, {
-      scheduler: opts.ipvs.scheduler,
-    });
-    return createProxyBackends({ ...opts, proxyMode: 'iptables' });
-  }
-  const families = await usableFamilies(opts);
-  return {
-    options: opts,
-    backends: families.map((family) => new IptablesProxier(iptablesProxierConfig(opts, family))),
-  };
-}
-
-export async function createBackends(opts: ProxyOptions): Promise<Backend[]> {
-  return (await createModeBackends(opts)).backends;
-}
-
-/**
- * The proxier configuration for one family (shared with `svcplane diff`, which renders the same).
- */
-export function iptablesProxierConfig(opts: ProxyOptions, family: IPFamily): IptablesProxierConfig {
-  return {
-    family,
-    nodeName: opts.hostnameOverride,
-    bindAddress: opts.bindAddress,
-    masqueradeBit: opts.masqueradeBit,
-    masqueradeAll: opts.masqueradeAll,
-    detectLocalMode: opts.detectLocalMode,
-    clusterCIDRs: opts.clusterCIDRs,
-    bridgeInterface: opts.bridgeInterface,
-    interfaceNamePrefix: opts.interfaceNamePrefix,
-    ...(opts.nodePodCIDRs !== undefined ? { podCIDRs: opts.nodePodCIDRs } : {}),
-    nodePortAddresses: opts.nodePortAddresses,
-    localhostNodePorts: opts.localhostNodePorts,
-    binaries: iptablesBinaries(opts.iptablesBinary, family),
-    fullSyncMode: opts.iptablesFullSyncMode,
-  };
-}
-
 async function syncOnce(opts: ProxyOptions): Promise<number> {
   let source: StartOnceSource;
   try {
@@ -280,7 +157,7 @@ async function syncOnce(opts: ProxyOptions): Promise<number> {
     await source.start();
     refuseBrokenFiles(source.current());
     const resolved = await resolveNodePodCIDRs(opts, source, 0);
-    const controller = new Controller(source, await createBackends(resolved), resolved);
+    const controller = new Controller(source, (await startDataplane(resolved)).backends, resolved);
     const reports = await controller.syncOnce();
     for (const r of reports) {
       process.stdout.write(
@@ -288,12 +165,7 @@ async function syncOnce(opts: ProxyOptions): Promise<number> {
       );
     }
     const problems = controller.source.current()?.problems ?? [];
-    for (const p of problems) {
-      const o = p.object;
-      process.stderr.write(
-        `skipped ${o.kind} ${o.namespace ? `${o.namespace}/` : ''}${o.name}${o.source ? ` (${o.source})` : ''}: ${p.field}: ${p.reason}\n`,
-      );
-    }
+    for (const p of problems) process.stderr.write(`${describeProblem(p, { withSource: true })}\n`);
     return 0;
   } catch (err) {
     process.stderr.write(`svcplane sync failed: ${describeFailure(err)}\n`);
@@ -347,7 +219,7 @@ async function privilegedSetup(opts: ProxyOptions): Promise<void> {
 /** `--init-only`: the privileged steps (conntrack sysctls, each backend's kernel settings), then exit. */
 async function initOnly(opts: ProxyOptions): Promise<number> {
   await privilegedSetup(opts);
-  for (const b of await createBackends(opts)) await b.setup();
+  for (const b of (await startDataplane(opts)).backends) await b.setup();
   log.info('initialization done (--init-only); exiting');
   return 0;
 }
@@ -364,12 +236,12 @@ async function runDaemon(initial: ProxyOptions): Promise<number> {
   const startup = async (): Promise<void> => {
     const wanted = await resolveNodePodCIDRs(initial, source, NODE_POD_CIDR_TIMEOUT_MS, aborted.signal);
     // Probing the binaries first: without iptables (or root) that is the one failure to report.
-    const { options: opts, backends } = await createModeBackends(wanted);
+    const { options: opts, mode, backends } = await startDataplane(wanted);
     if (aborted.signal.aborted) return;
     await privilegedSetup(opts);
     controller = new Controller(source, backends, opts);
     const { startServers } = await import('../controller/servers-factory.js');
-    servers = await startServers(opts, controller);
+    servers = await startServers(opts, controller, mode.metrics);
     if (aborted.signal.aborted) return;
     if (opts.nodePodCIDRs !== undefined) {
       unwatch = watchNodePodCIDRs(source, opts.hostnameOverride, opts.nodePodCIDRs, (now) => {
@@ -412,40 +284,15 @@ async function runDaemon(initial: ProxyOptions): Promise<number> {
   return code;
 }
 
-/** kube-proxy --cleanup: every mode's rules (IPVS first: its chains use shared ones and its sets). */
+/** kube-proxy --cleanup: every mode's rules, then the policy table (src/modes/registry.ts). */
 async function cleanup(binary: string): Promise<number> {
   let status = 0;
-  try {
-    const { cleanupIpvs } = await import('../ipvs/cleanup.js');
-    const ipts = (['IPv4', 'IPv6'] as const).map(
-      (f) => new Iptables({ family: f, binaries: iptablesBinaries(binary, f) }),
-    );
-    const { removed } = await cleanupIpvs(ipts);
-    process.stdout.write(`ipvs: removed ${removed.length} chains/rules/sets/links\n`);
-  } catch (err) {
-    process.stderr.write(`ipvs: cleanup failed: ${describeFailure(err)}\n`);
-    status = 1;
-  }
-  for (const family of ['IPv4', 'IPv6'] as const) {
-    const ipt = new Iptables({ family, binaries: iptablesBinaries(binary, family) });
-    try {
-      const { removed } = await cleanupLeftovers(ipt);
-      process.stdout.write(`${family}: removed ${removed.length} chains/rules\n`);
-    } catch (err) {
-      if (err instanceof CommandError && err.reason === 'not-found') continue;
-      process.stderr.write(`${family}: cleanup failed: ${describeFailure(err)}\n`);
+  for (const outcome of await cleanupEveryMode({ iptablesBinary: binary })) {
+    if ('error' in outcome) {
+      process.stderr.write(`${outcome.part}: cleanup failed: ${describeFailure(outcome.error)}\n`);
       status = 1;
-    }
-  }
-  try {
-    const { cleanupNetpol } = await import('../netpol/enforcer.js');
-    const removed = await cleanupNetpol();
-    process.stdout.write(`netpol: ${removed ? 'removed table inet svcplane-netpol' : 'no policy table'}\n`);
-  } catch (err) {
-    // No nft here: nothing of ours can be in nf_tables' policy table either.
-    if (!(err instanceof CommandError && err.reason === 'not-found')) {
-      process.stderr.write(`netpol: cleanup failed: ${describeFailure(err)}\n`);
-      status = 1;
+    } else {
+      process.stdout.write(`${outcome.part}: ${outcome.text}\n`);
     }
   }
   return status;

@@ -1,23 +1,15 @@
 import { InvalidArgumentError, type Command } from 'commander';
 import { buildFrontendIndex } from '../debug/frontends.js';
-import { parseIpsetSaveText, type IpsetView } from '../debug/ipset-match.js';
 import { formatTraceText, traceJson } from '../debug/trace-format.js';
 import { tracePacket, type NodeView, type TracePacket, type TraceProtocol } from '../debug/trace.js';
 import { isRecentListName, parseRecentList } from '../debug/recent.js';
-import type { SavedRuleset } from '../iptables/save-parse.js';
-import { parseIpvsadmSave, type IpvsTable } from '../ipvs/ipvsadm.js';
 import { parseIP } from '../model/ip.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
-import { CommandError, run } from '../util/exec.js';
+import { run } from '../util/exec.js';
 import { listAddresses } from '../util/netif.js';
-import {
-  describe,
-  exitTwoOnUsageError,
-  loadState,
-  outputOption,
-  readKernelRules,
-  type OutputFormat,
-} from './diff.js';
+import { loadState } from '../kube/open-source.js';
+import { readTraceKernel } from '../modes/registry.js';
+import { describe, exitTwoOnUsageError, outputOption, type OutputFormat } from './diff.js';
 import { resolveProxyOptions } from '../config/options.js';
 import { formatTracedPolicies, tracePolicies, type TracedPolicy } from '../netpol/inspect.js';
 
@@ -137,7 +129,9 @@ export async function traceOnNode(
   family: IPFamily,
   state?: ClusterState,
 ): Promise<{ packet: TracePacket; trace: ReturnType<typeof tracePacket> }> {
-  const ruleset = await readKernelRules({ iptablesBinary: o.iptablesBinary }, family, o.netns);
+  // Each mode adds what it reads of the kernel (src/modes/contract.ts traceKernel).
+  const kernel = await readTraceKernel({ family, netns: o.netns, iptablesBinary: o.iptablesBinary });
+  const { ruleset } = kernel;
   if (!ruleset) throw new Error(`${family} iptables-save is not available`);
   const node = await nodeView(family, o.netns);
   const local = node.addresses.some((a) => a.ip === o.src);
@@ -151,14 +145,12 @@ export async function traceOnNode(
     ...(o.inInterface !== undefined ? { inInterface: o.inInterface } : {}),
     fromNode: o.fromNode === true || (local && o.inInterface === undefined),
   };
-  const ipvs = await readIpvsTable(o.netns);
-  const ipsets = usesIpsets(ruleset) ? await readIpsets(o.netns) : undefined;
   const input = {
     ruleset,
     node,
     packet,
-    ...(ipvs !== undefined && ipvs.size > 0 ? { ipvs } : {}),
-    ...(ipsets !== undefined ? { ipsets } : {}),
+    ...(kernel.ipvs !== undefined ? { ipvs: kernel.ipvs } : {}),
+    ...(kernel.ipsets !== undefined ? { ipsets: kernel.ipsets } : {}),
     ...(state !== undefined ? { frontends: buildFrontendIndex(state) } : {}),
   };
   let trace = tracePacket(input);
@@ -197,36 +189,6 @@ function policyVerdicts(
     { src: packet.src, protocol, fromNode: packet.fromNode },
     destinations,
   );
-}
-
-/** Whether any rule uses `-m set` (IPVS mode): only then is `ipset save` worth reading. */
-function usesIpsets(ruleset: SavedRuleset): boolean {
-  for (const table of ruleset.tables.values()) {
-    if (table.rules.some((r) => r.text.includes('--match-set'))) return true;
-  }
-  return false;
-}
-
-/** `ipset save`, parsed; undefined when ipset is not installed or not usable here. */
-async function readIpsets(netns: string | undefined): Promise<IpsetView | undefined> {
-  try {
-    const r = await run(['ipset', 'save'], { netns, allowFailure: true, timeoutMs: 30_000 });
-    return r.exitCode === 0 ? parseIpsetSaveText(r.stdout) : undefined;
-  } catch (e) {
-    if (e instanceof CommandError && e.reason === 'not-found') return undefined;
-    throw e;
-  }
-}
-
-/** `ipvsadm -Sn`, parsed; undefined when ipvsadm or IPVS is not available. */
-async function readIpvsTable(netns: string | undefined): Promise<IpvsTable | undefined> {
-  try {
-    const r = await run(['ipvsadm', '-Sn'], { netns, allowFailure: true });
-    return r.exitCode === 0 ? parseIpvsadmSave(r.stdout) : undefined;
-  } catch (e) {
-    if (e instanceof CommandError && e.reason === 'not-found') return undefined;
-    throw e;
-  }
 }
 
 /** The node's addresses of one family (plus loopback), its default route's interface and its bridges. */

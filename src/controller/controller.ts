@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import type { StateSource } from '../kube/source.js';
 import type { ClusterState } from '../model/types.js';
 import { log } from '../util/log.js';
-import type { Backend, SyncReport } from './backend.js';
+import type { Backend, SyncReport } from '../modes/backend.js';
 import { BoundedFrequencyRunner } from './runner.js';
 import { massRemovalVerdict, programmedKeys, SAFETY_VALVE, type ValveVerdict } from './safety-valve.js';
 

@@ -10,7 +10,7 @@ import {
 import { RestoreError } from '../iptables/iptables.js';
 import type { StateSource } from '../kube/source.js';
 import type { ClusterState, IPFamily, Service } from '../model/types.js';
-import type { Backend, SyncReport } from './backend.js';
+import type { Backend, SyncReport } from '../modes/backend.js';
 import { SyncError } from './controller.js';
 import type { ValveVerdict } from './safety-valve.js';
 
@@ -30,12 +30,12 @@ export function backendFamily(name: string): IPFamily | undefined {
   return undefined;
 }
 
-/** Which metric families to register: kube-proxy registers the iptables ones only in their modes. */
-export type MetricsMode = 'iptables' | 'ipvs';
-
 export interface ProxyMetricsOptions {
-  /** Default iptables: every family kube-proxy's iptables mode has. */
-  readonly mode?: MetricsMode;
+  /**
+   * Whether to register the iptables mode's sync families (kube-proxy registers them only in that
+   * mode); the mode in effect says (DataplaneMode.metrics). Default true.
+   */
+  readonly iptablesSyncFamilies?: boolean;
   /** prom-client's process and Node.js runtime metrics (default true). */
   readonly processMetrics?: boolean;
 }
@@ -97,14 +97,12 @@ function endpointsOf(s: Service | undefined): string {
 
 export class ProxyMetrics {
   readonly registry = new Registry();
-  readonly mode: MetricsMode;
   /** Registers the families of the iptables mode only there (kube-proxy's RegisterMetrics). */
   private readonly iptablesRegistries: Registry[];
   private readonly restoreRegistries: Registry[];
 
   constructor(opts: ProxyMetricsOptions = {}) {
-    this.mode = opts.mode ?? 'iptables';
-    this.iptablesRegistries = this.mode === 'iptables' ? [this.registry] : [];
+    this.iptablesRegistries = opts.iptablesSyncFamilies === false ? [] : [this.registry];
     // kube-proxy's IPVS mode restores iptables too and counts its failures.
     this.restoreRegistries = [this.registry];
     if (opts.processMetrics !== false) collectDefaultMetrics({ register: this.registry });

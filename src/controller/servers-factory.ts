@@ -133,9 +133,14 @@ function familiesOf(controller: Controller): IPFamily[] {
   return [...out];
 }
 
-export async function startServers(opts: ProxyOptions, controller: Controller): Promise<Servers> {
+export async function startServers(
+  opts: ProxyOptions,
+  controller: Controller,
+  /** What the mode in effect registers (src/modes/contract.ts `metrics`). */
+  metricFamilies: { readonly iptablesSyncFamilies: boolean },
+): Promise<Servers> {
   // The mode in effect (an unavailable IPVS fell back to iptables): its metric families, as kube-proxy.
-  const metrics = new ProxyMetrics({ mode: opts.proxyMode });
+  const metrics = new ProxyMetrics(metricFamilies);
   const detachMetrics = attachMetrics(metrics, controller);
   const inputs = controllerHealth(controller, {
     syncPeriodMs: opts.syncPeriodMs,

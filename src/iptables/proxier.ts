@@ -1,5 +1,5 @@
 import { programmedServiceKeys } from './programmed.js';
-import type { Backend, SyncReport } from '../controller/backend.js';
+import type { Backend, SyncReport } from '../modes/backend.js';
 import { cidrContains, parseCIDR } from '../model/ip.js';
 import { nodeContext, type NodeContext } from '../model/selection.js';
 import type { ClusterState, IPFamily, NodeInfo, Service } from '../model/types.js';

@@ -1,5 +1,5 @@
 import { iptablesBinaries, type ProxyOptions } from '../config/options.js';
-import type { Backend } from '../controller/backend.js';
+import type { Backend } from '../modes/backend.js';
 import { run } from '../util/exec.js';
 import type { IPFamily } from '../model/types.js';
 import { IpvsProxier, type IpvsProxierConfig } from './proxier.js';

@@ -1,4 +1,4 @@
-import type { Backend, SyncReport } from '../controller/backend.js';
+import type { Backend, SyncReport } from '../modes/backend.js';
 import { Iptables, type IptablesBinaries } from '../iptables/iptables.js';
 import { canaryLines, mergeExtraLines, missingJumpLines } from '../iptables/jump-plan.js';
 import { parseIptablesSave, type SavedRuleset } from '../iptables/save-parse.js';

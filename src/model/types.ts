@@ -28,6 +28,13 @@ export interface Problem {
   readonly reason: string;
 }
 
+/** "skipped KIND ns/name[ (source)]: field: reason": how every command reports a skipped object. */
+export function describeProblem(p: Problem, opts: { withSource?: boolean } = {}): string {
+  const o = p.object;
+  const source = opts.withSource === true && o.source ? ` (${o.source})` : '';
+  return `skipped ${o.kind} ${o.namespace ? `${o.namespace}/` : ''}${o.name}${source}: ${p.field}: ${p.reason}`;
+}
+
 export interface LoadBalancerIngress {
   /** Canonical IP. */
   readonly ip: string;

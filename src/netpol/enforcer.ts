@@ -1,4 +1,4 @@
-import type { Backend, SyncReport } from '../controller/backend.js';
+import type { Backend, SyncReport } from '../modes/backend.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import { log } from '../util/log.js';
 import { run } from '../util/exec.js';

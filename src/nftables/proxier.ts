@@ -1,4 +1,4 @@
-import type { Backend, SyncReport } from '../controller/backend.js';
+import type { Backend, SyncReport } from '../modes/backend.js';
 import {
   gatherNodeFacts,
   localDetectorFor,

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ProxyOptions } from '../../src/config/options.js';
 import { loadConfiguration, RENDER_FLAGS } from '../../src/cli/proxy-options.js';
-import type { SyncReport } from '../../src/controller/backend.js';
+import type { SyncReport } from '../../src/modes/backend.js';
 import { Controller } from '../../src/controller/controller.js';
 import { healthzStatus, TO_BE_DELETED_TAINT, type HealthStatus } from '../../src/controller/health.js';
 import { controllerHealth } from '../../src/controller/servers-factory.js';

@@ -4,7 +4,7 @@ import {
   type IptablesProxierConfig,
   type IptablesSyncReport,
 } from '../../src/iptables/proxier.js';
-import type { SyncReport } from '../../src/controller/backend.js';
+import type { SyncReport } from '../../src/modes/backend.js';
 import { buildClusterState } from '../../src/model/build.js';
 import { NftablesProxier } from '../../src/nftables/proxier.js';
 import type { ClusterState, IPFamily, Protocol } from '../../src/model/types.js';

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { FlagError, parseCommandLine } from '../../../src/config/command-line.js';
 import { KUBE_PROXY_FLAGS, LOGGING_FLAGS, PROXY_FLAGS } from '../../../src/config/flags.js';
 import { iptablesBinaries, optionsFromArgs, resolveConfiguration } from '../../../src/config/options.js';
-import { iptablesProxierConfig } from '../../../src/cli/proxy.js';
+import { iptablesProxierConfig } from '../../../src/iptables/mode.js';
 
 /**
  * kube-proxy's command line (cmd/kube-proxy/app/options.go of 1.35, and component-base's logging

@@ -5,9 +5,11 @@ import {
   StartOnceSource,
   watchNodePodCIDRs,
 } from '../../../src/cli/node-cidr.js';
-import { iptablesProxierConfig } from '../../../src/cli/proxy.js';
+import { iptablesProxierConfig } from '../../../src/iptables/mode.js';
 import { optionsFromArgs, type ProxyOptions } from '../../../src/config/options.js';
 import { localDetectorFor } from '../../../src/iptables/proxier.js';
+import { ipvsConfigFor } from '../../../src/ipvs/backend-factory.js';
+import { ipvsRulesConfig } from '../../../src/ipvs/proxier.js';
 import type { SourceHealth, StateSource } from '../../../src/kube/source.js';
 import { buildClusterState } from '../../../src/model/build.js';
 import type { ClusterState } from '../../../src/model/types.js';
@@ -128,6 +130,18 @@ describe('--detect-local-mode=NodeCIDR', () => {
     assert.deepEqual(got.nodePodCIDRs, ['10.244.3.0/24', 'fd00:10:244:3::/64']);
     await once.start();
     assert.equal(source.starts, 1, 'the controller starting it again does not restart the source');
+  });
+
+  it('IPVS mode resolves them too (main failed: "the Node\'s pod CIDRs were not resolved")', async () => {
+    const source = new ScriptedSource(stateWithNode({ podCIDRs: ['10.244.5.0/24'] }));
+    const opts = options(['--proxy-mode=ipvs', '--detect-local-mode=NodeCIDR']);
+    const got = await quietly(() => resolveNodePodCIDRs(opts, source, 0));
+    assert.deepEqual(got.nodePodCIDRs, ['10.244.5.0/24']);
+    assert.deepEqual(ipvsRulesConfig(ipvsConfigFor(got, 'IPv4'), true).notLocal, [
+      '!',
+      '-s',
+      '10.244.5.0/24',
+    ]);
   });
 
   it('fails clearly when the Node is missing or has no pod CIDR (sync: no waiting)', async () => {

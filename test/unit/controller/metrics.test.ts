@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import type { Backend, SyncReport } from '../../../src/controller/backend.js';
+import type { Backend, SyncReport } from '../../../src/modes/backend.js';
 import { Controller } from '../../../src/controller/controller.js';
 import { attachMetrics, ProxyMetrics } from '../../../src/controller/metrics.js';
 import { RestoreError } from '../../../src/iptables/iptables.js';
@@ -180,8 +180,8 @@ describe('metrics: one series per IP family (dual-stack scrape)', () => {
   });
 
   it("mode-specific families as kube-proxy's RegisterMetrics: IPVS mode has no iptables rule counts", async () => {
-    const ipvs = await scrape(new ProxyMetrics({ mode: 'ipvs', processMetrics: false }));
-    const iptables = await scrape(new ProxyMetrics({ mode: 'iptables', processMetrics: false }));
+    const ipvs = await scrape(new ProxyMetrics({ iptablesSyncFamilies: false, processMetrics: false }));
+    const iptables = await scrape(new ProxyMetrics({ iptablesSyncFamilies: true, processMetrics: false }));
     const families = (t: string): Set<string> =>
       new Set([...t.matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]!));
     for (const name of [

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import type { Backend, SyncReport } from '../../../src/controller/backend.js';
+import type { Backend, SyncReport } from '../../../src/modes/backend.js';
 import { Controller } from '../../../src/controller/controller.js';
 import { BoundedFrequencyRunner } from '../../../src/controller/runner.js';
 import type { SourceHealth, StateSource } from '../../../src/kube/source.js';

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import type { Backend, SyncReport } from '../../../src/controller/backend.js';
+import type { Backend, SyncReport } from '../../../src/modes/backend.js';
 import { Controller, SafetyValveError } from '../../../src/controller/controller.js';
 import { healthzStatus } from '../../../src/controller/health.js';
 import { attachMetrics, ProxyMetrics } from '../../../src/controller/metrics.js';

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import winston from 'winston';
-import type { Backend, SyncReport } from '../../../src/controller/backend.js';
+import type { Backend, SyncReport } from '../../../src/modes/backend.js';
 import { Controller } from '../../../src/controller/controller.js';
 import type { SourceHealth, StateSource } from '../../../src/kube/source.js';
 import type { ClusterState, Problem } from '../../../src/model/types.js';
