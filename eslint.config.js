@@ -1,6 +1,7 @@
 // @ts-check
 import eslint from '@eslint/js';
 import tseslint from 'typescript-eslint';
+import { layerRules } from './eslint.layers.js';
 
 export default tseslint.config(
   {
@@ -9,6 +10,7 @@ export default tseslint.config(
       'node_modules/**',
       'bin/**',
       'eslint.config.js',
+      'eslint.layers.js',
       '.mocharc.cjs',
       'test/support/reporter.cjs',
     ],
@@ -29,6 +31,8 @@ export default tseslint.config(
       ],
     },
   },
+  // Layers (eslint.layers.js): no import from a higher layer, no cycle.
+  layerRules(import.meta.dirname, { project: 'tsconfig.json' }),
   {
     files: ['test/**/*.ts'],
     rules: {

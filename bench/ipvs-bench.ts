@@ -19,7 +19,7 @@ import { renderIpvsRules } from '../src/ipvs/rules.js';
 import { buildClusterState } from '../src/model/build.js';
 import type { ClusterState } from '../src/model/types.js';
 import { run } from '../src/util/exec.js';
-import { parseIpAddressJson } from '../src/util/netif.js';
+import { parseIpAddressJson } from '../src/kernel/netif.js';
 import { BENCH_LIMITS, BENCH_NODE, BENCH_NODE_IP, clusterObjects, serviceObjects } from './cluster.js';
 import { MemoryPeak } from './memory.js';
 

@@ -6,7 +6,7 @@ import { isRecentListName, parseRecentList } from '../debug/recent.js';
 import { parseIP } from '../model/ip.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import { run } from '../util/exec.js';
-import { listAddresses } from '../util/netif.js';
+import { listAddresses } from '../kernel/netif.js';
 import { loadState } from '../kube/open-source.js';
 import { readTraceKernel } from '../modes/registry.js';
 import { describe, exitTwoOnUsageError, outputOption, type OutputFormat } from './diff.js';

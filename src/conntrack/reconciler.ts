@@ -1,7 +1,6 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ProxyMetrics } from '../controller/metrics.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import { CommandError, run, type RunResult } from '../util/exec.js';
 import { log } from '../util/log.js';
@@ -30,7 +29,7 @@ export interface ConntrackReconcilerOptions {
   readonly netns?: string;
   /** Default `conntrack`. */
   readonly binary?: string;
-  readonly metrics?: ProxyMetrics;
+  readonly metrics?: ConntrackMetrics;
   readonly timeoutMs?: number;
 }
 
@@ -40,6 +39,15 @@ export interface ReconcileResult {
   readonly filters: number;
   readonly deleted: number;
   readonly durationMs: number;
+}
+
+/** The counters the cleaner feeds (ProxyMetrics has them; declared here so conntrack stays below the controller). */
+export interface ConntrackMetrics {
+  readonly conntrackCommands: { inc(): void };
+  readonly conntrackRuns: { inc(): void };
+  readonly conntrackDuration: { observe(seconds: number): void };
+  readonly conntrackDeleted: { inc(n: number): void };
+  readonly conntrackFailures: { inc(): void };
 }
 
 /** Work done so far (tests and metrics). */

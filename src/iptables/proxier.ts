@@ -11,7 +11,7 @@ import {
   listAddresses,
   nodeIPsFromInterfaces,
   type InterfaceAddress,
-} from '../util/netif.js';
+} from '../kernel/netif.js';
 import { ensureSysctl, readSysctl } from '../util/sysctl.js';
 import { Iptables, KUBE_PROXY_CANARY, RestoreError, type RestoreResult } from './iptables.js';
 import { canaryLines, mergeExtraLines, missingJumpLines } from './jump-plan.js';

@@ -18,7 +18,7 @@ import type { DataplaneMode } from '../modes/contract.js';
 import { nodeContext } from '../model/selection.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import { CommandError, run } from '../util/exec.js';
-import { parseIpAddressJson } from '../util/netif.js';
+import { parseIpAddressJson } from '../kernel/netif.js';
 import { createIpvsBackends, ipvsConfigFor, ipvsUnavailable } from './backend-factory.js';
 import { cleanupIpvs } from './cleanup.js';
 import { parseIpsetSave } from './ipset.js';

@@ -7,7 +7,7 @@ import { nodeContext } from '../model/selection.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import { run, type RunResult } from '../util/exec.js';
 import { log } from '../util/log.js';
-import { parseIpAddressJson, type InterfaceAddress } from '../util/netif.js';
+import { parseIpAddressJson, type InterfaceAddress } from '../kernel/netif.js';
 import { ensureSysctl } from '../util/sysctl.js';
 import { diffIpvs } from './diff.js';
 import { diffIpsets, parseIpsetSave } from './ipset.js';

@@ -10,7 +10,7 @@ import {
   serviceChainsOf,
 } from '../../src/iptables/save-parse.js';
 import { CommandError, run } from '../../src/util/exec.js';
-import { addressesInCIDRs, listAddresses, nodeIPsFromInterfaces } from '../../src/util/netif.js';
+import { addressesInCIDRs, listAddresses, nodeIPsFromInterfaces } from '../../src/kernel/netif.js';
 import { readSysctl, writeSysctl } from '../../src/util/sysctl.js';
 import { requireRoot } from '../support/sandbox.js';
 

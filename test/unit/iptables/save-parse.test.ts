@@ -23,7 +23,7 @@ import {
   parseRestoreErrorLine,
   versionAtLeast,
 } from '../../../src/iptables/iptables.js';
-import { addressesInCIDRs, nodeIPsFromInterfaces, parseIpAddressJson } from '../../../src/util/netif.js';
+import { addressesInCIDRs, nodeIPsFromInterfaces, parseIpAddressJson } from '../../../src/kernel/netif.js';
 import { sysctlPath } from '../../../src/util/sysctl.js';
 
 // Captured from `iptables-save -c` (1.8.9, nf_tables) in a private netns after restoring a

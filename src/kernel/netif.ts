@@ -1,6 +1,6 @@
 import { cidrContains, parseCIDR, parseIP } from '../model/ip.js';
 import type { IPFamily } from '../model/types.js';
-import { run } from './exec.js';
+import { run } from '../util/exec.js';
 
 /** Interface addresses of a network namespace, from `ip -j address show`. */
 
