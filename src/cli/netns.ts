@@ -9,6 +9,7 @@ import {
   Sandbox,
   type PodInfo,
 } from '../netns/sandbox.js';
+import { parseLabels, SANDBOX_NODE_NAME, validateNamespace } from '../netns/pod-manifest.js';
 import { readState } from '../netns/state.js';
 
 /**
@@ -48,7 +49,27 @@ function intOption(min: number, max: number): (v: string) => number {
 
 function describePod(p: PodInfo): string {
   const ports = [...p.tcpPorts.map((x) => `${x}/tcp`), ...p.udpPorts.map((x) => `${x}/udp`)].join(',') || '-';
-  return `${p.name}\t${p.ns}\t${p.ipv4}\t${p.ipv6}\t${p.hostVeth}\t${ports}`;
+  const labels = Object.entries(p.labels).map(([k, v]) => `${k}=${v}`);
+  // Namespace and labels only when set, so the line stays as it was for pods without them.
+  const k8s =
+    p.namespace !== 'default' || labels.length > 0 ? `\t${p.namespace}\t${labels.join(',') || '-'}` : '';
+  return `${p.name}\t${p.ns}\t${p.ipv4}\t${p.ipv6}\t${p.hostVeth}\t${ports}${k8s}`;
+}
+
+function nsOption(v: string): string {
+  try {
+    return validateNamespace(v);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
+function labelsOption(v: string): Record<string, string> {
+  try {
+    return parseLabels(v);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
 }
 
 function print(line: string): void {
@@ -106,16 +127,36 @@ export function registerNetnsCommands(program: Command): void {
     .option('--index <n>', 'N of 10.244.0.N (default: the lowest free)', intOption(2, 254))
     .option('--tcp <ports>', 'TCP echo ports, e.g. 80,9376', portsOption('tcp port'), [])
     .option('--udp <ports>', 'UDP echo ports, e.g. 53', portsOption('udp port'), [])
-    .action(async (name: string, o: { id: string; index?: number; tcp: number[]; udp: number[] }) => {
-      const sb = await Sandbox.attach(o.id);
-      const p = await sb.addPod({
-        name,
-        ...(o.index !== undefined ? { index: o.index } : {}),
-        tcpPorts: o.tcp,
-        udpPorts: o.udp,
-      });
-      print(describePod(p));
-    });
+    .option('--namespace <ns>', 'Kubernetes namespace of the pod, for pods.json (default: default)', nsOption)
+    .option('--labels <k=v,...>', 'Kubernetes labels of the pod, for pods.json', labelsOption, {})
+    .action(
+      async (
+        name: string,
+        o: {
+          id: string;
+          index?: number;
+          tcp: number[];
+          udp: number[];
+          namespace?: string;
+          labels: Record<string, string>;
+        },
+      ) => {
+        const sb = await Sandbox.attach(o.id);
+        const p = await sb.addPod({
+          name,
+          ...(o.index !== undefined ? { index: o.index } : {}),
+          tcpPorts: o.tcp,
+          udpPorts: o.udp,
+          ...(o.namespace !== undefined ? { namespace: o.namespace } : {}),
+          labels: o.labels,
+        });
+        print(describePod(p));
+        // For --network-policy: who is who, as Namespace and Pod objects svcplane run can read.
+        print(
+          `pods as Kubernetes objects: ${sb.podManifestPath} (svcplane run --hostname-override ${SANDBOX_NODE_NAME})`,
+        );
+      },
+    );
   pod
     .command('del <name>')
     .description('remove a pod and its agent')

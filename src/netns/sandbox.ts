@@ -1,8 +1,9 @@
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { IPFamily } from '../model/types.js';
 import { run, type RunOptions, type RunResult } from '../util/exec.js';
 import { AgentProcess } from './agent-process.js';
+import { DEFAULT_POD_NAMESPACE, renderPodManifest, validateNamespace } from './pod-manifest.js';
 import {
   GATEWAY_V4,
   GATEWAY_V6,
@@ -60,6 +61,9 @@ export interface PodSpec {
   /** Echo server ports; with any, the pod's agent starts with the pod. */
   readonly tcpPorts?: readonly number[];
   readonly udpPorts?: readonly number[];
+  /** Kubernetes namespace (default `default`) and labels, for pods.json (./pod-manifest.ts). */
+  readonly namespace?: string;
+  readonly labels?: Readonly<Record<string, string>>;
 }
 
 export interface PodInfo {
@@ -73,6 +77,9 @@ export interface PodInfo {
   readonly hostVeth: string;
   readonly tcpPorts: readonly number[];
   readonly udpPorts: readonly number[];
+  /** Kubernetes namespace and labels (pods.json). */
+  readonly namespace: string;
+  readonly labels: Readonly<Record<string, string>>;
 }
 
 export interface CreateOptions {
@@ -221,7 +228,16 @@ export class Sandbox {
       throw new Error(`sandbox "${id}" is incomplete: namespace ${nodeNsName(id)} is missing`);
     const sb = new Sandbox(id, state.owner === null);
     for (const r of state.pods)
-      sb.pods.set(r.name, podInfoOf(planPod(id, r.name, r.index), r.tcpPorts, r.udpPorts));
+      sb.pods.set(
+        r.name,
+        podInfoOf(
+          planPod(id, r.name, r.index),
+          r.tcpPorts,
+          r.udpPorts,
+          r.namespace ?? DEFAULT_POD_NAMESPACE,
+          r.labels ?? {},
+        ),
+      );
     sb.detached.push(...state.agents);
     return sb;
   }
@@ -249,7 +265,13 @@ export class Sandbox {
       const plan = planPod(this.id, name, index);
       out.push({
         plan,
-        info: podInfoOf(plan, uniquePorts(s.tcpPorts, 'tcp port'), uniquePorts(s.udpPorts, 'udp port')),
+        info: podInfoOf(
+          plan,
+          uniquePorts(s.tcpPorts, 'tcp port'),
+          uniquePorts(s.udpPorts, 'udp port'),
+          validateNamespace(s.namespace ?? DEFAULT_POD_NAMESPACE),
+          { ...(s.labels ?? {}) },
+        ),
       });
     }
     return out;
@@ -282,6 +304,8 @@ export class Sandbox {
       index: p.index,
       tcpPorts: p.tcpPorts,
       udpPorts: p.udpPorts,
+      namespace: p.namespace,
+      labels: p.labels,
     }));
     const state: SandboxState = {
       id: this.id,
@@ -290,6 +314,12 @@ export class Sandbox {
       agents: [...this.detached],
     };
     await writeState(state);
+    await writeFile(this.podManifestPath, renderPodManifest(this.listPods()));
+  }
+
+  /** The sandbox's pods as Namespace and Pod objects (./pod-manifest.ts), rewritten with the state. */
+  get podManifestPath(): string {
+    return path.join(stateDir(this.id), 'pods.json');
   }
 
   private check(): void {
@@ -476,7 +506,13 @@ export class Sandbox {
   }
 }
 
-function podInfoOf(plan: PodPlan, tcpPorts: readonly number[], udpPorts: readonly number[]): PodInfo {
+function podInfoOf(
+  plan: PodPlan,
+  tcpPorts: readonly number[],
+  udpPorts: readonly number[],
+  namespace: string,
+  labels: Readonly<Record<string, string>>,
+): PodInfo {
   return {
     name: plan.name,
     ns: plan.ns,
@@ -486,6 +522,8 @@ function podInfoOf(plan: PodPlan, tcpPorts: readonly number[], udpPorts: readonl
     hostVeth: plan.hostVeth,
     tcpPorts,
     udpPorts,
+    namespace,
+    labels,
   };
 }
 

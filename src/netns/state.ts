@@ -21,6 +21,9 @@ export interface PodRecord {
   readonly index: number;
   readonly tcpPorts: readonly number[];
   readonly udpPorts: readonly number[];
+  /** Kubernetes namespace and labels of the pod (pods.json); absent in older state: default, none. */
+  readonly namespace?: string;
+  readonly labels?: Readonly<Record<string, string>>;
 }
 
 export interface AgentRecord {
