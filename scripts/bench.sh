@@ -23,6 +23,11 @@
 # max, per stage) against the nft element-transaction floor, peak RSS (≈1 min). Options:
 #   --no-netpol  skip it     --netpol-only  only it     --netpol-changes N (default 30)
 #   --netpol-out FILE (default bench/results/netpol-<date>.json)
+# nftables part (bench/nftables-bench.ts, after the iptables part, under `unshare -n` too): full sync
+# into an empty and a populated kernel against the floor (a bare `nft -f` of the same transaction),
+# one-endpoint changes at 10k (change to rules p50/max, bytes per change), peak RSS. Default 1k,10k;
+# options: --no-nftables  --nftables-only  --nftables-sizes LIST (e.g. 1k,10k,30k)
+#          --nftables-changes N (default 50)  --nftables-out FILE
 # Results: tables on stdout, JSON in bench/results/ (gitignored).
 # Env: SVCPLANE_SKIP_BUILD=1 skips scripts/setup.sh (installs, npm ci, rebuild of dist/).
 set -euo pipefail
@@ -33,6 +38,8 @@ ipvs_args=()
 manifest_args=()
 netpol_args=()
 run_netpol=1
+nft_args=()
+run_nftables=1
 run_iptables=1
 run_ipvs=1
 run_manifests=1
@@ -40,12 +47,17 @@ while (($#)); do
   case $1 in
     --no-ipvs) run_ipvs=0; shift ;;
     --no-netpol) run_netpol=0; shift ;;
-    --netpol-only) run_iptables=0; run_ipvs=0; run_manifests=0; shift ;;
+    --netpol-only) run_iptables=0; run_ipvs=0; run_manifests=0; run_nftables=0; shift ;;
+    --no-nftables) run_nftables=0; shift ;;
+    --nftables-only) run_iptables=0; run_manifests=0; run_ipvs=0; run_netpol=0; shift ;;
+    --nftables-sizes) nft_args+=(--sizes "${2:?--nftables-sizes wants a list}"); shift 2 ;;
+    --nftables-changes) nft_args+=(--changes "${2:?--nftables-changes wants a number}"); shift 2 ;;
+    --nftables-out) nft_args+=(--out "${2:?--nftables-out wants a file}"); shift 2 ;;
     --netpol-changes) netpol_args+=(--changes "${2:?--netpol-changes wants a number}"); shift 2 ;;
     --netpol-out) netpol_args+=(--out "${2:?--netpol-out wants a file}"); shift 2 ;;
-    --ipvs-only) run_iptables=0; run_manifests=0; run_netpol=0; shift ;;
+    --ipvs-only) run_iptables=0; run_manifests=0; run_netpol=0; run_nftables=0; shift ;;
     --no-manifests) run_manifests=0; shift ;;
-    --manifests-only) run_iptables=0; run_ipvs=0; run_netpol=0; shift ;;
+    --manifests-only) run_iptables=0; run_ipvs=0; run_netpol=0; run_nftables=0; shift ;;
     --manifest-sizes) manifest_args+=(--sizes "${2:?--manifest-sizes wants a list}"); shift 2 ;;
     --manifest-changes) manifest_args+=(--changes "${2:?--manifest-changes wants a number}"); shift 2 ;;
     --manifest-out) manifest_args+=(--out "${2:?--manifest-out wants a file}"); shift 2 ;;
@@ -56,7 +68,7 @@ while (($#)); do
     *) iptables_args+=("$1"); shift ;;
   esac
 done
-((run_iptables || run_ipvs || run_manifests || run_netpol)) || { echo "bench: nothing left to run" >&2; exit 2; }
+((run_iptables || run_ipvs || run_manifests || run_netpol || run_nftables)) || { echo "bench: nothing left to run" >&2; exit 2; }
 
 if [[ ${SVCPLANE_SKIP_BUILD:-} != 1 ]]; then bash scripts/setup.sh; fi
 if ! command -v /usr/bin/time >/dev/null 2>&1; then
@@ -65,6 +77,10 @@ fi
 echo "bench: $(date -u +%FT%TZ) on $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 if ((run_iptables)); then
   unshare -n node dist/bench/bench.js "${iptables_args[@]}"
+fi
+if ((run_nftables)); then
+  echo "bench: nftables part, $(date -u +%FT%TZ); load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  unshare -n node dist/bench/nftables-bench.js "${nft_args[@]}"
 fi
 if ((run_manifests)); then
   echo "bench: manifest part, $(date -u +%FT%TZ); load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

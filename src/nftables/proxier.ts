@@ -72,6 +72,8 @@ export class NftablesProxier implements Backend {
   lastAttemptFull = true;
   /** Failed deletions of stale chains since the last report (kube-proxy's cleanup failures). */
   private cleanupFailures = 0;
+  /** Stale chains are deleted inside the sync's transaction until one such transaction is refused. */
+  private inlineCleanup = true;
 
   constructor(private readonly config: NftablesProxierConfig) {
     this.name = `nftables/${config.family}`;
@@ -118,7 +120,12 @@ export class NftablesProxier implements Backend {
       this.lastFacts === undefined || JSON.stringify(this.lastFacts) !== JSON.stringify(facts);
     const full = this.needFullSync || factsChanged || this.applied === undefined;
     this.lastAttemptFull = full;
-    await this.deleteStaleChains(started);
+    // Chains flushed ≥ 1 s ago are deleted in this sync's own transaction (one nft per sync); after
+    // a refused transaction that carried some, in a transaction of their own from then on (another
+    // agent may hold a reference: that must not block the Services' rules).
+    const due = this.dueStaleChains(started);
+    if (!this.inlineCleanup) await this.deleteStaleChains(due);
+    const inline = this.inlineCleanup ? due : [];
     const config = this.renderConfig(facts);
     const checked = checkNftConfig(config);
     const services = renderState(state, config);
@@ -140,6 +147,7 @@ export class NftablesProxier implements Backend {
             sets.filter((s) => isAffinitySetName(s.name)).map((s) => [s.name, s.timeout ?? Number.NaN]),
           ),
           recreateBaseChains: !this.baseChainsRecreated,
+          deleteChains: inline,
         });
         result = await this.nft.apply(tx.lines, 'nftables full sync');
         this.written = tx.model;
@@ -153,6 +161,7 @@ export class NftablesProxier implements Backend {
           previous: this.applied!,
           next: services,
           written: this.written,
+          deleteChains: inline,
         });
         result =
           tx.lines.length === 0
@@ -163,6 +172,7 @@ export class NftablesProxier implements Backend {
         writtenServices = tx.writtenServices;
       }
       const now = performance.now();
+      for (const c of inline) this.staleChains.delete(c);
       for (const c of stale) this.staleChains.set(c, now);
       // A chain written again is no longer stale.
       for (const r of services.values()) for (const c of r.chains.keys()) this.staleChains.delete(c);
@@ -196,16 +206,31 @@ export class NftablesProxier implements Backend {
       // The transaction was refused as a whole: the kernel keeps what served. What we know about
       // stale chains may be wrong now; the next sync is full and lists them again.
       this.needFullSync = true;
+      // What we know about stale chains may be wrong now: the full sync lists and flushes them again.
       this.staleChains.clear();
+      if (inline.length > 0) {
+        this.inlineCleanup = false;
+        log.warn(
+          'an nftables transaction deleting stale chains was refused; stale chains are deleted on their own from now on',
+          {
+            backend: this.name,
+          },
+        );
+      }
       throw err;
     }
   }
 
-  /** Deletes chains flushed at least `staleChainDelayMs` ago, in a transaction of their own. */
-  private async deleteStaleChains(now: number): Promise<void> {
+  /** Stale chains flushed at least `staleChainDelayMs` ago. */
+  private dueStaleChains(now: number): string[] {
     const delay = this.config.staleChainDelayMs ?? 1000;
-    const due = [...this.staleChains].filter(([, at]) => now - at >= delay).map(([c]) => c);
+    return [...this.staleChains].filter(([, at]) => now - at >= delay).map(([c]) => c);
+  }
+
+  /** Deletes `due` stale chains in a transaction of their own (a failure is counted, retried later). */
+  private async deleteStaleChains(due: readonly string[]): Promise<void> {
     if (due.length === 0) return;
+    const now = performance.now();
     for (const c of due) this.staleChains.delete(c);
     try {
       await this.nft.apply(deleteChainsTransaction(this.config.family, due), 'nftables stale chain cleanup');

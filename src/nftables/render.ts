@@ -184,11 +184,18 @@ export function renderState(state: ClusterState, config: NftRenderConfig): Map<s
   const checked = checkNftConfig(config);
   const configKey = configKeyOf(config);
   const out = new Map<string, ServiceRules>();
-  for (const key of [...state.services.keys()].sort()) {
+  for (const key of sortedKeys(state.services)) {
     const r = renderService(key, state.services.get(key)!, config, checked, configKey);
     if (r !== undefined) out.set(key, r);
   }
   return out;
+}
+
+/** The state's Service keys in order (built states are sorted already: check, don't sort). */
+function sortedKeys(services: ReadonlyMap<string, Service>): readonly string[] {
+  const keys = [...services.keys()];
+  for (let i = 1; i < keys.length; i++) if (keys[i - 1]! >= keys[i]!) return keys.sort();
+  return keys;
 }
 
 function checkFrontends(

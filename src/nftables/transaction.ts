@@ -349,6 +349,8 @@ export interface FullSyncInput {
   readonly existingAffinitySets: ReadonlyMap<string, number>;
   /** The first full sync of this process recreates the base chains. */
   readonly recreateBaseChains: boolean;
+  /** Chains flushed by an earlier transaction, unreferenced since, to delete now. */
+  readonly deleteChains?: readonly string[];
 }
 
 export function fullTransaction(input: FullSyncInput): FullTransaction {
@@ -387,7 +389,13 @@ export function fullTransaction(input: FullSyncInput): FullTransaction {
     }
   }
   for (const name of existingSets.keys()) if (!activeSets.has(name)) tx.deleteSet(name);
-  return { lines: tx.lines, model, staleChains: stale.sort(), writtenServices: services.size };
+  const deleted = deleteDue(tx, input.deleteChains, active);
+  return {
+    lines: tx.lines,
+    model,
+    staleChains: stale.filter((c) => !deleted.has(c)).sort(),
+    writtenServices: services.size,
+  };
 }
 
 export interface PartialSyncInput {
@@ -397,6 +405,8 @@ export interface PartialSyncInput {
   readonly previous: ReadonlyMap<string, ServiceRules>;
   readonly next: ReadonlyMap<string, ServiceRules>;
   readonly written: WrittenModel;
+  /** Chains flushed by an earlier transaction, unreferenced since, to delete now. */
+  readonly deleteChains?: readonly string[];
 }
 
 /** Services whose render differs (by identity: renders are memoised per Service object). */
@@ -458,12 +468,30 @@ export function partialTransaction(input: PartialSyncInput): PartialTransaction 
   }
   for (const [c, k] of deletes) tx.deleteElement(c, k);
   for (const e of adds) tx.addElement(e);
+  const inUse = new Set<string>();
+  for (const r of next.values()) for (const c of r.chains.keys()) inUse.add(c);
+  deleteDue(tx, input.deleteChains, inUse);
   return {
     lines: tx.lines,
     staleChains: stale.sort(),
     writtenServices,
     apply: (m) => tx.apply(m),
   };
+}
+
+/**
+ * Deletes chains flushed by an earlier transaction (kube-proxy waits ≥ 1 s: kernels < 6.2 release a
+ * map element's reference to a chain lazily), except those generated again. Last in the
+ * transaction: nothing after it can refer to them.
+ */
+function deleteDue(tx: Tx, chains: readonly string[] | undefined, active: ReadonlySet<string>): Set<string> {
+  const deleted = new Set<string>();
+  for (const c of chains ?? []) {
+    if (active.has(c) || deleted.has(c)) continue;
+    tx.deleteChain(c);
+    deleted.add(c);
+  }
+  return deleted;
 }
 
 /** A transaction deleting chains flushed by an earlier one (kube-proxy waits ≥ 1 s: kernels < 6.2). */

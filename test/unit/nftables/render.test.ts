@@ -348,6 +348,16 @@ describe('nftables transactions', () => {
     assert.ok(
       tx3.lines.includes(`flush chain ip kube-proxy ${portNames('ns9', 'other', 'tcp', 'p').cluster}`),
     );
+    // Chains flushed earlier are deleted last in the transaction, unless generated again.
+    const tx4 = partialTransaction({
+      family: 'IPv4',
+      checked,
+      previous: next,
+      next,
+      written,
+      deleteChains: [oldEp, newEp],
+    });
+    assert.deepEqual(tx4.lines, [`delete chain ip kube-proxy ${oldEp}`]);
     // Nothing changed: an empty transaction.
     assert.deepEqual(
       partialTransaction({ family: 'IPv4', checked, previous: next, next, written: emptyModel() }).lines,

@@ -1,0 +1,284 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import { loadavg } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { buildClusterState } from '../src/model/build.js';
+import type { ClusterState } from '../src/model/types.js';
+import { Nft } from '../src/nftables/nft.js';
+import { NftablesProxier } from '../src/nftables/proxier.js';
+import { run } from '../src/util/exec.js';
+import { BENCH_LIMITS, BENCH_NODE, clusterObjects, serviceObjects } from './cluster.js';
+import { MemoryPeak } from './memory.js';
+
+/**
+ * `npm run bench` (nftables part): svcplane's nftables mode at 1k–30k Services × 5 endpoints on the
+ * real kernel of a private network namespace (scripts/bench.sh runs this under `unshare -n`), each
+ * size in a child process of its own (its peak RSS is its own). Per size: a full sync into an empty
+ * kernel and into the populated one, each against its floor (a bare `nft -f` of the very same
+ * transaction into the same kernel state); at --latency-at (10k): one-endpoint changes, change to
+ * rules (the state rebuilt with structural sharing, then the partial sync), p50 and max, and the
+ * bytes written per change. See docs/performance.md.
+ */
+
+const ENDPOINTS = 5;
+
+interface Args {
+  sizes: number[];
+  child?: number;
+  changes: number;
+  latencyAt: number;
+  out?: string;
+}
+
+function parseArgs(argv: string[]): Args {
+  const args: Args = { sizes: [1000, 10000], changes: 50, latencyAt: 10000 };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const v = argv[i + 1];
+    const num = (s: string): number => Number(s.replace(/k$/i, '000'));
+    if (a === '--sizes' && v) args.sizes = v.split(',').map(num);
+    else if (a === '--child' && v) args.child = num(v);
+    else if (a === '--changes' && v) args.changes = num(v);
+    else if (a === '--latency-at' && v) args.latencyAt = num(v);
+    else if (a === '--out' && v) args.out = v;
+    else continue;
+    i++;
+  }
+  return args;
+}
+
+interface SizeResult {
+  services: number;
+  endpointsPerService: number;
+  load: number[];
+  buildMs: number;
+  bytes: number;
+  lines: number;
+  fullFirstMs: number;
+  fullFirstNftMs: number;
+  floorFirstMs: number;
+  fullRepeatMs: number;
+  fullRepeatNftMs: number;
+  floorRepeatMs: number;
+  change?: {
+    samples: number;
+    p50Ms: number;
+    maxMs: number;
+    syncP50Ms: number;
+    nftP50Ms: number;
+    bytes: number;
+    percentOfFull: number;
+    lines: number;
+  };
+  peakRssMB: number;
+  peakHeapMB: number;
+}
+
+const percentile = (xs: number[], p: number): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
+};
+
+async function timedNft(input: string): Promise<number> {
+  const started = performance.now();
+  await run(['nft', '-f', '-'], { input, timeoutMs: 600_000 });
+  return Math.round(performance.now() - started);
+}
+
+async function measureSize(n: number, changes: number, latencyAt: number): Promise<SizeResult> {
+  const mem = new MemoryPeak();
+  const objects = clusterObjects({ services: n, endpointsPerService: ENDPOINTS });
+  let t = performance.now();
+  let state: ClusterState = buildClusterState(
+    objects.map((obj) => ({ obj })),
+    undefined,
+    BENCH_LIMITS,
+  );
+  const buildMs = Math.round(performance.now() - t);
+  const proxier = new NftablesProxier({
+    family: 'IPv4',
+    nodeName: BENCH_NODE,
+    masqueradeBit: 14,
+    masqueradeAll: false,
+    detectLocalMode: 'ClusterCIDR',
+    clusterCIDRs: ['10.128.0.0/9'],
+    nodePortAddresses: [],
+  });
+  await proxier.setup();
+  // Capture what the proxier hands to nft, to replay it bare as the floor.
+  const inputs: string[] = [];
+  const realApply = proxier.nft.apply.bind(proxier.nft);
+  proxier.nft.apply = (lines, what) => {
+    inputs.push(lines.join('\n') + '\n');
+    return realApply(lines, what);
+  };
+  const clean = new Nft({ family: 'IPv4' });
+  const dropTable = (): Promise<unknown> =>
+    clean.apply(['add table ip kube-proxy', 'delete table ip kube-proxy'], 'bench cleanup');
+
+  await dropTable();
+  const first = await proxier.sync(state);
+  const fullInput = inputs.at(-1)!;
+  await dropTable();
+  const floorFirstMs = await timedNft(fullInput);
+  // Populated: the proxier's own full sync again (its input recreates nothing now), then the floor.
+  proxier.forceFullSync();
+  inputs.length = 0;
+  const repeat = await proxier.sync(state);
+  const floorRepeatMs = await timedNft(inputs.at(-1)!);
+
+  let change: SizeResult['change'];
+  if (n === latencyAt && changes > 0) {
+    const changed = [...objects];
+    const total: number[] = [];
+    const syncs: number[] = [];
+    const nfts: number[] = [];
+    let firstChange: { bytes: number; lines: number } | undefined;
+    // A partial sync first (the floor replays left the kernel as the proxier wrote it).
+    proxier.forceFullSync();
+    await proxier.sync(state);
+    for (let k = 0; k < changes; k++) {
+      const i = (Math.floor(n / 2) + k * 97) % n;
+      const [svc, slice] = serviceObjects(i, ENDPOINTS, k + 1);
+      changed[1 + 2 * i] = svc!;
+      changed[2 + 2 * i] = slice!;
+      t = performance.now();
+      state = buildClusterState(
+        changed.map((obj) => ({ obj })),
+        state,
+        BENCH_LIMITS,
+      );
+      const report = await proxier.sync(state);
+      total.push(performance.now() - t);
+      if (report.full) throw new Error('expected a partial sync');
+      firstChange ??= { bytes: report.bytes, lines: report.lines };
+      syncs.push(report.durationMs);
+      nfts.push(Number(report.details?.nftMs ?? NaN));
+    }
+    change = {
+      samples: changes,
+      p50Ms: Math.round(percentile(total, 50)),
+      maxMs: Math.round(Math.max(...total)),
+      syncP50Ms: Math.round(percentile(syncs, 50)),
+      nftP50Ms: Math.round(percentile(nfts, 50)),
+      bytes: firstChange!.bytes,
+      lines: firstChange!.lines,
+      percentOfFull: Math.round((firstChange!.bytes / first.bytes) * 10000) / 100,
+    };
+  }
+  const peak = mem.stop();
+  await dropTable();
+  return {
+    services: n,
+    endpointsPerService: ENDPOINTS,
+    load: loadavg().map((x) => Math.round(x * 100) / 100),
+    buildMs,
+    bytes: first.bytes,
+    lines: first.lines,
+    fullFirstMs: Math.round(first.durationMs),
+    fullFirstNftMs: Number(first.details?.nftMs ?? NaN),
+    floorFirstMs,
+    fullRepeatMs: Math.round(repeat.durationMs),
+    fullRepeatNftMs: Number(repeat.details?.nftMs ?? NaN),
+    floorRepeatMs,
+    ...(change ? { change } : {}),
+    peakRssMB: peak.rssMB,
+    peakHeapMB: peak.heapMB,
+  };
+}
+
+function table(results: SizeResult[]): string {
+  const head = [
+    'services',
+    'build ms',
+    'MB',
+    'lines',
+    'full#1 ms',
+    '(nft)',
+    'floor#1',
+    'full#2 ms',
+    '(nft)',
+    'floor#2',
+    'RSS MB',
+    'heap MB',
+    'load',
+  ];
+  const rows = results.map((r) => [
+    r.services,
+    r.buildMs,
+    Math.round((r.bytes / 1048576) * 10) / 10,
+    r.lines,
+    r.fullFirstMs,
+    r.fullFirstNftMs,
+    r.floorFirstMs,
+    r.fullRepeatMs,
+    r.fullRepeatNftMs,
+    r.floorRepeatMs,
+    r.peakRssMB,
+    r.peakHeapMB,
+    r.load.join('/'),
+  ]);
+  const all = [head, ...rows].map((row) => row.map(String));
+  const widths = head.map((_, c) => Math.max(...all.map((row) => row[c]!.length)));
+  const lines = all.map((row) => row.map((cell, c) => cell.padStart(widths[c]!)).join('  '));
+  for (const r of results) {
+    if (r.change) {
+      const c = r.change;
+      lines.push(
+        `${r.services}: one-endpoint change over ${c.samples} changes: change-to-rules p50 ${c.p50Ms} ms, max ${c.maxMs} ms (sync p50 ${c.syncP50Ms} ms, nft ${c.nftP50Ms} ms); ${c.bytes} bytes, ${c.lines} lines (${c.percentOfFull}% of a full sync)`,
+      );
+    }
+  }
+  return lines.join('\n');
+}
+
+async function main(): Promise<void> {
+  const args = parseArgs(process.argv.slice(2));
+  if (args.child !== undefined) {
+    process.stdout.write(JSON.stringify(await measureSize(args.child, args.changes, args.latencyAt)) + '\n');
+    return;
+  }
+  const self = fileURLToPath(import.meta.url);
+  const results: SizeResult[] = [];
+  for (const n of args.sizes) {
+    process.stderr.write(`bench (nftables): ${n} Services × ${ENDPOINTS} endpoints …\n`);
+    const res = await run(
+      [
+        process.execPath,
+        ...process.execArgv,
+        self,
+        '--child',
+        String(n),
+        '--changes',
+        String(args.changes),
+        '--latency-at',
+        String(args.latencyAt),
+      ],
+      { timeoutMs: 3_600_000, allowFailure: true },
+    );
+    if (res.exitCode !== 0) throw new Error(`bench child for ${n} failed (${res.exitCode}): ${res.stderr}`);
+    const r = JSON.parse(res.stdout.trim().split('\n').pop() ?? '') as SizeResult;
+    results.push(r);
+    process.stderr.write(table([r]).split('\n').slice(1).join('\n') + '\n');
+  }
+  const machine = {
+    date: new Date().toISOString(),
+    node: process.version,
+    cpus: (await import('node:os')).cpus().length,
+    nft: (await run(['nft', '--version'])).stdout.trim(),
+    kernel: (await run(['uname', '-r'])).stdout.trim(),
+  };
+  process.stdout.write(`\nnftables mode:\n${table(results)}\n`);
+  const out =
+    args.out ??
+    join(process.cwd(), 'bench', 'results', `nftables-${machine.date.slice(0, 19).replace(/:/g, '-')}.json`);
+  await mkdir(join(out, '..'), { recursive: true });
+  await writeFile(out, JSON.stringify({ machine, results }, null, 2) + '\n');
+  process.stdout.write(`bench: results written to ${out}\n`);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exitCode = 1;
+});
