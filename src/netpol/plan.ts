@@ -431,20 +431,22 @@ class PlanBuilder {
     const name = n.names[family];
     const empty: PlanSet = { kind: 'address-ports', name, family, description: n.description, elements: [] };
     return this.table.declare(name, empty, () => {
-      const elements: AddressPort[] = [];
+      const keyed: [string, AddressPort][] = [];
       for (const pods of this.index.podsByNamespace.values()) {
         for (const pod of pods) {
           if (pod.invalid) continue;
           const np = pod.namedPorts.find((x) => x.name === n.portName && x.protocol === n.protocol);
           if (!np) continue;
           for (const ip of ownedAddresses(this.index, pod)) {
-            if (ipFamilyOf(ip) === family)
-              elements.push({ address: ip, protocol: n.protocol, port: np.port });
+            if (ipFamilyOf(ip) !== family) continue;
+            const e: AddressPort = { address: ip, protocol: n.protocol, port: np.port };
+            keyed.push([addressPortKey(e), e]);
           }
         }
       }
-      elements.sort((a, b) => compareStrings(addressPortKey(a), addressPortKey(b)));
-      return { ...empty, elements };
+      // Sorted by key, each key built once (a set of every pod's named port: 10k elements at scale).
+      keyed.sort((a, b) => compareStrings(a[0], b[0]));
+      return { ...empty, elements: keyed.map(([, e]) => e) };
     });
   }
 
