@@ -34,6 +34,23 @@ export default tseslint.config(
   // Layers (eslint.layers.js): no import from a higher layer, no cycle.
   layerRules(import.meta.dirname, { project: 'tsconfig.json' }),
   {
+    // The exec layer is the only place that spawns (DEVELOPERS.md): no child_process or execa elsewhere.
+    files: ['src/**/*.ts'],
+    ignores: ['src/util/exec.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          paths: [
+            { name: 'node:child_process', message: 'Spawn through src/util/exec.ts.' },
+            { name: 'child_process', message: 'Spawn through src/util/exec.ts.' },
+            { name: 'execa', message: 'Spawn through src/util/exec.ts.' },
+          ],
+        },
+      ],
+    },
+  },
+  {
     files: ['test/**/*.ts'],
     rules: {
       '@typescript-eslint/no-unused-expressions': 'off',

@@ -1,18 +1,17 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { openSync, closeSync } from 'node:fs';
 import { access, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import readline from 'node:readline';
+import { spawnConversation, spawnDetached, type Conversation } from '../util/exec.js';
 import type { AgentCommand, AgentEvent, AgentResponse, ProbeResult, RequestSpec } from './protocol.js';
 
 /**
  * Starting and talking to sandbox agents (src/netns/agent.ts), one long-lived process per namespace.
  *
- * Short-lived commands go through src/util/exec.ts; the agent is the one long-lived child, with a
- * JSON-lines conversation on its stdin/stdout, so it is spawned here. `ip netns exec` execs the
- * agent in place, so the PID we get is the agent's own and can be killed by PID.
+ * The agent is a long-lived child with a JSON-lines conversation on its stdin/stdout; it is spawned
+ * through src/util/exec.ts (spawnConversation, spawnDetached) like every other process. `ip netns
+ * exec` execs the agent in place, so the PID we get is the agent's own and can be killed by PID.
  */
 
 export interface AgentOptions {
@@ -135,14 +134,13 @@ export class AgentProcess {
 
   private constructor(
     readonly opts: AgentOptions,
-    private readonly child: ChildProcess,
+    private readonly child: Conversation,
     readonly pid: number,
   ) {}
 
   /** Starts the agent and waits until all its listeners are bound. */
   static async start(opts: AgentOptions): Promise<AgentProcess> {
-    const [file, ...args] = await agentCommand(opts, false);
-    const child = spawn(file!, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawnConversation(await agentCommand(opts, false));
     const timeoutMs = opts.startTimeoutMs ?? 20_000;
     return new Promise((resolve, reject) => {
       let agent: AgentProcess | undefined;
@@ -193,20 +191,13 @@ export class AgentProcess {
 
   /** Starts a detached agent that outlives this process (CLI use); returns its PID. Output goes to `logFile`. */
   static async startDetached(opts: AgentOptions, logFile: string): Promise<number> {
-    const [file, ...args] = await agentCommand(opts, true);
-    const fd = openSync(logFile, 'a');
+    const argv = await agentCommand(opts, true);
     try {
-      const child = spawn(file!, args, { stdio: ['ignore', fd, fd], detached: true });
-      const pid = await new Promise<number>((resolve, reject) => {
-        child.once('error', (err) =>
-          reject(new Error(`agent "${opts.name}" could not be started: ${err.message}`)),
-        );
-        child.once('spawn', () => resolve(child.pid!));
+      return await spawnDetached(argv, logFile);
+    } catch (err) {
+      throw new Error(`agent "${opts.name}" could not be started: ${(err as Error).message}`, {
+        cause: err,
       });
-      child.unref();
-      return pid;
-    } finally {
-      closeSync(fd);
     }
   }
 
@@ -233,7 +224,7 @@ export class AgentProcess {
         this.pending.delete(cmd.id);
         resolve(r);
       });
-      this.child.stdin!.write(`${JSON.stringify(cmd)}\n`);
+      this.child.stdin.write(`${JSON.stringify(cmd)}\n`);
     });
   }
 
@@ -276,7 +267,7 @@ export class AgentProcess {
   async stop(): Promise<void> {
     if (this.exited) return;
     const gone = new Promise<void>((resolve) => this.exitWaiters.push(resolve));
-    this.child.stdin!.end();
+    this.child.stdin.end();
     this.child.kill('SIGKILL');
     await gone;
   }

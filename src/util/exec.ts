@@ -1,4 +1,6 @@
 import { Readable } from 'node:stream';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
 import { execa } from 'execa';
 
 /**
@@ -124,4 +126,34 @@ export function startProcess(argv: readonly string[], opts: { netns?: string } =
       }
     },
   };
+}
+
+/**
+ * A long-lived child whose stdin, stdout and stderr are pipes: a conversation (the sandbox agents'
+ * JSON lines, src/netns/agent-process.ts). The caller owns it and stops it by PID.
+ */
+export type Conversation = ChildProcessWithoutNullStreams;
+
+export function spawnConversation(argv: readonly string[]): Conversation {
+  const [file, ...args] = argv;
+  if (!file) throw new Error('spawnConversation: empty argv');
+  return spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+}
+
+/** A child that outlives this process (`svcplane netns` agents), its output appended to `logFile`. */
+export async function spawnDetached(argv: readonly string[], logFile: string): Promise<number> {
+  const [file, ...args] = argv;
+  if (!file) throw new Error('spawnDetached: empty argv');
+  const fd = openSync(logFile, 'a');
+  try {
+    const child = spawn(file, args, { stdio: ['ignore', fd, fd], detached: true });
+    const pid = await new Promise<number>((resolve, reject) => {
+      child.once('error', reject);
+      child.once('spawn', () => resolve(child.pid!));
+    });
+    child.unref();
+    return pid;
+  } finally {
+    closeSync(fd);
+  }
 }
