@@ -224,7 +224,7 @@ export const KUBE_PROXY_FLAGS: readonly FlagSpec[] = [
     kind: 'string',
     value: 'mode',
     default: 'iptables',
-    help: 'iptables or ipvs (nftables: not implemented by svcplane yet, refused)',
+    help: "iptables, ipvs or nftables (kube-proxy's nftables layout; no localhost NodePorts)",
     field: 'mode',
   }),
   kp({

@@ -21,7 +21,7 @@ export { formatGoDuration, parseGoDuration };
 export const KUBE_PROXY_CONFIG_API_VERSION = 'kubeproxy.config.k8s.io/v1alpha1';
 export const KUBE_PROXY_CONFIG_KIND = 'KubeProxyConfiguration';
 
-export type ProxyMode = 'iptables' | 'ipvs';
+export type ProxyMode = 'iptables' | 'ipvs' | 'nftables';
 export type DetectLocalMode = 'ClusterCIDR' | 'NodeCIDR' | 'BridgeInterface' | 'InterfaceNamePrefix';
 export const DETECT_LOCAL_MODES: readonly DetectLocalMode[] = [
   'ClusterCIDR',
@@ -112,7 +112,7 @@ export interface ProxyConfig {
     readonly tcpFinTimeoutMs: number;
     readonly udpTimeoutMs: number;
   };
-  /** Read and kept for a round trip; svcplane has no nftables mode yet. */
+  /** nftables mode's settings (kube-proxy's `nftables` section). */
   readonly nftables: {
     readonly masqueradeAll: boolean;
     readonly masqueradeBit: number;
@@ -743,13 +743,14 @@ export function validateProxyConfig(c: ProxyConfig): ConfigProblem[] {
   const p: ConfigProblem[] = [];
   if (!parseIP(c.bindAddress))
     p.push({ field: 'bindAddress', reason: `"${c.bindAddress}" is not a valid IP address` });
-  if ((c.mode as string) !== 'iptables' && (c.mode as string) !== 'ipvs') {
+  if (
+    (c.mode as string) !== 'iptables' &&
+    (c.mode as string) !== 'ipvs' &&
+    (c.mode as string) !== 'nftables'
+  ) {
     p.push({
       field: 'mode',
-      reason:
-        (c.mode as string) === 'nftables'
-          ? 'nftables is not implemented by svcplane yet (supported: iptables, ipvs); refusing rather than programming another mode'
-          : `"${c.mode}" is not supported by svcplane (supported: iptables, ipvs)`,
+      reason: `"${c.mode}" is not supported by svcplane (supported: iptables, ipvs, nftables)`,
     });
   }
   checkHostPort('healthzBindAddress', c.healthzBindAddress, p);

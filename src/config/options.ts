@@ -65,7 +65,7 @@ export interface ProxyOptions {
   readonly kubeconfig?: string;
   readonly master?: string;
   readonly config?: string;
-  readonly proxyMode: 'iptables' | 'ipvs';
+  readonly proxyMode: 'iptables' | 'ipvs' | 'nftables';
   readonly hostnameOverride: string;
   /** The node IP (undefined: from the Node object, else the first global address). */
   readonly bindAddress?: string;
@@ -270,6 +270,15 @@ function toOptions(
   const detect: DetectLocalMode | '' =
     c.detectLocalMode === 'ClusterCIDR' && c.clusterCIDRs.length === 0 ? '' : c.detectLocalMode;
   const ipvsMode = c.mode === 'ipvs';
+  // nftables mode reads kube-proxy's `nftables` section; --masquerade-all and
+  // --iptables-masquerade-bit (written to the iptables section) still count, as flags.
+  const nftMode = c.mode === 'nftables';
+  const masqueradeAll = nftMode
+    ? c.nftables.masqueradeAll || c.iptables.masqueradeAll
+    : c.iptables.masqueradeAll;
+  const masqueradeBit =
+    nftMode && c.nftables.masqueradeBit !== 14 ? c.nftables.masqueradeBit : c.iptables.masqueradeBit;
+  const periods = ipvsMode ? c.ipvs : nftMode ? c.nftables : c.iptables;
   const kubeconfig = c.clientConnection.kubeconfig;
   const bind = c.bindAddress === '0.0.0.0' || c.bindAddress === '::' ? undefined : c.bindAddress;
   const format = c.logging.format;
@@ -296,10 +305,10 @@ function toOptions(
       : {}),
     nodePortAddresses: c.nodePortAddresses,
     localhostNodePorts: c.iptables.localhostNodePorts,
-    masqueradeAll: c.iptables.masqueradeAll,
-    masqueradeBit: c.iptables.masqueradeBit,
-    minSyncPeriodMs: ipvsMode ? c.ipvs.minSyncPeriodMs : c.iptables.minSyncPeriodMs,
-    syncPeriodMs: ipvsMode ? c.ipvs.syncPeriodMs : c.iptables.syncPeriodMs,
+    masqueradeAll,
+    masqueradeBit,
+    minSyncPeriodMs: periods.minSyncPeriodMs,
+    syncPeriodMs: periods.syncPeriodMs,
     iptablesBinary: own.iptablesBinary,
     iptablesFullSyncMode: own.iptablesFullSyncMode,
     ipFamilies: own.ipFamilies,

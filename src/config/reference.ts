@@ -107,19 +107,19 @@ export const FIELDS_WITHOUT_FLAGS: Readonly<
     what: 'Accept header of requests to the API server',
   },
   'nftables.masqueradeAll': {
-    support: 'read and kept; no nftables mode yet',
+    support: 'used in nftables mode (with --masquerade-all)',
     what: 'nftables mode: SNAT all Service traffic',
   },
   'nftables.masqueradeBit': {
-    support: 'read and kept; no nftables mode yet',
+    support: 'used in nftables mode (--iptables-masquerade-bit when this is left at 14)',
     what: 'nftables mode: masquerade mark bit',
   },
   'nftables.minSyncPeriod': {
-    support: 'read and kept; no nftables mode yet',
+    support: 'used in nftables mode',
     what: 'nftables mode: shortest interval between syncs',
   },
   'nftables.syncPeriod': {
-    support: 'read and kept; no nftables mode yet',
+    support: 'used in nftables mode',
     what: 'nftables mode: longest interval between full resyncs',
   },
   portRange: {

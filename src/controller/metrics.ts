@@ -8,6 +8,7 @@ import {
   linearBuckets,
 } from 'prom-client';
 import { RestoreError } from '../iptables/iptables.js';
+import { NftError } from '../nftables/nft.js';
 import type { StateSource } from '../kube/source.js';
 import type { ClusterState, IPFamily, Service } from '../model/types.js';
 import type { Backend, SyncReport } from '../modes/backend.js';
@@ -36,6 +37,8 @@ export interface ProxyMetricsOptions {
    * mode); the mode in effect says (DataplaneMode.metrics). Default true.
    */
   readonly iptablesSyncFamilies?: boolean;
+  /** nftables mode: its failure counters, and the full/partial sync durations. Default false. */
+  readonly nftablesSyncFamilies?: boolean;
   /** prom-client's process and Node.js runtime metrics (default true). */
   readonly processMetrics?: boolean;
 }
@@ -103,18 +106,21 @@ export class ProxyMetrics {
 
   constructor(opts: ProxyMetricsOptions = {}) {
     this.iptablesRegistries = opts.iptablesSyncFamilies === false ? [] : [this.registry];
+    const nftRegistries = opts.nftablesSyncFamilies === true ? [this.registry] : [];
+    // kube-proxy's nftables mode has the full/partial sync durations too.
+    const fullPartialRegistries = [...new Set([...this.iptablesRegistries, ...nftRegistries])];
     // kube-proxy's IPVS mode restores iptables too and counts its failures.
     this.restoreRegistries = [this.registry];
     if (opts.processMetrics !== false) collectDefaultMetrics({ register: this.registry });
     this.syncFullDuration = this.histogram(
       'kubeproxy_sync_full_proxy_rules_duration_seconds',
       'SyncProxyRules latency in seconds for full resyncs',
-      this.iptablesRegistries,
+      fullPartialRegistries,
     );
     this.syncPartialDuration = this.histogram(
       'kubeproxy_sync_partial_proxy_rules_duration_seconds',
       'SyncProxyRules latency in seconds for partial resyncs',
-      this.iptablesRegistries,
+      fullPartialRegistries,
     );
     this.iptablesTotal = new Gauge({
       name: 'kubeproxy_sync_proxy_rules_iptables_total',
@@ -133,6 +139,18 @@ export class ProxyMetrics {
       help: 'Cumulative proxy iptables restore failures',
       labelNames: ['ip_family'],
       registers: this.restoreRegistries,
+    });
+    this.nftablesSyncFailures = new Counter({
+      name: 'kubeproxy_sync_proxy_rules_nftables_sync_failures_total',
+      help: 'Cumulative proxy nftables sync failures',
+      labelNames: ['ip_family'],
+      registers: nftRegistries,
+    });
+    this.nftablesCleanupFailures = new Counter({
+      name: 'kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total',
+      help: 'Cumulative proxy nftables cleanup failures',
+      labelNames: ['ip_family'],
+      registers: nftRegistries,
     });
     this.partialRestoreFailures = new Counter({
       name: 'kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total',
@@ -188,6 +206,8 @@ export class ProxyMetrics {
   readonly iptablesLast: Gauge<'table' | 'ip_family'>;
   readonly restoreFailures: Counter<'ip_family'>;
   readonly partialRestoreFailures: Counter<'ip_family'>;
+  readonly nftablesSyncFailures: Counter<'ip_family'>;
+  readonly nftablesCleanupFailures: Counter<'ip_family'>;
   readonly noLocalEndpoints = this.gauge(
     'kubeproxy_sync_proxy_rules_no_local_endpoints_total',
     'Number of services with a Local traffic policy and no endpoints',
@@ -284,6 +304,10 @@ export class ProxyMetrics {
     this.restoreBytes.set({ backend: r.backend }, r.bytes);
     this.restoreLines.set({ backend: r.backend }, r.lines);
     this.syncsTotal.inc({ backend: r.backend, kind: r.full ? 'full' : 'partial', result: 'ok' });
+    const cleanupFailures = r.details?.cleanupFailures;
+    if (typeof cleanupFailures === 'number' && cleanupFailures > 0) {
+      this.nftablesCleanupFailures.inc({ ip_family }, cleanupFailures);
+    }
     const ipt = iptablesFigures(r);
     if (ipt) {
       this.iptablesTotal.set({ table: 'filter', ip_family }, ipt.counts.totalFilterRules);
@@ -304,6 +328,7 @@ export class ProxyMetrics {
   observeFailure(backend: Backend | undefined, name: string, error: unknown): void {
     const full = backend === undefined ? true : lastAttemptFull(backend);
     this.syncsTotal.inc({ backend: name, kind: full ? 'full' : 'partial', result: 'error' });
+    if (error instanceof NftError) this.nftablesSyncFailures.inc({ ip_family: backendFamily(name) ?? '' });
     if (error instanceof RestoreError) {
       const ip_family = backendFamily(name) ?? '';
       this.restoreFailures.inc({ ip_family });

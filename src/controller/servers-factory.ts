@@ -137,7 +137,7 @@ export async function startServers(
   opts: ProxyOptions,
   controller: Controller,
   /** What the mode in effect registers (src/modes/contract.ts `metrics`). */
-  metricFamilies: { readonly iptablesSyncFamilies: boolean },
+  metricFamilies: { readonly iptablesSyncFamilies: boolean; readonly nftablesSyncFamilies?: boolean },
 ): Promise<Servers> {
   // The mode in effect (an unavailable IPVS fell back to iptables): its metric families, as kube-proxy.
   const metrics = new ProxyMetrics(metricFamilies);

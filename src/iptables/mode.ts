@@ -3,6 +3,7 @@ import { diffRulesets, formatDriftText, type FamilyDrift } from '../debug/diff.j
 import { explainService, formatExplainText, type ExplainFamilyInput } from '../debug/explain.js';
 import { buildOwnerIndex } from '../debug/owners.js';
 import type { CleanupOutcome, DataplaneMode, ModeInspection } from '../modes/contract.js';
+import { removeNftablesModeLeftovers } from '../nftables/nft.js';
 import { nodeContext } from '../model/selection.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import { CommandError } from '../util/exec.js';
@@ -102,6 +103,7 @@ export const iptablesMode: DataplaneMode = {
   unavailable: () => Promise.resolve(undefined),
 
   async createBackends(opts) {
+    await removeNftablesModeLeftovers();
     const families = await usableFamilies(opts);
     return families.map((family) => new IptablesProxier(iptablesProxierConfig(opts, family)));
   },

@@ -15,6 +15,7 @@ import { readKernelRules, usableFamilies } from '../iptables/families.js';
 import { Iptables } from '../iptables/iptables.js';
 import { parseIptablesSave, type SavedRuleset } from '../iptables/save-parse.js';
 import type { DataplaneMode } from '../modes/contract.js';
+import { removeNftablesModeLeftovers } from '../nftables/nft.js';
 import { nodeContext } from '../model/selection.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import { CommandError, run } from '../util/exec.js';
@@ -138,6 +139,7 @@ export const ipvsMode: DataplaneMode = {
   probeContext: (opts) => ({ scheduler: opts.ipvs.scheduler }),
 
   async createBackends(opts) {
+    await removeNftablesModeLeftovers();
     return createIpvsBackends(opts, await usableFamilies(opts));
   },
 

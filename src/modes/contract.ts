@@ -71,7 +71,7 @@ export interface DataplaneMode {
    * `sofar` holds what the modes registered before this one read (e.g. the iptables ruleset).
    */
   traceKernel(request: TraceKernelRequest, sofar: TraceKernel): Promise<TraceKernel>;
-  readonly metrics: { readonly iptablesSyncFamilies: boolean };
+  readonly metrics: { readonly iptablesSyncFamilies: boolean; readonly nftablesSyncFamilies?: boolean };
   /** Cleanup order: higher first (a mode whose rules hang off another mode's chains goes first). */
   readonly cleanupPriority: number;
 }

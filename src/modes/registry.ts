@@ -1,6 +1,7 @@
 import type { ProxyOptions } from '../config/options.js';
 import { iptablesMode } from '../iptables/mode.js';
 import { ipvsMode } from '../ipvs/mode.js';
+import { nftablesMode } from '../nftables/mode.js';
 import { CommandError } from '../util/exec.js';
 import { log } from '../util/log.js';
 import type { Backend } from './backend.js';
@@ -10,7 +11,7 @@ import type { CleanupOutcome, DataplaneMode, TraceKernel, TraceKernelRequest } f
  * Every dataplane mode, found by its --proxy-mode name. Adding a mode = its folder with a `mode.ts`
  * implementing DataplaneMode (./contract.ts) + one entry here. Nothing else branches on a mode's name.
  */
-const MODES: readonly DataplaneMode[] = [iptablesMode, ipvsMode];
+const MODES: readonly DataplaneMode[] = [iptablesMode, ipvsMode, nftablesMode];
 
 /** The mode named by --proxy-mode (the configuration has validated the name). */
 export function modeNamed(name: ProxyOptions['proxyMode']): DataplaneMode {

@@ -1,5 +1,6 @@
 import { release } from 'node:os';
 import { CommandError, run } from '../util/exec.js';
+import { log } from '../util/log.js';
 import type { IPFamily } from '../model/types.js';
 import {
   parseNftJson,
@@ -170,6 +171,15 @@ export class Nft {
       throw err;
     }
   }
+}
+
+/**
+ * Another mode starting: kube-proxy's nftables tables go (a node switched from nftables mode would
+ * otherwise DNAT twice). Failures are logged, never fatal (no nf_tables here: nothing to remove).
+ */
+export async function removeNftablesModeLeftovers(): Promise<void> {
+  const failed = await deleteKubeProxyTables();
+  for (const f of failed) log.info('cannot remove nftables mode leftovers', { reason: f });
 }
 
 /**

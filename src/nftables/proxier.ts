@@ -50,6 +50,8 @@ export interface NftablesProxierConfig extends Pick<
   readonly serviceCIDRs?: readonly string[];
   /** kube-proxy deletes stale chains ≥ 1 s after flushing them (kernels < 6.2 free map refs lazily). */
   readonly staleChainDelayMs?: number;
+  /** Run once after the first successful sync (the other modes' leftovers go once ours serve). */
+  readonly afterFirstSync?: () => Promise<void>;
 }
 
 export interface NftablesSyncReport extends SyncReport {
@@ -72,6 +74,8 @@ export class NftablesProxier implements Backend {
   lastAttemptFull = true;
   /** Failed deletions of stale chains since the last report (kube-proxy's cleanup failures). */
   private cleanupFailures = 0;
+  /** A sync succeeded once (afterFirstSync ran). */
+  private served = false;
   /** Stale chains are deleted inside the sync's transaction until one such transaction is refused. */
   private inlineCleanup = true;
 
@@ -201,6 +205,10 @@ export class NftablesProxier implements Backend {
         noLocalEndpoints: { internal, external },
       };
       this.lastReport = report;
+      if (!this.served) {
+        this.served = true;
+        await this.config.afterFirstSync?.();
+      }
       return report;
     } catch (err) {
       // The transaction was refused as a whole: the kernel keeps what served. What we know about

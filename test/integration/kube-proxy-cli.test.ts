@@ -157,7 +157,7 @@ describe('svcplane [flags]: kube-proxy’s command line (real processes, private
     for (const [flag, reason] of [
       ['--iptables-sync-period=30', /--iptables-sync-period: invalid value "30": missing unit/],
       ['--oom-score-adj=-2000', /--oom-score-adj: invalid value "-2000": must be within \[-1000, 1000\]/],
-      ['--proxy-mode=nftables', /--proxy-mode: nftables is not implemented by svcplane yet/],
+      ['--proxy-mode=userspace', /--proxy-mode: "userspace" is not supported by svcplane/],
       ['--no-such-flag', /--no-such-flag: unknown flag/],
     ] as const) {
       const res = await svcplane(['--write-config-to=/dev/null', flag]);

@@ -150,6 +150,15 @@ describe('--config FILE (KubeProxyConfiguration) with flags, as kube-proxy', () 
     assert.equal(o.minSyncPeriodMs, 500);
   });
 
+  it('mode: nftables takes the nftables section (periods, masquerade bit and all)', async () => {
+    const text = `${HEADER}mode: nftables\nnftables:\n  masqueradeAll: true\n  masqueradeBit: 12\n  syncPeriod: 45s\n  minSyncPeriod: 2s\n`;
+    const o = (await load([`--config=${file('nft.yaml', text)}`])).options;
+    assert.deepEqual(
+      [o.proxyMode, o.masqueradeAll, o.masqueradeBit, o.syncPeriodMs, o.minSyncPeriodMs],
+      ['nftables', true, 12, 45_000, 2_000],
+    );
+  });
+
   it('the file wins over the flags kube-proxy then ignores, each named once; the others still apply', async () => {
     const l = await load([
       '--config',
@@ -226,8 +235,8 @@ describe('--config FILE (KubeProxyConfiguration) with flags, as kube-proxy', () 
       /apiVersion: must be "kubeproxy\.config\.k8s\.io\/v1alpha1"/,
     );
     await assert.rejects(
-      load([`--config=${file('nft.yaml', `${HEADER}mode: nftables\n`)}`]),
-      /mode: nftables is not implemented by svcplane yet/,
+      load([`--config=${file('user.yaml', `${HEADER}mode: userspace\n`)}`]),
+      /mode: "userspace" is not supported by svcplane/,
     );
   });
 

@@ -263,10 +263,13 @@ describe("kube-proxy's command line", () => {
   it('rejects invalid values with the flag name', () => {
     assert.throws(() => optionsFromArgs(['--cluster-cidr=10.0.0.0/33']), /--cluster-cidr/);
     assert.throws(() => optionsFromArgs(['--proxy-mode=userspace']), /--proxy-mode/);
-    assert.throws(
-      () => optionsFromArgs(['--proxy-mode=nftables']),
-      /--proxy-mode: nftables is not implemented/,
-    );
+    // nftables mode (issue 16): kube-proxy's nftables section and the shared flags.
+    const nft = optionsFromArgs([
+      '--proxy-mode=nftables',
+      '--masquerade-all',
+      '--iptables-masquerade-bit=12',
+    ]);
+    assert.deepEqual([nft.proxyMode, nft.masqueradeAll, nft.masqueradeBit], ['nftables', true, 12]);
     assert.throws(() => optionsFromArgs(['--bind-address=1.2.3']), /--bind-address/);
     assert.throws(() => optionsFromArgs(['--iptables-binary=rm -rf']), /--iptables-binary/);
     assert.throws(() => optionsFromArgs(['--healthz-bind-address=localhost:1']), /--healthz-bind-address/);

@@ -285,7 +285,6 @@ winkernel: {enableDSR: false}
       ['bindAddress type', 'bindAddress: 5\n', 'bindAddress', /must be a string/],
       ['clusterCIDR', 'clusterCIDR: 10.0.0.0/33\n', 'clusterCIDR[0]', /not a valid CIDR/],
       ['clusterCIDR same family', 'clusterCIDR: 10.0.0.0/8,11.0.0.0/8\n', 'clusterCIDR', /dual-stack/],
-      ['mode', 'mode: nftables\n', 'mode', /nftables is not implemented by svcplane yet/],
       ['mode userspace', 'mode: userspace\n', 'mode', /not supported by svcplane/],
       ['oomScoreAdj', 'oomScoreAdj: -1001\n', 'oomScoreAdj', /\[-1000, 1000\]/],
       ['logging.format', 'logging: {format: xml}\n', 'logging.format', /must be one of text, json/],
