@@ -2,6 +2,7 @@ import type { ProxyOptions } from '../config/options.js';
 import { iptablesMode } from '../iptables/mode.js';
 import { ipvsMode } from '../ipvs/mode.js';
 import { nftablesMode } from '../nftables/mode.js';
+import { StartupError } from '../util/errors.js';
 import { CommandError } from '../util/exec.js';
 import { log } from '../util/log.js';
 import type { Backend } from './backend.js';
@@ -60,6 +61,17 @@ export async function startDataplane(opts: ProxyOptions): Promise<{
   if (!started.options.networkPolicy) return started;
   const { NetpolEnforcer } = await import('../netpol/enforcer.js');
   const enforcer = new NetpolEnforcer({ nodeName: opts.hostnameOverride, families: opts.ipFamilies });
+  try {
+    // Probed at start-up: a node without nft or nf_tables (User-mode Linux's kernel) must not run
+    // with every policy unenforced, nor retry a failing setup forever with the Services unprogrammed.
+    await enforcer.setup();
+  } catch (err) {
+    throw new StartupError(
+      `--network-policy: nftables is not usable here (${err instanceof Error ? err.message : String(err)}); ` +
+        'NetworkPolicy cannot be enforced on this node: refusing rather than running without it',
+      { cause: err },
+    );
+  }
   return { ...started, backends: [...started.backends, enforcer] };
 }
 

@@ -1,8 +1,11 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { pathToFileURL } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ProbeResult, RequestSpec } from '../../src/netns/protocol.js';
+import { run } from '../../src/util/exec.js';
+import { packageRoot } from '../../src/util/paths.js';
 import { Daemon, until } from '../support/daemon.js';
 import { NODE_NAME, nodeObject, serviceObject, sliceObject } from '../support/iptables-harness.js';
 import { expectReply, useSandbox } from '../support/sandbox.js';
@@ -342,5 +345,55 @@ describe('svcplane run --network-policy: the seeds’ example, Services, changes
     const after = await env.sb.exec('node', ['nft', 'list', 'tables']);
     assert.doesNotMatch(after.stdout, /svcplane-netpol/);
     expectReply(await probe('other', ip('db'), DB), 'db');
+  });
+});
+
+describe('svcplane run --network-policy where nftables is not usable', function () {
+  this.timeout(60_000);
+  const env = useSandbox({ pods: [] });
+  let bin = '';
+  after(async () => {
+    if (bin) await rm(bin, { recursive: true, force: true });
+  });
+
+  it('refuses at start-up, naming the flag and the reason (rather than leaving every policy unenforced)', async () => {
+    // Every command of the system's PATH but nft (a node without the nftables package).
+    bin = await mkdtemp(join(tmpdir(), 'svcplane-no-nft-'));
+    for (const d of ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']) {
+      for (const name of await readdir(d).catch(() => [] as string[])) {
+        if (name === 'nft') continue;
+        await symlink(join(d, name), join(bin, name)).catch(() => undefined);
+      }
+    }
+    const dir = await mkdtemp(join(tmpdir(), 'svcplane-netpol-'));
+    try {
+      await writeFile(join(dir, 'cluster.json'), JSON.stringify([nodeObject(env.sb)]));
+      const res = await run(
+        [
+          'ip',
+          'netns',
+          'exec',
+          env.sb.nodeNs,
+          'env',
+          `PATH=${bin}`,
+          process.execPath,
+          '--import=tsx',
+          '-e',
+          `import(${JSON.stringify(pathToFileURL(join(packageRoot(), 'src', 'cli', 'main.ts')).href)}).then(async (m) => { process.exitCode = await m.main(['node', 'svcplane', ...process.argv.slice(1)]); });`,
+          'run',
+          `--manifests=${dir}`,
+          `--hostname-override=${NODE_NAME}`,
+          '--network-policy',
+        ],
+        { allowFailure: true, timeoutMs: 30_000 },
+      );
+      assert.equal(res.exitCode, 1, `${res.stdout}\n${res.stderr}`);
+      assert.match(
+        res.stderr,
+        /--network-policy: nftables is not usable here \(.*nft.*\); NetworkPolicy cannot be enforced on this node: refusing/,
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
