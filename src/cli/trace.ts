@@ -9,6 +9,7 @@ import { run } from '../util/exec.js';
 import { listAddresses } from '../kernel/netif.js';
 import { loadState } from '../kube/open-source.js';
 import { readTraceKernel } from '../modes/registry.js';
+import { traceNftablesPacket } from '../debug/nft-trace.js';
 import { describe, exitTwoOnUsageError, outputOption, type OutputFormat } from './diff.js';
 import { resolveProxyOptions } from '../config/options.js';
 import { formatTracedPolicies, tracePolicies, type TracedPolicy } from '../netpol/inspect.js';
@@ -62,7 +63,9 @@ interface TraceOptions {
 export function registerTraceCommand(program: Command): void {
   const cmd = program
     .command('trace')
-    .description("walk one packet through the kernel's current iptables rules (nat, filter, masquerade)")
+    .description(
+      "walk one packet through the kernel's current rules (iptables, IPVS or nftables mode's table)",
+    )
     .requiredOption('--src <ip>', 'source address of the packet', ipOption)
     .requiredOption('--dst <ip>', 'destination address (a ClusterIP, node IP, external or LB IP)', ipOption)
     .requiredOption('--dport <port>', 'destination port', portOption)
@@ -153,6 +156,11 @@ export async function traceOnNode(
     ...(kernel.ipsets !== undefined ? { ipsets: kernel.ipsets } : {}),
     ...(state !== undefined ? { frontends: buildFrontendIndex(state) } : {}),
   };
+  // A node in nftables mode: the packet walks kube-proxy's nftables table (the iptables rules
+  // carry none of the Services then).
+  if (kernel.nftables !== undefined && !ruleset.tables.get('nat')?.chainsByName.has('KUBE-SERVICES')) {
+    return { packet, trace: traceNftablesPacket(kernel.nftables, packet, node) };
+  }
   let trace = tracePacket(input);
   // Session affinity: read the xt_recent lists the walk met and trace again knowing them.
   if (trace.affinity.length > 0) {

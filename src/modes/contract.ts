@@ -2,6 +2,7 @@ import type { ProxyOptions } from '../config/options.js';
 import type { IpsetView } from '../debug/ipset-match.js';
 import type { SavedRuleset } from '../iptables/save-parse.js';
 import type { IpvsTable } from '../ipvs/ipvsadm.js';
+import type { ListedTable } from '../nftables/listing.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import type { Backend } from './backend.js';
 
@@ -112,4 +113,6 @@ export interface TraceKernel {
   readonly ruleset?: SavedRuleset;
   readonly ipvs?: IpvsTable;
   readonly ipsets?: IpsetView;
+  /** nftables mode: the `kube-proxy` table of the packet's family. */
+  readonly nftables?: ListedTable;
 }

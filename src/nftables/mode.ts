@@ -181,6 +181,14 @@ export const nftablesMode: DataplaneMode = {
       : failed.map((f) => ({ part: 'nftables', error: new Error(f) }));
   },
 
-  // `svcplane trace` walks iptables rules; the nftables walk (./trace.ts) is not wired to it yet.
-  traceKernel: (_request, sofar) => Promise.resolve(sofar),
+  async traceKernel(request, sofar) {
+    const nft = new Nft({ family: request.family, ...(request.netns ? { netns: request.netns } : {}) });
+    try {
+      const table = await nft.listTable();
+      return table === undefined ? sofar : { ...sofar, nftables: table };
+    } catch {
+      // No nft (or no nf_tables) here: no nftables mode table to walk.
+      return sofar;
+    }
+  },
 };

@@ -120,6 +120,24 @@ describe('svcplane --proxy-mode nftables (real processes, real traffic)', functi
     answeredPeer(await sb.request('client', tcp('10.96.70.10', 80)), ['a', 'b']);
     answeredPeer(await sb.request('client', tcp('fd00:10:96::7010', 80)), ['a', 'b']);
     assert.equal(answeredPeer(await sb.request('outside', tcp(sb.nodeIPv4, 30710))).peer, MASQ_V4);
+    // svcplane trace walks the nftables table (the iptables rules hold no Service now).
+    const trace = await cli(sb.nodeNs, [
+      'trace',
+      `--src=${sb.outsideIPv4}`,
+      '--dst=10.96.70.10',
+      '--dport=80',
+      '--output=json',
+    ]);
+    assert.equal(trace.exitCode, 0, trace.stderr);
+    const t = JSON.parse(trace.stdout) as {
+      verdict: string;
+      endpoints: { endpoint: string }[];
+      masquerade: boolean;
+    };
+    assert.deepEqual(
+      [t.verdict, t.endpoints.map((e) => e.endpoint).sort(), t.masquerade],
+      ['dnat', [`${sb.podIP('a')}:${WEB}`, `${sb.podIP('b')}:${WEB}`], true],
+    );
   });
 
   it('run: follows an endpoint change, counts in kube-proxy nftables metrics, SIGTERM leaves the rules', async () => {

@@ -17,6 +17,7 @@ import {
   type ProxierOptions,
 } from '../support/iptables-harness.js';
 import { requireRoot, useSandbox } from '../support/sandbox.js';
+import { traceAgrees } from '../support/trace-check.js';
 
 /**
  * nftables mode (kube-proxy's nftables proxier) proven by real traffic, IPv4 and IPv6: plain
@@ -506,6 +507,33 @@ describe('nftables mode: frontends, policies and masquerade (real traffic)', fun
         after.endpoints.map((e) => [e.endpoint, e.via]),
         [[`${sb.podIP(who)}:${WEB}`, 'affinity']],
       );
+    });
+  });
+
+  describe('svcplane trace (as the CLI reads the node) agrees with real traffic', () => {
+    beforeEach(() => scenario());
+
+    it('frontends, both families: endpoints, masquerade, reject, drop', async () => {
+      const sb = env.sb;
+      for (const [from, req, verdict, endpoints, masq] of [
+        ['client', tcp('10.96.0.10', 80), 'dnat', 2, false],
+        ['outside', tcp('10.96.0.10', 80), 'dnat', 2, true],
+        ['client', tcp('fd00:10:96::20', 80), 'dnat', 2, false],
+        ['outside', tcp(sb.nodeIPv6, 30080), 'dnat', 2, true],
+        ['outside', udp(sb.nodeIPv4, 30053), 'dnat', 2, true],
+        ['node', tcp('10.96.0.10', 80), 'dnat', 2, true],
+        ['outside', tcp('203.0.113.10', 80), 'dnat', 2, true],
+        ['outside', tcp(sb.nodeIPv4, 30090), 'dnat', 1, false],
+        ['client', tcp('10.96.0.50', 80), 'reject', 0, false],
+        ['outside', tcp(sb.nodeIPv4, 30091), 'drop', 0, false],
+      ] as const) {
+        const t = await traceAgrees(sb, from, req);
+        assert.deepEqual(
+          [t.verdict, t.endpoints.length, t.masquerade],
+          [verdict, endpoints, masq],
+          `${from} → ${req.ip}:${req.port}`,
+        );
+      }
     });
   });
 
