@@ -316,6 +316,14 @@ export class ProxyMetrics {
       this.iptablesLast.set({ table: 'nat', ip_family }, ipt.counts.natRules);
       this.noLocalEndpoints.set({ traffic_policy: 'internal', ip_family }, ipt.noLocalEndpoints.internal);
       this.noLocalEndpoints.set({ traffic_policy: 'external', ip_family }, ipt.noLocalEndpoints.external);
+    } else {
+      // nftables mode reports them on the report itself.
+      const nle = (r as SyncReport & { noLocalEndpoints?: IptablesFigures['noLocalEndpoints'] })
+        .noLocalEndpoints;
+      if (nle !== undefined) {
+        this.noLocalEndpoints.set({ traffic_policy: 'internal', ip_family }, nle.internal);
+        this.noLocalEndpoints.set({ traffic_policy: 'external', ip_family }, nle.external);
+      }
     }
   }
 

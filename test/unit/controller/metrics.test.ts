@@ -1,3 +1,4 @@
+import { NftError } from '../../../src/nftables/nft.js';
 import assert from 'node:assert/strict';
 import type { Backend, SyncReport } from '../../../src/modes/backend.js';
 import { Controller } from '../../../src/controller/controller.js';
@@ -214,5 +215,51 @@ describe('metrics: one series per IP family (dual-stack scrape)', () => {
     ]) {
       assert.match(text, new RegExp(`^${name} \\d`, 'm'), name);
     }
+  });
+});
+
+describe('metrics: nftables mode (kube-proxy names)', () => {
+  it('sync and cleanup failures, full/partial durations and no-local-endpoint counts; no iptables families', async () => {
+    const metrics = new ProxyMetrics({
+      processMetrics: false,
+      iptablesSyncFamilies: false,
+      nftablesSyncFamilies: true,
+    });
+    const report = {
+      backend: 'nftables/IPv6',
+      full: false,
+      durationMs: 12,
+      bytes: 100,
+      lines: 3,
+      writtenServices: 1,
+      staleChains: 0,
+      details: { cleanupFailures: 2 },
+      noLocalEndpoints: { internal: 1, external: 3 },
+    };
+    metrics.observeReport(report);
+    metrics.observeFailure(
+      undefined,
+      'nftables/IPv6',
+      new NftError(['nft', '-f', '-'], 'Error: busy', 1, 'sync'),
+    );
+    const text = await metrics.registry.metrics();
+    assert.equal(value(text, 'kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family="IPv6"}'), 1);
+    assert.equal(
+      value(text, 'kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total{ip_family="IPv6"}'),
+      2,
+    );
+    assert.equal(
+      value(text, 'kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family="IPv6"}'),
+      1,
+    );
+    assert.equal(
+      value(
+        text,
+        'kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external",ip_family="IPv6"}',
+      ),
+      3,
+    );
+    assert.doesNotMatch(text, /kubeproxy_sync_proxy_rules_iptables_total/);
+    assert.doesNotMatch(text, /kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total/);
   });
 });
