@@ -306,11 +306,7 @@ for (const mode of ['iptables', 'nftables'] as const) {
       assert.equal((await cli(['explain', 'pod', 'default/nobody', ...args()])).code, 2);
 
       const trace = (src: string): Promise<{ code: number | null; out: string }> =>
-        // svcplane trace walks iptables rules (nftables mode's walk is not on its command line yet):
-        // through the ClusterIP in iptables mode, straight to the pod in nftables mode.
-        mode === 'iptables'
-          ? cli(['trace', '--src', ip(src), '--dst', CLUSTER_IP, '--dport', '80', `--manifests=${dir}`])
-          : cli(['trace', '--src', ip(src), '--dst', ip('db'), '--dport', String(DB), `--manifests=${dir}`]);
+        cli(['trace', '--src', ip(src), '--dst', CLUSTER_IP, '--dport', '80', `--manifests=${dir}`]);
       const allowed = await trace('frontend');
       assert.equal(allowed.code, 0, allowed.out);
       assert.match(
