@@ -16,8 +16,8 @@
 # Build secrets (optional, source build): --secret id=npm_ca,src=/etc/ssl/certs/ca-certificates.crt
 # and, for the runtime packages on a base without them, --secret id=apt_sources,src=<a deb822 .sources>.
 
-ARG BUILD_BASE=node:22-bookworm-slim
-ARG RUNTIME_BASE=node:22-bookworm-slim
+ARG BUILD_BASE=node:26-bookworm-slim
+ARG RUNTIME_BASE=node:26-bookworm-slim
 ARG PREBUILT=0
 
 # --- app from source ----------------------------------------------------------------------------

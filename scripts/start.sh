@@ -8,4 +8,5 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 bash scripts/setup.sh
+. scripts/node-env.sh
 exec node bin/svcplane.js demo "$@"

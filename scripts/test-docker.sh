@@ -11,6 +11,7 @@
 # script started running (faster reruns).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/node-env.sh
 
 DOCKER=/usr/bin/docker
 IMAGE=${SVCPLANE_IMAGE:-svcplane:test}

@@ -7,6 +7,7 @@
 # Env: SVCPLANE_IPVS_TIMEOUT (seconds for the whole suite, default 1200), SVCPLANE_SKIP_BUILD=1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/node-env.sh
 
 if [[ ${SVCPLANE_SKIP_BUILD:-} != 1 ]]; then
   # Type errors elsewhere are the typecheck step's business: tsc still emits, so go on with what it wrote.

@@ -53,6 +53,14 @@ if ! bash scripts/setup.sh; then
   echo "0 passed, 1 failed, 0 skipped; failed: setup (scripts/setup.sh)"
   exit 1
 fi
+# The Node.js setup.sh provided (the current LTS) first on PATH for every step.
+. scripts/node-env.sh
+if [[ $(node -p 'process.versions.node.split(".")[0]') != "${SVCPLANE_NODE_VERSION%%.*}" ]]; then
+  echo "setup: node $(node --version) at $(command -v node), not Node.js $SVCPLANE_NODE_VERSION (scripts/node-env.sh)"
+  echo "0 passed, 1 failed, 0 skipped; failed: setup (node $(node --version), want $SVCPLANE_NODE_VERSION)"
+  exit 1
+fi
+echo "=== node $(node --version) ($(command -v node))"
 
 step typecheck 0 npx tsc -p tsconfig.json --noEmit
 step lint 0 npx eslint .

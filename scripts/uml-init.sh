@@ -16,6 +16,11 @@ umask 022
 # FPU state is saved as x87/SSE only when the host's XSAVE area is too big for this UML (see the seccomp
 # note in uml-run.sh): keep glibc (and OpenSSL) off AVX/AVX-512 so that threads sharing one host process
 # never lose vector state. glibc picks its string functions at start-up, so re-exec this shell first.
+# Node.js decodes UTF-8 with simdutf (and parses JSON with simdjson), which pick AVX-512 kernels by CPUID
+# whatever glibc's tunables say: with the state saved as x87/SSE their results come out garbled (Node 26
+# read non-ASCII source files as NULs and failed to compile them). SSE4.2 ("westmere") is what they keep.
+export SIMDUTF_FORCE_IMPLEMENTATION=${SIMDUTF_FORCE_IMPLEMENTATION:-westmere}
+export SIMDJSON_FORCE_IMPLEMENTATION=${SIMDJSON_FORCE_IMPLEMENTATION:-westmere}
 if [[ -z ${GLIBC_TUNABLES:-} ]]; then
   export GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX_Fast_Unaligned_Load,-EVEX
   export OPENSSL_ia32cap='~0x1000000000000000:~0x642D0230020'
@@ -164,6 +169,8 @@ hostname svcplane-uml 2>/dev/null || true
 # --- the command -----------------------------------------------------------------------------------------
 export SVCPLANE_IN_UML=1
 while IFS= read -r -d '' kv; do export "${kv?}"; done <"$dir/env"
+# The caller's Node.js (scripts/node-env.sh: the current LTS from the checkout's .node/) first here too.
+if [[ -n ${SVCPLANE_NODE_BIN:-} && -x $SVCPLANE_NODE_BIN/node ]]; then export PATH=$SVCPLANE_NODE_BIN:$PATH; fi
 mapfile -d '' -t cmd <"$dir/cmd"
 limit=$(<"$dir/timeout")
 ((${#cmd[@]} > 0)) || fail "empty command"

@@ -17,6 +17,7 @@ import { skipBecause } from '../support/skip.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
   version: string;
+  engines: { node: string };
 };
 
 const CLUSTER_IP = '10.96.0.50';
@@ -188,6 +189,20 @@ describe('container image (docker)', function () {
     it('runs svcplane --version through the entrypoint', async () => {
       const out = await runOk(box, ['svcplane', '--version']);
       assert.equal(out.trim(), pkg.version);
+    });
+
+    it('runs on the Node.js the tests run (the current LTS, scripts/node-env.sh)', async () => {
+      const want = /^SVCPLANE_NODE_VERSION=(\S+)$/m.exec(
+        readFileSync(new URL('../../scripts/node-env.sh', import.meta.url), 'utf8'),
+      )?.[1];
+      assert.ok(want, 'SVCPLANE_NODE_VERSION in scripts/node-env.sh');
+      const inImage = (await runOk(box, ['node', '--version'])).trim();
+      assert.equal(
+        inImage.replace(/^v/, '').split('.')[0],
+        want.split('.')[0],
+        `node ${inImage} in the image`,
+      );
+      assert.match(pkg.engines.node, new RegExp(`>=\\s*${want.split('.')[0]}`), 'engines names it');
     });
 
     it('holds iptables (nft and legacy), nft, ipset, ipvsadm, conntrack and iproute2', async () => {
