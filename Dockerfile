@@ -71,5 +71,8 @@ COPY --from=app /app/node_modules ./node_modules
 COPY --from=app /app/bin ./bin
 COPY --from=app /app/dist/src ./dist/src
 COPY deploy/image/svcplane-entrypoint.sh /usr/local/bin/svcplane
+# kube-proxy's DaemonSet runs /usr/local/bin/kube-proxy: with this image it runs svcplane.
+COPY deploy/image/svcplane-entrypoint.sh /usr/local/bin/kube-proxy
 ENTRYPOINT ["svcplane"]
-CMD ["run"]
+# kube-proxy's form (svcplane [flags] is kube-proxy [flags]), with its DaemonSet's configuration file.
+CMD ["--config=/var/lib/kube-proxy/config.conf"]

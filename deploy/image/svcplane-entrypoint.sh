@@ -1,5 +1,6 @@
 #!/bin/sh
-# Installed in the image as /usr/local/bin/svcplane. Picks the iptables backend the way kube-proxy's
+# Installed in the image as /usr/local/bin/svcplane, and as /usr/local/bin/kube-proxy so that kube-proxy's
+# DaemonSet runs svcplane with only its image changed. Picks the iptables backend the way kube-proxy's
 # iptables-wrapper does and hands it to svcplane as --iptables-binary (iptables-nft or
 # iptables-legacy). Nothing is written anywhere: the image runs with a read-only root filesystem, and
 # /etc/alternatives keeps Debian's default (nft) for anything else that calls plain `iptables`.
@@ -20,9 +21,20 @@ has_hint() { # kube-proxy / kubelet leave these chains in the backend they use
   { "iptables-$1-save" -t mangle 2>/dev/null || true; } | grep -qE '^:(KUBE-IPTABLES-HINT|KUBE-KUBELET-CANARY) '
 }
 
-# The subcommands that program or read iptables take --iptables-binary.
+# The subcommands that program or read iptables take --iptables-binary, and so does kube-proxy's form
+# (`svcplane [flags]`, no subcommand: the daemon, --cleanup or --init-only), except when the flags only
+# print (--version, --help) or write the configuration (--write-config-to).
 case ${1:-} in
   run | sync | cleanup | diff | explain | trace) ;;
+  "" | -*)
+    for arg in "$@"; do
+      case $arg in
+        --version | --version=* | -h | --help | --write-config-to | --write-config-to=*)
+          exec node "$APP/bin/svcplane.js" "$@"
+          ;;
+      esac
+    done
+    ;;
   *) exec node "$APP/bin/svcplane.js" "$@" ;;
 esac
 for arg in "$@"; do
@@ -54,6 +66,9 @@ case $MODE in
     ;;
 esac
 
+case ${1:-} in
+  "" | -*) exec node "$APP/bin/svcplane.js" "--iptables-binary=iptables-$MODE" "$@" ;;
+esac
 cmd=$1
 shift
 exec node "$APP/bin/svcplane.js" "$cmd" "--iptables-binary=iptables-$MODE" "$@"

@@ -169,7 +169,7 @@ describe('svcplane in a cluster of containers: node (NET_ADMIN only), backends, 
   }
 
   /**
-   * A node container, as the DaemonSet's pod (deploy/svcplane.yaml): every capability dropped but
+   * A node container, as the DaemonSet's pod (deploy/base/daemonset.yaml): every capability dropped but
    * NET_ADMIN, read-only root with /tmp in memory, the nft backend; files come in as read-only mounts
    * (manifests, the service account). Routing on: the node forwards its clients' traffic.
    */

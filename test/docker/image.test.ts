@@ -119,7 +119,7 @@ async function until(cond: () => Promise<boolean>, ms: number, what: () => strin
 const idle = (c: NodeContainer): NodeContainer => c.withEntrypoint(['sleep', 'infinity']);
 
 /**
- * The DaemonSet's pod (deploy/svcplane.yaml): drop ALL, add NET_ADMIN (+ NET_RAW for the legacy
+ * The DaemonSet's pod (deploy/base/daemonset.yaml): drop ALL, add NET_ADMIN (+ NET_RAW for the legacy
  * backend), read-only root, /tmp in memory, SVCPLANE_IPTABLES_MODE as given (the DaemonSet's nft).
  */
 const daemonSetPod = (c: NodeContainer, opts: { netRaw?: boolean; mode?: string } = {}): NodeContainer =>
@@ -189,6 +189,22 @@ describe('container image (docker)', function () {
     it('runs svcplane --version through the entrypoint', async () => {
       const out = await runOk(box, ['svcplane', '--version']);
       assert.equal(out.trim(), pkg.version);
+    });
+
+    it("answers to kube-proxy's DaemonSet command: /usr/local/bin/kube-proxy is svcplane", async () => {
+      const out = await runOk(box, ['/usr/local/bin/kube-proxy', '--version']);
+      assert.equal(out.trim(), pkg.version);
+      // kubeadm's flags, through the entrypoint (the backend chosen: nft, as the DaemonSet sets it).
+      const bad = await run(
+        box,
+        ['/usr/local/bin/kube-proxy', '--config=/nonexistent.conf', '--hostname-override=n1'],
+        {
+          SVCPLANE_IPTABLES_MODE: 'nft',
+        },
+      );
+      // It got as far as reading the file: svcplane's own error, with the path.
+      assert.equal(bad.exitCode, 1, `${bad.stdout}${bad.stderr}`);
+      assert.match(bad.stderr, /invalid configuration \/nonexistent\.conf: .*cannot read/);
     });
 
     it('runs on the Node.js the tests run (the current LTS, scripts/node-env.sh)', async () => {

@@ -7,6 +7,7 @@ import type { RequestSpec } from '../../src/netns/protocol.js';
 import { startProcess, type ChildHandle } from '../../src/util/exec.js';
 import { packageRoot } from '../../src/util/paths.js';
 import { FakeApiServer } from '../support/fake-apiserver.js';
+import { renderKustomization, type KObject } from '../support/kustomize.js';
 import { NetnsListener } from '../support/netns-listener.js';
 import { useSandbox } from '../support/sandbox.js';
 
@@ -33,6 +34,8 @@ const POD_PORT = 8080;
 const WEB = { v4: '10.96.0.80', v6: 'fd00:10:96::80' };
 const CLI = join(packageRoot(), 'bin', 'svcplane.js');
 const FIXTURES = join(packageRoot(), 'test', 'fixtures', 'kubeadm');
+/** The image's entrypoint (/usr/local/bin/svcplane and /usr/local/bin/kube-proxy in the image). */
+const ENTRYPOINT = join(packageRoot(), 'deploy', 'image', 'svcplane-entrypoint.sh');
 
 /** A klog text line: severity, message and the rest. */
 interface TextLine {
@@ -169,10 +172,14 @@ describe('drop-in: kubeadm’s kube-proxy DaemonSet and ConfigMap run svcplane (
     });
   }
 
-  /** Writes the pod's files and starts the DaemonSet's command in the node, as the kubelet would. */
-  function startPod(
+  /**
+   * Writes the pod's files (the service account, the ConfigMap's keys) and starts `command` in the
+   * node with the pod's environment, as the kubelet would.
+   */
+  function startPodWith(
     name: string,
-    configConf: string,
+    configMap: Readonly<Record<string, string>>,
+    command: readonly string[],
     podEnv: Readonly<Record<string, string>>,
   ): { child: ChildHandle; lines: string[] } {
     const pod = join(dir, name);
@@ -181,25 +188,41 @@ describe('drop-in: kubeadm’s kube-proxy DaemonSet and ConfigMap run svcplane (
     writeFileSync(join(pod, 'serviceaccount', 'token'), TOKEN);
     writeFileSync(join(pod, 'serviceaccount', 'ca.crt'), api!.caPem!);
     writeFileSync(join(pod, 'serviceaccount', 'namespace'), 'kube-system');
-    const data = kubeadmConfigMap();
-    writeFileSync(join(pod, 'configmap', 'config.conf'), configConf);
-    // kubeadm writes its control-plane endpoint here; this cluster's is the stand-in.
-    writeFileSync(
-      join(pod, 'configmap', 'kubeconfig.conf'),
-      data['kubeconfig.conf']!.replace('https://controlplane:6443', `https://${API.host}:${API.port}`),
-    );
-    const { command } = kubeadmDaemonSet();
-    assert.equal(command[0], '/usr/local/bin/kube-proxy');
-    const args = expand(command.slice(1), podEnv);
+    for (const [key, text] of Object.entries(configMap)) writeFileSync(join(pod, 'configmap', key), text);
     const vars = Object.entries(podEnv).map(([k, v]) => `${k}=${v}`);
     const child = startProcess(
-      ['unshare', '-m', 'sh', '-c', POD_SCRIPT, 'pod', pod, 'env', ...vars, process.execPath, CLI, ...args],
-      { netns: env.sb.nodeNs },
+      ['unshare', '-m', 'sh', '-c', POD_SCRIPT, 'pod', pod, 'env', ...vars, ...command],
+      {
+        netns: env.sb.nodeNs,
+      },
     );
     daemons.push(child);
     const lines: string[] = [];
     child.onLine((l) => lines.push(l));
     return { child, lines };
+  }
+
+  /** kubeadm's DaemonSet command with its ConfigMap (config.conf as given, kubeconfig.conf for this cluster). */
+  function startPod(
+    name: string,
+    configConf: string,
+    podEnv: Readonly<Record<string, string>>,
+  ): { child: ChildHandle; lines: string[] } {
+    const data = kubeadmConfigMap();
+    // kubeadm writes its control-plane endpoint here; this cluster's is the stand-in.
+    const kubeconfig = data['kubeconfig.conf']!.replace(
+      'https://controlplane:6443',
+      `https://${API.host}:${API.port}`,
+    );
+    const { command } = kubeadmDaemonSet();
+    assert.equal(command[0], '/usr/local/bin/kube-proxy');
+    const args = expand(command.slice(1), podEnv);
+    return startPodWith(
+      name,
+      { 'config.conf': configConf, 'kubeconfig.conf': kubeconfig },
+      [process.execPath, CLI, ...args],
+      podEnv,
+    );
   }
 
   before(async function () {
@@ -367,4 +390,104 @@ describe('drop-in: kubeadm’s kube-proxy DaemonSet and ConfigMap run svcplane (
     await answeredBy(WEB.v4, ['a', 'b']);
     assert.equal(await child.stop(5000), 0);
   });
+  /**
+   * svcplane's own DaemonSet (deploy/overlays/*, rendered as kustomize renders it): the container has
+   * no command, so the image's entrypoint runs with the DaemonSet's args (kube-proxy's form); its
+   * ConfigMap mounted where the DaemonSet mounts it; the pod's env from the manifest, the downward API
+   * and the kubelet (KUBERNETES_SERVICE_HOST/PORT: in-cluster configuration, no kubeconfig).
+   */
+  for (const overlay of ['iptables', 'ipvs'] as const) {
+    const how = overlay === 'ipvs' ? ' (no IPVS in this kernel: one warning, iptables mode)' : '';
+    it(`deploy/overlays/${overlay}: the rendered DaemonSet and ConfigMap start cleanly, serve both families${how}`, async () => {
+      const objects = renderKustomization(join(packageRoot(), 'deploy', 'overlays', overlay));
+      const one = (kind: string): KObject => {
+        const found = objects.filter((o) => o.kind === kind);
+        assert.equal(found.length, 1, kind);
+        return found[0]!;
+      };
+      type Container = {
+        command?: string[];
+        args: string[];
+        env: { name: string; value?: string; valueFrom?: { fieldRef?: { fieldPath: string } } }[];
+        volumeMounts: { name: string; mountPath: string }[];
+        readinessProbe: { httpGet: { path: string; port: number } };
+      };
+      const podSpec = (
+        one('DaemonSet') as {
+          spec: {
+            template: {
+              spec: { containers: Container[]; volumes: { name: string; configMap?: { name: string } }[] };
+            };
+          };
+        }
+      ).spec.template.spec;
+      const c = podSpec.containers[0]!;
+      assert.equal(c.command, undefined, "the image's entrypoint");
+      // The ConfigMap's volume is mounted where POD_SCRIPT puts the ConfigMap's keys.
+      const cm = one('ConfigMap') as { metadata: { name: string }; data: Record<string, string> };
+      const volume = podSpec.volumes.find((v) => v.configMap?.name === cm.metadata.name);
+      assert.equal(c.volumeMounts.find((m) => m.name === volume?.name)?.mountPath, '/var/lib/kube-proxy');
+      const podEnv: Record<string, string> = {
+        KUBERNETES_SERVICE_HOST: API.host,
+        KUBERNETES_SERVICE_PORT: String(API.port),
+        SVCPLANE_APP_DIR: packageRoot(), // the image's /app
+      };
+      for (const e of c.env) {
+        if (e.value !== undefined) podEnv[e.name] = e.value;
+        else if (e.valueFrom?.fieldRef?.fieldPath === 'spec.nodeName') podEnv[e.name] = NODE;
+        else assert.fail(`env ${e.name}: not set by this test`);
+      }
+      assert.equal(podEnv.SVCPLANE_IPTABLES_MODE, 'nft');
+      // The operator sets clusterCIDR to the cluster's pod CIDRs (the manifest's says so).
+      const conf = cm.data['config.conf']!.replace(
+        /^clusterCIDR: .*$/m,
+        'clusterCIDR: 10.244.0.0/16,fd00:10:244::/64',
+      );
+      assert.notEqual(conf, cm.data['config.conf']);
+      const t0 = Date.now();
+      const { child, lines } = startPodWith(
+        `deploy-${overlay}`,
+        { ...cm.data, 'config.conf': conf },
+        ['sh', ENTRYPOINT, ...expand(c.args, podEnv)],
+        podEnv,
+      );
+      const running = await until(
+        'svcplane running',
+        () => {
+          if (lines.some((l) => / svcplane\] "svcplane cannot start/.test(l)))
+            throw new Error(lines.join('\n'));
+          return lines.map(parseTextLine).find((l) => l?.message === 'svcplane running');
+        },
+        60_000,
+      ).catch((err: unknown) => {
+        throw new Error(`${String(err)}\n${lines.slice(-40).join('\n')}`);
+      });
+      assert.match(running.rest, /mode="iptables" node="node-1"/);
+      for (const l of lines) assert.ok(parseTextLine(l), `not a klog text line: ${l}`);
+      const warnings = lines
+        .map(parseTextLine)
+        .filter((l) => l!.severity !== 'I')
+        .map((l) => l!.message);
+      assert.deepEqual(
+        warnings.map((w) => w.replace(/ \(.*\);/s, ' (…);')),
+        overlay === 'ipvs' ? ['IPVS proxy mode is unavailable (…); falling back to iptables mode'] : [],
+        warnings.join('\n'),
+      );
+      assert.ok(api!.requestsSince(t0, 'Service', 'list') > 0);
+      assert.equal(api!.lastAuthorization, `Bearer ${TOKEN}`);
+      await answeredBy(WEB.v4, ['a', 'b']);
+      await answeredBy(WEB.v6, ['a', 'b']);
+      // The entrypoint chose the DaemonSet's backend: the rules are in iptables-nft's tables.
+      assert.match(
+        (await env.sb.exec('node', ['iptables-nft-save', '-t', 'nat'])).stdout,
+        /^:KUBE-SERVICES/m,
+      );
+      const probe = c.readinessProbe.httpGet;
+      assert.equal(
+        (await http('outside', `http://${env.sb.nodeIPv4}:${probe.port}${probe.path}`))?.code,
+        200,
+      );
+      assert.equal(await child.stop(5000), 0, 'SIGTERM: exit 0');
+    });
+  }
 });

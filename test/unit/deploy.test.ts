@@ -11,8 +11,10 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import * as k8s from '@kubernetes/client-node';
-import { parse, parseAllDocuments } from 'yaml';
+import { parse } from 'yaml';
+import { renderKustomization } from '../support/kustomize.js';
 
 /**
  * Checks deploy/*.yaml offline. `kubectl apply --dry-run=client` cannot run here: even with
@@ -195,17 +197,11 @@ function modelName(apiVersion: string, kind: string): string {
   return version.charAt(0).toUpperCase() + version.slice(1) + kind;
 }
 
-function loadObjects(): Obj[] {
-  const files = readdirSync(DEPLOY_DIR).filter((f) => /\.ya?ml$/.test(f));
-  assert.ok(files.length > 0, 'deploy/ holds no YAML');
-  return files.flatMap((f) =>
-    parseAllDocuments(readFileSync(new URL(f, DEPLOY_DIR), 'utf8')).map((doc, i) => {
-      assert.deepEqual(doc.errors, [], `${f} document ${i}: YAML errors`);
-      const o = doc.toJS() as unknown;
-      assert.ok(isObj(o), `${f} document ${i} is not an object`);
-      return o;
-    }),
-  );
+/** An overlay of deploy/overlays rendered as kustomize renders it (test/support/kustomize.ts). */
+function loadObjects(overlay: string): Obj[] {
+  const objects = renderKustomization(fileURLToPath(new URL(`overlays/${overlay}`, DEPLOY_DIR)));
+  assert.ok(objects.length > 0, `deploy/overlays/${overlay} renders nothing`);
+  return objects;
 }
 
 function pick(objects: Obj[], kind: string): Obj {
@@ -255,264 +251,325 @@ const IPTABLES_FIELDS = new Set([
   'minSyncPeriod',
 ]);
 
-describe('deploy/ manifests', () => {
-  const objects = loadObjects();
-  const ds = pick(objects, 'DaemonSet');
-  const pod = get(ds, 'spec', 'template', 'spec') as Obj;
-  const container = get(pod, 'containers', 0) as Obj;
+// kubeproxy.config.k8s.io/v1alpha1 KubeProxyIPVSConfiguration.
+const IPVS_FIELDS = new Set([
+  'syncPeriod',
+  'minSyncPeriod',
+  'scheduler',
+  'excludeCIDRs',
+  'strictARP',
+  'tcpTimeout',
+  'tcpFinTimeout',
+  'udpTimeout',
+]);
 
-  it('every object matches the Kubernetes API schema (no unknown fields, right types)', () => {
-    for (const o of objects) {
-      const name = `${String(o.kind)}/${String(get(o, 'metadata', 'name'))}`;
-      assert.equal(typeof o.apiVersion, 'string', `${name}: apiVersion`);
-      assert.equal(typeof o.kind, 'string', `${name}: kind`);
-      const type = modelName(o.apiVersion as string, o.kind as string);
-      assert.ok(model(type), `${name}: unknown apiVersion/kind ${String(o.apiVersion)} ${String(o.kind)}`);
-      assert.deepEqual(schemaErrors(o, type, name), []);
-      assert.match(
-        String(get(o, 'metadata', 'name')),
-        /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/,
-        `${name}: metadata.name`,
-      );
-    }
+describe('deploy/: a kustomize base and an overlay per mode', () => {
+  it('has the base and the overlays iptables and ipvs, and a place for nftables', () => {
+    assert.deepEqual(readdirSync(new URL('overlays/', DEPLOY_DIR)).sort(), ['iptables', 'ipvs', 'nftables']);
+    assert.ok(existsSync(new URL('base/kustomization.yaml', DEPLOY_DIR)));
+    assert.ok(existsSync(new URL('overlays/nftables/README.md', DEPLOY_DIR)));
   });
 
-  it('the schema check catches a misspelt field and a wrong type', () => {
-    const bad = structuredClone(ds);
-    (get(bad, 'spec', 'template', 'spec', 'containers', 0) as Obj).readinesProbe = {};
-    (get(bad, 'spec', 'template', 'spec') as Obj).hostNetwork = 'yes';
-    const errors = schemaErrors(bad, 'V1DaemonSet', 'ds');
-    assert.equal(errors.length, 2, errors.join('\n'));
-  });
-
-  it('the schema check catches missing required fields (container name, selector, roleRef, verbs …)', () => {
-    assert.deepEqual(requiredFields('V1Container'), ['name']);
-    assert.deepEqual(requiredFields('V1DaemonSetSpec').sort(), ['selector', 'template']);
-    const bad = structuredClone(ds);
-    delete (get(bad, 'spec', 'template', 'spec', 'containers', 0) as Obj).name;
-    delete (get(bad, 'spec') as Obj).selector;
-    delete (get(bad, 'spec', 'template', 'spec', 'volumes', 0) as Obj).name;
-    delete (get(bad, 'spec', 'template', 'spec', 'containers', 0, 'env', 0, 'valueFrom', 'fieldRef') as Obj)
-      .fieldPath;
-    assert.deepEqual(schemaErrors(bad, 'V1DaemonSet', 'ds').sort(), [
-      'ds.spec.selector: required field missing in V1DaemonSetSpec',
-      'ds.spec.template.spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: required field missing in V1ObjectFieldSelector',
-      'ds.spec.template.spec.containers[0].name: required field missing in V1Container',
-      'ds.spec.template.spec.volumes[0].name: required field missing in V1Volume',
-    ]);
-    const role = structuredClone(pick(objects, 'ClusterRole'));
-    delete (get(role, 'rules', 0) as Obj).verbs;
-    assert.deepEqual(schemaErrors(role, 'V1ClusterRole', 'role'), [
-      'role.rules[0].verbs: required field missing in V1PolicyRule',
-    ]);
-    const binding = structuredClone(pick(objects, 'ClusterRoleBinding'));
-    delete (get(binding, 'roleRef') as Obj).kind;
-    delete (get(binding, 'subjects', 0) as Obj).name;
-    assert.deepEqual(schemaErrors(binding, 'V1ClusterRoleBinding', 'b').sort(), [
-      'b.roleRef.kind: required field missing in V1RoleRef',
-      'b.subjects[0].name: required field missing in RbacV1Subject',
-    ]);
-  });
-
-  it("the DaemonSet passes the API server's validation of the fields it uses", () => {
-    assert.deepEqual(daemonSetErrors(ds, 'ds'), []);
-  });
-
-  it('that validation catches a bad container name, an empty selector and dangling references', () => {
-    const bad = structuredClone(ds);
-    const spec = get(bad, 'spec') as Obj;
-    const c = get(spec, 'template', 'spec', 'containers', 0) as Obj;
-    c.name = 'Svc_plane';
-    (spec.selector as Obj).matchLabels = {};
-    (c.volumeMounts as Obj[])[0]!.name = 'nope';
-    (get(c, 'readinessProbe', 'httpGet') as Obj).port = 'metrics';
-    assert.deepEqual(daemonSetErrors(bad, 'ds'), [
-      'ds.spec.selector: empty selector (would select every pod)',
-      'ds.spec.template.spec.containers[0].name: "Svc_plane" is not a DNS label',
-      'ds.spec.template.spec.containers[0].readinessProbe.httpGet.port: no container port named "metrics"',
-      'ds.spec.template.spec.containers[0].volumeMounts[0].name: no volume "nope"',
-    ]);
-  });
-
-  it('contains exactly the ServiceAccount, RBAC, ConfigMap and DaemonSet, namespaced in kube-system', () => {
-    assert.deepEqual(objects.map((o) => o.kind).sort(), [
-      'ClusterRole',
-      'ClusterRoleBinding',
-      'ConfigMap',
-      'DaemonSet',
-      'ServiceAccount',
-    ]);
-    for (const o of objects) {
-      const ns = get(o, 'metadata', 'namespace');
-      if (o.kind === 'ClusterRole' || o.kind === 'ClusterRoleBinding') assert.equal(ns, undefined);
-      else assert.equal(ns, 'kube-system', `${String(o.kind)} namespace`);
-    }
-  });
-
-  it('grants least privilege: list and watch on what svcplane reads (with NetworkPolicy enforcement), nothing else', () => {
-    const rules = (get(pick(objects, 'ClusterRole'), 'rules') as Obj[]).flatMap((r) =>
-      (r.apiGroups as string[]).flatMap((g) =>
-        (r.resources as string[]).map((res) => `${g}/${res}:${[...(r.verbs as string[])].sort().join(',')}`),
-      ),
-    );
-    assert.deepEqual(rules.sort(), [
-      '/namespaces:list,watch',
-      '/nodes:list,watch',
-      '/pods:list,watch',
-      '/services:list,watch',
-      'discovery.k8s.io/endpointslices:list,watch',
-      'networking.k8s.io/networkpolicies:list,watch',
-    ]);
-    const binding = pick(objects, 'ClusterRoleBinding');
-    const sa = pick(objects, 'ServiceAccount');
-    assert.deepEqual(get(binding, 'roleRef'), {
-      apiGroup: 'rbac.authorization.k8s.io',
-      kind: 'ClusterRole',
-      name: get(pick(objects, 'ClusterRole'), 'metadata', 'name'),
-    });
-    assert.deepEqual(get(binding, 'subjects'), [
-      { kind: 'ServiceAccount', name: get(sa, 'metadata', 'name'), namespace: 'kube-system' },
-    ]);
-    assert.equal(pod.serviceAccountName, get(sa, 'metadata', 'name'));
-  });
-
-  it('runs the DaemonSet like kube-proxy: host network, node-critical, tolerates every taint', () => {
-    const selector = get(ds, 'spec', 'selector', 'matchLabels') as Record<string, string>;
-    const labels = get(ds, 'spec', 'template', 'metadata', 'labels') as Record<string, string>;
-    for (const [k, v] of Object.entries(selector)) assert.equal(labels[k], v, `template label ${k}`);
-    assert.equal(pod.hostNetwork, true);
-    assert.equal(pod.priorityClassName, 'system-node-critical');
-    assert.ok((pod.tolerations as Obj[]).some((t) => t.operator === 'Exists' && t.key === undefined));
-    assert.equal(get(pod, 'containers', 'length'), 1);
-    assert.equal(typeof container.image, 'string');
-  });
-
-  it('drops every capability but NET_ADMIN; NET_RAW only for the legacy backend, SYS_MODULE only for IPVS', () => {
-    const sc = container.securityContext as Obj;
-    assert.equal(sc.privileged, false);
-    assert.equal(sc.allowPrivilegeEscalation, false);
-    assert.deepEqual(get(sc, 'capabilities', 'drop'), ['ALL']);
-    const add = [...(get(sc, 'capabilities', 'add') as string[])].sort();
-    // The ConfigMap's mode and the iptables backend decide: iptables-legacy opens a raw socket even to
-    // read (legacy, and auto which reads both backends); IPVS loads kernel modules (SYS_MODULE).
-    const conf = parse(get(pick(objects, 'ConfigMap'), 'data', 'config.conf') as string) as Obj;
-    const backend = (container.env as Obj[]).find((e) => e.name === 'SVCPLANE_IPTABLES_MODE')?.value;
-    assert.ok(backend === 'nft' || backend === 'legacy' || backend === 'auto', `backend ${String(backend)}`);
-    const want = ['NET_ADMIN'];
-    if (backend !== 'nft') want.push('NET_RAW');
-    if (conf.mode === 'ipvs') want.push('SYS_MODULE');
-    assert.deepEqual(add, want.sort());
-    assert.notEqual(pod.hostPID, true);
-    assert.notEqual(pod.hostIPC, true);
-  });
-
-  it('confines the pod: RuntimeDefault seccomp, read-only root with /tmp in memory', () => {
-    const seccomp =
-      get(container, 'securityContext', 'seccompProfile', 'type') ??
-      get(pod, 'securityContext', 'seccompProfile', 'type');
-    assert.equal(seccomp, 'RuntimeDefault');
-    assert.equal(get(container, 'securityContext', 'readOnlyRootFilesystem'), true);
-    // svcplane writes only under TMPDIR (conntrack -R batch files): /tmp must be a writable volume.
-    const tmp = (container.volumeMounts as Obj[]).find((m) => m.mountPath === '/tmp');
-    assert.ok(tmp, 'a /tmp mount');
-    assert.notEqual(tmp.readOnly, true);
-    const volume = (pod.volumes as Obj[]).find((v) => v.name === tmp.name);
-    assert.equal(get(volume, 'emptyDir', 'medium'), 'Memory');
-  });
-
-  it('resolves names with the node resolv.conf (dnsPolicy Default), not through the Services it programs', () => {
-    assert.equal(pod.hostNetwork, true);
-    assert.equal(pod.dnsPolicy, 'Default');
-  });
-
-  it('limits memory above the measured peak at 10k Services (docs/performance.md) with headroom', () => {
-    // The figures the limit is sized from: svcplane's own VmHWM (`svcplane sync` at 10k) and the peak
-    // of its iptables-restore child at 10k; both live in the container's cgroup during a full sync.
-    const perf = readFileSync(new URL('../../docs/performance.md', import.meta.url), 'utf8');
-    const vmhwm = /node's \*\*VmHWM (\d+) MB\*\*/.exec(perf);
-    assert.ok(vmhwm, 'docs/performance.md: no "node\'s **VmHWM N MB**" figure');
-    const header = perf.split('\n').find((l) => l.startsWith('| services |') && l.includes('restore RSS MB'));
-    assert.ok(header, 'docs/performance.md: no iptables figures table with a "restore RSS MB" column');
-    const column = header.split('|').findIndex((c) => c.trim() === 'restore RSS MB');
-    const row = perf.split('\n').find((l) => l.startsWith('| 10k |'));
-    assert.ok(row, 'docs/performance.md: no 10k row');
-    const restoreMB = Number(row.split('|')[column]?.trim());
-    assert.ok(restoreMB > 0, `restore RSS at 10k: ${row}`);
-    const peakMB = Number(vmhwm[1]) + restoreMB;
-    const limit = String(get(container, 'resources', 'limits', 'memory'));
-    const m = /^(\d+)(Mi|Gi)$/.exec(limit);
-    assert.ok(m, `memory limit "${limit}" in Mi or Gi`);
-    const limitMB = (Number(m[1]) * (m[2] === 'Gi' ? 1024 : 1) * 1024 * 1024) / 1e6;
-    assert.ok(limitMB >= 1.3 * peakMB, `limit ${limit} (${Math.round(limitMB)} MB) < 1.3 × ${peakMB} MB`);
-    assert.ok(limitMB <= 4 * peakMB, `limit ${limit} is far above the measured peak (${peakMB} MB)`);
-  });
-
-  it('mounts /run/xtables.lock (FileOrCreate), /lib/modules read-only and the configuration', () => {
-    const volumes = new Map((pod.volumes as Obj[]).map((v) => [v.name as string, v]));
-    const mounts = new Map((container.volumeMounts as Obj[]).map((m) => [m.mountPath as string, m]));
-    const lock = mounts.get('/run/xtables.lock');
-    assert.ok(lock, 'xtables lock mount');
-    assert.deepEqual(get(volumes.get(lock.name as string), 'hostPath'), {
-      path: '/run/xtables.lock',
-      type: 'FileOrCreate',
-    });
-    const modules = mounts.get('/lib/modules');
-    assert.ok(modules, '/lib/modules mount');
-    assert.equal(modules.readOnly, true);
-    assert.equal(get(volumes.get(modules.name as string), 'hostPath', 'path'), '/lib/modules');
-    for (const m of mounts.values()) assert.ok(volumes.has(m.name as string), `volume ${String(m.name)}`);
-
-    // --config points into the ConfigMap's mount, at a key the ConfigMap has.
-    const args = container.args as string[];
-    const config = args.find((a) => a.startsWith('--config='))?.slice('--config='.length);
-    assert.ok(config, '--config flag');
-    const dir = config.slice(0, config.lastIndexOf('/'));
-    const cmMount = mounts.get(dir);
-    assert.ok(cmMount, `a mount at ${dir}`);
-    const cmName = get(volumes.get(cmMount.name as string), 'configMap', 'name');
-    const cm = pick(objects, 'ConfigMap');
-    assert.equal(cmName, get(cm, 'metadata', 'name'));
-    assert.equal(typeof get(cm, 'data', config.slice(dir.length + 1)), 'string');
-  });
-
-  it('passes the node name from the downward API to --hostname-override', () => {
-    assert.deepEqual(container.args, [
-      'run',
-      '--config=/etc/svcplane/config.conf',
-      '--hostname-override=$(NODE_NAME)',
-    ]);
-    const env = (container.env as Obj[]).find((e) => e.name === 'NODE_NAME');
-    assert.deepEqual(get(env, 'valueFrom', 'fieldRef', 'fieldPath'), 'spec.nodeName');
-  });
-
-  it('probes the health port: liveness /livez, readiness /healthz; requests resources', () => {
-    assert.deepEqual(get(container, 'livenessProbe', 'httpGet'), { path: '/livez', port: 10256 });
-    assert.deepEqual(get(container, 'readinessProbe', 'httpGet'), { path: '/healthz', port: 10256 });
-    assert.ok(get(container, 'resources', 'requests', 'cpu'));
-    assert.ok(get(container, 'resources', 'requests', 'memory'));
-  });
-
-  it('configures a KubeProxyConfiguration matching the probes', () => {
-    const cm = pick(objects, 'ConfigMap');
-    const conf = parse(get(cm, 'data', 'config.conf') as string) as Obj;
-    assert.equal(conf.apiVersion, 'kubeproxy.config.k8s.io/v1alpha1');
-    assert.equal(conf.kind, 'KubeProxyConfiguration');
-    assert.equal(conf.mode, 'iptables');
-    assert.match(String(conf.clusterCIDR), /^\d+\.\d+\.\d+\.\d+\/\d+$/);
-    assert.equal(get(conf, 'iptables', 'minSyncPeriod'), '1s');
-    assert.equal(get(conf, 'iptables', 'syncPeriod'), '30s');
-    assert.equal(conf.metricsBindAddress, '127.0.0.1:10249');
-    assert.equal(conf.healthzBindAddress, '0.0.0.0:10256');
-    // Only KubeProxyConfiguration v1alpha1 fields (a typo would only be a warning at run time).
-    for (const key of Object.keys(conf)) assert.ok(KUBE_PROXY_FIELDS.has(key), `unknown field ${key}`);
-    for (const key of Object.keys(conf.iptables as Obj))
-      assert.ok(IPTABLES_FIELDS.has(key), `unknown field iptables.${key}`);
-    assert.equal(
-      Number(String(conf.healthzBindAddress).split(':')[1]),
-      get(container, 'readinessProbe', 'httpGet', 'port'),
-    );
+  it('the overlays differ only in what the mode needs: the ConfigMap and the capabilities', () => {
+    const [iptables, ipvs] = [loadObjects('iptables'), loadObjects('ipvs')];
+    const strip = (objects: Obj[]) =>
+      objects.map((o) => {
+        const c = structuredClone(o);
+        if (c.kind === 'ConfigMap') delete c.data;
+        if (c.kind === 'DaemonSet')
+          delete (
+            get(c, 'spec', 'template', 'spec', 'containers', 0, 'securityContext', 'capabilities') as Obj
+          ).add;
+        return c;
+      });
+    assert.deepEqual(strip(ipvs), strip(iptables));
   });
 });
+
+for (const overlay of ['iptables', 'ipvs'])
+  describe(`deploy/overlays/${overlay} (rendered)`, () => {
+    const objects = loadObjects(overlay);
+    const ds = pick(objects, 'DaemonSet');
+    const pod = get(ds, 'spec', 'template', 'spec') as Obj;
+    const container = get(pod, 'containers', 0) as Obj;
+
+    it('every object matches the Kubernetes API schema (no unknown fields, right types)', () => {
+      for (const o of objects) {
+        const name = `${String(o.kind)}/${String(get(o, 'metadata', 'name'))}`;
+        assert.equal(typeof o.apiVersion, 'string', `${name}: apiVersion`);
+        assert.equal(typeof o.kind, 'string', `${name}: kind`);
+        const type = modelName(o.apiVersion as string, o.kind as string);
+        assert.ok(model(type), `${name}: unknown apiVersion/kind ${String(o.apiVersion)} ${String(o.kind)}`);
+        assert.deepEqual(schemaErrors(o, type, name), []);
+        assert.match(
+          String(get(o, 'metadata', 'name')),
+          /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/,
+          `${name}: metadata.name`,
+        );
+      }
+    });
+
+    it('the schema check catches a misspelt field and a wrong type', () => {
+      const bad = structuredClone(ds);
+      (get(bad, 'spec', 'template', 'spec', 'containers', 0) as Obj).readinesProbe = {};
+      (get(bad, 'spec', 'template', 'spec') as Obj).hostNetwork = 'yes';
+      const errors = schemaErrors(bad, 'V1DaemonSet', 'ds');
+      assert.equal(errors.length, 2, errors.join('\n'));
+    });
+
+    it('the schema check catches missing required fields (container name, selector, roleRef, verbs …)', () => {
+      assert.deepEqual(requiredFields('V1Container'), ['name']);
+      assert.deepEqual(requiredFields('V1DaemonSetSpec').sort(), ['selector', 'template']);
+      const bad = structuredClone(ds);
+      delete (get(bad, 'spec', 'template', 'spec', 'containers', 0) as Obj).name;
+      delete (get(bad, 'spec') as Obj).selector;
+      delete (get(bad, 'spec', 'template', 'spec', 'volumes', 0) as Obj).name;
+      delete (get(bad, 'spec', 'template', 'spec', 'containers', 0, 'env', 0, 'valueFrom', 'fieldRef') as Obj)
+        .fieldPath;
+      assert.deepEqual(schemaErrors(bad, 'V1DaemonSet', 'ds').sort(), [
+        'ds.spec.selector: required field missing in V1DaemonSetSpec',
+        'ds.spec.template.spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: required field missing in V1ObjectFieldSelector',
+        'ds.spec.template.spec.containers[0].name: required field missing in V1Container',
+        'ds.spec.template.spec.volumes[0].name: required field missing in V1Volume',
+      ]);
+      const role = structuredClone(pick(objects, 'ClusterRole'));
+      delete (get(role, 'rules', 0) as Obj).verbs;
+      assert.deepEqual(schemaErrors(role, 'V1ClusterRole', 'role'), [
+        'role.rules[0].verbs: required field missing in V1PolicyRule',
+      ]);
+      const binding = structuredClone(pick(objects, 'ClusterRoleBinding'));
+      delete (get(binding, 'roleRef') as Obj).kind;
+      delete (get(binding, 'subjects', 0) as Obj).name;
+      assert.deepEqual(schemaErrors(binding, 'V1ClusterRoleBinding', 'b').sort(), [
+        'b.roleRef.kind: required field missing in V1RoleRef',
+        'b.subjects[0].name: required field missing in RbacV1Subject',
+      ]);
+    });
+
+    it("the DaemonSet passes the API server's validation of the fields it uses", () => {
+      assert.deepEqual(daemonSetErrors(ds, 'ds'), []);
+    });
+
+    it('that validation catches a bad container name, an empty selector and dangling references', () => {
+      const bad = structuredClone(ds);
+      const spec = get(bad, 'spec') as Obj;
+      const c = get(spec, 'template', 'spec', 'containers', 0) as Obj;
+      c.name = 'Svc_plane';
+      (spec.selector as Obj).matchLabels = {};
+      (c.volumeMounts as Obj[])[0]!.name = 'nope';
+      (get(c, 'readinessProbe', 'httpGet') as Obj).port = 'metrics';
+      assert.deepEqual(daemonSetErrors(bad, 'ds'), [
+        'ds.spec.selector: empty selector (would select every pod)',
+        'ds.spec.template.spec.containers[0].name: "Svc_plane" is not a DNS label',
+        'ds.spec.template.spec.containers[0].readinessProbe.httpGet.port: no container port named "metrics"',
+        'ds.spec.template.spec.containers[0].volumeMounts[0].name: no volume "nope"',
+      ]);
+    });
+
+    it('contains exactly the ServiceAccount, RBAC, ConfigMap and DaemonSet, namespaced in kube-system', () => {
+      assert.deepEqual(objects.map((o) => o.kind).sort(), [
+        'ClusterRole',
+        'ClusterRoleBinding',
+        'ConfigMap',
+        'DaemonSet',
+        'ServiceAccount',
+      ]);
+      for (const o of objects) {
+        const ns = get(o, 'metadata', 'namespace');
+        if (o.kind === 'ClusterRole' || o.kind === 'ClusterRoleBinding') assert.equal(ns, undefined);
+        else assert.equal(ns, 'kube-system', `${String(o.kind)} namespace`);
+      }
+    });
+
+    it('grants least privilege: list and watch on what svcplane reads (with NetworkPolicy enforcement), nothing else', () => {
+      const rules = (get(pick(objects, 'ClusterRole'), 'rules') as Obj[]).flatMap((r) =>
+        (r.apiGroups as string[]).flatMap((g) =>
+          (r.resources as string[]).map(
+            (res) => `${g}/${res}:${[...(r.verbs as string[])].sort().join(',')}`,
+          ),
+        ),
+      );
+      assert.deepEqual(rules.sort(), [
+        '/namespaces:list,watch',
+        '/nodes:list,watch',
+        '/pods:list,watch',
+        '/services:list,watch',
+        'discovery.k8s.io/endpointslices:list,watch',
+        'networking.k8s.io/networkpolicies:list,watch',
+      ]);
+      const binding = pick(objects, 'ClusterRoleBinding');
+      const sa = pick(objects, 'ServiceAccount');
+      assert.deepEqual(get(binding, 'roleRef'), {
+        apiGroup: 'rbac.authorization.k8s.io',
+        kind: 'ClusterRole',
+        name: get(pick(objects, 'ClusterRole'), 'metadata', 'name'),
+      });
+      assert.deepEqual(get(binding, 'subjects'), [
+        { kind: 'ServiceAccount', name: get(sa, 'metadata', 'name'), namespace: 'kube-system' },
+      ]);
+      assert.equal(pod.serviceAccountName, get(sa, 'metadata', 'name'));
+    });
+
+    it('runs the DaemonSet like kube-proxy: host network, node-critical, tolerates every taint', () => {
+      const selector = get(ds, 'spec', 'selector', 'matchLabels') as Record<string, string>;
+      const labels = get(ds, 'spec', 'template', 'metadata', 'labels') as Record<string, string>;
+      for (const [k, v] of Object.entries(selector)) assert.equal(labels[k], v, `template label ${k}`);
+      assert.equal(pod.hostNetwork, true);
+      assert.equal(pod.priorityClassName, 'system-node-critical');
+      assert.ok((pod.tolerations as Obj[]).some((t) => t.operator === 'Exists' && t.key === undefined));
+      assert.equal(get(pod, 'containers', 'length'), 1);
+      assert.equal(typeof container.image, 'string');
+    });
+
+    it('drops every capability but NET_ADMIN; NET_RAW only for the legacy backend, SYS_MODULE only for IPVS', () => {
+      const sc = container.securityContext as Obj;
+      assert.equal(sc.privileged, false);
+      assert.equal(sc.allowPrivilegeEscalation, false);
+      assert.deepEqual(get(sc, 'capabilities', 'drop'), ['ALL']);
+      const add = [...(get(sc, 'capabilities', 'add') as string[])].sort();
+      // The ConfigMap's mode and the iptables backend decide: iptables-legacy opens a raw socket even to
+      // read (legacy, and auto which reads both backends); IPVS loads kernel modules (SYS_MODULE).
+      const conf = parse(get(pick(objects, 'ConfigMap'), 'data', 'config.conf') as string) as Obj;
+      const backend = (container.env as Obj[]).find((e) => e.name === 'SVCPLANE_IPTABLES_MODE')?.value;
+      assert.ok(
+        backend === 'nft' || backend === 'legacy' || backend === 'auto',
+        `backend ${String(backend)}`,
+      );
+      const want = ['NET_ADMIN'];
+      if (backend !== 'nft') want.push('NET_RAW');
+      if (conf.mode === 'ipvs') want.push('SYS_MODULE');
+      assert.deepEqual(add, want.sort());
+      assert.notEqual(pod.hostPID, true);
+      assert.notEqual(pod.hostIPC, true);
+    });
+
+    it('confines the pod: RuntimeDefault seccomp, read-only root with /tmp in memory', () => {
+      const seccomp =
+        get(container, 'securityContext', 'seccompProfile', 'type') ??
+        get(pod, 'securityContext', 'seccompProfile', 'type');
+      assert.equal(seccomp, 'RuntimeDefault');
+      assert.equal(get(container, 'securityContext', 'readOnlyRootFilesystem'), true);
+      // svcplane writes only under TMPDIR (conntrack -R batch files): /tmp must be a writable volume.
+      const tmp = (container.volumeMounts as Obj[]).find((m) => m.mountPath === '/tmp');
+      assert.ok(tmp, 'a /tmp mount');
+      assert.notEqual(tmp.readOnly, true);
+      const volume = (pod.volumes as Obj[]).find((v) => v.name === tmp.name);
+      assert.equal(get(volume, 'emptyDir', 'medium'), 'Memory');
+    });
+
+    it('resolves names with the node resolv.conf (dnsPolicy Default), not through the Services it programs', () => {
+      assert.equal(pod.hostNetwork, true);
+      assert.equal(pod.dnsPolicy, 'Default');
+    });
+
+    it('limits memory above the measured peak at 10k Services (docs/performance.md) with headroom', () => {
+      // The figures the limit is sized from: svcplane's own VmHWM (`svcplane sync` at 10k) and the peak
+      // of its iptables-restore child at 10k; both live in the container's cgroup during a full sync.
+      const perf = readFileSync(new URL('../../docs/performance.md', import.meta.url), 'utf8');
+      const vmhwm = /node's \*\*VmHWM (\d+) MB\*\*/.exec(perf);
+      assert.ok(vmhwm, 'docs/performance.md: no "node\'s **VmHWM N MB**" figure');
+      const header = perf
+        .split('\n')
+        .find((l) => l.startsWith('| services |') && l.includes('restore RSS MB'));
+      assert.ok(header, 'docs/performance.md: no iptables figures table with a "restore RSS MB" column');
+      const column = header.split('|').findIndex((c) => c.trim() === 'restore RSS MB');
+      const row = perf.split('\n').find((l) => l.startsWith('| 10k |'));
+      assert.ok(row, 'docs/performance.md: no 10k row');
+      const restoreMB = Number(row.split('|')[column]?.trim());
+      assert.ok(restoreMB > 0, `restore RSS at 10k: ${row}`);
+      const peakMB = Number(vmhwm[1]) + restoreMB;
+      const limit = String(get(container, 'resources', 'limits', 'memory'));
+      const m = /^(\d+)(Mi|Gi)$/.exec(limit);
+      assert.ok(m, `memory limit "${limit}" in Mi or Gi`);
+      const limitMB = (Number(m[1]) * (m[2] === 'Gi' ? 1024 : 1) * 1024 * 1024) / 1e6;
+      assert.ok(limitMB >= 1.3 * peakMB, `limit ${limit} (${Math.round(limitMB)} MB) < 1.3 × ${peakMB} MB`);
+      assert.ok(limitMB <= 4 * peakMB, `limit ${limit} is far above the measured peak (${peakMB} MB)`);
+    });
+
+    it('mounts /run/xtables.lock (FileOrCreate), /lib/modules read-only and the configuration', () => {
+      const volumes = new Map((pod.volumes as Obj[]).map((v) => [v.name as string, v]));
+      const mounts = new Map((container.volumeMounts as Obj[]).map((m) => [m.mountPath as string, m]));
+      const lock = mounts.get('/run/xtables.lock');
+      assert.ok(lock, 'xtables lock mount');
+      assert.deepEqual(get(volumes.get(lock.name as string), 'hostPath'), {
+        path: '/run/xtables.lock',
+        type: 'FileOrCreate',
+      });
+      const modules = mounts.get('/lib/modules');
+      assert.ok(modules, '/lib/modules mount');
+      assert.equal(modules.readOnly, true);
+      assert.equal(get(volumes.get(modules.name as string), 'hostPath', 'path'), '/lib/modules');
+      for (const m of mounts.values()) assert.ok(volumes.has(m.name as string), `volume ${String(m.name)}`);
+
+      // --config points into the ConfigMap's mount, at a key the ConfigMap has.
+      const args = container.args as string[];
+      const config = args.find((a) => a.startsWith('--config='))?.slice('--config='.length);
+      assert.ok(config, '--config flag');
+      const dir = config.slice(0, config.lastIndexOf('/'));
+      const cmMount = mounts.get(dir);
+      assert.ok(cmMount, `a mount at ${dir}`);
+      const cmName = get(volumes.get(cmMount.name as string), 'configMap', 'name');
+      const cm = pick(objects, 'ConfigMap');
+      assert.equal(cmName, get(cm, 'metadata', 'name'));
+      assert.equal(typeof get(cm, 'data', config.slice(dir.length + 1)), 'string');
+    });
+
+    it('passes the node name from the downward API to --hostname-override', () => {
+      // kube-proxy's command line (kubeadm's DaemonSet): no subcommand, the image's entrypoint is svcplane.
+      assert.equal(container.command, undefined);
+      assert.deepEqual(container.args, [
+        '--config=/var/lib/kube-proxy/config.conf',
+        '--hostname-override=$(NODE_NAME)',
+      ]);
+      const env = (container.env as Obj[]).find((e) => e.name === 'NODE_NAME');
+      assert.deepEqual(get(env, 'valueFrom', 'fieldRef', 'fieldPath'), 'spec.nodeName');
+    });
+
+    it("the image's default command is kube-proxy's form with the DaemonSet's --config", () => {
+      const dockerfile = readFileSync(new URL('../../Dockerfile', import.meta.url), 'utf8');
+      const cmd = JSON.parse(/^CMD (\[.*\])$/m.exec(dockerfile)?.[1] ?? 'null') as string[];
+      assert.deepEqual(
+        cmd,
+        (container.args as string[]).filter((a) => a.startsWith('--config=')),
+      );
+      assert.match(dockerfile, /^ENTRYPOINT \["svcplane"\]$/m);
+      assert.match(
+        dockerfile,
+        /^COPY deploy\/image\/svcplane-entrypoint\.sh \/usr\/local\/bin\/kube-proxy$/m,
+      );
+    });
+
+    it('probes the health port: liveness /livez, readiness /healthz; requests resources', () => {
+      assert.deepEqual(get(container, 'livenessProbe', 'httpGet'), { path: '/livez', port: 10256 });
+      assert.deepEqual(get(container, 'readinessProbe', 'httpGet'), { path: '/healthz', port: 10256 });
+      assert.ok(get(container, 'resources', 'requests', 'cpu'));
+      assert.ok(get(container, 'resources', 'requests', 'memory'));
+    });
+
+    it('configures a KubeProxyConfiguration matching the probes', () => {
+      const cm = pick(objects, 'ConfigMap');
+      const conf = parse(get(cm, 'data', 'config.conf') as string) as Obj;
+      assert.equal(conf.apiVersion, 'kubeproxy.config.k8s.io/v1alpha1');
+      assert.equal(conf.kind, 'KubeProxyConfiguration');
+      assert.equal(conf.mode, overlay);
+      assert.match(String(conf.clusterCIDR), /^\d+\.\d+\.\d+\.\d+\/\d+$/);
+      assert.equal(get(conf, 'iptables', 'minSyncPeriod'), '1s');
+      assert.equal(get(conf, 'iptables', 'syncPeriod'), '30s');
+      assert.equal(conf.metricsBindAddress, '127.0.0.1:10249');
+      assert.equal(conf.healthzBindAddress, '0.0.0.0:10256');
+      // Only KubeProxyConfiguration v1alpha1 fields (a typo would only be a warning at run time).
+      for (const key of Object.keys(conf)) assert.ok(KUBE_PROXY_FIELDS.has(key), `unknown field ${key}`);
+      for (const key of Object.keys(conf.iptables as Obj))
+        assert.ok(IPTABLES_FIELDS.has(key), `unknown field iptables.${key}`);
+      for (const key of Object.keys(conf.ipvs ?? {}))
+        assert.ok(IPVS_FIELDS.has(key), `unknown field ipvs.${key}`);
+      assert.equal(conf.ipvs !== undefined, overlay === 'ipvs', 'ipvs settings only in the ipvs overlay');
+      assert.equal(
+        Number(String(conf.healthzBindAddress).split(':')[1]),
+        get(container, 'readinessProbe', 'httpGet', 'port'),
+      );
+    });
+  });
 
 describe('image entrypoint (deploy/image/svcplane-entrypoint.sh)', () => {
   const script = new URL('../../deploy/image/svcplane-entrypoint.sh', import.meta.url).pathname;
@@ -588,6 +645,31 @@ describe('image entrypoint (deploy/image/svcplane-entrypoint.sh)', () => {
         '--iptables-binary=iptables-nft',
         cmd,
       );
+  });
+
+  it("kube-proxy's form (no subcommand: the daemon, --cleanup, --init-only) gets the backend too", () => {
+    const nft = { SVCPLANE_IPTABLES_MODE: 'nft' };
+    assert.deepEqual(
+      entry(['--config=/var/lib/kube-proxy/config.conf', '--hostname-override=n1'], nft).argv,
+      [
+        '--iptables-binary=iptables-nft',
+        '--config=/var/lib/kube-proxy/config.conf',
+        '--hostname-override=n1',
+      ],
+    );
+    assert.deepEqual(entry([], nft).argv, ['--iptables-binary=iptables-nft']);
+    assert.deepEqual(entry(['--cleanup'], { SVCPLANE_IPTABLES_MODE: 'legacy' }).argv, [
+      '--iptables-binary=iptables-legacy',
+      '--cleanup',
+    ]);
+    // Printing or writing the configuration needs no backend (and no CAP_NET_RAW for auto).
+    const blind = { STUB_LEGACY: 'denied' };
+    assert.deepEqual(entry(['--version'], blind).argv, ['--version']);
+    assert.deepEqual(entry(['--config=c', '--write-config-to=/tmp/out'], blind).argv, [
+      '--config=c',
+      '--write-config-to=/tmp/out',
+    ]);
+    assert.deepEqual(entry(['-h'], blind).argv, ['-h']);
   });
 
   it('auto: the backend holding the hint chain, else the one with more rules, else nft', () => {

@@ -20,7 +20,7 @@ describe('hardening: security defaults', () => {
   });
 
   it('the DaemonSet RBAC grants exactly list and watch on what svcplane reads (NetworkPolicy enforcement included)', () => {
-    const docs = parseAllDocuments(readFileSync(join(ROOT, 'deploy/svcplane.yaml'), 'utf8')).map(
+    const docs = parseAllDocuments(readFileSync(join(ROOT, 'deploy/base/rbac.yaml'), 'utf8')).map(
       (d) =>
         d.toJS() as {
           kind?: string;
