@@ -396,7 +396,7 @@ describe('drop-in: kubeadm’s kube-proxy DaemonSet and ConfigMap run svcplane (
    * ConfigMap mounted where the DaemonSet mounts it; the pod's env from the manifest, the downward API
    * and the kubelet (KUBERNETES_SERVICE_HOST/PORT: in-cluster configuration, no kubeconfig).
    */
-  for (const overlay of ['iptables', 'ipvs'] as const) {
+  for (const overlay of ['iptables', 'ipvs', 'nftables'] as const) {
     const how = overlay === 'ipvs' ? ' (no IPVS in this kernel: one warning, iptables mode)' : '';
     it(`deploy/overlays/${overlay}: the rendered DaemonSet and ConfigMap start cleanly, serve both families${how}`, async () => {
       const objects = renderKustomization(join(packageRoot(), 'deploy', 'overlays', overlay));
@@ -462,7 +462,8 @@ describe('drop-in: kubeadm’s kube-proxy DaemonSet and ConfigMap run svcplane (
       ).catch((err: unknown) => {
         throw new Error(`${String(err)}\n${lines.slice(-40).join('\n')}`);
       });
-      assert.match(running.rest, /mode="iptables" node="node-1"/);
+      const mode = overlay === 'nftables' ? 'nftables' : 'iptables';
+      assert.match(running.rest, new RegExp(`mode="${mode}" node="node-1"`));
       for (const l of lines) assert.ok(parseTextLine(l), `not a klog text line: ${l}`);
       const warnings = lines
         .map(parseTextLine)
@@ -477,11 +478,16 @@ describe('drop-in: kubeadm’s kube-proxy DaemonSet and ConfigMap run svcplane (
       assert.equal(api!.lastAuthorization, `Bearer ${TOKEN}`);
       await answeredBy(WEB.v4, ['a', 'b']);
       await answeredBy(WEB.v6, ['a', 'b']);
-      // The entrypoint chose the DaemonSet's backend: the rules are in iptables-nft's tables.
-      assert.match(
-        (await env.sb.exec('node', ['iptables-nft-save', '-t', 'nat'])).stdout,
-        /^:KUBE-SERVICES/m,
-      );
+      const nat = (await env.sb.exec('node', ['iptables-nft-save', '-t', 'nat'])).stdout;
+      if (mode === 'iptables') {
+        // The entrypoint chose the DaemonSet's backend: the rules are in iptables-nft's tables.
+        assert.match(nat, /^:KUBE-SERVICES/m);
+      } else {
+        // kube-proxy's nftables table serves; the earlier runs' iptables rules were removed.
+        const table = await env.sb.exec('node', ['nft', 'list', 'table', 'ip', 'kube-proxy']);
+        assert.match(table.stdout, /chain services/);
+        assert.doesNotMatch(nat, /KUBE-SERVICES/);
+      }
       const probe = c.readinessProbe.httpGet;
       assert.equal(
         (await http('outside', `http://${env.sb.nodeIPv4}:${probe.port}${probe.path}`))?.code,

@@ -251,6 +251,8 @@ const IPTABLES_FIELDS = new Set([
   'minSyncPeriod',
 ]);
 
+// kubeproxy.config.k8s.io/v1alpha1 KubeProxyNFTablesConfiguration.
+const NFTABLES_FIELDS = new Set(['masqueradeAll', 'masqueradeBit', 'syncPeriod', 'minSyncPeriod']);
 // kubeproxy.config.k8s.io/v1alpha1 KubeProxyIPVSConfiguration.
 const IPVS_FIELDS = new Set([
   'syncPeriod',
@@ -264,14 +266,17 @@ const IPVS_FIELDS = new Set([
 ]);
 
 describe('deploy/: a kustomize base and an overlay per mode', () => {
-  it('has the base and the overlays iptables and ipvs, and a place for nftables', () => {
+  it('has the base and an overlay per mode: iptables, ipvs, nftables', () => {
     assert.deepEqual(readdirSync(new URL('overlays/', DEPLOY_DIR)).sort(), ['iptables', 'ipvs', 'nftables']);
     assert.ok(existsSync(new URL('base/kustomization.yaml', DEPLOY_DIR)));
-    assert.ok(existsSync(new URL('overlays/nftables/README.md', DEPLOY_DIR)));
   });
 
   it('the overlays differ only in what the mode needs: the ConfigMap and the capabilities', () => {
-    const [iptables, ipvs] = [loadObjects('iptables'), loadObjects('ipvs')];
+    const [iptables, ipvs, nftables] = [
+      loadObjects('iptables'),
+      loadObjects('ipvs'),
+      loadObjects('nftables'),
+    ];
     const strip = (objects: Obj[]) =>
       objects.map((o) => {
         const c = structuredClone(o);
@@ -283,10 +288,11 @@ describe('deploy/: a kustomize base and an overlay per mode', () => {
         return c;
       });
     assert.deepEqual(strip(ipvs), strip(iptables));
+    assert.deepEqual(strip(nftables), strip(iptables));
   });
 });
 
-for (const overlay of ['iptables', 'ipvs'])
+for (const overlay of ['iptables', 'ipvs', 'nftables'])
   describe(`deploy/overlays/${overlay} (rendered)`, () => {
     const objects = loadObjects(overlay);
     const ds = pick(objects, 'DaemonSet');
@@ -564,6 +570,13 @@ for (const overlay of ['iptables', 'ipvs'])
       for (const key of Object.keys(conf.ipvs ?? {}))
         assert.ok(IPVS_FIELDS.has(key), `unknown field ipvs.${key}`);
       assert.equal(conf.ipvs !== undefined, overlay === 'ipvs', 'ipvs settings only in the ipvs overlay');
+      for (const key of Object.keys(conf.nftables ?? {}))
+        assert.ok(NFTABLES_FIELDS.has(key), `unknown field nftables.${key}`);
+      assert.equal(
+        conf.nftables !== undefined,
+        overlay === 'nftables',
+        'nftables settings only in its overlay',
+      );
       assert.equal(
         Number(String(conf.healthzBindAddress).split(':')[1]),
         get(container, 'readinessProbe', 'httpGet', 'port'),
