@@ -13,7 +13,7 @@ import { createTypeScriptImportResolver } from 'eslint-import-resolver-typescrip
 
 /** Mode folders: kernel tool wrappers (run + parse) are listed by file, the rest is the mode. */
 const MODE_FOLDERS = {
-  iptables: ['iptables', 'save-parse'],
+  iptables: ['iptables', 'save-parse', 'names'],
   ipvs: ['ipvsadm', 'ipset', 'types'],
   nftables: ['listing'],
 };
@@ -33,13 +33,16 @@ export const LAYERS = [
     name: 'sources and kernel tool wrappers',
     files: ['src/kube/**', 'src/kernel/**', 'src/conntrack/**', 'src/netns/**', ...wrappers],
   },
-  { name: 'modes', files: [...modeInternals, 'src/netpol/**', 'src/modes/@(backend).ts'] },
+  {
+    name: 'modes',
+    files: [...modeInternals, 'src/netpol/**', 'src/modes/@(backend|local-traffic|node-ports).ts'],
+  },
   { name: 'controller', files: ['src/controller/**'] },
   { name: 'debug', files: ['src/debug/**'] },
   {
     // The contract wires each mode's pieces, its debug analysis included, for the CLI.
     name: 'mode entries and registry',
-    files: ['src/*/mode.ts', 'src/modes/!(backend).ts'],
+    files: ['src/*/mode.ts', 'src/modes/!(backend|local-traffic|node-ports).ts'],
   },
   { name: 'cli', files: ['src/cli/**'] },
 ];

@@ -1,3 +1,5 @@
+import { IPVS_SCHEDULERS } from './kube-proxy-config.js';
+
 /**
  * Every command-line flag of the daemon and its one-shot relatives (`run`, `sync`, `diff`, `explain`),
  * as data: kube-proxy's 47 flags, its logging flags, and svcplane's own. The parser
@@ -288,7 +290,7 @@ export const KUBE_PROXY_FLAGS: readonly FlagSpec[] = [
     kind: 'string',
     value: 'name',
     default: 'rr',
-    help: 'IPVS scheduler: rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh',
+    help: `IPVS scheduler: ${IPVS_SCHEDULERS.join(', ')}`,
     field: 'ipvs.scheduler',
   }),
   kp({

@@ -29,7 +29,11 @@ export const DETECT_LOCAL_MODES: readonly DetectLocalMode[] = [
   'BridgeInterface',
   'InterfaceNamePrefix',
 ];
-/** Schedulers kube-proxy's IPVS mode accepts. */
+/**
+ * The IPVS schedulers: the kernel's (ip_vs_*.ko), all of them tested with real connections in UML.
+ * The one list: the flag, the configuration file and the IPVS mode check against it (kube-proxy's
+ * validation knows rr … nq and mh; fo, ovf and twos are svcplane's additions).
+ */
 export const IPVS_SCHEDULERS = [
   'rr',
   'wrr',
@@ -42,6 +46,9 @@ export const IPVS_SCHEDULERS = [
   'sed',
   'nq',
   'mh',
+  'fo',
+  'ovf',
+  'twos',
 ] as const;
 
 export type LoggingFormat = 'text' | 'json';

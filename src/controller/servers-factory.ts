@@ -2,6 +2,7 @@ import { createServer, type Server } from 'node:http';
 import type { ProxyOptions } from '../config/options.js';
 import { ConntrackReconciler } from '../conntrack/reconciler.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
+import { splitHostPort } from '../model/ip.js';
 import { log } from '../util/log.js';
 import type { Controller } from './controller.js';
 import {
@@ -32,12 +33,14 @@ export interface Servers {
   close(): Promise<void>;
 }
 
-export function splitHostPort(value: string): { host: string; port: number } {
-  const m = /^\[?([^\]]*)\]?:(\d+)$/.exec(value);
-  if (!m) throw new Error(`invalid address "${value}" (want ip:port)`);
-  const port = Number.parseInt(m[2]!, 10);
-  if (port > 65535) throw new Error(`invalid address "${value}": port out of range`);
-  return { host: m[1]!, port };
+/** A bind address `ip:port` / `[ip]:port` (the host may be empty); throws naming it when malformed. */
+export function bindHostPort(value: string): { host: string; port: number } {
+  const hp = splitHostPort(value);
+  if (Number(/:(\d+)$/.exec(value)?.[1]) > 65535) {
+    throw new Error(`invalid address "${value}": port out of range`);
+  }
+  if (hp === undefined) throw new Error(`invalid address "${value}" (want ip:port)`);
+  return hp;
 }
 
 /**
@@ -93,7 +96,7 @@ interface Listening {
  */
 async function listen(server: Server, address: string, what: string, hardFail: boolean): Promise<Listening> {
   if (address === '') return { address: undefined, stop: () => undefined };
-  const { host, port } = splitHostPort(address);
+  const { host, port } = bindHostPort(address);
   if (port === 0) return { address: undefined, stop: () => undefined };
   try {
     await listenOnce(server, host, port);

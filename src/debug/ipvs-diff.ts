@@ -1,6 +1,6 @@
 import type { IpvsTable } from '../ipvs/ipvsadm.js';
 import type { IpvsDesired } from '../ipvs/plan.js';
-import { rsKey, sameAttributes, splitHostPort, vsKey, type VirtualServer } from '../ipvs/types.js';
+import { rsKey, sameAttributes, splitIPPort, vsKey, type VirtualServer } from '../ipvs/types.js';
 import { cidrContains, ipFamilyOf } from '../model/ip.js';
 import type { IPFamily, Protocol } from '../model/types.js';
 import { formatDriftText, summaryLine, type FamilyDrift } from './diff.js';
@@ -150,10 +150,10 @@ export function memberOwner(idx: IpvsOwnerIndex, setType: string, member: string
     const ip = first.replace(/^\[|\]$/g, '');
     // loopBack members are `endpoint,proto:port,endpoint`: the real server names the owner.
     if (parts.length === 3 && parts[2] === first) {
-      const rs = splitHostPort(ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
+      const rs = splitIPPort(ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
       if (rs) return single(idx.byReal.get(`${protocol}:${rsKey(rs)}`));
     }
-    const hp = splitHostPort(ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
+    const hp = splitIPPort(ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
     const owner = hp ? idx.byVs.get(vsKey({ protocol, ...hp })) : undefined;
     return owner ?? single(hp ? idx.byAddress.get(hp.address) : undefined);
   }

@@ -1,7 +1,8 @@
 import { SETS, setName } from '../ipvs/ipset.js';
+import { parseIpvsadmList } from '../ipvs/ipvsadm.js';
 import type { IpvsDesired } from '../ipvs/plan.js';
-import { rsKey, splitHostPort, vsKey, type VirtualServer } from '../ipvs/types.js';
-import type { IPFamily, Protocol } from '../model/types.js';
+import { rsKey, type VirtualServer } from '../ipvs/types.js';
+import type { IPFamily } from '../model/types.js';
 import {
   buildIpvsOwnerIndex,
   ipvsServiceKey,
@@ -15,31 +16,6 @@ import {
  * kernel) with their real servers, weights and connection counters (`ipvsadm -Ln`), persistence,
  * its ipset entries, and what looks wrong (no endpoints, no local endpoints, drift).
  */
-
-export interface IpvsConnCounts {
-  readonly active: number;
-  readonly inactive: number;
-}
-
-/** `ipvsadm -Ln` → ActiveConn/InActConn per `vsKey|rsKey`. */
-export function parseIpvsadmList(text: string): Map<string, IpvsConnCounts> {
-  const out = new Map<string, IpvsConnCounts>();
-  let current: string | undefined;
-  for (const raw of text.split('\n')) {
-    const vsm = /^(TCP|UDP|SCTP)\s+(\S+)\s/.exec(`${raw} `);
-    if (vsm) {
-      const hp = splitHostPort(vsm[2] ?? '');
-      current = hp ? vsKey({ protocol: vsm[1] as Protocol, ...hp }) : undefined;
-      continue;
-    }
-    const rsm = /^\s+->\s+(\S+)\s+\S+\s+(\d+)\s+(\d+)\s+(\d+)/.exec(raw);
-    const hp = rsm ? splitHostPort(rsm[1] ?? '') : undefined;
-    if (rsm && hp && current) {
-      out.set(`${current}|${rsKey(hp)}`, { active: Number(rsm[3]), inactive: Number(rsm[4]) });
-    }
-  }
-  return out;
-}
 
 export interface IpvsExplainReal {
   readonly realServer: string;

@@ -2,9 +2,10 @@ import { cidrContains, joinHostPort, parseCIDR } from '../model/ip.js';
 import type { IPFamily } from '../model/types.js';
 import { ruleComment, type SavedRule, type SavedRuleset, type SavedTable } from '../iptables/save-parse.js';
 import type { IpvsTable } from '../ipvs/ipvsadm.js';
-import { splitHostPort } from '../ipvs/types.js';
+import { splitIPPort } from '../ipvs/types.js';
 import { serviceForDestination, type FrontendIndex } from './frontends.js';
-import { matchSet, parseSetFlags, type IpsetView } from './ipset-match.js';
+import type { IpsetView } from '../ipvs/ipset.js';
+import { matchSet, parseSetFlags } from './ipset-match.js';
 import { traceIpvs, type IpvsTraceResult } from './ipvs-trace.js';
 import { servicePortNameFromComment } from './owners.js';
 import {
@@ -370,7 +371,7 @@ class Tracer {
     }
     const branches: Branch[] = [];
     for (const r of usable) {
-      const hp = splitHostPort(r.endpoint);
+      const hp = splitIPPort(r.endpoint);
       if (!hp) continue;
       const nb: Branch = {
         ...scale(b, r.share),

@@ -1,8 +1,8 @@
 import type { Iptables } from './iptables.js';
 import { KUBE_PROXY_CANARY } from './iptables.js';
+import { isServiceChainName } from './names.js';
 import {
   formatArgs,
-  isServiceChainName,
   parseIptablesSave,
   quoteArg,
   ruleTarget,

@@ -1,6 +1,8 @@
+import { nodePortAddresses as nodePortAddressesOf } from '../modes/node-ports.js';
+import { localTrafficDetector, type DetectLocalMode } from '../modes/local-traffic.js';
 import { programmedServiceKeys } from './programmed.js';
 import type { Backend, SyncReport } from '../modes/backend.js';
-import { cidrContains, parseCIDR } from '../model/ip.js';
+import { cidrContains } from '../model/ip.js';
 import { nodeContext, type NodeContext } from '../model/selection.js';
 import type { ClusterState, IPFamily, NodeInfo, Service } from '../model/types.js';
 import { deepEqual } from '../model/validate.js';
@@ -40,7 +42,8 @@ import {
   withoutCounters,
   type KernelChain,
 } from './render-whole-table.js';
-import { isServiceChainName, parseIptablesSave, serviceChainsOf, type SavedRuleset } from './save-parse.js';
+import { isServiceChainName } from './names.js';
+import { parseIptablesSave, serviceChainsOf, type SavedRuleset } from './save-parse.js';
 
 /**
  * The iptables backend for one IP family: kube-proxy's syncProxyRules split by concern. It decides
@@ -50,7 +53,7 @@ import { isServiceChainName, parseIptablesSave, serviceChainsOf, type SavedRules
  * leaves the previous rules serving and forces the next sync to be full.
  */
 
-export type DetectLocalMode = 'ClusterCIDR' | 'NodeCIDR' | 'BridgeInterface' | 'InterfaceNamePrefix' | '';
+export type { DetectLocalMode } from '../modes/local-traffic.js';
 
 export interface IptablesProxierConfig {
   readonly family: IPFamily;
@@ -531,33 +534,7 @@ export function renderConfigFor(
  * error, never a silent None.
  */
 export function localDetectorFor(c: IptablesProxierConfig): LocalDetector {
-  const cidrOfFamily = (cidrs: readonly string[]): string | undefined =>
-    cidrs.map((t) => parseCIDR(t)).find((p) => p !== undefined && p.family === c.family)?.cidr;
-  switch (c.detectLocalMode) {
-    case 'ClusterCIDR': {
-      const cidr = cidrOfFamily(c.clusterCIDRs);
-      return cidr ? { mode: 'ClusterCIDR', cidr } : { mode: 'None' };
-    }
-    case 'NodeCIDR': {
-      if (c.podCIDRs === undefined) {
-        throw new Error("--detect-local-mode=NodeCIDR: the Node's pod CIDRs were not resolved (podCIDRs)");
-      }
-      const cidr = cidrOfFamily(c.podCIDRs);
-      return cidr ? { mode: 'ClusterCIDR', cidr } : { mode: 'None' };
-    }
-    case 'BridgeInterface':
-      if (!c.bridgeInterface) {
-        throw new Error('--detect-local-mode=BridgeInterface needs --pod-bridge-interface');
-      }
-      return { mode: 'BridgeInterface', name: c.bridgeInterface };
-    case 'InterfaceNamePrefix':
-      if (!c.interfaceNamePrefix) {
-        throw new Error('--detect-local-mode=InterfaceNamePrefix needs --pod-interface-name-prefix');
-      }
-      return { mode: 'InterfaceNamePrefix', prefix: c.interfaceNamePrefix };
-    default:
-      return { mode: 'None' };
-  }
+  return localTrafficDetector(c);
 }
 
 /**
@@ -571,22 +548,16 @@ export async function gatherNodeFacts(
   const nodeObj: NodeInfo | undefined = state?.nodes.get(c.nodeName);
   const addrs: InterfaceAddress[] = await listAddresses({ netns: c.netns });
   const nodeIPs = nodeIPsFor(c, nodeObj, addrs);
-  const cidrs = c.nodePortAddresses
-    .map((t) => parseCIDR(t))
-    .filter((p) => p !== undefined && p.family === c.family)
-    .map((p) => p!.cidr);
-  const matchAll =
-    c.nodePortAddresses.length === 0 ||
-    cidrs.some((x) => x === '0.0.0.0/0' || x === '::/0') ||
-    (cidrs.length === 0 && !c.nodePortAddresses.includes('primary'));
+  const wanted = nodePortAddressesOf(c.nodePortAddresses, c.family);
   let nodePortAddresses: IptablesRenderConfig['nodePortAddresses'];
   let localhostNodePorts = c.family === 'IPv4' && c.localhostNodePorts;
-  if (matchAll) {
+  if (wanted.kind === 'all') {
     nodePortAddresses = { matchAll: true };
-  } else if (c.nodePortAddresses.includes('primary')) {
+  } else if (wanted.kind === 'primary') {
     nodePortAddresses = { matchAll: false, addresses: nodeIPs };
     localhostNodePorts = false;
   } else {
+    const { cidrs } = wanted;
     localhostNodePorts = localhostNodePorts && cidrs.some((x) => cidrContains(x, '127.0.0.1'));
     nodePortAddresses = {
       matchAll: false,

@@ -1,5 +1,5 @@
 import { detached } from './render-lines.js';
-import { isServiceChainName } from './save-parse.js';
+import { isServiceChainName } from './names.js';
 
 /**
  * Partial syncs skip fixed chains whose content did not change. The renderer writes KUBE-SERVICES,

@@ -1,6 +1,6 @@
 import { KUBE_PROXY_CANARY } from './iptables.js';
 import type { ExtraLines } from './jump-plan.js';
-import { isServiceChainName } from './save-parse.js';
+import { isServiceChainName } from './names.js';
 
 /**
  * The whole-table full sync (nf_tables backend). `iptables-restore --noflush` costs

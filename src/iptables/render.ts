@@ -1,3 +1,4 @@
+import type { LocalDetector } from '../modes/local-traffic.js';
 import {
   familyFrontends,
   needsHealthCheck,
@@ -30,12 +31,7 @@ import { renderServicePort, type ServiceRenderContext } from './render-service.j
  * ports in spec order (kube-proxy uses Go's random map order; only order within a chain matters).
  */
 
-/** kube-proxy's --detect-local-mode, resolved for one family. */
-export type LocalDetector =
-  | { mode: 'None' }
-  | { mode: 'ClusterCIDR'; cidr: string }
-  | { mode: 'BridgeInterface'; name: string }
-  | { mode: 'InterfaceNamePrefix'; prefix: string };
+export type { LocalDetector } from '../modes/local-traffic.js';
 
 export interface IptablesRenderConfig {
   family: IPFamily;

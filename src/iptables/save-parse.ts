@@ -1,3 +1,5 @@
+import { isServiceChainName } from './names.js';
+
 /**
  * Pure parser for `iptables-save` / `ip6tables-save` output (with or without `-c` counters) and for
  * `iptables-restore` input of the same shape. Shared by cleanup, partial sync, `svcplane diff` and
@@ -67,19 +69,6 @@ export class SaveParseError extends Error {
     super(`iptables-save line ${line}: ${reason}: ${JSON.stringify(lineText.slice(0, 200))}`);
     this.name = 'SaveParseError';
   }
-}
-
-/** Prefixes of kube-proxy's per-service chains in nat (`isServiceChainName`). */
-export const SERVICE_CHAIN_PREFIXES: readonly string[] = [
-  'KUBE-SVC-',
-  'KUBE-SVL-',
-  'KUBE-SEP-',
-  'KUBE-FW-',
-  'KUBE-EXT-',
-];
-
-export function isServiceChainName(name: string): boolean {
-  return SERVICE_CHAIN_PREFIXES.some((p) => name.startsWith(p));
 }
 
 interface MutableTable {

@@ -4,6 +4,7 @@ import { run } from '../util/exec.js';
 import type { IPFamily } from '../model/types.js';
 import { IpvsProxier, type IpvsProxierConfig } from './proxier.js';
 import { resolveSchedulerFlags } from './types.js';
+import { localTrafficDetector } from '../modes/local-traffic.js';
 
 /**
  * `--proxy-mode ipvs`: one IpvsProxier per usable family, once ipvsUnavailable() found IPVS usable
@@ -58,27 +59,28 @@ export function createIpvsBackends(opts: ProxyOptions, families: readonly IPFami
 }
 
 /**
- * --detect-local-mode for IPVS mode: the same four detectors as iptables mode (kube-proxy shares
- * one LocalTrafficDetector between its proxiers). A mode whose input is missing is an error.
+ * --detect-local-mode for IPVS mode: the shared LocalTrafficDetector (src/modes/local-traffic.ts, as
+ * kube-proxy shares one between its proxiers), as the IPVS rules' `! -s CIDR` / `! -i IFACE` match.
  */
-function ipvsLocalDetector(opts: ProxyOptions): Pick<IpvsProxierConfig, 'clusterCIDRs' | 'localInterface'> {
-  switch (opts.detectLocalMode) {
+function ipvsLocalDetector(
+  opts: ProxyOptions,
+  family: IPFamily,
+): Pick<IpvsProxierConfig, 'clusterCIDRs' | 'localInterface'> {
+  const d = localTrafficDetector({
+    family,
+    detectLocalMode: opts.detectLocalMode,
+    clusterCIDRs: opts.clusterCIDRs,
+    ...(opts.nodePodCIDRs !== undefined ? { podCIDRs: opts.nodePodCIDRs } : {}),
+    ...(opts.bridgeInterface !== undefined ? { bridgeInterface: opts.bridgeInterface } : {}),
+    ...(opts.interfaceNamePrefix !== undefined ? { interfaceNamePrefix: opts.interfaceNamePrefix } : {}),
+  });
+  switch (d.mode) {
     case 'ClusterCIDR':
-      return { clusterCIDRs: opts.clusterCIDRs };
-    case 'NodeCIDR':
-      if (opts.nodePodCIDRs === undefined) {
-        throw new Error("--detect-local-mode=NodeCIDR: the Node's pod CIDRs were not resolved");
-      }
-      return { clusterCIDRs: opts.nodePodCIDRs };
+      return { clusterCIDRs: [d.cidr] };
     case 'BridgeInterface':
-      if (!opts.bridgeInterface)
-        throw new Error('--detect-local-mode=BridgeInterface needs --pod-bridge-interface');
-      return { clusterCIDRs: [], localInterface: opts.bridgeInterface };
+      return { clusterCIDRs: [], localInterface: d.name };
     case 'InterfaceNamePrefix':
-      if (!opts.interfaceNamePrefix) {
-        throw new Error('--detect-local-mode=InterfaceNamePrefix needs --pod-interface-name-prefix');
-      }
-      return { clusterCIDRs: [], localInterface: `${opts.interfaceNamePrefix}+` };
+      return { clusterCIDRs: [], localInterface: `${d.prefix}+` };
     default:
       return { clusterCIDRs: [] };
   }
@@ -91,7 +93,7 @@ export function ipvsConfigFor(opts: ProxyOptions, family: IPFamily): IpvsProxier
     nodeName: opts.hostnameOverride,
     masqueradeBit: opts.masqueradeBit,
     masqueradeAll: opts.masqueradeAll,
-    ...ipvsLocalDetector(opts),
+    ...ipvsLocalDetector(opts, family),
     nodePortAddresses: opts.nodePortAddresses,
     scheduler: opts.ipvs.scheduler,
     schedulerFlags: resolveSchedulerFlags(opts.ipvs.scheduler, opts.ipvs.schedulerFlags),

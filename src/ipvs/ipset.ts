@@ -124,13 +124,79 @@ export function normalizeMember(m: string): string {
   return m.replace(/\/(32|128)$/, '');
 }
 
-/** `ipset save` → members per set name. Sets are all returned; callers look at theirs. */
+export interface SavedIpsetEntry {
+  /** The member split at commas: `['10.96.0.1', 'tcp:80']`. */
+  readonly parts: readonly string[];
+  /** `nomatch` (hash:*net* exceptions). */
+  readonly nomatch: boolean;
+}
+
+export interface SavedIpset {
+  readonly name: string;
+  /** `hash:ip,port`, `bitmap:port`, … as ipset prints it. */
+  readonly type: string;
+  /** From `family inet|inet6`; undefined for types without a family (bitmap:port). */
+  readonly family?: IPFamily;
+  /** hash:ip `netmask N`: members and lookups are masked to this prefix length. */
+  readonly netmask?: number;
+  readonly entries: readonly SavedIpsetEntry[];
+}
+
+export type IpsetView = ReadonlyMap<string, SavedIpset>;
+
+/** Splits one `ipset save` line into words; `"..."` is one word (comments). */
+function words(line: string): string[] {
+  const out: string[] = [];
+  const re = /"((?:[^"\\]|\\.)*)"|(\S+)/g;
+  for (let m = re.exec(line); m; m = re.exec(line)) out.push(m[1] ?? m[2] ?? '');
+  return out;
+}
+
+/**
+ * `ipset save` → every set with its members (in the order ipset printed them). Never throws. The one
+ * parser of this listing: the IPVS proxier, `svcplane diff`, cleanup and `svcplane trace` read it.
+ */
+export function parseIpsetSaveText(text: string): Map<string, SavedIpset> {
+  const sets = new Map<string, { set: Omit<SavedIpset, 'entries'>; entries: SavedIpsetEntry[] }>();
+  for (const raw of text.split('\n')) {
+    const w = words(raw.trim());
+    if (w[0] === 'create' && w[1] !== undefined && w[2] !== undefined) {
+      const opt = (name: string): string | undefined => {
+        const at = w.indexOf(name, 3);
+        return at >= 0 ? w[at + 1] : undefined;
+      };
+      const fam = opt('family');
+      const netmask = opt('netmask');
+      sets.set(w[1], {
+        set: {
+          name: w[1],
+          type: w[2],
+          ...(fam === 'inet'
+            ? { family: 'IPv4' as const }
+            : fam === 'inet6'
+              ? { family: 'IPv6' as const }
+              : {}),
+          ...(netmask !== undefined && /^\d+$/.test(netmask) ? { netmask: Number(netmask) } : {}),
+        },
+        entries: [],
+      });
+    } else if (w[0] === 'add' && w[1] !== undefined && w[2] !== undefined) {
+      sets.get(w[1])?.entries.push({ parts: w[2].split(','), nomatch: w.includes('nomatch', 3) });
+    }
+  }
+  const out = new Map<string, SavedIpset>();
+  for (const [name, { set, entries }] of sets) out.set(name, { ...set, entries });
+  return out;
+}
+
+/** Set name → type and normalized members: what the proxier and the diff compare. */
 export function parseIpsetSave(text: string): Map<string, { type: string; members: Set<string> }> {
   const out = new Map<string, { type: string; members: Set<string> }>();
-  for (const raw of text.split('\n')) {
-    const tok = raw.trim().split(/\s+/);
-    if (tok[0] === 'create' && tok[1]) out.set(tok[1], { type: tok[2] ?? '', members: new Set() });
-    else if (tok[0] === 'add' && tok[1] && tok[2]) out.get(tok[1])?.members.add(normalizeMember(tok[2]));
+  for (const [name, set] of parseIpsetSaveText(text)) {
+    out.set(name, {
+      type: set.type,
+      members: new Set(set.entries.map((e) => normalizeMember(e.parts.join(',')))),
+    });
   }
   return out;
 }

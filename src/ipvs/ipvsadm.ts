@@ -3,7 +3,7 @@ import {
   attributeArgs,
   rsKey,
   serviceSpec,
-  splitHostPort,
+  splitIPPort,
   vsKey,
   type RealServer,
   type VirtualServer,
@@ -52,7 +52,7 @@ export function parseIpvsadmSave(text: string): IpvsTable {
     const op = tok[0];
     if (tok[1] === '-f' || tok[1] === '--fwmark-service') return;
     const protocol = PROTO_OF_FLAG[tok[1] ?? ''];
-    const hp = splitHostPort(tok[2] ?? '');
+    const hp = splitIPPort(tok[2] ?? '');
     if (!protocol || !hp) return fail('unknown service spec');
     const key = vsKey({ protocol, ...hp });
     const opt = (flag: string): string | undefined => {
@@ -74,7 +74,7 @@ export function parseIpvsadmSave(text: string): IpvsTable {
       });
     } else if (op === '-a') {
       const svc = table.get(key) ?? fail('real server before its virtual server');
-      const rs = splitHostPort(opt('-r') ?? '') ?? fail('bad real server');
+      const rs = splitIPPort(opt('-r') ?? '') ?? fail('bad real server');
       const weight = Number(opt('-w') ?? '1');
       svc.reals.set(rsKey(rs), { ...rs, weight });
     } else {
@@ -84,23 +84,35 @@ export function parseIpvsadmSave(text: string): IpvsTable {
   return table;
 }
 
-/** Active + inactive connections per real server, from `ipvsadm -Ln`: key `vsKey|rsKey`. */
-export function parseIpvsadmConnections(text: string): Map<string, number> {
-  const out = new Map<string, number>();
+export interface IpvsConnCounts {
+  readonly active: number;
+  readonly inactive: number;
+}
+
+/** `ipvsadm -Ln` → ActiveConn/InActConn per `vsKey|rsKey`: the one parser of this listing. */
+export function parseIpvsadmList(text: string): Map<string, IpvsConnCounts> {
+  const out = new Map<string, IpvsConnCounts>();
   let current: string | undefined;
   for (const raw of text.split('\n')) {
-    const vsm = /^(TCP|UDP|SCTP)\s+(\S+)\s/.exec(raw + ' ');
+    const vsm = /^(TCP|UDP|SCTP)\s+(\S+)\s/.exec(`${raw} `);
     if (vsm) {
-      const hp = splitHostPort(vsm[2] ?? '');
+      const hp = splitIPPort(vsm[2] ?? '');
       current = hp ? vsKey({ protocol: vsm[1] as Protocol, ...hp }) : undefined;
       continue;
     }
     const rsm = /^\s+->\s+(\S+)\s+\S+\s+(\d+)\s+(\d+)\s+(\d+)/.exec(raw);
-    if (rsm && current) {
-      const hp = splitHostPort(rsm[1] ?? '');
-      if (hp) out.set(`${current}|${rsKey(hp)}`, Number(rsm[3]) + Number(rsm[4]));
+    const hp = rsm ? splitIPPort(rsm[1] ?? '') : undefined;
+    if (rsm && hp && current) {
+      out.set(`${current}|${rsKey(hp)}`, { active: Number(rsm[3]), inactive: Number(rsm[4]) });
     }
   }
+  return out;
+}
+
+/** Active + inactive connections per real server, from `ipvsadm -Ln`: key `vsKey|rsKey`. */
+export function parseIpvsadmConnections(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const [key, c] of parseIpvsadmList(text)) out.set(key, c.active + c.inactive);
   return out;
 }
 

@@ -2,9 +2,9 @@ import { OWNED_CHAINS } from '../iptables/cleanup.js';
 import { KUBE_PROXY_CANARY } from '../iptables/iptables.js';
 import type { ExtraLines } from '../iptables/jump-plan.js';
 import { jumpRules, type JumpRule } from '../iptables/jumps.js';
+import { isServiceChainName } from '../iptables/names.js';
 import {
   formatArgs,
-  isServiceChainName,
   quoteArg,
   ruleComment,
   ruleTarget,

@@ -1,7 +1,6 @@
 import { iptablesBinaries, type ProxyOptions } from '../config/options.js';
 import { diffRulesets } from '../debug/diff.js';
 import { explainService, formatExplainText } from '../debug/explain.js';
-import { parseIpsetSaveText } from '../debug/ipset-match.js';
 import {
   diffIpvsState,
   formatIpvsDriftText,
@@ -22,7 +21,7 @@ import { CommandError, run } from '../util/exec.js';
 import { parseIpAddressJson } from '../kernel/netif.js';
 import { createIpvsBackends, ipvsConfigFor, ipvsUnavailable } from './backend-factory.js';
 import { cleanupIpvs } from './cleanup.js';
-import { parseIpsetSave } from './ipset.js';
+import { parseIpsetSave, parseIpsetSaveText } from './ipset.js';
 import { parseIpvsadmSave } from './ipvsadm.js';
 import { planIpvs, type IpvsDesired } from './plan.js';
 import { DUMMY_DEVICE, ipvsPlanConfig, ipvsRulesConfig } from './proxier.js';

@@ -1,3 +1,4 @@
+import { nodePortAddresses } from '../modes/node-ports.js';
 import type { Backend, SyncReport } from '../modes/backend.js';
 import { Iptables, type IptablesBinaries } from '../iptables/iptables.js';
 import { canaryLines, mergeExtraLines, missingJumpLines } from '../iptables/jump-plan.js';
@@ -431,13 +432,12 @@ export function ipvsNodePortIPs(
       !loopback(a) &&
       !(a.family === 'IPv6' && a.scope === 'link'),
   );
-  const cidrs = c.nodePortAddresses
-    .map((t) => parseCIDR(t))
-    .filter((p) => p !== undefined && p.family === c.family)
-    .map((p) => p!.cidr);
+  const wanted = nodePortAddresses(c.nodePortAddresses, c.family);
   let picked = candidates;
-  if (c.nodePortAddresses.includes('primary')) picked = candidates.slice(0, 1);
-  else if (cidrs.length > 0) picked = candidates.filter((a) => cidrs.some((x) => cidrContains(x, a.ip)));
+  if (wanted.kind === 'primary') picked = candidates.slice(0, 1);
+  else if (wanted.kind === 'cidrs') {
+    picked = candidates.filter((a) => wanted.cidrs.some((x) => cidrContains(x, a.ip)));
+  }
   return [...new Set(picked.map((a) => a.ip))];
 }
 

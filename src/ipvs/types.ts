@@ -1,4 +1,4 @@
-import { joinHostPort, parseIP } from '../model/ip.js';
+import { joinHostPort, parseIP, splitHostPort } from '../model/ip.js';
 import type { Protocol } from '../model/types.js';
 
 /**
@@ -63,32 +63,13 @@ export function attributeArgs(vs: VirtualServer): string[] {
 }
 
 /** Splits `1.2.3.4:80` / `[fd00::1]:80` into a canonical IP and a port; undefined when malformed. */
-export function splitHostPort(text: string): { address: string; port: number } | undefined {
-  const m = /^\[([0-9a-fA-F:.]+)\]:(\d{1,5})$/.exec(text) ?? /^([0-9.]+):(\d{1,5})$/.exec(text);
-  if (!m) return undefined;
-  const ip = parseIP(m[1] ?? '');
-  const port = Number(m[2]);
-  if (!ip || port > 65535) return undefined;
-  return { address: ip.ip, port };
+export function splitIPPort(text: string): { address: string; port: number } | undefined {
+  const hp = splitHostPort(text);
+  const ip = hp === undefined ? undefined : parseIP(hp.host);
+  // An IPv6 address is written in brackets, an IPv4 one without.
+  if (hp === undefined || !ip || text.startsWith('[') !== ip.family.endsWith('6')) return undefined;
+  return { address: ip.ip, port: hp.port };
 }
-
-/** Schedulers the kernel ships (ip_vs_*.ko); anything else is refused before it reaches ipvsadm. */
-export const IPVS_SCHEDULERS: readonly string[] = [
-  'rr',
-  'wrr',
-  'lc',
-  'wlc',
-  'lblc',
-  'lblcr',
-  'dh',
-  'sh',
-  'sed',
-  'nq',
-  'fo',
-  'ovf',
-  'mh',
-  'twos',
-];
 
 /**
  * The two scheduler flags the kernel's schedulers read (IP_VS_SVC_F_SCHED1 / _SCHED2), by the names

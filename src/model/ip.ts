@@ -59,6 +59,18 @@ export function cidrContains(cidr: string, ip: string): boolean {
   return addr.match([net, len]);
 }
 
+/**
+ * `host:port` / `[host]:port` split (Go's net.SplitHostPort for the forms kube-proxy writes): the
+ * host as written (possibly empty: `:10256`), the port 0-65535; undefined when malformed. The one
+ * splitter: endpoint strings (IPVS, trace) and bind addresses (healthz, metrics) use it.
+ */
+export function splitHostPort(text: string): { host: string; port: number } | undefined {
+  const m = /^\[([^\]]*)\]:(\d{1,5})$/.exec(text) ?? /^([^:[\]]*):(\d{1,5})$/.exec(text);
+  if (!m) return undefined;
+  const port = Number(m[2]);
+  return port > 65535 ? undefined : { host: m[1] ?? '', port };
+}
+
 /** `ip:port`, or `[ip]:port` for IPv6 — kube-proxy's endpoint string. */
 export function joinHostPort(ip: string, port: number): string {
   return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;

@@ -1,6 +1,6 @@
 import type { ProxyOptions } from '../config/options.js';
-import type { IpsetView } from '../debug/ipset-match.js';
 import type { SavedRuleset } from '../iptables/save-parse.js';
+import type { IpsetView } from '../ipvs/ipset.js';
 import type { IpvsTable } from '../ipvs/ipvsadm.js';
 import type { ListedTable } from '../nftables/listing.js';
 import type { ClusterState, IPFamily } from '../model/types.js';

@@ -10,7 +10,7 @@ import {
 } from '../model/selection.js';
 import type { ClusterState, Endpoint, IPFamily, Service, ServicePort } from '../model/types.js';
 import { servicePortName } from '../model/types.js';
-import type { LocalDetector } from '../iptables/render.js';
+import type { LocalDetector } from '../modes/local-traffic.js';
 import {
   isPort,
   isSafeCIDR,

@@ -1,10 +1,6 @@
 import assert from 'node:assert/strict';
-import {
-  matchSet,
-  parseIpsetSaveText,
-  parseSetFlags,
-  type SetPacket,
-} from '../../../src/debug/ipset-match.js';
+import { matchSet, parseSetFlags, type SetPacket } from '../../../src/debug/ipset-match.js';
+import { parseIpsetSaveText } from '../../../src/ipvs/ipset.js';
 
 // What `ipset save` printed (ipset v7.17) for sets of every type kube-proxy uses, plus a hash:net
 // with a nomatch exception and a set with timeouts and comments.

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { buildFrontendIndex } from '../../../src/debug/frontends.js';
-import { parseIpsetSaveText } from '../../../src/debug/ipset-match.js';
+import { parseIpsetSaveText } from '../../../src/ipvs/ipset.js';
 import { traceIpvs } from '../../../src/debug/ipvs-trace.js';
 import { formatTraceText } from '../../../src/debug/trace-format.js';
 import { tracePacket, type NodeView, type TracePacket, type TraceResult } from '../../../src/debug/trace.js';

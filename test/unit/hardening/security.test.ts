@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments } from 'yaml';
 import { optionsFromArgs } from '../../../src/config/options.js';
-import { splitHostPort } from '../../../src/controller/servers-factory.js';
+import { bindHostPort } from '../../../src/controller/servers-factory.js';
 
 /** Security defaults: metrics on localhost only, least-privilege RBAC, no shell anywhere. */
 
@@ -14,9 +14,9 @@ describe('hardening: security defaults', () => {
   it('binds metrics to 127.0.0.1:10249 and healthz to 0.0.0.0:10256 by default', () => {
     const opts = optionsFromArgs([]);
     assert.equal(opts.metricsBindAddress, '127.0.0.1:10249');
-    assert.equal(splitHostPort(opts.metricsBindAddress).host, '127.0.0.1');
+    assert.equal(bindHostPort(opts.metricsBindAddress).host, '127.0.0.1');
     assert.equal(opts.healthzBindAddress, '0.0.0.0:10256');
-    assert.throws(() => splitHostPort('127.0.0.1:70000'), /port out of range/);
+    assert.throws(() => bindHostPort('127.0.0.1:70000'), /port out of range/);
   });
 
   it('the DaemonSet RBAC grants exactly list and watch on what svcplane reads (NetworkPolicy enforcement included)', () => {

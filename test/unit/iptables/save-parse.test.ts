@@ -1,3 +1,4 @@
+import { isServiceChainName } from '../../../src/iptables/names.js';
 import assert from 'node:assert/strict';
 import {
   chainNamesOf,
@@ -6,7 +7,6 @@ import {
   formatArgs,
   getArg,
   hasArg,
-  isServiceChainName,
   parseIptablesSave,
   quoteArg,
   ruleComment,
