@@ -163,6 +163,9 @@ export async function cleanupNetpol(
   opts: { readonly netns?: string; readonly nftBinary?: string } = {},
 ): Promise<boolean> {
   const present = (await readKernelTable(opts)) !== undefined;
+  // No table, nothing to remove: and a kernel without nf_tables (User-mode Linux) refuses the
+  // add-then-delete idiom below, which made \`svcplane cleanup\` fail there.
+  if (!present) return false;
   await run([opts.nftBinary ?? 'nft', '-f', '-'], {
     input: renderCleanup(),
     ...(opts.netns ? { netns: opts.netns } : {}),
