@@ -97,7 +97,7 @@ export async function runDiff(raw: Record<string, unknown>, out: Writer, err: Wr
   try {
     return await diffWith(resolveProxyOptions(raw), raw, out, err);
   } catch (e) {
-    err.write(`svcplane diff: ${describe(e)}\n`);
+    err.write(`svcplane diff: ${describeFailure(e)}\n`);
     return 2;
   }
 }
@@ -152,8 +152,4 @@ async function diffPolicyTable(
     ...(netns !== undefined ? { netns } : {}),
   });
   return enforcer.compare(enforcer.plan(state));
-}
-
-export function describe(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }

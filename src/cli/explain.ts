@@ -3,7 +3,7 @@ import { loadState } from '../kube/open-source.js';
 import { modeNamed } from '../modes/registry.js';
 import { configureLogging } from '../util/log.js';
 import { resolveProxyOptions, type ProxyOptions } from '../config/options.js';
-import { describe, INSPECT_FLAGS } from './diff.js';
+import { INSPECT_FLAGS } from './diff.js';
 import { commandUsage, describeFailure } from './proxy.js';
 import { loadConfiguration, logNotices, RENDER_FLAGS } from './proxy-options.js';
 
@@ -70,7 +70,7 @@ export async function runExplain(
   try {
     opts = resolveProxyOptions(raw);
   } catch (e) {
-    err.write(`svcplane explain: ${describe(e)}\n`);
+    err.write(`svcplane explain: ${describeFailure(e)}\n`);
     return 2;
   }
   return explainWith(key, opts, raw, out, err);
@@ -98,7 +98,7 @@ async function explainWith(
     }
     return 0;
   } catch (e) {
-    err.write(`svcplane explain: ${describe(e)}\n`);
+    err.write(`svcplane explain: ${describeFailure(e)}\n`);
     return 2;
   }
 }
@@ -149,7 +149,7 @@ async function explainPodMain(
     try {
       kernel = await enforcer.compare(enforcer.plan(state));
     } catch (e) {
-      kernel = { lines: [`cannot read the policy table: ${describe(e)}`] };
+      kernel = { lines: [`cannot read the policy table: ${describeFailure(e)}`] };
     }
     const report = explainPod(state, opts.hostnameOverride, key, kernel);
     out.write(report.text);

@@ -2,15 +2,13 @@ import { writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import type { Servers } from '../controller/servers-factory.js';
 import { Controller } from '../controller/controller.js';
-import { FlagError } from '../config/command-line.js';
-import { ConfigError, formatKubeProxyConfig } from '../config/kube-proxy-config.js';
+import { formatKubeProxyConfig } from '../config/kube-proxy-config.js';
 import { PROXY_FLAGS, TOP_LEVEL_FLAGS, type FlagSpec } from '../config/flags.js';
 import type { ProxyOptions } from '../config/options.js';
 import { formatFlagHelp } from '../config/reference.js';
 import { createSource } from '../kube/open-source.js';
 import { cleanupEveryMode, startDataplane } from '../modes/registry.js';
 import { describeProblem, type ClusterState } from '../model/types.js';
-import { StartupError } from '../util/errors.js';
 import { configureLogging, log, logVerbosity, redactText, STACK_VERBOSITY } from '../util/log.js';
 import { setOomScoreAdj } from '../util/process.js';
 import { applyConntrackSysctls } from '../conntrack/sysctls.js';
@@ -49,9 +47,6 @@ export function commandUsage(usage: string, description: string, specs: readonly
 
 /** Why a start-up failed, as one line (credentials redacted by content, as the logs are). */
 export function describeFailure(err: unknown): string {
-  if (err instanceof FlagError || err instanceof ConfigError || err instanceof StartupError) {
-    return redactText(err.message);
-  }
   return redactText(err instanceof Error ? err.message : String(err));
 }
 

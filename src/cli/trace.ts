@@ -10,7 +10,8 @@ import { listAddresses } from '../kernel/netif.js';
 import { loadState } from '../kube/open-source.js';
 import { readTraceKernel } from '../modes/registry.js';
 import { traceNftablesPacket } from '../debug/nft-trace.js';
-import { describe, exitTwoOnUsageError, outputOption, type OutputFormat } from './diff.js';
+import { exitTwoOnUsageError, outputOption, type OutputFormat } from './diff.js';
+import { describeFailure } from './proxy.js';
 import { resolveProxyOptions } from '../config/options.js';
 import { formatTracedPolicies, tracePolicies, type TracedPolicy } from '../netpol/inspect.js';
 
@@ -118,7 +119,7 @@ export async function runTrace(o: TraceOptions, out: Writer, err: Writer): Promi
     );
     return 0;
   } catch (e) {
-    err.write(`svcplane trace: ${describe(e)}\n`);
+    err.write(`svcplane trace: ${describeFailure(e)}\n`);
     return 2;
   }
 }

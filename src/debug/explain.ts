@@ -26,6 +26,8 @@ export interface ExplainFamilyInput {
   readonly kernel?: SavedRuleset;
   /** The diff of this family, to report drift of this Service. */
   readonly drift?: FamilyDrift;
+  /** This mode writes no per-Service iptables chains (IPVS): no kernel rules to show, nothing to warn. */
+  readonly noServiceChains?: boolean;
 }
 
 export interface ExplainInput {
@@ -142,7 +144,8 @@ export function explainService(input: ExplainInput): ExplainReport {
           .join(', ')}): see svcplane diff`,
       );
     }
-    if (!f.kernel) warnings.push(`${f.family}: iptables-save not available; kernel rules not shown`);
+    if (!f.kernel && f.noServiceChains !== true)
+      warnings.push(`${f.family}: iptables-save not available; kernel rules not shown`);
   }
   return {
     service: input.key,

@@ -161,12 +161,9 @@ export const ipvsMode: DataplaneMode = {
       key,
       state,
       node,
-      families: opts.ipFamilies.map((family) => ({ family })),
+      families: opts.ipFamilies.map((family) => ({ family, noServiceChains: true })),
     });
-    const base = {
-      ...explained,
-      warnings: explained.warnings.filter((w) => !/iptables-save not available/.test(w)),
-    };
+    const base = explained;
     const ipvs = explainIpvs({ key, families });
     const report = {
       ...base,
