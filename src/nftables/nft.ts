@@ -198,8 +198,13 @@ export async function deleteKubeProxyTables(
         'nftables cleanup',
       );
     } catch (err) {
-      // No nft binary, or no nf_tables in the kernel: nothing of ours can be there.
-      if (err instanceof NftError && err.exitCode === undefined) continue;
+      // No nft binary, or a kernel without nf_tables (User-mode Linux's: "Operation not supported"):
+      // nothing of ours can be there.
+      if (
+        err instanceof NftError &&
+        (err.exitCode === undefined || /Operation not supported/.test(err.stderr))
+      )
+        continue;
       failed.push(`${nft.family}: ${(err as Error).message}`);
     }
   }
