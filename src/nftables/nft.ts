@@ -193,6 +193,9 @@ export async function deleteKubeProxyTables(
   for (const family of ['IPv4', 'IPv6'] as const) {
     const nft = new Nft({ family, ...opts });
     try {
+      // No table, nothing to delete: a kernel without nf_tables (User-mode Linux) refuses even the
+      // `add` below, which made \`svcplane cleanup\` fail there.
+      if ((await nft.listTableJson()) === undefined) continue;
       await nft.apply(
         [`add table ${nft.family} ${TABLE}`, `delete table ${nft.family} ${TABLE}`],
         'nftables cleanup',
