@@ -164,7 +164,7 @@ export async function cleanupNetpol(
 ): Promise<boolean> {
   const present = (await readKernelTable(opts)) !== undefined;
   // No table, nothing to remove: and a kernel without nf_tables (User-mode Linux) refuses the
-  // add-then-delete idiom below, which made \`svcplane cleanup\` fail there.
+  // add-then-delete idiom below, which made `svcplane cleanup` fail there.
   if (!present) return false;
   await run([opts.nftBinary ?? 'nft', '-f', '-'], {
     input: renderCleanup(),

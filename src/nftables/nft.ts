@@ -194,7 +194,7 @@ export async function deleteKubeProxyTables(
     const nft = new Nft({ family, ...opts });
     try {
       // No table, nothing to delete: a kernel without nf_tables (User-mode Linux) refuses even the
-      // `add` below, which made \`svcplane cleanup\` fail there.
+      // `add` below, which made `svcplane cleanup` fail there.
       if ((await nft.listTableJson()) === undefined) continue;
       await nft.apply(
         [`add table ${nft.family} ${TABLE}`, `delete table ${nft.family} ${TABLE}`],
