@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as k8s from '@kubernetes/client-node';
 import { parse } from 'yaml';
+import { parseKubeProxyConfig } from '../../src/config/kube-proxy-config.js';
 import { renderKustomization } from '../support/kustomize.js';
 
 /**
@@ -266,8 +267,13 @@ const IPVS_FIELDS = new Set([
 ]);
 
 describe('deploy/: a kustomize base and an overlay per mode', () => {
-  it('has the base and an overlay per mode: iptables, ipvs, nftables', () => {
-    assert.deepEqual(readdirSync(new URL('overlays/', DEPLOY_DIR)).sort(), ['iptables', 'ipvs', 'nftables']);
+  it('has the base, an overlay per mode (iptables, ipvs, nftables) and network-policy', () => {
+    assert.deepEqual(readdirSync(new URL('overlays/', DEPLOY_DIR)).sort(), [
+      'iptables',
+      'ipvs',
+      'network-policy',
+      'nftables',
+    ]);
     assert.ok(existsSync(new URL('base/kustomization.yaml', DEPLOY_DIR)));
   });
 
@@ -289,6 +295,21 @@ describe('deploy/: a kustomize base and an overlay per mode', () => {
       });
     assert.deepEqual(strip(ipvs), strip(iptables));
     assert.deepEqual(strip(nftables), strip(iptables));
+    assert.deepEqual(strip(loadObjects('network-policy')), strip(iptables));
+  });
+
+  it('network-policy: iptables mode with networkPolicy: true, and the base otherwise', () => {
+    const config = (overlay: string): string =>
+      String(get(pick(loadObjects(overlay), 'ConfigMap'), 'data', 'config.conf'));
+    const on = config('network-policy');
+    assert.match(on, /^networkPolicy: true$/m);
+    // svcplane reads it as the switch on (the field is svcplane's own, validated like kube-proxy's).
+    assert.equal(parseKubeProxyConfig(on).config.networkPolicy, true);
+    assert.equal(parseKubeProxyConfig(on).config.mode, 'iptables');
+    assert.equal(
+      on.replace(/^#.*\n|^ *# svcplane's own field.*\n|^networkPolicy: true\n/gm, ''),
+      config('iptables').replace(/^#.*\n/gm, ''),
+    );
   });
 });
 
