@@ -191,10 +191,14 @@ function stopRequests(): { readonly stopped: Promise<number>; request(code: numb
   };
   process.once('SIGTERM', onSignal);
   process.once('SIGINT', onSignal);
+  // The daemon runs until stopped: with both servers off (--healthz-bind-address= and
+  // --metrics-bind-address=) and a source whose timers are unref'd, nothing else keeps node alive.
+  const keepAlive = setInterval(() => undefined, 2 ** 30);
   return {
     stopped,
     request: (code) => resolve(code),
     dispose: () => {
+      clearInterval(keepAlive);
       process.off('SIGTERM', onSignal);
       process.off('SIGINT', onSignal);
     },

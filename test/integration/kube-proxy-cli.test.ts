@@ -6,8 +6,9 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseAllDocuments } from 'yaml';
 import { parseKubeProxyConfig } from '../../src/config/kube-proxy-config.js';
-import { run, type RunResult } from '../../src/util/exec.js';
+import { run, startProcess, type RunResult } from '../../src/util/exec.js';
 import { packageRoot } from '../../src/util/paths.js';
+import { eventually } from '../support/daemon.js';
 import { requireRoot } from '../support/sandbox.js';
 
 /**
@@ -311,6 +312,42 @@ describe('svcplane [flags]: kube-proxy’s command line (real processes, private
       lines[0]!,
       /no usable iptables for any IP family: IPv4: iptables-absent-save not found \(install iptables, or set --iptables-binary\); IPv6: ip6tables-absent-save not found/,
     );
+  });
+
+  it('both servers off (--healthz-bind-address= --metrics-bind-address=): the daemon runs until SIGTERM', async () => {
+    const child = startProcess(
+      [
+        process.execPath,
+        '--import=tsx',
+        '-e',
+        ENTRY,
+        '--',
+        `--manifests=${join(packageRoot(), 'examples')}`,
+        '--hostname-override=node-1',
+        '--healthz-bind-address=',
+        '--metrics-bind-address=',
+      ],
+      { netns: NS },
+    );
+    const lines: string[] = [];
+    child.onLine((l) => lines.push(l));
+    let exitedEarly: number | null | undefined;
+    void child.exited.then((code) => (exitedEarly = code));
+    try {
+      await eventually('the running line', 30_000, () =>
+        Promise.resolve(lines.some((l) => l.includes('svcplane running')) ? true : undefined),
+      );
+      // Before the fix node exited here (status 13, "unsettled top-level await"): nothing kept it alive.
+      await new Promise((r) => setTimeout(r, 2_000));
+      assert.equal(
+        exitedEarly,
+        undefined,
+        `exited on its own (${String(exitedEarly)}):\n${lines.join('\n')}`,
+      );
+    } finally {
+      const code = await child.stop(10_000);
+      if (exitedEarly === undefined) assert.equal(code, 0, lines.join('\n'));
+    }
   });
 });
 
