@@ -261,15 +261,19 @@ async function runDaemon(initial: ProxyOptions): Promise<number> {
   };
   const started = startup();
   const teardown = async (): Promise<void> => {
-    aborted.abort();
-    unwatch();
-    // Stopping the source (through the controller when there is one) ends every wait of startup.
-    await (controller ?? source).stop();
-    await started.catch((err: unknown) => {
-      log.verbose('start-up ended by the stop', { error: err });
-    });
-    await servers?.close();
-    stop.dispose();
+    try {
+      aborted.abort();
+      unwatch();
+      // Stopping the source (through the controller when there is one) ends every wait of startup.
+      await (controller ?? source).stop();
+      await started.catch((err: unknown) => {
+        log.verbose('start-up ended by the stop', { error: err });
+      });
+      await servers?.close();
+    } finally {
+      // Also when a stop step fails: the keep-alive handle must not hold a failing process.
+      stop.dispose();
+    }
   };
   let code: number;
   try {
