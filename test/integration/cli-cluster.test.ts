@@ -1,5 +1,6 @@
+import { newestMtime, until } from '../support/daemon.js';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ProbeResult, RequestSpec } from '../../src/netns/protocol.js';
@@ -68,37 +69,6 @@ const foreign = (name: string): Json => ({
   metadata: { name, namespace: 'default', labels: { 'service.kubernetes.io/service-proxy-name': 'other' } },
   spec: { type: 'ClusterIP', clusterIP: '10.96.0.99', ports: [{ port: 80, protocol: 'TCP' }] },
 });
-
-async function until<T>(
-  what: string,
-  fn: () => T | undefined | Promise<T | undefined>,
-  ms = 15_000,
-): Promise<T> {
-  const deadline = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`${what}: not within ${ms} ms${last instanceof Error ? ` (${last.message})` : ''}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-/** The newest mtime under `dir` (files only). */
-function newest(dir: string): number {
-  let t = 0;
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    t = Math.max(t, e.isDirectory() ? newest(p) : statSync(p).mtimeMs);
-  }
-  return t;
-}
 
 describe('svcplane run --kubeconfig against the API stand-in (real process, sandbox node, real traffic)', function () {
   this.timeout(120_000);
@@ -249,7 +219,7 @@ describe('svcplane run --kubeconfig against the API stand-in (real process, sand
     if (process.env.SVCPLANE_CLI === undefined) {
       const built = join(packageRoot(), 'dist', '.built');
       const stale =
-        newest(join(packageRoot(), 'src')) > (statSync(built, { throwIfNoEntry: false })?.mtimeMs ?? 0);
+        newestMtime(join(packageRoot(), 'src')) > (statSync(built, { throwIfNoEntry: false })?.mtimeMs ?? 0);
       if (stale)
         throw new Error('dist/ is older than src/: run `bash scripts/setup.sh` (or npm run build) first');
     }

@@ -1,5 +1,6 @@
+import { newestMtime, until } from '../support/daemon.js';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, readdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
@@ -47,37 +48,6 @@ interface TextLine {
 function parseTextLine(line: string): TextLine | undefined {
   const m = /^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ svcplane\] "((?:[^"\\]|\\.)*)"(.*)$/.exec(line);
   return m ? { severity: m[1]!, message: JSON.parse(`"${m[2]!}"`) as string, rest: m[3]! } : undefined;
-}
-
-async function until<T>(
-  what: string,
-  fn: () => T | undefined | Promise<T | undefined>,
-  ms = 20_000,
-): Promise<T> {
-  const deadline = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`${what}: not within ${ms} ms${last instanceof Error ? ` (${last.message})` : ''}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-/** The newest mtime under `dir` (files only). */
-function newest(dir: string): number {
-  let t = 0;
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    t = Math.max(t, e.isDirectory() ? newest(p) : statSync(p).mtimeMs);
-  }
-  return t;
 }
 
 /** kubeadm's DaemonSet container: its command, env names and volume mounts. */
@@ -228,7 +198,9 @@ describe('drop-in: kubeadm’s kube-proxy DaemonSet and ConfigMap run svcplane (
   before(async function () {
     this.timeout(90_000);
     const built = join(packageRoot(), 'dist', '.built');
-    if (newest(join(packageRoot(), 'src')) > (statSync(built, { throwIfNoEntry: false })?.mtimeMs ?? 0)) {
+    if (
+      newestMtime(join(packageRoot(), 'src')) > (statSync(built, { throwIfNoEntry: false })?.mtimeMs ?? 0)
+    ) {
       throw new Error('dist/ is older than src/: run `bash scripts/setup.sh` (or npm run build) first');
     }
     dir = mkdtempSync(join(tmpdir(), 'svcplane-dropin-'));

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { startProcess, withNetns, type ChildHandle } from '../../src/util/exec.js';
@@ -107,7 +108,7 @@ export async function eventually<T>(
 /** Polls `check` until it returns a value (not undefined); fails with the last error after `timeoutMs`. */
 export async function until<T>(
   what: string,
-  check: () => Promise<T | undefined>,
+  check: () => T | undefined | Promise<T | undefined>,
   timeoutMs = 15_000,
 ): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -123,4 +124,14 @@ export async function until<T>(
       assert.fail(`${what}: not within ${timeoutMs} ms${last instanceof Error ? ` (${last.message})` : ''}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** The newest mtime under `dir` (files only): whether a build is older than its sources. */
+export function newestMtime(dir: string): number {
+  let t = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    t = Math.max(t, e.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs);
+  }
+  return t;
 }
