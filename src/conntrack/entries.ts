@@ -1,6 +1,6 @@
 import { familyFrontends } from '../model/selection.js';
 import { parseIP } from '../model/ip.js';
-import type { ClusterState, IPFamily, Service } from '../model/types.js';
+import type { ClusterState, IPFamily } from '../model/types.js';
 
 /**
  * The pure half of kube-proxy's conntrack reconciler (pkg/proxy/conntrack/cleanup.go): parse
@@ -117,29 +117,6 @@ export function staleUDPEntries(
     if (byNodePort) return !byNodePort.has(backend);
     return false;
   });
-}
-
-function hasUDP(s: Service | undefined): boolean {
-  return s?.ports.some((p) => p.protocol === 'UDP') ?? false;
-}
-
-function endpointsText(s: Service | undefined): string {
-  return s ? JSON.stringify(s.ports.map((p) => p.endpoints)) : '';
-}
-
-/**
- * kube-proxy's ConntrackCleanupRequired: some Service's endpoints changed and it had or has a UDP
- * port. Service-only changes do not need it.
- */
-export function conntrackCleanupRequired(prev: ClusterState | undefined, next: ClusterState): boolean {
-  const keys = new Set([...(prev?.services.keys() ?? []), ...next.services.keys()]);
-  for (const key of keys) {
-    const a = prev?.services.get(key);
-    const b = next.services.get(key);
-    if (a === b || !(hasUDP(a) || hasUDP(b))) continue;
-    if (endpointsText(a) !== endpointsText(b)) return true;
-  }
-  return false;
 }
 
 /**

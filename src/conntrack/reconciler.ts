@@ -4,9 +4,9 @@ import { join } from 'node:path';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import { CommandError, run, type RunResult } from '../util/exec.js';
 import { log } from '../util/log.js';
+import { changeSinceApplied, type StateChange } from '../model/state-change.js';
 import {
   batchDeleteInput,
-  conntrackCleanupRequired,
   countDeleted,
   deleteFilters,
   filterArgs,
@@ -60,8 +60,8 @@ export interface ReconcilerStats {
 
 /** The subset of the Controller the reconciler listens to. */
 export interface SyncedEvents {
-  on(event: 'synced', fn: (reports: unknown[], state: ClusterState) => void): unknown;
-  off(event: 'synced', fn: (reports: unknown[], state: ClusterState) => void): unknown;
+  on(event: 'synced', fn: (reports: unknown[], state: ClusterState, change: StateChange) => void): unknown;
+  off(event: 'synced', fn: (reports: unknown[], state: ClusterState, change: StateChange) => void): unknown;
 }
 
 interface PendingRun {
@@ -172,11 +172,13 @@ export class ConntrackReconciler {
   }
 
   /**
-   * Reconciles after a synced state when its UDP endpoints changed (never throws). While a run is in
-   * flight, later states replace each other as the one pending run; the promise settles with the run
-   * that covers `state` (undefined when no cleanup was needed or it failed).
+   * Reconciles after a synced state when its UDP endpoints changed (never throws): `change` is the
+   * sync's (the controller's, src/model/state-change.ts); without one, or when it does not start at
+   * the state of the last call, the change since that state. While a run is in flight, later states
+   * replace each other as the one pending run; the promise settles with the run that covers `state`
+   * (undefined when no cleanup was needed or it failed).
    */
-  afterSync(state: ClusterState): Promise<ReconcileResult | undefined> {
+  afterSync(state: ClusterState, change?: StateChange): Promise<ReconcileResult | undefined> {
     const prev = this.lastSeen;
     this.lastSeen = state;
     if (this.pending) {
@@ -186,7 +188,8 @@ export class ConntrackReconciler {
     }
     // The first sync after a start also cleans: flows may predate a restart.
     const needed =
-      !this.disabled && (this.retry || prev === undefined || conntrackCleanupRequired(prev, state));
+      !this.disabled &&
+      (this.retry || prev === undefined || changeSinceApplied(change, prev, state).udpEndpoints.size > 0);
     if (!needed) return Promise.resolve(undefined);
     if (!this.inFlight) return this.runGuarded(state);
     let start!: () => void;
@@ -233,7 +236,8 @@ export class ConntrackReconciler {
 
   /** Listens to a controller's 'synced' events. Returns a detach function. */
   attach(controller: SyncedEvents): () => void {
-    const fn = (_reports: unknown[], state: ClusterState): void => void this.afterSync(state);
+    const fn = (_reports: unknown[], state: ClusterState, change: StateChange): void =>
+      void this.afterSync(state, change);
     controller.on('synced', fn);
     return () => controller.off('synced', fn);
   }

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { StateSource } from '../kube/source.js';
+import { stateChange, type StateChange } from '../model/state-change.js';
 import type { ClusterState } from '../model/types.js';
 import { log } from '../util/log.js';
 import type { Backend, SyncReport } from '../modes/backend.js';
@@ -21,7 +22,8 @@ export interface ControllerOptions {
 }
 
 export interface ControllerEvents {
-  synced: [reports: SyncReport[], state: ClusterState];
+  /** Every backend synced `state`; `change` is what each was handed (the metrics and conntrack use it too). */
+  synced: [reports: SyncReport[], state: ClusterState, change: StateChange];
   syncError: [error: Error];
   /** The safety valve refused to apply `state`; nothing was written. */
   syncRefused: [verdict: ValveVerdict, state: ClusterState];
@@ -158,7 +160,7 @@ export class Controller extends EventEmitter<ControllerEvents> {
         this.logProblems(state);
         throw new SafetyValveError(verdict);
       }
-      return await this.syncState(state);
+      return (await this.syncState(state)).reports;
     } finally {
       await this.source.stop();
     }
@@ -206,11 +208,11 @@ export class Controller extends EventEmitter<ControllerEvents> {
         this.refusedSince = 0;
         this.refusedState = undefined;
       }
-      const reports = await this.syncState(state);
+      const { reports, change } = await this.syncState(state);
       // Changes seen during the sync are not in the kernel yet: they stay queued (healthz).
       this.queuedSince = this.changedDuringSync;
       this.lastSyncedAt = Date.now();
-      this.emit('synced', reports, state);
+      this.emit('synced', reports, state, change);
     } catch (err) {
       this.emit('syncError', err instanceof Error ? err : new Error(String(err)));
       throw err;
@@ -278,8 +280,10 @@ export class Controller extends EventEmitter<ControllerEvents> {
     log.verbose('checked the kernel rules for drift', { fullSyncNext: drifted });
   }
 
-  private async syncState(state: ClusterState): Promise<SyncReport[]> {
+  /** One sync of every backend; the change since the state they all applied last is computed once. */
+  private async syncState(state: ClusterState): Promise<{ reports: SyncReport[]; change: StateChange }> {
     this.logProblems(state);
+    const change = stateChange(this.applied, state);
     if (!this.setupDone) {
       for (const b of this.backends) await b.setup();
       this.setupDone = true;
@@ -288,7 +292,7 @@ export class Controller extends EventEmitter<ControllerEvents> {
     const failures: { backend: string; error: unknown }[] = [];
     for (const b of this.backends) {
       try {
-        const report = await b.sync(state);
+        const report = await b.sync(state, change);
         reports.push(report);
         // kube-proxy logs each sync at -v=2 ("SyncProxyRules complete").
         log.verbose('synced', { ...report, details: undefined, ...report.details });
@@ -298,7 +302,7 @@ export class Controller extends EventEmitter<ControllerEvents> {
     }
     if (failures.length > 0) throw new SyncError(failures);
     this.applied = state;
-    return reports;
+    return { reports, change };
   }
 
   /**

@@ -10,7 +10,8 @@ import {
 import { RestoreError } from '../iptables/iptables.js';
 import { NftError } from '../nftables/nft.js';
 import type { StateSource } from '../kube/source.js';
-import type { ClusterState, IPFamily, Service } from '../model/types.js';
+import { changeSinceApplied, stateChange, type StateChange } from '../model/state-change.js';
+import type { ClusterState, IPFamily } from '../model/types.js';
 import type { Backend, SyncReport } from '../modes/backend.js';
 import { SyncError } from './controller.js';
 import type { ValveVerdict } from './safety-valve.js';
@@ -67,35 +68,6 @@ interface IptablesFigures {
 function iptablesFigures(r: SyncReport): IptablesFigures | undefined {
   const render = (r as SyncReport & { render?: IptablesFigures }).render;
   return render?.counts !== undefined ? render : undefined;
-}
-
-/** Services (keys) whose definition changed and whose endpoints changed between two states. */
-export function diffStates(
-  prev: ClusterState | undefined,
-  next: ClusterState,
-): { services: Set<string>; endpoints: Set<string> } {
-  const services = new Set<string>();
-  const endpoints = new Set<string>();
-  const empty: ReadonlyMap<string, Service> = new Map();
-  const before = prev?.services ?? empty;
-  for (const key of new Set([...before.keys(), ...next.services.keys()])) {
-    const a = before.get(key);
-    const b = next.services.get(key);
-    if (a === b) continue; // the builder reuses unchanged objects
-    if (specOf(a) !== specOf(b)) services.add(key);
-    if (endpointsOf(a) !== endpointsOf(b)) endpoints.add(key);
-  }
-  return { services, endpoints };
-}
-
-function specOf(s: Service | undefined): string {
-  if (!s) return '';
-  return JSON.stringify({ ...s, ports: s.ports.map((p) => ({ ...p, endpoints: undefined })) });
-}
-
-function endpointsOf(s: Service | undefined): string {
-  if (!s) return '';
-  return JSON.stringify(s.ports.map((p) => p.endpoints));
 }
 
 export class ProxyMetrics {
@@ -381,10 +353,13 @@ function lastAttemptFull(b: Backend): boolean {
 export interface MetricsSubject {
   readonly source: StateSource;
   readonly backends: readonly Backend[];
-  on(event: 'synced', fn: (reports: SyncReport[], state: ClusterState) => void): unknown;
+  on(event: 'synced', fn: (reports: SyncReport[], state: ClusterState, change: StateChange) => void): unknown;
   on(event: 'syncError', fn: (error: Error) => void): unknown;
   on(event: 'syncRefused', fn: (verdict: ValveVerdict, state: ClusterState) => void): unknown;
-  off(event: 'synced', fn: (reports: SyncReport[], state: ClusterState) => void): unknown;
+  off(
+    event: 'synced',
+    fn: (reports: SyncReport[], state: ClusterState, change: StateChange) => void,
+  ): unknown;
   off(event: 'syncError', fn: (error: Error) => void): unknown;
   off(event: 'syncRefused', fn: (verdict: ValveVerdict, state: ClusterState) => void): unknown;
 }
@@ -394,8 +369,10 @@ export const MAX_PENDING_TRIGGER_TIMES = 16;
 
 /**
  * Feeds `metrics` from a controller and its source: change counters (kube-proxy's change trackers
- * count per object; here per Service whose spec or endpoints changed), network-programming latency,
- * sync figures and failures.
+ * count per object; here per Service whose spec or endpoints changed: the state change of each
+ * source event, and pending = the change from the last synced state to the current one, both from
+ * src/model/state-change.ts), network-programming latency (the Services whose endpoints the sync's
+ * own change carried), sync figures and failures.
  *
  * Network programming latency is kube-proxy's: one observation per EndpointSlice trigger time
  * (`endpoints.kubernetes.io/last-change-trigger-time`) of each Service whose endpoints a successful
@@ -430,16 +407,17 @@ export function attachMetrics(metrics: ProxyMetrics, subject: MetricsSubject): (
   const updatePending = (): void => {
     const current = subject.source.current();
     if (!current) return;
-    const d = diffStates(lastSynced, current);
-    metrics.endpointChangesPending.set(d.endpoints.size);
-    metrics.serviceChangesPending.set(d.services.size);
+    // Nothing is pending when the current state is the one just synced.
+    const d = current === lastSynced ? undefined : stateChange(lastSynced, current);
+    metrics.endpointChangesPending.set(d?.endpoints.size ?? 0);
+    metrics.serviceChangesPending.set(d?.services.size ?? 0);
   };
   const families = (): IPFamily[] => [
     ...new Set(subject.backends.map((b) => backendFamily(b.name)).filter((f) => f !== undefined)),
   ];
   const onChange = (state: ClusterState): void => {
     const now = Date.now();
-    const d = diffStates(lastSeen, state);
+    const d = stateChange(lastSeen, state);
     metrics.endpointChangesTotal.inc(d.endpoints.size);
     metrics.serviceChangesTotal.inc(d.services.size);
     metrics.observeQueued(families(), now);
@@ -448,11 +426,13 @@ export function attachMetrics(metrics: ProxyMetrics, subject: MetricsSubject): (
     addTriggers(state, d.endpoints, seq);
     updatePending();
   };
-  const onSynced = (reports: SyncReport[], state: ClusterState): void => {
+  const onSynced = (reports: SyncReport[], state: ClusterState, change: StateChange): void => {
     const now = Date.now();
     for (const r of reports) metrics.observeReport(r, now);
-    // The first sync carries the initial state, which came without a change event.
-    if (lastSynced === undefined) addTriggers(state, diffStates(undefined, state).endpoints, 0);
+    // The first sync carries the initial state, which came without a change event: every Service
+    // in it is new (the controller's change starts from nothing then).
+    if (lastSynced === undefined)
+      addTriggers(state, changeSinceApplied(change, undefined, state).endpoints, 0);
     const upTo = seqOf.get(state) ?? 0;
     // Each family's proxier programmed the change: one observation per family, as kube-proxy's.
     const synced = [...new Set(reports.map((r) => backendFamily(r.backend) ?? ''))];

@@ -4,8 +4,8 @@ import { programmedServiceKeys } from './programmed.js';
 import type { Backend, SyncReport } from '../modes/backend.js';
 import { cidrContains } from '../model/ip.js';
 import { nodeContext, type NodeContext } from '../model/selection.js';
-import type { ClusterState, IPFamily, NodeInfo, Service } from '../model/types.js';
-import { deepEqual } from '../model/validate.js';
+import { changeSinceApplied, type StateChange } from '../model/state-change.js';
+import type { ClusterState, IPFamily, NodeInfo } from '../model/types.js';
 import { CommandError } from '../util/exec.js';
 import { log } from '../util/log.js';
 import {
@@ -206,8 +206,9 @@ export class IptablesProxier implements Backend {
     return true;
   }
 
-  async sync(state: ClusterState): Promise<IptablesSyncReport> {
+  async sync(state: ClusterState, given?: StateChange): Promise<IptablesSyncReport> {
     const started = performance.now();
+    const change = changeSinceApplied(given, this.applied, state);
     const facts = await this.gatherFacts(state);
     const factsChanged = this.lastFacts === undefined || !sameFacts(this.lastFacts, facts);
     const full = fullSyncDue({
@@ -225,7 +226,7 @@ export class IptablesProxier implements Backend {
           ? await this.wholeTableSync(state, facts)
           : strategy === 'chunked'
             ? await this.chunkedSync(state, facts)
-            : await this.noflushSync(state, facts, full);
+            : await this.noflushSync(state, facts, full, change);
       const { rendered, restore } = applied;
       this.applied = state;
       trackWrittenChains(this.written, applied.ownInput, full);
@@ -266,20 +267,26 @@ export class IptablesProxier implements Backend {
    * Partial syncs, and full syncs on the legacy backend: one `iptables-restore --noflush` of the
    * changed chains (full: after one iptables-save for leftovers, missing jumps and canaries).
    */
-  private async noflushSync(state: ClusterState, facts: NodeFacts, full: boolean): Promise<AppliedSync> {
+  private async noflushSync(
+    state: ClusterState,
+    facts: NodeFacts,
+    full: boolean,
+    change?: StateChange,
+  ): Promise<AppliedSync> {
+    // A partial sync writes the change from the state whose rules the kernel holds (a failed write
+    // forces the next sync to be full, so `applied`, where the change starts, is what the kernel has).
+    const partial = !full && change?.previous !== undefined ? change : undefined;
     let saved: SavedRuleset | undefined;
-    if (full || this.applied === undefined) {
+    if (partial === undefined) {
       // One iptables-save shows leftover service chains, missing jumps and canaries at once.
       saved = parseIptablesSave(await this.ipt.save());
     }
     const rendered = renderRestoreInput({
       state,
       config: this.renderConfig(facts),
-      // A partial sync starts from the state whose rules the kernel holds (a failed write forces
-      // the next sync to be full, so `applied` is what the kernel has).
-      ...(saved !== undefined
-        ? { existingServiceChains: serviceChainsOf(saved, 'nat') }
-        : { changedServices: changedServices(this.applied, state), previous: this.applied }),
+      ...(partial === undefined
+        ? { existingServiceChains: serviceChainsOf(saved!, 'nat') }
+        : { changedServices: partial.changed, previous: partial.previous }),
     });
     const input = saved
       ? mergeExtraLines(
@@ -604,27 +611,6 @@ export function fullSyncDue(s: {
 
 function sameFacts(a: NodeFacts, b: NodeFacts): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
-}
-
-/** Services whose chains must be rewritten: new or changed since the last applied state. */
-export function changedServices(prev: ClusterState | undefined, next: ClusterState): Set<string> | undefined {
-  if (prev === undefined) return undefined;
-  const changed = new Set<string>();
-  for (const [key, svc] of next.services) {
-    const old = prev.services.get(key);
-    if (old === undefined || !sameService(old, svc)) changed.add(key);
-  }
-  return changed;
-}
-
-/**
- * The model shares structure: buildClusterState keeps the previous Service object when nothing in it
- * changed, so identity settles almost every Service. Objects built without `previous` fall back to a
- * structural comparison that stops at the first difference (JSON.stringify of both sides cost ~1 s
- * per sync at 10k Services).
- */
-function sameService(a: Service, b: Service): boolean {
-  return a === b || deepEqual(a, b);
 }
 
 /** `table/chain` of the fixed chains the renderer declares (jump targets that need no declaring). */

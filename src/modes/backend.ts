@@ -1,3 +1,4 @@
+import type { StateChange } from '../model/state-change.js';
 import type { ClusterState } from '../model/types.js';
 
 /** What one sync did, for logs, metrics and tests. */
@@ -21,8 +22,14 @@ export interface Backend {
   readonly name: string;
   /** Node-level setup done once before the first sync (sysctls, binaries probed). */
   setup(): Promise<void>;
-  /** Converges the kernel to `state`. Throws (with context) when the kernel write failed. */
-  sync(state: ClusterState): Promise<SyncReport>;
+  /**
+   * Converges the kernel to `state`. Throws (with context) when the kernel write failed.
+   * `change` is what changed since the state every backend applied last, computed once per sync by
+   * the controller (src/model/state-change.ts); a partial sync writes from it. A backend whose kernel
+   * holds another state than `change.previous` (it synced alone while another backend failed), or
+   * called without a change (`svcplane sync`, tests), computes its own with the same function.
+   */
+  sync(state: ClusterState, change?: StateChange): Promise<SyncReport>;
   /** Cheap periodic check that our rules are still there (canaries); true when a full resync is needed. */
   detectDrift(): Promise<boolean>;
   /** The next sync rewrites everything. */

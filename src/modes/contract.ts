@@ -37,8 +37,10 @@ import type { Backend } from './backend.js';
  *    driftReason), IPVS' daemon diffs with ipvs/diff.ts while `svcplane diff` uses debug/diff.ts and
  *    debug/ipvs-diff.ts (which judge a weight-0 real server differently).
  * 7. Apply, full and partial — `createBackends(opts)`: one `Backend` per usable IP family
- *    (./backend.ts); the controller owns timing and calls `sync(state)`, which converges the kernel
- *    (partial when only some Services changed, full on the first sync, on drift and periodically).
+ *    (./backend.ts); the controller owns timing and calls `sync(state, change)`, which converges the
+ *    kernel (partial when only some Services changed, full on the first sync, on drift and
+ *    periodically). `change` (src/model/state-change.ts) is computed once per sync; the metrics and
+ *    the conntrack cleaner get the same one.
  * 8. Cleanup — `cleanup(opts)` removes this mode's own rules, sets, links (kube-proxy --cleanup runs
  *    every registered mode's); a mode's first full sync also removes the other modes' leftovers
  *    (e.g. ipvs/leftovers.ts removes iptables mode's chains in the same transaction).

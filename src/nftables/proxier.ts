@@ -6,6 +6,7 @@ import {
   type NodeFacts,
 } from '../iptables/proxier.js';
 import { parseCIDR } from '../model/ip.js';
+import { changeSinceApplied, type StateChange } from '../model/state-change.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import { log } from '../util/log.js';
 import { isAffinitySetName, isServiceChainName, serviceOfName, ELEMENT_CONTAINERS } from './names.js';
@@ -65,6 +66,8 @@ export class NftablesProxier implements Backend {
   private baseChainsRecreated = false;
   /** The rendered Services whose rules the kernel holds (undefined: unknown, next sync is full). */
   private applied: Map<string, ServiceRules> | undefined;
+  /** The state those renders came from (where the next partial sync's change starts). */
+  private appliedState: ClusterState | undefined;
   private written: WrittenModel = emptyModel();
   private lastFacts: NodeFacts | undefined;
   /** Service chains flushed and waiting for deletion, with the time they were flushed. */
@@ -117,7 +120,7 @@ export class NftablesProxier implements Backend {
     return true;
   }
 
-  async sync(state: ClusterState): Promise<NftablesSyncReport> {
+  async sync(state: ClusterState, given?: StateChange): Promise<NftablesSyncReport> {
     const started = performance.now();
     const facts = await gatherNodeFacts({ ...this.config, localhostNodePorts: false }, state);
     const factsChanged =
@@ -159,11 +162,13 @@ export class NftablesProxier implements Backend {
         stale = tx.staleChains;
         writtenServices = tx.writtenServices;
       } else {
+        const change = changeSinceApplied(given, this.appliedState, state);
         const tx = partialTransaction({
           family: this.config.family,
           checked,
           previous: this.applied!,
           next: services,
+          changed: [...change.changed, ...change.removed],
           written: this.written,
           deleteChains: inline,
         });
@@ -181,6 +186,7 @@ export class NftablesProxier implements Backend {
       // A chain written again is no longer stale.
       for (const r of services.values()) for (const c of r.chains.keys()) this.staleChains.delete(c);
       this.applied = services;
+      this.appliedState = state;
       this.lastFacts = facts;
       this.needFullSync = false;
       let internal = 0;

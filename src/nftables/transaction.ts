@@ -404,26 +404,20 @@ export interface PartialSyncInput {
   /** The rendered Services the kernel holds (what the last successful transaction wrote). */
   readonly previous: ReadonlyMap<string, ServiceRules>;
   readonly next: ReadonlyMap<string, ServiceRules>;
+  /**
+   * The Services whose rules are rewritten: the state change's changed and removed ones
+   * (src/model/state-change.ts); the others render as before.
+   */
+  readonly changed: Iterable<string>;
   readonly written: WrittenModel;
   /** Chains flushed by an earlier transaction, unreferenced since, to delete now. */
   readonly deleteChains?: readonly string[];
 }
 
-/** Services whose render differs (by identity: renders are memoised per Service object). */
-export function changedKeys(
-  previous: ReadonlyMap<string, ServiceRules>,
-  next: ReadonlyMap<string, ServiceRules>,
-): string[] {
-  const out: string[] = [];
-  for (const [key, r] of next) if (previous.get(key) !== r) out.push(key);
-  for (const key of previous.keys()) if (!next.has(key)) out.push(key);
-  return out;
-}
-
 export function partialTransaction(input: PartialSyncInput): PartialTransaction {
   const { previous, next, written, checked } = input;
   const tx = new Tx(input.family, undefined);
-  const changed = changedKeys(previous, next);
+  const changed = [...input.changed];
   const stale: string[] = [];
   let writtenServices = 0;
   for (const key of changed) {

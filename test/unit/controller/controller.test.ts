@@ -1,5 +1,8 @@
 import { strict as assert } from 'node:assert';
 import { Controller, SyncError } from '../../../src/controller/controller.js';
+import { attachMetrics, ProxyMetrics, type MetricsSubject } from '../../../src/controller/metrics.js';
+import { ConntrackReconciler, type ReconcileResult } from '../../../src/conntrack/reconciler.js';
+import type { StateChange } from '../../../src/model/state-change.js';
 import type { SourceHealth, StateSource } from '../../../src/kube/source.js';
 import type { Backend, SyncReport } from '../../../src/modes/backend.js';
 import { buildClusterState } from '../../../src/model/build.js';
@@ -67,6 +70,8 @@ class TestSource implements StateSource {
 class RecordingBackend implements Backend {
   readonly calls: string[] = [];
   readonly synced: ClusterState[] = [];
+  /** The change each sync call was handed. */
+  readonly changes: (StateChange | undefined)[] = [];
   fail: Error | undefined;
   drift: boolean | Error = false;
   constructor(readonly name: string) {}
@@ -74,8 +79,9 @@ class RecordingBackend implements Backend {
     this.calls.push('setup');
     return Promise.resolve();
   }
-  sync(state: ClusterState): Promise<SyncReport> {
+  sync(state: ClusterState, change?: StateChange): Promise<SyncReport> {
     this.calls.push('sync');
+    this.changes.push(change);
     if (this.fail) return Promise.reject(this.fail);
     this.synced.push(state);
     const report: SyncReport = {
@@ -95,6 +101,43 @@ class RecordingBackend implements Backend {
   }
   forceFullSync(): void {
     this.calls.push('forceFullSync');
+  }
+}
+
+/** A UDP Service with an EndpointSlice of `ips` (both built as the API sends them). */
+function dnsObjects(ips: string[]): object[] {
+  return [
+    {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name: 'dns', namespace: 'default' },
+      spec: { clusterIP: '10.96.0.53', ports: [{ name: 'dns', port: 53, protocol: 'UDP' }] },
+    },
+    {
+      apiVersion: 'discovery.k8s.io/v1',
+      kind: 'EndpointSlice',
+      metadata: { name: 'dns-1', namespace: 'default', labels: { 'kubernetes.io/service-name': 'dns' } },
+      addressType: 'IPv4',
+      ports: [{ name: 'dns', port: 5353, protocol: 'UDP' }],
+      endpoints: ips.map((ip) => ({ addresses: [ip], conditions: { ready: true } })),
+    },
+  ];
+}
+
+/** The conntrack cleaner with the `conntrack` tool left out: it records the change of each sync. */
+class RecordingReconciler extends ConntrackReconciler {
+  readonly changes: (StateChange | undefined)[] = [];
+  readonly runs: ClusterState[] = [];
+  constructor() {
+    super({ families: ['IPv4'] });
+  }
+  override afterSync(state: ClusterState, change?: StateChange): Promise<ReconcileResult | undefined> {
+    this.changes.push(change);
+    return super.afterSync(state, change);
+  }
+  override reconcile(state: ClusterState): Promise<ReconcileResult> {
+    this.runs.push(state);
+    return Promise.resolve({ listed: 0, filters: 0, deleted: 0, durationMs: 0 });
   }
 }
 
@@ -174,6 +217,76 @@ describe('Controller (its own tests: fake source and backends)', () => {
     await nextSync(controller);
     assert.deepEqual(quiet.calls.slice(0, 4), ['setup', 'sync', 'detectDrift', 'sync']);
     assert.deepEqual(broken.calls.slice(0, 5), ['setup', 'sync', 'detectDrift', 'forceFullSync', 'sync']);
+  });
+
+  it('one change per sync: every backend, the metrics and the conntrack cleaner get the same one', async () => {
+    const first = stateOf(service('a', '10.96.0.10'), ...dnsObjects(['10.244.0.2', '10.244.0.3']));
+    const source = new TestSource(first);
+    const [b4, b6] = [new RecordingBackend('x/IPv4'), new RecordingBackend('x/IPv6')];
+    controller = new Controller(source, [b4, b6], { minSyncPeriodMs: 0, syncPeriodMs: 60_000 });
+    // The metrics' 'synced' listener, as attachMetrics registers it, records what it is called with.
+    const toMetrics: StateChange[] = [];
+    const on = controller.on.bind(controller) as (event: string, fn: (...args: unknown[]) => void) => unknown;
+    const subject: MetricsSubject = {
+      source,
+      backends: controller.backends,
+      on: (event: string, fn: (...args: never[]) => void) =>
+        on(event, (...args) => {
+          if (event === 'synced') toMetrics.push(args[2] as StateChange);
+          (fn as (...a: unknown[]) => void)(...args);
+        }),
+      off: () => undefined,
+    };
+    const metrics = new ProxyMetrics({ processMetrics: false });
+    attachMetrics(metrics, subject);
+    const conntrack = new RecordingReconciler();
+    conntrack.attach(controller);
+
+    await controller.start();
+    // A UDP endpoint goes away.
+    const next = stateOf(service('a', '10.96.0.10'), ...dnsObjects(['10.244.0.3']));
+    const synced = nextSync(controller);
+    source.emit(next);
+    await synced;
+    await conntrack.idle();
+
+    assert.equal(toMetrics.length, 2);
+    for (const [i, change] of toMetrics.entries()) {
+      assert.equal(b4.changes[i], change, `sync ${i}: IPv4 backend`);
+      assert.equal(b6.changes[i], change, `sync ${i}: IPv6 backend`);
+      assert.equal(conntrack.changes[i], change, `sync ${i}: conntrack cleaner`);
+    }
+    const [initial, moved] = toMetrics;
+    assert.equal(initial!.previous, undefined);
+    assert.equal(initial!.next, first);
+    assert.equal(moved!.previous, first);
+    assert.equal(moved!.next, next);
+    assert.deepEqual([...moved!.changed], ['default/dns']);
+    assert.deepEqual([...moved!.udpEndpoints], ['default/dns']);
+    // The cleaner ran for both: the first sync after a start, then the UDP endpoint gone.
+    assert.deepEqual(conntrack.runs, [first, next]);
+  });
+
+  it('after a failed sync the next change starts at the state every backend applied last', async () => {
+    const s0 = stateOf();
+    const source = new TestSource(s0);
+    const [ok, bad] = [new RecordingBackend('ok/IPv4'), new RecordingBackend('bad/IPv6')];
+    controller = new Controller(source, [ok, bad], { minSyncPeriodMs: 0, syncPeriodMs: 60_000 });
+    await controller.start();
+    bad.fail = new Error('kernel said no');
+    const failed = new Promise<Error>((resolve) => controller!.once('syncError', resolve));
+    const s1 = stateOf(service('a', '10.96.0.10'));
+    source.emit(s1);
+    await failed;
+    bad.fail = undefined;
+    const synced = nextSync(controller);
+    const s2 = stateOf(service('a', '10.96.0.10'), service('b', '10.96.0.11'));
+    source.emit(s2);
+    await synced;
+    const last = ok.changes.at(-1)!;
+    assert.equal(bad.changes.at(-1), last);
+    assert.equal(last.previous, s0, 'not s1: the failed backend never applied it');
+    assert.deepEqual([...last.changed].sort(), ['default/a', 'default/b']);
   });
 
   it('syncOnce(): starts the source, syncs once, stops it, returns the reports', async () => {

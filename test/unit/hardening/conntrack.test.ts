@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import {
   batchDeleteInput,
-  conntrackCleanupRequired,
   countDeleted,
   deleteFilters,
   filterArgs,
@@ -11,6 +10,12 @@ import {
 } from '../../../src/conntrack/entries.js';
 import { ProxyMetrics } from '../../../src/controller/metrics.js';
 import { ConntrackReconciler } from '../../../src/conntrack/reconciler.js';
+import { stateChange } from '../../../src/model/state-change.js';
+import type { ClusterState } from '../../../src/model/types.js';
+
+/** kube-proxy's ConntrackCleanupRequired, as the state change says it. */
+const conntrackCleanupRequired = (a: ClusterState, b: ClusterState): boolean =>
+  stateChange(a, b).udpEndpoints.size > 0;
 import { ep, service, state } from '../iptables/fixtures.js';
 
 const LIST = `ipv4     2 udp      17 29 src=10.244.0.9 dst=10.96.0.53 sport=40000 dport=53 [UNREPLIED] src=10.244.0.2 dst=10.244.0.9 sport=5353 dport=40000 mark=0 use=1

@@ -17,17 +17,13 @@ import {
   healthCheckResponse,
   healthCheckTargets,
 } from '../../../src/controller/healthcheck-nodeports.js';
-import {
-  attachMetrics,
-  diffStates,
-  MAX_PENDING_TRIGGER_TIMES,
-  ProxyMetrics,
-} from '../../../src/controller/metrics.js';
+import { attachMetrics, MAX_PENDING_TRIGGER_TIMES, ProxyMetrics } from '../../../src/controller/metrics.js';
 import { RestoreError } from '../../../src/iptables/iptables.js';
 import { redactSecrets } from '../../../src/util/log.js';
 import type { SourceHealth, StateSource } from '../../../src/kube/source.js';
 import { buildClusterState, type SourceObject } from '../../../src/model/build.js';
 import type { ClusterState } from '../../../src/model/types.js';
+import { stateChange } from '../../../src/model/state-change.js';
 import { ep, service, state } from '../iptables/fixtures.js';
 
 /** A source the test drives by hand. */
@@ -558,10 +554,10 @@ describe('hardening: controller queue bookkeeping and metrics', () => {
         ports: [{ protocol: 'UDP', port: 53, endpoints: [ep('10.0.0.2', 53)] }],
       }),
     );
-    assert.deepEqual([...diffStates(a, b).endpoints], ['ns/dns']);
-    assert.deepEqual([...diffStates(a, b).services], []);
-    assert.deepEqual([...diffStates(b, c).services], ['ns/dns']);
-    assert.deepEqual([...diffStates(b, c).endpoints], []);
+    assert.deepEqual([...stateChange(a, b).endpoints], ['ns/dns']);
+    assert.deepEqual([...stateChange(a, b).services], []);
+    assert.deepEqual([...stateChange(b, c).services], ['ns/dns']);
+    assert.deepEqual([...stateChange(b, c).endpoints], []);
   });
 });
 

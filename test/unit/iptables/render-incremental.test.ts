@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { renderRestoreInput } from '../../../src/iptables/render.js';
 import { dropUnchangedFixedChains, fixedChainContents } from '../../../src/iptables/render-unchanged.js';
-import { changedServices } from '../../../src/iptables/proxier.js';
+import { stateChange } from '../../../src/model/state-change.js';
 import { buildClusterState } from '../../../src/model/build.js';
 import type { ClusterState } from '../../../src/model/types.js';
 import { clusterObjects, serviceObjects } from '../../../bench/cluster.js';
@@ -101,7 +101,7 @@ describe('renderRestoreInput: partial syncs that leave the fixed chains out', ()
           const req = {
             state: next,
             config: cfg,
-            changedServices: changedServices(applied, next),
+            changedServices: stateChange(applied, next).changed,
             existingServiceChains: kernelChains,
           };
           const reference = renderRestoreInput(req);
@@ -148,7 +148,7 @@ describe('renderRestoreInput: partial syncs that leave the fixed chains out', ()
       return renderRestoreInput({
         state: next,
         config: cfg,
-        changedServices: changedServices(applied, next),
+        changedServices: stateChange(applied, next).changed,
         previous: applied,
       });
     };

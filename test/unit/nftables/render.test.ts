@@ -7,7 +7,6 @@ import {
   type ServiceRules,
 } from '../../../src/nftables/render.js';
 import {
-  changedKeys,
   emptyModel,
   fullTransaction,
   partialTransaction,
@@ -15,6 +14,14 @@ import {
 } from '../../../src/nftables/transaction.js';
 import { checkNftConfig } from '../../../src/nftables/render.js';
 import { ep, service, state } from '../iptables/fixtures.js';
+import { stateChange } from '../../../src/model/state-change.js';
+import type { ClusterState } from '../../../src/model/types.js';
+
+/** The Services a partial sync rewrites: the state change's changed and removed ones. */
+const changedOf = (a: ClusterState, b: ClusterState): string[] => {
+  const c = stateChange(a, b);
+  return [...c.changed, ...c.removed];
+};
 
 const NODE = 'test-node';
 
@@ -288,7 +295,8 @@ describe('nftables transactions', () => {
       clusterIP: '172.30.0.99',
       ports: [{ name: 'p', port: 80, endpoints: [ep('10.1.1.1', 80)] }],
     });
-    const prev = renderState(state(svc1, other), cfg);
+    const s0 = state(svc1, other);
+    const prev = renderState(s0, cfg);
     const full = fullTransaction({
       config: cfg,
       checked,
@@ -303,9 +311,11 @@ describe('nftables transactions', () => {
       clusterIP: '172.30.0.41',
       ports: [{ name: 'p80', port: 80, endpoints: [ep('10.180.0.9', 80)] }],
     });
-    const next = renderState(state(svc1b, other), cfg);
-    assert.deepEqual(changedKeys(prev, next), ['ns1/svc1']);
-    const tx = partialTransaction({ family: 'IPv4', checked, previous: prev, next, written });
+    const s1 = state(svc1b, other);
+    const next = renderState(s1, cfg);
+    const changed = changedOf(s0, s1);
+    assert.deepEqual(changed, ['ns1/svc1']);
+    const tx = partialTransaction({ family: 'IPv4', checked, previous: prev, next, changed, written });
     const n = portNames('ns1', 'svc1', 'tcp', 'p80');
     const oldEp = n.endpoint('10.180.0.1', 80).chain;
     const newEp = n.endpoint('10.180.0.9', 80).chain;
@@ -327,8 +337,16 @@ describe('nftables transactions', () => {
 
     // Endpoints gone: the ClusterIP element moves from service-ips to no-endpoint-services.
     const svc1c = service('ns1/svc1', { clusterIP: '172.30.0.41', ports: [{ name: 'p80', port: 80 }] });
-    const last = renderState(state(svc1c, other), cfg);
-    const tx2 = partialTransaction({ family: 'IPv4', checked, previous: next, next: last, written });
+    const s2 = state(svc1c, other);
+    const last = renderState(s2, cfg);
+    const tx2 = partialTransaction({
+      family: 'IPv4',
+      checked,
+      previous: next,
+      next: last,
+      changed: changedOf(s1, s2),
+      written,
+    });
     assert.deepEqual(
       tx2.lines.filter((l) => l.includes('element')),
       [
@@ -337,11 +355,13 @@ describe('nftables transactions', () => {
       ],
     );
     // A removed Service: its elements are deleted, its chains flushed.
+    const s3 = state(svc1b);
     const tx3 = partialTransaction({
       family: 'IPv4',
       checked,
       previous: next,
-      next: renderState(state(svc1b), cfg),
+      next: renderState(s3, cfg),
+      changed: changedOf(s1, s3),
       written,
     });
     assert.ok(tx3.lines.includes('delete element ip kube-proxy cluster-ips { 172.30.0.99 }'));
@@ -354,13 +374,21 @@ describe('nftables transactions', () => {
       checked,
       previous: next,
       next,
+      changed: changedOf(s1, s1),
       written,
       deleteChains: [oldEp, newEp],
     });
     assert.deepEqual(tx4.lines, [`delete chain ip kube-proxy ${oldEp}`]);
     // Nothing changed: an empty transaction.
     assert.deepEqual(
-      partialTransaction({ family: 'IPv4', checked, previous: next, next, written: emptyModel() }).lines,
+      partialTransaction({
+        family: 'IPv4',
+        checked,
+        previous: next,
+        next,
+        changed: changedOf(s1, s1),
+        written: emptyModel(),
+      }).lines,
       [],
     );
   });
@@ -372,10 +400,18 @@ describe('nftables transactions', () => {
         affinity: { type: 'ClientIP', timeoutSeconds: t },
         ports: [{ name: 'p', port: 80, endpoints: [ep('10.0.0.5', 80)] }],
       });
-    const prev = renderState(state(mk(60)), cfg);
-    const next = renderState(state(mk(120)), cfg);
+    const [s0, s1] = [state(mk(60)), state(mk(120))];
+    const prev = renderState(s0, cfg);
+    const next = renderState(s1, cfg);
     const set = portNames('ns', 's', 'tcp', 'p').endpoint('10.0.0.5', 80).affinitySet;
-    const tx = partialTransaction({ family: 'IPv4', checked, previous: prev, next, written: emptyModel() });
+    const tx = partialTransaction({
+      family: 'IPv4',
+      checked,
+      previous: prev,
+      next,
+      changed: changedOf(s0, s1),
+      written: emptyModel(),
+    });
     const del = tx.lines.indexOf(`delete set ip kube-proxy ${set}`);
     const add = tx.lines.indexOf(
       `add set ip kube-proxy ${set} { type ipv4_addr ; flags dynamic,timeout ; timeout 120s ; }`,
