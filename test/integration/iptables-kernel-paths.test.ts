@@ -9,16 +9,12 @@ import {
   type SavedRule,
 } from '../../src/iptables/save-parse.js';
 import type { IPFamily } from '../../src/model/types.js';
-import { AgentProcess } from '../../src/netns/agent-process.js';
 import type { RequestSpec } from '../../src/netns/protocol.js';
-import type { Sandbox } from '../../src/netns/sandbox.js';
-import { run } from '../../src/util/exec.js';
-import { writeSysctl } from '../../src/util/sysctl.js';
+import { readSysctl, writeSysctl } from '../../src/util/sysctl.js';
 import {
   answeredPeer,
   assertAnsweredBy,
   DEFAULT_OPTIONS,
-  expectNoAnswer,
   IptablesHarness,
   NODE_NAME,
   nodeObject,
@@ -36,25 +32,22 @@ import { traceAgrees } from '../support/trace-check.js';
 import { traceOnNode } from '../../src/cli/trace.js';
 
 /**
- * Kernel paths of iptables mode that only real packets show (issue 8 §1): the INVALID drop in
- * KUBE-FORWARD and the nf_conntrack_tcp_be_liberal switch, KUBE-FIREWALL against martian localnet
- * traffic, MASQUERADE --random-fully, large-cluster mode, the affinity timeout, node topology hints,
- * the Local serving-terminating fallback, and the flags --bind-address, --iptables-masquerade-bit and
- * --detect-local-mode BridgeInterface / InterfaceNamePrefix. Drops are proven by the DROP rule's own
+ * Kernel paths of iptables mode that only real packets show and that are iptables mode's own (issue 8
+ * §1): the INVALID drop in KUBE-FORWARD and the nf_conntrack_tcp_be_liberal switch, KUBE-FIREWALL
+ * against martian localnet traffic, MASQUERADE --random-fully, large-cluster mode, SCTP rules. The
+ * traffic scenarios every mode shares (affinity expiry, topology hints, the Local serving-terminating
+ * fallback, --bind-address, the masquerade bit, the local-traffic detectors …) are the scenario table's
+ * (test/support/scenarios/, run by scenarios-iptables.test.ts). Drops are proven by the DROP rule's own
  * packet counter, not only by a timeout. One sandbox; each test syncs the scenario it needs.
  */
 
 const WEB = 8080;
+const SCTP = 7777;
 const MASQ_V4 = '10.244.0.1';
-const MASQ_V6 = 'fd00:10:244::1';
 const WEB_IP = '10.96.20.10';
 const WEB_IP6 = 'fd00:10:96::2010';
 const WEB_NODEPORT = 30210;
-const ZONE = 'zone-a';
-/** Distinct outside client addresses for the affinity test. */
-const CLIENT_IPS = Array.from({ length: 16 }, (_, i) => `192.0.2.${120 + i}`);
-const NODE_SECOND_IP = '192.0.2.11';
-const AFFINITY_S = 2;
+const SCTP_IP = '10.96.20.80';
 
 const tcp = (ip: string, port: number, timeoutMs?: number): RequestSpec => ({
   proto: 'tcp',
@@ -65,42 +58,15 @@ const tcp = (ip: string, port: number, timeoutMs?: number): RequestSpec => ({
 
 const http = [{ name: 'http', port: WEB }];
 
-interface HintedPod {
-  readonly pod: string;
-  readonly nodeName?: string;
-  readonly forNodes?: readonly string[];
-  readonly forZones?: readonly string[];
-}
-
-/** An EndpointSlice whose endpoints carry topology hints, as the EndpointSlice controller writes them. */
-function hintedSlice(sb: Sandbox, service: string, eps: readonly HintedPod[]): unknown {
-  const slice = sliceObject(
-    service,
-    'IPv4',
-    http,
-    eps.map((e) => ({ ip: sb.podIP(e.pod), ...(e.nodeName ? { nodeName: e.nodeName } : {}) })),
-  );
-  const endpoints = (slice.endpoints as Record<string, unknown>[]).map((ep, i) => {
-    const e = eps[i]!;
-    const hints = {
-      ...(e.forNodes ? { forNodes: e.forNodes.map((name) => ({ name })) } : {}),
-      ...(e.forZones ? { forZones: e.forZones.map((name) => ({ name })) } : {}),
-    };
-    return Object.keys(hints).length > 0 ? { ...ep, hints } : ep;
-  });
-  return { ...slice, endpoints };
-}
-
 const hasArgs = (r: SavedRule, ...args: string[]): boolean => args.every((a) => r.args.includes(a));
 
-describe('iptables mode: kernel paths and flags (real traffic)', function () {
+describe('iptables mode: kernel paths of its own (real traffic)', function () {
   this.timeout(60_000);
   const env = useSandbox({
     brNetfilter: true,
     pods: [
       { name: 'a', index: 2, tcpPorts: [WEB] },
       { name: 'b', index: 3, tcpPorts: [WEB] },
-      { name: 'c', index: 4, tcpPorts: [WEB] },
       { name: 'client', index: 10 },
     ],
   });
@@ -109,7 +75,7 @@ describe('iptables mode: kernel paths and flags (real traffic)', function () {
   function objects(): unknown[] {
     const sb = env.sb;
     return [
-      nodeObject(sb, { 'topology.kubernetes.io/zone': ZONE }),
+      nodeObject(sb),
       serviceObject('web', {
         type: 'NodePort',
         clusterIPs: [WEB_IP, WEB_IP6],
@@ -117,54 +83,11 @@ describe('iptables mode: kernel paths and flags (real traffic)', function () {
       }),
       sliceObject('web', 'IPv4', http, podEndpoints(sb, ['a', 'b'])),
       sliceObject('web', 'IPv6', http, podEndpoints(sb, ['a', 'b'], 'IPv6')),
-      serviceObject('sticky', {
-        clusterIPs: ['10.96.20.20'],
-        ports: [{ name: 'http', port: 80, targetPort: WEB }],
-        sessionAffinity: { timeoutSeconds: AFFINITY_S },
+      serviceObject('sctp', {
+        clusterIPs: [SCTP_IP],
+        ports: [{ port: SCTP, protocol: 'SCTP' }],
       }),
-      sliceObject('sticky', 'IPv4', http, podEndpoints(sb, ['a', 'b'])),
-      // Node hints win over zone hints: b and c are hinted for this node's zone, but not for this node.
-      serviceObject('nodehint', {
-        clusterIPs: ['10.96.20.30'],
-        ports: [{ name: 'http', port: 80, targetPort: WEB }],
-      }),
-      hintedSlice(sb, 'nodehint', [
-        { pod: 'a', forNodes: [NODE_NAME], forZones: ['zone-b'] },
-        { pod: 'b', nodeName: 'node-2', forNodes: ['node-2'], forZones: [ZONE] },
-        { pod: 'c', nodeName: 'node-2', forNodes: ['node-2'], forZones: [ZONE] },
-      ]),
-      // Every endpoint has a node hint, none for this node (and no zone hints): no filtering.
-      serviceObject('nodehint-other', {
-        clusterIPs: ['10.96.20.31'],
-        ports: [{ name: 'http', port: 80, targetPort: WEB }],
-      }),
-      hintedSlice(sb, 'nodehint-other', [
-        { pod: 'a', forNodes: ['node-3'] },
-        { pod: 'b', nodeName: 'node-2', forNodes: ['node-2'] },
-        { pod: 'c', nodeName: 'node-2', forNodes: ['node-2'] },
-      ]),
-      // eTP=Local, no ready local endpoint: the local serving+terminating one (a) serves.
-      serviceObject('etp-term', {
-        type: 'NodePort',
-        clusterIPs: ['10.96.20.40'],
-        externalTrafficPolicy: 'Local',
-        ports: [{ name: 'http', port: 80, targetPort: WEB, nodePort: 30240 }],
-      }),
-      sliceObject('etp-term', 'IPv4', http, [
-        { ip: sb.podIP('a'), ready: false, serving: true, terminating: true },
-        { ip: sb.podIP('b'), nodeName: 'node-2' },
-      ]),
-      // The same with a local terminating endpoint that is not serving: no local endpoint at all.
-      serviceObject('etp-term-none', {
-        type: 'NodePort',
-        clusterIPs: ['10.96.20.41'],
-        externalTrafficPolicy: 'Local',
-        ports: [{ name: 'http', port: 80, targetPort: WEB, nodePort: 30241 }],
-      }),
-      sliceObject('etp-term-none', 'IPv4', http, [
-        { ip: sb.podIP('c'), ready: false, serving: false, terminating: true },
-        { ip: sb.podIP('b'), nodeName: 'node-2' },
-      ]),
+      sliceObject('sctp', 'IPv4', [{ port: SCTP, protocol: 'SCTP' }], podEndpoints(sb, ['a'])),
     ];
   }
 
@@ -186,11 +109,6 @@ describe('iptables mode: kernel paths and flags (real traffic)', function () {
     requireRoot(this);
     this.timeout(60_000);
     h = new IptablesHarness(env.sb);
-    await h.addAddresses(
-      'outside',
-      'eth0',
-      CLIENT_IPS.map((ip) => `${ip}/24`),
-    );
     await scenario();
   });
 
@@ -257,6 +175,8 @@ describe('iptables mode: kernel paths and flags (real traffic)', function () {
   it('KUBE-FIREWALL drops connections to 127.0.0.x arriving from outside and from a pod (counted)', async () => {
     await scenario({ localhostNodePorts: true });
     const sb = env.sb;
+    // Localhost NodePorts need route_localnet, which iptables mode sets (and this rule then guards).
+    assert.equal((await readSysctl('net.ipv4.conf.all.route_localnet', { netns: sb.nodeNs }))?.trim(), '1');
     const rule: RuleRef = {
       table: 'filter',
       chain: 'KUBE-FIREWALL',
@@ -386,221 +306,23 @@ describe('iptables mode: kernel paths and flags (real traffic)', function () {
     assert.equal(h.lastReports[0]!.render.largeClusterMode, false);
   });
 
-  it(`sessionAffinity timeoutSeconds=${AFFINITY_S}: clients stick, and pick afresh once it expired`, async () => {
+  it('SCTP: the kernel accepts the rules (the sandbox agent speaks no SCTP; IPVS runs SCTP traffic in UML)', async () => {
     await scenario();
-    const sb = env.sb;
-    const svc = tcp('10.96.20.20', 80);
-    const first = new Map<string, string>();
-    for (const sourceIP of CLIENT_IPS) {
-      const pods = [];
-      for (let i = 0; i < 3; i++)
-        pods.push(answeredPeer(await sb.request('outside', { ...svc, sourceIP })).reply.pod);
-      assert.equal(new Set(pods).size, 1, `${sourceIP} stuck to one backend: ${pods.join(',')}`);
-      first.set(sourceIP, pods[0]!);
-    }
-    assert.match(
-      (await h.save('IPv4')).split('\n').find((l) => l.includes('--rcheck')) ?? '',
-      new RegExp(`--seconds ${AFFINITY_S} --reap`),
+    const saved = await save('IPv4', 'nat');
+    const front = rulesOf(saved, 'nat', 'KUBE-SERVICES')
+      .map((r) => r.text)
+      .find((t) => t.includes(`-d ${SCTP_IP}/32`));
+    assert.ok(front, 'a KUBE-SERVICES rule for the SCTP ClusterIP is in the kernel');
+    assert.match(front, /-p sctp .*-m sctp --dport 7777 -j KUBE-SVC-/);
+    const svcChain = /-j (KUBE-SVC-\S+)/.exec(front)![1]!;
+    const sep = rulesOf(saved, 'nat', svcChain)
+      .map((r) => /-j (KUBE-SEP-\S+)/.exec(r.text)?.[1])
+      .find((c) => c !== undefined);
+    assert.ok(sep, `${svcChain} jumps to an endpoint chain`);
+    const dnat = rulesOf(saved, 'nat', sep).map((r) => r.text);
+    assert.ok(
+      dnat.some((t) => /-p sctp .*-j DNAT --to-destination 10\.244\.0\.2:7777/.test(t)),
+      dnat.join('\n'),
     );
-    // xt_recent forgets a client AFFINITY_S after its last new connection: one wait for all of them.
-    await new Promise((r) => setTimeout(r, AFFINITY_S * 1000 + 300));
-    const moved: string[] = [];
-    for (const sourceIP of CLIENT_IPS) {
-      const now = answeredPeer(await sb.request('outside', { ...svc, sourceIP })).reply.pod;
-      if (now !== first.get(sourceIP)) {
-        moved.push(sourceIP);
-        // ...and sticks to its new backend.
-        assert.equal(answeredPeer(await sb.request('outside', { ...svc, sourceIP })).reply.pod, now);
-      }
-    }
-    // Without expiry no client could move; with it each picks 1 of 2 afresh (all 16 staying: p = 2^-16).
-    assert.ok(moved.length > 0, 'some client moved to the other backend after the timeout');
-  });
-
-  it("hints.forNodes naming this node restrict a Service to those endpoints (over zone hints); others' do not", async () => {
-    await scenario();
-    assertAnsweredBy(await h.answers('client', tcp('10.96.20.30', 80), { max: 10 }), ['a']);
-    assertAnsweredBy(await h.answers('client', tcp('10.96.20.31', 80), { until: ['a', 'b', 'c'] }), [
-      'a',
-      'b',
-      'c',
-    ]);
-    // svcplane trace agrees: one endpoint for the node-hinted Service, three for the other.
-    assert.equal((await traceAgrees(env.sb, 'client', tcp('10.96.20.30', 80))).endpoints.length, 1);
-    assert.equal((await traceAgrees(env.sb, 'client', tcp('10.96.20.31', 80))).endpoints.length, 3);
-  });
-
-  it('eTP=Local: a serving-terminating local endpoint serves outside traffic when none is ready; a not-serving one does not', async () => {
-    await scenario();
-    const sb = env.sb;
-    for (let i = 0; i < 6; i++) {
-      const { peer } = answeredPeer(await sb.request('outside', tcp(sb.nodeIPv4, 30240)), 'a');
-      assert.equal(peer, sb.outsideIPv4, 'client IP preserved (eTP=Local)');
-    }
-    // From a pod the short-circuit goes to the cluster endpoints: the ready remote one.
-    answeredPeer(await sb.request('client', tcp(sb.nodeIPv4, 30240)), 'b');
-
-    const drop: RuleRef = {
-      table: 'filter',
-      chain: 'KUBE-EXTERNAL-SERVICES',
-      match: (r) =>
-        ruleComment(r) === 'default/etp-term-none:http has no local endpoints' &&
-        getArg(r, '--dport') === '30241',
-      what: 'eTP=Local no-local-endpoints DROP',
-    };
-    assert.equal(
-      getArg(
-        rulesOf(await save('IPv4', 'filter'), 'filter', 'KUBE-EXTERNAL-SERVICES').find(drop.match)!,
-        '-j',
-      ),
-      'DROP',
-    );
-    await expectRuleCounted(sb, drop, () =>
-      expectNoAnswer(sb, 'outside', tcp(sb.nodeIPv4, 30241, 600), 'timeout'),
-    );
-    answeredPeer(await sb.request('client', tcp(sb.nodeIPv4, 30241)), 'b');
-  });
-
-  it('--bind-address is the node IP: with --nodeport-addresses=primary NodePorts answer there only', async () => {
-    const sb = env.sb;
-    await h.addAddresses('node', 'ext0', [`${NODE_SECOND_IP}/24`]);
-    try {
-      // Control: without --bind-address the Node object's InternalIP is the primary IP.
-      await scenario({ nodePortAddresses: ['primary'] });
-      answeredPeer(await sb.request('outside', tcp(sb.nodeIPv4, WEB_NODEPORT)), ['a', 'b']);
-      await expectNoAnswer(sb, 'outside', tcp(NODE_SECOND_IP, WEB_NODEPORT, 600), 'refused');
-
-      await scenario({ nodePortAddresses: ['primary'], bindAddress: NODE_SECOND_IP });
-      assertAnsweredBy(await h.answers('outside', tcp(NODE_SECOND_IP, WEB_NODEPORT), { until: ['a', 'b'] }), [
-        'a',
-        'b',
-      ]);
-      await expectNoAnswer(sb, 'outside', tcp(sb.nodeIPv4, WEB_NODEPORT, 600), 'refused');
-      // svcplane trace agrees: a NodePort on the --bind-address only.
-      assert.equal((await traceAgrees(sb, 'outside', tcp(NODE_SECOND_IP, WEB_NODEPORT))).verdict, 'dnat');
-      assert.notEqual((await traceAgrees(sb, 'outside', tcp(sb.nodeIPv4, WEB_NODEPORT))).verdict, 'dnat');
-      // IPv6 has no --bind-address of its family: the Node object's IPv6 address serves.
-      answeredPeer(await sb.request('outside', tcp(sb.nodeIPv6, WEB_NODEPORT)), ['a', 'b']);
-    } finally {
-      await h.removeAddresses('node', 'ext0', [`${NODE_SECOND_IP}/24`]);
-    }
-  });
-
-  it('--iptables-masquerade-bit=5: mark 0x20 in every rule, and traffic is still masqueraded', async () => {
-    await scenario({ masqueradeBit: 5 });
-    const sb = env.sb;
-    for (const family of ['IPv4', 'IPv6'] as const) {
-      const nat = await save(family, 'nat');
-      // iptables-save shows --or-mark M as --set-xmark M/M, --xor-mark M as --set-xmark M/0x0.
-      assert.ok(
-        rulesOf(nat, 'nat', 'KUBE-MARK-MASQ').some((r) => hasArgs(r, '--set-xmark', '0x20/0x20')),
-        `${family} KUBE-MARK-MASQ sets 0x20`,
-      );
-      const post = rulesOf(nat, 'nat', 'KUBE-POSTROUTING');
-      assert.ok(post.some((r) => hasArgs(r, '!', '--mark', '0x20/0x20') && getArg(r, '-j') === 'RETURN'));
-      assert.ok(
-        post.some((r) => hasArgs(r, '--set-xmark', '0x20/0x0')),
-        'the mark is cleared',
-      );
-      const filter = await save(family, 'filter');
-      assert.ok(rulesOf(filter, 'filter', 'KUBE-FORWARD').some((r) => hasArgs(r, '--mark', '0x20/0x20')));
-      const text = (await sb.exec('node', [family === 'IPv4' ? 'iptables-save' : 'ip6tables-save'])).stdout;
-      assert.doesNotMatch(text, /0x4000/, `${family}: the default mark is gone`);
-    }
-    assert.equal(answeredPeer(await sb.request('outside', tcp(sb.nodeIPv4, WEB_NODEPORT))).peer, MASQ_V4);
-    assert.equal(answeredPeer(await sb.request('outside', tcp(sb.nodeIPv6, WEB_NODEPORT))).peer, MASQ_V6);
-    assert.equal(
-      answeredPeer(await sb.request('outside', tcp(WEB_IP, 80))).peer,
-      MASQ_V4,
-      'ClusterIP from outside',
-    );
-    assert.equal(answeredPeer(await sb.request('client', tcp(WEB_IP, 80))).peer, sb.podIP('client'));
-    // svcplane trace reads the 0x20 mark: masquerade predicted where it happens, and only there.
-    for (const [from, req, masq] of [
-      ['outside', tcp(sb.nodeIPv4, WEB_NODEPORT), true],
-      ['outside', tcp(sb.nodeIPv6, WEB_NODEPORT), true],
-      ['outside', tcp(WEB_IP, 80), true],
-      ['client', tcp(WEB_IP, 80), false],
-    ] as const) {
-      const t = await traceAgrees(sb, from, req);
-      assert.equal(t.masquerade, masq, `${from} → ${req.ip}: ${t.masqueradeReason}`);
-    }
-  });
-
-  it('--detect-local-mode=BridgeInterface: pods on cbr0 keep their source, outside traffic is masqueraded', async () => {
-    await scenario({ detectLocalMode: 'BridgeInterface', bridgeInterface: 'cbr0', clusterCIDRs: [] });
-    const sb = env.sb;
-    const svc = serviceChainName('default/web:http', 'tcp');
-    for (const family of ['IPv4', 'IPv6'] as const) {
-      const masq = rulesOf(await save(family, 'nat'), 'nat', svc).filter(
-        (r) => getArg(r, '-j') === 'KUBE-MARK-MASQ',
-      );
-      assert.equal(masq.length, 1);
-      assert.match(masq[0]!.text, /! -i cbr0 /, `${family}: ${masq[0]!.text}`);
-    }
-    assert.equal(answeredPeer(await sb.request('client', tcp(WEB_IP, 80))).peer, sb.podIP('client'));
-    assert.equal(answeredPeer(await sb.request('client', tcp(WEB_IP6, 80))).peer, sb.podIP('client', 'IPv6'));
-    assert.equal(answeredPeer(await sb.request('outside', tcp(WEB_IP, 80))).peer, MASQ_V4);
-    assert.equal(answeredPeer(await sb.request('outside', tcp(WEB_IP6, 80))).peer, MASQ_V6);
-    assert.equal(
-      answeredPeer(await sb.request('node', tcp(WEB_IP, 80))).peer,
-      MASQ_V4,
-      'the node itself is not a pod',
-    );
-  });
-
-  it('--detect-local-mode=InterfaceNamePrefix: a routed pod on cali* keeps its source; bridged pods and outside are masqueraded', async () => {
-    const sb = env.sb;
-    // A pod as Calico wires it: its own veth (host end calitest0), routed, no bridge.
-    const ns = `${sb.prefix}routed`;
-    const podIP = '10.244.1.2';
-    let agent: AgentProcess | undefined;
-    try {
-      // Namespaces are added from the root mount namespace (`ip netns exec` has a private one).
-      await run(['ip', 'netns', 'add', ns]);
-      await run(['ip', '-n', sb.nodeNs, '-batch', '-'], {
-        input: [
-          `link add calitest0 type veth peer name eth0 netns ${ns}`,
-          'addr add 10.244.1.1/30 dev calitest0',
-          'link set dev calitest0 up',
-          '',
-        ].join('\n'),
-      });
-      await run(['ip', '-n', ns, '-batch', '-'], {
-        input: [
-          'link set dev lo up',
-          `addr add ${podIP}/30 dev eth0`,
-          'link set dev eth0 up',
-          'route add default via 10.244.1.1 dev eth0',
-          '',
-        ].join('\n'),
-      });
-      const routed = await AgentProcess.start({ ns, name: 'routed', sandbox: sb.id, addrs: [podIP] });
-      agent = routed;
-      await scenario({
-        detectLocalMode: 'InterfaceNamePrefix',
-        interfaceNamePrefix: 'cali',
-        clusterCIDRs: [],
-      });
-      const masq = rulesOf(
-        await save('IPv4', 'nat'),
-        'nat',
-        serviceChainName('default/web:http', 'tcp'),
-      ).find((r) => getArg(r, '-j') === 'KUBE-MARK-MASQ');
-      assert.match(masq?.text ?? '', /! -i cali\+ /);
-      for (let i = 0; i < 3; i++) {
-        const r = await routed.request(tcp(WEB_IP, 80));
-        assert.equal(answeredPeer(r, ['a', 'b']).peer, podIP, 'the routed pod is local traffic');
-      }
-      assert.equal(
-        answeredPeer(await sb.request('client', tcp(WEB_IP, 80))).peer,
-        MASQ_V4,
-        'cbr0 is not cali*',
-      );
-      assert.equal(answeredPeer(await sb.request('outside', tcp(WEB_IP, 80))).peer, MASQ_V4);
-    } finally {
-      await agent?.stop();
-      await run(['ip', 'netns', 'del', ns], { allowFailure: true });
-    }
   });
 });

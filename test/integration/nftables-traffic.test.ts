@@ -10,37 +10,32 @@ import {
   assertAnsweredBy,
   expectNoAnswer,
   IptablesHarness,
-  nodeObject,
   podEndpoints,
   serviceObject,
   sliceObject,
   type ProxierOptions,
 } from '../support/iptables-harness.js';
 import { requireRoot, useSandbox } from '../support/sandbox.js';
+import { clusterObjects, OUTSIDE_OTHER_IP, TOPOLOGY } from '../support/scenarios/table.js';
 import { traceAgrees } from '../support/trace-check.js';
 
 /**
- * nftables mode (kube-proxy's nftables proxier) proven by real traffic, IPv4 and IPv6: plain
- * Service and EndpointSlice objects → buildClusterState → NftablesProxier (both families,
- * in-process, programming the sandbox node with `nft -f -`) → real TCP/UDP requests from pods, the
- * node and the outside. The scenarios are iptables mode's (iptables-frontends.test.ts); where
- * kube-proxy's nftables mode differs on purpose (no localhost NodePorts; unknown ports of a
- * ClusterIP are rejected) the test says so.
+ * nftables mode (kube-proxy's nftables proxier), what is its own, IPv4 and IPv6: trace (its nft
+ * listing walked, and `svcplane trace`) against real traffic, partial syncs, drift repair, refused
+ * transactions and cleanup. The traffic scenarios every mode shares are the scenario table's
+ * (test/support/scenarios/, run by scenarios-nftables.test.ts); this suite uses its cluster and
+ * sandbox: plain Service and EndpointSlice objects → buildClusterState → NftablesProxier (both
+ * families, in-process, programming the sandbox node with `nft -f -`) → real requests.
  */
 
 const BACKENDS = ['a', 'b'] as const;
 const WEB = 8080;
-const METRICS = 9100;
 const DNS = 53;
 const MASQ_V4 = '10.244.0.1';
 const MASQ_V6 = 'fd00:10:244::1';
-const OUTSIDE_OTHER_IP = '192.0.2.3';
-const CLIENT_IPS = Array.from({ length: 8 }, (_, i) => `192.0.2.${100 + i}`);
 /** A client address only the trace test uses (no affinity entry from another test). */
-const TRACE_CLIENT_IP = '192.0.2.120';
-const EXTERNAL_IP_V6 = '2001:db8:ff::10';
+const TRACE_CLIENT_IP = '192.0.2.140';
 const DROP_MS = 600;
-const QUICK_MS = 1000;
 const LONG_MS = 3000;
 
 const tcp = (ip: string, port: number, timeoutMs?: number): RequestSpec => ({
@@ -56,157 +51,13 @@ const udp = (ip: string, port: number, timeoutMs?: number): RequestSpec => ({
   ...(timeoutMs !== undefined ? { timeoutMs } : {}),
 });
 
-describe('nftables mode: frontends, policies and masquerade (real traffic)', function () {
+describe('nftables mode: trace, partial syncs, drift and cleanup (real traffic)', function () {
   this.timeout(30_000);
-  const env = useSandbox({
-    brNetfilter: true,
-    pods: [
-      { name: 'a', index: 2, tcpPorts: [WEB, METRICS, DNS], udpPorts: [DNS] },
-      { name: 'b', index: 3, tcpPorts: [WEB, METRICS, DNS], udpPorts: [DNS] },
-      { name: 'client', index: 10 },
-    ],
-  });
+  const env = useSandbox(TOPOLOGY);
   let h: IptablesHarness;
 
-  function objects(extra: unknown[] = []): unknown[] {
-    const sb = env.sb;
-    const both = podEndpoints(sb, BACKENDS);
-    const both6 = podEndpoints(sb, BACKENDS, 'IPv6');
-    const web = [{ port: WEB }];
-    const npPorts = [
-      { name: 'http', port: WEB },
-      { name: 'dns', port: DNS, protocol: 'UDP' as const },
-    ];
-    return [
-      nodeObject(sb),
-      serviceObject('web', {
-        clusterIPs: ['10.96.0.10'],
-        ports: [
-          { name: 'http', port: 80, targetPort: 'web' },
-          { name: 'metrics', port: 9090, targetPort: METRICS },
-        ],
-      }),
-      sliceObject(
-        'web',
-        'IPv4',
-        [
-          { name: 'http', port: WEB },
-          { name: 'metrics', port: METRICS },
-        ],
-        both,
-      ),
-      serviceObject('dns', {
-        clusterIPs: ['10.96.0.53'],
-        ports: [
-          { name: 'dns', port: DNS, protocol: 'UDP' },
-          { name: 'dns-tcp', port: DNS, protocol: 'TCP' },
-        ],
-      }),
-      sliceObject(
-        'dns',
-        'IPv4',
-        [
-          { name: 'dns', port: DNS, protocol: 'UDP' },
-          { name: 'dns-tcp', port: DNS, protocol: 'TCP' },
-        ],
-        both,
-      ),
-      serviceObject('dual', {
-        clusterIPs: ['10.96.0.20', 'fd00:10:96::20'],
-        ports: [{ port: 80, targetPort: WEB }],
-      }),
-      sliceObject('dual', 'IPv4', web, both),
-      sliceObject('dual', 'IPv6', web, both6),
-      serviceObject('np', {
-        type: 'NodePort',
-        clusterIPs: ['10.96.0.30', 'fd00:10:96::30'],
-        ports: [
-          { name: 'http', port: 80, targetPort: WEB, nodePort: 30080 },
-          { name: 'dns', port: DNS, protocol: 'UDP', nodePort: 30053 },
-        ],
-      }),
-      sliceObject('np', 'IPv4', npPorts, both),
-      sliceObject('np', 'IPv6', npPorts, both6),
-      serviceObject('ext', {
-        clusterIPs: ['10.96.0.31', 'fd00:10:96::31'],
-        externalIPs: ['203.0.113.10', EXTERNAL_IP_V6],
-        ports: [{ port: 80, targetPort: WEB }],
-      }),
-      sliceObject('ext', 'IPv4', web, both),
-      sliceObject('ext', 'IPv6', web, both6),
-      serviceObject('lb', {
-        type: 'LoadBalancer',
-        clusterIPs: ['10.96.0.40'],
-        ports: [{ port: 80, targetPort: WEB, nodePort: 30040 }],
-        ingress: [{ ip: '198.51.100.10' }, { ip: '198.51.100.11', ipMode: 'Proxy' }],
-      }),
-      sliceObject('lb', 'IPv4', web, both),
-      serviceObject('lbsr', {
-        type: 'LoadBalancer',
-        clusterIPs: ['10.96.0.41'],
-        ports: [{ port: 80, targetPort: WEB, nodePort: 30041 }],
-        ingress: [{ ip: '198.51.100.20', ipMode: 'VIP' }],
-        loadBalancerSourceRanges: [`${sb.outsideIPv4}/32`],
-      }),
-      sliceObject('lbsr', 'IPv4', web, both),
-      serviceObject('empty', {
-        type: 'NodePort',
-        clusterIPs: ['10.96.0.50', 'fd00:10:96::50'],
-        externalIPs: ['203.0.113.50'],
-        ports: [
-          { name: 'tcp', port: 80, nodePort: 30050 },
-          { name: 'udp', port: DNS, protocol: 'UDP', nodePort: 30051 },
-        ],
-      }),
-      serviceObject('hair', {
-        clusterIPs: ['10.96.0.60', 'fd00:10:96::60'],
-        ports: [{ port: 80, targetPort: WEB }],
-      }),
-      sliceObject('hair', 'IPv4', web, podEndpoints(sb, ['a'])),
-      sliceObject('hair', 'IPv6', web, podEndpoints(sb, ['a'], 'IPv6')),
-      serviceObject('sticky', {
-        clusterIPs: ['10.96.0.70', 'fd00:10:96::70'],
-        ports: [{ port: 80, targetPort: WEB }],
-        sessionAffinity: { timeoutSeconds: 300 },
-      }),
-      sliceObject('sticky', 'IPv4', web, both),
-      sliceObject('sticky', 'IPv6', web, both6),
-      // eTP=Local with one local endpoint (a) and one elsewhere (b, on node-2).
-      serviceObject('local', {
-        type: 'NodePort',
-        clusterIPs: ['10.96.0.90', 'fd00:10:96::90'],
-        externalTrafficPolicy: 'Local',
-        ports: [{ port: 80, targetPort: WEB, nodePort: 30090 }],
-      }),
-      sliceObject('local', 'IPv4', web, [{ ip: sb.podIP('a') }, { ip: sb.podIP('b'), nodeName: 'node-2' }]),
-      sliceObject('local', 'IPv6', web, [
-        { ip: sb.podIP('a', 'IPv6') },
-        { ip: sb.podIP('b', 'IPv6'), nodeName: 'node-2' },
-      ]),
-      // eTP=Local with no local endpoint: external traffic dropped, pods still served.
-      serviceObject('remote', {
-        type: 'NodePort',
-        clusterIPs: ['10.96.0.91'],
-        externalTrafficPolicy: 'Local',
-        ports: [{ port: 80, targetPort: WEB, nodePort: 30091 }],
-      }),
-      sliceObject('remote', 'IPv4', web, [{ ip: sb.podIP('b'), nodeName: 'node-2' }]),
-      // iTP=Local with no local endpoint: ClusterIP traffic dropped.
-      serviceObject('itp', {
-        clusterIPs: ['10.96.0.92'],
-        internalTrafficPolicy: 'Local',
-        ports: [{ port: 80, targetPort: WEB }],
-      }),
-      sliceObject('itp', 'IPv4', web, [{ ip: sb.podIP('b'), nodeName: 'node-2' }]),
-      // No ready endpoint: the serving terminating one (b) takes the traffic.
-      serviceObject('term', { clusterIPs: ['10.96.0.93'], ports: [{ port: 80, targetPort: WEB }] }),
-      sliceObject('term', 'IPv4', web, [
-        { ip: sb.podIP('a'), ready: false, serving: false, terminating: true },
-        { ip: sb.podIP('b'), ready: false, serving: true, terminating: true },
-      ]),
-      ...extra,
-    ];
-  }
+  /** The scenario table's cluster (test/support/scenarios/table.ts), plus what a test adds. */
+  const objects = (extra: unknown[] = []): unknown[] => [...clusterObjects(env.sb), ...extra];
 
   const scenario = (opts: ProxierOptions = {}, extra: unknown[] = []): Promise<unknown> =>
     h.sync(objects(extra), opts);
@@ -218,203 +69,9 @@ describe('nftables mode: frontends, policies and masquerade (real traffic)', fun
     await h.addAddresses(
       'outside',
       'eth0',
-      [OUTSIDE_OTHER_IP, TRACE_CLIENT_IP, ...CLIENT_IPS].map((ip) => `${ip}/24`),
+      [OUTSIDE_OTHER_IP, TRACE_CLIENT_IP].map((ip) => `${ip}/24`),
     );
     await scenario();
-  });
-
-  describe('ClusterIP', () => {
-    beforeEach(() => scenario());
-
-    it('from a pod: both endpoints answer, the pod is the source; several ports; other ports rejected', async () => {
-      const sb = env.sb;
-      for (const [port, target] of [
-        [80, WEB],
-        [9090, METRICS],
-      ] as const) {
-        assertAnsweredBy(await h.answers('client', tcp('10.96.0.10', port), { until: BACKENDS }), BACKENDS);
-        const { reply, peer } = answeredPeer(await sb.request('client', tcp('10.96.0.10', port)), BACKENDS);
-        assert.equal(reply.port, target);
-        assert.equal(peer, sb.podIP('client'), 'pod traffic is not masqueraded');
-      }
-      // kube-proxy's nftables mode rejects a port the ClusterIP does not serve (cluster-ips-check).
-      assert.ok((await expectNoAnswer(sb, 'client', tcp('10.96.0.10', WEB, LONG_MS), 'refused')) < QUICK_MS);
-    });
-
-    it('from the node and from outside: answered, masqueraded (--cluster-cidr detector)', async () => {
-      const sb = env.sb;
-      for (const from of ['node', 'outside']) {
-        assertAnsweredBy(await h.answers(from, tcp('10.96.0.10', 80), { until: BACKENDS }), BACKENDS);
-        assert.equal(answeredPeer(await sb.request(from, tcp('10.96.0.10', 80))).peer, MASQ_V4);
-      }
-      assert.equal(answeredPeer(await sb.request('outside', tcp('fd00:10:96::20', 80))).peer, MASQ_V6);
-    });
-
-    it('UDP and TCP on the same port number, both balanced', async () => {
-      const sb = env.sb;
-      assertAnsweredBy(await h.answers('client', udp('10.96.0.53', DNS), { until: BACKENDS }), BACKENDS);
-      assertAnsweredBy(await h.answers('client', tcp('10.96.0.53', DNS), { until: BACKENDS }), BACKENDS);
-      assert.equal(answeredPeer(await sb.request('client', udp('10.96.0.53', DNS))).reply.proto, 'udp');
-    });
-
-    it('IPv6: a dual-stack Service answers on both ClusterIPs, IPv6 endpoints for IPv6', async () => {
-      const sb = env.sb;
-      assertAnsweredBy(await h.answers('client', tcp('fd00:10:96::20', 80), { until: BACKENDS }), BACKENDS);
-      const { reply, peer } = answeredPeer(await sb.request('client', tcp('fd00:10:96::20', 80)), BACKENDS);
-      assert.equal(reply.ip, sb.podIP(reply.pod, 'IPv6'));
-      assert.equal(peer, sb.podIP('client', 'IPv6'));
-      answeredPeer(await sb.request('client', tcp('10.96.0.20', 80)), BACKENDS);
-    });
-  });
-
-  describe('NodePort, externalIPs, LoadBalancer', () => {
-    beforeEach(() => scenario());
-
-    it('NodePort TCP (IPv4, IPv6) and UDP from outside, and from a pod: answered, masqueraded', async () => {
-      const sb = env.sb;
-      assertAnsweredBy(await h.answers('outside', tcp(sb.nodeIPv4, 30080), { until: BACKENDS }), BACKENDS);
-      assert.equal(answeredPeer(await sb.request('outside', tcp(sb.nodeIPv4, 30080))).peer, MASQ_V4);
-      assertAnsweredBy(await h.answers('outside', tcp(sb.nodeIPv6, 30080), { until: BACKENDS }), BACKENDS);
-      assert.equal(answeredPeer(await sb.request('outside', tcp(sb.nodeIPv6, 30080))).peer, MASQ_V6);
-      const u = answeredPeer(await sb.request('outside', udp(sb.nodeIPv4, 30053)), BACKENDS);
-      assert.deepEqual([u.reply.proto, u.peer], ['udp', MASQ_V4]);
-      assert.equal(answeredPeer(await sb.request('client', tcp(sb.nodeIPv4, 30080)), BACKENDS).peer, MASQ_V4);
-    });
-
-    it('no localhost NodePorts (kube-proxy nftables mode leaves them out)', async () => {
-      await expectNoAnswer(env.sb, 'node', tcp('127.0.0.1', 30080, DROP_MS));
-    });
-
-    it('--nodeport-addresses: only node IPs inside the CIDR accept NodePorts', async () => {
-      const sb = env.sb;
-      const second = '192.0.2.11';
-      await h.addAddresses('node', 'ext0', [`${second}/24`]);
-      try {
-        await scenario({ nodePortAddresses: [`${sb.nodeIPv4}/32`] });
-        answeredPeer(await sb.request('outside', tcp(sb.nodeIPv4, 30080)), BACKENDS);
-        await expectNoAnswer(sb, 'outside', tcp(second, 30080, DROP_MS));
-        await scenario({ nodePortAddresses: [] });
-        answeredPeer(await sb.request('outside', tcp(second, 30080)), BACKENDS);
-      } finally {
-        await h.removeAddresses('node', 'ext0', [`${second}/24`]);
-      }
-    });
-
-    it('externalIPs (IPv4, IPv6) from outside and from a pod: answered, masqueraded', async () => {
-      const sb = env.sb;
-      assertAnsweredBy(await h.answers('outside', tcp('203.0.113.10', 80), { until: BACKENDS }), BACKENDS);
-      assert.equal(answeredPeer(await sb.request('outside', tcp('203.0.113.10', 80))).peer, MASQ_V4);
-      assertAnsweredBy(await h.answers('outside', tcp(EXTERNAL_IP_V6, 80), { until: BACKENDS }), BACKENDS);
-      assert.equal(answeredPeer(await sb.request('outside', tcp(EXTERNAL_IP_V6, 80))).peer, MASQ_V6);
-      assert.equal(answeredPeer(await sb.request('client', tcp('203.0.113.10', 80)), BACKENDS).peer, MASQ_V4);
-    });
-
-    it('LoadBalancer VIP answers; an ipMode Proxy ingress IP is not programmed', async () => {
-      const sb = env.sb;
-      assertAnsweredBy(await h.answers('outside', tcp('198.51.100.10', 80), { until: BACKENDS }), BACKENDS);
-      await expectNoAnswer(sb, 'outside', tcp('198.51.100.11', 80, DROP_MS));
-      const listing = await h.nftProxier('IPv4').nft.listTableJson();
-      assert.ok(listing !== undefined && !listing.includes('198.51.100.11'));
-    });
-
-    it('loadBalancerSourceRanges: the allowed source passes, others are dropped; NodePort is not subject', async () => {
-      const sb = env.sb;
-      answeredPeer(await sb.request('outside', tcp('198.51.100.20', 80)), BACKENDS);
-      await expectNoAnswer(
-        sb,
-        'outside',
-        { ...tcp('198.51.100.20', 80, DROP_MS), sourceIP: OUTSIDE_OTHER_IP },
-        'timeout',
-      );
-      answeredPeer(
-        await sb.request('outside', { ...tcp(sb.nodeIPv4, 30041), sourceIP: OUTSIDE_OTHER_IP }),
-        BACKENDS,
-      );
-    });
-  });
-
-  describe('no endpoints: reject', () => {
-    beforeEach(() => scenario());
-
-    it('ClusterIP (TCP, UDP, IPv6) from a pod, NodePort and externalIP from outside: refused at once', async () => {
-      const sb = env.sb;
-      for (const [from, req] of [
-        ['client', tcp('10.96.0.50', 80, LONG_MS)],
-        ['client', udp('10.96.0.50', DNS, LONG_MS)],
-        ['client', tcp('fd00:10:96::50', 80, LONG_MS)],
-        ['outside', tcp(sb.nodeIPv4, 30050, LONG_MS)],
-        ['outside', udp(sb.nodeIPv4, 30051, LONG_MS)],
-        ['outside', tcp(sb.nodeIPv6, 30050, LONG_MS)],
-        ['outside', tcp('203.0.113.50', 80, LONG_MS)],
-      ] as const) {
-        const ms = await expectNoAnswer(sb, from, req, 'refused');
-        assert.ok(
-          ms < 2 * QUICK_MS,
-          `${from} ${req.proto} ${req.ip}:${req.port} refused after ${Math.round(ms)} ms`,
-        );
-      }
-    });
-  });
-
-  describe('traffic policies and endpoint choice', () => {
-    beforeEach(() => scenario());
-
-    it('eTP=Local: outside keeps its source and reaches the local endpoint only (IPv4, IPv6)', async () => {
-      const sb = env.sb;
-      const seen = await h.answers('outside', tcp(sb.nodeIPv4, 30090), { max: 12 });
-      assertAnsweredBy(seen, ['a']);
-      assert.equal(
-        answeredPeer(await sb.request('outside', tcp(sb.nodeIPv4, 30090)), 'a').peer,
-        sb.outsideIPv4,
-      );
-      assertAnsweredBy(await h.answers('outside', tcp(sb.nodeIPv6, 30090), { max: 12 }), ['a']);
-      // Pods use every endpoint (short-circuit to the cluster chain).
-      assertAnsweredBy(await h.answers('client', tcp(sb.nodeIPv4, 30090), { until: BACKENDS }), BACKENDS);
-    });
-
-    it('eTP=Local without a local endpoint: outside dropped, pods still served', async () => {
-      const sb = env.sb;
-      await expectNoAnswer(sb, 'outside', tcp(sb.nodeIPv4, 30091, DROP_MS), 'timeout');
-      answeredPeer(await sb.request('client', tcp('10.96.0.91', 80)), 'b');
-    });
-
-    it('iTP=Local without a local endpoint: ClusterIP traffic dropped', async () => {
-      await expectNoAnswer(env.sb, 'client', tcp('10.96.0.92', 80, DROP_MS), 'timeout');
-    });
-
-    it('no ready endpoint: the serving terminating one answers', async () => {
-      assertAnsweredBy(await h.answers('client', tcp('10.96.0.93', 80), { max: 8 }), ['b']);
-    });
-
-    it('hairpin: a pod reaching itself through its Service sees the node as source', async () => {
-      const sb = env.sb;
-      assert.equal(answeredPeer(await sb.request('a', tcp('10.96.0.60', 80)), 'a').peer, MASQ_V4);
-      assert.equal(answeredPeer(await sb.request('a', tcp('fd00:10:96::60', 80)), 'a').peer, MASQ_V6);
-    });
-
-    it('sessionAffinity ClientIP: each client sticks to one backend; clients spread (IPv4, IPv6)', async () => {
-      const sb = env.sb;
-      const firsts = new Set<string>();
-      for (const ip of CLIENT_IPS) {
-        const req = { ...tcp('10.96.0.70', 80), sourceIP: ip };
-        const first = answeredPeer(await sb.request('outside', req)).reply.pod;
-        firsts.add(first);
-        for (let i = 0; i < 3; i++)
-          assert.equal(answeredPeer(await sb.request('outside', req)).reply.pod, first);
-      }
-      assert.equal(firsts.size, 2, 'different clients reach both backends');
-      const first6 = answeredPeer(await sb.request('client', tcp('fd00:10:96::70', 80))).reply.pod;
-      for (let i = 0; i < 4; i++) {
-        assert.equal(answeredPeer(await sb.request('client', tcp('fd00:10:96::70', 80))).reply.pod, first6);
-      }
-    });
-
-    it('--masquerade-all: pod→ClusterIP is masqueraded too', async () => {
-      const sb = env.sb;
-      await scenario({ masqueradeAll: true });
-      assert.equal(answeredPeer(await sb.request('client', tcp('10.96.0.10', 80))).peer, MASQ_V4);
-      assert.equal(answeredPeer(await sb.request('client', tcp('fd00:10:96::20', 80))).peer, MASQ_V6);
-    });
   });
 
   describe('trace (nft -j list table) agrees with real traffic', () => {

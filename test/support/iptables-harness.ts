@@ -307,22 +307,9 @@ export class IptablesHarness {
     return state;
   }
 
-  /**
-   * Test-only node settings. Unanswered probes that the node routes back out of ext0 (an
-   * unprogrammed VIP) make it send ICMP redirects to the outside client; afterwards REJECT's ICMP
-   * errors to that client were seen rate-limited into timeouts. No redirects, no ICMP rate limit.
-   */
+  /** Test-only node settings (see {@link prepareSandboxNode}). */
   async prepareNode(): Promise<void> {
-    await this.sb.exec('node', [
-      'sysctl',
-      '-q',
-      '-w',
-      'net.ipv4.icmp_ratelimit=0',
-      'net.ipv6.icmp.ratelimit=0',
-      'net.ipv4.conf.all.send_redirects=0',
-      'net.ipv4.conf.default.send_redirects=0',
-      'net.ipv4.conf.ext0.send_redirects=0',
-    ]);
+    await prepareSandboxNode(this.sb);
   }
 
   /** Drops every conntrack entry in the node (stale NAT bindings would mask a rule change). */
@@ -370,6 +357,24 @@ export class IptablesHarness {
     }
     return seen;
   }
+}
+
+/**
+ * Test-only node settings. Unanswered probes that the node routes back out of ext0 (an
+ * unprogrammed VIP) make it send ICMP redirects to the outside client; afterwards REJECT's ICMP
+ * errors to that client were seen rate-limited into timeouts. No redirects, no ICMP rate limit.
+ */
+export async function prepareSandboxNode(sb: Sandbox): Promise<void> {
+  await sb.exec('node', [
+    'sysctl',
+    '-q',
+    '-w',
+    'net.ipv4.icmp_ratelimit=0',
+    'net.ipv6.icmp.ratelimit=0',
+    'net.ipv4.conf.all.send_redirects=0',
+    'net.ipv4.conf.default.send_redirects=0',
+    'net.ipv4.conf.ext0.send_redirects=0',
+  ]);
 }
 
 // ---------------------------------------------------------------------------------------------
