@@ -1,4 +1,5 @@
-import { DENY, directionChain, renderedSets, ruleTag } from './nft-render.js';
+import { parseNftTable } from '../nftables/listing.js';
+import { DENY, directionChain, NETPOL_FAMILY, NETPOL_TABLE, renderedSets, ruleTag } from './nft-render.js';
 import type { PolicyPlan } from './plan.js';
 import { DIRECTIONS } from './pod-index.js';
 
@@ -14,57 +15,20 @@ export interface KernelTable {
   readonly chains: ReadonlyMap<string, { readonly tags: readonly string[]; readonly rules: number }>;
 }
 
-type Json = unknown;
-
-function rec(v: Json): Record<string, Json> | undefined {
-  return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, Json>) : undefined;
-}
-
-/** One element of `nft -j` output, written as nft-render writes it. */
-export function elementText(v: Json): string {
-  if (typeof v === 'string') return v;
-  if (typeof v === 'number') return String(v);
-  const r = rec(v);
-  if (r) {
-    const prefix = rec(r.prefix);
-    if (prefix) return `${elementText(prefix.addr)}/${elementText(prefix.len)}`;
-    if (Array.isArray(r.range) && r.range.length === 2) {
-      return `${elementText(r.range[0])}-${elementText(r.range[1])}`;
-    }
-    if (Array.isArray(r.concat)) return r.concat.map(elementText).join(' . ');
-    const elem = rec(r.elem);
-    if (elem) return elementText(elem.val);
-  }
-  throw new Error(`netpol: unreadable nft element ${JSON.stringify(v)}`);
-}
-
-/** Parses `nft -j list table ...`; a table that is not there is `undefined` (the caller decides). */
+/**
+ * Parses `nft -j list table inet svcplane-netpol` with the one parser of nft listings
+ * (src/nftables/listing.ts); an output without that table gives an empty one (the caller decides).
+ */
 export function parseKernelTable(json: string): KernelTable {
-  const doc = rec(JSON.parse(json) as Json);
-  const items = doc && Array.isArray(doc.nftables) ? (doc.nftables as Json[]) : undefined;
-  if (!items) throw new Error('netpol: nft -j output has no "nftables" list');
+  const listed = parseNftTable(json, NETPOL_FAMILY, NETPOL_TABLE);
   const sets = new Map<string, Set<string>>();
   const chains = new Map<string, { tags: string[]; rules: number }>();
-  for (const item of items) {
-    const r = rec(item);
-    const set = rec(r?.set);
-    if (set && typeof set.name === 'string') {
-      const elems = Array.isArray(set.elem) ? (set.elem as Json[]) : [];
-      sets.set(set.name, new Set(elems.map(elementText)));
-      continue;
-    }
-    const chain = rec(r?.chain);
-    if (chain && typeof chain.name === 'string') {
-      if (!chains.has(chain.name)) chains.set(chain.name, { tags: [], rules: 0 });
-      continue;
-    }
-    const rule = rec(r?.rule);
-    if (rule && typeof rule.chain === 'string') {
-      let c = chains.get(rule.chain);
-      if (!c) chains.set(rule.chain, (c = { tags: [], rules: 0 }));
-      c.rules++;
-      if (typeof rule.comment === 'string') c.tags.push(rule.comment.split(' ')[0] ?? '');
-    }
+  for (const c of listed?.containers.values() ?? []) {
+    if (c.kind === 'set') sets.set(c.name, new Set(c.elements.keys()));
+  }
+  for (const c of listed?.chains.values() ?? []) {
+    const tags = c.rules.flatMap((r) => (r.comment === undefined ? [] : [r.comment.split(' ')[0] ?? '']));
+    chains.set(c.name, { tags, rules: c.rules.length });
   }
   return { sets, chains };
 }

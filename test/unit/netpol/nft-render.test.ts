@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { compareTable, elementText, parseKernelTable } from '../../../src/netpol/nft-read.js';
+import { compareTable, parseKernelTable } from '../../../src/netpol/nft-read.js';
 import {
   DENY,
   elementOfKey,
@@ -107,9 +107,29 @@ describe('netpol nftables renderer and reader', () => {
   });
 
   it('the reader: nft -j elements in the renderer’s words; the plan and its own table agree, drift is named', () => {
-    assert.equal(elementText({ prefix: { addr: '10.0.0.0', len: 8 } }), '10.0.0.0/8');
-    assert.equal(elementText({ concat: ['udp', { range: [1000, 2000] }] }), 'udp . 1000-2000');
-    assert.equal(elementText({ elem: { val: 'fd00::1', counter: {} } }), 'fd00::1');
+    // Elements as nft -j prints them: prefixes, concatenations with ranges, elements with counters.
+    const t = { family: 'inet', table: 'svcplane-netpol' };
+    const odd = parseKernelTable(
+      JSON.stringify({
+        nftables: [
+          { table: { family: 'inet', name: 'svcplane-netpol' } },
+          {
+            set: {
+              ...t,
+              name: 's',
+              elem: [
+                { prefix: { addr: '10.0.0.0', len: 8 } },
+                { concat: ['udp', { range: [1000, 2000] }] },
+                { elem: { val: 'fd00::1', counter: {} } },
+              ],
+            },
+          },
+          // Another table's objects are not this table's.
+          { set: { family: 'inet', table: 'other', name: 's2', elem: ['10.0.0.1'] } },
+        ],
+      }),
+    );
+    assert.deepEqual([...odd.sets], [['s', new Set(['10.0.0.0/8', 'udp . 1000-2000', 'fd00::1'])]]);
     // What nft -j prints for this plan, built from the rendered sets and rules.
     const items: unknown[] = [{ metainfo: {} }, { table: { family: 'inet', name: 'svcplane-netpol' } }];
     const sets = renderedSets(plan);
@@ -117,15 +137,15 @@ describe('netpol nftables renderer and reader', () => {
       const elem = s.elements.map((e) =>
         e.endsWith('/32') ? e.slice(0, -3) : e.includes(' . ') ? { concat: e.split(' . ') } : e,
       );
-      items.push({ set: { name: s.name, ...(elem.length > 0 ? { elem } : {}) } });
+      items.push({ set: { ...t, name: s.name, ...(elem.length > 0 ? { elem } : {}) } });
     }
     const text = renderTable(plan);
     for (const chain of ['forward', 'input', 'ingress-v4', 'egress-v4', 'ingress-v6', 'egress-v6']) {
-      items.push({ chain: { name: chain } });
+      items.push({ chain: { ...t, name: chain } });
       const body = new RegExp(`chain ${chain} \\{\\n([\\s\\S]*?)\\n  \\}`).exec(text)![1]!;
       for (const line of body.split('\n').filter((l) => l.trim() && !l.includes('type filter hook'))) {
         const comment = /comment "([^"]+)"/.exec(line)?.[1];
-        items.push({ rule: { chain, ...(comment ? { comment } : {}) } });
+        items.push({ rule: { ...t, chain, ...(comment ? { comment } : {}) } });
       }
     }
     const kernel = parseKernelTable(JSON.stringify({ nftables: items }));
