@@ -20,14 +20,15 @@ import { LAYOUTS, writeManifestDir, type Layout, type ManifestDir } from './layo
  *   `iptables-restore --counters` of the very input svcplane renders (captured once through a
  *   wrapper), into an empty kernel; runs alternate, medians reported;
  * - daemon: `svcplane run --iptables-min-sync-period=0s`; CPU of the process over `--idle-ms` after
- *   convergence; then `--changes` one-endpoint changes, each an atomic rename of the Service's file
+ *   convergence (longer than the 30 s sync period: it holds a drift check) and of its children, the
+ *   running ones (`nft monitor`) included; then `--changes` one-endpoint changes, each an atomic rename of the Service's file
  *   (a hidden temporary file renamed over it): event-to-rules is from the rename to the daemon's
  *   `synced` line; its floor is a bare `iptables-restore --noflush --counters` of each partial input
- *   the daemon wrote (captured by a wrapper: a shell and `tee` before iptables-restore, ~2 ms),
+ *   the daemon wrote (captured by a wrapper: a shell and `tee` before iptables-restore, which the shell execs, ~2 ms),
  *   replayed into the daemon's kernel; the daemon's VmHWM at the end.
  *
  *   node dist/bench/manifests-bench.js [--sizes 1000,10000] [--layouts list-json,file-yaml]
- *     [--runs 3] [--changes 30] [--idle-ms 20000] [--out FILE]
+ *     [--runs 3] [--changes 30] [--idle-ms 31000] [--out FILE]
  */
 
 const ENDPOINTS = 5;
@@ -43,7 +44,7 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { sizes: [1000, 10000], layouts: [...LAYOUTS], runs: 3, changes: 30, idleMs: 20_000 };
+  const a: Args = { sizes: [1000, 10000], layouts: [...LAYOUTS], runs: 3, changes: 30, idleMs: 31_000 };
   for (let i = 0; i < argv.length; i++) {
     const v = argv[i + 1];
     switch (argv[i]) {
@@ -118,9 +119,11 @@ async function recordingBinaries(dir: string): Promise<string> {
   const bin = join(dir, 'bin');
   await mkdir(join(dir, 'inputs'), { recursive: true });
   await mkdir(bin);
-  const restore = `#!/bin/sh
+  // exec: iptables-restore keeps the PID svcplane spawned, so the daemon's kernel watch tells its
+  // commits for its own (iptables/commit-log.ts); a forked one would look like another agent's.
+  const restore = `#!/bin/bash
 case " $* " in *" --noflush "*) kind=partial ;; *) kind=full ;; esac
-tee "${join(dir, 'inputs')}/$kind-$(date +%s%N).txt" | iptables-restore "$@"
+exec iptables-restore "$@" < <(tee "${join(dir, 'inputs')}/$kind-$(date +%s%N).txt")
 `;
   await writeFile(join(bin, 'iptables-restore'), restore);
   await writeFile(join(bin, 'iptables'), '#!/bin/sh\nexec iptables "$@"\n');
@@ -240,6 +243,18 @@ async function syncRuns(m: ManifestDir, runs: number, floorInput: string, work: 
 
 /** utime + stime and cutime + cstime of a process, in ms. */
 async function cpuMs(pid: number): Promise<{ self: number; children: number }> {
+  const t = await cpuTicks(pid);
+  // Children still running (the daemon's `nft monitor`) are not in the reaped children's times.
+  let live = 0;
+  const kids = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => '');
+  for (const k of kids.split(' ').filter((x) => x !== '')) {
+    const c = await cpuTicks(Number(k)).catch(() => ({ self: 0, children: 0 }));
+    live += c.self + c.children;
+  }
+  return { self: t.self, children: t.children + live };
+}
+
+async function cpuTicks(pid: number): Promise<{ self: number; children: number }> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
   const f = stat
     .slice(stat.lastIndexOf(')') + 2)

@@ -185,12 +185,16 @@ function refuseBrokenFiles(state: ClusterState | undefined): void {
 function stopRequests(): { readonly stopped: Promise<number>; request(code: number): void; dispose(): void } {
   let resolve: (code: number) => void = () => undefined;
   const stopped = new Promise<number>((r) => (resolve = r));
+  let signalled = false;
   const onSignal = (signal: string): void => {
-    log.info('stopping; rules stay in place', { signal });
+    if (!signalled) log.info('stopping; rules stay in place', { signal });
+    signalled = true;
     resolve(0);
   };
-  process.once('SIGTERM', onSignal);
-  process.once('SIGINT', onSignal);
+  // `on`, not `once`, until dispose(): while a child runs (the kernel watch's `nft monitor`) execa's
+  // exit hook also listens, and re-raises the signal, killing node, when it finds itself alone.
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
   // The daemon runs until stopped: with both servers off (--healthz-bind-address= and
   // --metrics-bind-address=) and a source whose timers are unref'd, nothing else keeps node alive.
   const keepAlive = setInterval(() => undefined, 2 ** 30);

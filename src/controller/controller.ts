@@ -115,6 +115,17 @@ export class Controller extends EventEmitter<ControllerEvents> {
       if (this.syncing && this.changedDuringSync === 0) this.changedDuringSync = now;
       this.runner.request();
     });
+    for (const b of this.backends) {
+      try {
+        await b.watchKernel?.();
+      } catch (err) {
+        log.warn('cannot watch the kernel for drift; drift checks read every rule', {
+          backend: b.name,
+          error: err,
+        });
+      }
+    }
+    if (this.stopped) return;
     this.queuedSince = Date.now();
     const first = new Promise<void>((resolve) => {
       const done = (): void => {
@@ -148,6 +159,7 @@ export class Controller extends EventEmitter<ControllerEvents> {
     this.runner.stop();
     this.unsubscribe?.();
     await this.source.stop();
+    for (const b of this.backends) await b.close?.();
   }
 
   /** One convergence, for `svcplane sync`: start the source, sync once, stop. Throws on failure. */

@@ -12,8 +12,8 @@ import {
 } from '../model/selection.js';
 import type { ClusterState, IPFamily, Problem, Service } from '../model/types.js';
 import { servicePortName } from '../model/types.js';
-import type { FamilyDrift } from './diff.js';
-import { servicePortNameFromComment } from './owners.js';
+import type { FamilyDrift } from '../iptables/compare.js';
+import { servicePortNameFromComment } from '../iptables/owners.js';
 
 /**
  * `svcplane explain NAMESPACE/NAME`, the pure part: a Service's frontends, its endpoints by category,

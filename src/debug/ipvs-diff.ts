@@ -3,7 +3,8 @@ import type { IpvsDesired } from '../ipvs/plan.js';
 import { rsKey, sameAttributes, splitIPPort, vsKey, type VirtualServer } from '../ipvs/types.js';
 import { cidrContains, ipFamilyOf } from '../model/ip.js';
 import type { IPFamily, Protocol } from '../model/types.js';
-import { formatDriftText, summaryLine, type FamilyDrift } from './diff.js';
+import { summaryLine, type FamilyDrift } from '../iptables/compare.js';
+import { formatDriftText } from './diff.js';
 import { svcplaneOnlySets, type IpvsLayout, type TakeoverChange } from './ipvs-kube-proxy.js';
 
 /**

@@ -1,7 +1,7 @@
 import { formatArgs, parseIptablesSave, type SavedRule, type SavedRuleset } from '../iptables/save-parse.js';
 import { SETS, setName, type DesiredSet } from '../ipvs/ipset.js';
 import type { IPFamily } from '../model/types.js';
-import { canonicalRuleText, parseRuleSpec } from './rule-spec.js';
+import { canonicalRuleText, parseRuleSpec } from '../iptables/rule-spec.js';
 
 /**
  * `svcplane diff` on a node whose IPVS-mode rules kube-proxy wrote (pure). Both proxies program the

@@ -1,5 +1,5 @@
 import type { IPFamily } from '../model/types.js';
-import { CommandError, run } from '../util/exec.js';
+import { CommandError, run, startProcess, type ChildHandle } from '../util/exec.js';
 
 /**
  * Executor for iptables / ip6tables: runs the binaries (by plain name, so whatever backend the
@@ -154,6 +154,9 @@ function checkName(kind: 'table' | 'chain', name: string): void {
 
 export const KUBE_PROXY_CANARY = 'KUBE-PROXY-CANARY';
 
+/** How long an exited child's PID still names our commits (the monitor reads them a little later). */
+const OWN_PID_MEMORY_MS = 60_000;
+
 export class Iptables {
   readonly family: IPFamily;
   readonly netns: string | undefined;
@@ -162,6 +165,8 @@ export class Iptables {
   private readonly restoreTimeoutMs: number;
   private versionPromise: Promise<IptablesVersion> | undefined;
   private restoreFlagsPromise: Promise<readonly string[]> | undefined;
+  /** PIDs of our children: running (Infinity) or until when an exited one still counts as ours. */
+  private readonly children = new Map<number, number>();
 
   constructor(opts: IptablesOptions) {
     this.family = opts.family;
@@ -176,11 +181,59 @@ export class Iptables {
     };
   }
 
-  private exec(
+  private async exec(
     argv: readonly string[],
     opts: { input?: string | readonly string[]; allowFailure?: boolean; timeoutMs?: number } = {},
   ) {
-    return run(argv, { ...opts, netns: this.netns, timeoutMs: opts.timeoutMs ?? this.timeoutMs });
+    let pid: number | undefined;
+    try {
+      return await run(argv, {
+        ...opts,
+        netns: this.netns,
+        timeoutMs: opts.timeoutMs ?? this.timeoutMs,
+        onSpawn: (p) => {
+          pid = p;
+          this.children.set(p, Number.POSITIVE_INFINITY);
+        },
+      });
+    } finally {
+      if (pid !== undefined) this.children.set(pid, Date.now() + OWN_PID_MEMORY_MS);
+    }
+  }
+
+  /**
+   * Whether `pid` is (or recently was) a child of this wrapper: its commits are svcplane's own.
+   * `ip netns exec` execs the command in place, so the PID is the iptables process's own.
+   */
+  isOwnProcess(pid: number): boolean {
+    const until = this.children.get(pid);
+    if (until === undefined) return false;
+    if (until >= Date.now()) return true;
+    // PIDs are reused (pid_max can be 32768): forget exited children after a while.
+    for (const [p, t] of this.children) if (t < Date.now()) this.children.delete(p);
+    return false;
+  }
+
+  /**
+   * `nft monitor`: every commit to nf_tables in this network namespace, as it happens (read by
+   * commit-log.ts). Idle costs nothing; the caller stops it by PID (`ChildHandle.stop`).
+   */
+  monitorCommits(nftBinary = 'nft'): ChildHandle {
+    return startProcess([nftBinary, 'monitor'], { netns: this.netns });
+  }
+
+  /**
+   * A commit of our own that changes nothing (a rule added to the mangle canary and flushed in the
+   * same transaction): the monitor has seen it once it reports our PID.
+   */
+  async probeCommit(): Promise<void> {
+    await this.restore(
+      `*mangle\n:${KUBE_PROXY_CANARY} - [0:0]\n-A ${KUBE_PROXY_CANARY} -j RETURN\n:${KUBE_PROXY_CANARY} - [0:0]\nCOMMIT\n`,
+      {
+        noflush: true,
+        counters: false,
+      },
+    );
   }
 
   /** Version of the iptables binary (cached). */

@@ -1,16 +1,17 @@
 import { iptablesBinaries, type ProxyOptions } from '../config/options.js';
-import { diffRulesets, formatDriftText, type FamilyDrift } from '../debug/diff.js';
+import { formatDriftText } from '../debug/diff.js';
 import { explainService, formatExplainText, type ExplainFamilyInput } from '../debug/explain.js';
-import { buildOwnerIndex } from '../debug/owners.js';
 import type { CleanupOutcome, DataplaneMode, ModeInspection } from '../modes/contract.js';
 import { removeNftablesModeLeftovers } from '../nftables/nft.js';
 import { nodeContext } from '../model/selection.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import { CommandError } from '../util/exec.js';
 import { cleanupLeftovers } from './cleanup.js';
+import { diffRulesets, type FamilyDrift } from './compare.js';
 import { readKernelRules, usableFamilies } from './families.js';
 import { Iptables } from './iptables.js';
 import { jumpRules } from './jumps.js';
+import { buildOwnerIndex } from './owners.js';
 import {
   gatherNodeFacts,
   IptablesProxier,

@@ -6,7 +6,7 @@ import { cidrContains } from '../model/ip.js';
 import { nodeContext, type NodeContext } from '../model/selection.js';
 import { changeSinceApplied, type StateChange } from '../model/state-change.js';
 import type { ClusterState, IPFamily, NodeInfo } from '../model/types.js';
-import { CommandError } from '../util/exec.js';
+import { CommandError, type ChildHandle } from '../util/exec.js';
 import { log } from '../util/log.js';
 import {
   addressesInCIDRs,
@@ -16,9 +16,11 @@ import {
 } from '../kernel/netif.js';
 import { ensureSysctl, readSysctl } from '../util/sysctl.js';
 import { Iptables, KUBE_PROXY_CANARY, RestoreError, type RestoreResult } from './iptables.js';
+import { CommitLog } from './commit-log.js';
+import { chainsOfRestoreInput, diffRulesets, summaryLine, type FamilyDrift } from './compare.js';
 import { canaryLines, mergeExtraLines, missingJumpLines } from './jump-plan.js';
-import { jumpRules, type JumpRule } from './jumps.js';
-import { detached } from './render-lines.js';
+import { jumpRules } from './jumps.js';
+import { buildOwnerIndex } from './owners.js';
 import { FILTER_CHAINS, KUBE_FIREWALL, NAT_CHAINS } from './render-fixed.js';
 import {
   renderRestoreInput,
@@ -36,6 +38,7 @@ import {
   listingAsSave,
   listingInput,
   parseListing,
+  type ChainRequest,
   parseNftChains,
   wholeTableCanaries,
   wholeTableChunks,
@@ -106,8 +109,6 @@ interface AppliedSync {
   readonly rendered: RenderResult;
   readonly restore: RestoreResult;
   readonly mode: 'noflush' | 'chunked' | 'whole-table';
-  /** The part of the restore input that wrote svcplane's own chains (for drift tracking). */
-  readonly ownInput: string;
   readonly staleChains: number;
   /** Time spent listing the kernel's chains (whole-table mode). */
   readonly listMs?: number;
@@ -136,8 +137,16 @@ export class IptablesProxier implements Backend {
   private randomFully = false;
   private beLiberal = false;
   private lastReport: IptablesSyncReport | undefined;
-  /** Rule count per `table/chain` that our restores wrote (for drift detection). */
-  private readonly written = new Map<string, number>();
+  /** `nft monitor` and what it saw other agents commit (watchKernel), for cheap drift checks. */
+  private watch: KernelWatch | undefined;
+  private watching = false;
+  /**
+   * The kernel held our rules at a moment the monitor already listened (a full sync or a full
+   * comparison that started while it did): from then on, only foreign commits can cause drift.
+   */
+  private baselineOk = false;
+  /** How the last drift check decided (logs, tests). */
+  lastDriftCheck: DriftCheck | undefined;
   /** Content of each fixed chain as the kernel holds it after our last restore (render-unchanged.ts). */
   private fixedContents: FixedChainContents = new Map();
   /** How full syncs write (resolved on first use; see fullSyncStrategy). */
@@ -187,23 +196,187 @@ export class IptablesProxier implements Backend {
   }
 
   /**
-   * kube-proxy only watches its canary chains, which survive `iptables -t nat -F` (chains stay) and
-   * say nothing about a deleted service chain. One iptables-save per sync period also checks the jumps
-   * from the built-in chains and the rule count of every chain we wrote.
+   * Watches the kernel for other agents' commits (`nft monitor`, iptables/commit-log.ts) so that a
+   * drift check reads the kernel only when one touched our chains. The daemon calls it once before
+   * its first sync; without it (or on the legacy backend, or without `nft`) every drift check
+   * compares everything.
+   */
+  async watchKernel(): Promise<void> {
+    this.watching = true;
+    if ((await this.ipt.version()).backend !== 'nf_tables') {
+      log.info('legacy iptables: drift checks read every rule (nft monitor cannot see them)', {
+        backend: this.name,
+      });
+      return;
+    }
+    await this.startWatch();
+  }
+
+  /** PID of the running `nft monitor` (undefined without a kernel watch). */
+  get kernelWatchPid(): number | undefined {
+    return this.watch?.alive === true ? this.watch.handle.pid : undefined;
+  }
+
+  /** Stops the kernel watch (the daemon's stop). */
+  async close(): Promise<void> {
+    this.watching = false;
+    const w = this.watch;
+    this.watch = undefined;
+    await w?.handle.stop(2000);
+  }
+
+  private async startWatch(): Promise<void> {
+    if (!this.watching) return; // closed meanwhile
+    const commits = new CommitLog(this.config.family === 'IPv6' ? 'ip6' : 'ip', (pid) =>
+      this.ipt.isOwnProcess(pid),
+    );
+    let handle: ChildHandle;
+    try {
+      handle = this.ipt.monitorCommits();
+    } catch (err) {
+      log.warn('cannot start nft monitor: drift checks read every rule', { backend: this.name, error: err });
+      return;
+    }
+    const watch: KernelWatch = { handle, commits, alive: true };
+    this.watch = watch;
+    this.baselineOk = false;
+    handle.onLine((l) => commits.line(l));
+    void handle.exited.then((code) => {
+      watch.alive = false;
+      commits.lost(`nft monitor exited (${String(code)})`);
+    });
+    // Armed once it reports a commit of ours; until then every check compares everything.
+    await this.ipt.probeCommit();
+    const until = performance.now() + MONITOR_READY_MS;
+    while (!commits.armed && watch.alive && performance.now() < until) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    if (!commits.armed) {
+      log.warn('nft monitor did not report our probe commit; drift checks read every rule until it does', {
+        backend: this.name,
+      });
+    }
+  }
+
+  /**
+   * Whether another agent changed our rules, by the same comparison as `svcplane diff`
+   * (compare.ts). Nothing is read when the kernel watch saw no foreign commit touch our chains
+   * (the idle case); only the chains it names are read when it did; everything otherwise.
    */
   async detectDrift(): Promise<boolean> {
-    if (this.needFullSync || this.lastFacts === undefined) return true;
-    const saved = parseIptablesSave(await this.ipt.save());
-    const reason = driftReason(
-      saved,
-      this.written,
-      jumpRules(this.config.family, this.lastFacts),
-      renderedFixedChains(this.config.family, this.lastFacts),
-    );
-    if (reason === undefined) return false;
-    log.warn('iptables rules changed by another agent; full resync', { backend: this.name, reason });
+    if (this.needFullSync || this.lastFacts === undefined || this.applied === undefined) return true;
+    if (this.watching && this.watch?.alive !== true && (await this.ipt.version()).backend === 'nf_tables') {
+      await this.close();
+      this.watching = true;
+      await this.startWatch();
+    }
+    const started = performance.now();
+    const w = this.watch;
+    const armed = w !== undefined && w.alive && w.commits.armed;
+    const changes = w?.commits.take();
+    let check: Omit<DriftCheck, 'durationMs'>;
+    if (armed && this.baselineOk && changes !== undefined && changes.unscoped === undefined) {
+      check =
+        changes.chains.size === 0
+          ? { kind: 'quiet' }
+          : { kind: 'scoped', chains: [...changes.chains], reason: await this.compareChains(changes.chains) };
+    } else {
+      const why = !armed ? 'no kernel watch' : !this.baselineOk ? 'no baseline yet' : changes?.unscoped;
+      check = { kind: 'full', why: why ?? 'unknown', reason: await this.compareAll() };
+      if (check.reason === undefined && armed) this.baselineOk = true;
+    }
+    this.lastDriftCheck = { ...check, durationMs: Math.round(performance.now() - started) };
+    if (check.reason === undefined) return false;
+    log.warn('iptables rules changed by another agent; full resync', {
+      backend: this.name,
+      reason: check.reason,
+      check: check.kind,
+    });
     this.needFullSync = true;
     return true;
+  }
+
+  /** Everything compared: iptables-save against the full render of what we last applied. */
+  private async compareAll(): Promise<string | undefined> {
+    const saved = parseIptablesSave(await this.ipt.save());
+    for (const t of ['mangle', 'nat', 'filter']) {
+      if (!saved.tables.get(t)?.chainsByName.has(KUBE_PROXY_CANARY)) return `canary chain missing in ${t}`;
+    }
+    const desired = parseIptablesSave(this.renderApplied());
+    return this.compare(desired, saved, undefined);
+  }
+
+  /** Only the named chains compared (what the kernel watch saw other agents touch). */
+  private async compareChains(chains: ReadonlySet<string>): Promise<string | undefined> {
+    const wanted = new Map<string, Set<string>>();
+    const requests: ChainRequest[] = [];
+    for (const key of chains) {
+      const slash = key.indexOf('/');
+      const table = key.slice(0, slash);
+      const chain = key.slice(slash + 1);
+      if (chain === KUBE_PROXY_CANARY) {
+        if (!(await this.ipt.chainExists(table, chain))) return `canary chain missing in ${table}`;
+        continue;
+      }
+      if (table !== 'nat' && table !== 'filter') continue;
+      const set = wanted.get(table) ?? new Set<string>();
+      wanted.set(table, set);
+      set.add(chain);
+      requests.push({ table, chain, builtin: BUILTIN_CHAINS.has(chain) });
+    }
+    if (requests.length === 0) return undefined;
+    const actual = parseIptablesSave(await this.listExistingChains(requests));
+    const desired = parseIptablesSave(chainsOfRestoreInput(this.renderApplied(), wanted));
+    return this.compare(desired, actual, (table, chain) => wanted.get(table)?.has(chain) === true);
+  }
+
+  /** The `-S` listing of the requested chains as iptables-save text; chains that are gone left out. */
+  private async listExistingChains(requests: readonly ChainRequest[]): Promise<string> {
+    try {
+      return listingAsSave(
+        parseListing(requests, await this.ipt.listChainRules(listingInput(requests, false))),
+      );
+    } catch (err) {
+      if (!(err instanceof CommandError)) throw err;
+    }
+    // One of them is gone (the batch fails as a whole): list them one by one.
+    const found: ChainRequest[] = [];
+    const texts: string[] = [];
+    for (const r of requests) {
+      try {
+        texts.push(await this.ipt.listChainRules(listingInput([r], false)));
+        found.push(r);
+      } catch (err) {
+        if (!(err instanceof CommandError)) throw err;
+      }
+    }
+    return found.length === 0 ? '' : listingAsSave(parseListing(found, texts.join('')));
+  }
+
+  /** The full restore input of the state whose rules we last wrote (the render memo makes it cheap). */
+  private renderApplied(): string {
+    return renderRestoreInput({
+      state: this.applied!,
+      config: this.renderConfig(this.lastFacts!),
+      existingServiceChains: new Set(),
+    }).restoreInput;
+  }
+
+  /** compare.ts's verdict (the one `svcplane diff` prints): undefined when in sync, else its summary. */
+  private compare(
+    desired: SavedRuleset,
+    actual: SavedRuleset,
+    inScope: ((table: string, chain: string) => boolean) | undefined,
+  ): string | undefined {
+    const jumps = jumpRules(this.config.family, this.lastFacts!);
+    const drift: FamilyDrift = diffRulesets({
+      family: this.config.family,
+      desired,
+      actual,
+      owners: buildOwnerIndex(this.applied!),
+      jumps: inScope ? jumps.filter((j) => inScope(j.table, j.chain)) : jumps,
+    });
+    return drift.inSync ? undefined : summaryLine(drift);
   }
 
   async sync(state: ClusterState, given?: StateChange): Promise<IptablesSyncReport> {
@@ -218,6 +391,10 @@ export class IptablesProxier implements Backend {
       largeClusterMode: this.lastReport?.render.largeClusterMode === true,
     });
     this.lastAttemptFull = full;
+    // A full sync rewrites every chain of ours from a fresh listing: what others changed before it
+    // starts is repaired by it.
+    const armedAtStart = this.watch?.alive === true && this.watch.commits.armed;
+    if (full) this.watch?.commits.take();
 
     try {
       const strategy = full ? await this.fullSyncStrategy() : 'noflush';
@@ -229,10 +406,12 @@ export class IptablesProxier implements Backend {
             : await this.noflushSync(state, facts, full, change);
       const { rendered, restore } = applied;
       this.applied = state;
-      trackWrittenChains(this.written, applied.ownInput, full);
       this.lastFacts = facts;
       this.needFullSync = false;
-      if (full) this.lastFullSync = performance.now();
+      if (full) {
+        this.lastFullSync = performance.now();
+        this.baselineOk = armedAtStart;
+      }
       const report: IptablesSyncReport = {
         backend: this.name,
         full,
@@ -312,7 +491,6 @@ export class IptablesProxier implements Backend {
       rendered,
       restore,
       mode: 'noflush',
-      ownInput: trimmed.input,
       staleChains: rendered.staleChains.length,
     };
   }
@@ -396,7 +574,6 @@ export class IptablesProxier implements Backend {
       rendered,
       restore,
       mode: 'whole-table',
-      ownInput: rendered.restoreInput,
       staleChains: stale.length,
       listMs,
     };
@@ -474,7 +651,6 @@ export class IptablesProxier implements Backend {
       rendered,
       restore,
       mode: 'chunked',
-      ownInput: rendered.restoreInput,
       staleChains: rendered.staleChains.length,
       listMs,
     };
@@ -623,77 +799,24 @@ function renderedFixedChains(family: IPFamily, facts: { localhostNodePorts: bool
   return out;
 }
 
-/** Rule counts per `table/chain` of the chains our restore inputs wrote. */
-export type WrittenChains = ReadonlyMap<string, number>;
+/** How long watchKernel waits for the monitor to report its probe commit. */
+const MONITOR_READY_MS = 5000;
+const BUILTIN_CHAINS = new Set(['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING']);
+
+interface KernelWatch {
+  readonly handle: ChildHandle;
+  readonly commits: CommitLog;
+  alive: boolean;
+}
 
 /**
- * Applies one restore input to `out`, the model of what we wrote: `:C` creates or flushes C, `-A C`
- * adds a rule, `-X C` deletes it; a full sync starts from nothing. Kubelet's shared KUBE-FIREWALL and
- * the canaries (checked by existence) are left out. Updates in place: at 10k Services the model has
- * 70k chains, and a partial sync touches a handful.
+ * One drift check: `quiet` read nothing (no foreign commit touched our chains), `scoped` compared
+ * the chains other agents touched, `full` compared everything (`why`). `reason`: the drift found.
  */
-export function trackWrittenChains(
-  out: Map<string, number>,
-  input: string,
-  full: boolean,
-): Map<string, number> {
-  if (full) out.clear();
-  const skip = (chain: string): boolean => chain === KUBE_FIREWALL || chain === KUBE_PROXY_CANARY;
-  let table = '';
-  // One pass with indexOf instead of split/slice per line: a 10k-Service input has 270k lines, and
-  // consecutive rules of one chain reuse its key.
-  let lastChain = '';
-  let lastKey = '';
-  for (let start = 0; start < input.length;) {
-    let end = input.indexOf('\n', start);
-    if (end === -1) end = input.length;
-    const c = input.charCodeAt(start);
-    if (c === 42 /* * */) {
-      table = input.slice(start + 1, end).trim();
-      lastChain = '';
-    } else if (c === 58 /* : */) {
-      const chain = input.slice(start + 1, wordEnd(input, start + 1, end));
-      if (!skip(chain)) out.set(detached(`${table}/${chain}`), 0);
-    } else if (input.startsWith('-A ', start)) {
-      const chain = input.slice(start + 3, wordEnd(input, start + 3, end));
-      if (chain !== lastChain) {
-        lastChain = chain;
-        lastKey = `${table}/${chain}`;
-      }
-      const n = out.get(lastKey);
-      if (n !== undefined) out.set(lastKey, n + 1);
-    } else if (input.startsWith('-X ', start)) {
-      out.delete(`${table}/${input.slice(start + 3, end).trim()}`);
-    }
-    start = end + 1;
-  }
-  return out;
-}
-
-/** End of the space-delimited word starting at `from` within a line ending at `end`. */
-function wordEnd(text: string, from: number, end: number): number {
-  const sp = text.indexOf(' ', from);
-  return sp === -1 || sp > end ? end : sp;
-}
-
-/** Why the kernel no longer holds what we wrote (pure), or undefined when it does. */
-export function driftReason(
-  saved: SavedRuleset,
-  written: WrittenChains,
-  jumps: readonly JumpRule[],
-  declared: ReadonlySet<string>,
-): string | undefined {
-  for (const t of ['mangle', 'nat', 'filter']) {
-    if (!saved.tables.get(t)?.chainsByName.has(KUBE_PROXY_CANARY)) return `canary chain missing in ${t}`;
-  }
-  if (missingJumpLines(saved, jumps, declared).size > 0) return 'jump rules from built-in chains missing';
-  for (const [key, count] of written) {
-    const slash = key.indexOf('/');
-    const table = saved.tables.get(key.slice(0, slash));
-    const chain = key.slice(slash + 1);
-    if (!table?.chainsByName.has(chain)) return `chain ${key} missing`;
-    const have = table.rulesByChain.get(chain)?.length ?? 0;
-    if (have !== count) return `chain ${key} has ${have} rules, we wrote ${count}`;
-  }
-  return undefined;
+export interface DriftCheck {
+  readonly kind: 'quiet' | 'scoped' | 'full';
+  readonly chains?: readonly string[];
+  readonly why?: string;
+  readonly reason?: string;
+  readonly durationMs: number;
 }

@@ -1,5 +1,5 @@
 import { iptablesBinaries, type ProxyOptions } from '../config/options.js';
-import { diffRulesets } from '../debug/diff.js';
+import { diffRulesets } from '../iptables/compare.js';
 import { explainService, formatExplainText } from '../debug/explain.js';
 import {
   diffIpvsState,
@@ -9,7 +9,7 @@ import {
 } from '../debug/ipvs-diff.js';
 import { explainIpvs, formatIpvsExplainLines } from '../debug/ipvs-explain.js';
 import { alignWithKubeProxy, detectIpvsLayout } from '../debug/ipvs-kube-proxy.js';
-import { buildOwnerIndex } from '../debug/owners.js';
+import { buildOwnerIndex } from '../iptables/owners.js';
 import { readKernelRules, usableFamilies } from '../iptables/families.js';
 import { Iptables } from '../iptables/iptables.js';
 import { parseIptablesSave, type SavedRuleset } from '../iptables/save-parse.js';

@@ -30,8 +30,15 @@ export interface Backend {
    * called without a change (`svcplane sync`, tests), computes its own with the same function.
    */
   sync(state: ClusterState, change?: StateChange): Promise<SyncReport>;
-  /** Cheap periodic check that our rules are still there (canaries); true when a full resync is needed. */
+  /** Periodic check that our rules are still as written; true when a full resync is needed. */
   detectDrift(): Promise<boolean>;
+  /**
+   * A daemon (not a one-shot sync) calls this once before its first sync: the backend may start
+   * watching the kernel so that detectDrift reads it only when something moved. Optional.
+   */
+  watchKernel?(): Promise<void>;
+  /** Stops what watchKernel started (child processes). Optional. */
+  close?(): Promise<void>;
   /** The next sync rewrites everything. */
   forceFullSync(): void;
   /**

@@ -30,12 +30,12 @@ import type { Backend } from './backend.js';
  *    ipvs/plan.ts + ipvs/rules.ts): no spawning, same input → same output.
  * 5. Kernel read — parsed (iptables-save → iptables/save-parse.ts, ipvsadm -Sn → ipvs/ipvsadm.ts,
  *    ipset save → ipvs/ipset.ts): text in, typed structure out.
- * 6. Compare desired with kernel — pure; `inspect()` returns it per family with the inputs. A new
- *    mode should have one comparison for both the drift `svcplane diff` prints and the drift its
- *    backend repairs (nftables: compare the listing with the written model). Not yet so in the two
- *    existing modes: iptables' daemon checks canaries and written chains (iptables/proxier.ts
- *    driftReason), IPVS' daemon diffs with ipvs/diff.ts while `svcplane diff` uses debug/diff.ts and
- *    debug/ipvs-diff.ts (which judge a weight-0 real server differently).
+ * 6. Compare desired with kernel — pure; `inspect()` returns it per family with the inputs. A mode
+ *    has one comparison for both the drift `svcplane diff` prints and the drift its backend repairs.
+ *    iptables: iptables/compare.ts `diffRulesets`; the daemon runs it only on what moved (its kernel
+ *    watch, iptables/commit-log.ts, names the chains other agents touched; everything when it
+ *    cannot tell). Not yet so in IPVS mode: its daemon diffs with ipvs/diff.ts while `svcplane diff`
+ *    uses debug/ipvs-diff.ts (which judge a weight-0 real server differently).
  * 7. Apply, full and partial — `createBackends(opts)`: one `Backend` per usable IP family
  *    (./backend.ts); the controller owns timing and calls `sync(state, change)`, which converges the
  *    kernel (partial when only some Services changed, full on the first sync, on drift and

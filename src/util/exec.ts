@@ -17,6 +17,8 @@ export interface RunOptions {
   /** Do not throw on a non-zero exit; the caller inspects `exitCode`. */
   readonly allowFailure?: boolean;
   readonly env?: Readonly<Record<string, string>>;
+  /** Told the child's PID as soon as it runs (who committed a kernel change: iptables/commit-log.ts). */
+  readonly onSpawn?: (pid: number) => void;
 }
 
 export interface RunResult {
@@ -58,7 +60,7 @@ export async function run(argv: readonly string[], opts: RunOptions = {}): Promi
   if (!file) throw new Error('run: empty argv');
   const started = performance.now();
   const input = opts.input ?? '';
-  const result = await execa(file, args, {
+  const child = execa(file, args, {
     input: typeof input === 'string' ? input : Readable.from(input),
     timeout: opts.timeoutMs ?? 60_000,
     reject: false,
@@ -67,6 +69,8 @@ export async function run(argv: readonly string[], opts: RunOptions = {}): Promi
     extendEnv: true,
     maxBuffer: 1024 * 1024 * 1024,
   });
+  if (child.pid !== undefined) opts.onSpawn?.(child.pid);
+  const result = await child;
   const durationMs = performance.now() - started;
   if (result.timedOut) throw new CommandError(full, result.exitCode, String(result.stderr ?? ''), 'timeout');
   const code = (result as { code?: string }).code;

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
-import { diffRulesets, formatDriftText, type FamilyDrift } from '../../../src/debug/diff.js';
-import { buildOwnerIndex } from '../../../src/debug/owners.js';
+import { diffRulesets, type FamilyDrift } from '../../../src/iptables/compare.js';
+import { formatDriftText } from '../../../src/debug/diff.js';
+import { buildOwnerIndex } from '../../../src/iptables/owners.js';
 import { jumpRules } from '../../../src/iptables/jumps.js';
 import { portChainNames } from '../../../src/iptables/names.js';
 import { mergeExtraLines, missingJumpLines } from '../../../src/iptables/jump-plan.js';

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
-import { diffRulesets } from '../../../src/debug/diff.js';
+import { diffRulesets } from '../../../src/iptables/compare.js';
 import { explainService, formatExplainText } from '../../../src/debug/explain.js';
-import { buildOwnerIndex } from '../../../src/debug/owners.js';
+import { buildOwnerIndex } from '../../../src/iptables/owners.js';
 import { jumpRules } from '../../../src/iptables/jumps.js';
 import { parseIptablesSave } from '../../../src/iptables/save-parse.js';
 import type { ClusterState } from '../../../src/model/types.js';

@@ -1,0 +1,132 @@
+import assert from 'node:assert/strict';
+import { CommitLog, MAX_SCOPED_CHAINS } from '../../../src/iptables/commit-log.js';
+import { chainsOfRestoreInput } from '../../../src/iptables/compare.js';
+
+/**
+ * The kernel watch's reading of `nft monitor` (lines as nft 1.0.6 prints them, seen in a private
+ * netns): which commits are ours, which touched our chains, and when it must give up on scoping.
+ */
+
+const OURS = 100;
+const log = (): CommitLog => new CommitLog('ip', (pid) => pid === OURS);
+const gen = (n: number, pid: number, comm = 'iptables'): string =>
+  `# new generation ${n} by process ${pid} (${comm})`;
+const feed = (l: CommitLog, ...lines: string[]): void => lines.forEach((x) => l.line(x));
+
+describe('iptables/commit-log: what nft monitor says other agents changed', () => {
+  it('our own commits arm it and are never drift; a foreign rule in a KUBE chain is scoped to it', () => {
+    const l = log();
+    feed(l, 'add rule ip nat KUBE-SEP-A counter packets 0 bytes 0 accept', gen(5, 42));
+    assert.equal(l.armed, false, 'a foreign commit does not prove the monitor saw ours');
+    assert.deepEqual([...l.take().chains], ['nat/KUBE-SEP-A']);
+    feed(
+      l,
+      'create chain ip nat KUBE-SVC-B',
+      'add rule ip nat KUBE-SVC-B jump KUBE-SEP-A',
+      gen(6, OURS, 'iptables-restor'),
+    );
+    assert.equal(l.armed, true);
+    const t = l.take();
+    assert.equal(t.chains.size, 0);
+    assert.equal(t.unscoped, undefined);
+    assert.equal(t.foreignCommits, 0);
+  });
+
+  it("other families, other tables and other agents' chains are not ours; built-in chains are", () => {
+    const l = log();
+    feed(
+      l,
+      'add rule ip6 nat KUBE-SEP-A accept',
+      'add table inet cni',
+      'add chain inet cni fwd { type filter hook forward priority filter; policy accept; }',
+      'add rule ip nat CNI-HOSTPORT-DNAT tcp dport 80 return',
+      'add set ip nat s { type ipv4_addr; }',
+      gen(7, 43),
+      'delete rule ip nat PREROUTING handle 4',
+      gen(8, 43, 'nft'),
+    );
+    const t = l.take();
+    assert.deepEqual([...t.chains], ['nat/PREROUTING']);
+    assert.equal(t.foreignCommits, 2);
+  });
+
+  it('a deleted table, lost events, a generation gap or too many chains cannot be scoped', () => {
+    const deleted = log();
+    feed(deleted, 'delete chain ip nat KUBE-SEP-A', 'delete table ip nat', gen(3, 44, 'nft'));
+    assert.match(deleted.take().unscoped ?? '', /table ip nat deleted.*44 nft/);
+
+    const lost = log();
+    feed(lost, gen(3, OURS), '# ERROR: We lost some netlink events!', gen(4, OURS));
+    assert.match(lost.take().unscoped ?? '', /lost some netlink events/, 'even during our own write');
+
+    const gap = log();
+    feed(gap, gen(3, OURS), gen(6, OURS));
+    assert.match(gap.take().unscoped ?? '', /missed generations 4–5/);
+
+    const many = log();
+    for (let i = 0; i <= MAX_SCOPED_CHAINS; i++) many.line(`delete rule ip nat KUBE-SEP-${i} handle ${i}`);
+    many.line(gen(2, 45));
+    assert.match(many.take().unscoped ?? '', /more than 64 chains/);
+
+    const ourFlush = log();
+    for (let i = 0; i <= MAX_SCOPED_CHAINS; i++)
+      ourFlush.line(`delete rule ip nat KUBE-SEP-${i} handle ${i}`);
+    ourFlush.line(gen(2, OURS));
+    assert.equal(ourFlush.take().unscoped, undefined, 'our own big writes are fine');
+  });
+
+  it('take() forgets; a stopped monitor is unscoped and unarmed until our next commit', () => {
+    const l = log();
+    feed(l, gen(1, OURS), 'delete rule ip filter KUBE-FORWARD handle 3', gen(2, 46));
+    assert.equal(l.take().chains.size, 1);
+    assert.equal(l.take().chains.size, 0);
+    l.lost('nft monitor exited (null)');
+    assert.equal(l.armed, false);
+    assert.equal(l.take().unscoped, 'nft monitor exited (null)');
+    feed(l, gen(9, OURS));
+    assert.equal(l.armed, true);
+    assert.equal(l.take().unscoped, undefined, 'no gap counted across a restart');
+  });
+});
+
+describe('iptables/compare: chainsOfRestoreInput', () => {
+  it('keeps the declarations and rules of the named chains, per table', () => {
+    const input = [
+      '*filter',
+      ':KUBE-SERVICES - [0:0]',
+      ':KUBE-FORWARD - [0:0]',
+      '-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP',
+      '-A KUBE-SERVICES -d 10.0.0.1/32 -j REJECT',
+      'COMMIT',
+      '*nat',
+      ':KUBE-SERVICES - [0:0]',
+      ':KUBE-SEP-A - [0:0]',
+      '-A KUBE-SERVICES -d 10.0.0.2/32 -j KUBE-SVC-B',
+      '-A KUBE-SEP-A -p tcp -j DNAT --to-destination 10.1.0.1:80',
+      'COMMIT',
+      '',
+    ].join('\n');
+    const out = chainsOfRestoreInput(
+      input,
+      new Map([
+        ['nat', new Set(['KUBE-SEP-A', 'KUBE-MISSING'])],
+        ['filter', new Set(['KUBE-SERVICES'])],
+      ]),
+    );
+    assert.equal(
+      out,
+      [
+        '*filter',
+        ':KUBE-SERVICES - [0:0]',
+        '-A KUBE-SERVICES -d 10.0.0.1/32 -j REJECT',
+        'COMMIT',
+        '*nat',
+        ':KUBE-SEP-A - [0:0]',
+        '-A KUBE-SEP-A -p tcp -j DNAT --to-destination 10.1.0.1:80',
+        'COMMIT',
+        '',
+      ].join('\n'),
+    );
+    assert.equal(chainsOfRestoreInput(input, new Map()), '');
+  });
+});
