@@ -25,6 +25,8 @@ const ENDPOINTS = 5;
 
 interface Args {
   sizes: number[];
+  /** nft commands to measure, each at every size (the floor uses the same one). */
+  binaries: string[];
   child?: number;
   changes: number;
   latencyAt: number;
@@ -32,13 +34,14 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { sizes: [1000, 10000], changes: 50, latencyAt: 10000 };
+  const args: Args = { sizes: [1000, 10000], binaries: ['nft'], changes: 50, latencyAt: 10000 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const v = argv[i + 1];
     const num = (s: string): number => Number(s.replace(/k$/i, '000'));
     if (a === '--sizes' && v) args.sizes = v.split(',').map(num);
     else if (a === '--child' && v) args.child = num(v);
+    else if ((a === '--nft-binaries' || a === '--nft') && v) args.binaries = v.split(',');
     else if (a === '--changes' && v) args.changes = num(v);
     else if (a === '--latency-at' && v) args.latencyAt = num(v);
     else if (a === '--out' && v) args.out = v;
@@ -50,6 +53,7 @@ function parseArgs(argv: string[]): Args {
 
 interface SizeResult {
   services: number;
+  nft: string;
   endpointsPerService: number;
   load: number[];
   buildMs: number;
@@ -67,6 +71,9 @@ interface SizeResult {
     maxMs: number;
     syncP50Ms: number;
     nftP50Ms: number;
+    /** The same partial input replayed by a bare `nft -f` right after each change (p50, max). */
+    floorP50Ms: number;
+    floorMaxMs: number;
     bytes: number;
     percentOfFull: number;
     lines: number;
@@ -80,13 +87,18 @@ const percentile = (xs: number[], p: number): number => {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
 };
 
-async function timedNft(input: string): Promise<number> {
+async function timedNft(binary: string, input: string): Promise<number> {
   const started = performance.now();
-  await run(['nft', '-f', '-'], { input, timeoutMs: 600_000 });
-  return Math.round(performance.now() - started);
+  await run([binary, '-f', '-'], { input, timeoutMs: 1_800_000 });
+  return performance.now() - started;
 }
 
-async function measureSize(n: number, changes: number, latencyAt: number): Promise<SizeResult> {
+async function measureSize(
+  n: number,
+  binary: string,
+  changes: number,
+  latencyAt: number,
+): Promise<SizeResult> {
   const mem = new MemoryPeak();
   const objects = clusterObjects({ services: n, endpointsPerService: ENDPOINTS });
   let t = performance.now();
@@ -104,16 +116,19 @@ async function measureSize(n: number, changes: number, latencyAt: number): Promi
     detectLocalMode: 'ClusterCIDR',
     clusterCIDRs: ['10.128.0.0/9'],
     nodePortAddresses: [],
+    nftBinary: binary,
   });
   await proxier.setup();
   // Capture what the proxier hands to nft, to replay it bare as the floor.
   const inputs: string[] = [];
   const realApply = proxier.nft.apply.bind(proxier.nft);
+  let partialInput = '';
   proxier.nft.apply = (lines, what) => {
     inputs.push(lines.join('\n') + '\n');
+    if (what === 'nftables partial sync') partialInput = inputs.at(-1)!;
     return realApply(lines, what);
   };
-  const clean = new Nft({ family: 'IPv4' });
+  const clean = new Nft({ family: 'IPv4', binary });
   const dropTable = (): Promise<unknown> =>
     clean.apply(['add table ip kube-proxy', 'delete table ip kube-proxy'], 'bench cleanup');
 
@@ -121,12 +136,12 @@ async function measureSize(n: number, changes: number, latencyAt: number): Promi
   const first = await proxier.sync(state);
   const fullInput = inputs.at(-1)!;
   await dropTable();
-  const floorFirstMs = await timedNft(fullInput);
+  const floorFirstMs = Math.round(await timedNft(binary, fullInput));
   // Populated: the proxier's own full sync again (its input recreates nothing now), then the floor.
   proxier.forceFullSync();
   inputs.length = 0;
   const repeat = await proxier.sync(state);
-  const floorRepeatMs = await timedNft(inputs.at(-1)!);
+  const floorRepeatMs = Math.round(await timedNft(binary, inputs.at(-1)!));
 
   let change: SizeResult['change'];
   if (n === latencyAt && changes > 0) {
@@ -134,6 +149,7 @@ async function measureSize(n: number, changes: number, latencyAt: number): Promi
     const total: number[] = [];
     const syncs: number[] = [];
     const nfts: number[] = [];
+    const floors: number[] = [];
     let firstChange: { bytes: number; lines: number } | undefined;
     // A partial sync first (the floor replays left the kernel as the proxier wrote it).
     proxier.forceFullSync();
@@ -155,6 +171,9 @@ async function measureSize(n: number, changes: number, latencyAt: number): Promi
       firstChange ??= { bytes: report.bytes, lines: report.lines };
       syncs.push(report.durationMs);
       nfts.push(Number(report.details?.nftMs ?? NaN));
+      // Its floor: the very input it wrote, replayed bare (chains re-added and flushed, rules and
+      // elements added again: the same work). Skipped when it deletes something (not replayable).
+      if (!/^delete /m.test(partialInput)) floors.push(await timedNft(binary, partialInput));
     }
     change = {
       samples: changes,
@@ -162,6 +181,8 @@ async function measureSize(n: number, changes: number, latencyAt: number): Promi
       maxMs: Math.round(Math.max(...total)),
       syncP50Ms: Math.round(percentile(syncs, 50)),
       nftP50Ms: Math.round(percentile(nfts, 50)),
+      floorP50Ms: Math.round(percentile(floors, 50)),
+      floorMaxMs: Math.round(Math.max(...floors)),
       bytes: firstChange!.bytes,
       lines: firstChange!.lines,
       percentOfFull: Math.round((firstChange!.bytes / first.bytes) * 10000) / 100,
@@ -171,6 +192,7 @@ async function measureSize(n: number, changes: number, latencyAt: number): Promi
   await dropTable();
   return {
     services: n,
+    nft: (await run([binary, '--version'])).stdout.trim(),
     endpointsPerService: ENDPOINTS,
     load: loadavg().map((x) => Math.round(x * 100) / 100),
     buildMs,
@@ -190,6 +212,7 @@ async function measureSize(n: number, changes: number, latencyAt: number): Promi
 
 function table(results: SizeResult[]): string {
   const head = [
+    'nft',
     'services',
     'build ms',
     'MB',
@@ -205,6 +228,7 @@ function table(results: SizeResult[]): string {
     'load',
   ];
   const rows = results.map((r) => [
+    /v[\d.]+/.exec(r.nft)?.[0] ?? r.nft,
     r.services,
     r.buildMs,
     Math.round((r.bytes / 1048576) * 10) / 10,
@@ -226,7 +250,7 @@ function table(results: SizeResult[]): string {
     if (r.change) {
       const c = r.change;
       lines.push(
-        `${r.services}: one-endpoint change over ${c.samples} changes: change-to-rules p50 ${c.p50Ms} ms, max ${c.maxMs} ms (sync p50 ${c.syncP50Ms} ms, nft ${c.nftP50Ms} ms); ${c.bytes} bytes, ${c.lines} lines (${c.percentOfFull}% of a full sync)`,
+        `${r.nft}, ${r.services}: one-endpoint change over ${c.samples} changes: change-to-rules p50 ${c.p50Ms} ms, max ${c.maxMs} ms (sync p50 ${c.syncP50Ms} ms, nft ${c.nftP50Ms} ms; floor p50 ${c.floorP50Ms} ms, max ${c.floorMaxMs} ms); ${c.bytes} bytes, ${c.lines} lines (${c.percentOfFull}% of a full sync)`,
       );
     }
   }
@@ -236,37 +260,44 @@ function table(results: SizeResult[]): string {
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   if (args.child !== undefined) {
-    process.stdout.write(JSON.stringify(await measureSize(args.child, args.changes, args.latencyAt)) + '\n');
+    const result = await measureSize(args.child, args.binaries[0]!, args.changes, args.latencyAt);
+    process.stdout.write(JSON.stringify(result) + '\n');
     return;
   }
   const self = fileURLToPath(import.meta.url);
   const results: SizeResult[] = [];
   for (const n of args.sizes) {
-    process.stderr.write(`bench (nftables): ${n} Services × ${ENDPOINTS} endpoints …\n`);
-    const res = await run(
-      [
-        process.execPath,
-        ...process.execArgv,
-        self,
-        '--child',
-        String(n),
-        '--changes',
-        String(args.changes),
-        '--latency-at',
-        String(args.latencyAt),
-      ],
-      { timeoutMs: 3_600_000, allowFailure: true },
-    );
-    if (res.exitCode !== 0) throw new Error(`bench child for ${n} failed (${res.exitCode}): ${res.stderr}`);
-    const r = JSON.parse(res.stdout.trim().split('\n').pop() ?? '') as SizeResult;
-    results.push(r);
-    process.stderr.write(table([r]).split('\n').slice(1).join('\n') + '\n');
+    for (const binary of args.binaries) {
+      process.stderr.write(`bench (nftables): ${n} Services × ${ENDPOINTS} endpoints, ${binary} …\n`);
+      const res = await run(
+        [
+          process.execPath,
+          ...process.execArgv,
+          self,
+          '--child',
+          String(n),
+          '--nft',
+          binary,
+          '--changes',
+          String(args.changes),
+          '--latency-at',
+          String(args.latencyAt),
+        ],
+        { timeoutMs: 3 * 3_600_000, allowFailure: true },
+      );
+      if (res.exitCode !== 0) throw new Error(`bench child for ${n} failed (${res.exitCode}): ${res.stderr}`);
+      const r = JSON.parse(res.stdout.trim().split('\n').pop() ?? '') as SizeResult;
+      results.push(r);
+      process.stderr.write(table([r]).split('\n').slice(1).join('\n') + '\n');
+    }
   }
   const machine = {
     date: new Date().toISOString(),
     node: process.version,
     cpus: (await import('node:os')).cpus().length,
-    nft: (await run(['nft', '--version'])).stdout.trim(),
+    nft: await Promise.all(
+      args.binaries.map(async (b) => `${b}: ${(await run([b, '--version'])).stdout.trim()}`),
+    ),
     kernel: (await run(['uname', '-r'])).stdout.trim(),
   };
   process.stdout.write(`\nnftables mode:\n${table(results)}\n`);

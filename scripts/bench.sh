@@ -25,9 +25,11 @@
 #   --netpol-out FILE (default bench/results/netpol-<date>.json)
 # nftables part (bench/nftables-bench.ts, after the iptables part, under `unshare -n` too): full sync
 # into an empty and a populated kernel against the floor (a bare `nft -f` of the same transaction),
-# one-endpoint changes at 10k (change to rules p50/max, bytes per change), peak RSS. Default 1k,10k;
-# options: --no-nftables  --nftables-only  --nftables-sizes LIST (e.g. 1k,10k,30k)
+# one-endpoint changes at 10k (change to rules p50/max against the replayed input, bytes per change),
+# peak RSS; each size once per nft: the machine's and .nft/bin/nft (nft 1.1.3, scripts/nft-install.sh).
+# Default 1k,10k; options: --no-nftables  --nftables-only  --nftables-sizes LIST (e.g. 1k,10k,30k)
 #          --nftables-changes N (default 50)  --nftables-out FILE
+#          --nftables-binaries LIST (default nft,.nft/bin/nft)
 # Results: tables on stdout, JSON in bench/results/ (gitignored).
 # Env: SVCPLANE_SKIP_BUILD=1 skips scripts/setup.sh (installs, npm ci, rebuild of dist/).
 set -euo pipefail
@@ -39,6 +41,7 @@ manifest_args=()
 netpol_args=()
 run_netpol=1
 nft_args=()
+nft_binaries=nft,.nft/bin/nft
 run_nftables=1
 run_iptables=1
 run_ipvs=1
@@ -53,6 +56,7 @@ while (($#)); do
     --nftables-sizes) nft_args+=(--sizes "${2:?--nftables-sizes wants a list}"); shift 2 ;;
     --nftables-changes) nft_args+=(--changes "${2:?--nftables-changes wants a number}"); shift 2 ;;
     --nftables-out) nft_args+=(--out "${2:?--nftables-out wants a file}"); shift 2 ;;
+    --nftables-binaries) nft_binaries=${2:?--nftables-binaries wants a list}; shift 2 ;;
     --netpol-changes) netpol_args+=(--changes "${2:?--netpol-changes wants a number}"); shift 2 ;;
     --netpol-out) netpol_args+=(--out "${2:?--netpol-out wants a file}"); shift 2 ;;
     --ipvs-only) run_iptables=0; run_manifests=0; run_netpol=0; run_nftables=0; shift ;;
@@ -81,7 +85,7 @@ if ((run_iptables)); then
 fi
 if ((run_nftables)); then
   echo "bench: nftables part, $(date -u +%FT%TZ); load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-  unshare -n node dist/bench/nftables-bench.js "${nft_args[@]}"
+  unshare -n node dist/bench/nftables-bench.js --nft-binaries "$nft_binaries" "${nft_args[@]}"
 fi
 if ((run_manifests)); then
   echo "bench: manifest part, $(date -u +%FT%TZ); load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

@@ -42,6 +42,9 @@ if ((node_major < ${SVCPLANE_NODE_VERSION%%.*})); then
   echo "setup: $(node --version) at $(command -v node)" >&2
 fi
 
+# nft 1.1.3 (Debian 13's) into .nft/, for --nft-binary .nft/bin/nft (the default stays the machine's nft).
+bash scripts/nft-install.sh
+
 # npm ci only when the lock file changed since the last install.
 stamp=node_modules/.svcplane-lock
 if [[ ! -f $stamp ]] || ! cmp -s package-lock.json "$stamp"; then

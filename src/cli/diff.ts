@@ -149,6 +149,7 @@ async function diffPolicyTable(
   const enforcer = new NetpolEnforcer({
     nodeName: opts.hostnameOverride,
     families: opts.ipFamilies,
+    nftBinary: opts.nftBinary,
     ...(netns !== undefined ? { netns } : {}),
   });
   return enforcer.compare(enforcer.plan(state));

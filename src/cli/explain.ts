@@ -143,6 +143,7 @@ async function explainPodMain(
     const enforcer = new NetpolEnforcer({
       nodeName: opts.hostnameOverride,
       families: opts.ipFamilies,
+      nftBinary: opts.nftBinary,
       ...(netns !== undefined ? { netns } : {}),
     });
     let kernel;

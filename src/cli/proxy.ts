@@ -64,8 +64,9 @@ export function registerProxyCommands(program: Command): void {
     .command('cleanup')
     .description('remove every rule svcplane (or kube-proxy) created, like kube-proxy --cleanup')
     .option('--iptables-binary <name>', 'iptables command to use, e.g. iptables-legacy', 'iptables')
-    .action(async (raw: { iptablesBinary: string }) => {
-      process.exitCode = await cleanup(raw.iptablesBinary);
+    .option('--nft-binary <path>', 'nft command to use, e.g. .nft/bin/nft', 'nft')
+    .action(async (raw: { iptablesBinary: string; nftBinary: string }) => {
+      process.exitCode = await cleanup(raw);
     });
 }
 
@@ -104,7 +105,7 @@ export async function daemonMain(args: readonly string[], commands = ''): Promis
       log.info('wrote the configuration', { file: values.writeConfigTo });
       return 0;
     }
-    if (values.cleanup === true) return await cleanup(loaded.options.iptablesBinary);
+    if (values.cleanup === true) return await cleanup(loaded.options);
     if (values.initOnly === true) return await initOnly(loaded.options);
     return await runDaemon(loaded.options);
   } catch (err) {
@@ -292,9 +293,9 @@ async function runDaemon(initial: ProxyOptions): Promise<number> {
 }
 
 /** kube-proxy --cleanup: every mode's rules, then the policy table (src/modes/registry.ts). */
-async function cleanup(binary: string): Promise<number> {
+async function cleanup(binaries: Pick<ProxyOptions, 'iptablesBinary' | 'nftBinary'>): Promise<number> {
   let status = 0;
-  for (const outcome of await cleanupEveryMode({ iptablesBinary: binary })) {
+  for (const outcome of await cleanupEveryMode(binaries)) {
     if ('error' in outcome) {
       process.stderr.write(`${outcome.part}: cleanup failed: ${describeFailure(outcome.error)}\n`);
       status = 1;

@@ -55,6 +55,8 @@ interface TraceOptions {
   fromNode?: boolean;
   output: OutputFormat;
   iptablesBinary: string;
+  /** Default `nft`. */
+  nftBinary?: string;
   netns?: string;
   manifests?: string;
   kubeconfig?: string;
@@ -80,6 +82,7 @@ export function registerTraceCommand(program: Command): void {
     .option('--from-node', 'the node itself sends the packet (nat OUTPUT); implied when --src is local')
     .option('--output <format>', 'text or json', outputOption, 'text')
     .option('--iptables-binary <name>', 'iptables command to use, e.g. iptables-legacy', 'iptables')
+    .option('--nft-binary <path>', 'nft command to use, e.g. .nft/bin/nft', 'nft')
     .option('--netns <name>', 'inspect the rules of this named network namespace (e.g. a sandbox node)')
     .option('--manifests <path>', 'name the Service from these manifests (IPVS rules carry no names)')
     .option('--kubeconfig <file>', 'name the Service from this cluster (IPVS rules carry no names)')
@@ -134,7 +137,12 @@ export async function traceOnNode(
   state?: ClusterState,
 ): Promise<{ packet: TracePacket; trace: ReturnType<typeof tracePacket> }> {
   // Each mode adds what it reads of the kernel (src/modes/contract.ts traceKernel).
-  const kernel = await readTraceKernel({ family, netns: o.netns, iptablesBinary: o.iptablesBinary });
+  const kernel = await readTraceKernel({
+    family,
+    netns: o.netns,
+    iptablesBinary: o.iptablesBinary,
+    nftBinary: o.nftBinary ?? 'nft',
+  });
   const { ruleset } = kernel;
   if (!ruleset) throw new Error(`${family} iptables-save is not available`);
   const node = await nodeView(family, o.netns);

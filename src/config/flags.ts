@@ -579,6 +579,13 @@ export const SVCPLANE_FLAGS: readonly FlagSpec[] = [
     help: 'iptables command (e.g. iptables-legacy); the restore/save and ip6tables names derive from it',
   }),
   sp({
+    name: 'nft-binary',
+    kind: 'string',
+    value: 'path',
+    default: 'nft',
+    help: 'nft command for nftables mode and --network-policy (e.g. .nft/bin/nft from scripts/nft-install.sh: nft 1.1.3, faster partial syncs; see docs/performance.md)',
+  }),
+  sp({
     name: 'iptables-full-sync-mode',
     kind: 'string',
     value: 'mode',

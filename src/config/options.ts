@@ -93,6 +93,12 @@ export interface ProxyOptions {
    * `--noflush` in chunks on nf_tables, kube-proxy's single `--noflush` on legacy.
    */
   readonly iptablesFullSyncMode: FullSyncModeName;
+  /**
+   * svcplane's --nft-binary: the nft every nftables spawn of the process uses (nftables mode, the
+   * NetworkPolicy enforcer, cleanup, diff, trace). One for all: Debian 12's nft 1.0.6 crashes on
+   * sets that nft 1.1 wrote.
+   */
+  readonly nftBinary: string;
   readonly ipFamilies: readonly IPFamilyName[];
   /** `ip:port`; '' = no healthz server. */
   readonly healthzBindAddress: string;
@@ -220,6 +226,7 @@ function svcplaneOptions(values: Readonly<Record<string, unknown>>): {
   master?: string;
   iptablesBinary: string;
   iptablesFullSyncMode: FullSyncModeName;
+  nftBinary: string;
   ipFamilies: IPFamilyName[];
   schedulerFlags?: readonly string[];
 } {
@@ -231,6 +238,10 @@ function svcplaneOptions(values: Readonly<Record<string, unknown>>): {
   const binary = str('iptablesBinary') ?? 'iptables';
   if (!/^[A-Za-z0-9_./-]+$/.test(binary) || !binary.includes('iptables')) {
     throw new FlagError('--iptables-binary', `"${binary}" must name an iptables command`);
+  }
+  const nftBinary = str('nftBinary') ?? 'nft';
+  if (!/^[A-Za-z0-9_./-]+$/.test(nftBinary)) {
+    throw new FlagError('--nft-binary', `"${nftBinary}" must be a command name or path`);
   }
   const mode = str('iptablesFullSyncMode') ?? 'auto';
   if (!(FULL_SYNC_MODES as readonly string[]).includes(mode)) {
@@ -246,6 +257,7 @@ function svcplaneOptions(values: Readonly<Record<string, unknown>>): {
     ...(master !== undefined && master !== '' ? { master } : {}),
     iptablesBinary: binary,
     iptablesFullSyncMode: mode as FullSyncModeName,
+    nftBinary,
     ipFamilies: families.length > 0 ? [...new Set(families as IPFamilyName[])] : ['IPv4', 'IPv6'],
     ...(Array.isArray(values.ipvsSchedulerFlags)
       ? { schedulerFlags: values.ipvsSchedulerFlags as string[] }
@@ -311,6 +323,7 @@ function toOptions(
     syncPeriodMs: periods.syncPeriodMs,
     iptablesBinary: own.iptablesBinary,
     iptablesFullSyncMode: own.iptablesFullSyncMode,
+    nftBinary: own.nftBinary,
     ipFamilies: own.ipFamilies,
     healthzBindAddress: c.healthzBindAddress,
     metricsBindAddress: c.metricsBindAddress,

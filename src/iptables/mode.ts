@@ -104,7 +104,7 @@ export const iptablesMode: DataplaneMode = {
   unavailable: () => Promise.resolve(undefined),
 
   async createBackends(opts) {
-    await removeNftablesModeLeftovers();
+    await removeNftablesModeLeftovers(opts.nftBinary);
     const families = await usableFamilies(opts);
     return families.map((family) => new IptablesProxier(iptablesProxierConfig(opts, family)));
   },

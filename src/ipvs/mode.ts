@@ -138,7 +138,7 @@ export const ipvsMode: DataplaneMode = {
   probeContext: (opts) => ({ scheduler: opts.ipvs.scheduler }),
 
   async createBackends(opts) {
-    await removeNftablesModeLeftovers();
+    await removeNftablesModeLeftovers(opts.nftBinary);
     return createIpvsBackends(opts, await usableFamilies(opts));
   },
 

@@ -72,7 +72,7 @@ export interface DataplaneMode {
     netns: string | undefined,
   ): Promise<ModeExplanation>;
   /** Removes everything this mode programs (kube-proxy --cleanup); one outcome per part. */
-  cleanup(opts: Pick<ProxyOptions, 'iptablesBinary'>): Promise<CleanupOutcome[]>;
+  cleanup(opts: Pick<ProxyOptions, 'iptablesBinary' | 'nftBinary'>): Promise<CleanupOutcome[]>;
   /**
    * The kernel objects of this mode `svcplane trace` walks, read in `netns` (undefined: absent here).
    * `sofar` holds what the modes registered before this one read (e.g. the iptables ruleset).
@@ -112,6 +112,7 @@ export interface TraceKernelRequest {
   readonly family: IPFamily;
   readonly netns: string | undefined;
   readonly iptablesBinary: string;
+  readonly nftBinary: string;
 }
 
 /** The kernel state the packet walk (src/debug/trace.ts) reads. */

@@ -60,7 +60,11 @@ export async function startDataplane(opts: ProxyOptions): Promise<{
   const started = await startMode(opts);
   if (!started.options.networkPolicy) return started;
   const { NetpolEnforcer } = await import('../netpol/enforcer.js');
-  const enforcer = new NetpolEnforcer({ nodeName: opts.hostnameOverride, families: opts.ipFamilies });
+  const enforcer = new NetpolEnforcer({
+    nodeName: opts.hostnameOverride,
+    families: opts.ipFamilies,
+    nftBinary: opts.nftBinary,
+  });
   try {
     // Probed at start-up: a node without nft or nf_tables (User-mode Linux's kernel) must not run
     // with every policy unenforced, nor retry a failing setup forever with the Services unprogrammed.
@@ -77,7 +81,7 @@ export async function startDataplane(opts: ProxyOptions): Promise<{
 
 /** kube-proxy --cleanup: every mode's own rules, highest cleanupPriority first. */
 export async function cleanupEveryMode(
-  opts: Pick<ProxyOptions, 'iptablesBinary'>,
+  opts: Pick<ProxyOptions, 'iptablesBinary' | 'nftBinary'>,
 ): Promise<CleanupOutcome[]> {
   const ordered = [...MODES].sort((a, b) => b.cleanupPriority - a.cleanupPriority);
   const outcomes: CleanupOutcome[] = [];
@@ -85,7 +89,7 @@ export async function cleanupEveryMode(
   // The NetworkPolicy enforcer's table (whatever the mode).
   try {
     const { cleanupNetpol } = await import('../netpol/enforcer.js');
-    const removed = await cleanupNetpol();
+    const removed = await cleanupNetpol({ nftBinary: opts.nftBinary });
     outcomes.push({
       part: 'netpol',
       text: removed ? 'removed table inet svcplane-netpol' : 'no policy table',

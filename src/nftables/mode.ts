@@ -27,6 +27,7 @@ export function nftablesProxierConfig(opts: ProxyOptions, family: IPFamily): Nft
     ...(opts.interfaceNamePrefix !== undefined ? { interfaceNamePrefix: opts.interfaceNamePrefix } : {}),
     ...(opts.nodePodCIDRs !== undefined ? { podCIDRs: opts.nodePodCIDRs } : {}),
     nodePortAddresses: opts.nodePortAddresses,
+    nftBinary: opts.nftBinary,
   };
 }
 
@@ -94,7 +95,7 @@ async function inspectFamilies(
   const out: NftFamilyDrift[] = [];
   for (const family of opts.ipFamilies) {
     const { model, services } = await desiredFamily(opts, family, state, netns);
-    const table = await new Nft({ family, ...(netns ? { netns } : {}) }).listTable();
+    const table = await new Nft({ family, binary: opts.nftBinary, ...(netns ? { netns } : {}) }).listTable();
     out.push(diffNftables(family, model, services, table));
   }
   return out;
@@ -107,9 +108,9 @@ export const nftablesMode: DataplaneMode = {
   cleanupPriority: 5,
   metrics: { iptablesSyncFamilies: false, nftablesSyncFamilies: true },
 
-  async unavailable() {
+  async unavailable(opts) {
     try {
-      await new Nft({ family: 'IPv4' }).checkVersions();
+      await new Nft({ family: 'IPv4', binary: opts.nftBinary }).checkVersions();
       return undefined;
     } catch (err) {
       return err instanceof Error ? err.message : String(err);
@@ -174,15 +175,19 @@ export const nftablesMode: DataplaneMode = {
     };
   },
 
-  async cleanup() {
-    const failed = await deleteKubeProxyTables();
+  async cleanup(opts) {
+    const failed = await deleteKubeProxyTables({ binary: opts.nftBinary });
     return failed.length === 0
       ? [{ part: 'nftables', text: 'removed tables ip kube-proxy and ip6 kube-proxy (if present)' }]
       : failed.map((f) => ({ part: 'nftables', error: new Error(f) }));
   },
 
   async traceKernel(request, sofar) {
-    const nft = new Nft({ family: request.family, ...(request.netns ? { netns: request.netns } : {}) });
+    const nft = new Nft({
+      family: request.family,
+      binary: request.nftBinary,
+      ...(request.netns ? { netns: request.netns } : {}),
+    });
     try {
       const table = await nft.listTable();
       return table === undefined ? sofar : { ...sofar, nftables: table };

@@ -177,8 +177,8 @@ export class Nft {
  * Another mode starting: kube-proxy's nftables tables go (a node switched from nftables mode would
  * otherwise DNAT twice). Failures are logged, never fatal (no nf_tables here: nothing to remove).
  */
-export async function removeNftablesModeLeftovers(): Promise<void> {
-  const failed = await deleteKubeProxyTables();
+export async function removeNftablesModeLeftovers(binary: string): Promise<void> {
+  const failed = await deleteKubeProxyTables({ binary });
   for (const f of failed) log.info('cannot remove nftables mode leftovers', { reason: f });
 }
 

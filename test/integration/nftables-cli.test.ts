@@ -204,4 +204,44 @@ describe('svcplane --proxy-mode nftables (real processes, real traffic)', functi
     assert.doesNotMatch(await nftTables(), /kube-proxy/);
     await expectNoAnswer(sb, 'client', tcp('10.96.70.10', 80, 600));
   });
+
+  it('--nft-binary (nft 1.1.3 from scripts/nft-install.sh): sync, trace, mode switch and cleanup all use it', async () => {
+    // Debian 12's nft 1.0.6 crashes (SIGSEGV) reading sets that nft 1.1 wrote, so one binary for
+    // every nft the process runs: with the machine's nft, iptables mode could not remove this table.
+    const sb = env.sb;
+    const nftBin = join(packageRoot(), '.nft', 'bin', 'nft');
+    const newNft = ['--nft-binary', nftBin];
+    assert.match((await run([nftBin, '--version'])).stdout, /v1\.1\./, 'bash scripts/nft-install.sh');
+    const tables = async (): Promise<string> =>
+      (await env.sb.exec('node', [nftBin, 'list', 'tables'])).stdout;
+    await writeFile(join(dir, 'web.json'), JSON.stringify(manifest(sb, ['a', 'b'])));
+    const nft = await cli(sb.nodeNs, ['sync', '--proxy-mode=nftables', ...newNft, ...args()]);
+    assert.equal(nft.exitCode, 0, nft.stderr);
+    assert.match(await tables(), /table ip kube-proxy/);
+    answeredPeer(await sb.request('client', tcp('10.96.70.10', 80)), ['a', 'b']);
+    answeredPeer(await sb.request('client', tcp('fd00:10:96::7010', 80)), ['a', 'b']);
+    const trace = await cli(sb.nodeNs, [
+      'trace',
+      ...newNft,
+      `--src=${sb.outsideIPv4}`,
+      '--dst=10.96.70.10',
+      '--dport=80',
+      '--output=json',
+    ]);
+    assert.equal(trace.exitCode, 0, trace.stderr);
+    assert.equal((JSON.parse(trace.stdout) as { verdict: string }).verdict, 'dnat');
+    const diff = await cli(sb.nodeNs, ['diff', '--proxy-mode=nftables', ...newNft, ...args()]);
+    assert.equal(diff.exitCode, 0, diff.stdout + diff.stderr);
+    // iptables mode removes nftables mode's tables with the same nft.
+    const ipt = await cli(sb.nodeNs, ['sync', ...newNft, ...args()]);
+    assert.equal(ipt.exitCode, 0, ipt.stderr);
+    assert.doesNotMatch(await tables(), /kube-proxy/);
+    answeredPeer(await sb.request('client', tcp('10.96.70.10', 80)), ['a', 'b']);
+    const again = await cli(sb.nodeNs, ['sync', '--proxy-mode=nftables', ...newNft, ...args()]);
+    assert.equal(again.exitCode, 0, again.stderr);
+    const clean = await cli(sb.nodeNs, ['cleanup', ...newNft]);
+    assert.equal(clean.exitCode, 0, clean.stderr);
+    assert.doesNotMatch(await tables(), /kube-proxy/);
+    await expectNoAnswer(sb, 'client', tcp('10.96.70.10', 80, 600));
+  });
 });

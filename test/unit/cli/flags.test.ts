@@ -3,6 +3,7 @@ import { FlagError, parseCommandLine } from '../../../src/config/command-line.js
 import { KUBE_PROXY_FLAGS, LOGGING_FLAGS, PROXY_FLAGS } from '../../../src/config/flags.js';
 import { iptablesBinaries, optionsFromArgs, resolveConfiguration } from '../../../src/config/options.js';
 import { iptablesProxierConfig } from '../../../src/iptables/mode.js';
+import { nftablesProxierConfig } from '../../../src/nftables/mode.js';
 
 /**
  * kube-proxy's command line (cmd/kube-proxy/app/options.go of 1.35, and component-base's logging
@@ -257,6 +258,19 @@ describe("kube-proxy's command line", () => {
     assert.throws(
       () => optionsFromArgs(['--iptables-full-sync-mode=fast']),
       /--iptables-full-sync-mode: "fast" is not auto, chunked, noflush or whole-table/,
+    );
+  });
+
+  it('--nft-binary reaches the nftables proxier (nft on PATH by default, as kube-proxy)', () => {
+    assert.equal(nftablesProxierConfig(optionsFromArgs([]), 'IPv4').nftBinary, 'nft');
+    assert.equal(
+      nftablesProxierConfig(optionsFromArgs(['--nft-binary=.nft/bin/nft']), 'IPv6').nftBinary,
+      '.nft/bin/nft',
+    );
+    assert.equal(optionsFromArgs(['--nft-binary', '/opt/nft/bin/nft']).nftBinary, '/opt/nft/bin/nft');
+    assert.throws(
+      () => optionsFromArgs(['--nft-binary=nft -f']),
+      /--nft-binary: "nft -f" must be a command name or path/,
     );
   });
 
