@@ -9,6 +9,7 @@ import {
 import {
   emptyModel,
   fullTransaction,
+  holdsAnonymousSet,
   partialTransaction,
   type WrittenModel,
 } from '../../../src/nftables/transaction.js';
@@ -268,6 +269,70 @@ describe('nftables transactions', () => {
     assert.equal(tx.model.chains.get('masquerading'), 3);
     assert.equal(tx.model.chains.get('filter-output'), 2, 'two jumps');
     assert.equal(tx.model.elements.get('cluster-ips')?.size, 1);
+  });
+
+  it('a full sync writes every Service chain, then the rules holding anonymous sets, then the rest (chains whole, in order)', () => {
+    // The kernel walks the whole transaction so far to bind each anonymous set: those rules go as early
+    // as they can (docs/performance.md). Per Service, as before, they came after most of the input.
+    const lb = service('ns2/lb', {
+      type: 'LoadBalancer',
+      clusterIP: '172.30.0.42',
+      lbIPs: ['5.6.7.8'],
+      sourceRanges: ['203.0.113.0/25'],
+      affinity: { type: 'ClientIP', timeoutSeconds: 60 },
+      ports: [
+        { name: 'p', port: 80, nodePort: 3003, endpoints: [ep('10.180.0.7', 80), ep('10.180.0.8', 80)] },
+      ],
+    });
+    const two = service('ns3/two', {
+      clusterIP: '172.30.0.43',
+      ports: [{ name: 'p', port: 81, endpoints: [ep('10.180.0.9', 81), ep('10.180.0.10', 81)] }],
+    });
+    const services = renderState(state(svc1, lb, two), cfg);
+    const tx = fullTransaction({
+      config: cfg,
+      checked,
+      services,
+      existingServiceChains: [],
+      existingAffinitySets: new Map(),
+      recreateBaseChains: false,
+    });
+    const serviceChains = new Set([...services.values()].flatMap((r) => [...r.chains.keys()]));
+    const at = (re: RegExp): number[] => tx.lines.flatMap((l, i) => (re.test(l) ? [i] : []));
+    const chainOf = (line: string): string => line.split(' ')[4]!;
+    const serviceRules = at(/^add rule /).filter((i) => serviceChains.has(chainOf(tx.lines[i]!)));
+    const anonymousChains = new Set(
+      [...services.values()].flatMap((r) =>
+        [...r.chains].filter(([, rules]) => rules.some(holdsAnonymousSet)).map(([name]) => name),
+      ),
+    );
+    assert.equal(anonymousChains.size, 4, 'three numgen vmaps and the source-range set');
+    const anonymous = serviceRules.filter((i) => anonymousChains.has(chainOf(tx.lines[i]!)));
+    const lastDeclaration = Math.max(
+      ...at(/^(add chain|flush chain|add set) /).filter(
+        (i) => serviceChains.has(chainOf(tx.lines[i]!)) || tx.lines[i]!.startsWith('add set'),
+      ),
+    );
+    assert.ok(lastDeclaration < serviceRules[0]!, 'every Service chain and affinity set before any rule');
+    const firstPlain = serviceRules.find((i) => !anonymous.includes(i))!;
+    assert.ok(Math.max(...anonymous) < firstPlain, tx.lines.join('\n'));
+    // Each chain's rules: together, in the rendered order.
+    for (const r of services.values()) {
+      for (const [chain, rules] of r.chains) {
+        const mine = serviceRules.filter((i) => chainOf(tx.lines[i]!) === chain);
+        assert.deepEqual(
+          mine.map((i) => tx.lines[i]!.split(' ').slice(5).join(' ')),
+          rules,
+          chain,
+        );
+        if (mine.length > 0) assert.equal(mine.at(-1)! - mine[0]!, mine.length - 1, `${chain} contiguous`);
+      }
+    }
+    assert.equal(holdsAnonymousSet('numgen random mod 2 vmap { 0 : goto a, 1 : goto b }'), true);
+    assert.equal(holdsAnonymousSet('ip saddr != { 10.0.0.0/8 } drop'), true);
+    assert.equal(holdsAnonymousSet('ip daddr 10.0.0.1 jump x comment "a { b"'), false);
+    assert.equal(holdsAnonymousSet('meta l4proto tcp dnat to 10.0.0.1:80'), false);
+    assert.equal(holdsAnonymousSet('update @affinity-x { ip saddr }'), false);
   });
 
   it('--nodeport-addresses: the nodeport-ips set holds the node addresses (never localhost)', () => {
