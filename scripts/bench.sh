@@ -30,6 +30,7 @@
 # Default 1k,10k; options: --no-nftables  --nftables-only  --nftables-sizes LIST (e.g. 1k,10k,30k)
 #          --nftables-changes N (default 50)  --nftables-out FILE
 #          --nftables-binaries LIST (default nft,.nft/bin/nft)
+#          --nftables-repeat-up-to N (sizes above N skip the repeated full sync and its floor)
 # Results: tables on stdout, JSON in bench/results/ (gitignored).
 # Env: SVCPLANE_SKIP_BUILD=1 skips scripts/setup.sh (installs, npm ci, rebuild of dist/).
 set -euo pipefail
@@ -57,6 +58,7 @@ while (($#)); do
     --nftables-changes) nft_args+=(--changes "${2:?--nftables-changes wants a number}"); shift 2 ;;
     --nftables-out) nft_args+=(--out "${2:?--nftables-out wants a file}"); shift 2 ;;
     --nftables-binaries) nft_binaries=${2:?--nftables-binaries wants a list}; shift 2 ;;
+    --nftables-repeat-up-to) nft_args+=(--repeat-up-to "${2:?--nftables-repeat-up-to wants a size}"); shift 2 ;;
     --netpol-changes) netpol_args+=(--changes "${2:?--netpol-changes wants a number}"); shift 2 ;;
     --netpol-out) netpol_args+=(--out "${2:?--netpol-out wants a file}"); shift 2 ;;
     --ipvs-only) run_iptables=0; run_manifests=0; run_netpol=0; run_nftables=0; shift ;;

@@ -76,6 +76,15 @@ export interface NftOptions {
   readonly binary?: string;
 }
 
+/**
+ * How long one `nft` may run. A full sync at 10k Services x 5 endpoints took 65-100 s of kernel time
+ * on a loaded 2-core machine (docs/performance.md) and a repeated one longer: the former 120 s killed
+ * it, the sync failed, and every retry was killed the same way. As iptables-restore's (10 min).
+ */
+export const NFT_TRANSACTION_TIMEOUT_MS = 600_000;
+/** `nft -j list table` at 10k: ~21 s on that machine (60 MB of JSON). */
+export const NFT_LISTING_TIMEOUT_MS = 300_000;
+
 export interface NftRunResult {
   readonly bytes: number;
   readonly lines: number;
@@ -103,7 +112,7 @@ export class Nft {
       const r = await run(argv, {
         netns: this.opts.netns,
         ...(input !== undefined ? { input } : {}),
-        timeoutMs: 120_000,
+        timeoutMs: input !== undefined ? NFT_TRANSACTION_TIMEOUT_MS : NFT_LISTING_TIMEOUT_MS,
       });
       return { stdout: r.stdout, durationMs: r.durationMs };
     } catch (err) {
