@@ -1,7 +1,7 @@
 import type { IpvsTable } from '../ipvs/ipvsadm.js';
 import type { IpvsDesired } from '../ipvs/plan.js';
-import { rsKey, sameAttributes, splitIPPort, vsKey, type VirtualServer } from '../ipvs/types.js';
-import { cidrContains, ipFamilyOf } from '../model/ip.js';
+import { compareIpvs } from '../ipvs/diff.js';
+import { rsKey, splitIPPort, vsKey, type VirtualServer } from '../ipvs/types.js';
 import type { IPFamily, Protocol } from '../model/types.js';
 import { summaryLine, type FamilyDrift } from '../iptables/compare.js';
 import { formatDriftText } from './diff.js';
@@ -11,8 +11,10 @@ import { svcplaneOnlySets, type IpvsLayout, type TakeoverChange } from './ipvs-k
  * `svcplane diff` in IPVS mode, the pure part: the planner's desired state (virtual/real servers,
  * kube-ipvs0 addresses, ipset members) against the kernel's (ipvsadm -Sn, ipset save, ip address),
  * each difference attributed to the Service port that owns it, plus the iptables diff of the rules
- * around the sets (computed by ./diff.ts). Weight-0 real servers nobody wants are graceful
- * termination at work ("draining"), not drift. On a node kube-proxy wrote (./ipvs-kube-proxy.ts),
+ * around the sets (computed by ./diff.ts). Virtual and real servers are judged by the daemon's own
+ * comparison (compareIpvs, src/ipvs/diff.ts): a busy weight-0 TCP real server nobody wants is
+ * graceful termination at work ("draining"), not drift; a UDP/SCTP one is drift (the daemon deletes
+ * it at once). On a node kube-proxy wrote (./ipvs-kube-proxy.ts),
  * svcplane's own sets and the real servers kube-proxy gives Local-policy frontends without a local
  * endpoint are what svcplane would change on taking over, listed apart from drift.
  */
@@ -184,84 +186,92 @@ export function diffIpvsState(input: IpvsDiffInput): IpvsFamilyDrift {
   const ownSets = new Set([own.noEndpoints, own.noLocalEndpoints]);
   const noLocal = desired.sets.find((s) => s.name === own.noLocalEndpoints)?.members ?? new Set<string>();
 
-  // Virtual and real servers.
-  for (const [key, want] of desired.services) {
-    const have = kernel.table.get(key);
-    const vs = vsText(want.vs);
-    if (!have) {
-      push(want.owner, {
-        kind: 'vs-missing',
-        virtualServer: vs,
-        detail: `virtual server ${vs} missing (${want.reals.length} real server(s) wanted)`,
+  // Virtual and real servers: the daemon's own comparison (ipvs/diff.ts), so drift here is exactly
+  // what its next sync changes. Connection counts are not read: a weight-0 TCP real server counts
+  // as busy (draining), as in the daemon's first pass.
+  const differences = compareIpvs(kernel.table, desired.services, {
+    family,
+    excludeCIDRs: input.excludeCIDRs,
+    connections: new Map(),
+  });
+  for (const d of differences) {
+    if (d.kind === 'vs-extra') {
+      // An unwanted port on a Service's address belongs to the Service, not to one of its ports.
+      const owner = single(idx.byAddress.get(d.have.vs.address));
+      push(owner === undefined ? undefined : ipvsServiceKey(owner), {
+        kind: 'vs-extra',
+        virtualServer: vsText(d.have.vs),
+        detail: `extra virtual server ${vsText(d.have.vs)} (${attrs(d.have.vs)}, ${d.have.reals.size} real server(s))`,
       });
       continue;
     }
-    if (!sameAttributes(have.vs, want.vs)) {
-      push(want.owner, {
-        kind: 'vs-attributes',
-        virtualServer: vs,
-        detail: `virtual server ${vs}: kernel has ${attrs(have.vs)}, want ${attrs(want.vs)}`,
-      });
-    }
-    const wanted = new Map(want.reals.map((rs) => [rsKey(rs), rs]));
-    for (const [k, rs] of wanted) {
-      const old = have.reals.get(k);
-      if (!old) {
+    const { want } = d;
+    const vs = vsText(want.vs);
+    switch (d.kind) {
+      case 'vs-missing':
+        push(want.owner, {
+          kind: 'vs-missing',
+          virtualServer: vs,
+          detail: `virtual server ${vs} missing (${want.reals.length} real server(s) wanted)`,
+        });
+        break;
+      case 'vs-attributes':
+        push(want.owner, {
+          kind: 'vs-attributes',
+          virtualServer: vs,
+          detail: `virtual server ${vs}: kernel has ${attrs(d.have)}, want ${attrs(want.vs)}`,
+        });
+        break;
+      case 'rs-missing':
         push(want.owner, {
           kind: 'rs-missing',
           virtualServer: vs,
-          realServer: k,
-          detail: `virtual server ${vs}: real server ${k} missing (weight ${rs.weight})`,
+          realServer: rsKey(d.rs),
+          detail: `virtual server ${vs}: real server ${rsKey(d.rs)} missing (weight ${d.rs.weight})`,
         });
-      } else if (old.weight !== rs.weight) {
+        break;
+      case 'rs-weight':
         push(want.owner, {
           kind: 'rs-weight',
           virtualServer: vs,
-          realServer: k,
-          detail: `virtual server ${vs}: real server ${k} has weight ${old.weight}, want ${rs.weight}`,
+          realServer: rsKey(d.rs),
+          detail: `virtual server ${vs}: real server ${rsKey(d.rs)} has weight ${d.have.weight}, want ${d.rs.weight}`,
         });
+        break;
+      case 'rs-draining':
+        draining.push({
+          kind: 'rs-draining',
+          virtualServer: vs,
+          realServer: rsKey(d.rs),
+          detail: `virtual server ${vs}: real server ${rsKey(d.rs)} draining (weight 0, deleted once idle)`,
+          owner: want.owner,
+        });
+        break;
+      case 'rs-extra':
+      case 'rs-drain': {
+        const k = rsKey(d.rs);
+        const member = `${want.vs.address},${want.vs.protocol.toLowerCase()}:${want.vs.port}`;
+        if (kubeProxy && want.reals.length === 0 && noLocal.has(member)) {
+          takeover.push({
+            op: 'remove',
+            kind: 'real-server',
+            where: vs,
+            what: k,
+            effect: true,
+            why: `${want.owner}: Local policy and no local endpoint; kube-proxy sends this traffic to remote endpoints, svcplane drops it (as iptables mode)`,
+          });
+          break;
+        }
+        const fate = d.kind === 'rs-drain' ? 'set to weight 0 and drained' : 'deleted';
+        push(want.owner, {
+          kind: 'rs-extra',
+          virtualServer: vs,
+          realServer: k,
+          detail: `virtual server ${vs}: extra real server ${k} (weight ${d.rs.weight}; ${fate} by the next sync)`,
+        });
+        break;
       }
     }
-    for (const [k, old] of have.reals) {
-      if (wanted.has(k)) continue;
-      const item: IpvsDriftItem =
-        old.weight === 0
-          ? {
-              kind: 'rs-draining',
-              virtualServer: vs,
-              realServer: k,
-              detail: `virtual server ${vs}: real server ${k} draining (weight 0, deleted once idle)`,
-            }
-          : {
-              kind: 'rs-extra',
-              virtualServer: vs,
-              realServer: k,
-              detail: `virtual server ${vs}: extra real server ${k} (weight ${old.weight})`,
-            };
-      const member = `${want.vs.address},${want.vs.protocol.toLowerCase()}:${want.vs.port}`;
-      if (item.kind === 'rs-draining') draining.push({ ...item, owner: want.owner });
-      else if (kubeProxy && want.reals.length === 0 && noLocal.has(member)) {
-        takeover.push({
-          op: 'remove',
-          kind: 'real-server',
-          where: vs,
-          what: k,
-          effect: true,
-          why: `${want.owner}: Local policy and no local endpoint; kube-proxy sends this traffic to remote endpoints, svcplane drops it (as iptables mode)`,
-        });
-      } else push(want.owner, item);
-    }
-  }
-  for (const [key, have] of kernel.table) {
-    if (desired.services.has(key) || ipFamilyOf(have.vs.address) !== family) continue;
-    if (excluded(input.excludeCIDRs, family, have.vs.address)) continue;
-    // An unwanted port on a Service's address belongs to the Service, not to one of its ports.
-    const owner = single(idx.byAddress.get(have.vs.address));
-    push(owner === undefined ? undefined : ipvsServiceKey(owner), {
-      kind: 'vs-extra',
-      virtualServer: vsText(have.vs),
-      detail: `extra virtual server ${vsText(have.vs)} (${attrs(have.vs)}, ${have.reals.size} real server(s))`,
-    });
   }
 
   // Addresses on kube-ipvs0.
@@ -356,10 +366,6 @@ export function diffIpvsState(input: IpvsDiffInput): IpvsFamilyDrift {
     layout: input.layout ?? 'svcplane',
     takeover,
   };
-}
-
-function excluded(cidrs: readonly string[], family: IPFamily, ip: string): boolean {
-  return cidrs.some((c) => ipFamilyOf(c.split('/')[0] ?? '') === family && cidrContains(c, ip));
 }
 
 function attrs(vs: VirtualServer): string {

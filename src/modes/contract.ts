@@ -34,8 +34,9 @@ import type { Backend } from './backend.js';
  *    has one comparison for both the drift `svcplane diff` prints and the drift its backend repairs.
  *    iptables: iptables/compare.ts `diffRulesets`; the daemon runs it only on what moved (its kernel
  *    watch, iptables/commit-log.ts, names the chains other agents touched; everything when it
- *    cannot tell). Not yet so in IPVS mode: its daemon diffs with ipvs/diff.ts while `svcplane diff`
- *    uses debug/ipvs-diff.ts (which judge a weight-0 real server differently).
+ *    cannot tell). IPVS: virtual and real servers are judged by compareIpvs (ipvs/diff.ts), which
+ *    the daemon's repair batch and debug/ipvs-diff.ts both use. nftables: the listing compared with
+ *    the written model.
  * 7. Apply, full and partial — `createBackends(opts)`: one `Backend` per usable IP family
  *    (./backend.ts); the controller owns timing and calls `sync(state, change)`, which converges the
  *    kernel (partial when only some Services changed, full on the first sync, on drift and

@@ -7,6 +7,7 @@ import { parseIpvsadmList } from '../../../src/ipvs/ipvsadm.js';
 import { parseIptablesSave } from '../../../src/iptables/save-parse.js';
 import { parseIpsetSave } from '../../../src/ipvs/ipset.js';
 import { parseIpvsadmSave } from '../../../src/ipvs/ipvsadm.js';
+import { diffIpvs } from '../../../src/ipvs/diff.js';
 import { planIpvs } from '../../../src/ipvs/plan.js';
 import { IPVS_JUMPS, renderIpvsRules } from '../../../src/ipvs/rules.js';
 import { buildClusterState } from '../../../src/model/build.js';
@@ -118,7 +119,76 @@ describe('svcplane diff: IPVS mode (pure)', () => {
     assert.match(formatIpvsDriftText([r]), /draining \(graceful termination, not drift\)/);
     const extra = diff(`${SAVE}-a -t 10.96.0.1:80 -r 10.244.0.9:8080 -m -w 1\n`);
     assert.deepEqual(items(extra, 'ns/web:p/TCP'), [
-      'rs-extra virtual server -t 10.96.0.1:80: extra real server 10.244.0.9:8080 (weight 1)',
+      'rs-extra virtual server -t 10.96.0.1:80: extra real server 10.244.0.9:8080 (weight 1; set to weight 0 and drained by the next sync)',
+    ]);
+  });
+
+  it('judges unwanted real servers as the daemon does: a weight-0 UDP one is drift, deleted at once', () => {
+    // The two comparisons used to disagree here: the daemon deleted the UDP real server at its next
+    // sync while `svcplane diff` called it "draining, not drift" and the node "in sync".
+    const state = buildClusterState([
+      svc('dns', {
+        clusterIP: '10.96.0.53',
+        ports: [{ name: 'p', protocol: 'UDP', port: 53, targetPort: 5353 }],
+      }),
+      {
+        obj: {
+          apiVersion: 'discovery.k8s.io/v1',
+          kind: 'EndpointSlice',
+          metadata: { name: 'dns-1', namespace: 'ns', labels: { 'kubernetes.io/service-name': 'dns' } },
+          addressType: 'IPv4',
+          ports: [{ name: 'p', protocol: 'UDP', port: 5353 }],
+          endpoints: [{ addresses: ['10.244.0.5'], conditions: { ready: true }, nodeName: 'n1' }],
+        },
+        source: 'dns-slice',
+      },
+    ]);
+    const desired = planIpvs(
+      state,
+      { node: nodeContext('n1'), nodePortIPs: ['192.0.2.1'], otherLocalIPs: ['192.0.2.1'], scheduler: 'rr' },
+      'IPv4',
+    );
+    const rendered = renderIpvsRules(desired, {
+      family: 'IPv4',
+      masqueradeBit: 14,
+      masqueradeAll: false,
+      randomFully: false,
+    });
+    const ipsets = desired.sets
+      .flatMap((x) => [`create ${x.name} ${x.type}`, ...[...x.members].map((m) => `add ${x.name} ${m}`)])
+      .join('\n');
+    const inspect = (save: string) => {
+      const table = parseIpvsadmSave(save);
+      const opts = { family: 'IPv4' as const, excludeCIDRs: [], connections: new Map<string, number>() };
+      return {
+        repair: diffIpvs(table, desired.services, opts),
+        drift: diffIpvsState({
+          family: 'IPv4',
+          desired,
+          kernel: { table, ipsets: parseIpsetSave(ipsets), boundAddresses: ['10.96.0.53'] },
+          excludeCIDRs: [],
+          iptables: diffRulesets({
+            family: 'IPv4',
+            desired: parseIptablesSave(rendered),
+            actual: parseIptablesSave(withJumps(rendered)),
+            owners: buildOwnerIndex(state),
+            jumps: IPVS_JUMPS,
+          }),
+        }),
+      };
+    };
+    const converged = '-A -u 10.96.0.53:53 -s rr\n-a -u 10.96.0.53:53 -r 10.244.0.5:5353 -m -w 1\n';
+    const clean = inspect(converged);
+    assert.deepEqual(clean.repair.lines, []);
+    assert.equal(clean.drift.inSync, true, formatIpvsDriftText([clean.drift]));
+
+    const left = inspect(`${converged}-a -u 10.96.0.53:53 -r 10.244.0.9:5353 -m -w 0\n`);
+    assert.deepEqual(left.repair.lines, ['-d -u 10.96.0.53:53 -r 10.244.0.9:5353']);
+    assert.equal(left.repair.draining.length, 0);
+    assert.equal(left.drift.inSync, false);
+    assert.deepEqual(left.drift.draining, []);
+    assert.deepEqual(items(left.drift, 'ns/dns:p/UDP'), [
+      'rs-extra virtual server -u 10.96.0.53:53: extra real server 10.244.0.9:5353 (weight 0; deleted by the next sync)',
     ]);
   });
 
