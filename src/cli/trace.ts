@@ -1,3 +1,4 @@
+import { KUBE_SERVICES } from '../iptables/names.js';
 import { InvalidArgumentError, type Command } from 'commander';
 import { buildFrontendIndex } from '../debug/frontends.js';
 import { formatTraceText, traceJson } from '../debug/trace-format.js';
@@ -167,7 +168,7 @@ export async function traceOnNode(
   };
   // A node in nftables mode: the packet walks kube-proxy's nftables table (the iptables rules
   // carry none of the Services then).
-  if (kernel.nftables !== undefined && !ruleset.tables.get('nat')?.chainsByName.has('KUBE-SERVICES')) {
+  if (kernel.nftables !== undefined && !ruleset.tables.get('nat')?.chainsByName.has(KUBE_SERVICES)) {
     return { packet, trace: traceNftablesPacket(kernel.nftables, packet, node) };
   }
   let trace = tracePacket(input);

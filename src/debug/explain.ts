@@ -1,4 +1,11 @@
-import { portChainNames } from '../iptables/names.js';
+import {
+  ENDPOINT_CHAIN_PREFIX,
+  KUBE_EXTERNAL_SERVICES,
+  KUBE_NODEPORTS,
+  KUBE_PROXY_FIREWALL,
+  KUBE_SERVICES,
+  portChainNames,
+} from '../iptables/names.js';
 import { ruleComment, ruleTarget, type SavedRule, type SavedRuleset } from '../iptables/save-parse.js';
 import { ipFamilyOf } from '../model/ip.js';
 import {
@@ -99,12 +106,12 @@ export interface ExplainReport {
 
 const PROTO = { TCP: 'tcp', UDP: 'udp', SCTP: 'sctp' } as const;
 const SHARED = [
-  ['nat', 'KUBE-SERVICES'],
-  ['nat', 'KUBE-NODEPORTS'],
-  ['filter', 'KUBE-SERVICES'],
-  ['filter', 'KUBE-EXTERNAL-SERVICES'],
-  ['filter', 'KUBE-NODEPORTS'],
-  ['filter', 'KUBE-PROXY-FIREWALL'],
+  ['nat', KUBE_SERVICES],
+  ['nat', KUBE_NODEPORTS],
+  ['filter', KUBE_SERVICES],
+  ['filter', KUBE_EXTERNAL_SERVICES],
+  ['filter', KUBE_NODEPORTS],
+  ['filter', KUBE_PROXY_FIREWALL],
 ] as const;
 
 export function explainService(input: ExplainInput): ExplainReport {
@@ -256,7 +263,7 @@ function explainPort(
       // SEP chains the kernel jumps to, even ones for endpoints the state no longer has.
       for (const r of rules) {
         const t = ruleTarget(r);
-        if (t?.startsWith('KUBE-SEP-') && !seps.has(t))
+        if (t?.startsWith(ENDPOINT_CHAIN_PREFIX) && !seps.has(t))
           seps.set(t, 'endpoint (not in the current state: stale)');
       }
     }

@@ -1,3 +1,4 @@
+import { KUBE_IPVS_FILTER, KUBE_NODE_PORT, KUBE_SERVICES } from '../iptables/names.js';
 import { formatArgs, parseIptablesSave, type SavedRule, type SavedRuleset } from '../iptables/save-parse.js';
 import { SETS, setName, type DesiredSet } from '../ipvs/ipset.js';
 import type { IPFamily } from '../model/types.js';
@@ -49,7 +50,7 @@ export function detectIpvsLayout(
   const own = svcplaneOnlySets(family);
   if (ipsets.has(own.noEndpoints) || ipsets.has(own.noLocalEndpoints)) return 'svcplane';
   const filter = actual.tables.get('filter');
-  if (!filter?.chainsByName.has('KUBE-IPVS-FILTER')) return 'svcplane';
+  if (!filter?.chainsByName.has(KUBE_IPVS_FILTER)) return 'svcplane';
   const marked = filter.rules.some((r) => r.text.includes('--comment "svcplane:'));
   return marked ? 'svcplane' : 'kube-proxy';
 }
@@ -77,10 +78,10 @@ function positiveSets(rule: SavedRule): string[] {
 }
 
 /** Chains kube-proxy writes in full whatever its sets hold (KUBE-IPVS-FILTER, the health-check ACCEPT). */
-const UNCONDITIONAL_FILTER_CHAINS = new Set(['KUBE-IPVS-FILTER', 'KUBE-NODE-PORT']);
+const UNCONDITIONAL_FILTER_CHAINS = new Set([KUBE_IPVS_FILTER, KUBE_NODE_PORT]);
 
 const isPhysdevExternalAccept = (rule: SavedRule): boolean =>
-  rule.chain === 'KUBE-SERVICES' && rule.args.includes('physdev') && rule.args.includes('--physdev-is-in');
+  rule.chain === KUBE_SERVICES && rule.args.includes('physdev') && rule.args.includes('--physdev-is-in');
 
 /**
  * Re-renders a ruleset with some rules left out and the comments of the kube chains dropped (the

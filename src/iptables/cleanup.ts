@@ -1,6 +1,15 @@
 import type { Iptables } from './iptables.js';
 import { KUBE_PROXY_CANARY } from './iptables.js';
-import { isServiceChainName } from './names.js';
+import {
+  KUBE_EXTERNAL_SERVICES,
+  KUBE_FORWARD,
+  KUBE_MARK_MASQ,
+  KUBE_NODEPORTS,
+  KUBE_POSTROUTING,
+  KUBE_PROXY_FIREWALL,
+  KUBE_SERVICES,
+  isServiceChainName,
+} from './names.js';
 import {
   formatArgs,
   parseIptablesSave,
@@ -20,23 +29,23 @@ import {
 
 /** Chains entered from built-in chains by kube-proxy's jump rules. */
 export const JUMP_ENTRY_CHAINS: ReadonlySet<string> = new Set([
-  'KUBE-SERVICES',
-  'KUBE-EXTERNAL-SERVICES',
-  'KUBE-NODEPORTS',
-  'KUBE-POSTROUTING',
-  'KUBE-FORWARD',
-  'KUBE-PROXY-FIREWALL',
+  KUBE_SERVICES,
+  KUBE_EXTERNAL_SERVICES,
+  KUBE_NODEPORTS,
+  KUBE_POSTROUTING,
+  KUBE_FORWARD,
+  KUBE_PROXY_FIREWALL,
 ]);
 
 /** Fixed chains removed per table (service chains in nat are found by prefix). */
 export const OWNED_CHAINS: Readonly<Record<string, readonly string[]>> = {
-  nat: ['KUBE-SERVICES', 'KUBE-NODEPORTS', 'KUBE-POSTROUTING', 'KUBE-MARK-MASQ', KUBE_PROXY_CANARY],
+  nat: [KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ, KUBE_PROXY_CANARY],
   filter: [
-    'KUBE-SERVICES',
-    'KUBE-EXTERNAL-SERVICES',
-    'KUBE-FORWARD',
-    'KUBE-NODEPORTS',
-    'KUBE-PROXY-FIREWALL',
+    KUBE_SERVICES,
+    KUBE_EXTERNAL_SERVICES,
+    KUBE_FORWARD,
+    KUBE_NODEPORTS,
+    KUBE_PROXY_FIREWALL,
     KUBE_PROXY_CANARY,
   ],
   mangle: [KUBE_PROXY_CANARY],

@@ -1,3 +1,12 @@
+import {
+  KUBE_EXTERNAL_SERVICES,
+  KUBE_FIREWALL,
+  KUBE_FORWARD,
+  KUBE_NODEPORTS,
+  KUBE_POSTROUTING,
+  KUBE_PROXY_FIREWALL,
+  KUBE_SERVICES,
+} from './names.js';
 import type { IPFamily } from '../model/types.js';
 
 /**
@@ -32,30 +41,24 @@ function jump(
 }
 
 const KUBE_PROXY_JUMPS: readonly JumpRule[] = [
-  jump('filter', 'KUBE-EXTERNAL-SERVICES', 'INPUT', 'kubernetes externally-visible service portals', CT_NEW),
-  jump(
-    'filter',
-    'KUBE-EXTERNAL-SERVICES',
-    'FORWARD',
-    'kubernetes externally-visible service portals',
-    CT_NEW,
-  ),
-  jump('filter', 'KUBE-NODEPORTS', 'INPUT', 'kubernetes health check service ports'),
-  jump('filter', 'KUBE-SERVICES', 'FORWARD', 'kubernetes service portals', CT_NEW),
-  jump('filter', 'KUBE-SERVICES', 'OUTPUT', 'kubernetes service portals', CT_NEW),
-  jump('filter', 'KUBE-FORWARD', 'FORWARD', 'kubernetes forwarding rules'),
-  jump('filter', 'KUBE-PROXY-FIREWALL', 'INPUT', 'kubernetes load balancer firewall', CT_NEW),
-  jump('filter', 'KUBE-PROXY-FIREWALL', 'OUTPUT', 'kubernetes load balancer firewall', CT_NEW),
-  jump('filter', 'KUBE-PROXY-FIREWALL', 'FORWARD', 'kubernetes load balancer firewall', CT_NEW),
-  jump('nat', 'KUBE-SERVICES', 'OUTPUT', 'kubernetes service portals'),
-  jump('nat', 'KUBE-SERVICES', 'PREROUTING', 'kubernetes service portals'),
-  jump('nat', 'KUBE-POSTROUTING', 'POSTROUTING', 'kubernetes postrouting rules'),
+  jump('filter', KUBE_EXTERNAL_SERVICES, 'INPUT', 'kubernetes externally-visible service portals', CT_NEW),
+  jump('filter', KUBE_EXTERNAL_SERVICES, 'FORWARD', 'kubernetes externally-visible service portals', CT_NEW),
+  jump('filter', KUBE_NODEPORTS, 'INPUT', 'kubernetes health check service ports'),
+  jump('filter', KUBE_SERVICES, 'FORWARD', 'kubernetes service portals', CT_NEW),
+  jump('filter', KUBE_SERVICES, 'OUTPUT', 'kubernetes service portals', CT_NEW),
+  jump('filter', KUBE_FORWARD, 'FORWARD', 'kubernetes forwarding rules'),
+  jump('filter', KUBE_PROXY_FIREWALL, 'INPUT', 'kubernetes load balancer firewall', CT_NEW),
+  jump('filter', KUBE_PROXY_FIREWALL, 'OUTPUT', 'kubernetes load balancer firewall', CT_NEW),
+  jump('filter', KUBE_PROXY_FIREWALL, 'FORWARD', 'kubernetes load balancer firewall', CT_NEW),
+  jump('nat', KUBE_SERVICES, 'OUTPUT', 'kubernetes service portals'),
+  jump('nat', KUBE_SERVICES, 'PREROUTING', 'kubernetes service portals'),
+  jump('nat', KUBE_POSTROUTING, 'POSTROUTING', 'kubernetes postrouting rules'),
 ];
 
 // Duplicates of kubelet's jumps; kube-proxy ensures them but never deletes them.
 const KUBELET_JUMPS: readonly JumpRule[] = [
-  jump('filter', 'KUBE-FIREWALL', 'INPUT', ''),
-  jump('filter', 'KUBE-FIREWALL', 'OUTPUT', ''),
+  jump('filter', KUBE_FIREWALL, 'INPUT', ''),
+  jump('filter', KUBE_FIREWALL, 'OUTPUT', ''),
 ];
 
 const ALL_JUMPS: readonly JumpRule[] = [...KUBE_PROXY_JUMPS, ...KUBELET_JUMPS];

@@ -6,6 +6,31 @@ import { sha256Base32 } from '../util/base32.js';
  * compare svcplane's rules with kube-proxy's and a node can switch between the two.
  */
 
+/*
+ * The fixed chains, by name, for every writer and reader of them: iptables mode (render-fixed.ts,
+ * jumps.ts, cleanup.ts), IPVS mode's rules around its sets (src/ipvs/rules.ts), the leftovers each
+ * mode removes of the other, and the debugging commands.
+ */
+/** Both modes: nat and filter entry chains, postrouting masquerade, the masquerade mark. */
+export const KUBE_SERVICES = 'KUBE-SERVICES';
+export const KUBE_POSTROUTING = 'KUBE-POSTROUTING';
+export const KUBE_MARK_MASQ = 'KUBE-MARK-MASQ';
+export const KUBE_FORWARD = 'KUBE-FORWARD';
+export const KUBE_PROXY_FIREWALL = 'KUBE-PROXY-FIREWALL';
+/** iptables mode. */
+export const KUBE_EXTERNAL_SERVICES = 'KUBE-EXTERNAL-SERVICES';
+export const KUBE_NODEPORTS = 'KUBE-NODEPORTS';
+/** IPVS mode (kube-proxy's), and svcplane's IPVS filter chains (KUBE-IPVS-*). */
+export const KUBE_NODE_PORT = 'KUBE-NODE-PORT';
+export const KUBE_LOAD_BALANCER = 'KUBE-LOAD-BALANCER';
+export const KUBE_SOURCE_RANGES_FIREWALL = 'KUBE-SOURCE-RANGES-FIREWALL';
+export const KUBE_IPVS_FILTER = 'KUBE-IPVS-FILTER';
+export const KUBE_IPVS_OUT_FILTER = 'KUBE-IPVS-OUT-FILTER';
+/** kubelet's (shared: kube-proxy writes KUBE-FIREWALL's localhost rule too). */
+export const KUBE_FIREWALL = 'KUBE-FIREWALL';
+export const KUBE_KUBELET_CANARY = 'KUBE-KUBELET-CANARY';
+export const KUBE_MARK_DROP = 'KUBE-MARK-DROP';
+
 export const SERVICE_CHAIN_PREFIX = 'KUBE-SVC-';
 export const SERVICE_LOCAL_CHAIN_PREFIX = 'KUBE-SVL-';
 export const EXTERNAL_CHAIN_PREFIX = 'KUBE-EXT-';

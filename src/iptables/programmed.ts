@@ -1,3 +1,4 @@
+import { KUBE_EXTERNAL_SERVICES, KUBE_NODEPORTS, KUBE_SERVICES } from './names.js';
 import { ruleComment, rulesOf, type SavedRuleset } from './save-parse.js';
 
 /**
@@ -6,10 +7,10 @@ import { ruleComment, rulesOf, type SavedRuleset } from './save-parse.js';
  * and svcplane write them: the safety valve's "programmed Services" before this process wrote any.
  */
 const ENTRY_CHAINS: readonly (readonly [table: string, chain: string])[] = [
-  ['nat', 'KUBE-SERVICES'],
-  ['nat', 'KUBE-NODEPORTS'],
-  ['filter', 'KUBE-SERVICES'],
-  ['filter', 'KUBE-EXTERNAL-SERVICES'],
+  ['nat', KUBE_SERVICES],
+  ['nat', KUBE_NODEPORTS],
+  ['filter', KUBE_SERVICES],
+  ['filter', KUBE_EXTERNAL_SERVICES],
 ];
 
 /** A DNS-1123 namespace, `/`, a DNS-1035/1123 name, then `:port` or the end of the first word. */

@@ -21,7 +21,7 @@ import { chainsOfRestoreInput, diffRulesets, summaryLine, type FamilyDrift } fro
 import { canaryLines, mergeExtraLines, missingJumpLines } from './jump-plan.js';
 import { jumpRules } from './jumps.js';
 import { buildOwnerIndex } from './owners.js';
-import { FILTER_CHAINS, KUBE_FIREWALL, NAT_CHAINS } from './render-fixed.js';
+import { FILTER_CHAINS, NAT_CHAINS } from './render-fixed.js';
 import {
   renderRestoreInput,
   type IptablesRenderConfig,
@@ -45,7 +45,7 @@ import {
   withoutCounters,
   type KernelChain,
 } from './render-whole-table.js';
-import { isServiceChainName } from './names.js';
+import { isServiceChainName, KUBE_FIREWALL } from './names.js';
 import { parseIptablesSave, serviceChainsOf, type SavedRuleset } from './save-parse.js';
 
 /**

@@ -1,3 +1,13 @@
+import {
+  KUBE_EXTERNAL_SERVICES,
+  KUBE_FIREWALL,
+  KUBE_FORWARD,
+  KUBE_MARK_MASQ,
+  KUBE_NODEPORTS,
+  KUBE_POSTROUTING,
+  KUBE_PROXY_FIREWALL,
+  KUBE_SERVICES,
+} from './names.js';
 import { chainLine, type LineBuffer } from './render-lines.js';
 
 /**
@@ -5,15 +15,6 @@ import { chainLine, type LineBuffer } from './render-lines.js';
  * §7): top-level chain declarations, KUBE-POSTROUTING, KUBE-MARK-MASQ, KUBE-FIREWALL,
  * KUBE-FORWARD and the final KUBE-SERVICES → KUBE-NODEPORTS rule.
  */
-
-export const KUBE_SERVICES = 'KUBE-SERVICES';
-export const KUBE_EXTERNAL_SERVICES = 'KUBE-EXTERNAL-SERVICES';
-export const KUBE_FORWARD = 'KUBE-FORWARD';
-export const KUBE_NODEPORTS = 'KUBE-NODEPORTS';
-export const KUBE_PROXY_FIREWALL = 'KUBE-PROXY-FIREWALL';
-export const KUBE_FIREWALL = 'KUBE-FIREWALL';
-export const KUBE_POSTROUTING = 'KUBE-POSTROUTING';
-export const KUBE_MARK_MASQ = 'KUBE-MARK-MASQ';
 
 /** Filter chains declared every sync, in kube-proxy's order (KUBE-FIREWALL is added separately). */
 export const FILTER_CHAINS = [

@@ -10,14 +10,16 @@ import {
   type NodeContext,
 } from '../model/selection.js';
 import type { Endpoint, IPFamily, Service, ServicePort } from '../model/types.js';
-import { computeProbability, portChainNames, type PortChainNames } from './names.js';
 import {
+  computeProbability,
   KUBE_EXTERNAL_SERVICES,
   KUBE_MARK_MASQ,
   KUBE_NODEPORTS,
   KUBE_PROXY_FIREWALL,
   KUBE_SERVICES,
-} from './render-fixed.js';
+  portChainNames,
+  type PortChainNames,
+} from './names.js';
 import { chainLine, type LineBuffer } from './render-lines.js';
 
 /**

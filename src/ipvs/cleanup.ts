@@ -1,3 +1,15 @@
+import {
+  KUBE_FORWARD,
+  KUBE_IPVS_FILTER,
+  KUBE_IPVS_OUT_FILTER,
+  KUBE_LOAD_BALANCER,
+  KUBE_MARK_MASQ,
+  KUBE_NODE_PORT,
+  KUBE_POSTROUTING,
+  KUBE_PROXY_FIREWALL,
+  KUBE_SERVICES,
+  KUBE_SOURCE_RANGES_FIREWALL,
+} from '../iptables/names.js';
 import type { Iptables } from '../iptables/iptables.js';
 import {
   formatArgs,
@@ -19,13 +31,13 @@ import { DUMMY_DEVICE } from './proxier.js';
 
 /** Chains only IPVS mode creates. */
 export const IPVS_ONLY_CHAINS: Readonly<Record<'nat' | 'filter', readonly string[]>> = {
-  nat: ['KUBE-NODE-PORT', 'KUBE-LOAD-BALANCER'],
-  filter: ['KUBE-NODE-PORT', 'KUBE-SOURCE-RANGES-FIREWALL', 'KUBE-IPVS-FILTER', 'KUBE-IPVS-OUT-FILTER'],
+  nat: [KUBE_NODE_PORT, KUBE_LOAD_BALANCER],
+  filter: [KUBE_NODE_PORT, KUBE_SOURCE_RANGES_FIREWALL, KUBE_IPVS_FILTER, KUBE_IPVS_OUT_FILTER],
 };
 /** Shared kube chains whose IPVS rules reference the sets; flushed (the iptables cleanup deletes them). */
 const SHARED_CHAINS: Readonly<Record<'nat' | 'filter', readonly string[]>> = {
-  nat: ['KUBE-SERVICES', 'KUBE-POSTROUTING', 'KUBE-MARK-MASQ'],
-  filter: ['KUBE-FORWARD', 'KUBE-PROXY-FIREWALL'],
+  nat: [KUBE_SERVICES, KUBE_POSTROUTING, KUBE_MARK_MASQ],
+  filter: [KUBE_FORWARD, KUBE_PROXY_FIREWALL],
 };
 const BUILTIN = new Set(['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING']);
 

@@ -2,7 +2,7 @@ import { OWNED_CHAINS } from '../iptables/cleanup.js';
 import { KUBE_PROXY_CANARY } from '../iptables/iptables.js';
 import type { ExtraLines } from '../iptables/jump-plan.js';
 import { jumpRules, type JumpRule } from '../iptables/jumps.js';
-import { isServiceChainName } from '../iptables/names.js';
+import { KUBE_FIREWALL, KUBE_KUBELET_CANARY, isServiceChainName } from '../iptables/names.js';
 import {
   formatArgs,
   quoteArg,
@@ -24,7 +24,7 @@ import { IPVS_JUMPS } from './rules.js';
  * that rewrite; kubelet's KUBE-FIREWALL and the canaries stay.
  */
 
-const KUBELET_CHAINS = new Set(['KUBE-FIREWALL', 'KUBE-KUBELET-CANARY', KUBE_PROXY_CANARY]);
+const KUBELET_CHAINS = new Set([KUBE_FIREWALL, KUBE_KUBELET_CANARY, KUBE_PROXY_CANARY]);
 
 export interface LeftoverPlan {
   /** Per table: declarations (flush), `-D` of the jumps into them, `-X` of the chains. */

@@ -1,3 +1,15 @@
+import {
+  KUBE_FORWARD,
+  KUBE_IPVS_FILTER,
+  KUBE_IPVS_OUT_FILTER,
+  KUBE_LOAD_BALANCER,
+  KUBE_MARK_MASQ,
+  KUBE_NODE_PORT,
+  KUBE_POSTROUTING,
+  KUBE_PROXY_FIREWALL,
+  KUBE_SERVICES,
+  KUBE_SOURCE_RANGES_FIREWALL,
+} from '../iptables/names.js';
 import { masqueradeMark } from '../iptables/render-fixed.js';
 import { formatArgs } from '../iptables/save-parse.js';
 import type { JumpRule } from '../iptables/jumps.js';
@@ -12,19 +24,19 @@ import type { IpvsDesired } from './plan.js';
  */
 
 export const IPVS_NAT_CHAINS = [
-  'KUBE-SERVICES',
-  'KUBE-POSTROUTING',
-  'KUBE-NODE-PORT',
-  'KUBE-LOAD-BALANCER',
-  'KUBE-MARK-MASQ',
+  KUBE_SERVICES,
+  KUBE_POSTROUTING,
+  KUBE_NODE_PORT,
+  KUBE_LOAD_BALANCER,
+  KUBE_MARK_MASQ,
 ] as const;
 export const IPVS_FILTER_CHAINS = [
-  'KUBE-FORWARD',
-  'KUBE-NODE-PORT',
-  'KUBE-PROXY-FIREWALL',
-  'KUBE-SOURCE-RANGES-FIREWALL',
-  'KUBE-IPVS-FILTER',
-  'KUBE-IPVS-OUT-FILTER',
+  KUBE_FORWARD,
+  KUBE_NODE_PORT,
+  KUBE_PROXY_FIREWALL,
+  KUBE_SOURCE_RANGES_FIREWALL,
+  KUBE_IPVS_FILTER,
+  KUBE_IPVS_OUT_FILTER,
 ] as const;
 
 export interface IpvsRulesConfig {
@@ -49,15 +61,15 @@ const jump = (table: 'nat' | 'filter', chain: string, target: string, comment: s
 
 /** kube-proxy's IPVS iptablesJumpChain, in the order they are ensured (each prepended). */
 export const IPVS_JUMPS: readonly JumpRule[] = [
-  jump('nat', 'OUTPUT', 'KUBE-SERVICES', 'kubernetes service portals'),
-  jump('nat', 'PREROUTING', 'KUBE-SERVICES', 'kubernetes service portals'),
-  jump('nat', 'POSTROUTING', 'KUBE-POSTROUTING', 'kubernetes postrouting rules'),
-  jump('filter', 'FORWARD', 'KUBE-FORWARD', 'kubernetes forwarding rules'),
-  jump('filter', 'INPUT', 'KUBE-NODE-PORT', 'kubernetes health check rules'),
-  jump('filter', 'INPUT', 'KUBE-PROXY-FIREWALL', 'kube-proxy firewall rules'),
-  jump('filter', 'FORWARD', 'KUBE-PROXY-FIREWALL', 'kube-proxy firewall rules'),
-  jump('filter', 'INPUT', 'KUBE-IPVS-FILTER', 'kubernetes ipvs access filter'),
-  jump('filter', 'OUTPUT', 'KUBE-IPVS-OUT-FILTER', 'kubernetes ipvs access filter'),
+  jump('nat', 'OUTPUT', KUBE_SERVICES, 'kubernetes service portals'),
+  jump('nat', 'PREROUTING', KUBE_SERVICES, 'kubernetes service portals'),
+  jump('nat', 'POSTROUTING', KUBE_POSTROUTING, 'kubernetes postrouting rules'),
+  jump('filter', 'FORWARD', KUBE_FORWARD, 'kubernetes forwarding rules'),
+  jump('filter', 'INPUT', KUBE_NODE_PORT, 'kubernetes health check rules'),
+  jump('filter', 'INPUT', KUBE_PROXY_FIREWALL, 'kube-proxy firewall rules'),
+  jump('filter', 'FORWARD', KUBE_PROXY_FIREWALL, 'kube-proxy firewall rules'),
+  jump('filter', 'INPUT', KUBE_IPVS_FILTER, 'kubernetes ipvs access filter'),
+  jump('filter', 'OUTPUT', KUBE_IPVS_OUT_FILTER, 'kubernetes ipvs access filter'),
 ];
 
 export function renderIpvsRules(desired: IpvsDesired, config: IpvsRulesConfig): string {
@@ -73,36 +85,36 @@ export function renderIpvsRules(desired: IpvsDesired, config: IpvsRulesConfig): 
   const has = (id: SetId): boolean => (desired.sets.find((s) => s.name === set(id))?.members.size ?? 0) > 0;
 
   // nat
-  A(nat, 'KUBE-SERVICES', 'loopback traffic is not for IPVS services', '-s', loopback, '-j', 'RETURN');
-  A(nat, 'KUBE-POSTROUTING', SETS.loopBack.comment, ...match('loopBack', 'dst,dst,src'), '-j', 'MASQUERADE');
+  A(nat, KUBE_SERVICES, 'loopback traffic is not for IPVS services', '-s', loopback, '-j', 'RETURN');
+  A(nat, KUBE_POSTROUTING, SETS.loopBack.comment, ...match('loopBack', 'dst,dst,src'), '-j', 'MASQUERADE');
   A(
     nat,
-    'KUBE-SERVICES',
+    KUBE_SERVICES,
     SETS.loadBalancer.comment,
     ...match('loadBalancer', 'dst,dst'),
     '-j',
-    'KUBE-LOAD-BALANCER',
+    KUBE_LOAD_BALANCER,
   );
   A(
     nat,
-    'KUBE-LOAD-BALANCER',
+    KUBE_LOAD_BALANCER,
     SETS.loadBalancerLocal.comment,
     ...match('loadBalancerLocal', 'dst,dst'),
     '-j',
     'RETURN',
   );
-  A(nat, 'KUBE-LOAD-BALANCER', 'mark MASQ for external traffic policy not local', '-j', 'KUBE-MARK-MASQ');
+  A(nat, KUBE_LOAD_BALANCER, 'mark MASQ for external traffic policy not local', '-j', KUBE_MARK_MASQ);
   for (const [proto, all, local] of [
     ['tcp', 'nodePortTCP', 'nodePortLocalTCP'],
     ['udp', 'nodePortUDP', 'nodePortLocalUDP'],
   ] as const) {
-    A(nat, 'KUBE-NODE-PORT', SETS[local].comment, '-p', proto, ...match(local, 'dst'), '-j', 'RETURN');
-    A(nat, 'KUBE-NODE-PORT', SETS[all].comment, '-p', proto, ...match(all, 'dst'), '-j', 'KUBE-MARK-MASQ');
+    A(nat, KUBE_NODE_PORT, SETS[local].comment, '-p', proto, ...match(local, 'dst'), '-j', 'RETURN');
+    A(nat, KUBE_NODE_PORT, SETS[all].comment, '-p', proto, ...match(all, 'dst'), '-j', KUBE_MARK_MASQ);
   }
   if (has('nodePortSCTP')) {
     A(
       nat,
-      'KUBE-NODE-PORT',
+      KUBE_NODE_PORT,
       SETS.nodePortLocalSCTP.comment,
       '-p',
       'sctp',
@@ -112,36 +124,36 @@ export function renderIpvsRules(desired: IpvsDesired, config: IpvsRulesConfig): 
     );
     A(
       nat,
-      'KUBE-NODE-PORT',
+      KUBE_NODE_PORT,
       SETS.nodePortSCTP.comment,
       '-p',
       'sctp',
       ...match('nodePortSCTP', 'dst,dst'),
       '-j',
-      'KUBE-MARK-MASQ',
+      KUBE_MARK_MASQ,
     );
   }
   // ClusterIP masquerade: all, or off-cluster sources, or host traffic that picked a VIP as source.
   if (config.masqueradeAll) {
-    A(nat, 'KUBE-SERVICES', SETS.clusterIP.comment, ...match('clusterIP', 'dst,dst'), '-j', 'KUBE-MARK-MASQ');
+    A(nat, KUBE_SERVICES, SETS.clusterIP.comment, ...match('clusterIP', 'dst,dst'), '-j', KUBE_MARK_MASQ);
   } else if (config.notLocal !== undefined) {
     A(
       nat,
-      'KUBE-SERVICES',
+      KUBE_SERVICES,
       SETS.clusterIP.comment,
       ...match('clusterIP', 'dst,dst'),
       ...config.notLocal,
       '-j',
-      'KUBE-MARK-MASQ',
+      KUBE_MARK_MASQ,
     );
   } else {
-    A(nat, 'KUBE-SERVICES', SETS.clusterIP.comment, ...match('clusterIP', 'src,dst'), '-j', 'KUBE-MARK-MASQ');
+    A(nat, KUBE_SERVICES, SETS.clusterIP.comment, ...match('clusterIP', 'src,dst'), '-j', KUBE_MARK_MASQ);
   }
-  A(nat, 'KUBE-SERVICES', SETS.externalIP.comment, ...match('externalIP', 'dst,dst'), '-j', 'KUBE-MARK-MASQ');
+  A(nat, KUBE_SERVICES, SETS.externalIP.comment, ...match('externalIP', 'dst,dst'), '-j', KUBE_MARK_MASQ);
   for (const id of ['externalIP', 'externalIPLocal'] as const) {
     A(
       nat,
-      'KUBE-SERVICES',
+      KUBE_SERVICES,
       'external IP traffic goes to IPVS',
       ...match(id, 'dst,dst'),
       '-m',
@@ -154,20 +166,20 @@ export function renderIpvsRules(desired: IpvsDesired, config: IpvsRulesConfig): 
   }
   A(
     nat,
-    'KUBE-SERVICES',
+    KUBE_SERVICES,
     'kubernetes service nodeports',
     '-m',
     'addrtype',
     '--dst-type',
     'LOCAL',
     '-j',
-    'KUBE-NODE-PORT',
+    KUBE_NODE_PORT,
   );
-  A(nat, 'KUBE-SERVICES', SETS.clusterIP.comment, ...match('clusterIP', 'dst,dst'), '-j', 'ACCEPT');
-  A(nat, 'KUBE-SERVICES', SETS.loadBalancer.comment, ...match('loadBalancer', 'dst,dst'), '-j', 'ACCEPT');
+  A(nat, KUBE_SERVICES, SETS.clusterIP.comment, ...match('clusterIP', 'dst,dst'), '-j', 'ACCEPT');
+  A(nat, KUBE_SERVICES, SETS.loadBalancer.comment, ...match('loadBalancer', 'dst,dst'), '-j', 'ACCEPT');
   A(
     nat,
-    'KUBE-POSTROUTING',
+    KUBE_POSTROUTING,
     'kubernetes service traffic requiring SNAT',
     '-m',
     'mark',
@@ -177,21 +189,21 @@ export function renderIpvsRules(desired: IpvsDesired, config: IpvsRulesConfig): 
     '-j',
     'RETURN',
   );
-  A(nat, 'KUBE-POSTROUTING', 'kubernetes service traffic requiring SNAT', '-j', 'MARK', '--xor-mark', mark);
+  A(nat, KUBE_POSTROUTING, 'kubernetes service traffic requiring SNAT', '-j', 'MARK', '--xor-mark', mark);
   A(
     nat,
-    'KUBE-POSTROUTING',
+    KUBE_POSTROUTING,
     'kubernetes service traffic requiring SNAT',
     '-j',
     'MASQUERADE',
     ...(config.randomFully ? ['--random-fully'] : []),
   );
-  A(nat, 'KUBE-MARK-MASQ', 'mark for masquerade', '-j', 'MARK', '--or-mark', mark);
+  A(nat, KUBE_MARK_MASQ, 'mark for masquerade', '-j', 'MARK', '--or-mark', mark);
 
   // filter
   A(
     filter,
-    'KUBE-FORWARD',
+    KUBE_FORWARD,
     'kubernetes forwarding rules',
     '-m',
     'mark',
@@ -202,7 +214,7 @@ export function renderIpvsRules(desired: IpvsDesired, config: IpvsRulesConfig): 
   );
   A(
     filter,
-    'KUBE-FORWARD',
+    KUBE_FORWARD,
     'kubernetes forwarding conntrack rule',
     '-m',
     'conntrack',
@@ -213,7 +225,7 @@ export function renderIpvsRules(desired: IpvsDesired, config: IpvsRulesConfig): 
   );
   A(
     filter,
-    'KUBE-NODE-PORT',
+    KUBE_NODE_PORT,
     SETS.healthCheckNodePort.comment,
     ...match('healthCheckNodePort', 'dst'),
     '-j',
@@ -221,15 +233,15 @@ export function renderIpvsRules(desired: IpvsDesired, config: IpvsRulesConfig): 
   );
   A(
     filter,
-    'KUBE-PROXY-FIREWALL',
+    KUBE_PROXY_FIREWALL,
     SETS.loadBalancerFW.comment,
     ...match('loadBalancerFW', 'dst,dst'),
     '-j',
-    'KUBE-SOURCE-RANGES-FIREWALL',
+    KUBE_SOURCE_RANGES_FIREWALL,
   );
   A(
     filter,
-    'KUBE-SOURCE-RANGES-FIREWALL',
+    KUBE_SOURCE_RANGES_FIREWALL,
     SETS.loadBalancerSourceCIDR.comment,
     ...match('loadBalancerSourceCIDR', 'dst,dst,src'),
     '-j',
@@ -237,17 +249,17 @@ export function renderIpvsRules(desired: IpvsDesired, config: IpvsRulesConfig): 
   );
   A(
     filter,
-    'KUBE-SOURCE-RANGES-FIREWALL',
+    KUBE_SOURCE_RANGES_FIREWALL,
     SETS.loadBalancerSourceIP.comment,
     ...match('loadBalancerSourceIP', 'dst,dst,src'),
     '-j',
     'RETURN',
   );
-  A(filter, 'KUBE-SOURCE-RANGES-FIREWALL', 'source not in loadBalancerSourceRanges', '-j', 'DROP');
+  A(filter, KUBE_SOURCE_RANGES_FIREWALL, 'source not in loadBalancerSourceRanges', '-j', 'DROP');
   // svcplane: what iptables mode does and kube-proxy's IPVS mode does not (docs/modes.md, "IPVS mode").
   A(
     filter,
-    'KUBE-IPVS-FILTER',
+    KUBE_IPVS_FILTER,
     SETS.noLocalEndpoints.comment,
     '-m',
     'conntrack',
@@ -259,7 +271,7 @@ export function renderIpvsRules(desired: IpvsDesired, config: IpvsRulesConfig): 
   );
   A(
     filter,
-    'KUBE-IPVS-FILTER',
+    KUBE_IPVS_FILTER,
     SETS.noEndpoints.comment,
     '-m',
     'conntrack',
@@ -270,11 +282,11 @@ export function renderIpvsRules(desired: IpvsDesired, config: IpvsRulesConfig): 
     'REJECT',
   );
   for (const id of ['loadBalancer', 'clusterIP', 'externalIP', 'externalIPLocal'] as const) {
-    A(filter, 'KUBE-IPVS-FILTER', SETS[id].comment, ...match(id, 'dst,dst'), '-j', 'RETURN');
+    A(filter, KUBE_IPVS_FILTER, SETS[id].comment, ...match(id, 'dst,dst'), '-j', 'RETURN');
   }
   A(
     filter,
-    'KUBE-IPVS-FILTER',
+    KUBE_IPVS_FILTER,
     SETS.healthCheckNodePort.comment,
     ...match('healthCheckNodePort', 'dst'),
     '-j',
@@ -282,7 +294,7 @@ export function renderIpvsRules(desired: IpvsDesired, config: IpvsRulesConfig): 
   );
   A(
     filter,
-    'KUBE-IPVS-FILTER',
+    KUBE_IPVS_FILTER,
     'other ports of IPVS service addresses',
     '-m',
     'conntrack',
@@ -295,7 +307,7 @@ export function renderIpvsRules(desired: IpvsDesired, config: IpvsRulesConfig): 
   for (const o of desired.outFilter) {
     A(
       filter,
-      'KUBE-IPVS-OUT-FILTER',
+      KUBE_IPVS_OUT_FILTER,
       'node to load balancer IP outside its source ranges',
       '-s',
       o.ip,
