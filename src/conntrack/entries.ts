@@ -208,3 +208,9 @@ export function countDeleted(stdout: string): number {
   for (const line of stdout.split('\n')) if (/\bsrc=\S+ dst=\S+/.test(line)) n++;
   return n;
 }
+
+/** The count of `conntrack -D`'s summary ("N flow entries have been deleted", on stderr), if it printed one. */
+export function flowsDeletedOf(stderr: string): number | undefined {
+  const m = /(\d+) flow entries have been deleted/.exec(stderr);
+  return m ? Number(m[1]) : undefined;
+}

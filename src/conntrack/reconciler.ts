@@ -8,6 +8,7 @@ import { changeSinceApplied, type StateChange } from '../model/state-change.js';
 import {
   batchDeleteInput,
   countDeleted,
+  flowsDeletedOf,
   deleteFilters,
   filterArgs,
   parseConntrackList,
@@ -125,7 +126,7 @@ export class ConntrackReconciler {
         this.exec(['-R', path], { allowFailure: true }),
       );
       if (r.exitCode === 0) return countDeleted(r.stdout);
-      if (!/unknown option|invalid option/i.test(r.stderr)) throw commandError(r);
+      if (r.failure !== 'unknown-option') throw commandError(r);
       log.warn('conntrack has no batch mode (-R); deleting stale flows one filter at a time', {
         stderr: r.stderr.trim(),
       });
@@ -134,9 +135,10 @@ export class ConntrackReconciler {
     let deleted = 0;
     for (const f of filters) {
       const r = await this.exec(filterArgs(f), { allowFailure: true });
-      const m = /(\d+) flow entries have been deleted/.exec(r.stderr);
-      if (r.exitCode !== 0 && !(m && m[1] === '0')) throw commandError(r);
-      deleted += m ? Number(m[1]) : 0;
+      const flows = flowsDeletedOf(r.stderr);
+      // conntrack -D exits 1 when the filter matched nothing ("0 flow entries have been deleted").
+      if (r.exitCode !== 0 && flows !== 0) throw commandError(r);
+      deleted += flows ?? 0;
     }
     return deleted;
   }

@@ -2,7 +2,8 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { cpus as osCpus } from 'node:os';
 import type { ConntrackOptions } from '../config/options.js';
 import { log } from '../util/log.js';
-import { readSysctl, writeSysctl } from '../util/sysctl.js';
+import { CommandError } from '../util/exec.js';
+import { readSysctl, SysctlError, writeSysctl } from '../util/sysctl.js';
 
 /**
  * kube-proxy's conntrack settings (pkg/proxy/conntrack/sysctls.go), applied once at start-up:
@@ -112,12 +113,10 @@ export function countCpuList(text: string): number {
 
 /** Why this process may not write `key` (a read-only mount, another namespace, no privilege), or undefined. */
 function notWritable(err: unknown): string | undefined {
-  const code = (err as { code?: string }).code ?? (err as { cause?: { code?: string } }).cause?.code ?? '';
-  const text = err instanceof Error ? err.message : String(err);
-  if (code === 'EROFS' || /read-only file system/i.test(text)) return 'read-only file system';
-  if (code === 'EACCES' || code === 'EPERM' || /permission denied|not permitted/i.test(text))
-    return 'permission denied';
-  if (code === 'EOPNOTSUPP' || /not supported/i.test(text)) return 'not supported here';
+  const failure = err instanceof SysctlError || err instanceof CommandError ? err.failure : undefined;
+  if (failure === 'read-only') return 'read-only file system';
+  if (failure === 'permission') return 'permission denied';
+  if (failure === 'not-supported') return 'not supported here';
   return undefined;
 }
 
@@ -144,8 +143,12 @@ async function readValue(key: string): Promise<number | undefined> {
 }
 
 async function writeValue(key: string, value: number): Promise<void> {
-  if (key.startsWith('/')) await writeFile(key, String(value));
-  else await writeSysctl(key, value);
+  if (!key.startsWith('/')) return writeSysctl(key, value);
+  try {
+    await writeFile(key, String(value));
+  } catch (err) {
+    throw new SysctlError(`writing ${key}=${value}: ${(err as Error).message}`, key, err);
+  }
 }
 
 export interface ConntrackResult {

@@ -17,7 +17,7 @@ function iptablesProblem(err: unknown): string {
     const cmd = err.argv.find((a) => a.includes('iptables')) ?? err.argv[0] ?? 'iptables';
     if (err.reason === 'not-found') return `${cmd} not found (install iptables, or set --iptables-binary)`;
     const stderr = err.stderr.trim().split('\n')[0] ?? '';
-    if (/Permission denied|must be root|Operation not permitted/i.test(stderr)) {
+    if (err.failure === 'permission') {
       return `${cmd}: ${stderr} (run svcplane as root, or with CAP_NET_ADMIN and CAP_NET_RAW)`;
     }
     return `${cmd}: ${stderr || `exit status ${String(err.exitCode)}`}`;

@@ -56,6 +56,8 @@ export type RulePosition = 'prepend' | 'append';
 
 /** iptables-restore failed. Carries stderr and, when the tool named one, the offending input line. */
 export class RestoreError extends CommandError {
+  /** The chain iptables-restore said does not exist (a rule jumps to it, or it is flushed or deleted). */
+  readonly missingChain: string | undefined;
   constructor(
     argv: readonly string[],
     exitCode: number | undefined,
@@ -70,6 +72,7 @@ export class RestoreError extends CommandError {
   ) {
     super(argv, exitCode, stderr, reason);
     this.name = 'RestoreError';
+    this.missingChain = parseMissingChain(stderr);
     if (line !== undefined) {
       this.message = `iptables-restore failed at input line ${line} (${JSON.stringify((lineText ?? '').slice(0, 500))}): ${firstMeaningfulLine(stderr)}`;
     }
@@ -117,6 +120,11 @@ export function parseRestoreErrorLine(stderr: string): number | undefined {
   return m ? Number(m[1]) : undefined;
 }
 
+/** The chain of iptables-restore's "Chain 'X' does not exist", if it says so. */
+export function parseMissingChain(stderr: string): string | undefined {
+  return /Chain '([^']+)' does not exist/.exec(stderr)?.[1];
+}
+
 /**
  * Map a reported line to the input line to show. The nf_tables backend reports a jump to a missing
  * chain at the table's COMMIT line; point at the first rule of that table jumping there instead.
@@ -129,7 +137,7 @@ export function blameRestoreLine(
   if (reportedLine === undefined) return { line: undefined, lineText: undefined, reportedLine };
   const lines = input.split('\n');
   const text = lines[reportedLine - 1];
-  const missing = /Chain '([^']+)' does not exist/.exec(stderr)?.[1];
+  const missing = parseMissingChain(stderr);
   if (missing && text?.trim() === 'COMMIT') {
     let start = reportedLine - 1;
     while (start > 0 && !(lines[start - 1] ?? '').startsWith('*')) start--;

@@ -560,7 +560,7 @@ export class IptablesProxier implements Backend {
     } catch (err) {
       // A foreign rule listed after its chain was created, or a chain deleted between the two
       // listings: the transaction was refused as a whole, nothing changed. Write the safe way.
-      if (!(err instanceof RestoreError) || !/Chain '[^']*' does not exist/.test(err.stderr)) throw err;
+      if (!(err instanceof RestoreError) || err.missingChain === undefined) throw err;
       log.warn('foreign iptables chains changed during the full sync: writing in --noflush chunks instead', {
         backend: this.name,
         error: err.message,

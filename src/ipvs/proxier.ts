@@ -6,7 +6,7 @@ import { parseIptablesSave, type SavedRuleset } from '../iptables/save-parse.js'
 import { cidrContains, parseCIDR } from '../model/ip.js';
 import { nodeContext } from '../model/selection.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
-import { run, type RunResult } from '../util/exec.js';
+import { CommandError, run, type RunResult } from '../util/exec.js';
 import { log } from '../util/log.js';
 import { parseIpAddressJson, type InterfaceAddress } from '../kernel/netif.js';
 import { ensureSysctl } from '../util/sysctl.js';
@@ -287,8 +287,8 @@ export class IpvsProxier implements Backend {
         netns: c.netns,
         allowFailure: true,
       });
-      if (r.exitCode !== 0 && !/File exists/.test(r.stderr)) {
-        throw new Error(`creating ${DUMMY_DEVICE} failed: ${r.stderr.trim()}`);
+      if (r.exitCode !== 0 && r.failure !== 'exists') {
+        throw new CommandError(r.argv, r.exitCode, r.stderr, 'exit');
       }
     }
     const ipsets = diffIpsets(

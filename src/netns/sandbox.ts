@@ -279,21 +279,29 @@ export class Sandbox {
 
   private async configureNodeSysctls(brNetfilter: boolean | undefined): Promise<void> {
     const bridgeKeys = ['net.bridge.bridge-nf-call-iptables', 'net.bridge.bridge-nf-call-ip6tables'];
-    const sets = [...NODE_SYSCTLS];
-    if (brNetfilter !== undefined) sets.push(...bridgeKeys.map((k) => `${k}=${brNetfilter ? 1 : 0}`));
-    const res = await run(['sysctl', '-w', ...sets], { netns: this.nodeNs, allowFailure: true });
+    // Forwarding must work; the bridge keys exist only with br_netfilter: two commands, so which
+    // failed is told by the exit status, not by reading the error text.
+    const forwarding = await run(['sysctl', '-w', ...NODE_SYSCTLS], {
+      netns: this.nodeNs,
+      allowFailure: true,
+    });
+    if (forwarding.exitCode !== 0)
+      throw new Error(`sandbox ${this.id}: sysctl in ${this.nodeNs} failed: ${forwarding.stderr.trim()}`);
+    const bridge =
+      brNetfilter === undefined
+        ? undefined
+        : await run(['sysctl', '-w', ...bridgeKeys.map((k) => `${k}=${brNetfilter ? 1 : 0}`)], {
+            netns: this.nodeNs,
+            allowFailure: true,
+          });
     const read = await run(['sysctl', '-e', '-n', bridgeKeys[0]!], {
       netns: this.nodeNs,
       allowFailure: true,
     });
     this.brNetfilter = read.stdout.trim() === '1';
-    const forwardingFailed =
-      res.exitCode !== 0 && NODE_SYSCTLS.some((s) => res.stderr.includes(s.split('=')[0]!));
-    if (forwardingFailed)
-      throw new Error(`sandbox ${this.id}: sysctl in ${this.nodeNs} failed: ${res.stderr.trim()}`);
     if (brNetfilter === true && !this.brNetfilter) {
       throw new Error(
-        `sandbox ${this.id}: brNetfilter requested but br_netfilter is not available (${res.stderr.trim()})`,
+        `sandbox ${this.id}: brNetfilter requested but br_netfilter is not available (${(bridge?.stderr ?? '').trim()})`,
       );
     }
   }

@@ -1,7 +1,7 @@
 import type { Backend, SyncReport } from '../modes/backend.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import { log } from '../util/log.js';
-import { run } from '../util/exec.js';
+import { CommandError, run } from '../util/exec.js';
 import { compareTable, parseKernelTable, type TableDifference } from './nft-read.js';
 import {
   NETPOL_FAMILY,
@@ -152,8 +152,8 @@ export async function readKernelTable(opts: {
     allowFailure: true,
   });
   if (res.exitCode !== 0) {
-    if (/No such file or directory/i.test(res.stderr)) return undefined;
-    throw new Error(`nft -j list table ${NETPOL_FAMILY} ${NETPOL_TABLE} failed: ${res.stderr.trim()}`);
+    if (res.failure === 'no-such-object') return undefined;
+    throw new CommandError(res.argv, res.exitCode, res.stderr, 'exit');
   }
   return parseKernelTable(res.stdout);
 }

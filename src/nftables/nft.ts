@@ -1,5 +1,5 @@
 import { release } from 'node:os';
-import { CommandError, run } from '../util/exec.js';
+import { classifyFailure, CommandError, run, type FailureCause } from '../util/exec.js';
 import { log } from '../util/log.js';
 import type { IPFamily } from '../model/types.js';
 import {
@@ -18,6 +18,8 @@ import { nftFamily } from './transaction.js';
  */
 
 export class NftError extends Error {
+  /** Why nft failed, from its stderr (classified once, src/util/exec.ts). */
+  readonly failure: FailureCause;
   constructor(
     readonly argv: readonly string[],
     readonly stderr: string,
@@ -29,6 +31,7 @@ export class NftError extends Error {
       `${what}: "${argv.join(' ')}" failed${exitCode === undefined ? '' : ` (status ${exitCode})`}${tail ? `: ${tail}` : ''}`,
     );
     this.name = 'NftError';
+    this.failure = classifyFailure(stderr);
   }
 }
 
@@ -90,8 +93,6 @@ export interface NftRunResult {
   readonly lines: number;
   readonly durationMs: number;
 }
-
-const NOT_FOUND = /No such file or directory/;
 
 export class Nft {
   readonly family: 'ip' | 'ip6';
@@ -176,7 +177,7 @@ export class Nft {
     try {
       return (await this.exec(['-j', ...args], undefined, 'nft listing')).stdout;
     } catch (err) {
-      if (err instanceof NftError && NOT_FOUND.test(err.stderr)) return undefined;
+      if (err instanceof NftError && err.failure === 'no-such-object') return undefined;
       throw err;
     }
   }
@@ -212,10 +213,7 @@ export async function deleteKubeProxyTables(
     } catch (err) {
       // No nft binary, or a kernel without nf_tables (User-mode Linux's: "Operation not supported"):
       // nothing of ours can be there.
-      if (
-        err instanceof NftError &&
-        (err.exitCode === undefined || /Operation not supported/.test(err.stderr))
-      )
+      if (err instanceof NftError && (err.exitCode === undefined || err.failure === 'not-supported'))
         continue;
       failed.push(`${nft.family}: ${(err as Error).message}`);
     }

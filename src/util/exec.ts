@@ -27,9 +27,69 @@ export interface RunResult {
   readonly stdout: string;
   readonly stderr: string;
   readonly durationMs: number;
+  /** Why it failed, from its stderr (undefined when it exited 0). */
+  readonly failure?: FailureCause;
+}
+
+/**
+ * Why a kernel tool failed, as its stderr says it: the strerror text of the errno the kernel
+ * returned (iptables, ipset, ipvsadm, nft, ip, sysctl and conntrack all print it), or the tool's own
+ * complaint about an option. Classified once, here, where the output is read; callers test the
+ * cause, never the text.
+ */
+export type FailureCause =
+  /** ENOENT: the table, chain, set, device or file is not there. */
+  | 'no-such-object'
+  /** EEXIST. */
+  | 'exists'
+  /** EOPNOTSUPP: the kernel lacks the feature (User-mode Linux has no nf_tables). */
+  | 'not-supported'
+  /** EPERM / EACCES, or the tool's "must be root". */
+  | 'permission'
+  /** EBUSY: still referenced. */
+  | 'busy'
+  /** EROFS. */
+  | 'read-only'
+  /** The tool does not know an option (an older version). */
+  | 'unknown-option'
+  | 'other';
+
+const FAILURE_TEXTS: readonly (readonly [FailureCause, RegExp])[] = [
+  ['unknown-option', /unknown option|invalid option|unrecognized option/i],
+  ['no-such-object', /No such file or directory|ENOENT|does not exist/i],
+  ['exists', /File exists|EEXIST/i],
+  ['not-supported', /Operation not supported|EOPNOTSUPP/i],
+  ['permission', /Permission denied|must be root|Operation not permitted|EACCES|EPERM/i],
+  ['busy', /Device or resource busy|EBUSY/i],
+  ['read-only', /Read-only file system|EROFS/i],
+];
+
+/** The cause of a failure from a tool's stderr (pure; the first match in FAILURE_TEXTS' order). */
+export function classifyFailure(stderr: string): FailureCause {
+  for (const [cause, re] of FAILURE_TEXTS) if (re.test(stderr)) return cause;
+  return 'other';
+}
+
+const ERRNO_FAILURES: Readonly<Record<string, FailureCause>> = {
+  ENOENT: 'no-such-object',
+  EEXIST: 'exists',
+  EOPNOTSUPP: 'not-supported',
+  ENOTSUP: 'not-supported',
+  EPERM: 'permission',
+  EACCES: 'permission',
+  EBUSY: 'busy',
+  EROFS: 'read-only',
+};
+
+/** The same causes for a failed file operation of this process (Node's `err.code`). */
+export function failureOfErrno(err: unknown): FailureCause {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' ? (ERRNO_FAILURES[code] ?? 'other') : 'other';
 }
 
 export class CommandError extends Error {
+  /** Why the command failed, from its stderr ('other' when it says nothing we know). */
+  readonly failure: FailureCause;
   constructor(
     readonly argv: readonly string[],
     readonly exitCode: number | undefined,
@@ -47,6 +107,7 @@ export class CommandError extends Error {
     const tail = stderr.trim();
     super(`command "${argv.join(' ')}" ${what}${tail ? `: ${tail.slice(0, 2000)}` : ''}`);
     this.name = 'CommandError';
+    this.failure = classifyFailure(stderr);
   }
 }
 
@@ -84,6 +145,7 @@ export async function run(argv: readonly string[], opts: RunOptions = {}): Promi
     stdout: String(result.stdout ?? ''),
     stderr: String(result.stderr ?? ''),
     durationMs,
+    ...(result.exitCode !== 0 ? { failure: classifyFailure(String(result.stderr ?? '')) } : {}),
   };
   if (res.exitCode !== 0 && !opts.allowFailure) {
     throw new CommandError(full, res.exitCode, res.stderr, 'exit');

@@ -1,5 +1,5 @@
 import { readFile, writeFile } from 'node:fs/promises';
-import { CommandError, run } from './exec.js';
+import { CommandError, failureOfErrno, run, type FailureCause } from './exec.js';
 
 /**
  * Per-network-namespace sysctls (net.ipv4.ip_forward, net.ipv4.conf.all.route_localnet,
@@ -24,8 +24,19 @@ export function sysctlPath(key: string): string {
   return `/proc/sys/${key.includes('/') ? key : key.replaceAll('.', '/')}`;
 }
 
-function isMissing(text: string): boolean {
-  return /No such file or directory|ENOENT/.test(text);
+/** Reading or writing a sysctl (or a /sys parameter) in this process failed: the key, and why. */
+export class SysctlError extends Error {
+  /** Classified once from the errno (src/util/exec.ts). */
+  readonly failure: FailureCause;
+  constructor(
+    message: string,
+    readonly key: string,
+    cause: unknown,
+  ) {
+    super(message, { cause });
+    this.name = 'SysctlError';
+    this.failure = failureOfErrno(cause);
+  }
 }
 
 /** The value (trimmed), or undefined when the key does not exist in that namespace. */
@@ -35,13 +46,14 @@ export async function readSysctl(key: string, opts: SysctlOptions = {}): Promise
     try {
       return (await readFile(path, 'utf8')).trim();
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw new Error(`reading sysctl ${key} (${path}): ${(err as Error).message}`, { cause: err });
+      const e = new SysctlError(`reading sysctl ${key} (${path}): ${(err as Error).message}`, key, err);
+      if (e.failure === 'no-such-object') return undefined;
+      throw e;
     }
   }
   const r = await run(['cat', path], { netns: opts.netns, allowFailure: true });
   if (r.exitCode === 0) return r.stdout.trim();
-  if (isMissing(r.stderr)) return undefined;
+  if (r.failure === 'no-such-object') return undefined;
   throw new CommandError(r.argv, r.exitCode, r.stderr, 'exit');
 }
 
@@ -59,7 +71,7 @@ export async function writeSysctl(
       await writeFile(path, `${text}\n`);
       return;
     } catch (err) {
-      throw new Error(`writing sysctl ${key}=${text} (${path}): ${(err as Error).message}`, { cause: err });
+      throw new SysctlError(`writing sysctl ${key}=${text} (${path}): ${(err as Error).message}`, key, err);
     }
   }
   const r = await run(['tee', path], { netns: opts.netns, input: `${text}\n`, allowFailure: true });
