@@ -1,5 +1,5 @@
 import { release } from 'node:os';
-import { classifyFailure, CommandError, run, type FailureCause } from '../util/exec.js';
+import { CommandError, run } from '../util/exec.js';
 import { log } from '../util/log.js';
 import type { IPFamily } from '../model/types.js';
 import {
@@ -17,21 +17,19 @@ import { nftFamily } from './transaction.js';
  * the kernel takes all of it or nothing), JSON listings, the version checks kube-proxy makes.
  */
 
-export class NftError extends Error {
-  /** Why nft failed, from its stderr (classified once, src/util/exec.ts). */
-  readonly failure: FailureCause;
+/**
+ * An nft command failed: a CommandError (command, exit status, stderr, classified cause) saying
+ * what nftables mode was doing, printed as every command failure is, after that.
+ */
+export class NftError extends CommandError {
   constructor(
-    readonly argv: readonly string[],
-    readonly stderr: string,
-    readonly exitCode: number | undefined,
-    what: string,
+    command: CommandError,
+    /** What the command was for ("nftables full sync", "nft listing" …). */
+    readonly what: string,
   ) {
-    const tail = stderr.trim().split('\n').slice(0, 12).join('\n');
-    super(
-      `${what}: "${argv.join(' ')}" failed${exitCode === undefined ? '' : ` (status ${exitCode})`}${tail ? `: ${tail}` : ''}`,
-    );
+    super(command.argv, command.exitCode, command.stderr, command.reason);
     this.name = 'NftError';
-    this.failure = classifyFailure(stderr);
+    this.message = `${what}: ${this.message}`;
   }
 }
 
@@ -117,11 +115,7 @@ export class Nft {
       });
       return { stdout: r.stdout, durationMs: r.durationMs };
     } catch (err) {
-      if (err instanceof CommandError) {
-        if (err.reason === 'not-found')
-          throw new NftError(argv, 'not found (is nftables installed?)', undefined, what);
-        throw new NftError(err.argv, err.stderr, err.exitCode, what);
-      }
+      if (err instanceof CommandError) throw new NftError(err, what);
       throw err;
     }
   }
@@ -213,7 +207,7 @@ export async function deleteKubeProxyTables(
     } catch (err) {
       // No nft binary, or a kernel without nf_tables (User-mode Linux's: "Operation not supported"):
       // nothing of ours can be there.
-      if (err instanceof NftError && (err.exitCode === undefined || err.failure === 'not-supported'))
+      if (err instanceof NftError && (err.reason === 'not-found' || err.failure === 'not-supported'))
         continue;
       failed.push(`${nft.family}: ${(err as Error).message}`);
     }

@@ -11,7 +11,7 @@ import type { ClusterState, IPFamily } from '../model/types.js';
 import { log } from '../util/log.js';
 import { isAffinitySetName, isServiceChainName, serviceOfName, ELEMENT_CONTAINERS } from './names.js';
 import type { ListedTable } from './listing.js';
-import { Nft, NftError } from './nft.js';
+import { Nft } from './nft.js';
 import { checkNftConfig, renderState, type NftRenderConfig, type ServiceRules } from './render.js';
 import {
   deleteChainsTransaction,
@@ -255,7 +255,7 @@ export class NftablesProxier implements Backend {
       this.cleanupFailures++;
       log.warn('cannot delete stale nftables chains; will retry later', {
         backend: this.name,
-        error: err instanceof NftError ? err.message : err,
+        error: err,
       });
     }
   }

@@ -1,4 +1,5 @@
 import { NftError } from '../../../src/nftables/nft.js';
+import { CommandError } from '../../../src/util/exec.js';
 import assert from 'node:assert/strict';
 import type { Backend, SyncReport } from '../../../src/modes/backend.js';
 import { Controller } from '../../../src/controller/controller.js';
@@ -240,7 +241,7 @@ describe('metrics: nftables mode (kube-proxy names)', () => {
     metrics.observeFailure(
       undefined,
       'nftables/IPv6',
-      new NftError(['nft', '-f', '-'], 'Error: busy', 1, 'sync'),
+      new NftError(new CommandError(['nft', '-f', '-'], 1, 'Error: busy', 'exit'), 'sync'),
     );
     const text = await metrics.registry.metrics();
     assert.equal(value(text, 'kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family="IPv6"}'), 1);

@@ -57,11 +57,16 @@ describe('failure causes of kernel tools, classified once', () => {
       undefined,
     );
     const n = new NftError(
-      ['nft', '-f', '-'],
-      'Error: Could not process rule: Operation not supported',
-      1,
-      'sync',
+      new CommandError(
+        ['nft', '-f', '-'],
+        1,
+        'Error: Could not process rule: Operation not supported',
+        'exit',
+      ),
+      'nftables cleanup',
     );
+    assert.ok(n instanceof CommandError, 'printed and classified as every command failure');
+    assert.equal(n.message, `nftables cleanup: ${new CommandError(n.argv, 1, n.stderr, 'exit').message}`);
     assert.equal(n.failure, 'not-supported');
   });
 
