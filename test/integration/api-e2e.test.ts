@@ -13,6 +13,7 @@ import { createApiSource } from '../../src/kube/api-source-factory.js';
 import type { ReflectorOptions } from '../../src/kube/informer.js';
 import type { ProbeResult, RequestSpec } from '../../src/netns/protocol.js';
 import { log } from '../../src/util/log.js';
+import { until } from '../support/daemon.js';
 import { FakeApiServer } from '../support/fake-apiserver.js';
 import { expectError, requireRoot, useSandbox } from '../support/sandbox.js';
 
@@ -95,14 +96,6 @@ function node(zone: string): object {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function until(cond: () => boolean | Promise<boolean>, ms: number, what: string): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
-    await sleep(25);
-  }
-}
-
 describe('svcplane against the API stand-in (end to end, real traffic)', function () {
   this.timeout(60_000);
   let api: FakeApiServer | undefined;
@@ -156,19 +149,20 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
     from = 'client',
   ): Promise<void> {
     const want = [...pods].sort().join(',');
-    let last = '';
     await until(
+      `traffic to ${req.ip}:${req.port} answered by {${want}}`,
       async () => {
         const got = new Set<string>();
         for (let i = 0; i < pods.length * 8; i++) {
           const r = await env.sb.request(from, req);
           got.add(r.ok ? r.reply.pod : `(${r.error})`);
         }
-        last = [...got].sort().join(',');
-        return last === want;
+        const last = [...got].sort().join(',');
+        // Not yet: the shared until() names the last error when it gives up.
+        if (last !== want) throw new Error(`last answered by {${last}}`);
+        return true;
       },
       8000,
-      `traffic to ${req.ip}:${req.port} answered by {${want}} (last: {${last}})`,
     );
   }
 
@@ -196,7 +190,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
       // background probes happened to fall inside a short phase.
       follows: async (pods) => {
         const from = results.length;
-        await until(() => results.length >= from + 3, 8000, 'three background probes');
+        await until('three background probes', () => results.length >= from + 3, 8000);
         const got = results.slice(from).map((r) => (r.ok ? r.reply.pod : `(${r.error})`));
         assert.ok(
           got.every((p) => pods.includes(p)),
@@ -221,8 +215,9 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
    * Waits until no change is queued: the last sync has finished and been counted. (Traffic can show
    * new rules a moment before the controller has seen iptables-restore exit and emitted 'synced'.)
    */
-  const settled = (): Promise<void> =>
-    until(() => controller!.health().queuedSince === 0, 5000, 'the controller settled');
+  const settled = async (): Promise<void> => {
+    await until('the controller settled', () => controller!.health().queuedSince === 0, 5000);
+  };
 
   /** kube-proxy's /healthz answer for the controller now (the inputs and function the server uses). */
   let healthInputs: ReturnType<typeof controllerHealth> | undefined;
@@ -316,7 +311,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
     const before = syncs;
     api!.create('Service', service('api', API_IP, { nodePort: NODE_PORT }));
     api!.create('EndpointSlice', slice('api', ['c']));
-    await until(() => syncs > before, 5000, 'a sync after the creation');
+    await until('a sync after the creation', () => syncs > before, 5000);
     await trafficReaches(['c'], { proto: 'tcp', ip: API_IP, port: 80, timeoutMs: 1000 });
     // From outside the node, to the node IP the Node object carries.
     await trafficReaches(
@@ -337,7 +332,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
     assert.deepEqual([...seen].sort(), ['a', 'b', 'c']);
     // Scaled to zero: kube-proxy's REJECT for a Service without endpoints.
     api!.update('EndpointSlice', slice('web', []));
-    await until(async () => !(await env.sb.request('client', web)).ok, 5000, 'no endpoints');
+    await until('no endpoints', async () => !(await env.sb.request('client', web)).ok, 5000);
     expectError(await env.sb.request('client', web), 'refused');
     api!.update('EndpointSlice', slice('web', ['a', 'b']));
     await trafficReaches(['a', 'b']);
@@ -358,9 +353,9 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
     api!.delete('Service', 'default', 'api');
     api!.delete('EndpointSlice', 'default', 'api-abc12');
     await until(
+      'rules of default/api removed',
       async () => !/default\/api:http/.test(await natRules()),
       5000,
-      'rules of default/api removed',
     );
     const nat = await natRules();
     assert.doesNotMatch(nat, new RegExp(API_IP.replaceAll('.', '\\.')));
@@ -382,7 +377,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
     const before = { syncs };
     const watches = api!.requests(undefined, 'watch');
     api!.closeAllWatches();
-    await until(() => api!.requests(undefined, 'watch') >= watches + 3, 5000, 'all three re-watched');
+    await until('all three re-watched', () => api!.requests(undefined, 'watch') >= watches + 3, 5000);
     // An event none of our selectors match moves the resourceVersion past what the reflectors saw;
     // compacting then makes every re-watch get 410 Gone, and the reflectors relist.
     const lists = api!.requests(undefined, 'list');
@@ -392,7 +387,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
     });
     api!.compact();
     api!.closeAllWatches();
-    await until(() => api!.requests(undefined, 'list') >= lists + 3, 5000, 'all three relisted after 410');
+    await until('all three relisted after 410', () => api!.requests(undefined, 'list') >= lists + 3, 5000);
     // A sentinel change after the relists, instead of waiting "long enough": the source's events are
     // ordered, so a (wrong) sync caused by the re-watches or relists comes before the sentinel's sync,
     // or is folded into it and then writes more than the sentinel's one Service.
@@ -401,7 +396,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
     controller!.on('synced', record);
     try {
       api!.create('Service', service('sentinel', SENTINEL_IP));
-      await until(() => reports.length >= 1, 5000, "the sentinel's sync");
+      await until("the sentinel's sync", () => reports.length >= 1, 5000);
       await settled();
     } finally {
       controller!.off('synced', record);
@@ -415,7 +410,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
     assert.equal(health(), 200);
     assert.deepEqual([...(await answering(10))].sort(), ['a', 'b']);
     api!.delete('Service', 'default', 'sentinel');
-    await until(() => syncs === before.syncs + 2, 5000, "the sentinel's removal synced");
+    await until("the sentinel's removal synced", () => syncs === before.syncs + 2, 5000);
     await settled();
   });
 
@@ -426,7 +421,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
     api!.failNext(9, 500);
     api!.closeAllWatches();
     const traffic = background();
-    await until(() => api!.requestsSince(t0) >= 12, 8000, 'nine failures and three good requests');
+    await until('nine failures and three good requests', () => api!.requestsSince(t0) >= 12, 8000);
     const elapsed = Date.now() - t0;
     assertAllAnswered(await traffic.stop(), 'traffic during HTTP 500s');
     // 3 failures per reflector back off 50 + 100 + 200 ms (±20 %): not a reconnect storm.
@@ -457,7 +452,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
     await api!.stop();
     // Changes made while svcplane cannot see them.
     api!.update('EndpointSlice', slice('web', ['c']));
-    await until(() => health() === 503, GRACE_MS + 4000, 'unhealthy');
+    await until('unhealthy', () => health() === 503, GRACE_MS + 4000);
     const unhealthyAfter = Date.now() - t0;
     assert.ok(
       unhealthyAfter >= GRACE_MS - 100,
@@ -471,7 +466,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
     assert.equal(proxier.lastSync, before.report);
 
     await api!.start();
-    await until(() => health() === 200, 5000, 'healthy again');
+    await until('healthy again', () => health() === 200, 5000);
     await trafficReaches(['c']);
     api!.update('EndpointSlice', slice('web', ['a', 'c']));
     await trafficReaches(['a', 'c']);
@@ -485,13 +480,13 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
       spec: { taints: [{ key: TO_BE_DELETED_TAINT, value: '1764600000', effect: 'NoSchedule' }] },
     };
     api!.update('Node', tainted);
-    await until(() => health() === 503, 5000, 'unhealthy once the autoscaler taints the node');
+    await until('unhealthy once the autoscaler taints the node', () => health() === 503, 5000);
     assert.equal(healthz().body.nodeEligible, false);
     assert.match(healthz().body.reason ?? '', /has the taint ToBeDeletedByClusterAutoscaler/);
     // Load balancers drain the node; svcplane keeps serving what still arrives.
     assert.deepEqual([...(await answering(10))].sort(), ['a', 'c']);
     api!.update('Node', node('zone-a'));
-    await until(() => health() === 200, 5000, 'eligible again without the taint');
+    await until('eligible again without the taint', () => health() === 200, 5000);
 
     // A DELETE while a finalizer holds the Node: the API sets deletionTimestamp, the Node stays.
     const held = {
@@ -500,16 +495,16 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
     };
     api!.update('Node', held);
     api!.delete('Node', '', NODE);
-    await until(() => health() === 503, 5000, 'unhealthy once the node is being deleted');
+    await until('unhealthy once the node is being deleted', () => health() === 503, 5000);
     assert.equal(healthz().body.nodeEligible, false);
     assert.match(healthz().body.reason ?? '', /is being deleted/);
     // The finalizer goes, so does the Node: its last state keeps it ineligible (as kube-proxy).
     api!.update('Node', node('zone-a'));
-    await until(() => !controller!.source.current()?.nodes.has(NODE), 5000, 'the Node gone');
+    await until('the Node gone', () => !controller!.source.current()?.nodes.has(NODE), 5000);
     assert.equal(healthz().body.nodeEligible, false);
     // Re-registered: eligible again.
     api!.create('Node', node('zone-a'));
-    await until(() => health() === 200, 5000, 'eligible after the Node is back');
+    await until('eligible after the Node is back', () => health() === 200, 5000);
     assert.deepEqual([...(await answering(10))].sort(), ['a', 'c']);
   });
 

@@ -1,14 +1,15 @@
-import { newestMtime, until } from '../support/daemon.js';
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ProbeResult, RequestSpec } from '../../src/netns/protocol.js';
-import { run, startProcess, type ChildHandle } from '../../src/util/exec.js';
+import { run } from '../../src/util/exec.js';
 import { packageRoot } from '../../src/util/paths.js';
 import { FakeApiServer, type FakeKind } from '../support/fake-apiserver.js';
-import { NetnsListener } from '../support/netns-listener.js';
+import { API_PORT, ApiStandIn } from '../support/api-stand-in.js';
+import { Daemon, newestMtime, until } from '../support/daemon.js';
 import { useSandbox } from '../support/sandbox.js';
+import { metricSum } from '../support/metrics-text.js';
 
 /**
  * The cluster path as users run it: `svcplane run --kubeconfig FILE` as a real process
@@ -25,7 +26,6 @@ import { useSandbox } from '../support/sandbox.js';
 
 const NODE = 'node-1';
 const API_HOST = '192.0.2.2';
-const API_PORT = 6443;
 const TOKEN = `svcplane-test-token-${process.pid}`;
 const POD_PORT = 8080;
 const IPS = { web: '10.96.0.80', api: '10.96.0.81', db: '10.96.0.82', extra: '10.96.0.83' } as const;
@@ -72,20 +72,21 @@ const foreign = (name: string): Json => ({
 
 describe('svcplane run --kubeconfig against the API stand-in (real process, sandbox node, real traffic)', function () {
   this.timeout(120_000);
+  let standIn: ApiStandIn | undefined;
+  /** The stand-in's FakeApiServer (objects in, requests seen). */
   let api: FakeApiServer | undefined;
-  let listener: NetnsListener | undefined;
-  let daemon: ChildHandle | undefined;
+  let daemon: Daemon | undefined;
   let dir = '';
-  const lines: Json[] = [];
-  const raw: string[] = [];
+  /** The daemon's JSON log lines and every output line (its own arrays once it runs). */
+  let lines: Json[] = [];
+  let raw: string[] = [];
 
   // Registered before useSandbox's hooks: mocha runs `after` hooks in order, and the daemon and the
   // stand-in must stop before the sandbox's namespaces go away.
   after(async function () {
     this.timeout(30_000);
     await daemon?.stop(5000);
-    await api?.stop();
-    await listener?.close();
+    await standIn?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
@@ -128,15 +129,8 @@ describe('svcplane run --kubeconfig against the API stand-in (real process, sand
   };
   /** Sum of a metric's samples (all label sets, or those matching `labels`). */
   const metric = async (name: string, labels = ''): Promise<number> => {
-    let sum = 0;
-    let samples = 0;
-    for (const m of (await metricsText()).matchAll(new RegExp(`^${name}(\\{[^}]*\\})? (\\S+)$`, 'gm'))) {
-      if (labels === '' || (m[1] ?? '').includes(labels)) {
-        sum += Number(m[2]);
-        samples++;
-      }
-    }
-    if (samples === 0) throw new Error(`no sample of ${name}${labels}`);
+    const sum = metricSum(await metricsText(), name, labels);
+    if (sum === undefined) throw new Error(`no sample of ${name}${labels}`);
     return sum;
   };
   const okSyncs = (): Promise<number> => metric('svcplane_syncs_total', 'result="ok"');
@@ -224,14 +218,8 @@ describe('svcplane run --kubeconfig against the API stand-in (real process, sand
         throw new Error('dist/ is older than src/: run `bash scripts/setup.sh` (or npm run build) first');
     }
     dir = mkdtempSync(join(tmpdir(), 'svcplane-cluster-'));
-    listener = NetnsListener.start(env.sb.outsideNs);
-    api = await FakeApiServer.create({
-      tls: true,
-      tokens: [TOKEN],
-      bookmarkIntervalMs: 500,
-      host: API_HOST,
-      listenHandle: () => listener!.listen(API_HOST, API_PORT),
-    });
+    standIn = await ApiStandIn.start(env.sb, dir, { token: TOKEN });
+    api = standIn.api;
     assert.equal(api.url, `https://${API_HOST}:${API_PORT}`);
     api.create('Node', node);
     const initial: [keyof typeof IPS, string[]][] = [
@@ -244,8 +232,7 @@ describe('svcplane run --kubeconfig against the API stand-in (real process, sand
       api.create('EndpointSlice', slice(name, pods, podIP));
     }
     // The kubeconfig a node would have: the API's CA, its address, a bearer token.
-    const kubeconfig = join(dir, 'kubeconfig');
-    writeFileSync(kubeconfig, api.kubeconfigYaml(`{token: ${TOKEN}}`));
+    const kubeconfig = standIn.kubeconfig;
 
     // An earlier run (kube-proxy or svcplane) left the rules of the same three Services.
     const manifests = join(dir, 'manifests');
@@ -264,12 +251,8 @@ describe('svcplane run --kubeconfig against the API stand-in (real process, sand
     });
     assert.equal((await serviceRules()).length, 3, 'three Service rules before svcplane run');
 
-    daemon = startProcess(
+    daemon = Daemon.start(
       [
-        'env',
-        'SVCPLANE_API_HEALTH_GRACE_SECONDS=2',
-        process.execPath,
-        CLI,
         'run',
         // Tests read JSON lines; -v=2 logs every sync, as kube-proxy's.
         '--logging-format=json',
@@ -282,16 +265,10 @@ describe('svcplane run --kubeconfig against the API stand-in (real process, sand
         '--iptables-sync-period=10m',
         '--v=2',
       ],
-      { netns: env.sb.nodeNs },
+      { netns: env.sb.nodeNs, fromBuild: true, prefix: ['env', 'SVCPLANE_API_HEALTH_GRACE_SECONDS=2'] },
     );
-    daemon.onLine((l) => {
-      raw.push(l);
-      try {
-        lines.push(JSON.parse(l) as Json);
-      } catch {
-        /* not a log line */
-      }
-    });
+    lines = daemon.lines;
+    raw = daemon.raw;
     await until(
       'the first sync',
       () => (logged((l) => l.message === 'synced').length > 0 ? true : undefined),

@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { chmod, mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { serviceChainName } from '../../src/iptables/names.js';
 import {
   getArg,
@@ -14,8 +13,7 @@ import {
 import type { IPFamily } from '../../src/model/types.js';
 import type { RequestSpec } from '../../src/netns/protocol.js';
 import type { Sandbox } from '../../src/netns/sandbox.js';
-import { run, startProcess, type ChildHandle, type RunResult } from '../../src/util/exec.js';
-import { packageRoot } from '../../src/util/paths.js';
+import { run, startProcess, type ChildHandle } from '../../src/util/exec.js';
 import {
   answeredPeer,
   expectNoAnswer,
@@ -24,6 +22,7 @@ import {
   serviceObject,
   sliceObject,
 } from '../support/iptables-harness.js';
+import { runSvcplane, svcplaneArgv, until as waitUntil } from '../support/daemon.js';
 import { useSandbox } from '../support/sandbox.js';
 
 /**
@@ -46,26 +45,6 @@ const tcp = (ip: string, port: number, timeoutMs?: number): RequestSpec => ({
   port,
   ...(timeoutMs !== undefined ? { timeoutMs } : {}),
 });
-
-/** `node --import=tsx -e <entry>`: runs src/cli/main.ts with `args` (the CLI as the source is now). */
-function cliArgv(args: readonly string[]): string[] {
-  const main = pathToFileURL(join(packageRoot(), 'src', 'cli', 'main.ts')).href;
-  const entry = `import(${JSON.stringify(main)}).then(async (m) => { process.exitCode = await m.main(['node', 'svcplane', ...process.argv.slice(1)]); }, (e) => { console.error(e instanceof Error ? e.message : e); process.exitCode = 2; });`;
-  return [process.execPath, '--import=tsx', '-e', entry, ...args];
-}
-
-function cli(netns: string, args: readonly string[]): Promise<RunResult> {
-  return run(cliArgv(args), { netns, allowFailure: true, timeoutMs: 60_000 });
-}
-
-async function eventually(what: string, timeoutMs: number, check: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) assert.fail(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 function nodeManifest(sb: Sandbox, podCIDRs: readonly string[] | undefined): unknown {
   return {
@@ -132,7 +111,7 @@ describe('svcplane CLI end to end: NodeCIDR, zero objects, failing syncs (real t
   ): Promise<{ child: ChildHandle; logs: string[] }> {
     const logs: string[] = [];
     const child = startProcess(
-      cliArgv([
+      svcplaneArgv([
         'run',
         ...base(),
         '--iptables-min-sync-period=100ms',
@@ -146,10 +125,14 @@ describe('svcplane CLI end to end: NodeCIDR, zero objects, failing syncs (real t
     child.onLine((l) => logs.push(l));
     let exited = false;
     void child.exited.then(() => (exited = true));
-    await eventually(`daemon logs ${until}`, 30_000, () => {
-      if (exited) assert.fail(`daemon exited early:\n${logs.join('\n')}`);
-      return Promise.resolve(logs.some((l) => l.includes(until)));
-    });
+    await waitUntil(
+      `daemon logs ${until}`,
+      () => {
+        if (exited) assert.fail(`daemon exited early:\n${logs.join('\n')}`);
+        return logs.some((l) => l.includes(until));
+      },
+      30_000,
+    );
     return { child, logs };
   }
 
@@ -185,7 +168,7 @@ describe('svcplane CLI end to end: NodeCIDR, zero objects, failing syncs (real t
       const sb = env.sb;
       await write('node.json', nodeManifest(sb, POD_CIDRS));
       await write('web.json', webManifest(sb, 'web', '10.96.60.10', 'fd00:10:96::6010', 30610));
-      const res = await cli(sb.nodeNs, [
+      const res = await runSvcplane(sb.nodeNs, [
         'sync',
         ...base(),
         '--detect-local-mode=NodeCIDR',
@@ -211,7 +194,7 @@ describe('svcplane CLI end to end: NodeCIDR, zero objects, failing syncs (real t
       await write('node.json', nodeManifest(sb, undefined));
       await write('web.json', webManifest(sb, 'other', '10.96.60.11', 'fd00:10:96::6011', 30611));
       const before = (await sb.exec('node', ['iptables-save', '-t', 'nat'])).stdout;
-      const res = await cli(sb.nodeNs, ['sync', ...base(), '--detect-local-mode=NodeCIDR']);
+      const res = await runSvcplane(sb.nodeNs, ['sync', ...base(), '--detect-local-mode=NodeCIDR']);
       assert.equal(res.exitCode, 1, res.stdout + res.stderr);
       assert.match(
         res.stderr,
@@ -234,9 +217,7 @@ describe('svcplane CLI end to end: NodeCIDR, zero objects, failing syncs (real t
         'waiting for the Node object',
       );
       await write('node.json', nodeManifest(sb, POD_CIDRS));
-      await eventually('daemon running', 20_000, () =>
-        Promise.resolve(logs.some((l) => l.includes('"svcplane running"'))),
-      );
+      await waitUntil('daemon running', () => logs.some((l) => l.includes('"svcplane running"')), 20_000);
       await expectNodeCIDRMasquerade('10.96.60.10', 'fd00:10:96::6010');
 
       await write('node.json', nodeManifest(sb, ['10.244.9.0/24']));
@@ -296,11 +277,15 @@ describe('svcplane CLI end to end: NodeCIDR, zero objects, failing syncs (real t
       await expectNoAnswer(sb, 'client', tcp('10.96.60.21', 80, 600), 'refused');
 
       await clear();
-      await eventually('every Service rule removed', 15_000, async () => {
-        const nat = await save('IPv4', 'nat');
-        return serviceChainsOf(nat).size === 0 && rulesOf(nat, 'nat', 'KUBE-NODEPORTS').length === 0;
-      });
-      await eventually('IPv6 too', 5_000, async () => serviceChainsOf(await save('IPv6', 'nat')).size === 0);
+      await waitUntil(
+        'every Service rule removed',
+        async () => {
+          const nat = await save('IPv4', 'nat');
+          return serviceChainsOf(nat).size === 0 && rulesOf(nat, 'nat', 'KUBE-NODEPORTS').length === 0;
+        },
+        15_000,
+      );
+      await waitUntil('IPv6 too', async () => serviceChainsOf(await save('IPv6', 'nat')).size === 0, 5_000);
       await expectNoServiceRules();
       await expectUntouchedTraffic();
       await expectNoAnswer(sb, 'client', tcp('10.96.60.21', 80, 600), 'timeout');
@@ -312,11 +297,11 @@ describe('svcplane CLI end to end: NodeCIDR, zero objects, failing syncs (real t
     it('sync: an empty manifest directory converges to no Service rules', async () => {
       const sb = env.sb;
       await write('web.json', webManifest(sb, 'zero', '10.96.60.20', 'fd00:10:96::6020', 30620));
-      const first = await cli(sb.nodeNs, ['sync', ...base()]);
+      const first = await runSvcplane(sb.nodeNs, ['sync', ...base()]);
       assert.equal(first.exitCode, 0, first.stderr);
       answeredPeer(await sb.request('outside', tcp(sb.nodeIPv4, 30620)), ['a', 'b']);
       await clear();
-      const res = await cli(sb.nodeNs, ['sync', ...base()]);
+      const res = await runSvcplane(sb.nodeNs, ['sync', ...base()]);
       assert.equal(res.exitCode, 0, res.stderr);
       assert.match(
         res.stdout,
@@ -332,7 +317,7 @@ describe('svcplane CLI end to end: NodeCIDR, zero objects, failing syncs (real t
     async function converged(): Promise<void> {
       const sb = env.sb;
       await write('keep.json', webManifest(sb, 'keep', '10.96.60.30', 'fd00:10:96::6030', 30630));
-      const res = await cli(sb.nodeNs, ['sync', ...base()]);
+      const res = await runSvcplane(sb.nodeNs, ['sync', ...base()]);
       assert.equal(res.exitCode, 0, res.stderr);
       answeredPeer(await sb.request('client', tcp('10.96.60.30', 80)), ['a', 'b']);
     }
@@ -343,7 +328,7 @@ describe('svcplane CLI end to end: NodeCIDR, zero objects, failing syncs (real t
       await rm(join(dir, 'keep.json'));
       await write('broken.yaml', 'kind: Service\nmetadata: [unclosed\n');
       await write('new.json', webManifest(sb, 'new', '10.96.60.31', 'fd00:10:96::6031', 30631));
-      const res = await cli(sb.nodeNs, ['sync', ...base()]);
+      const res = await runSvcplane(sb.nodeNs, ['sync', ...base()]);
       assert.equal(res.exitCode, 1, res.stdout + res.stderr);
       assert.match(
         res.stderr,
@@ -355,7 +340,7 @@ describe('svcplane CLI end to end: NodeCIDR, zero objects, failing syncs (real t
     });
 
     it('a missing manifest path: exit 1 with the path and the reason', async () => {
-      const res = await cli(env.sb.nodeNs, [
+      const res = await runSvcplane(env.sb.nodeNs, [
         'sync',
         `--manifests=${join(dir, 'nope')}`,
         `--hostname-override=${NODE_NAME}`,
@@ -387,7 +372,11 @@ describe('svcplane CLI end to end: NodeCIDR, zero objects, failing syncs (real t
         ].join('\n'),
       );
       await chmod(join(bin, 'iptables-restore'), 0o755);
-      const res = await cli(sb.nodeNs, ['sync', ...base(), `--iptables-binary=${join(bin, 'iptables')}`]);
+      const res = await runSvcplane(sb.nodeNs, [
+        'sync',
+        ...base(),
+        `--iptables-binary=${join(bin, 'iptables')}`,
+      ]);
       assert.equal(res.exitCode, 1, res.stdout + res.stderr);
       assert.match(res.stderr, /svcplane sync failed: .*iptables\/IPv4.*SVCP-NO-SUCH-CHAIN/s);
       answeredPeer(await sb.request('client', tcp('10.96.60.30', 80)), ['a', 'b']);

@@ -2,10 +2,8 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import type { Sandbox } from '../../src/netns/sandbox.js';
-import { startProcess, type ChildHandle } from '../../src/util/exec.js';
-import { packageRoot } from '../../src/util/paths.js';
+import { Daemon, eventually } from '../support/daemon.js';
 import { expectReply, useSandbox } from '../support/sandbox.js';
 
 /**
@@ -61,16 +59,6 @@ function tcpService(sb: Sandbox, name: string, ip: string, pod: string): Json[] 
   ];
 }
 
-async function eventually<T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) assert.fail(`${what}: not within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 describe('svcplane run: conntrack cleanup and debounce through the running daemon', function () {
   this.timeout(90_000);
   const env = useSandbox({
@@ -81,9 +69,9 @@ describe('svcplane run: conntrack cleanup and debounce through the running daemo
     ],
   });
   let dir = '';
-  let daemon: ChildHandle | undefined;
-  const lines: Json[] = [];
-  const raw: string[] = [];
+  let daemon: Daemon | undefined;
+  /** The daemon's JSON log lines (its own array once it runs). */
+  let lines: Json[] = [];
 
   const manifest = (file: string, objects: Json[]): Promise<void> =>
     writeFile(join(dir, file), JSON.stringify(objects));
@@ -92,14 +80,8 @@ describe('svcplane run: conntrack cleanup and debounce through the running daemo
   before(async function () {
     dir = await mkdtemp(join(tmpdir(), 'svcp-wiring-'));
     await manifest('dns.json', udpService(env.sb, 'dns', '10.96.60.53', ['a']));
-    const main = pathToFileURL(join(packageRoot(), 'src', 'cli', 'main.ts')).href;
-    const entry = `import(${JSON.stringify(main)}).then(async (m) => { process.exitCode = await m.main(['node', 'svcplane', ...process.argv.slice(1)]); }, (e) => { console.error(e); process.exitCode = 2; });`;
-    daemon = startProcess(
+    daemon = Daemon.start(
       [
-        process.execPath,
-        '--import=tsx',
-        '-e',
-        entry,
         'run',
         // Tests read JSON lines; -v=2 logs every sync, as kube-proxy's.
         '--logging-format=json',
@@ -116,19 +98,8 @@ describe('svcplane run: conntrack cleanup and debounce through the running daemo
       ],
       { netns: env.sb.nodeNs },
     );
-    daemon.onLine((l) => {
-      raw.push(l);
-      try {
-        lines.push(JSON.parse(l) as Json);
-      } catch {
-        /* not a log line */
-      }
-    });
-    await eventually('the first sync', 30_000, () =>
-      Promise.resolve(lines.find((l) => l.message === 'synced')),
-    ).catch((err: unknown) => {
-      throw new Error(`${String(err)}\n${raw.join('\n')}`);
-    });
+    lines = daemon.lines;
+    await daemon.waitFor('the first sync', 0, (l) => l.message === 'synced', 30_000);
   });
 
   after(async function () {

@@ -11,6 +11,7 @@ import { FakeApiServer } from '../support/fake-apiserver.js';
 import { renderKustomization, type KObject } from '../support/kustomize.js';
 import { NetnsListener } from '../support/netns-listener.js';
 import { useSandbox } from '../support/sandbox.js';
+import { seriesValue } from '../support/metrics-text.js';
 
 /**
  * svcplane as a drop-in for kube-proxy in a kubeadm cluster: kubeadm's own kube-proxy DaemonSet
@@ -300,10 +301,7 @@ describe('drop-in: kubeadm’s kube-proxy DaemonSet and ConfigMap run svcplane (
     assert.equal(hz?.code, 200);
     assert.equal((await http('node', 'http://127.0.0.1:10249/proxyMode'))?.body, 'iptables');
     const metrics = (await http('node', 'http://127.0.0.1:10249/metrics'))!.body;
-    const sample = (series: string): number | undefined => {
-      const line = metrics.split('\n').find((l) => l.startsWith(`${series} `));
-      return line === undefined ? undefined : Number(line.slice(series.length + 1));
-    };
+    const sample = (series: string): number | undefined => seriesValue(metrics, series);
     // The dual-stack scrape: one series per family, each family's own values.
     const v4 = sample('kubeproxy_sync_proxy_rules_iptables_total{table="nat",ip_family="IPv4"}');
     const v6 = sample('kubeproxy_sync_proxy_rules_iptables_total{table="nat",ip_family="IPv6"}');

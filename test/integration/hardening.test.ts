@@ -6,6 +6,7 @@ import { endpointChainName } from '../../src/iptables/names.js';
 import { packageRoot } from '../../src/util/paths.js';
 import { startProcess, type ChildHandle } from '../../src/util/exec.js';
 import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
+import { seriesValue } from '../support/metrics-text.js';
 
 /**
  * The daemon (`svcplane run`, from source through tsx) inside a sandbox node: health, metrics,
@@ -92,9 +93,8 @@ describe('hardening: the daemon under failures (sandbox)', function () {
     (await http('node', 'http://127.0.0.1:10249/metrics'))?.body ?? '';
   /** A series' value; a counter without a sample yet is 0 (Prometheus' rate() reads it so too). */
   const metric = async (name: string): Promise<number> => {
-    const text = await metricsText();
-    const m = new RegExp(`^${name.replace(/[{}]/g, '\\$&')} (\\S+)$`, 'm').exec(text);
-    if (m) return Number(m[1]);
+    const v = seriesValue(await metricsText(), name);
+    if (v !== undefined) return v;
     return name.endsWith('_total{ip_family="IPv4"}') ? 0 : NaN;
   };
   const logged = (pred: (l: Json) => boolean, from = 0): Json | undefined => lines.slice(from).find(pred);

@@ -7,6 +7,7 @@ import { packageRoot } from '../../src/util/paths.js';
 import { Daemon, until } from '../support/daemon.js';
 import { aliasBomb, deepYaml } from '../support/hostile-text.js';
 import { expectReply, useSandbox } from '../support/sandbox.js';
+import { seriesValue } from '../support/metrics-text.js';
 
 /**
  * Hostile files in the manifest directory of the real daemon (`svcplane run --manifests` in a sandbox
@@ -84,8 +85,7 @@ describe('hardening: hostile files in the manifest directory (real daemon, sandb
     const r = await env.sb.exec('node', ['curl', '-s', '--max-time', '2', 'http://127.0.0.1:10249/metrics'], {
       allowFailure: true,
     });
-    const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(r.stdout);
-    return m ? Number(m[1]) : NaN;
+    return seriesValue(r.stdout, name) ?? NaN;
   };
   const served = (ip: string, pod: string) =>
     until(`${ip} served by ${pod}`, async () => {

@@ -6,6 +6,7 @@ import { serviceChainName } from '../../src/iptables/names.js';
 import type { Sandbox } from '../../src/netns/sandbox.js';
 import { Daemon, eventually, type LogLine } from '../support/daemon.js';
 import { useSandbox } from '../support/sandbox.js';
+import { seriesValue } from '../support/metrics-text.js';
 
 /**
  * A write the kernel itself refuses, through the running daemon (no wrapper around iptables-restore):
@@ -60,8 +61,7 @@ describe('a write the kernel refuses (real EBUSY, running daemon)', function () 
   const metric = async (name: string): Promise<number> => {
     const r = await env.sb.exec('node', ['curl', '-s', '--max-time', '2', 'http://127.0.0.1:10249/metrics']);
     assert.match(r.stdout, new RegExp(`^# TYPE ${name.replace(/\{.*/, '')} `, 'm'), `${name} in /metrics`);
-    const m = new RegExp(`^${name.replace(/[{}]/g, '\\$&')} (\\S+)$`, 'm').exec(r.stdout);
-    return m ? Number(m[1]) : 0;
+    return seriesValue(r.stdout, name) ?? 0;
   };
   const nat = (...args: string[]) => env.sb.exec('node', ['iptables', '-w', '-t', 'nat', ...args]);
 

@@ -1,13 +1,10 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ProbeResult } from '../../src/netns/protocol.js';
-import { startProcess, type ChildHandle } from '../../src/util/exec.js';
-import { packageRoot } from '../../src/util/paths.js';
-import { until } from '../support/daemon.js';
-import { FakeApiServer } from '../support/fake-apiserver.js';
-import { NetnsListener } from '../support/netns-listener.js';
+import { ApiStandIn } from '../support/api-stand-in.js';
+import { Daemon, type LogLine } from '../support/daemon.js';
 import { expectReply, useSandbox } from '../support/sandbox.js';
 
 /**
@@ -18,29 +15,24 @@ import { expectReply, useSandbox } from '../support/sandbox.js';
  */
 
 const NODE = 'node-1';
-const API_HOST = '192.0.2.2';
-const API_PORT = 6443;
 const TOKEN = `svcplane-netpol-token-${process.pid}`;
 const DB = 6379;
-const CLI = process.env.SVCPLANE_CLI ?? join(packageRoot(), 'bin', 'svcplane.js');
 
 type Json = Record<string, unknown>;
 
 describe('svcplane run --kubeconfig --network-policy: policy changes through the API reach the kernel (real packets)', function () {
   this.timeout(120_000);
-  let api: FakeApiServer | undefined;
-  let listener: NetnsListener | undefined;
-  let daemon: ChildHandle | undefined;
+  let standIn: ApiStandIn | undefined;
+  let daemon: Daemon | undefined;
   let dir = '';
-  const lines: Json[] = [];
-  const raw: string[] = [];
+  /** The daemon's JSON log lines (its own array once it runs). */
+  let lines: LogLine[] = [];
 
   // Before useSandbox's hooks: the daemon and the stand-in stop before the namespaces go.
   after(async function () {
     this.timeout(30_000);
     await daemon?.stop(5000);
-    await api?.stop();
-    await listener?.close();
+    await standIn?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
@@ -65,36 +57,19 @@ describe('svcplane run --kubeconfig --network-policy: policy changes through the
   const probe = (from: string): Promise<ProbeResult> =>
     env.sb.request(from, { proto: 'tcp', ip: env.sb.podIP('db'), port: DB, timeoutMs: 1500 });
   /** Resolves once the daemon wrote a policy change to the kernel (after log line `from`). */
-  const written = (from: number): Promise<true> =>
-    until(
+  const written = (from: number): Promise<unknown> =>
+    daemon!.waitFor(
       'a policy change in the kernel',
-      () =>
-        Promise.resolve(
-          lines
-            .slice(from)
-            .some(
-              (l) =>
-                l.message === 'synced' &&
-                l.backend === 'netpol' &&
-                (l.full === true || Number(l.elementChanges) > 0),
-            )
-            ? true
-            : undefined,
-        ),
-      15_000,
+      from,
+      (l) =>
+        l.message === 'synced' && l.backend === 'netpol' && (l.full === true || Number(l.elementChanges) > 0),
     );
 
   before(async function () {
     this.timeout(90_000);
     dir = mkdtempSync(join(tmpdir(), 'svcplane-netpol-api-'));
-    listener = NetnsListener.start(env.sb.outsideNs);
-    api = await FakeApiServer.create({
-      tls: true,
-      tokens: [TOKEN],
-      bookmarkIntervalMs: 500,
-      host: API_HOST,
-      listenHandle: () => listener!.listen(API_HOST, API_PORT),
-    });
+    standIn = await ApiStandIn.start(env.sb, dir, { token: TOKEN });
+    const api = standIn.api;
     api.create('Node', {
       metadata: { name: NODE, labels: { 'kubernetes.io/hostname': NODE } },
       status: { addresses: [{ type: 'InternalIP', address: '192.0.2.1' }] },
@@ -111,35 +86,20 @@ describe('svcplane run --kubeconfig --network-policy: policy changes through the
       api.update('Pod', p);
     }
     api.create('NetworkPolicy', dbPolicy([{ podSelector: { matchLabels: { role: 'frontend' } } }]));
-    const kubeconfig = join(dir, 'kubeconfig');
-    writeFileSync(kubeconfig, api.kubeconfigYaml(`{token: ${TOKEN}}`));
-    daemon = startProcess(
+    daemon = Daemon.start(
       [
-        process.execPath,
-        CLI,
         'run',
-        '--logging-format=json',
-        '-v=2',
-        `--kubeconfig=${kubeconfig}`,
+        `--kubeconfig=${standIn.kubeconfig}`,
         `--hostname-override=${NODE}`,
         '--cluster-cidr=10.244.0.0/16',
         '--ip-families=IPv4',
         '--network-policy',
         '--iptables-min-sync-period=100ms',
       ],
-      { netns: env.sb.nodeNs },
+      { netns: env.sb.nodeNs, fromBuild: true },
     );
-    daemon.onLine((l) => {
-      raw.push(l);
-      try {
-        lines.push(JSON.parse(l) as Json);
-      } catch {
-        /* not a log line */
-      }
-    });
-    await written(0).catch((err: unknown) => {
-      throw new Error(`${String(err)}\n${raw.slice(-30).join('\n')}`);
-    });
+    lines = daemon.lines;
+    await written(0);
   });
 
   it('the policy from the API is enforced: frontend answered, other refused', async () => {
@@ -149,32 +109,35 @@ describe('svcplane run --kubeconfig --network-policy: policy changes through the
 
   it('a pod relabelled through the API: set elements, enforced at once', async () => {
     const from = lines.length;
-    api!.update('Pod', pod('frontend', 'default', { role: 'gone' }));
+    standIn!.api.update('Pod', pod('frontend', 'default', { role: 'gone' }));
     await written(from);
     const sync = lines.slice(from).find((l) => l.message === 'synced' && l.backend === 'netpol')!;
     assert.equal(sync.full, false, 'a label change is element writes only');
     assert.ok(!(await probe('frontend')).ok, 'frontend (role=gone) -> db');
     const back = lines.length;
-    api!.update('Pod', pod('frontend', 'default', { role: 'frontend' }));
+    standIn!.api.update('Pod', pod('frontend', 'default', { role: 'frontend' }));
     await written(back);
     expectReply(await probe('frontend'), 'db');
   });
 
   it('a policy updated to a namespace selector, then the namespace labelled', async () => {
     let from = lines.length;
-    api!.update('NetworkPolicy', dbPolicy([{ namespaceSelector: { matchLabels: { team: 'shop' } } }]));
+    standIn!.api.update(
+      'NetworkPolicy',
+      dbPolicy([{ namespaceSelector: { matchLabels: { team: 'shop' } } }]),
+    );
     await written(from);
     assert.ok(!(await probe('frontend')).ok, 'frontend is no longer allowed');
     assert.ok(!(await probe('other')).ok, 'shop is not labelled yet');
     from = lines.length;
-    api!.update('Namespace', { metadata: { name: 'shop', labels: { team: 'shop' } } });
+    standIn!.api.update('Namespace', { metadata: { name: 'shop', labels: { team: 'shop' } } });
     await written(from);
     expectReply(await probe('other'), 'db');
   });
 
   it('the policy deleted through the API: db is open again', async () => {
     const from = lines.length;
-    api!.delete('NetworkPolicy', 'default', 'db');
+    standIn!.api.delete('NetworkPolicy', 'default', 'db');
     await written(from);
     expectReply(await probe('frontend'), 'db');
     expectReply(await probe('other'), 'db');

@@ -2,12 +2,11 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import type { RequestSpec } from '../../src/netns/protocol.js';
 import type { Sandbox } from '../../src/netns/sandbox.js';
-import { run, type RunResult } from '../../src/util/exec.js';
+import { run } from '../../src/util/exec.js';
 import { packageRoot } from '../../src/util/paths.js';
-import { Daemon } from '../support/daemon.js';
+import { Daemon, runSvcplane } from '../support/daemon.js';
 import {
   answeredPeer,
   expectNoAnswer,
@@ -34,16 +33,6 @@ const tcp = (ip: string, port: number, timeoutMs?: number): RequestSpec => ({
   port,
   ...(timeoutMs !== undefined ? { timeoutMs } : {}),
 });
-
-function cli(netns: string, args: readonly string[]): Promise<RunResult> {
-  const main = pathToFileURL(join(packageRoot(), 'src', 'cli', 'main.ts')).href;
-  const entry = `import(${JSON.stringify(main)}).then(async (m) => { process.exitCode = await m.main(['node', 'svcplane', ...process.argv.slice(1)]); }, (e) => { console.error(e instanceof Error ? e.message : e); process.exitCode = 2; });`;
-  return run([process.execPath, '--import=tsx', '-e', entry, ...args], {
-    netns,
-    allowFailure: true,
-    timeoutMs: 60_000,
-  });
-}
 
 function manifest(sb: Sandbox, pods: readonly string[]): unknown {
   const http = [{ name: 'http', port: WEB }];
@@ -108,10 +97,10 @@ describe('svcplane --proxy-mode nftables (real processes, real traffic)', functi
   it('sync: iptables mode first, then nftables mode takes over and removes the iptables chains', async () => {
     const sb = env.sb;
     await writeFile(join(dir, 'web.json'), JSON.stringify(manifest(sb, ['a', 'b'])));
-    const ipt = await cli(sb.nodeNs, ['sync', ...args()]);
+    const ipt = await runSvcplane(sb.nodeNs, ['sync', ...args()]);
     assert.equal(ipt.exitCode, 0, ipt.stderr);
     assert.match(await natChains(), /KUBE-SERVICES/);
-    const nft = await cli(sb.nodeNs, ['sync', '--proxy-mode=nftables', ...args()]);
+    const nft = await runSvcplane(sb.nodeNs, ['sync', '--proxy-mode=nftables', ...args()]);
     assert.equal(nft.exitCode, 0, nft.stderr);
     assert.match(nft.stdout, /nftables\/IPv4: full sync/);
     assert.match(await nftTables(), /table ip kube-proxy/);
@@ -121,7 +110,7 @@ describe('svcplane --proxy-mode nftables (real processes, real traffic)', functi
     answeredPeer(await sb.request('client', tcp('fd00:10:96::7010', 80)), ['a', 'b']);
     assert.equal(answeredPeer(await sb.request('outside', tcp(sb.nodeIPv4, 30710))).peer, MASQ_V4);
     // svcplane trace walks the nftables table (the iptables rules hold no Service now).
-    const trace = await cli(sb.nodeNs, [
+    const trace = await runSvcplane(sb.nodeNs, [
       'trace',
       `--src=${sb.outsideIPv4}`,
       '--dst=10.96.70.10',
@@ -193,13 +182,13 @@ describe('svcplane --proxy-mode nftables (real processes, real traffic)', functi
 
   it('back to iptables mode: the nftables tables go; cleanup removes every mode', async () => {
     const sb = env.sb;
-    const ipt = await cli(sb.nodeNs, ['sync', ...args()]);
+    const ipt = await runSvcplane(sb.nodeNs, ['sync', ...args()]);
     assert.equal(ipt.exitCode, 0, ipt.stderr);
     assert.doesNotMatch(await nftTables(), /kube-proxy/);
     answeredPeer(await sb.request('client', tcp('10.96.70.10', 80)), 'b');
-    const nft = await cli(sb.nodeNs, ['sync', '--proxy-mode=nftables', ...args()]);
+    const nft = await runSvcplane(sb.nodeNs, ['sync', '--proxy-mode=nftables', ...args()]);
     assert.equal(nft.exitCode, 0, nft.stderr);
-    const clean = await cli(sb.nodeNs, ['cleanup']);
+    const clean = await runSvcplane(sb.nodeNs, ['cleanup']);
     assert.equal(clean.exitCode, 0, clean.stderr);
     assert.doesNotMatch(await nftTables(), /kube-proxy/);
     await expectNoAnswer(sb, 'client', tcp('10.96.70.10', 80, 600));
@@ -215,12 +204,12 @@ describe('svcplane --proxy-mode nftables (real processes, real traffic)', functi
     const tables = async (): Promise<string> =>
       (await env.sb.exec('node', [nftBin, 'list', 'tables'])).stdout;
     await writeFile(join(dir, 'web.json'), JSON.stringify(manifest(sb, ['a', 'b'])));
-    const nft = await cli(sb.nodeNs, ['sync', '--proxy-mode=nftables', ...newNft, ...args()]);
+    const nft = await runSvcplane(sb.nodeNs, ['sync', '--proxy-mode=nftables', ...newNft, ...args()]);
     assert.equal(nft.exitCode, 0, nft.stderr);
     assert.match(await tables(), /table ip kube-proxy/);
     answeredPeer(await sb.request('client', tcp('10.96.70.10', 80)), ['a', 'b']);
     answeredPeer(await sb.request('client', tcp('fd00:10:96::7010', 80)), ['a', 'b']);
-    const trace = await cli(sb.nodeNs, [
+    const trace = await runSvcplane(sb.nodeNs, [
       'trace',
       ...newNft,
       `--src=${sb.outsideIPv4}`,
@@ -230,16 +219,16 @@ describe('svcplane --proxy-mode nftables (real processes, real traffic)', functi
     ]);
     assert.equal(trace.exitCode, 0, trace.stderr);
     assert.equal((JSON.parse(trace.stdout) as { verdict: string }).verdict, 'dnat');
-    const diff = await cli(sb.nodeNs, ['diff', '--proxy-mode=nftables', ...newNft, ...args()]);
+    const diff = await runSvcplane(sb.nodeNs, ['diff', '--proxy-mode=nftables', ...newNft, ...args()]);
     assert.equal(diff.exitCode, 0, diff.stdout + diff.stderr);
     // iptables mode removes nftables mode's tables with the same nft.
-    const ipt = await cli(sb.nodeNs, ['sync', ...newNft, ...args()]);
+    const ipt = await runSvcplane(sb.nodeNs, ['sync', ...newNft, ...args()]);
     assert.equal(ipt.exitCode, 0, ipt.stderr);
     assert.doesNotMatch(await tables(), /kube-proxy/);
     answeredPeer(await sb.request('client', tcp('10.96.70.10', 80)), ['a', 'b']);
-    const again = await cli(sb.nodeNs, ['sync', '--proxy-mode=nftables', ...newNft, ...args()]);
+    const again = await runSvcplane(sb.nodeNs, ['sync', '--proxy-mode=nftables', ...newNft, ...args()]);
     assert.equal(again.exitCode, 0, again.stderr);
-    const clean = await cli(sb.nodeNs, ['cleanup', ...newNft]);
+    const clean = await runSvcplane(sb.nodeNs, ['cleanup', ...newNft]);
     assert.equal(clean.exitCode, 0, clean.stderr);
     assert.doesNotMatch(await tables(), /kube-proxy/);
     await expectNoAnswer(sb, 'client', tcp('10.96.70.10', 80, 600));

@@ -4,12 +4,14 @@ import { healthzStatus } from '../../src/controller/health.js';
 import { attachMetrics, ProxyMetrics } from '../../src/controller/metrics.js';
 import { controllerHealth } from '../../src/controller/servers-factory.js';
 import { IptablesProxier } from '../../src/iptables/proxier.js';
-import type { SourceHealth, StateSource } from '../../src/kube/source.js';
+import type { StateSource } from '../../src/kube/source.js';
 import { buildClusterState } from '../../src/model/build.js';
 import type { ClusterState } from '../../src/model/types.js';
 import type { RequestSpec } from '../../src/netns/protocol.js';
 import { log } from '../../src/util/log.js';
+import { until } from '../support/daemon.js';
 import { useSandbox } from '../support/sandbox.js';
+import { HandSource } from '../support/hand-source.js';
 
 /**
  * The safety valve against the real kernel: rules written by a good state stay in the kernel (and
@@ -24,31 +26,6 @@ const PORT = 8080;
 
 interface Raw {
   [k: string]: unknown;
-}
-
-class HandSource implements StateSource {
-  private listeners = new Set<(s: ClusterState) => void>();
-  constructor(private s: ClusterState) {}
-  start(): Promise<void> {
-    return Promise.resolve();
-  }
-  current(): ClusterState {
-    return this.s;
-  }
-  onChange(fn: (s: ClusterState) => void): () => void {
-    this.listeners.add(fn);
-    return () => this.listeners.delete(fn);
-  }
-  health(): SourceHealth {
-    return { healthy: true };
-  }
-  stop(): Promise<void> {
-    return Promise.resolve();
-  }
-  set(s: ClusterState): void {
-    this.s = s;
-    for (const l of this.listeners) l(s);
-  }
 }
 
 const kindless = (o: Raw): Raw => {
@@ -141,13 +118,6 @@ describe('safety valve with real rules in the kernel (sandbox)', function () {
       assert.equal(r.reply.pod, i % 2 === 0 ? 'a' : 'b');
     }
   };
-  const until = async (cond: () => boolean, what: string): Promise<void> => {
-    const deadline = Date.now() + 10_000;
-    while (!cond()) {
-      if (Date.now() > deadline) throw new Error(`${what}: not in time`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
-  };
 
   before(() => {
     level = log.level;
@@ -167,7 +137,7 @@ describe('safety valve with real rules in the kernel (sandbox)', function () {
     let refusals = 0;
     c.on('syncRefused', () => refusals++);
     source.set(build(objects().map(kindless)));
-    await until(() => refusals === 1, 'the refusal');
+    await until('the refusal', () => refusals === 1, 10_000);
     assert.deepEqual(await serviceRules(), before, 'every Service rule is still in the kernel');
     await allServed();
     assert.match(await metrics.registry.metrics(), /^svcplane_sync_refused_total 1$/m);
@@ -182,7 +152,7 @@ describe('safety valve with real rules in the kernel (sandbox)', function () {
     let syncs = 0;
     c.on('synced', () => syncs++);
     source.set(build(objects(['web'])));
-    await until(() => syncs === 1, 'the deletion applied');
+    await until('the deletion applied', () => syncs === 1, 10_000);
     assert.equal((await serviceRules()).length, 1);
     assert.equal(c.health().refusedSince, 0);
     assert.ok((await env.sb.request('client', req(0))).ok);

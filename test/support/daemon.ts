@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { startProcess, withNetns, type ChildHandle } from '../../src/util/exec.js';
+import { run, startProcess, withNetns, type ChildHandle, type RunResult } from '../../src/util/exec.js';
 import { packageRoot } from '../../src/util/paths.js';
 
 /**
@@ -39,20 +39,11 @@ export class Daemon {
     args: readonly string[],
     opts: { netns?: string; fromBuild?: boolean; prefix?: readonly string[] } = {},
   ): Daemon {
-    const root = packageRoot();
     // This class reads JSON log lines, and waits on the per-sync line (-v=2, as kube-proxy logs it).
     if (args[0] === 'run' && !args.some((a) => a.startsWith('--logging-format'))) {
       args = ['run', '--logging-format=json', '-v=2', ...args.slice(1)];
     }
-    const argv = opts.fromBuild
-      ? [process.execPath, join(root, 'bin', 'svcplane.js'), ...args]
-      : [
-          process.execPath,
-          '--import=tsx',
-          '-e',
-          `import(${JSON.stringify(pathToFileURL(join(root, 'src', 'cli', 'main.ts')).href)}).then(async (m) => { process.exitCode = await m.main(['node', 'svcplane', ...process.argv.slice(1)]); }, (e) => { console.error(e); process.exitCode = 2; });`,
-          ...args,
-        ];
+    const argv = svcplaneArgv(args, opts.fromBuild);
     if (opts.prefix) return new Daemon(startProcess([...opts.prefix, ...withNetns(opts.netns, argv)]));
     return new Daemon(startProcess(argv, opts.netns ? { netns: opts.netns } : {}));
   }
@@ -90,6 +81,25 @@ export class Daemon {
   }
 }
 
+/**
+ * The command line of `svcplane ...args`: from the source through tsx (the CLI as the source is now),
+ * or from the build (bin/svcplane.js → dist; SVCPLANE_CLI names another one).
+ */
+export function svcplaneArgv(args: readonly string[], fromBuild = false): string[] {
+  const root = packageRoot();
+  // SVCPLANE_CLI may name another build's bin/svcplane.js (to run a suite against an older build).
+  if (fromBuild)
+    return [process.execPath, process.env.SVCPLANE_CLI ?? join(root, 'bin', 'svcplane.js'), ...args];
+  const main = pathToFileURL(join(root, 'src', 'cli', 'main.ts')).href;
+  const entry = `import(${JSON.stringify(main)}).then(async (m) => { process.exitCode = await m.main(['node', 'svcplane', ...process.argv.slice(1)]); }, (e) => { console.error(e instanceof Error ? e.message : e); process.exitCode = 2; });`;
+  return [process.execPath, '--import=tsx', '-e', entry, ...args];
+}
+
+/** A one-shot `svcplane ...args` (sync, cleanup, trace …) inside `netns`, from the source; any exit status. */
+export function runSvcplane(netns: string, args: readonly string[]): Promise<RunResult> {
+  return run(svcplaneArgv(args), { netns, allowFailure: true, timeoutMs: 60_000 });
+}
+
 /** Polls `probe` until it returns a value (not undefined); fails after `timeoutMs`. */
 export async function eventually<T>(
   what: string,
@@ -105,10 +115,13 @@ export async function eventually<T>(
   }
 }
 
-/** Polls `check` until it returns a value (not undefined); fails with the last error after `timeoutMs`. */
+/**
+ * Polls `check` until it returns a value (not undefined, not false); fails with the last error after
+ * `timeoutMs`.
+ */
 export async function until<T>(
   what: string,
-  check: () => T | undefined | Promise<T | undefined>,
+  check: () => T | undefined | false | Promise<T | undefined | false>,
   timeoutMs = 15_000,
 ): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -116,7 +129,7 @@ export async function until<T>(
   for (;;) {
     try {
       const v = await check();
-      if (v !== undefined) return v;
+      if (v !== undefined && v !== false) return v;
     } catch (err) {
       last = err;
     }

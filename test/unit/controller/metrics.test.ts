@@ -5,40 +5,16 @@ import type { Backend, SyncReport } from '../../../src/modes/backend.js';
 import { Controller } from '../../../src/controller/controller.js';
 import { attachMetrics, ProxyMetrics } from '../../../src/controller/metrics.js';
 import { RestoreError } from '../../../src/iptables/iptables.js';
-import type { SourceHealth, StateSource } from '../../../src/kube/source.js';
 import type { ClusterState } from '../../../src/model/types.js';
 import { ep, service, state } from '../iptables/fixtures.js';
+import { HandSource } from '../../support/hand-source.js';
+import { seriesValue } from '../../support/metrics-text.js';
 
 /**
  * Dual-stack metrics as kube-proxy exports them: each family's proxier observes its own syncs under
  * `ip_family`. Before issue 13 both families wrote one unlabelled series: the IPv6 rule count
  * overwrote IPv4's and every sync was counted twice in sync_proxy_rules_duration_seconds.
  */
-
-class FixedSource implements StateSource {
-  private listeners = new Set<(s: ClusterState) => void>();
-  constructor(private s: ClusterState) {}
-  start(): Promise<void> {
-    return Promise.resolve();
-  }
-  current(): ClusterState {
-    return this.s;
-  }
-  onChange(fn: (s: ClusterState) => void): () => void {
-    this.listeners.add(fn);
-    return () => this.listeners.delete(fn);
-  }
-  health(): SourceHealth {
-    return { healthy: true };
-  }
-  stop(): Promise<void> {
-    return Promise.resolve();
-  }
-  set(s: ClusterState): void {
-    this.s = s;
-    for (const l of this.listeners) l(s);
-  }
-}
 
 /** One family's iptables backend with fixed rule counts. */
 class FamilyBackend implements Backend {
@@ -97,14 +73,9 @@ async function scrape(metrics: ProxyMetrics): Promise<string> {
   return metrics.registry.metrics();
 }
 
-function value(text: string, series: string): number | undefined {
-  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
-  return line === undefined ? undefined : Number(line.slice(series.length + 1));
-}
-
 describe('metrics: one series per IP family (dual-stack scrape)', () => {
   it('each family counted once per sync, with its own rule counts', async () => {
-    const src = new FixedSource(web(['10.0.0.1']));
+    const src = new HandSource(web(['10.0.0.1']));
     const v4 = new FamilyBackend('IPv4', 40);
     const v6 = new FamilyBackend('IPv6', 6);
     const c = new Controller(src, [v4, v6], { minSyncPeriodMs: 1, syncPeriodMs: 60_000 });
@@ -117,44 +88,59 @@ describe('metrics: one series per IP family (dual-stack scrape)', () => {
     const text = await scrape(metrics);
     await c.stop();
     for (const f of ['IPv4', 'IPv6']) {
-      assert.equal(value(text, `kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="${f}"}`), 2, f);
       assert.equal(
-        value(text, `kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family="${f}"}`),
+        seriesValue(text, `kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="${f}"}`),
+        2,
+        f,
+      );
+      assert.equal(
+        seriesValue(text, `kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family="${f}"}`),
         1,
       );
       assert.equal(
-        value(text, `kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family="${f}"}`),
+        seriesValue(text, `kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family="${f}"}`),
         1,
       );
-      assert.ok(value(text, `kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="${f}"}`)! > 0);
       assert.ok(
-        value(text, `kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family="${f}"}`)! > 0,
+        seriesValue(text, `kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="${f}"}`)! > 0,
+      );
+      assert.ok(
+        seriesValue(text, `kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family="${f}"}`)! > 0,
       );
     }
-    assert.equal(value(text, 'kubeproxy_sync_proxy_rules_iptables_total{table="nat",ip_family="IPv4"}'), 41);
-    assert.equal(value(text, 'kubeproxy_sync_proxy_rules_iptables_total{table="nat",ip_family="IPv6"}'), 7);
-    assert.equal(value(text, 'kubeproxy_sync_proxy_rules_iptables_last{table="nat",ip_family="IPv4"}'), 40);
     assert.equal(
-      value(
+      seriesValue(text, 'kubeproxy_sync_proxy_rules_iptables_total{table="nat",ip_family="IPv4"}'),
+      41,
+    );
+    assert.equal(
+      seriesValue(text, 'kubeproxy_sync_proxy_rules_iptables_total{table="nat",ip_family="IPv6"}'),
+      7,
+    );
+    assert.equal(
+      seriesValue(text, 'kubeproxy_sync_proxy_rules_iptables_last{table="nat",ip_family="IPv4"}'),
+      40,
+    );
+    assert.equal(
+      seriesValue(
         text,
         'kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external",ip_family="IPv4"}',
       ),
       1,
     );
     assert.equal(
-      value(
+      seriesValue(
         text,
         'kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external",ip_family="IPv6"}',
       ),
       0,
     );
     // The change trackers are shared by both families in kube-proxy: no label there.
-    assert.equal(value(text, 'kubeproxy_sync_proxy_rules_endpoint_changes_total'), 1);
+    assert.equal(seriesValue(text, 'kubeproxy_sync_proxy_rules_endpoint_changes_total'), 1);
     assert.doesNotMatch(text, /^kubeproxy_sync_proxy_rules_iptables_total\{table="nat"\}/m);
   });
 
   it('restore failures counted for the family that failed', async () => {
-    const src = new FixedSource(web(['10.0.0.1']));
+    const src = new HandSource(web(['10.0.0.1']));
     const v4 = new FamilyBackend('IPv4', 4);
     const v6 = new FamilyBackend('IPv6', 4);
     const c = new Controller(src, [v4, v6], { minSyncPeriodMs: 1, syncPeriodMs: 60_000 });
@@ -168,15 +154,18 @@ describe('metrics: one series per IP family (dual-stack scrape)', () => {
     const text = await scrape(metrics);
     await c.stop();
     assert.equal(
-      value(text, 'kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv6"}'),
+      seriesValue(text, 'kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv6"}'),
       1,
     );
     assert.equal(
-      value(text, 'kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv4"}'),
+      seriesValue(text, 'kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv4"}'),
       undefined,
     );
     assert.equal(
-      value(text, 'kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total{ip_family="IPv6"}'),
+      seriesValue(
+        text,
+        'kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total{ip_family="IPv6"}',
+      ),
       1,
     );
   });
@@ -244,17 +233,20 @@ describe('metrics: nftables mode (kube-proxy names)', () => {
       new NftError(new CommandError(['nft', '-f', '-'], 1, 'Error: busy', 'exit'), 'sync'),
     );
     const text = await metrics.registry.metrics();
-    assert.equal(value(text, 'kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family="IPv6"}'), 1);
     assert.equal(
-      value(text, 'kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total{ip_family="IPv6"}'),
-      2,
-    );
-    assert.equal(
-      value(text, 'kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family="IPv6"}'),
+      seriesValue(text, 'kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family="IPv6"}'),
       1,
     );
     assert.equal(
-      value(
+      seriesValue(text, 'kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total{ip_family="IPv6"}'),
+      2,
+    );
+    assert.equal(
+      seriesValue(text, 'kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family="IPv6"}'),
+      1,
+    );
+    assert.equal(
+      seriesValue(
         text,
         'kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external",ip_family="IPv6"}',
       ),

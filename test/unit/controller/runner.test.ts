@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import type { Backend, SyncReport } from '../../../src/modes/backend.js';
 import { Controller } from '../../../src/controller/controller.js';
 import { BoundedFrequencyRunner } from '../../../src/controller/runner.js';
-import type { SourceHealth, StateSource } from '../../../src/kube/source.js';
-import type { ClusterState } from '../../../src/model/types.js';
+import type { StateSource } from '../../../src/kube/source.js';
 import { log } from '../../../src/util/log.js';
+import { HandSource } from '../../support/hand-source.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -85,30 +85,6 @@ describe('BoundedFrequencyRunner', () => {
 });
 
 /** A source the test changes by hand. */
-class HandSource implements StateSource {
-  private readonly listeners = new Set<(s: ClusterState) => void>();
-  private s: ClusterState = { services: new Map(), nodes: new Map(), problems: [] };
-  start(): Promise<void> {
-    return Promise.resolve();
-  }
-  current(): ClusterState {
-    return this.s;
-  }
-  onChange(fn: (s: ClusterState) => void): () => void {
-    this.listeners.add(fn);
-    return () => this.listeners.delete(fn);
-  }
-  health(): SourceHealth {
-    return { healthy: true };
-  }
-  stop(): Promise<void> {
-    return Promise.resolve();
-  }
-  change(): void {
-    this.s = { ...this.s };
-    for (const l of this.listeners) l(this.s);
-  }
-}
 
 /** Records when syncs and drift checks happen (ms since `t0`). */
 class TimedBackend implements Backend {

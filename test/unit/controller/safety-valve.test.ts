@@ -6,9 +6,9 @@ import { attachMetrics, ProxyMetrics } from '../../../src/controller/metrics.js'
 import { massRemovalVerdict, programmedKeys } from '../../../src/controller/safety-valve.js';
 import { programmedServiceKeys } from '../../../src/iptables/programmed.js';
 import { parseIptablesSave } from '../../../src/iptables/save-parse.js';
-import type { SourceHealth, StateSource } from '../../../src/kube/source.js';
 import { buildClusterState } from '../../../src/model/build.js';
 import type { ClusterState } from '../../../src/model/types.js';
+import { HandSource } from '../../support/hand-source.js';
 
 /**
  * The safety valve: refuse a sync that takes most programmed Services out of service while as many
@@ -155,31 +155,6 @@ describe('safety valve: the verdict', () => {
     ]);
   });
 });
-
-class HandSource implements StateSource {
-  private listeners = new Set<(s: ClusterState) => void>();
-  constructor(private s: ClusterState) {}
-  start(): Promise<void> {
-    return Promise.resolve();
-  }
-  current(): ClusterState {
-    return this.s;
-  }
-  onChange(fn: (s: ClusterState) => void): () => void {
-    this.listeners.add(fn);
-    return () => this.listeners.delete(fn);
-  }
-  health(): SourceHealth {
-    return { healthy: true };
-  }
-  stop(): Promise<void> {
-    return Promise.resolve();
-  }
-  set(s: ClusterState): void {
-    this.s = s;
-    for (const l of this.listeners) l(s);
-  }
-}
 
 class RecordingBackend implements Backend {
   readonly name = 'fake/IPv4';

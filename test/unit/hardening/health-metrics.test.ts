@@ -20,38 +20,13 @@ import {
 import { attachMetrics, MAX_PENDING_TRIGGER_TIMES, ProxyMetrics } from '../../../src/controller/metrics.js';
 import { RestoreError } from '../../../src/iptables/iptables.js';
 import { redactSecrets } from '../../../src/util/log.js';
-import type { SourceHealth, StateSource } from '../../../src/kube/source.js';
 import { buildClusterState, type SourceObject } from '../../../src/model/build.js';
 import type { ClusterState } from '../../../src/model/types.js';
 import { stateChange } from '../../../src/model/state-change.js';
 import { ep, service, state } from '../iptables/fixtures.js';
+import { HandSource } from '../../support/hand-source.js';
 
 /** A source the test drives by hand. */
-class HandSource implements StateSource {
-  private listeners = new Set<(s: ClusterState) => void>();
-  healthValue: SourceHealth = { healthy: true };
-  constructor(private s: ClusterState) {}
-  start(): Promise<void> {
-    return Promise.resolve();
-  }
-  current(): ClusterState {
-    return this.s;
-  }
-  onChange(fn: (s: ClusterState) => void): () => void {
-    this.listeners.add(fn);
-    return () => this.listeners.delete(fn);
-  }
-  health(): SourceHealth {
-    return this.healthValue;
-  }
-  stop(): Promise<void> {
-    return Promise.resolve();
-  }
-  set(s: ClusterState): void {
-    this.s = s;
-    for (const l of this.listeners) l(s);
-  }
-}
 
 /** A backend whose syncs the test releases (or fails) one by one. */
 class GatedBackend implements Backend {

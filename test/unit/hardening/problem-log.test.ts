@@ -3,40 +3,15 @@ import { Writable } from 'node:stream';
 import winston from 'winston';
 import type { Backend, SyncReport } from '../../../src/modes/backend.js';
 import { Controller } from '../../../src/controller/controller.js';
-import type { SourceHealth, StateSource } from '../../../src/kube/source.js';
 import type { ClusterState, Problem } from '../../../src/model/types.js';
 import { configureLogging, log } from '../../../src/util/log.js';
+import { HandSource } from '../../support/hand-source.js';
 
 /**
  * The controller logs each problem once while it lasts. The set of logged problems is pruned to the
  * problems still present: it does not grow with every problem ever seen (a churning bad object, file
  * names with timestamps), and a problem that was fixed and comes back is logged again.
  */
-
-class HandSource implements StateSource {
-  private listeners = new Set<(s: ClusterState) => void>();
-  constructor(private s: ClusterState) {}
-  start(): Promise<void> {
-    return Promise.resolve();
-  }
-  current(): ClusterState {
-    return this.s;
-  }
-  onChange(fn: (s: ClusterState) => void): () => void {
-    this.listeners.add(fn);
-    return () => this.listeners.delete(fn);
-  }
-  health(): SourceHealth {
-    return { healthy: true };
-  }
-  stop(): Promise<void> {
-    return Promise.resolve();
-  }
-  set(s: ClusterState): void {
-    this.s = s;
-    for (const l of this.listeners) l(s);
-  }
-}
 
 /** Resolves `synced` after each sync; reports nothing interesting. */
 class CountingBackend implements Backend {
