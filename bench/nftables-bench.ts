@@ -1,3 +1,4 @@
+import { appendFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
@@ -17,8 +18,9 @@ import { MemoryPeak } from './memory.js';
  * size in a child process of its own (its peak RSS is its own). Per size: a full sync into an empty
  * kernel and into the populated one, each against its floor (a bare `nft -f` of the very same
  * transaction into the same kernel state); at --latency-at (10k): one-endpoint changes, change to
- * rules (the state rebuilt with structural sharing, then the partial sync), p50 and max, and the
- * bytes written per change. See docs/performance.md.
+ * rules (the state rebuilt with structural sharing, then the partial sync), p50 and max, each against
+ * its floor (the same partial input replayed bare), and the bytes written per change. Every size runs
+ * once per nft of --nft-binaries (the floor uses the same nft). See docs/performance.md.
  */
 
 const ENDPOINTS = 5;
@@ -96,6 +98,12 @@ const percentile = (xs: number[], p: number): number => {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
 };
 
+/** A size's phases as they finish, to BENCH_PROGRESS (a size at 30k runs for many minutes). */
+function progress(line: string): void {
+  const file = process.env.BENCH_PROGRESS;
+  if (file) appendFileSync(file, `${new Date().toISOString()} ${line}\n`);
+}
+
 async function timedNft(binary: string, input: string): Promise<number> {
   const started = performance.now();
   await run([binary, '-f', '-'], { input, timeoutMs: 1_800_000 });
@@ -144,9 +152,11 @@ async function measureSize(
 
   await dropTable();
   const first = await proxier.sync(state);
+  progress(`${n} ${binary}: full#1 ${Math.round(first.durationMs)} ms`);
   const fullInput = inputs.at(-1)!;
   await dropTable();
   const floorFirstMs = Math.round(await timedNft(binary, fullInput));
+  progress(`${n} ${binary}: floor#1 ${floorFirstMs} ms`);
   // Populated: the proxier's own full sync again (its input recreates nothing now), then the floor.
   let repeat: { durationMs: number; details?: Record<string, unknown> } = { durationMs: NaN };
   let floorRepeatMs = NaN;
@@ -155,6 +165,7 @@ async function measureSize(
     inputs.length = 0;
     repeat = await proxier.sync(state);
     floorRepeatMs = Math.round(await timedNft(binary, inputs.at(-1)!));
+    progress(`${n} ${binary}: full#2 ${Math.round(repeat.durationMs)} ms, floor#2 ${floorRepeatMs} ms`);
   }
 
   let change: SizeResult['change'];

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs Debian 13's nft (nftables 1.1.3, libnftnl 1.2.9) into .nft/ for `--nft-binary .nft/bin/nft`
-# (docs/performance.md, "nftables mode": at 10k Services it halves a partial sync, because it no longer
-# dumps every chain of the table before each transaction). Debian 12's archive has no newer nft and the
-# archive serves no trixie sources here, so this takes trixie's binary packages with their own C
-# library and loader (Debian 12's glibc 2.36 is older than they need) and runs them through that
-# loader: nothing on the machine changes, nothing outside .nft/ is written.
+# (docs/performance.md, "nftables mode": at 10k Services a partial sync takes a half to a third of the
+# time, because it no longer dumps every chain of the table before each transaction). Debian 12's
+# archive has no newer nft and the archive serves no trixie sources here, so this takes trixie's binary
+# packages with their own C library and loader (Debian 12's glibc 2.36 is older than they need) and
+# runs them through that loader: nothing on the machine changes, nothing outside .nft/ is written.
 # Idempotent (seconds when present). Usage: bash scripts/nft-install.sh [DIR] (default .nft).
 set -euo pipefail
 cd "$(dirname "$0")/.."
