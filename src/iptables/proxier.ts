@@ -286,6 +286,13 @@ export class IptablesProxier implements Backend {
       if (check.reason === undefined && armed) this.baselineOk = true;
     }
     this.lastDriftCheck = { ...check, durationMs: Math.round(performance.now() - started) };
+    log.verbose('drift check', {
+      backend: this.name,
+      check: check.kind,
+      ...(check.chains !== undefined ? { chains: check.chains.length } : {}),
+      ...(check.why !== undefined ? { why: check.why } : {}),
+      durationMs: this.lastDriftCheck.durationMs,
+    });
     if (check.reason === undefined) return false;
     log.warn('iptables rules changed by another agent; full resync', {
       backend: this.name,
