@@ -31,6 +31,8 @@ const GENERATION = /^# new generation (\d+)(?: by process (\d+)(?: \(([^)]*)\))?
 export class CommitLog {
   /** Set once a commit of our own was seen: the monitor listens since before it. */
   armed = false;
+  /** Commits of our own seen (a probe's shows that everything before it was read). */
+  ownCommits = 0;
   private lastGeneration: number | undefined;
   private pending = new Set<string>();
   private pendingUnscoped: string | undefined;
@@ -116,6 +118,7 @@ export class CommitLog {
     if (gap !== undefined) this.unscoped ??= gap;
     if (own) {
       this.armed = true;
+      this.ownCommits++;
     } else {
       this.foreignCommits++;
       if (this.pendingUnscoped !== undefined) {

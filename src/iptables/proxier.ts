@@ -245,11 +245,15 @@ export class IptablesProxier implements Backend {
       watch.alive = false;
       commits.lost(`nft monitor exited (${String(code)})`);
     });
-    // Armed once it reports a commit of ours; until then every check compares everything.
-    await this.ipt.probeCommit();
+    // Armed once it reports a commit of ours; until then every check compares everything. nft
+    // subscribes a moment after it starts (longer under load): a probe it missed is sent again.
     const until = performance.now() + MONITOR_READY_MS;
     while (!commits.armed && watch.alive && performance.now() < until) {
-      await new Promise((r) => setTimeout(r, 10));
+      await this.ipt.probeCommit();
+      const retryAt = performance.now() + PROBE_RETRY_MS;
+      while (!commits.armed && watch.alive && performance.now() < retryAt) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
     }
     if (!commits.armed) {
       log.warn('nft monitor did not report our probe commit; drift checks read every rule until it does', {
@@ -273,15 +277,24 @@ export class IptablesProxier implements Backend {
     const started = performance.now();
     const w = this.watch;
     const armed = w !== undefined && w.alive && w.commits.armed;
+    // A barrier: once the monitor reports a commit of ours made now, every earlier commit (another
+    // agent's a moment ago included) has been read.
+    const caughtUp = armed && this.baselineOk ? await this.caughtUp(w) : false;
     const changes = w?.commits.take();
     let check: Omit<DriftCheck, 'durationMs'>;
-    if (armed && this.baselineOk && changes !== undefined && changes.unscoped === undefined) {
+    if (caughtUp && changes !== undefined && changes.unscoped === undefined) {
       check =
         changes.chains.size === 0
           ? { kind: 'quiet' }
           : { kind: 'scoped', chains: [...changes.chains], reason: await this.compareChains(changes.chains) };
     } else {
-      const why = !armed ? 'no kernel watch' : !this.baselineOk ? 'no baseline yet' : changes?.unscoped;
+      const why = !armed
+        ? 'no kernel watch'
+        : !this.baselineOk
+          ? 'no baseline yet'
+          : !caughtUp
+            ? 'nft monitor lagging'
+            : changes?.unscoped;
       check = { kind: 'full', why: why ?? 'unknown', reason: await this.compareAll() };
       if (check.reason === undefined && armed) this.baselineOk = true;
     }
@@ -301,6 +314,17 @@ export class IptablesProxier implements Backend {
     });
     this.needFullSync = true;
     return true;
+  }
+
+  /** A probe commit of ours, and whether the monitor reported it in time. */
+  private async caughtUp(w: KernelWatch): Promise<boolean> {
+    const before = w.commits.ownCommits;
+    await this.ipt.probeCommit();
+    const until = performance.now() + MONITOR_READY_MS;
+    while (w.commits.ownCommits === before && w.alive && performance.now() < until) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    return w.commits.ownCommits > before;
   }
 
   /** Everything compared: iptables-save against the full render of what we last applied. */
@@ -807,7 +831,9 @@ function renderedFixedChains(family: IPFamily, facts: { localhostNodePorts: bool
 }
 
 /** How long watchKernel waits for the monitor to report its probe commit. */
-const MONITOR_READY_MS = 5000;
+const MONITOR_READY_MS = 10_000;
+/** How long to wait for the monitor to report one probe commit before sending another. */
+const PROBE_RETRY_MS = 250;
 const BUILTIN_CHAINS = new Set(['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING']);
 
 interface KernelWatch {
