@@ -1,4 +1,4 @@
-import { nodePortAddresses as nodePortAddressesOf } from '../modes/node-ports.js';
+import { nodePortAddresses as nodePortAddressesOf, primaryNodeIPs } from '../modes/node-ports.js';
 import { localTrafficDetector, type DetectLocalMode } from '../modes/local-traffic.js';
 import { programmedServiceKeys } from './programmed.js';
 import type { Backend, SyncReport } from '../modes/backend.js';
@@ -8,12 +8,7 @@ import { changeSinceApplied, type StateChange } from '../model/state-change.js';
 import type { ClusterState, IPFamily, NodeInfo } from '../model/types.js';
 import { CommandError, type ChildHandle } from '../util/exec.js';
 import { log } from '../util/log.js';
-import {
-  addressesInCIDRs,
-  listAddresses,
-  nodeIPsFromInterfaces,
-  type InterfaceAddress,
-} from '../kernel/netif.js';
+import { addressesInCIDRs, listAddresses, type InterfaceAddress } from '../kernel/netif.js';
 import { ensureSysctl, readSysctl } from '../util/sysctl.js';
 import { Iptables, KUBE_PROXY_CANARY, RestoreError, type RestoreResult } from './iptables.js';
 import { CommitLog } from './commit-log.js';
@@ -761,7 +756,7 @@ export async function gatherNodeFacts(
 ): Promise<NodeFacts> {
   const nodeObj: NodeInfo | undefined = state?.nodes.get(c.nodeName);
   const addrs: InterfaceAddress[] = await listAddresses({ netns: c.netns });
-  const nodeIPs = nodeIPsFor(c, nodeObj, addrs);
+  const nodeIPs = primaryNodeIPs(c, nodeObj, addrs);
   const wanted = nodePortAddressesOf(c.nodePortAddresses, c.family);
   let nodePortAddresses: IptablesRenderConfig['nodePortAddresses'];
   let localhostNodePorts = c.family === 'IPv4' && c.localhostNodePorts;
@@ -786,20 +781,6 @@ export async function gatherNodeFacts(
     nodePortAddresses,
     localhostNodePorts,
   };
-}
-
-function nodeIPsFor(
-  c: IptablesProxierConfig,
-  node: NodeInfo | undefined,
-  addrs: InterfaceAddress[],
-): string[] {
-  const fam = (ip: string): boolean => (ip.includes(':') ? 'IPv6' : 'IPv4') === c.family;
-  if (c.bindAddress && fam(c.bindAddress) && c.bindAddress !== '0.0.0.0' && c.bindAddress !== '::') {
-    return [c.bindAddress];
-  }
-  const fromNode = node?.addresses.filter(fam) ?? [];
-  if (fromNode.length > 0) return [fromNode[0]!];
-  return nodeIPsFromInterfaces(addrs, c.family);
 }
 
 /**

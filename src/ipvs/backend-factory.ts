@@ -91,6 +91,7 @@ export function ipvsConfigFor(opts: ProxyOptions, family: IPFamily): IpvsProxier
   return {
     family,
     nodeName: opts.hostnameOverride,
+    ...(opts.bindAddress !== undefined ? { bindAddress: opts.bindAddress } : {}),
     masqueradeBit: opts.masqueradeBit,
     masqueradeAll: opts.masqueradeAll,
     ...ipvsLocalDetector(opts, family),

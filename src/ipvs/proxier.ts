@@ -1,11 +1,11 @@
-import { nodePortAddresses } from '../modes/node-ports.js';
+import { nodePortAddresses, primaryNodeIPs } from '../modes/node-ports.js';
 import type { Backend, SyncReport } from '../modes/backend.js';
 import { Iptables, type IptablesBinaries } from '../iptables/iptables.js';
 import { canaryLines, mergeExtraLines, missingJumpLines } from '../iptables/jump-plan.js';
 import { parseIptablesSave, type SavedRuleset } from '../iptables/save-parse.js';
 import { cidrContains, parseCIDR } from '../model/ip.js';
 import { nodeContext } from '../model/selection.js';
-import type { ClusterState, IPFamily } from '../model/types.js';
+import type { ClusterState, IPFamily, NodeInfo } from '../model/types.js';
 import { CommandError, run, type RunResult } from '../util/exec.js';
 import { log } from '../util/log.js';
 import { parseIpAddressJson, type InterfaceAddress } from '../kernel/netif.js';
@@ -46,6 +46,8 @@ const CONNECTION_LISTINGS_MAX = 8;
 export interface IpvsProxierConfig {
   readonly family: IPFamily;
   readonly nodeName: string;
+  /** --bind-address: the node IP when set (and of this family), for --nodeport-addresses=primary. */
+  readonly bindAddress?: string;
   readonly masqueradeBit: number;
   readonly masqueradeAll: boolean;
   /**
@@ -418,10 +420,14 @@ export function ipvsChainsText(saved: SavedRuleset): string {
   return out.join('\n');
 }
 
-/** NodePort addresses of this family (--nodeport-addresses, else every non-loopback local address). */
+/**
+ * NodePort addresses of this family (--nodeport-addresses, else every non-loopback local address;
+ * `primary`: the node IP, from --bind-address or the Node object `node`, as in every mode).
+ */
 export function ipvsNodePortIPs(
-  c: Pick<IpvsProxierConfig, 'family' | 'nodePortAddresses'>,
+  c: Pick<IpvsProxierConfig, 'family' | 'nodePortAddresses' | 'bindAddress'>,
   addrs: readonly InterfaceAddress[],
+  node?: NodeInfo,
 ): string[] {
   const loopback = (a: InterfaceAddress): boolean =>
     a.ifname === 'lo' || (a.family === 'IPv4' ? cidrContains('127.0.0.0/8', a.ip) : a.ip === '::1');
@@ -434,7 +440,7 @@ export function ipvsNodePortIPs(
   );
   const wanted = nodePortAddresses(c.nodePortAddresses, c.family);
   let picked = candidates;
-  if (wanted.kind === 'primary') picked = candidates.slice(0, 1);
+  if (wanted.kind === 'primary') return primaryNodeIPs(c, node, candidates).slice(0, 1);
   else if (wanted.kind === 'cidrs') {
     picked = candidates.filter((a) => wanted.cidrs.some((x) => cidrContains(x, a.ip)));
   }
@@ -443,13 +449,17 @@ export function ipvsNodePortIPs(
 
 /** The planner's configuration from the node's addresses (`ip -j address show`), as a sync uses it. */
 export function ipvsPlanConfig(
-  c: Pick<IpvsProxierConfig, 'family' | 'nodePortAddresses' | 'nodeName' | 'scheduler' | 'schedulerFlags'>,
+  c: Pick<
+    IpvsProxierConfig,
+    'family' | 'nodePortAddresses' | 'bindAddress' | 'nodeName' | 'scheduler' | 'schedulerFlags'
+  >,
   state: ClusterState,
   addrs: readonly InterfaceAddress[],
 ): IpvsPlanConfig {
+  const node = state.nodes.get(c.nodeName);
   return {
-    node: nodeContext(c.nodeName, state.nodes.get(c.nodeName)?.labels ?? {}),
-    nodePortIPs: ipvsNodePortIPs(c, addrs),
+    node: nodeContext(c.nodeName, node?.labels ?? {}),
+    nodePortIPs: ipvsNodePortIPs(c, addrs, node),
     otherLocalIPs: addrs.filter((a) => a.ifname !== DUMMY_DEVICE).map((a) => a.ip),
     scheduler: c.scheduler,
     ...(c.schedulerFlags !== undefined ? { schedulerFlags: c.schedulerFlags } : {}),

@@ -9,7 +9,7 @@ import { cleanupIpvs } from '../../src/ipvs/cleanup.js';
 import { buildClusterState, type SourceObject } from '../../src/model/build.js';
 import type { ClusterState, IPFamily } from '../../src/model/types.js';
 import type { Sandbox, Where } from '../../src/netns/sandbox.js';
-import { peerIP, type ProbeResult, type RequestSpec } from '../../src/netns/protocol.js';
+import type { ProbeResult, RequestSpec } from '../../src/netns/protocol.js';
 import {
   answeredPeer,
   assertAnsweredBy,
@@ -21,17 +21,17 @@ import { run } from '../../src/util/exec.js';
 import { Background, requireUml, waitFor } from './helpers.js';
 
 /**
- * `--proxy-mode ipvs` with real traffic: IpvsProxier programs a sandbox node inside User-mode Linux
- * (real IPVS), and TCP/UDP/SCTP probes from pods, the node and the outside namespace run the shared
- * traffic scenarios of the iptables suites (iptables-frontends, iptables-policy): frontends, masquerade
- * (and its flags), affinity, policies, topology, no-endpoint REJECT, hairpin, IPv6, plus what is
- * IPVS's own: the switch from iptables mode, leftovers of a previous run, survival of established
- * connections and graceful termination. Where IPVS mode must differ from iptables mode the test says
- * so in its title and pins the IPVS behaviour (docs/modes.md, "IPVS mode").
+ * `--proxy-mode ipvs` with real traffic, what is IPVS mode's own: IpvsProxier programs a sandbox node
+ * inside User-mode Linux (real IPVS) after iptables mode ran there (the switch), over weight-0 real
+ * servers of a previous run (leftovers); node → LB IP filtering, per-virtual-server affinity, health
+ * check node ports, SCTP traffic, syncs that leave established connections alone and graceful
+ * termination. The traffic scenarios every mode shares (frontends, masquerade and its flags,
+ * affinity, policies, topology, no-endpoint REJECT, hairpin, IPv6) are the scenario table's
+ * (test/support/scenarios/, run in IPVS mode by scenarios-ipvs.test.ts), where IPVS's differences
+ * are recorded with the reason (docs/modes.md, "IPVS mode").
  *
  * One sandbox for the file. Before IPVS starts, the node runs iptables mode on the same Services (the
- * switch) and holds weight-0 real servers (a previous run). Each Service carries one scenario; tests
- * that need other flags sync short-lived proxiers and give the node back to the main ones.
+ * switch) and holds weight-0 real servers (a previous run). Each Service carries one scenario.
  */
 
 const NODE = 'node-1';
@@ -41,12 +41,9 @@ const UDP_TARGET = 5353;
 const SCTP_PORT = 7777;
 /** The node's bridge address: what a backend sees as peer when traffic was masqueraded. */
 const MASQ_V4 = '10.244.0.1';
-const MASQ_V6 = 'fd00:10:244::1';
 /** IPv6 externalIP and LB IP, off the node's link (routed via the node, like 203.0.113.x). */
 const EXTERNAL_IP_V6 = '2001:db8:ff::10';
 const LB_IP_V6 = '2001:db8:ff::20';
-/** A second node address on ext0 (for --nodeport-addresses). */
-const NODE_SECOND_IP = '192.0.2.11';
 /** A second outside address, outside the LoadBalancer's source range. */
 const OUTSIDE_OTHER_IP = '192.0.2.3';
 /** Extra outside client addresses for session affinity (distinct client IPs). */
@@ -60,7 +57,6 @@ interface EpSpec {
   readonly ready?: boolean;
   readonly serving?: boolean;
   readonly terminating?: boolean;
-  readonly zoneHints?: readonly string[];
 }
 
 type Proto = 'TCP' | 'UDP' | 'SCTP';
@@ -162,7 +158,6 @@ function objectsOf(sb: Sandbox, s: SvcSpec): SourceObject[] {
         ...(e.terminating !== undefined ? { terminating: e.terminating } : {}),
       },
       nodeName: e.node ?? NODE,
-      ...(e.zoneHints ? { hints: { forZones: e.zoneHints.map((name) => ({ name })) } } : {}),
     })),
   });
   return [service, slice('IPv4'), slice('IPv6')].map((obj, i) => ({ obj, source: `${s.name}#${i}` }));
@@ -202,70 +197,8 @@ const BASE: readonly SvcSpec[] = [
     sourceRanges: ['10.0.0.0/8'],
     endpoints: [{ pod: 'b' }],
   },
-  {
-    name: 'etp-local',
-    index: 6,
-    type: 'NodePort',
-    nodePort: 30086,
-    eTP: 'Local',
-    endpoints: [{ pod: 'a' }, { pod: 'b', node: 'node-2' }],
-  },
-  {
-    name: 'etp-remote',
-    index: 7,
-    type: 'NodePort',
-    nodePort: 30087,
-    eTP: 'Local',
-    endpoints: [{ pod: 'b', node: 'node-2' }],
-  },
-  { name: 'itp-local', index: 8, iTP: 'Local', endpoints: [{ pod: 'a' }, { pod: 'b', node: 'node-2' }] },
-  {
-    name: 'terminating',
-    index: 9,
-    endpoints: [
-      { pod: 'a', ready: false, serving: true, terminating: true },
-      { pod: 'b', ready: false, serving: false, terminating: true },
-    ],
-  },
-  {
-    name: 'noeps',
-    index: 10,
-    type: 'NodePort',
-    externalIPs: ['203.0.113.50'],
-    ports: [
-      { name: 'tcp', protocol: 'TCP', port: 80, targetPort: TARGET, endpointPort: TARGET, nodePort: 30090 },
-      {
-        name: 'udp',
-        protocol: 'UDP',
-        port: 53,
-        targetPort: UDP_TARGET,
-        endpointPort: UDP_TARGET,
-        nodePort: 30091,
-      },
-    ],
-    endpoints: [],
-  },
-  { name: 'hairpin', index: 11, endpoints: [{ pod: 'a' }] },
   { name: 'drain', index: 12, endpoints: [{ pod: 'a' }] },
   { name: 'drain-idle', index: 13, endpoints: [{ pod: 'a' }, { pod: 'b' }] },
-  // Several ports; `http` has a named target port whose number (8080) is not the Service port.
-  {
-    name: 'multi',
-    index: 14,
-    ports: [
-      { name: 'http', protocol: 'TCP', port: 80, targetPort: 'web', endpointPort: TARGET },
-      { name: 'metrics', protocol: 'TCP', port: 9090, targetPort: METRICS, endpointPort: METRICS },
-    ],
-    endpoints: [{ pod: 'a' }, { pod: 'b' }],
-  },
-  {
-    name: 'udp-np',
-    index: 15,
-    type: 'NodePort',
-    protocol: 'UDP',
-    nodePort: 30053,
-    endpoints: [{ pod: 'a' }, { pod: 'b' }],
-  },
   {
     name: 'lb',
     index: 16,
@@ -283,25 +216,6 @@ const BASE: readonly SvcSpec[] = [
     lbIPs: ['198.51.100.22'],
     sourceRanges: ['192.0.2.0/24'],
     endpoints: [{ pod: 'b' }],
-  },
-  { name: 'itp-none', index: 18, iTP: 'Local', endpoints: [{ pod: 'b', node: 'node-2' }] },
-  {
-    name: 'topo',
-    index: 19,
-    endpoints: [
-      { pod: 'a', zoneHints: ['zone-a'] },
-      { pod: 'b', zoneHints: ['zone-b'] },
-      { pod: 'c', zoneHints: ['zone-b'] },
-    ],
-  },
-  {
-    name: 'topo-nomatch',
-    index: 20,
-    endpoints: [
-      { pod: 'a', zoneHints: ['zone-b'] },
-      { pod: 'b', zoneHints: ['zone-c'] },
-      { pod: 'c', zoneHints: ['zone-b'] },
-    ],
   },
   {
     name: 'etp-lb',
@@ -447,7 +361,6 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
   const withEndpoints = (name: string, endpoints: readonly EpSpec[]): SvcSpec[] =>
     specs.map((s) => (s.name === name ? { ...s, endpoints } : s));
   const ipvsadm = async (): Promise<string> => (await env.sb.exec('node', ['ipvsadm', '-Sn'])).stdout;
-  const peerOf = (r: ProbeResult): string => peerIP(expectReply(r).peer);
 
   const configFor = (family: IPFamily, overrides: Partial<IpvsProxierConfig> = {}): IpvsProxierConfig => ({
     family,
@@ -482,29 +395,6 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
     for (const f of families) reports.push(await main(f).sync(state));
     return reports;
   };
-  /**
-   * Runs `fn` with the node synced by short-lived proxiers with other flags (a restarted svcplane),
-   * then gives the node back to the main proxiers (unless the caller does that itself). Their setup()
-   * is skipped: the flags changed here do not touch what it sets, and it costs seconds in UML.
-   */
-  const withFlags = async (
-    overrides: Partial<IpvsProxierConfig>,
-    families: readonly IPFamily[],
-    fn: () => Promise<void>,
-    restore = true,
-  ): Promise<void> => {
-    const state = stateOf(specs);
-    const variants = families.map((f) => new IpvsProxier(configFor(f, overrides)));
-    try {
-      for (const p of variants) await p.sync(state);
-      await fn();
-    } finally {
-      for (const p of variants) p.stop();
-      await Promise.all(variants.map((p) => p.idle()));
-      if (restore) await syncMain(specs, families);
-    }
-  };
-
   before(async function () {
     this.timeout(180_000);
     const sb = env.sb;
@@ -637,158 +527,7 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
     });
   });
 
-  describe('ClusterIP', () => {
-    it('from a pod: both endpoints answer, no masquerade; from the node: answered', async () => {
-      const sb = env.sb;
-      const seen = new Set(await answers(sb, 'client', tcp(clusterIP(1), 80), 6));
-      assert.deepEqual([...seen].sort(), ['a', 'b']);
-      const r = await sb.request('client', tcp(clusterIP(1), 80));
-      assert.equal(peerOf(r), sb.podIP('client'));
-      expectReply(await sb.request('node', tcp(clusterIP(1), 80)));
-    });
-
-    it('several ports per Service, each to its own (named) target port; other ports of the ClusterIP are rejected (IPVS: KUBE-IPVS-FILTER)', async () => {
-      const sb = env.sb;
-      for (const [port, target] of [
-        [80, TARGET],
-        [9090, METRICS],
-      ] as const) {
-        const seen = await h.answers('client', tcp(clusterIP(14), port), { until: ['a', 'b'] });
-        assertAnsweredBy(seen, ['a', 'b']);
-        const { reply } = answeredPeer(await sb.request('client', tcp(clusterIP(14), port)));
-        assert.equal(reply.port, target, `Service port ${port} lands on endpoint port ${target}`);
-      }
-      // iptables mode lets such a packet through undelivered (no answer); IPVS mode binds the
-      // ClusterIP locally, so KUBE-IPVS-FILTER rejects it (refused) instead of the node answering.
-      await expectNoAnswer(sb, 'client', tcp(clusterIP(14), TARGET, { timeoutMs: DROP_MS }), 'refused');
-    });
-
-    it('from outside (routed via the node) and from the node: both endpoints answer, masqueraded (--cluster-cidr)', async () => {
-      const sb = env.sb;
-      for (const from of ['outside', 'node']) {
-        assertAnsweredBy(await h.answers(from, tcp(clusterIP(1), 80), { until: ['a', 'b'] }), ['a', 'b']);
-        // The node's own connections come from the ClusterIP (a local address), not from the cluster CIDR.
-        assert.equal(answeredPeer(await sb.request(from, tcp(clusterIP(1), 80))).peer, MASQ_V4, from);
-      }
-      assert.equal(answeredPeer(await sb.request('outside', tcp(clusterIP6(1), 80))).peer, MASQ_V6);
-    });
-
-    it('UDP ClusterIP', async () => {
-      expectReply(await env.sb.request('client', udp(clusterIP(2), 80)), 'a');
-    });
-  });
-
-  describe('NodePort', () => {
-    it('from outside: both endpoints answer, masqueraded (eTP=Cluster); from a pod: masqueraded too', async () => {
-      const sb = env.sb;
-      assertAnsweredBy(await h.answers('outside', tcp(sb.nodeIPv4, 30080), { until: ['a', 'b'] }), [
-        'a',
-        'b',
-      ]);
-      assert.equal(answeredPeer(await sb.request('outside', tcp(sb.nodeIPv4, 30080))).peer, MASQ_V4);
-      assert.equal(
-        answeredPeer(await sb.request('client', tcp(sb.nodeIPv4, 30080)), ['a', 'b']).peer,
-        MASQ_V4,
-      );
-    });
-
-    it('UDP NodePort from outside: both endpoints answer, masqueraded', async () => {
-      const sb = env.sb;
-      assertAnsweredBy(await h.answers('outside', udp(sb.nodeIPv4, 30053), { until: ['a', 'b'] }), [
-        'a',
-        'b',
-      ]);
-      const u = answeredPeer(await sb.request('outside', udp(sb.nodeIPv4, 30053)));
-      assert.deepEqual([u.reply.proto, u.reply.port, u.peer], ['udp', UDP_TARGET, MASQ_V4]);
-    });
-
-    it('no localhost NodePorts: 127.0.0.1:<nodePort> from the node is not a NodePort (as kube-proxy IPVS; iptables mode has them)', async () => {
-      const sb = env.sb;
-      // route_localnet is still 1 from iptables mode: the address alone would be routable.
-      await expectNoAnswer(sb, 'node', tcp('127.0.0.1', 30080, { timeoutMs: DROP_MS }));
-      answeredPeer(await sb.request('node', tcp(sb.nodeIPv4, 30080)), ['a', 'b']);
-    });
-
-    it('--nodeport-addresses: NodePorts answer on node IPs inside the CIDR only', async () => {
-      const sb = env.sb;
-      await h.addAddresses('node', 'ext0', [`${NODE_SECOND_IP}/24`]);
-      try {
-        // Control: with every address (the default) the second node address answers too.
-        await syncMain(specs, ['IPv4']);
-        answeredPeer(await sb.request('outside', tcp(NODE_SECOND_IP, 30080)), ['a', 'b']);
-        await withFlags(
-          { nodePortAddresses: [`${sb.nodeIPv4}/32`] },
-          ['IPv4'],
-          async () => {
-            assert.ok(!(await ipvsadm()).includes(`${NODE_SECOND_IP}:30080`), 'no VS on the other address');
-            assertAnsweredBy(await h.answers('outside', tcp(sb.nodeIPv4, 30080), { until: ['a', 'b'] }), [
-              'a',
-              'b',
-            ]);
-            // Not a virtual server: the node itself has nothing on that port.
-            await expectNoAnswer(
-              sb,
-              'outside',
-              tcp(NODE_SECOND_IP, 30080, { timeoutMs: DROP_MS }),
-              'refused',
-            );
-          },
-          false,
-        );
-      } finally {
-        await h.removeAddresses('node', 'ext0', [`${NODE_SECOND_IP}/24`]);
-        await syncMain(specs, ['IPv4']);
-      }
-      assert.ok(!(await ipvsadm()).includes(`${NODE_SECOND_IP}:30080`), 'VS gone with the address');
-    });
-  });
-
   describe('externalIPs and LoadBalancer IPs', () => {
-    it('externalIP from outside: both endpoints answer, masqueraded', async () => {
-      const sb = env.sb;
-      assertAnsweredBy(await h.answers('outside', tcp('203.0.113.10', 80), { until: ['a', 'b'] }), [
-        'a',
-        'b',
-      ]);
-      assert.equal(answeredPeer(await sb.request('outside', tcp('203.0.113.10', 80))).peer, MASQ_V4);
-    });
-
-    it('LoadBalancer IP from outside: both endpoints answer, masqueraded; externalIP and LB IP from a pod: masqueraded', async () => {
-      const sb = env.sb;
-      assertAnsweredBy(await h.answers('outside', tcp('198.51.100.10', 80), { until: ['a', 'b'] }), [
-        'a',
-        'b',
-      ]);
-      assert.equal(answeredPeer(await sb.request('outside', tcp('198.51.100.10', 80))).peer, MASQ_V4);
-      assert.equal(
-        answeredPeer(await sb.request('client', tcp('203.0.113.10', 80)), ['a', 'b']).peer,
-        MASQ_V4,
-      );
-      assert.equal(
-        answeredPeer(await sb.request('client', tcp('198.51.100.10', 80)), ['a', 'b']).peer,
-        MASQ_V4,
-      );
-    });
-
-    it('other ports of a bound service address are rejected (KUBE-IPVS-FILTER)', async () => {
-      expectError(await env.sb.request('outside', tcp('203.0.113.10', 22)), 'refused');
-    });
-
-    it('loadBalancerSourceRanges: the allowed source passes, other sources are dropped', async () => {
-      const sb = env.sb;
-      expectReply(await sb.request('outside', tcp('198.51.100.20', 80)), 'b');
-      expectError(await sb.request('outside', tcp('198.51.100.21', 80, { timeoutMs: DROP_MS })), 'timeout');
-      await expectNoAnswer(
-        sb,
-        'outside',
-        tcp('198.51.100.20', 80, { timeoutMs: DROP_MS, sourceIP: OUTSIDE_OTHER_IP }),
-        'timeout',
-      );
-      await expectNoAnswer(sb, 'client', tcp('198.51.100.20', 80, { timeoutMs: DROP_MS }), 'timeout');
-      // The same source is fine on another Service's VIP: the drop is the source range's doing.
-      answeredPeer(await sb.request('outside', tcp('198.51.100.10', 80, { sourceIP: OUTSIDE_OTHER_IP })));
-    });
-
     it('the node to an LB IP: dropped when no node address is inside the source ranges (KUBE-IPVS-OUT-FILTER), answered otherwise', async () => {
       const sb = env.sb;
       // lb-open allows only 192.0.2.2/32: no node address is inside.
@@ -805,98 +544,7 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
     });
   });
 
-  describe('no endpoints: REJECT (as iptables mode; kube-proxy IPVS leaves them unanswered)', () => {
-    const QUICK_MS = 1000;
-    const LONG_MS = 3000;
-
-    it('ClusterIP, TCP and UDP, from a pod: refused at once', async () => {
-      const sb = env.sb;
-      for (const req of [
-        tcp(clusterIP(10), 80, { timeoutMs: LONG_MS }),
-        udp(clusterIP(10), 53, { timeoutMs: LONG_MS }),
-      ]) {
-        const ms = await expectNoAnswer(sb, 'client', req, 'refused');
-        assert.ok(ms < QUICK_MS, `${req.proto} refused after ${Math.round(ms)} ms`);
-      }
-    });
-
-    it('NodePort (TCP and UDP) and externalIP from outside: refused at once', async () => {
-      const sb = env.sb;
-      for (const req of [
-        tcp(sb.nodeIPv4, 30090, { timeoutMs: LONG_MS }),
-        udp(sb.nodeIPv4, 30091, { timeoutMs: LONG_MS }),
-        tcp('203.0.113.50', 80, { timeoutMs: LONG_MS }),
-      ]) {
-        const ms = await expectNoAnswer(sb, 'outside', req, 'refused');
-        assert.ok(ms < QUICK_MS, `${req.proto} ${req.ip}:${req.port} refused after ${Math.round(ms)} ms`);
-      }
-    });
-  });
-
-  describe('masquerade', () => {
-    it('without a local-traffic detector: outside→ClusterIP keeps its source, node→ClusterIP is masqueraded (KUBE-CLUSTER-IP src,dst)', async () => {
-      const sb = env.sb;
-      await withFlags({ clusterCIDRs: [] }, ['IPv4'], async () => {
-        assert.equal(answeredPeer(await sb.request('outside', tcp(clusterIP(1), 80))).peer, sb.outsideIPv4);
-        assert.equal(
-          answeredPeer(await sb.request('client', tcp(clusterIP(1), 80))).peer,
-          sb.podIP('client'),
-        );
-        // The node's connection has the ClusterIP as its source: the src,dst match masquerades it.
-        assert.equal(answeredPeer(await sb.request('node', tcp(clusterIP(1), 80))).peer, MASQ_V4);
-        // NodePorts are masqueraded whatever the detector (eTP=Cluster).
-        assert.equal(answeredPeer(await sb.request('outside', tcp(sb.nodeIPv4, 30080))).peer, MASQ_V4);
-      });
-    });
-
-    it('--detect-local-mode=BridgeInterface (! -i cbr0): pod→ClusterIP keeps its source, outside→ClusterIP is masqueraded', async () => {
-      const sb = env.sb;
-      await withFlags({ clusterCIDRs: [], localInterface: 'cbr0' }, ['IPv4'], async () => {
-        assert.equal(
-          answeredPeer(await sb.request('client', tcp(clusterIP(1), 80))).peer,
-          sb.podIP('client'),
-        );
-        assert.equal(answeredPeer(await sb.request('outside', tcp(clusterIP(1), 80))).peer, MASQ_V4);
-      });
-    });
-
-    it('--masquerade-all: pod→ClusterIP is masqueraded too (IPv4 and IPv6)', async () => {
-      const sb = env.sb;
-      await withFlags({ masqueradeAll: true }, BOTH, async () => {
-        assert.equal(answeredPeer(await sb.request('client', tcp(clusterIP(1), 80))).peer, MASQ_V4);
-        assert.equal(answeredPeer(await sb.request('client', tcp(clusterIP6(1), 80))).peer, MASQ_V6);
-      });
-      assert.equal(answeredPeer(await sb.request('client', tcp(clusterIP(1), 80))).peer, sb.podIP('client'));
-    });
-
-    it('hairpin: a pod that reaches itself through its ClusterIP sees the node as source; another pod is not masqueraded', async () => {
-      const sb = env.sb;
-      assert.equal(answeredPeer(await sb.request('a', tcp(clusterIP(11), 80)), 'a').peer, MASQ_V4);
-      assert.equal(answeredPeer(await sb.request('b', tcp(clusterIP(11), 80)), 'a').peer, sb.podIP('b'));
-    });
-  });
-
   describe('sessionAffinity ClientIP (IPVS persistence)', () => {
-    it('repeated requests from one client stick to one endpoint', async () => {
-      const got = await answers(env.sb, 'client', tcp(clusterIP(3), 80), 6);
-      assert.equal(new Set(got).size, 1, got.join(','));
-    });
-
-    it('different clients are balanced, each sticking to its own endpoint', async () => {
-      const sb = env.sb;
-      const landed = new Set<string>();
-      for (const sourceIP of CLIENT_IPS.slice(0, 8)) {
-        const first = answeredPeer(await sb.request('outside', tcp(clusterIP(3), 80, { sourceIP })));
-        for (let i = 0; i < 2; i++) {
-          const again = answeredPeer(await sb.request('outside', tcp(clusterIP(3), 80, { sourceIP })));
-          assert.equal(again.reply.pod, first.reply.pod, `client ${sourceIP} moved endpoints`);
-        }
-        landed.add(first.reply.pod);
-        if (landed.size === 3) break;
-      }
-      assert.deepEqual([...landed].sort(), ['a', 'b', 'c'], 'clients land on every endpoint');
-    });
-
     it('affinity is per virtual server: a client bound on the ClusterIP is scheduled afresh on the NodePort (iptables mode shares it)', async () => {
       const sb = env.sb;
       const pick = async (ip: string, port: number, sourceIP: string): Promise<string> => {
@@ -920,66 +568,6 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
   });
 
   describe('traffic policies and topology', () => {
-    it('eTP=Local NodePort from outside: only the local endpoint, client IP preserved', async () => {
-      for (let i = 0; i < 4; i++) {
-        const r = await env.sb.request('outside', tcp(env.sb.nodeIPv4, 30086));
-        expectReply(r, 'a');
-        assert.equal(peerOf(r), env.sb.outsideIPv4);
-      }
-    });
-
-    it('eTP=Local LB IP from outside: only the local endpoint, client IP preserved', async () => {
-      for (let i = 0; i < 4; i++) {
-        const r = await env.sb.request('outside', tcp('198.51.100.30', 80));
-        expectReply(r, 'a');
-        assert.equal(peerOf(r), env.sb.outsideIPv4);
-      }
-    });
-
-    it('eTP=Local without local endpoints drops outside traffic (as iptables mode, unlike kube-proxy IPVS)', async () => {
-      expectError(
-        await env.sb.request('outside', tcp(env.sb.nodeIPv4, 30087, { timeoutMs: DROP_MS })),
-        'timeout',
-      );
-    });
-
-    it('eTP=Local from a pod and from the node: only local endpoints; none local: a pod is dropped, the node refused (IPVS: one VS holds one endpoint set; iptables mode sends both to every endpoint)', async () => {
-      const sb = env.sb;
-      for (const from of ['client', 'node'] as const) {
-        assert.deepEqual([...new Set(await answers(sb, from, tcp(sb.nodeIPv4, 30086), 6))], ['a'], from);
-      }
-      await expectNoAnswer(sb, 'client', tcp(sb.nodeIPv4, 30087, { timeoutMs: DROP_MS }), 'timeout');
-      // The node's own packet meets IPVS (LOCAL_OUT) before any filter rule: a virtual server without
-      // real servers answers it with ICMP port unreachable.
-      await expectNoAnswer(sb, 'node', tcp(sb.nodeIPv4, 30087, { timeoutMs: DROP_MS }), 'refused');
-      const r = await sb.request('client', tcp('198.51.100.30', 80));
-      expectReply(r, 'a');
-      assert.equal(peerOf(r), sb.podIP('client'), 'eTP=Local: no masquerade');
-    });
-
-    it('iTP=Local ClusterIP reaches only the local endpoint; none local → DROP (timeout), not REJECT', async () => {
-      const got = await answers(env.sb, 'client', tcp(clusterIP(8), 80), 4);
-      assert.deepEqual([...new Set(got)], ['a']);
-      await expectNoAnswer(env.sb, 'client', tcp(clusterIP(18), 80, { timeoutMs: DROP_MS }), 'timeout');
-      await expectNoAnswer(env.sb, 'client', tcp(clusterIP6(18), 80, { timeoutMs: DROP_MS }), 'timeout');
-    });
-
-    it('only terminating endpoints: the serving one answers', async () => {
-      const got = await answers(env.sb, 'client', tcp(clusterIP(9), 80), 4);
-      assert.deepEqual([...new Set(got)], ['a']);
-    });
-
-    it("zone hints for this node's zone restrict the endpoints; hints for other zones only do not", async () => {
-      const sb = env.sb;
-      assert.deepEqual([...new Set(await answers(sb, 'client', tcp(clusterIP(19), 80), 6))], ['a']);
-      assertAnsweredBy(await h.answers('client', tcp(clusterIP(20), 80), { until: ['a', 'b', 'c'] }), [
-        'a',
-        'b',
-        'c',
-      ]);
-      assert.deepEqual([...new Set(await answers(sb, 'client', tcp(clusterIP6(19), 80), 3))], ['a']);
-    });
-
     it('healthCheckNodePort: in KUBE-HEALTH-CHECK-NODE-PORT, and outside traffic to it hits the filter ACCEPT', async () => {
       const sb = env.sb;
       const accepted = async (): Promise<number> => {
@@ -1053,44 +641,6 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
       } finally {
         await syncMain(specs, ['IPv4']);
       }
-    });
-  });
-
-  describe('IPv6 (second proxier, same node)', () => {
-    const n6 = (): string => env.sb.nodeIPv6;
-    it('ClusterIP from a pod, without masquerade', async () => {
-      const r = await env.sb.request('client', tcp(clusterIP6(1), 80));
-      assert.equal(peerOf(r), env.sb.podIP('client', 'IPv6'));
-    });
-    it('UDP ClusterIP', async () => {
-      expectReply(await env.sb.request('client', udp(clusterIP6(2), 80)), 'a');
-    });
-    it('NodePort from outside: both endpoints, masqueraded; eTP=Local keeps the client IP; no local endpoints drops', async () => {
-      const sb = env.sb;
-      assertAnsweredBy(await h.answers('outside', tcp(n6(), 30080), { until: ['a', 'b'] }), ['a', 'b']);
-      const np = answeredPeer(await sb.request('outside', tcp(n6(), 30080)));
-      assert.equal(np.reply.ip, sb.podIP(np.reply.pod, 'IPv6'));
-      assert.equal(np.peer, MASQ_V6);
-      const r = await sb.request('outside', tcp(n6(), 30086));
-      expectReply(r, 'a');
-      assert.equal(peerOf(r), sb.outsideIPv6);
-      expectError(await sb.request('outside', tcp(n6(), 30087, { timeoutMs: DROP_MS })), 'timeout');
-    });
-    it('externalIP and LoadBalancer IP from outside: both endpoints, masqueraded', async () => {
-      const sb = env.sb;
-      for (const ip of [EXTERNAL_IP_V6, LB_IP_V6]) {
-        assertAnsweredBy(await h.answers('outside', tcp(ip, 80), { until: ['a', 'b'] }), ['a', 'b']);
-        assert.equal(answeredPeer(await sb.request('outside', tcp(ip, 80))).peer, MASQ_V6, ip);
-      }
-    });
-    it('hairpin: a pod reaching itself through its IPv6 ClusterIP is masqueraded', async () => {
-      assert.equal(answeredPeer(await env.sb.request('a', tcp(clusterIP6(11), 80)), 'a').peer, MASQ_V6);
-    });
-    it('no endpoints: refused', async () => {
-      // UML delivers the ICMPv6 error while connect() still holds the socket lock, so the first one
-      // becomes a soft error (TcpExtLockDroppedIcmps); the retransmitted SYN's error is taken.
-      expectError(await env.sb.request('client', tcp(clusterIP6(10), 80, { timeoutMs: 3500 })), 'refused');
-      expectError(await env.sb.request('client', udp(clusterIP6(10), 53, { timeoutMs: 3500 })), 'refused');
     });
   });
 

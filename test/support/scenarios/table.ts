@@ -495,11 +495,12 @@ export const SCENARIO_TABLE: readonly ScenarioGroup[] = [
         ],
       },
       {
-        name: 'UDP request/response and TCP on the same port number, both balanced; UDP from outside too',
+        name: 'UDP request/response and TCP on the same port number, both balanced; UDP from outside and over IPv6 too',
         checks: () => [
           ask('client', udp('10.96.0.53', DNS), kept(both, DNS)),
           ask('client', tcp('10.96.0.53', DNS), kept(both, DNS)),
           ask('outside', udp('10.96.0.53', DNS), masq(both, DNS)),
+          ask('client', udp('fd00:10:96::30', DNS), kept(both, DNS)),
         ],
       },
       {

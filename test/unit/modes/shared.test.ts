@@ -3,9 +3,10 @@ import { resolveProxyOptions } from '../../../src/config/options.js';
 import { iptablesProxierConfig } from '../../../src/iptables/mode.js';
 import { localDetectorFor } from '../../../src/iptables/proxier.js';
 import { ipvsConfigFor } from '../../../src/ipvs/backend-factory.js';
-import { ipvsRulesConfig } from '../../../src/ipvs/proxier.js';
+import { ipvsNodePortIPs, ipvsRulesConfig } from '../../../src/ipvs/proxier.js';
+import type { InterfaceAddress } from '../../../src/kernel/netif.js';
 import type { LocalDetector } from '../../../src/modes/local-traffic.js';
-import { nodePortAddresses } from '../../../src/modes/node-ports.js';
+import { nodePortAddresses, primaryNodeIPs } from '../../../src/modes/node-ports.js';
 import type { IPFamily } from '../../../src/model/types.js';
 
 /** Concepts every mode shares, implemented once (src/modes/local-traffic.ts, node-ports.ts). */
@@ -62,5 +63,37 @@ describe('shared by every mode', () => {
       kind: 'cidrs',
       cidrs: ['10.0.0.0/8'],
     });
+  });
+
+  it('--nodeport-addresses=primary: the node IP in every mode (--bind-address, else the Node object, else the interfaces)', () => {
+    const addr = (ifname: string, ip: string): InterfaceAddress => ({
+      ifname,
+      ifindex: 1,
+      ip,
+      family: ip.includes(':') ? 'IPv6' : 'IPv4',
+      prefixLen: 24,
+      scope: 'global',
+      flags: [],
+      linkFlags: ['UP', 'LOWER_UP'],
+    });
+    // The bridge comes first in `ip address` order: not the node IP.
+    const addrs = [addr('cbr0', '10.244.0.1'), addr('ext0', '192.0.2.1'), addr('ext0', '192.0.2.11')];
+    const node = { name: 'n', addresses: ['192.0.2.1', '2001:db8::1'], labels: {}, podCIDRs: [] };
+    assert.deepEqual(primaryNodeIPs({ family: 'IPv4' }, node, addrs), ['192.0.2.1']);
+    assert.deepEqual(primaryNodeIPs({ family: 'IPv4', bindAddress: '192.0.2.11' }, node, addrs), [
+      '192.0.2.11',
+    ]);
+    assert.deepEqual(primaryNodeIPs({ family: 'IPv6', bindAddress: '192.0.2.11' }, node, addrs), [
+      '2001:db8::1',
+    ]);
+    assert.deepEqual(primaryNodeIPs({ family: 'IPv4' }, undefined, addrs), [
+      '10.244.0.1',
+      '192.0.2.1',
+      '192.0.2.11',
+    ]);
+    // IPVS binds its NodePort virtual servers there (it took the first interface address: cbr0's).
+    const ipvs = { family: 'IPv4', nodePortAddresses: ['primary'] } as const;
+    assert.deepEqual(ipvsNodePortIPs(ipvs, addrs, node), ['192.0.2.1']);
+    assert.deepEqual(ipvsNodePortIPs({ ...ipvs, bindAddress: '192.0.2.11' }, addrs, node), ['192.0.2.11']);
   });
 });
