@@ -1,6 +1,20 @@
 import { structuredPatch } from 'diff';
 import type { JumpRule } from './jumps.js';
-import { isServiceChainName } from './names.js';
+import { KUBE_PROXY_CANARY } from './iptables.js';
+import {
+  KUBE_CHAIN_PREFIX,
+  KUBE_EXTERNAL_SERVICES,
+  KUBE_FIREWALL,
+  KUBE_FORWARD,
+  KUBE_KUBELET_CANARY,
+  KUBE_MARK_DROP,
+  KUBE_MARK_MASQ,
+  KUBE_NODEPORTS,
+  KUBE_POSTROUTING,
+  KUBE_PROXY_FIREWALL,
+  KUBE_SERVICES,
+  isServiceChainName,
+} from './names.js';
 import { ruleComment, ruleTarget, type SavedRule, type SavedRuleset } from './save-parse.js';
 import type { IPFamily } from '../model/types.js';
 import { servicePortNameFromComment, type OwnerIndex, type ServiceChainKind } from './owners.js';
@@ -91,9 +105,9 @@ export interface FamilyDrift {
 }
 
 /** KUBE-* chains that are not kube-proxy's rules to compare: canaries and kubelet's. */
-const IGNORED_CHAINS = new Set(['KUBE-PROXY-CANARY', 'KUBE-KUBELET-CANARY', 'KUBE-MARK-DROP']);
+const IGNORED_CHAINS = new Set([KUBE_PROXY_CANARY, KUBE_KUBELET_CANARY, KUBE_MARK_DROP]);
 /** kubelet writes KUBE-FIREWALL too; it is compared only when svcplane wants it. */
-const KUBELET_CHAINS = new Set(['KUBE-FIREWALL']);
+const KUBELET_CHAINS = new Set([KUBE_FIREWALL]);
 const NOTE_LAST = 'kubernetes service nodeports; NOTE: this must be the last rule in this chain';
 const TABLES = ['filter', 'nat'] as const;
 
@@ -136,7 +150,7 @@ export function diffRulesets(input: DiffInput): FamilyDrift {
         .map((c) => c.name)
         .filter(
           (n) =>
-            n.startsWith('KUBE-') &&
+            n.startsWith(KUBE_CHAIN_PREFIX) &&
             !IGNORED_CHAINS.has(n) &&
             (!KUBELET_CHAINS.has(n) || desiredChains.has(n)),
         ),
@@ -209,14 +223,14 @@ function keyed(rules: readonly SavedRule[]): Keyed[] {
 
 /** Fixed chains first (in kube-proxy's declaration order), then the rest by name. */
 const FIXED_ORDER = [
-  'KUBE-SERVICES',
-  'KUBE-EXTERNAL-SERVICES',
-  'KUBE-FORWARD',
-  'KUBE-NODEPORTS',
-  'KUBE-PROXY-FIREWALL',
-  'KUBE-FIREWALL',
-  'KUBE-POSTROUTING',
-  'KUBE-MARK-MASQ',
+  KUBE_SERVICES,
+  KUBE_EXTERNAL_SERVICES,
+  KUBE_FORWARD,
+  KUBE_NODEPORTS,
+  KUBE_PROXY_FIREWALL,
+  KUBE_FIREWALL,
+  KUBE_POSTROUTING,
+  KUBE_MARK_MASQ,
 ];
 function chainOrder(a: string, b: string): number {
   const ia = FIXED_ORDER.indexOf(a);
@@ -245,7 +259,7 @@ function commentOwner(rules: readonly Keyed[]): string | undefined {
 /** An extra rule is foreign unless it carries this Service's comment or jumps where kube-proxy jumps. */
 function isForeignIn(rule: SavedRule, spn: string | undefined): boolean {
   const target = ruleTarget(rule);
-  if (target !== undefined && (target.startsWith('KUBE-') || target === 'DNAT')) return false;
+  if (target !== undefined && (target.startsWith(KUBE_CHAIN_PREFIX) || target === 'DNAT')) return false;
   const named = servicePortNameFromComment(ruleComment(rule));
   return spn === undefined || named !== spn;
 }

@@ -31,6 +31,8 @@ export const KUBE_FIREWALL = 'KUBE-FIREWALL';
 export const KUBE_KUBELET_CANARY = 'KUBE-KUBELET-CANARY';
 export const KUBE_MARK_DROP = 'KUBE-MARK-DROP';
 
+/** Every chain kube-proxy (and kubelet) names starts with it. */
+export const KUBE_CHAIN_PREFIX = 'KUBE-';
 export const SERVICE_CHAIN_PREFIX = 'KUBE-SVC-';
 export const SERVICE_LOCAL_CHAIN_PREFIX = 'KUBE-SVL-';
 export const EXTERNAL_CHAIN_PREFIX = 'KUBE-EXT-';
