@@ -31,7 +31,15 @@ export const LAYERS = [
   { name: 'config', files: ['src/config/**'] },
   {
     name: 'sources and kernel tool wrappers',
-    files: ['src/kube/**', 'src/kernel/**', 'src/conntrack/**', 'src/netns/**', ...wrappers],
+    files: [
+      'src/kube/**',
+      'src/kernel/**',
+      'src/conntrack/**',
+      'src/netns/**',
+      // The iptables rules every mode that writes iptables shares (iptables and IPVS mode).
+      'src/iptables-rules/**',
+      ...wrappers,
+    ],
   },
   {
     name: 'modes',

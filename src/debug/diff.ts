@@ -1,5 +1,5 @@
-import type { ChainDrift, FamilyDrift } from '../iptables/compare.js';
-import { summaryLine } from '../iptables/compare.js';
+import type { ChainDrift, FamilyDrift } from '../iptables-rules/compare.js';
+import { summaryLine } from '../iptables-rules/compare.js';
 
 /** `svcplane diff`'s text output of the comparison in iptables/compare.ts. */
 

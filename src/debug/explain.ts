@@ -19,8 +19,8 @@ import {
 } from '../model/selection.js';
 import type { ClusterState, IPFamily, Problem, Service } from '../model/types.js';
 import { servicePortName } from '../model/types.js';
-import type { FamilyDrift } from '../iptables/compare.js';
-import { servicePortNameFromComment } from '../iptables/owners.js';
+import type { FamilyDrift } from '../iptables-rules/compare.js';
+import { servicePortNameFromComment } from '../iptables-rules/owners.js';
 
 /**
  * `svcplane explain NAMESPACE/NAME`, the pure part: a Service's frontends, its endpoints by category,

@@ -3,7 +3,7 @@ import type { IpvsDesired } from '../ipvs/plan.js';
 import { compareIpvs } from '../ipvs/diff.js';
 import { rsKey, splitIPPort, vsKey, type VirtualServer } from '../ipvs/types.js';
 import type { IPFamily, Protocol } from '../model/types.js';
-import { summaryLine, type FamilyDrift } from '../iptables/compare.js';
+import { summaryLine, type FamilyDrift } from '../iptables-rules/compare.js';
 import { formatDriftText } from './diff.js';
 import { svcplaneOnlySets, type IpvsLayout, type TakeoverChange } from './ipvs-kube-proxy.js';
 

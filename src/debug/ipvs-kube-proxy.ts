@@ -2,7 +2,7 @@ import { KUBE_IPVS_FILTER, KUBE_NODE_PORT, KUBE_SERVICES } from '../iptables/nam
 import { formatArgs, parseIptablesSave, type SavedRule, type SavedRuleset } from '../iptables/save-parse.js';
 import { SETS, setName, type DesiredSet } from '../ipvs/ipset.js';
 import type { IPFamily } from '../model/types.js';
-import { canonicalRuleText, parseRuleSpec } from '../iptables/rule-spec.js';
+import { canonicalRuleText, parseRuleSpec } from '../iptables-rules/rule-spec.js';
 
 /**
  * `svcplane diff` on a node whose IPVS-mode rules kube-proxy wrote (pure). Both proxies program the

@@ -7,7 +7,7 @@ import { serviceForDestination, type FrontendIndex } from './frontends.js';
 import type { IpsetView } from '../ipvs/ipset.js';
 import { matchSet, parseSetFlags } from './ipset-match.js';
 import { traceIpvs, type IpvsTraceResult } from './ipvs-trace.js';
-import { servicePortNameFromComment } from '../iptables/owners.js';
+import { servicePortNameFromComment } from '../iptables-rules/owners.js';
 import {
   normalizeAddress,
   optionOf,
@@ -15,7 +15,7 @@ import {
   quantizeProbability,
   type RuleSpec,
   type SpecOption,
-} from '../iptables/rule-spec.js';
+} from '../iptables-rules/rule-spec.js';
 
 /**
  * `svcplane trace`, the pure engine: walks one new connection's first packet through parsed

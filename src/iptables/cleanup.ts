@@ -1,15 +1,14 @@
 import type { Iptables } from './iptables.js';
-import { KUBE_PROXY_CANARY } from './iptables.js';
 import {
   KUBE_EXTERNAL_SERVICES,
   KUBE_FORWARD,
-  KUBE_MARK_MASQ,
   KUBE_NODEPORTS,
   KUBE_POSTROUTING,
   KUBE_PROXY_FIREWALL,
   KUBE_SERVICES,
   isServiceChainName,
 } from './names.js';
+import { OWNED_CHAINS } from '../iptables-rules/owned-chains.js';
 import {
   formatArgs,
   parseIptablesSave,
@@ -36,20 +35,6 @@ export const JUMP_ENTRY_CHAINS: ReadonlySet<string> = new Set([
   KUBE_FORWARD,
   KUBE_PROXY_FIREWALL,
 ]);
-
-/** Fixed chains removed per table (service chains in nat are found by prefix). */
-export const OWNED_CHAINS: Readonly<Record<string, readonly string[]>> = {
-  nat: [KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ, KUBE_PROXY_CANARY],
-  filter: [
-    KUBE_SERVICES,
-    KUBE_EXTERNAL_SERVICES,
-    KUBE_FORWARD,
-    KUBE_NODEPORTS,
-    KUBE_PROXY_FIREWALL,
-    KUBE_PROXY_CANARY,
-  ],
-  mangle: [KUBE_PROXY_CANARY],
-};
 
 const BUILTIN_CHAINS = new Set(['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING']);
 

@@ -7,11 +7,11 @@ import { nodeContext } from '../model/selection.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import { CommandError } from '../util/exec.js';
 import { cleanupLeftovers } from './cleanup.js';
-import { diffRulesets, type FamilyDrift } from './compare.js';
-import { readKernelRules, usableFamilies } from './families.js';
+import { diffRulesets, type FamilyDrift } from '../iptables-rules/compare.js';
+import { readKernelRules, usableFamilies } from '../iptables-rules/families.js';
 import { Iptables } from './iptables.js';
-import { jumpRules } from './jumps.js';
-import { buildOwnerIndex } from './owners.js';
+import { jumpRules } from '../iptables-rules/jumps.js';
+import { buildOwnerIndex } from '../iptables-rules/owners.js';
 import {
   gatherNodeFacts,
   IptablesProxier,

@@ -12,10 +12,15 @@ import { addressesInCIDRs, listAddresses, type InterfaceAddress } from '../kerne
 import { ensureSysctl, readSysctl } from '../util/sysctl.js';
 import { Iptables, KUBE_PROXY_CANARY, RestoreError, type RestoreResult } from './iptables.js';
 import { CommitLog } from './commit-log.js';
-import { chainsOfRestoreInput, diffRulesets, summaryLine, type FamilyDrift } from './compare.js';
-import { canaryLines, mergeExtraLines, missingJumpLines } from './jump-plan.js';
-import { jumpRules } from './jumps.js';
-import { buildOwnerIndex } from './owners.js';
+import {
+  chainsOfRestoreInput,
+  diffRulesets,
+  summaryLine,
+  type FamilyDrift,
+} from '../iptables-rules/compare.js';
+import { canaryLines, mergeExtraLines, missingJumpLines } from '../iptables-rules/jump-plan.js';
+import { jumpRules } from '../iptables-rules/jumps.js';
+import { buildOwnerIndex } from '../iptables-rules/owners.js';
 import { FILTER_CHAINS, NAT_CHAINS } from './render-fixed.js';
 import {
   renderRestoreInput,

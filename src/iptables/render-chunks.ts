@@ -13,7 +13,7 @@
  * nothing references them any more. Pure: text in, text pieces out.
  */
 
-import type { ExtraLines } from './jump-plan.js';
+import type { ExtraLines } from '../iptables-rules/jump-plan.js';
 
 /** One table section of a restore input, split by role. */
 interface TableParts {

@@ -28,11 +28,6 @@ export const FILTER_CHAINS = [
 /** Nat chains declared every sync, before the per-service chains. */
 export const NAT_CHAINS = [KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ] as const;
 
-/** Go's `fmt.Sprintf("%#08x", 1<<bit)`: Go zero-pads the digits to 8 and then adds `0x`. */
-export function masqueradeMark(bit: number): string {
-  return '0x' + (2 ** bit).toString(16).padStart(8, '0');
-}
-
 export interface FixedHeadOptions {
   readonly mark: string;
   readonly randomFully: boolean;

@@ -1,5 +1,5 @@
 import { KUBE_PROXY_CANARY } from './iptables.js';
-import type { ExtraLines } from './jump-plan.js';
+import type { ExtraLines } from '../iptables-rules/jump-plan.js';
 import { isServiceChainName } from './names.js';
 
 /**

@@ -8,7 +8,8 @@ import {
 import type { ClusterState, IPFamily, Service, ServicePort } from '../model/types.js';
 import { servicePortName } from '../model/types.js';
 import { isServiceChainName } from './names.js';
-import { masqueradeMark, renderFixedHead, renderFixedTail } from './render-fixed.js';
+import { masqueradeMark } from '../iptables-rules/masquerade-mark.js';
+import { renderFixedHead, renderFixedTail } from './render-fixed.js';
 import {
   blockOf,
   chainLine,

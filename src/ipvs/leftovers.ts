@@ -1,7 +1,7 @@
-import { OWNED_CHAINS } from '../iptables/cleanup.js';
+import { OWNED_CHAINS } from '../iptables-rules/owned-chains.js';
 import { KUBE_PROXY_CANARY } from '../iptables/iptables.js';
-import type { ExtraLines } from '../iptables/jump-plan.js';
-import { jumpRules, type JumpRule } from '../iptables/jumps.js';
+import type { ExtraLines } from '../iptables-rules/jump-plan.js';
+import { jumpRules, type JumpRule } from '../iptables-rules/jumps.js';
 import { KUBE_FIREWALL, KUBE_KUBELET_CANARY, isServiceChainName } from '../iptables/names.js';
 import {
   formatArgs,

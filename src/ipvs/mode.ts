@@ -1,5 +1,5 @@
 import { iptablesBinaries, type ProxyOptions } from '../config/options.js';
-import { diffRulesets } from '../iptables/compare.js';
+import { diffRulesets } from '../iptables-rules/compare.js';
 import { explainService, formatExplainText } from '../debug/explain.js';
 import {
   diffIpvsState,
@@ -9,8 +9,8 @@ import {
 } from '../debug/ipvs-diff.js';
 import { explainIpvs, formatIpvsExplainLines } from '../debug/ipvs-explain.js';
 import { alignWithKubeProxy, detectIpvsLayout } from '../debug/ipvs-kube-proxy.js';
-import { buildOwnerIndex } from '../iptables/owners.js';
-import { readKernelRules, usableFamilies } from '../iptables/families.js';
+import { buildOwnerIndex } from '../iptables-rules/owners.js';
+import { readKernelRules, usableFamilies } from '../iptables-rules/families.js';
 import { Iptables } from '../iptables/iptables.js';
 import { parseIptablesSave, type SavedRuleset } from '../iptables/save-parse.js';
 import type { DataplaneMode } from '../modes/contract.js';

@@ -1,7 +1,7 @@
 import { nodePortAddresses, primaryNodeIPs } from '../modes/node-ports.js';
 import type { Backend, SyncReport } from '../modes/backend.js';
 import { Iptables, type IptablesBinaries } from '../iptables/iptables.js';
-import { canaryLines, mergeExtraLines, missingJumpLines } from '../iptables/jump-plan.js';
+import { canaryLines, mergeExtraLines, missingJumpLines } from '../iptables-rules/jump-plan.js';
 import { parseIptablesSave, type SavedRuleset } from '../iptables/save-parse.js';
 import { cidrContains, parseCIDR } from '../model/ip.js';
 import { nodeContext } from '../model/selection.js';

@@ -10,9 +10,9 @@ import {
   KUBE_SERVICES,
   KUBE_SOURCE_RANGES_FIREWALL,
 } from '../iptables/names.js';
-import { masqueradeMark } from '../iptables/render-fixed.js';
+import { masqueradeMark } from '../iptables-rules/masquerade-mark.js';
 import { formatArgs } from '../iptables/save-parse.js';
-import type { JumpRule } from '../iptables/jumps.js';
+import type { JumpRule } from '../iptables-rules/jumps.js';
 import type { IPFamily } from '../model/types.js';
 import { SETS, setName, type SetId } from './ipset.js';
 import type { IpvsDesired } from './plan.js';

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
-import { diffRulesets, type FamilyDrift } from '../../../src/iptables/compare.js';
+import { diffRulesets, type FamilyDrift } from '../../../src/iptables-rules/compare.js';
 import { formatDriftText } from '../../../src/debug/diff.js';
-import { buildOwnerIndex } from '../../../src/iptables/owners.js';
-import { jumpRules } from '../../../src/iptables/jumps.js';
+import { buildOwnerIndex } from '../../../src/iptables-rules/owners.js';
+import { jumpRules } from '../../../src/iptables-rules/jumps.js';
 import { portChainNames } from '../../../src/iptables/names.js';
-import { mergeExtraLines, missingJumpLines } from '../../../src/iptables/jump-plan.js';
+import { mergeExtraLines, missingJumpLines } from '../../../src/iptables-rules/jump-plan.js';
 import { parseIptablesSave } from '../../../src/iptables/save-parse.js';
 import type { Service } from '../../../src/model/types.js';
 import { ep, render, service, state } from '../iptables/fixtures.js';

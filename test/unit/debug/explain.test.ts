@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
-import { diffRulesets } from '../../../src/iptables/compare.js';
+import { diffRulesets } from '../../../src/iptables-rules/compare.js';
 import { explainService, formatExplainText } from '../../../src/debug/explain.js';
-import { buildOwnerIndex } from '../../../src/iptables/owners.js';
-import { jumpRules } from '../../../src/iptables/jumps.js';
+import { buildOwnerIndex } from '../../../src/iptables-rules/owners.js';
+import { jumpRules } from '../../../src/iptables-rules/jumps.js';
 import { parseIptablesSave } from '../../../src/iptables/save-parse.js';
 import type { ClusterState } from '../../../src/model/types.js';
 import { ep, NODE, render, service, state } from '../iptables/fixtures.js';

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { diffRulesets } from '../../../src/iptables/compare.js';
-import { buildOwnerIndex } from '../../../src/iptables/owners.js';
+import { diffRulesets } from '../../../src/iptables-rules/compare.js';
+import { buildOwnerIndex } from '../../../src/iptables-rules/owners.js';
 import { diffIpvsState, formatIpvsDriftText, type IpvsFamilyDrift } from '../../../src/debug/ipvs-diff.js';
 import { explainIpvs } from '../../../src/debug/ipvs-explain.js';
 import { parseIpvsadmList } from '../../../src/ipvs/ipvsadm.js';

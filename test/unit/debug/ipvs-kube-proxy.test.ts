@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
-import { diffRulesets } from '../../../src/iptables/compare.js';
+import { diffRulesets } from '../../../src/iptables-rules/compare.js';
 import { diffIpvsState, formatIpvsDriftText, type IpvsFamilyDrift } from '../../../src/debug/ipvs-diff.js';
 import { alignWithKubeProxy, detectIpvsLayout } from '../../../src/debug/ipvs-kube-proxy.js';
-import { buildOwnerIndex } from '../../../src/iptables/owners.js';
+import { buildOwnerIndex } from '../../../src/iptables-rules/owners.js';
 import { parseIptablesSave } from '../../../src/iptables/save-parse.js';
 import { parseIpsetSave } from '../../../src/ipvs/ipset.js';
 import { parseIpvsadmSave } from '../../../src/ipvs/ipvsadm.js';

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
-import { servicePortNameFromComment } from '../../../src/iptables/owners.js';
+import { servicePortNameFromComment } from '../../../src/iptables-rules/owners.js';
 import { parseRecentList } from '../../../src/debug/recent.js';
-import { canonicalRuleText, parseRuleSpec } from '../../../src/iptables/rule-spec.js';
+import { canonicalRuleText, parseRuleSpec } from '../../../src/iptables-rules/rule-spec.js';
 import { tokenize } from '../../../src/iptables/save-parse.js';
 
 const canon = (line: string): string => {

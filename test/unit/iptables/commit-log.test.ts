@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { CommitLog, MAX_SCOPED_CHAINS } from '../../../src/iptables/commit-log.js';
-import { chainsOfRestoreInput } from '../../../src/iptables/compare.js';
+import { chainsOfRestoreInput } from '../../../src/iptables-rules/compare.js';
 
 /**
  * The kernel watch's reading of `nft monitor` (lines as nft 1.0.6 prints them, seen in a private

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mergeExtraLines } from '../../../src/iptables/jump-plan.js';
+import { mergeExtraLines } from '../../../src/iptables-rules/jump-plan.js';
 import { ChunkingError, chunkedRestoreInput } from '../../../src/iptables/render-chunks.js';
 import { run } from '../../../src/util/exec.js';
 import { requireRoot } from '../../support/sandbox.js';

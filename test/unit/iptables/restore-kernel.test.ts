@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { jumpRuleArgs, jumpRules } from '../../../src/iptables/jumps.js';
+import { jumpRuleArgs, jumpRules } from '../../../src/iptables-rules/jumps.js';
 import { endpointChainName } from '../../../src/iptables/names.js';
 import { renderRestoreInput, type RenderResult } from '../../../src/iptables/render.js';
 import type { Service } from '../../../src/model/types.js';

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { jumpRuleArgs, jumpRules } from '../../../src/iptables/jumps.js';
+import { jumpRuleArgs, jumpRules } from '../../../src/iptables-rules/jumps.js';
 
 describe('iptables jump rules', () => {
   const rules = jumpRules('IPv4', { localhostNodePorts: true });

@@ -1,4 +1,4 @@
-import { portChainNames } from './names.js';
+import { portChainNames } from '../iptables/names.js';
 import { endpointString } from '../model/selection.js';
 import type { ClusterState, Protocol } from '../model/types.js';
 import { servicePortName } from '../model/types.js';

@@ -1,6 +1,6 @@
 import { structuredPatch } from 'diff';
 import type { JumpRule } from './jumps.js';
-import { KUBE_PROXY_CANARY } from './iptables.js';
+import { KUBE_PROXY_CANARY } from '../iptables/iptables.js';
 import {
   KUBE_CHAIN_PREFIX,
   KUBE_EXTERNAL_SERVICES,
@@ -14,8 +14,8 @@ import {
   KUBE_PROXY_FIREWALL,
   KUBE_SERVICES,
   isServiceChainName,
-} from './names.js';
-import { ruleComment, ruleTarget, type SavedRule, type SavedRuleset } from './save-parse.js';
+} from '../iptables/names.js';
+import { ruleComment, ruleTarget, type SavedRule, type SavedRuleset } from '../iptables/save-parse.js';
 import type { IPFamily } from '../model/types.js';
 import { servicePortNameFromComment, type OwnerIndex, type ServiceChainKind } from './owners.js';
 import { canonicalRuleText } from './rule-spec.js';

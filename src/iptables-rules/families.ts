@@ -3,8 +3,8 @@ import type { IPFamily } from '../model/types.js';
 import { StartupError } from '../util/errors.js';
 import { CommandError } from '../util/exec.js';
 import { log } from '../util/log.js';
-import { Iptables } from './iptables.js';
-import { parseIptablesSave, type SavedRuleset } from './save-parse.js';
+import { Iptables } from '../iptables/iptables.js';
+import { parseIptablesSave, type SavedRuleset } from '../iptables/save-parse.js';
 
 /**
  * The iptables side every mode that writes iptables rules shares (iptables and IPVS mode): which

@@ -6,7 +6,7 @@ import {
   KUBE_POSTROUTING,
   KUBE_PROXY_FIREWALL,
   KUBE_SERVICES,
-} from './names.js';
+} from '../iptables/names.js';
 import type { IPFamily } from '../model/types.js';
 
 /**

@@ -1,6 +1,6 @@
-import { KUBE_PROXY_CANARY } from './iptables.js';
+import { KUBE_PROXY_CANARY } from '../iptables/iptables.js';
 import { jumpRuleArgs, type JumpRule } from './jumps.js';
-import { formatArgs, ruleComment, ruleTarget, type SavedRuleset } from './save-parse.js';
+import { formatArgs, ruleComment, ruleTarget, type SavedRuleset } from '../iptables/save-parse.js';
 
 /**
  * Folds the full-sync extras into the one restore transaction instead of a dozen `iptables -C/-I`

@@ -1,5 +1,5 @@
 import { parseCIDR, parseIP } from '../model/ip.js';
-import { quoteArg } from './save-parse.js';
+import { quoteArg } from '../iptables/save-parse.js';
 
 /**
  * One iptables rule's arguments as a structure (generic matches, match modules with their options,
