@@ -3,12 +3,8 @@ import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import {
-  IptablesProxier,
-  renderConfigFor,
-  readKernelFlags,
-  gatherNodeFacts,
-} from '../src/iptables/proxier.js';
+import { IptablesProxier, renderConfigFor, readKernelFlags } from '../src/iptables/proxier.js';
+import { gatherNodeFacts } from '../src/modes/node-facts.js';
 import type { IptablesProxierConfig } from '../src/iptables/proxier.js';
 import { renderRestoreInput } from '../src/iptables/render.js';
 import { ManifestSource } from '../src/kube/manifests.js';

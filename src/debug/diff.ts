@@ -1,7 +1,7 @@
 import type { ChainDrift, FamilyDrift } from '../iptables-rules/compare.js';
 import { summaryLine } from '../iptables-rules/compare.js';
 
-/** `svcplane diff`'s text output of the comparison in iptables/compare.ts. */
+/** `svcplane diff`'s text output of the comparison in iptables-rules/compare.ts. */
 
 /** The whole report as text: per family, each group's unified diffs, then a summary. */
 export function formatDriftText(reports: readonly FamilyDrift[]): string {

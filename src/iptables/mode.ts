@@ -12,13 +12,8 @@ import { readKernelRules, usableFamilies } from '../iptables-rules/families.js';
 import { Iptables } from './iptables.js';
 import { jumpRules } from '../iptables-rules/jumps.js';
 import { buildOwnerIndex } from '../iptables-rules/owners.js';
-import {
-  gatherNodeFacts,
-  IptablesProxier,
-  readKernelFlags,
-  renderConfigFor,
-  type IptablesProxierConfig,
-} from './proxier.js';
+import { gatherNodeFacts } from '../modes/node-facts.js';
+import { IptablesProxier, readKernelFlags, renderConfigFor, type IptablesProxierConfig } from './proxier.js';
 import { renderRestoreInput } from './render.js';
 import { parseIptablesSave, type SavedRuleset } from './save-parse.js';
 

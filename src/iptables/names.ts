@@ -8,8 +8,9 @@ import { sha256Base32 } from '../util/base32.js';
 
 /*
  * The fixed chains, by name, for every writer and reader of them: iptables mode (render-fixed.ts,
- * jumps.ts, cleanup.ts), IPVS mode's rules around its sets (src/ipvs/rules.ts), the leftovers each
- * mode removes of the other, and the debugging commands.
+ * cleanup.ts), the rules iptables and IPVS mode share (src/iptables-rules: jumps, owned chains, the
+ * comparison), IPVS mode's rules around its sets (src/ipvs/rules.ts), the leftovers each mode removes
+ * of the other, and the debugging commands.
  */
 /** Both modes: nat and filter entry chains, postrouting masquerade, the masquerade mark. */
 export const KUBE_SERVICES = 'KUBE-SERVICES';

@@ -1,14 +1,11 @@
-import { nodePortAddresses as nodePortAddressesOf, primaryNodeIPs } from '../modes/node-ports.js';
+import { gatherNodeFacts, type NodeFacts } from '../modes/node-facts.js';
 import { localTrafficDetector, type DetectLocalMode } from '../modes/local-traffic.js';
 import { programmedServiceKeys } from './programmed.js';
 import type { Backend, SyncReport } from '../modes/backend.js';
-import { cidrContains } from '../model/ip.js';
-import { nodeContext, type NodeContext } from '../model/selection.js';
 import { changeSinceApplied, type StateChange } from '../model/state-change.js';
-import type { ClusterState, IPFamily, NodeInfo } from '../model/types.js';
+import type { ClusterState, IPFamily } from '../model/types.js';
 import { CommandError, type ChildHandle } from '../util/exec.js';
 import { log } from '../util/log.js';
-import { addressesInCIDRs, listAddresses, type InterfaceAddress } from '../kernel/netif.js';
 import { ensureSysctl, readSysctl } from '../util/sysctl.js';
 import { Iptables, KUBE_PROXY_CANARY, RestoreError, type RestoreResult } from './iptables.js';
 import { CommitLog } from './commit-log.js';
@@ -112,14 +109,6 @@ interface AppliedSync {
   readonly staleChains: number;
   /** Time spent listing the kernel's chains (whole-table mode). */
   readonly listMs?: number;
-}
-
-/** Facts about the node that the rules depend on; a change forces a full sync. */
-export interface NodeFacts {
-  readonly node: NodeContext;
-  readonly nodeIPs: readonly string[];
-  readonly nodePortAddresses: IptablesRenderConfig['nodePortAddresses'];
-  readonly localhostNodePorts: boolean;
 }
 
 export interface IptablesSyncReport extends SyncReport {
@@ -749,43 +738,6 @@ export function renderConfigFor(
  */
 export function localDetectorFor(c: IptablesProxierConfig): LocalDetector {
   return localTrafficDetector(c);
-}
-
-/**
- * Node name/zone, node IPs and NodePort addresses, re-read every sync as kube-proxy does. Exported so
- * `svcplane diff` renders with exactly the facts the proxier would use.
- */
-export async function gatherNodeFacts(
-  c: IptablesProxierConfig,
-  state: ClusterState | undefined,
-): Promise<NodeFacts> {
-  const nodeObj: NodeInfo | undefined = state?.nodes.get(c.nodeName);
-  const addrs: InterfaceAddress[] = await listAddresses({ netns: c.netns });
-  const nodeIPs = primaryNodeIPs(c, nodeObj, addrs);
-  const wanted = nodePortAddressesOf(c.nodePortAddresses, c.family);
-  let nodePortAddresses: IptablesRenderConfig['nodePortAddresses'];
-  let localhostNodePorts = c.family === 'IPv4' && c.localhostNodePorts;
-  if (wanted.kind === 'all') {
-    nodePortAddresses = { matchAll: true };
-  } else if (wanted.kind === 'primary') {
-    nodePortAddresses = { matchAll: false, addresses: nodeIPs };
-    localhostNodePorts = false;
-  } else {
-    const { cidrs } = wanted;
-    localhostNodePorts = localhostNodePorts && cidrs.some((x) => cidrContains(x, '127.0.0.1'));
-    nodePortAddresses = {
-      matchAll: false,
-      addresses: addressesInCIDRs(addrs, cidrs, { includeLoopback: localhostNodePorts })
-        .filter((a) => a.family === c.family)
-        .map((a) => a.ip),
-    };
-  }
-  return {
-    node: nodeContext(c.nodeName, nodeObj?.labels ?? {}),
-    nodeIPs,
-    nodePortAddresses,
-    localhostNodePorts,
-  };
 }
 
 /**

@@ -11,18 +11,13 @@ import { isServiceChainName } from './names.js';
 import { masqueradeMark } from '../iptables-rules/masquerade-mark.js';
 import { renderFixedHead, renderFixedTail } from './render-fixed.js';
 import {
-  blockOf,
-  chainLine,
-  EMPTY_BLOCK,
   isPort,
   isSafeCIDR,
   isSafeInterfaceName,
   isSafeIP,
   isSafeServicePortName,
-  LineBuffer,
-  Section,
-  type Block,
-} from './render-lines.js';
+} from '../modes/rule-input-checks.js';
+import { blockOf, chainLine, EMPTY_BLOCK, LineBuffer, Section, type Block } from './render-lines.js';
 import { renderServicePort, type ServiceRenderContext } from './render-service.js';
 
 /**

@@ -32,7 +32,7 @@ import type { Backend } from './backend.js';
  *    ipset save → ipvs/ipset.ts): text in, typed structure out.
  * 6. Compare desired with kernel — pure; `inspect()` returns it per family with the inputs. A mode
  *    has one comparison for both the drift `svcplane diff` prints and the drift its backend repairs.
- *    iptables: iptables/compare.ts `diffRulesets`; the daemon runs it only on what moved (its kernel
+ *    iptables: iptables-rules/compare.ts `diffRulesets`; the daemon runs it only on what moved (its kernel
  *    watch, iptables/commit-log.ts, names the chains other agents touched; everything when it
  *    cannot tell). IPVS: virtual and real servers are judged by compareIpvs (ipvs/diff.ts), which
  *    the daemon's repair batch and debug/ipvs-diff.ts both use. nftables: the listing compared with
@@ -44,7 +44,8 @@ import type { Backend } from './backend.js';
  *    the conntrack cleaner get the same one.
  * 8. Cleanup — `cleanup(opts)` removes this mode's own rules, sets, links (kube-proxy --cleanup runs
  *    every registered mode's); a mode's first full sync also removes the other modes' leftovers
- *    (e.g. ipvs/leftovers.ts removes iptables mode's chains in the same transaction).
+ *    (e.g. ipvs/leftovers.ts removes iptables mode's chains in the same transaction; nftables mode
+ *    calls the other modes' `cleanup` through `ModeStart.cleanupOtherModes`, never importing them).
  * 9. Debugging — `explain(key, …)` for `svcplane explain`, `traceKernel(…)` for `svcplane trace`
  *    (what of this mode's kernel objects the packet walk reads), `inspect()` for `svcplane diff`.
  * 10. Metrics — `metrics.iptablesSyncFamilies`: whether kube-proxy registers the iptables-mode-only
@@ -61,8 +62,11 @@ export interface DataplaneMode {
   unavailable(opts: ProxyOptions): Promise<string | undefined>;
   /** What the fallback warning logs besides the reason (e.g. the IPVS scheduler probed). */
   probeContext?(opts: ProxyOptions): Readonly<Record<string, string>>;
-  /** One backend per usable IP family; throws StartupError when no family is usable. */
-  createBackends(opts: ProxyOptions): Promise<Backend[]>;
+  /**
+   * One backend per usable IP family; throws StartupError when no family is usable. `start` reaches
+   * the other registered modes through the registry (a mode never imports another mode).
+   */
+  createBackends(opts: ProxyOptions, start: ModeStart): Promise<Backend[]>;
   /** The kernel of every family read back and compared with the desired state of `state`. */
   inspect(opts: ProxyOptions, state: ClusterState, netns: string | undefined): Promise<ModeInspection>;
   /** `svcplane explain NAMESPACE/NAME`: the Service in the state and in this mode's kernel objects. */
@@ -82,6 +86,15 @@ export interface DataplaneMode {
   readonly metrics: { readonly iptablesSyncFamilies: boolean; readonly nftablesSyncFamilies?: boolean };
   /** Cleanup order: higher first (a mode whose rules hang off another mode's chains goes first). */
   readonly cleanupPriority: number;
+}
+
+/** What the registry hands a mode it starts: the other registered modes, through this contract. */
+export interface ModeStart {
+  /**
+   * Every other registered mode's `cleanup` (highest cleanupPriority first), one outcome per part:
+   * for a mode that removes the other modes' leftovers itself (nftables mode, after its first sync).
+   */
+  cleanupOtherModes(): Promise<CleanupOutcome[]>;
 }
 
 /** What `svcplane diff` reports: desired vs kernel for every family. */

@@ -6,7 +6,13 @@ import { StartupError } from '../util/errors.js';
 import { CommandError } from '../util/exec.js';
 import { log } from '../util/log.js';
 import type { Backend } from './backend.js';
-import type { CleanupOutcome, DataplaneMode, TraceKernel, TraceKernelRequest } from './contract.js';
+import type {
+  CleanupOutcome,
+  DataplaneMode,
+  ModeStart,
+  TraceKernel,
+  TraceKernelRequest,
+} from './contract.js';
 
 /**
  * Every dataplane mode, found by its --proxy-mode name. Adding a mode = its folder with a `mode.ts`
@@ -45,7 +51,14 @@ export async function startMode(opts: ProxyOptions): Promise<{
     );
     return startMode({ ...opts, proxyMode: mode.fallback });
   }
-  return { options: opts, mode, backends: await mode.createBackends(opts) };
+  const start: ModeStart = {
+    cleanupOtherModes: () =>
+      cleanupModes(
+        MODES.filter((m) => m !== mode),
+        opts,
+      ),
+  };
+  return { options: opts, mode, backends: await mode.createBackends(opts, start) };
 }
 
 /**
@@ -79,13 +92,22 @@ export async function startDataplane(opts: ProxyOptions): Promise<{
   return { ...started, backends: [...started.backends, enforcer] };
 }
 
+/** The given modes' own rules removed, highest cleanupPriority first. */
+async function cleanupModes(
+  modes: readonly DataplaneMode[],
+  opts: Pick<ProxyOptions, 'iptablesBinary' | 'nftBinary'>,
+): Promise<CleanupOutcome[]> {
+  const ordered = [...modes].sort((a, b) => b.cleanupPriority - a.cleanupPriority);
+  const outcomes: CleanupOutcome[] = [];
+  for (const mode of ordered) outcomes.push(...(await mode.cleanup(opts)));
+  return outcomes;
+}
+
 /** kube-proxy --cleanup: every mode's own rules, highest cleanupPriority first. */
 export async function cleanupEveryMode(
   opts: Pick<ProxyOptions, 'iptablesBinary' | 'nftBinary'>,
 ): Promise<CleanupOutcome[]> {
-  const ordered = [...MODES].sort((a, b) => b.cleanupPriority - a.cleanupPriority);
-  const outcomes: CleanupOutcome[] = [];
-  for (const mode of ordered) outcomes.push(...(await mode.cleanup(opts)));
+  const outcomes = await cleanupModes(MODES, opts);
   // The NetworkPolicy enforcer's table (whatever the mode).
   try {
     const { cleanupNetpol } = await import('../netpol/enforcer.js');

@@ -1,8 +1,7 @@
 import type { ProxyOptions } from '../config/options.js';
-import { iptablesMode } from '../iptables/mode.js';
-import { gatherNodeFacts, localDetectorFor } from '../iptables/proxier.js';
-import { ipvsMode } from '../ipvs/mode.js';
-import type { DataplaneMode, ModeInspection } from '../modes/contract.js';
+import type { DataplaneMode, ModeInspection, ModeStart } from '../modes/contract.js';
+import { localTrafficDetector } from '../modes/local-traffic.js';
+import { gatherNodeFacts } from '../modes/node-facts.js';
 import { parseCIDR } from '../model/ip.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
 import { log } from '../util/log.js';
@@ -33,22 +32,20 @@ export function nftablesProxierConfig(opts: ProxyOptions, family: IPFamily): Nft
 
 /**
  * The other modes' leftovers (iptables chains, IPVS services, sets and link), removed once, after
- * the first nftables sync that served: a node switched from another mode never has a gap.
+ * the first nftables sync that served: a node switched from another mode never has a gap. The
+ * registry runs the other modes' cleanup (IPVS before iptables, by cleanupPriority).
  */
-function otherModesCleanup(opts: ProxyOptions): () => Promise<void> {
+function otherModesCleanup(start: ModeStart): () => Promise<void> {
   let done: Promise<void> | undefined;
   return () =>
     (done ??= (async () => {
-      for (const mode of [ipvsMode, iptablesMode]) {
-        for (const outcome of await mode.cleanup(opts)) {
-          if ('error' in outcome) {
-            log.warn("cannot remove another proxy mode's leftovers", {
-              part: outcome.part,
-              error: outcome.error,
-            });
-          } else
-            log.info("removed another proxy mode's leftovers", { part: outcome.part, what: outcome.text });
-        }
+      for (const outcome of await start.cleanupOtherModes()) {
+        if ('error' in outcome) {
+          log.warn("cannot remove another proxy mode's leftovers", {
+            part: outcome.part,
+            error: outcome.error,
+          });
+        } else log.info("removed another proxy mode's leftovers", { part: outcome.part, what: outcome.text });
       }
     })());
 }
@@ -68,7 +65,7 @@ async function desiredFamily(
     nodeIPs: facts.nodeIPs,
     masqueradeBit: pc.masqueradeBit,
     masqueradeAll: pc.masqueradeAll,
-    localDetector: localDetectorFor({ ...pc, localhostNodePorts: false }),
+    localDetector: localTrafficDetector(pc),
     nodePortAddresses: facts.nodePortAddresses,
     serviceCIDRs: (pc.serviceCIDRs ?? [])
       .map((c) => parseCIDR(c))
@@ -117,8 +114,8 @@ export const nftablesMode: DataplaneMode = {
     }
   },
 
-  createBackends(opts) {
-    const cleanup = otherModesCleanup(opts);
+  createBackends(opts, start) {
+    const cleanup = otherModesCleanup(start);
     return Promise.resolve(
       opts.ipFamilies.map(
         (family) => new NftablesProxier({ ...nftablesProxierConfig(opts, family), afterFirstSync: cleanup }),

@@ -1,3 +1,4 @@
+import type { IPFamily } from '../model/types.js';
 import { sha256Base32 } from '../util/base32.js';
 
 /**
@@ -7,6 +8,11 @@ import { sha256Base32 } from '../util/base32.js';
  */
 
 export const TABLE = 'kube-proxy';
+
+/** The nft address family of kube-proxy's table for an IP family. */
+export function nftFamily(family: IPFamily): 'ip' | 'ip6' {
+  return family === 'IPv6' ? 'ip6' : 'ip';
+}
 
 // Base chains (`${type}-${hook}`).
 export const FILTER_PREROUTING = 'filter-prerouting';

@@ -9,8 +9,7 @@ import {
   type ListedContainer,
   type ListedTable,
 } from './listing.js';
-import { TABLE } from './names.js';
-import { nftFamily } from './transaction.js';
+import { nftFamily, TABLE } from './names.js';
 
 /**
  * The nft wrapper: the only place nftables mode spawns. One `nft -f -` per transaction (atomic:

@@ -1,10 +1,6 @@
 import type { Backend, SyncReport } from '../modes/backend.js';
-import {
-  gatherNodeFacts,
-  localDetectorFor,
-  type IptablesProxierConfig,
-  type NodeFacts,
-} from '../iptables/proxier.js';
+import { localTrafficDetector, type LocalDetectorInput } from '../modes/local-traffic.js';
+import { gatherNodeFacts, type NodeFacts, type NodeFactsInput } from '../modes/node-facts.js';
 import { parseCIDR } from '../model/ip.js';
 import { changeSinceApplied, type StateChange } from '../model/state-change.js';
 import type { ClusterState, IPFamily } from '../model/types.js';
@@ -30,21 +26,10 @@ import {
  * never on the partial-sync path.
  */
 
-export interface NftablesProxierConfig extends Pick<
-  IptablesProxierConfig,
-  | 'family'
-  | 'nodeName'
-  | 'bindAddress'
-  | 'masqueradeBit'
-  | 'masqueradeAll'
-  | 'detectLocalMode'
-  | 'clusterCIDRs'
-  | 'bridgeInterface'
-  | 'interfaceNamePrefix'
-  | 'podCIDRs'
-  | 'nodePortAddresses'
-  | 'netns'
-> {
+export interface NftablesProxierConfig
+  extends LocalDetectorInput, Omit<NodeFactsInput, 'localhostNodePorts'> {
+  readonly masqueradeBit: number;
+  readonly masqueradeAll: boolean;
   /** The nft binary (default `nft`). */
   readonly nftBinary?: string;
   /** ServiceCIDRs (any family; filtered here): unallocated ClusterIPs in them are dropped. */
@@ -278,7 +263,7 @@ export class NftablesProxier implements Backend {
       nodeIPs: facts.nodeIPs,
       masqueradeBit: this.config.masqueradeBit,
       masqueradeAll: this.config.masqueradeAll,
-      localDetector: localDetectorFor({ ...this.config, localhostNodePorts: false }),
+      localDetector: localTrafficDetector(this.config),
       nodePortAddresses: facts.nodePortAddresses,
       serviceCIDRs,
     };

@@ -17,7 +17,7 @@ import {
   isSafeInterfaceName,
   isSafeIP,
   isSafeServicePortName,
-} from '../iptables/render-lines.js';
+} from '../modes/rule-input-checks.js';
 import {
   CLUSTER_IPS_SET,
   FIREWALL_IPS_MAP,

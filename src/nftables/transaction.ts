@@ -12,6 +12,7 @@ import {
   FIREWALL_IPS_MAP,
   MARK_MASQ_CHAIN,
   MASQUERADING_CHAIN,
+  nftFamily,
   NAT_OUTPUT,
   NAT_POSTROUTING,
   NAT_PREROUTING,
@@ -95,10 +96,6 @@ export const JUMP_CHAINS: readonly (readonly [string, string, string])[] = [
   [CLUSTER_IPS_CHECK, FILTER_FORWARD, 'ct state new'],
   [CLUSTER_IPS_CHECK, FILTER_OUTPUT_POST_DNAT, 'ct state new'],
 ];
-
-export function nftFamily(family: IPFamily): 'ip' | 'ip6' {
-  return family === 'IPv6' ? 'ip6' : 'ip';
-}
 
 const isMap = (c: ElementContainer): boolean => c !== CLUSTER_IPS_SET;
 

@@ -89,7 +89,7 @@ describe('iptables/commit-log: what nft monitor says other agents changed', () =
   });
 });
 
-describe('iptables/compare: chainsOfRestoreInput', () => {
+describe('iptables-rules/compare: chainsOfRestoreInput', () => {
   it('keeps the declarations and rules of the named chains, per table', () => {
     const input = [
       '*filter',
