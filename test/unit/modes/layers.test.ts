@@ -10,8 +10,9 @@ import { packageRoot } from '../../../src/util/paths.js';
 
 /**
  * The layers (eslint.layers.js) as the linter enforces them: every source file is in exactly one
- * layer, and an upward import (static or dynamic) and an import cycle in a scratch tree shaped like
- * src/ are reported by the same rules `npm run lint` runs.
+ * layer, and an upward import (static or dynamic), an import cycle and a mode importing another
+ * mode's internals or entry in a scratch tree shaped like src/ are reported by the same rules
+ * `npm run lint` runs.
  */
 
 interface LayersModule {
@@ -70,6 +71,12 @@ describe('layers (eslint.layers.js)', () => {
         'src/iptables/mode.ts': "import { r } from './render.js';\nexport const mode = r;\n",
         'src/iptables/render.ts':
           "export const r = 1;\nexport const back = async () => (await import('./mode.js')).mode;\n",
+        // Another mode's kernel tool wrapper (names.ts): allowed.
+        'src/iptables/names.ts': "export const n = 'KUBE-SERVICES';\n",
+        'src/ipvs/rules.ts': "import { n } from '../iptables/names.js';\nexport const s = n;\n",
+        // Another mode's internals (render.ts) and its entry (mode.ts): not allowed, same layer or not.
+        'src/ipvs/leftovers.ts': "import { r } from '../iptables/render.js';\nexport const l = r;\n",
+        'src/nftables/mode.ts': "import { mode } from '../iptables/mode.js';\nexport const m = mode;\n",
       };
       for (const [name, text] of Object.entries(files)) {
         await mkdir(dirname(join(dir, name)), { recursive: true });
@@ -80,7 +87,7 @@ describe('layers (eslint.layers.js)', () => {
       if (dir) await rm(dir, { recursive: true, force: true });
     });
 
-    it('upward imports (static and dynamic) and a cycle are errors; a downward import is not', async () => {
+    it("upward imports (static and dynamic), a cycle and a mode reaching into another mode are errors; a downward import and another mode's tool wrapper are not", async () => {
       const { layerRules } = await layers();
       const eslint = new ESLint({
         cwd: dir,
@@ -99,8 +106,10 @@ describe('layers (eslint.layers.js)', () => {
         'src/iptables/mode.ts: import-x/no-cycle',
         'src/iptables/render.ts: import-x/no-cycle',
         'src/iptables/render.ts: import-x/no-restricted-paths',
+        'src/ipvs/leftovers.ts: import-x/no-restricted-paths',
         'src/model/a.ts: import-x/no-cycle',
         'src/model/b.ts: import-x/no-cycle',
+        'src/nftables/mode.ts: import-x/no-restricted-paths',
         'src/util/up.ts: import-x/no-restricted-paths',
       ]);
     });
