@@ -13,7 +13,7 @@ import { NODE_NAME, podEndpoints, serviceObject, sliceObject } from '../support/
 /**
  * The daemon's drift check with its kernel watch (`nft monitor`, iptables/commit-log.ts): after our
  * own syncs it reads nothing; when another agent touches our chains it compares just those chains
- * with the comparison `svcplane diff` uses (iptables/compare.ts); when it cannot tell which (a
+ * with the comparison `svcplane diff` uses (iptables-rules/compare.ts); when it cannot tell which (a
  * deleted table, a dead monitor) it compares everything. Every repair is proven with real traffic.
  * iptables-save is wrapped to count the whole-ruleset reads.
  */
