@@ -54,22 +54,6 @@ const PROGRAMMING_BUCKETS = [
   ...linearBuckets(120, 30, 7),
 ];
 
-/** What the iptables backend reports on top of a SyncReport (duck-typed: other backends lack it). */
-interface IptablesFigures {
-  readonly counts: {
-    readonly filterRules: number;
-    readonly totalFilterRules: number;
-    readonly natRules: number;
-    readonly totalNatRules: number;
-  };
-  readonly noLocalEndpoints: { readonly internal: number; readonly external: number };
-}
-
-function iptablesFigures(r: SyncReport): IptablesFigures | undefined {
-  const render = (r as SyncReport & { render?: IptablesFigures }).render;
-  return render?.counts !== undefined ? render : undefined;
-}
-
 export class ProxyMetrics {
   readonly registry = new Registry();
   /** Registers the families of the iptables mode only there (kube-proxy's RegisterMetrics). */
@@ -280,22 +264,17 @@ export class ProxyMetrics {
     if (typeof cleanupFailures === 'number' && cleanupFailures > 0) {
       this.nftablesCleanupFailures.inc({ ip_family }, cleanupFailures);
     }
-    const ipt = iptablesFigures(r);
-    if (ipt) {
-      this.iptablesTotal.set({ table: 'filter', ip_family }, ipt.counts.totalFilterRules);
-      this.iptablesTotal.set({ table: 'nat', ip_family }, ipt.counts.totalNatRules);
-      this.iptablesLast.set({ table: 'filter', ip_family }, ipt.counts.filterRules);
-      this.iptablesLast.set({ table: 'nat', ip_family }, ipt.counts.natRules);
-      this.noLocalEndpoints.set({ traffic_policy: 'internal', ip_family }, ipt.noLocalEndpoints.internal);
-      this.noLocalEndpoints.set({ traffic_policy: 'external', ip_family }, ipt.noLocalEndpoints.external);
-    } else {
-      // nftables mode reports them on the report itself.
-      const nle = (r as SyncReport & { noLocalEndpoints?: IptablesFigures['noLocalEndpoints'] })
-        .noLocalEndpoints;
-      if (nle !== undefined) {
-        this.noLocalEndpoints.set({ traffic_policy: 'internal', ip_family }, nle.internal);
-        this.noLocalEndpoints.set({ traffic_policy: 'external', ip_family }, nle.external);
-      }
+    const counts = r.ruleCounts;
+    if (counts !== undefined) {
+      this.iptablesTotal.set({ table: 'filter', ip_family }, counts.totalFilterRules);
+      this.iptablesTotal.set({ table: 'nat', ip_family }, counts.totalNatRules);
+      this.iptablesLast.set({ table: 'filter', ip_family }, counts.filterRules);
+      this.iptablesLast.set({ table: 'nat', ip_family }, counts.natRules);
+    }
+    const nle = r.noLocalEndpoints;
+    if (nle !== undefined) {
+      this.noLocalEndpoints.set({ traffic_policy: 'internal', ip_family }, nle.internal);
+      this.noLocalEndpoints.set({ traffic_policy: 'external', ip_family }, nle.external);
     }
   }
 
@@ -306,7 +285,7 @@ export class ProxyMetrics {
 
   /** A failed backend sync: restore failures are counted per family, as kube-proxy does. */
   observeFailure(backend: Backend | undefined, name: string, error: unknown): void {
-    const full = backend === undefined ? true : lastAttemptFull(backend);
+    const full = backend?.lastAttemptFull ?? true;
     this.syncsTotal.inc({ backend: name, kind: full ? 'full' : 'partial', result: 'error' });
     if (error instanceof NftError) this.nftablesSyncFailures.inc({ ip_family: backendFamily(name) ?? '' });
     if (error instanceof RestoreError) {
@@ -343,11 +322,6 @@ const PROBLEM_KINDS: ReadonlySet<string> = new Set([
   'File',
   'Unknown',
 ]);
-
-function lastAttemptFull(b: Backend): boolean {
-  const v = (b as Backend & { lastAttemptFull?: unknown }).lastAttemptFull;
-  return typeof v === 'boolean' ? v : true;
-}
 
 /** The part of a Controller the metrics need (an interface, so tests can drive it). */
 export interface MetricsSubject {

@@ -112,7 +112,9 @@ interface AppliedSync {
 }
 
 export interface IptablesSyncReport extends SyncReport {
-  readonly render: Pick<RenderResult, 'counts' | 'largeClusterMode' | 'noLocalEndpoints'>;
+  readonly ruleCounts: RenderResult['counts'];
+  readonly noLocalEndpoints: RenderResult['noLocalEndpoints'];
+  readonly largeClusterMode: boolean;
 }
 
 export class IptablesProxier implements Backend {
@@ -408,7 +410,7 @@ export class IptablesProxier implements Backend {
       forced: this.needFullSync || factsChanged,
       sinceLastFullMs: performance.now() - this.lastFullSync,
       periodMs: this.config.fullSyncPeriodMs ?? 3_600_000,
-      largeClusterMode: this.lastReport?.render.largeClusterMode === true,
+      largeClusterMode: this.lastReport?.largeClusterMode === true,
     });
     this.lastAttemptFull = full;
     // A full sync rewrites every chain of ours from a fresh listing: what others changed before it
@@ -445,11 +447,9 @@ export class IptablesProxier implements Backend {
           mode: applied.mode,
           ...(applied.listMs !== undefined ? { listMs: Math.round(applied.listMs) } : {}),
         },
-        render: {
-          counts: rendered.counts,
-          largeClusterMode: rendered.largeClusterMode,
-          noLocalEndpoints: rendered.noLocalEndpoints,
-        },
+        ruleCounts: rendered.counts,
+        noLocalEndpoints: rendered.noLocalEndpoints,
+        largeClusterMode: rendered.largeClusterMode,
       };
       this.lastReport = report;
       return report;

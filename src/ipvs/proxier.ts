@@ -79,8 +79,9 @@ export interface IpvsProxierConfig {
 
 export interface IpvsSyncReport extends SyncReport {
   readonly draining: number;
-  readonly noEndpoints: number;
-  readonly noLocalEndpoints: number;
+  /** Entries of the no-endpoints ipsets (named apart from SyncReport's per-policy counts). */
+  readonly noEndpointsEntries: number;
+  readonly noLocalEndpointsEntries: number;
 }
 
 interface Facts {
@@ -396,8 +397,8 @@ export class IpvsProxier implements Backend {
         ...phases,
       },
       draining: ipvs.draining,
-      noEndpoints: desired.counts.noEndpoints,
-      noLocalEndpoints: desired.counts.noLocalEndpoints,
+      noEndpointsEntries: desired.counts.noEndpoints,
+      noLocalEndpointsEntries: desired.counts.noLocalEndpoints,
     };
     this.lastReport = report;
     return report;

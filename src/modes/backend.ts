@@ -12,6 +12,18 @@ export interface SyncReport {
   readonly writtenServices: number;
   readonly staleChains: number;
   readonly details?: Readonly<Record<string, number | string | boolean>>;
+  /** kube-proxy's sync_proxy_rules_iptables_{total,last} figures, from modes that write iptables rules. */
+  readonly ruleCounts?: RuleCounts;
+  /** kube-proxy's sync_proxy_rules_no_local_endpoints_total figures, from modes that compute them. */
+  readonly noLocalEndpoints?: { readonly internal: number; readonly external: number };
+}
+
+/** Rules written by the last sync and rules in the tables, per table (kube-proxy's iptables gauges). */
+export interface RuleCounts {
+  readonly filterRules: number;
+  readonly totalFilterRules: number;
+  readonly natRules: number;
+  readonly totalNatRules: number;
 }
 
 /**
@@ -30,6 +42,8 @@ export interface Backend {
    * called without a change (`svcplane sync`, tests), computes its own with the same function.
    */
   sync(state: ClusterState, change?: StateChange): Promise<SyncReport>;
+  /** Whether the last sync attempted (failed ones too) was full; absent: every sync is full. */
+  readonly lastAttemptFull?: boolean;
   /** Periodic check that our rules are still as written; true when a full resync is needed. */
   detectDrift(): Promise<boolean>;
   /**

@@ -275,7 +275,7 @@ describe('iptables mode: kernel paths of its own (real traffic)', function () {
       forceFull();
       await scenario({}, big);
       assert.equal(h.lastReports[0]!.full, true);
-      assert.equal(h.lastReports[0]!.render.largeClusterMode, true, 'IPv4 is in large-cluster mode');
+      assert.equal(h.lastReports[0]!.largeClusterMode, true, 'IPv4 is in large-cluster mode');
       assertAnsweredBy(await h.answers('client', tcp(WEB_IP, 80), { until: ['a', 'b'] }), ['a', 'b']);
       // svcplane trace finds its way through the comment-less SEP rules, and traffic agrees.
       const t = await traceAgrees(sb, 'client', tcp(WEB_IP, 80));
@@ -303,7 +303,7 @@ describe('iptables mode: kernel paths of its own (real traffic)', function () {
       forceFull();
       await scenario();
     }
-    assert.equal(h.lastReports[0]!.render.largeClusterMode, false);
+    assert.equal(h.lastReports[0]!.largeClusterMode, false);
   });
 
   it('SCTP: the kernel accepts the rules (the sandbox agent speaks no SCTP; IPVS runs SCTP traffic in UML)', async () => {

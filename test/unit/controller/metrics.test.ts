@@ -5,6 +5,7 @@ import type { Backend, SyncReport } from '../../../src/modes/backend.js';
 import { Controller } from '../../../src/controller/controller.js';
 import { attachMetrics, ProxyMetrics } from '../../../src/controller/metrics.js';
 import { RestoreError } from '../../../src/iptables/iptables.js';
+import type { IpvsSyncReport } from '../../../src/ipvs/proxier.js';
 import type { ClusterState } from '../../../src/model/types.js';
 import { ep, service, state } from '../iptables/fixtures.js';
 import { HandSource } from '../../support/hand-source.js';
@@ -46,17 +47,14 @@ class FamilyBackend implements Backend {
       lines: 10,
       writtenServices: 1,
       staleChains: 0,
-      render: {
-        counts: {
-          filterRules: 1,
-          totalFilterRules: 2,
-          natRules: this.natRules,
-          natChains: 3,
-          totalNatRules: this.natRules + 1,
-        },
-        largeClusterMode: false,
-        noLocalEndpoints: { internal: 0, external: this.natRules === 40 ? 1 : 0 },
+      ruleCounts: {
+        filterRules: 1,
+        totalFilterRules: 2,
+        natRules: this.natRules,
+        natChains: 3,
+        totalNatRules: this.natRules + 1,
       },
+      noLocalEndpoints: { internal: 0, external: this.natRules === 40 ? 1 : 0 },
     } as SyncReport);
   }
 }
@@ -192,6 +190,27 @@ describe('metrics: one series per IP family (dual-stack scrape)', () => {
     ]) {
       assert.ok(families(ipvs).has(name), name);
     }
+  });
+
+  it('an IPVS mode report is observed (its ipset entry counts are not the no-local-endpoints gauge)', async () => {
+    // Before: observeReport read IPVS's numeric noLocalEndpoints as kube-proxy's {internal, external}
+    // and threw "Value is not a valid number", inside the controller's 'synced' emit.
+    const metrics = new ProxyMetrics({ iptablesSyncFamilies: false, processMetrics: false });
+    const report: IpvsSyncReport = {
+      backend: 'ipvs/IPv4',
+      full: true,
+      durationMs: 5,
+      bytes: 10,
+      lines: 2,
+      writtenServices: 1,
+      staleChains: 0,
+      draining: 0,
+      noEndpointsEntries: 1,
+      noLocalEndpointsEntries: 2,
+    };
+    metrics.observeReport(report);
+    const text = await metrics.registry.metrics();
+    assert.equal(seriesValue(text, 'kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"}'), 1);
   });
 
   it('process and runtime metrics by default', async () => {

@@ -68,11 +68,8 @@ class GatedBackend implements Backend {
       lines: 20,
       writtenServices: 1,
       staleChains: 0,
-      render: {
-        counts: { filterRules: 3, totalFilterRules: 5, natRules: 7, natChains: 4, totalNatRules: 9 },
-        largeClusterMode: false,
-        noLocalEndpoints: { internal: 1, external: 2 },
-      },
+      ruleCounts: { filterRules: 3, totalFilterRules: 5, natRules: 7, natChains: 4, totalNatRules: 9 },
+      noLocalEndpoints: { internal: 1, external: 2 },
     } as SyncReport;
   }
 }
