@@ -115,16 +115,19 @@ export class Controller extends EventEmitter<ControllerEvents> {
       if (this.syncing && this.changedDuringSync === 0) this.changedDuringSync = now;
       this.runner.request();
     });
-    for (const b of this.backends) {
-      try {
-        await b.watchKernel?.();
-      } catch (err) {
-        log.warn('cannot watch the kernel for drift; drift checks read every rule', {
-          backend: b.name,
-          error: err,
-        });
-      }
-    }
+    // Every family's watch arms at once: the first sync waits for the slowest, not for their sum.
+    await Promise.all(
+      this.backends.map(async (b) => {
+        try {
+          await b.watchKernel?.();
+        } catch (err) {
+          log.warn('cannot watch the kernel for drift; drift checks read every rule', {
+            backend: b.name,
+            error: err,
+          });
+        }
+      }),
+    );
     if (this.stopped) return;
     this.queuedSince = Date.now();
     const first = new Promise<void>((resolve) => {

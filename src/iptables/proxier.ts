@@ -768,8 +768,12 @@ function renderedFixedChains(family: IPFamily, facts: { localhostNodePorts: bool
   return out;
 }
 
-/** How long watchKernel waits for the monitor to report its probe commit. */
-const MONITOR_READY_MS = 10_000;
+/**
+ * How long watchKernel waits for the monitor to report its probe commit; the first sync waits as
+ * long. In a PID namespace of its own (a pod without hostPID) it never does: the kernel reports
+ * commits with init-namespace PIDs, so ours are not recognised and every check compares everything.
+ */
+const MONITOR_READY_MS = 5_000;
 /** How long to wait for the monitor to report one probe commit before sending another. */
 const PROBE_RETRY_MS = 250;
 const BUILTIN_CHAINS = new Set(['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING']);
