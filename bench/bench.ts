@@ -359,8 +359,11 @@ async function partialSync(
   const inputs: string[] = [];
   const realRestore = proxier.ipt.restore.bind(proxier.ipt);
   proxier.ipt.restore = (input, opts) => {
-    inputs.push(typeof input === 'string' ? input : input.join(''));
-    return realRestore(input, opts);
+    if (typeof input === 'string') inputs.push(input);
+    return realRestore(
+      typeof input === 'string' ? input : keptWhole(input, (text) => inputs.push(text)),
+      opts,
+    );
   };
   const ms: number[] = [];
   const restore: number[] = [];
@@ -588,3 +591,16 @@ main().catch((err: unknown) => {
   process.stderr.write(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   process.exitCode = 1;
 });
+
+/** The pieces of a streamed restore input passed on as they come, and the whole text kept at the end. */
+async function* keptWhole(
+  pieces: Iterable<string> | AsyncIterable<string>,
+  keep: (text: string) => void,
+): AsyncGenerator<string> {
+  const seen: string[] = [];
+  for await (const p of pieces) {
+    seen.push(p);
+    yield p;
+  }
+  keep(seen.join(''));
+}

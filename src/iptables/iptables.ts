@@ -1,5 +1,5 @@
 import type { IPFamily } from '../model/types.js';
-import { CommandError, run, startProcess, type ChildHandle } from '../util/exec.js';
+import { CommandError, run, startProcess, type ChildHandle, type ChildInput } from '../util/exec.js';
 
 /**
  * Executor for iptables / ip6tables: runs the binaries (by plain name, so whatever backend the
@@ -132,20 +132,23 @@ export function parseMissingChain(stderr: string): string | undefined {
 export function blameRestoreLine(
   input: string,
   stderr: string,
+  /** The number of `input`'s first line (a streamed input keeps only its last pieces). */
+  firstLine = 1,
 ): { line: number | undefined; lineText: string | undefined; reportedLine: number | undefined } {
   const reportedLine = parseRestoreErrorLine(stderr);
   if (reportedLine === undefined) return { line: undefined, lineText: undefined, reportedLine };
   const lines = input.split('\n');
-  const text = lines[reportedLine - 1];
+  const at = reportedLine - firstLine;
+  const text = at >= 0 ? lines[at] : undefined;
   const missing = parseMissingChain(stderr);
   if (missing && text?.trim() === 'COMMIT') {
-    let start = reportedLine - 1;
+    let start = at;
     while (start > 0 && !(lines[start - 1] ?? '').startsWith('*')) start--;
     const re = new RegExp(
       `\\s(-j|--jump|-g|--goto)\\s+${missing.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(\\s|$)`,
     );
-    for (let i = start; i < reportedLine - 1; i++) {
-      if (re.test(` ${lines[i] ?? ''}`)) return { line: i + 1, lineText: lines[i], reportedLine };
+    for (let i = start; i < at; i++) {
+      if (re.test(` ${lines[i] ?? ''}`)) return { line: i + firstLine, lineText: lines[i], reportedLine };
     }
   }
   return { line: reportedLine, lineText: text, reportedLine };
@@ -191,7 +194,7 @@ export class Iptables {
 
   private async exec(
     argv: readonly string[],
-    opts: { input?: string | readonly string[]; allowFailure?: boolean; timeoutMs?: number } = {},
+    opts: { input?: ChildInput; allowFailure?: boolean; timeoutMs?: number } = {},
   ) {
     let pid: number | undefined;
     try {
@@ -294,10 +297,11 @@ export class Iptables {
   }
 
   /**
-   * One iptables-restore run with `input` on stdin (a string, or its pieces in order: a whole-table
-   * input is written without joining another 21 MB copy). Throws RestoreError.
+   * One iptables-restore run with `input` on stdin: a string, or its pieces in order, which may be
+   * produced while iptables-restore reads (a full sync's transactions as they are rendered: no
+   * joined copy of a 21 MB input exists). Throws RestoreError (or the producer's own error).
    */
-  async restore(input: string | readonly string[], opts: RestoreOptions): Promise<RestoreResult> {
+  async restore(input: ChildInput, opts: RestoreOptions): Promise<RestoreResult> {
     const argv = [
       this.bin.restore,
       ...(await this.restoreWaitFlags()),
@@ -305,9 +309,14 @@ export class Iptables {
       ...(opts.counters ? ['--counters'] : []),
     ];
     const started = performance.now();
+    const tally = new InputTally();
     let res;
     try {
-      res = await this.exec(argv, { input, allowFailure: true, timeoutMs: this.restoreTimeoutMs });
+      res = await this.exec(argv, {
+        input: typeof input === 'string' ? input : tally.pass(input),
+        allowFailure: true,
+        timeoutMs: this.restoreTimeoutMs,
+      });
     } catch (err) {
       if (err instanceof CommandError) {
         throw new RestoreError(
@@ -322,8 +331,9 @@ export class Iptables {
       }
       throw err;
     }
+    if (typeof input === 'string') tally.count(input);
     if (res.exitCode !== 0) {
-      const blame = blameRestoreLine(typeof input === 'string' ? input : input.join(''), res.stderr);
+      const blame = typeof input === 'string' ? blameRestoreLine(input, res.stderr) : tally.blame(res.stderr);
       throw new RestoreError(
         res.argv,
         res.exitCode,
@@ -336,8 +346,8 @@ export class Iptables {
     }
     return {
       durationMs: performance.now() - started,
-      bytes: pieces(input).reduce((n, p) => n + Buffer.byteLength(p, 'utf8'), 0),
-      lines: countLines(pieces(input)),
+      bytes: tally.bytes,
+      lines: tally.lines,
     };
   }
 
@@ -450,18 +460,47 @@ export class Iptables {
   }
 }
 
-function pieces(input: string | readonly string[]): readonly string[] {
-  return typeof input === 'string' ? [input] : input;
-}
+/**
+ * Bytes and lines of a restore input as its pieces go by, and the last few pieces (at least two,
+ * about 4 MB) with the number of their first line, to show the line iptables-restore blames: it
+ * stops at the transaction it could not commit, which a streamed input has just written.
+ */
+class InputTally {
+  bytes = 0;
+  /** Newlines so far. */
+  private newlines = 0;
+  private endsWithNewline = true;
+  private readonly recent: { text: string; firstLine: number }[] = [];
+  private recentBytes = 0;
 
-/** Lines of the text the pieces make (a last line without its newline counts). */
-function countLines(pieces: readonly string[]): number {
-  let n = 0;
-  let last = '';
-  for (const text of pieces) {
-    if (text === '') continue;
-    for (let i = text.indexOf('\n'); i !== -1; i = text.indexOf('\n', i + 1)) n++;
-    last = text;
+  get lines(): number {
+    return this.endsWithNewline ? this.newlines : this.newlines + 1;
   }
-  return last === '' || last.endsWith('\n') ? n : n + 1;
+
+  count(text: string): void {
+    if (text === '') return;
+    this.bytes += Buffer.byteLength(text, 'utf8');
+    for (let i = text.indexOf('\n'); i !== -1; i = text.indexOf('\n', i + 1)) this.newlines++;
+    this.endsWithNewline = text.endsWith('\n');
+  }
+
+  async *pass(pieces: Iterable<string> | AsyncIterable<string>): AsyncGenerator<string> {
+    for await (const text of pieces) {
+      const firstLine = this.newlines + 1;
+      this.count(text);
+      this.recent.push({ text, firstLine });
+      this.recentBytes += text.length;
+      while (this.recent.length > 2 && this.recentBytes - this.recent[0]!.text.length >= 4 << 20) {
+        this.recentBytes -= this.recent.shift()!.text.length;
+      }
+      yield text;
+    }
+  }
+
+  blame(stderr: string): ReturnType<typeof blameRestoreLine> {
+    const first = this.recent[0];
+    return first === undefined
+      ? blameRestoreLine('', stderr, 1)
+      : blameRestoreLine(this.recent.map((p) => p.text).join(''), stderr, first.firstLine);
+  }
 }

@@ -1,4 +1,4 @@
-import { Readable } from 'node:stream';
+import type { Writable } from 'node:stream';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { execa } from 'execa';
@@ -8,9 +8,18 @@ import { execa } from 'execa';
  * Errors carry the command, its exit code and its stderr.
  */
 
+/**
+ * What a child reads on stdin: one text, or its pieces in order. Pieces may be produced lazily (a
+ * generator, an async iterable): each is asked for only when the child has taken the previous ones
+ * (backpressure), so a large input is never held whole and its producer runs while the child
+ * reads. A producer that throws gets the child killed (SIGKILL, before its stdin closes: a
+ * truncated input is never read as complete) and `run` rejects with the producer's own error.
+ */
+export type ChildInput = string | Iterable<string> | AsyncIterable<string>;
+
 export interface RunOptions {
-  /** Written to the child's stdin; pieces are written in order (no joined copy of a large input). */
-  readonly input?: string | readonly string[];
+  /** Written to the child's stdin (see ChildInput). */
+  readonly input?: ChildInput;
   readonly timeoutMs?: number;
   /** Run inside this named network namespace (`ip netns exec NS ...`). */
   readonly netns?: string;
@@ -122,7 +131,7 @@ export async function run(argv: readonly string[], opts: RunOptions = {}): Promi
   const started = performance.now();
   const input = opts.input ?? '';
   const child = execa(file, args, {
-    input: typeof input === 'string' ? input : Readable.from(input),
+    ...(typeof input === 'string' ? { input } : { stdin: 'pipe' as const }),
     timeout: opts.timeoutMs ?? 60_000,
     reject: false,
     stripFinalNewline: false,
@@ -131,7 +140,12 @@ export async function run(argv: readonly string[], opts: RunOptions = {}): Promi
     maxBuffer: 1024 * 1024 * 1024,
   });
   if (child.pid !== undefined) opts.onSpawn?.(child.pid);
-  const result = await child;
+  const fed =
+    typeof input === 'string' || child.stdin === null
+      ? Promise.resolve(undefined)
+      : feedStdin(child.stdin, input, () => child.kill('SIGKILL'));
+  const [result, producerError] = await Promise.all([child, fed]);
+  if (producerError !== undefined) throw producerError.error;
   const durationMs = performance.now() - started;
   if (result.timedOut) throw new CommandError(full, result.exitCode, String(result.stderr ?? ''), 'timeout');
   const code = (result as { code?: string }).code;
@@ -151,6 +165,51 @@ export async function run(argv: readonly string[], opts: RunOptions = {}): Promi
     throw new CommandError(full, res.exitCode, res.stderr, 'exit');
   }
   return res;
+}
+
+/**
+ * Writes the pieces to a child's stdin as it reads them, then closes it. Stops asking for pieces
+ * when the child stops reading (it exited: its exit code and stderr tell why). Resolves with the
+ * producer's error, if it threw, after `kill` was called.
+ */
+async function feedStdin(
+  stdin: Writable,
+  pieces: Iterable<string> | AsyncIterable<string>,
+  kill: () => void,
+): Promise<{ error: unknown } | undefined> {
+  let closed = false;
+  // EPIPE when the child exits before reading everything: its exit status is the error to report.
+  const onError = (): void => {
+    closed = true;
+  };
+  stdin.on('error', onError);
+  stdin.once('close', onError);
+  try {
+    for await (const piece of pieces) {
+      if (closed) break;
+      if (piece === '' || stdin.write(piece)) continue;
+      // Backpressure: the next piece is produced once the child took this one.
+      await drainedOrClosed(stdin);
+    }
+  } catch (error) {
+    kill();
+    stdin.destroy();
+    return { error };
+  }
+  if (!closed) stdin.end();
+  return undefined;
+}
+
+function drainedOrClosed(stdin: Writable): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      stdin.off('drain', done);
+      stdin.off('close', done);
+      resolve();
+    };
+    stdin.on('drain', done);
+    stdin.on('close', done);
+  });
 }
 
 /** A long-lived child (a daemon under test or demo). Stopped by PID, never by name. */

@@ -137,8 +137,11 @@ describe('iptables proxier sync behaviour (real traffic)', function () {
     });
     const realRestore = proxier.ipt.restore.bind(proxier.ipt);
     proxier.ipt.restore = (input, opts) => {
-      inputs.push(typeof input === 'string' ? input : input.join(''));
-      return realRestore(input, opts);
+      if (typeof input === 'string') inputs.push(input);
+      return realRestore(
+        typeof input === 'string' ? input : keptWhole(input, (text) => inputs.push(text)),
+        opts,
+      );
     };
     await proxier.setup();
   });
@@ -456,3 +459,16 @@ describe('svcplane sync / cleanup (CLI, real traffic)', function () {
     assert.equal(await answerer(sb, '10.96.40.3', 500), undefined, 'no Service is served any more');
   });
 });
+
+/** The pieces of a streamed restore input passed on as they come, and the whole text kept at the end. */
+async function* keptWhole(
+  pieces: Iterable<string> | AsyncIterable<string>,
+  keep: (text: string) => void,
+): AsyncGenerator<string> {
+  const seen: string[] = [];
+  for await (const p of pieces) {
+    seen.push(p);
+    yield p;
+  }
+  keep(seen.join(''));
+}
