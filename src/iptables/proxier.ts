@@ -20,12 +20,12 @@ import { jumpRules } from '../iptables-rules/jumps.js';
 import { buildOwnerIndex } from '../iptables-rules/owners.js';
 import { FILTER_CHAINS, NAT_CHAINS } from './render-fixed.js';
 import {
+  renderChunkedRestoreInput,
   renderRestoreInput,
   type IptablesRenderConfig,
   type LocalDetector,
   type RenderResult,
 } from './render.js';
-import { ChunkingError, chunkedRestoreInput } from './render-chunks.js';
 import { dropUnchangedFixedChains, fixedChainContents, type FixedChainContents } from './render-unchanged.js';
 import {
   builtinChainRequests,
@@ -103,7 +103,10 @@ export const CHUNK_CHAINS = 1000;
 
 /** What one sync wrote. */
 interface AppliedSync {
-  readonly rendered: RenderResult;
+  readonly rendered: Pick<
+    RenderResult,
+    'counts' | 'noLocalEndpoints' | 'largeClusterMode' | 'writtenServices' | 'staleChains'
+  >;
   readonly restore: RestoreResult;
   readonly mode: 'noflush' | 'chunked' | 'whole-table';
   readonly staleChains: number;
@@ -613,8 +616,9 @@ export class IptablesProxier implements Backend {
   }
 
   /**
-   * Chunked full sync (render-chunks.ts): kube-proxy's `--noflush` input, written in transactions of
-   * at most CHUNK_CHAINS chains by one iptables-restore. Foreign chains and rules are never part of
+   * Chunked full sync (render.ts, renderChunkedRestoreInput): kube-proxy's `--noflush` input in
+   * transactions of at most CHUNK_CHAINS chains, rendered one by one while one iptables-restore
+   * commits the previous ones (no joined input). Foreign chains and rules are never part of
    * the input, so nothing another agent writes meanwhile can be lost. Instead of an iptables-save of
    * the whole ruleset (seconds at 10k, and refetched by iptables-nft whenever another agent commits),
    * it reads the chain names (`nft list chains`) and the rules of the built-in chains only.
@@ -633,13 +637,6 @@ export class IptablesProxier implements Backend {
       this.strategy = 'noflush';
       return this.noflushSync(state, facts, true);
     }
-    const rendered = renderRestoreInput({
-      state,
-      config: this.renderConfig(facts),
-      existingServiceChains: new Set(
-        (kernel.get('nat') ?? []).filter((c) => isServiceChainName(c.name)).map((c) => c.name),
-      ),
-    });
     const requests = builtinChainRequests(kernel);
     const listed = parseListing(requests, await this.ipt.listChainRules(listingInput(requests, false)));
     const saved = parseIptablesSave(kernelAsSave(kernel, listed));
@@ -652,21 +649,24 @@ export class IptablesProxier implements Backend {
       ),
       canaryLines(saved),
     ];
-    let pieces: string[];
-    try {
-      pieces = chunkedRestoreInput(rendered.restoreInput, CHUNK_CHAINS, ...extras);
-    } catch (err) {
-      if (!(err instanceof ChunkingError)) throw err;
-      log.warn('cannot order the restore input in chunks; writing it as one transaction', {
-        backend: this.name,
-        error: err.message,
-      });
-      pieces = [mergeExtraLines(rendered.restoreInput, ...extras)];
-    }
-    const restore = await this.ipt.restore(pieces, { noflush: true, counters: true });
+    // Rendered while iptables-restore reads: each transaction is produced when the previous ones
+    // were taken, so rendering overlaps the kernel's work and no joined input exists.
+    const render = renderChunkedRestoreInput(
+      {
+        state,
+        config: this.renderConfig(facts),
+        existingServiceChains: new Set(
+          (kernel.get('nat') ?? []).filter((c) => isServiceChainName(c.name)).map((c) => c.name),
+        ),
+      },
+      CHUNK_CHAINS,
+      ...extras,
+    );
+    const restore = await this.ipt.restore(render.pieces, { noflush: true, counters: true });
+    const rendered = render.result();
     // What the drift model and the partial syncs compare with: our chains (the jumps and canaries
     // are checked by existence), as the whole-table path keeps them.
-    this.fixedContents = fixedChainContents(rendered.restoreInput);
+    this.fixedContents = fixedChainContents(rendered.fixedChains);
     return {
       rendered,
       restore,

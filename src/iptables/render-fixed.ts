@@ -28,6 +28,12 @@ export const FILTER_CHAINS = [
 /** Nat chains declared every sync, before the per-service chains. */
 export const NAT_CHAINS = [KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ] as const;
 
+/**
+ * Fixed nat chains whose rules are all in the head and jump to no chain of ours: the Services' own
+ * chains jump to KUBE-MARK-MASQ, so a streamed full sync writes these first (render.ts).
+ */
+export const NAT_LEAF_CHAINS: readonly string[] = [KUBE_POSTROUTING, KUBE_MARK_MASQ];
+
 export interface FixedHeadOptions {
   readonly mark: string;
   readonly randomFully: boolean;

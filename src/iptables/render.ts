@@ -9,7 +9,9 @@ import type { ClusterState, IPFamily, Service, ServicePort } from '../model/type
 import { servicePortName } from '../model/types.js';
 import { isServiceChainName } from './names.js';
 import { masqueradeMark } from '../iptables-rules/masquerade-mark.js';
-import { renderFixedHead, renderFixedTail } from './render-fixed.js';
+import { NAT_LEAF_CHAINS, renderFixedHead, renderFixedTail } from './render-fixed.js';
+import { ChunkingError, chunkedRestoreInput } from './render-chunks.js';
+import { mergeExtraLines, type ExtraLines } from '../iptables-rules/jump-plan.js';
 import {
   isPort,
   isSafeCIDR,
@@ -322,7 +324,12 @@ export function renderRestoreInput(req: RenderRequest): RenderResult {
       parts.push(memo);
       continue;
     }
-    const r = renderService(ctx, cand, memoKey, write && changedServices !== undefined);
+    const r = renderService(
+      ctx,
+      cand,
+      memoKey,
+      write && changedServices !== undefined ? 'nat+chains' : 'nat',
+    );
     parts.push(r.contribution);
     if (write) written.set(cand.key, r);
   }
@@ -355,31 +362,7 @@ export function renderRestoreInput(req: RenderRequest): RenderResult {
     staleDeletes.addUncounted(`-X ${c}`);
   }
 
-  const head = {
-    filterChains: new LineBuffer(),
-    filterRules: new LineBuffer(),
-    natChains: new LineBuffer(),
-    natRules: new LineBuffer(),
-  };
-  renderFixedHead(
-    { mark: cc.mark, randomFully: config.randomFully, kubeFirewall: cc.localhostNodePorts },
-    head.filterChains,
-    head.filterRules,
-    head.natChains,
-    head.natRules,
-  );
-  const tail = { filterRules: new LineBuffer(), natRules: new LineBuffer() };
-  renderFixedTail(
-    {
-      mark: cc.mark,
-      v6: cc.v6,
-      localhostNodePorts: cc.localhostNodePorts,
-      nodePorts: config.nodePortAddresses,
-      conntrackTCPBeLiberal: config.conntrackTCPBeLiberal,
-    },
-    tail.filterRules,
-    tail.natRules,
-  );
+  const { head, tail } = fixedRules(config, cc);
   totalFilterRules += head.filterRules.count + tail.filterRules.count;
   totalNatRules += head.natRules.count + tail.natRules.count;
 
@@ -453,11 +436,219 @@ export function renderRestoreInput(req: RenderRequest): RenderResult {
   });
 }
 
+/** The fixed chains' declarations and rules written before and after the Services'. */
+function fixedRules(
+  config: IptablesRenderConfig,
+  cc: CheckedConfig,
+): {
+  head: { filterChains: LineBuffer; filterRules: LineBuffer; natChains: LineBuffer; natRules: LineBuffer };
+  tail: { filterRules: LineBuffer; natRules: LineBuffer };
+} {
+  const head = {
+    filterChains: new LineBuffer(),
+    filterRules: new LineBuffer(),
+    natChains: new LineBuffer(),
+    natRules: new LineBuffer(),
+  };
+  renderFixedHead(
+    { mark: cc.mark, randomFully: config.randomFully, kubeFirewall: cc.localhostNodePorts },
+    head.filterChains,
+    head.filterRules,
+    head.natChains,
+    head.natRules,
+  );
+  const tail = { filterRules: new LineBuffer(), natRules: new LineBuffer() };
+  renderFixedTail(
+    {
+      mark: cc.mark,
+      v6: cc.v6,
+      localhostNodePorts: cc.localhostNodePorts,
+      nodePorts: config.nodePortAddresses,
+      conntrackTCPBeLiberal: config.conntrackTCPBeLiberal,
+    },
+    tail.filterRules,
+    tail.natRules,
+  );
+  return { head, tail };
+}
+
+/** A full render as `--noflush` transactions produced while they are written (see below). */
+export interface StreamedRender {
+  /** The transactions in write order; each is rendered when asked for. */
+  readonly pieces: Generator<string, void, undefined>;
+  /** What the render produced; only once `pieces` is exhausted. */
+  result(): StreamedRenderResult;
+}
+
+export type StreamedRenderResult = Omit<RenderResult, 'restoreInput' | 'fixedChainsOmitted'> & {
+  /** The fixed chains' declarations and rules as restore text (for fixedChainContents). */
+  readonly fixedChains: string;
+};
+
+/**
+ * The chunked `--noflush` full sync's input (render-chunks.ts's guarantees) rendered lazily, one
+ * transaction at a time, so that iptables-restore commits the first ones while the rest is rendered
+ * and no joined input (21 MB at 10k Services) or re-split of it ever exists:
+ *
+ * 1. the fixed nat chains the Services' chains jump to (NAT_LEAF_CHAINS), declared and filled;
+ * 2. the Services' own chains in key order, each Service's chains whole in one transaction of at
+ *    most `maxChains` chains (more only if one Service alone has more), declarations first;
+ * 3. the fixed chains of both tables (KUBE-SERVICES … with every Service's lines in them), the
+ *    stale chains and `extras`, ordered by chunkedRestoreInput: they jump to the chains above, and
+ *    stale chains are flushed and deleted last, when nothing jumps to them any more.
+ *
+ * Same rules as renderRestoreInput for the same request (tests compare them chain by chain).
+ */
+export function renderChunkedRestoreInput(
+  req: Pick<RenderRequest, 'state' | 'config' | 'existingServiceChains'>,
+  maxChains: number,
+  ...extras: readonly ExtraLines[]
+): StreamedRender {
+  if (!Number.isInteger(maxChains) || maxChains < 1) throw new ChunkingError(`maxChains ${maxChains}`);
+  let result: StreamedRenderResult | undefined;
+  function* pieces(): Generator<string, void, undefined> {
+    const { state, config } = req;
+    const cc = checkConfig(config);
+    const skipped: string[] = [];
+    const { candidates, largeClusterMode } = candidatesOf(state, config.family, skipped);
+    const ctx = serviceContext(config, cc, largeClusterMode);
+    const memoKey = contributionKey(config, largeClusterMode);
+    const { head, tail } = fixedRules(config, cc);
+    let lines = 0;
+    let bytes = 0;
+    const piece = (table: string, body: readonly string[]): string => {
+      const text = `*${table}\n${body.join('\n')}\nCOMMIT\n`;
+      bytes += text.length;
+      for (const b of body) lines += countNewlines(b) + 1;
+      lines += 2;
+      return text;
+    };
+
+    // 1. The leaf chains, with their head rules (they have no others).
+    const isLeaf = (line: string): boolean => NAT_LEAF_CHAINS.some((c) => line.startsWith(`-A ${c} `));
+    const leafDecls = NAT_LEAF_CHAINS.map((c) => chainLine(c));
+    const leafRules = head.natRules.lines.filter(isLeaf);
+    const otherHeadNat = head.natRules.lines.filter((l) => !isLeaf(l));
+    const prelude = [...leafDecls, ...leafRules];
+    let natChainsCount = leafDecls.length;
+    let natRulesCount = leafRules.length;
+    yield piece('nat', prelude);
+
+    // 2. The Services' own chains.
+    const parts: ServiceContribution[] = [];
+    const written = new Set<string>();
+    let decls: string[] = [];
+    let rules: string[] = [];
+    let chains = 0;
+    for (const cand of candidates) {
+      const r = renderService(ctx, cand, memoKey, 'chains');
+      parts.push(r.contribution);
+      written.add(cand.key);
+      if (r.decls.lines === 0) continue;
+      if (chains > 0 && chains + r.decls.lines > maxChains) {
+        yield piece('nat', [...decls, ...rules]);
+        decls = [];
+        rules = [];
+        chains = 0;
+      }
+      decls.push(r.decls.text);
+      if (r.chains !== undefined && r.chains.text !== '') rules.push(r.chains.text);
+      chains += r.decls.lines;
+      natChainsCount += r.decls.lines;
+      natRulesCount += r.chains?.rules ?? 0;
+    }
+    if (chains > 0) yield piece('nat', [...decls, ...rules]);
+    decls.length = 0;
+    rules.length = 0;
+
+    // 3. The fixed chains, the stale chains and the extras.
+    let noLocalInternal = 0;
+    let noLocalExternal = 0;
+    let totalFilterRules = head.filterRules.count + tail.filterRules.count;
+    let filterRules = totalFilterRules;
+    let totalNatRules = head.natRules.count + tail.natRules.count;
+    natRulesCount += otherHeadNat.length + tail.natRules.count;
+    const filterLines: string[] = [...head.filterChains.lines, ...head.filterRules.lines];
+    const natTop: string[] = [];
+    for (const part of parts) {
+      for (const sk of part.skipped) skipped.push(sk);
+      noLocalInternal += part.noLocalInternal;
+      noLocalExternal += part.noLocalExternal;
+      totalFilterRules += part.filter.rules;
+      filterRules += part.filter.rules;
+      totalNatRules += part.natTop.rules + part.chainRuleCount;
+      natRulesCount += part.natTop.rules;
+      if (part.filter.text !== '') filterLines.push(part.filter.text);
+      if (part.natTop.text !== '') natTop.push(part.natTop.text);
+    }
+    for (const l of tail.filterRules.lines) filterLines.push(l);
+    const active = lazyActiveChains(parts);
+    const staleChains = [...(req.existingServiceChains ?? [])]
+      .filter((c) => isServiceChainName(c) && !active().has(c))
+      .sort();
+    const fixedNatDecls = head.natChains.lines.filter((l) => !leafDecls.includes(l));
+    natChainsCount += fixedNatDecls.length + staleChains.length;
+    const fixedInput =
+      `*filter\n${filterLines.join('\n')}\nCOMMIT\n` +
+      `*nat\n${[
+        ...fixedNatDecls,
+        ...staleChains.map(chainLine),
+        ...otherHeadNat,
+        ...natTop,
+        ...staleChains.map((c) => `-X ${c}`),
+        ...tail.natRules.lines,
+      ].join('\n')}\nCOMMIT\n`;
+    let fixedPieces: string[];
+    try {
+      fixedPieces = chunkedRestoreInput(fixedInput, maxChains, ...extras);
+    } catch (err) {
+      if (!(err instanceof ChunkingError)) throw err;
+      // Fixed chains that cannot be ordered (a jump cycle): one transaction per table.
+      fixedPieces = [mergeExtraLines(fixedInput, ...extras)];
+    }
+    for (const p of fixedPieces) {
+      bytes += p.length;
+      lines += countNewlines(p);
+      yield p;
+    }
+    result = withActiveChains(active, {
+      fixedChains: `*nat\n${prelude.join('\n')}\nCOMMIT\n${fixedInput}`,
+      writtenServices: written,
+      staleChains,
+      largeClusterMode,
+      counts: {
+        filterRules,
+        totalFilterRules,
+        natRules: natRulesCount,
+        natChains: natChainsCount,
+        totalNatRules,
+      },
+      noLocalEndpoints: { internal: noLocalInternal, external: noLocalExternal },
+      skipped,
+      lines,
+      bytes,
+    });
+  }
+  return {
+    pieces: pieces(),
+    result: () => {
+      if (result === undefined) throw new Error('renderChunkedRestoreInput: result() before the last piece');
+      return result;
+    },
+  };
+}
+
+function countNewlines(text: string): number {
+  let n = 0;
+  for (let i = text.indexOf('\n'); i !== -1; i = text.indexOf('\n', i + 1)) n++;
+  return n;
+}
+
 /** Outside the renderer's scope, so the getter's closure cannot keep the render's lines alive. */
-function withActiveChains(
+function withActiveChains<R extends object>(
   active: () => ReadonlySet<string>,
-  r: Omit<RenderResult, 'activeServiceChains'>,
-): RenderResult {
+  r: R,
+): R & { readonly activeServiceChains: ReadonlySet<string> } {
   return {
     ...r,
     get activeServiceChains() {
@@ -542,7 +733,7 @@ function partialDelta(
     return (
       contributionOf(old, config.family, key, memoKey) ??
       contributionOf(old, config.family, key, otherKey) ??
-      renderService(ctx, { key, svc: old, fe }, memoKey, false).contribution
+      renderService(ctx, { key, svc: old, fe }, memoKey, 'nat').contribution
     );
   };
   const stale: string[] = [];
@@ -620,17 +811,27 @@ function contributionOf(
 interface RenderedService {
   readonly contribution: ServiceContribution;
   readonly decls: Block;
-  /** Its nat rules in kube-proxy's emission order: fixed-chain rules and own-chain rules mixed. */
+  /**
+   * Its nat rules in kube-proxy's emission order: fixed-chain rules and own-chain rules mixed
+   * (empty when only `chains` was asked for).
+   */
   readonly nat: Block;
   /** Its own chains' rules alone (partial syncs, for an input without the fixed chains). */
   readonly chains?: Block;
 }
 
+/**
+ * Which text of its nat rules a caller needs: kube-proxy's mixed order (`nat`), plus its own chains'
+ * rules apart (`nat+chains`, partial syncs), or only those (`chains`, the streamed full sync, which
+ * writes the fixed chains from the contributions).
+ */
+type NatText = 'nat' | 'nat+chains' | 'chains';
+
 function renderService(
   ctx: ServiceRenderContext,
   cand: Candidate,
   memoKey: string,
-  partial: boolean,
+  want: NatText,
 ): RenderedService {
   const { key, svc, fe } = cand;
   const filterRules = new LineBuffer();
@@ -706,7 +907,7 @@ function renderService(
   return {
     contribution,
     decls: blockOf(natChains),
-    nat: blockOf(natRules),
-    ...(partial ? { chains: blockOf(own) } : {}),
+    nat: want === 'chains' ? EMPTY_BLOCK : blockOf(natRules),
+    ...(want !== 'nat' ? { chains: blockOf(own) } : {}),
   };
 }
