@@ -46,7 +46,15 @@ export interface IpvsDesired {
   readonly sets: readonly DesiredSet[];
   /** LB frontends whose source ranges do not cover a node IP: `ip|proto|port` (KUBE-IPVS-OUT-FILTER). */
   readonly outFilter: readonly { ip: string; protocol: string; port: number }[];
-  readonly counts: { readonly noEndpoints: number; readonly noLocalEndpoints: number };
+  /**
+   * Entries of the no-endpoints ipsets, and the Services (by `ns/name`) counted by kube-proxy's IPVS
+   * mode for sync_proxy_rules_no_local_endpoints_total: a Local policy, endpoints, none on this node.
+   */
+  readonly counts: {
+    readonly noEndpoints: number;
+    readonly noLocalEndpoints: number;
+    readonly noLocalServices: { readonly internal: number; readonly external: number };
+  };
 }
 
 type Frontend = { readonly ip: string; readonly external: boolean };
@@ -60,6 +68,8 @@ export function planIpvs(state: ClusterState, config: IpvsPlanConfig, family: IP
   const other = new Set(config.otherLocalIPs);
   let noEndpoints = 0;
   let noLocal = 0;
+  const noLocalInternal = new Set<string>();
+  const noLocalExternal = new Set<string>();
   const schedFlags = [
     ...(config.schedulerFlags ?? resolveSchedulerFlags(config.scheduler, undefined)),
   ].sort();
@@ -89,6 +99,11 @@ export function planIpvs(state: ClusterState, config: IpvsPlanConfig, family: IP
           : {}),
       };
       const pick = (local: boolean): readonly Endpoint[] => (local ? cats.local : cats.cluster) ?? [];
+      // kube-proxy's IPVS mode counts a Service once (not per port) under each Local policy it has.
+      if ((iLocal || eLocal) && cats.hasAnyEndpoints && (cats.local ?? []).length === 0) {
+        if (iLocal) noLocalInternal.add(key);
+        if (eLocal) noLocalExternal.add(key);
+      }
       const internalEps = pick(iLocal);
       const externalEps = pick(eLocal);
 
@@ -180,6 +195,10 @@ export function planIpvs(state: ClusterState, config: IpvsPlanConfig, family: IP
     bindAddresses: [...bind].filter((ip) => ipFamilyOf(ip) === family).sort(),
     sets,
     outFilter,
-    counts: { noEndpoints, noLocalEndpoints: noLocal },
+    counts: {
+      noEndpoints,
+      noLocalEndpoints: noLocal,
+      noLocalServices: { internal: noLocalInternal.size, external: noLocalExternal.size },
+    },
   };
 }

@@ -399,6 +399,7 @@ export class IpvsProxier implements Backend {
       draining: ipvs.draining,
       noEndpointsEntries: desired.counts.noEndpoints,
       noLocalEndpointsEntries: desired.counts.noLocalEndpoints,
+      noLocalEndpoints: desired.counts.noLocalServices,
     };
     this.lastReport = report;
     return report;

@@ -207,10 +207,19 @@ describe('metrics: one series per IP family (dual-stack scrape)', () => {
       draining: 0,
       noEndpointsEntries: 1,
       noLocalEndpointsEntries: 2,
+      noLocalEndpoints: { internal: 0, external: 1 },
     };
     metrics.observeReport(report);
     const text = await metrics.registry.metrics();
     assert.equal(seriesValue(text, 'kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"}'), 1);
+    // kube-proxy's IPVS mode sets the per-policy Service counts too (not the ipset entry counts).
+    const noLocal = (policy: string): number | undefined =>
+      seriesValue(
+        text,
+        `kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="${policy}",ip_family="IPv4"}`,
+      );
+    assert.equal(noLocal('internal'), 0);
+    assert.equal(noLocal('external'), 1);
   });
 
   it('process and runtime metrics by default', async () => {

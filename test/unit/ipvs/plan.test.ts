@@ -21,13 +21,14 @@ const slice = (
   name: string,
   eps: { ip: string; node?: string; ready?: boolean }[],
   proto = 'TCP',
+  portNames = ['p'],
 ): SourceObject => ({
   obj: {
     apiVersion: 'discovery.k8s.io/v1',
     kind: 'EndpointSlice',
     metadata: { name: `${name}-1`, namespace: 'ns', labels: { 'kubernetes.io/service-name': name } },
     addressType: 'IPv4',
-    ports: [{ name: 'p', protocol: proto, port: 8080 }],
+    ports: portNames.map((n) => ({ name: n, protocol: proto, port: 8080 })),
     endpoints: eps.map((e) => ({
       addresses: [e.ip],
       conditions: { ready: e.ready ?? true },
@@ -150,6 +151,36 @@ describe('planIpvs', () => {
       '192.0.2.1,tcp:30081',
       '198.51.100.1,tcp:80',
     ]);
+  });
+
+  it("counts the Services with a Local policy, endpoints and none here, once each, per policy (kube-proxy's IPVS no_local_endpoints_total)", () => {
+    // lb (eTP=Local, its endpoint on n2) is the only one in STATE; itp has a local endpoint.
+    assert.deepEqual(plan.counts.noLocalServices, { internal: 0, external: 1 });
+    const twoPorts = [
+      { name: 'p', protocol: 'TCP', port: 80, targetPort: 8080 },
+      { name: 'q', protocol: 'TCP', port: 81, targetPort: 8080 },
+    ];
+    const remote = [{ ip: '10.244.1.9', node: 'n2' }];
+    const more = buildClusterState([
+      // Two ports, one Service: counted once.
+      svc('itp2', { clusterIP: '10.96.0.10', ports: twoPorts, internalTrafficPolicy: 'Local' }),
+      slice('itp2', remote, 'TCP', ['p', 'q']),
+      // Both policies Local: counted under each.
+      svc('both', {
+        type: 'NodePort',
+        clusterIP: '10.96.0.11',
+        ports: port({ nodePort: 30090 }),
+        internalTrafficPolicy: 'Local',
+        externalTrafficPolicy: 'Local',
+      }),
+      slice('both', remote),
+      // No endpoints at all: the no-endpoints case, not this one.
+      svc('none', { clusterIP: '10.96.0.12', ports: port(), internalTrafficPolicy: 'Local' }),
+      // Cluster policies: never counted.
+      svc('cluster', { type: 'NodePort', clusterIP: '10.96.0.13', ports: port({ nodePort: 30091 }) }),
+      slice('cluster', remote),
+    ]);
+    assert.deepEqual(planIpvs(more, CONFIG, 'IPv4').counts.noLocalServices, { internal: 2, external: 1 });
   });
 
   it('mh adds the mh-port flag (kube-proxy); --ipvs-scheduler-flags replaces it', () => {
