@@ -1,9 +1,8 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { buildClusterState, flattenLists, prepareSourceObjects, type SourceObject } from '../model/build.js';
+import { ClusterStateBuilder, flattenLists, type SourceObject } from '../model/build.js';
 import type { ServiceLimits } from '../model/limits.js';
 import type { ClusterState, Problem } from '../model/types.js';
-import { deepEqual } from '../model/validate.js';
 import { log } from '../util/log.js';
 import {
   isManifestName,
@@ -157,25 +156,6 @@ export interface ManifestSourceOptions {
 /** How long stop() waits for a scan in progress before it gives up on it. */
 const STOP_WAIT_MS = 2000;
 
-function sameMap<V>(a: ReadonlyMap<string, V> | undefined, b: ReadonlyMap<string, V> | undefined): boolean {
-  if ((a?.size ?? 0) !== (b?.size ?? 0)) return false;
-  for (const [k, v] of b ?? []) if (a?.get(k) !== v) return false;
-  return true;
-}
-
-/** Every kind the state carries (NetworkPolicy's too: a policy or a pod label edit is a change). */
-function sameState(a: ClusterState | undefined, b: ClusterState): boolean {
-  if (!a) return false;
-  return (
-    sameMap(a.services, b.services) &&
-    sameMap(a.nodes, b.nodes) &&
-    sameMap(a.namespaces, b.namespaces) &&
-    sameMap(a.pods, b.pods) &&
-    sameMap(a.networkPolicies, b.networkPolicies) &&
-    deepEqual(a.problems, b.problems)
-  );
-}
-
 export class ManifestSource implements StateSource {
   private readonly debounceMs: number;
   private readonly fastMs: number;
@@ -190,9 +170,10 @@ export class ManifestSource implements StateSource {
   /** The directory read (the path, or a single file's directory) and that file's name. */
   private dir: string;
   private only: string | undefined;
-  /** Known manifest files by name; `sorted` caches their names in order (undefined: stale). */
+  /** Known manifest files by name. */
   private readonly files = new Map<string, FileEntry>();
-  private sorted: string[] | undefined;
+  /** The state of the files' objects, one group per file: a change rebuilds what its objects touch. */
+  private builder: ClusterStateBuilder;
   /** Names to look at, and how soon. */
   private readonly dirty = new Map<string, Urgency>();
   /** The next scan lists the directory and stats every file (start, refresh, missed events). */
@@ -231,6 +212,7 @@ export class ManifestSource implements StateSource {
     this.fs = opts.fs ?? nodeManifestFs;
     this.readOnce = opts.readOnce ?? false;
     this.dir = path;
+    this.builder = new ClusterStateBuilder(this.limits);
   }
 
   async start(): Promise<void> {
@@ -251,7 +233,7 @@ export class ManifestSource implements StateSource {
       throw new Error(`manifest source ${this.path}: stopped while starting`);
     if (this.readOnce) {
       this.files.clear();
-      this.sorted = undefined;
+      this.builder = new ClusterStateBuilder(this.limits);
       return;
     }
     this.pollTimer = setInterval(() => void this.poll(), this.pollMs);
@@ -552,13 +534,14 @@ export class ManifestSource implements StateSource {
 
   private forget(name: string): boolean {
     if (!this.files.delete(name)) return false;
-    this.sorted = undefined;
+    this.builder.delete(name);
     return true;
   }
 
   private remember(name: string, entry: FileEntry): void {
-    if (!this.files.has(name)) this.sorted = undefined;
     this.files.set(name, entry);
+    // Validated now, while other files are still being read.
+    this.builder.set(name, entry.objects, entry.problem ? [entry.problem] : []);
   }
 
   /**
@@ -613,8 +596,6 @@ export class ManifestSource implements StateSource {
     if ('directory' in r) return this.forget(name) ? 'changed' : 'same';
     if ('failed' in r) return this.refused(name, known, file, `cannot read: ${r.failed}`, '');
     if ('error' in r.content) return this.refused(name, known, file, r.content.error, r.stamp);
-    // Validated now, while other files are still being read (buildClusterState finds it done).
-    prepareSourceObjects(r.content.objects);
     const symlink = this.listedFiles?.get(name)?.symlink ?? known?.symlink ?? false;
     this.remember(name, { stamp: r.stamp, objects: r.content.objects, symlink });
     return 'changed';
@@ -640,17 +621,9 @@ export class ManifestSource implements StateSource {
   }
 
   private publish(): void {
-    this.sorted ??= [...this.files.keys()].sort();
-    const objects: SourceObject[] = [];
-    const fileProblems: Problem[] = [];
-    for (const name of this.sorted) {
-      const entry = this.files.get(name)!;
-      for (const o of entry.objects) objects.push(o);
-      if (entry.problem) fileProblems.push(entry.problem);
-    }
-    const built = buildClusterState(objects, this.state, this.limits);
-    const next: ClusterState = { ...built, problems: [...fileProblems, ...built.problems] };
-    if (sameState(this.state, next)) return;
+    // The builder returns its last state when nothing changed (a file rewritten with the same content).
+    const next = this.builder.build();
+    if (next === this.state) return;
     this.state = next;
     for (const listener of this.listeners) {
       try {

@@ -10,6 +10,7 @@ import { policyKey } from './policy-types.js';
 import { parseService, type ParsedService } from './service.js';
 import type { ClusterState, Endpoint, NodeInfo, ObjectRef, Problem, Service, ServicePort } from './types.js';
 import { serviceKey } from './types.js';
+import { recordServiceChanges } from './state-change.js';
 import { DEFAULT_SERVICE_LIMITS, applyServiceLimits, type ServiceLimits } from './limits.js';
 import {
   compareStrings,
@@ -205,31 +206,6 @@ function rawIdentity(c: Classified): string | undefined {
   return `${c.kind}\u0000${ns}\u0000${md.name}`;
 }
 
-/** Drops all but the last definition of each object, with a problem naming both sources. */
-function dropDuplicates(items: readonly Classification[], problems: Problem[]): Classified[] {
-  const last = new Map<string, number>();
-  items.forEach(({ classified: c, identity: id }, i) => {
-    if (c === undefined || id === undefined) return;
-    const prev = last.get(id);
-    if (prev !== undefined) {
-      const earlier = items[prev];
-      const where = (r: ObjectRef | undefined): string => r?.source ?? '(unknown source)';
-      const what = c.ref.namespace !== undefined ? `${c.ref.namespace}/${c.ref.name}` : c.ref.name;
-      problems.push({
-        object: c.ref,
-        field: 'metadata.name',
-        reason: `duplicate ${c.kind} ${what}: defined in ${where(earlier?.classified?.ref)} and ${where(c.ref)}; the last one is used`,
-      });
-    }
-    last.set(id, i);
-  });
-  const out: Classified[] = [];
-  items.forEach(({ classified: c, identity: id }, i) => {
-    if (c !== undefined && (id === undefined || last.get(id) === i)) out.push(c);
-  });
-  return out;
-}
-
 /** Endpoints of one service port from its slices: matched by (name, protocol), deduplicated, sorted. */
 function endpointsFor(port: ServicePort, slices: readonly ParsedSlice[]): Endpoint[] {
   const byAddr = new Map<string, Endpoint>();
@@ -324,152 +300,514 @@ function parseClassified(c: Classified): Parsed {
   return parsed;
 }
 
-/**
- * Validates raw objects ahead of a build: fills the per-object caches that buildClusterState reads,
- * so a source can do this part while it is still reading other files (issue 14). Changes no result.
- */
-export function prepareSourceObjects(objects: readonly SourceObject[]): void {
-  for (const so of flattenLists(objects).objects) {
-    const c = classifyCached(so);
-    if (c.classified) parseClassified(c.classified);
-  }
-}
-
 function sameItems<T>(a: readonly T[], b: readonly T[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
 /**
- * Builds the validated cluster state. With `previous`, a Service (or Node) equal to its previous version
- * is the very same object, so consumers detect changes with `!==`.
+ * One Service joined with its slices (and mirrored legacy Endpoints): the endpoints of every port.
+ * A Service joined with the very same slices is the very same built Service.
+ */
+function joinService(
+  { service, hasSelector }: ParsedService,
+  sorted: readonly ParsedSlice[],
+  eps: ParsedEndpoints | undefined,
+): Service {
+  if (service.skipReason !== undefined) return service;
+  // Mirroring: a selector-less Service gets its Endpoints mirrored. The manifest source has no
+  // EndpointSlice controller, so a selector Service also falls back to its Endpoints when no slice
+  // names it (in a real cluster that controller would have written the slices).
+  const slices = eps && (!hasSelector || sorted.length === 0) ? [...sorted, ...eps.slices] : sorted;
+  const memo = joinCache.get(service);
+  if (memo && sameItems(memo.slices, slices)) return memo.built;
+  const built = {
+    ...service,
+    ports: service.ports.map((p) => ({ ...p, endpoints: endpointsFor(p, slices) })),
+  };
+  joinCache.set(service, { slices, built });
+  return built;
+}
+
+/** One classified object of a group, with its validated model. */
+interface Item {
+  readonly group: string;
+  /** Position among the group's classified objects: groups in name order, then this. */
+  readonly index: number;
+  readonly c: Classified;
+  readonly identity: string | undefined;
+  readonly parsed: Parsed;
+  /** The key it is filed under (with its kind), when it is valid. */
+  readonly key: string | undefined;
+}
+
+/** A group's objects (a file's, or one API object) and what they gave. */
+interface Group {
+  readonly objects: readonly SourceObject[];
+  /** The source's own problems for the group (a file that cannot be read), first in the state. */
+  readonly problems: readonly Problem[];
+  readonly listProblems: readonly Problem[];
+  readonly classifyProblems: readonly Problem[];
+  readonly items: readonly Item[];
+  readonly parseProblems: boolean;
+}
+
+/** Whether `a` comes before `b` in the order of the objects (the order a full build reads them in). */
+const before = (a: Item, b: Item): boolean => (a.group === b.group ? a.index < b.index : a.group < b.group);
+
+const lastOf = (items: readonly Item[]): Item | undefined =>
+  items.reduce<Item | undefined>(
+    (last, it) => (last === undefined || before(last, it) ? it : last),
+    undefined,
+  );
+
+const KIND_LIST = Object.keys(KINDS) as Kind[];
+const perKind = <V>(make: () => V): Record<Kind, V> =>
+  Object.fromEntries(KIND_LIST.map((k) => [k, make()])) as Record<Kind, V>;
+
+/** The node ports a Service claims (none when it gets no dataplane). */
+function claimedPorts(svc: Service): readonly number[] {
+  if (svc.skipReason !== undefined) return NO_PORTS;
+  let out: number[] | undefined;
+  for (const p of svc.ports) if (p.nodePort > 0) (out ??= []).push(p.nodePort);
+  if (svc.healthCheckNodePort > 0) (out ??= []).push(svc.healthCheckNodePort);
+  return out ?? NO_PORTS;
+}
+const NO_PORTS: readonly number[] = [];
+
+/**
+ * The next map, in key order, from the previous one and the values of the keys that may have changed
+ * (undefined: gone). A value equal to its previous version is the very same object. `incremental`:
+ * the previous map is this builder's (sorted, complete but for `updates`); else `updates` holds every
+ * key and the map is made anew. Returns the previous map itself when nothing changed.
+ */
+function nextSortedMap<V>(
+  prev: ReadonlyMap<string, V> | undefined,
+  updates: ReadonlyMap<string, V | undefined>,
+  incremental: boolean,
+): { map: ReadonlyMap<string, V>; changed: Set<string> } {
+  const changed = new Set<string>();
+  const values = new Map<string, V | undefined>();
+  const fresh: string[] = [];
+  for (const [k, v] of updates) {
+    const p = prev?.get(k);
+    const value = v !== undefined && p !== undefined && (p === v || deepEqual(p, v)) ? p : v;
+    values.set(k, value);
+    if (value === p) continue;
+    changed.add(k);
+    if (p === undefined) fresh.push(k);
+  }
+  if (!incremental || prev === undefined) {
+    const entries: [string, V][] = [];
+    for (const [k, v] of values) if (v !== undefined) entries.push([k, v]);
+    return { map: sortedMap(entries), changed };
+  }
+  if (changed.size === 0) return { map: prev, changed };
+  const map = new Map<string, V>();
+  if (fresh.length === 0) {
+    // Same keys or fewer: the order stands.
+    for (const [k, v] of prev) {
+      const next = changed.has(k) ? values.get(k) : v;
+      if (next !== undefined) map.set(k, next);
+    }
+    return { map, changed };
+  }
+  fresh.sort(compareStrings);
+  let i = 0;
+  for (const [k, v] of prev) {
+    for (; i < fresh.length && fresh[i]! < k; i++) map.set(fresh[i]!, values.get(fresh[i]!)!);
+    const next = changed.has(k) ? values.get(k) : v;
+    if (next !== undefined) map.set(k, next);
+  }
+  for (; i < fresh.length; i++) map.set(fresh[i]!, values.get(fresh[i]!)!);
+  return { map, changed };
+}
+
+/**
+ * The validated cluster state, kept up to date object by object (issue 14: event-to-rules). A source
+ * hands over its objects in groups (a manifest file, one API object) and replaces or deletes a group
+ * when it changes; each object is classified and validated once, when its group is set, and build()
+ * redoes only what the changed objects touch: the keys they are filed under, the Services those
+ * join (a Service, its EndpointSlices and Endpoints), the node ports those share with others. The
+ * result is the state a full build of every group's objects, in group-name order, gives: same
+ * values, same problems in the same order (test/unit/model/state-builder.test.ts holds the two
+ * against each other). A value equal to its previous version is the very same object, so consumers
+ * detect changes with `!==`; the Services that are not are recorded for the change tracker
+ * (recordServiceChanges), which then compares those only.
+ */
+export class ClusterStateBuilder {
+  private readonly groups = new Map<string, Group>();
+  /** Groups with a problem of any kind (few): the state's problems are gathered from them. */
+  private readonly problemGroups = new Set<string>();
+  /** Items by raw identity: more than one is a duplicate, and the last one is used. */
+  private readonly byIdentity = new Map<string, Item[]>();
+  private readonly duplicated = new Set<string>();
+  /** Items by kind and key, and the keys whose value may have changed since the last build. */
+  private readonly filed = perKind(() => new Map<string, Item[]>());
+  private readonly dirty = perKind(() => new Set<string>());
+  /** Services joined with their endpoints, before the limits, and their references. */
+  private readonly joined = new Map<string, { service: Service; ref: ObjectRef }>();
+  /** Node port → the keys of the joined Services that claim it. */
+  private readonly claims = new Map<number, Set<string>>();
+  /** Services that pass the limits, and the problems of the others. */
+  private readonly kept = new Map<string, Service>();
+  private readonly limitProblems = new Map<string, readonly Problem[]>();
+  private readonly triggers = new Map<string, number>();
+  private podProblems: readonly Problem[] = [];
+  private last: ClusterState | undefined;
+
+  /** `previous`: the state the first build reuses equal values of (a state built elsewhere). */
+  constructor(
+    private readonly limits: ServiceLimits = DEFAULT_SERVICE_LIMITS,
+    private readonly seed?: ClusterState,
+  ) {}
+
+  /** Sets (or replaces) a group's objects and the source's problems for it. */
+  set(group: string, objects: readonly SourceObject[], problems: readonly Problem[] = []): void {
+    const old = this.groups.get(group);
+    if (old !== undefined && old.objects === objects && deepEqual(old.problems, problems)) return;
+    if (old !== undefined) this.removeItems(old);
+    const flat = flattenLists(objects);
+    const classifyProblems: Problem[] = [];
+    const items: Item[] = [];
+    let parseProblems = false;
+    for (const so of flat.objects) {
+      const cl = classifyCached(so);
+      for (const p of cl.problems) classifyProblems.push(p);
+      if (cl.classified === undefined) continue;
+      const parsed = parseClassified(cl.classified);
+      if (parsed.problems.length > 0) parseProblems = true;
+      const key = parsed.value !== undefined ? parsed.key : undefined;
+      items.push({ group, index: items.length, c: cl.classified, identity: cl.identity, parsed, key });
+    }
+    this.groups.set(group, {
+      objects,
+      problems,
+      listProblems: flat.problems,
+      classifyProblems,
+      items,
+      parseProblems,
+    });
+    const hasProblems =
+      problems.length > 0 || flat.problems.length > 0 || classifyProblems.length > 0 || parseProblems;
+    if (hasProblems) this.problemGroups.add(group);
+    else this.problemGroups.delete(group);
+    for (const it of items) this.addItem(it);
+  }
+
+  delete(group: string): void {
+    const old = this.groups.get(group);
+    if (old === undefined) return;
+    this.removeItems(old);
+    this.groups.delete(group);
+    this.problemGroups.delete(group);
+  }
+
+  private addItem(it: Item): void {
+    if (it.identity !== undefined) {
+      const same = this.byIdentity.get(it.identity);
+      if (same === undefined) this.byIdentity.set(it.identity, [it]);
+      else {
+        // Which of them is used may change: every one's key is looked at again.
+        same.push(it);
+        this.duplicated.add(it.identity);
+        for (const x of same) this.touch(x);
+      }
+    }
+    if (it.key !== undefined) {
+      const filed = this.filed[it.parsed.kind];
+      const list = filed.get(it.key);
+      if (list === undefined) filed.set(it.key, [it]);
+      else list.push(it);
+      this.dirty[it.parsed.kind].add(it.key);
+    }
+  }
+
+  private removeItems(g: Group): void {
+    for (const it of g.items) {
+      if (it.identity !== undefined) {
+        const same = this.byIdentity.get(it.identity) ?? [];
+        same.splice(same.indexOf(it), 1);
+        if (same.length === 0) this.byIdentity.delete(it.identity);
+        if (same.length <= 1) this.duplicated.delete(it.identity);
+        for (const x of same) this.touch(x);
+      }
+      if (it.key !== undefined) {
+        const filed = this.filed[it.parsed.kind];
+        const list = filed.get(it.key) ?? [];
+        list.splice(list.indexOf(it), 1);
+        if (list.length === 0) filed.delete(it.key);
+        this.dirty[it.parsed.kind].add(it.key);
+      }
+    }
+  }
+
+  private touch(it: Item): void {
+    if (it.key !== undefined) this.dirty[it.parsed.kind].add(it.key);
+  }
+
+  /** Whether an object is used: it is not a duplicate, or the last of its duplicates. */
+  private isKept(it: Item): boolean {
+    if (it.identity === undefined || !this.duplicated.has(it.identity)) return true;
+    return lastOf(this.byIdentity.get(it.identity) ?? []) === it;
+  }
+
+  /** The used items filed under a key, in object order. */
+  private keptItems(kind: Kind, key: string): readonly Item[] {
+    const list = this.filed[kind].get(key);
+    if (list === undefined) return [];
+    if (list.length === 1) return this.isKept(list[0]!) ? list : [];
+    const kept = list.filter((it) => this.isKept(it));
+    return kept.length > 1 ? kept.sort((a, b) => (before(a, b) ? -1 : 1)) : kept;
+  }
+
+  /** The item whose value a key holds: the last one (a later definition replaces an earlier one). */
+  private lastKept(kind: Kind, key: string): Item | undefined {
+    const kept = this.keptItems(kind, key);
+    return kept[kept.length - 1];
+  }
+
+  private sliceItems(key: string): ParsedSlice[] {
+    const out: ParsedSlice[] = [];
+    for (const it of this.keptItems('EndpointSlice', key)) {
+      if (it.parsed.kind === 'EndpointSlice' && it.parsed.value !== undefined) out.push(it.parsed.value);
+    }
+    return out;
+  }
+
+  /** The state of every group's objects now. Returns the last state itself when nothing changed. */
+  build(): ClusterState {
+    const previous = this.last ?? this.seed;
+    const incremental = this.last !== undefined;
+    const serviceKeys = new Set<string>();
+    const nodes = new Map<string, NodeInfo | undefined>();
+    const namespaces = new Map<string, NamespaceInfo | undefined>();
+    const pods = new Map<string, PodInfo | undefined>();
+    const policies = new Map<string, NetworkPolicy | undefined>();
+    for (const kind of ['Service', 'EndpointSlice', 'Endpoints'] as const) {
+      for (const key of this.dirty[kind]) serviceKeys.add(key);
+    }
+    for (const key of this.dirty.Node) {
+      const p = this.lastKept('Node', key)?.parsed;
+      nodes.set(key, p?.kind === 'Node' ? p.value : undefined);
+    }
+    for (const key of this.dirty.Namespace) {
+      const p = this.lastKept('Namespace', key)?.parsed;
+      namespaces.set(key, p?.kind === 'Namespace' ? p.value : undefined);
+    }
+    for (const key of this.dirty.Pod) {
+      const p = this.lastKept('Pod', key)?.parsed;
+      pods.set(key, p?.kind === 'Pod' ? p.value : undefined);
+    }
+    for (const key of this.dirty.NetworkPolicy) {
+      const p = this.lastKept('NetworkPolicy', key)?.parsed;
+      policies.set(key, p?.kind === 'NetworkPolicy' ? p.value : undefined);
+    }
+    for (const kind of KIND_LIST) this.dirty[kind].clear();
+
+    const keptChanged = this.joinAndLimit(serviceKeys);
+    let triggersChanged = false;
+    for (const key of new Set([...serviceKeys, ...keptChanged])) {
+      let newest: number | undefined;
+      if (this.kept.has(key)) {
+        for (const sl of this.sliceItems(key)) {
+          if (sl.triggerTime !== undefined && sl.triggerTime > (newest ?? -Infinity)) newest = sl.triggerTime;
+        }
+      }
+      if (newest === this.triggers.get(key)) continue;
+      triggersChanged = true;
+      if (newest === undefined) this.triggers.delete(key);
+      else this.triggers.set(key, newest);
+    }
+
+    const serviceUpdates = new Map<string, Service | undefined>();
+    for (const key of keptChanged) serviceUpdates.set(key, this.kept.get(key));
+    if (!incremental) {
+      const fill = <V>(
+        updates: Map<string, V | undefined>,
+        prev: ReadonlyMap<string, V> | undefined,
+      ): void => {
+        for (const key of prev?.keys() ?? []) if (!updates.has(key)) updates.set(key, undefined);
+      };
+      fill(serviceUpdates, previous?.services);
+      fill(nodes, previous?.nodes);
+      fill(namespaces, previous?.namespaces);
+      fill(pods, previous?.pods);
+      fill(policies, previous?.networkPolicies);
+    }
+    const services = nextSortedMap(previous?.services, serviceUpdates, incremental);
+    const nodeMap = nextSortedMap(previous?.nodes, nodes, incremental).map;
+    const namespaceMap = nextSortedMap(previous?.namespaces, namespaces, incremental).map;
+    const podMap = nextSortedMap(previous?.pods, pods, incremental).map;
+    const policyMap = nextSortedMap(previous?.networkPolicies, policies, incremental).map;
+    if (!incremental || podMap !== previous?.pods) {
+      const refs = new Map<string, ObjectRef>();
+      for (const key of podMap.keys()) {
+        const ref = this.lastKept('Pod', key)?.c.ref;
+        if (ref !== undefined) refs.set(key, ref);
+      }
+      this.podProblems = podAddressConflicts(podMap, refs);
+    }
+    const prevTriggers = incremental ? this.last?.endpointsTriggerTimes : undefined;
+    const triggerMap =
+      triggersChanged || !incremental
+        ? sortedMap(this.triggers)
+        : (prevTriggers ?? new Map<string, number>());
+    const problems = this.problems();
+    const last = this.last;
+    if (
+      last !== undefined &&
+      services.map === last.services &&
+      nodeMap === last.nodes &&
+      namespaceMap === last.namespaces &&
+      podMap === last.pods &&
+      policyMap === last.networkPolicies &&
+      !triggersChanged &&
+      deepEqual(problems, last.problems)
+    ) {
+      return last;
+    }
+    if (previous !== undefined && services.map !== previous.services) {
+      recordServiceChanges(previous.services, services.map, services.changed);
+    }
+    const state: ClusterState = {
+      services: services.map,
+      nodes: nodeMap,
+      namespaces: namespaceMap,
+      pods: podMap,
+      networkPolicies: policyMap,
+      problems,
+      ...(triggerMap.size > 0 ? { endpointsTriggerTimes: triggerMap } : {}),
+    };
+    this.last = state;
+    return state;
+  }
+
+  /**
+   * Joins the Services of `keys` anew and applies the limits to them and to every Service they share
+   * a node port with, transitively (who keeps a port depends on the others claiming it, in key
+   * order). Returns the keys whose kept Service changed (came, went or is another object).
+   */
+  private joinAndLimit(keys: ReadonlySet<string>): Set<string> {
+    const seeds: string[] = [];
+    for (const key of keys) {
+      seeds.push(key);
+      const before = this.joined.get(key);
+      const item = this.lastKept('Service', key);
+      const parsed = item?.parsed.kind === 'Service' ? item.parsed.value : undefined;
+      let next: { service: Service; ref: ObjectRef } | undefined;
+      if (item !== undefined && parsed !== undefined) {
+        const slices = this.sliceItems(key).sort((a, b) => compareStrings(a.name, b.name));
+        const eps = this.lastKept('Endpoints', key)?.parsed;
+        const service = joinService(parsed, slices, eps?.kind === 'Endpoints' ? eps.value : undefined);
+        next = { service, ref: item.c.ref };
+      }
+      // The Services that shared a port this one let go of decide again too.
+      for (const port of before ? claimedPorts(before.service) : []) {
+        const holders = this.claims.get(port);
+        holders?.delete(key);
+        if (holders?.size === 0) this.claims.delete(port);
+        for (const other of holders ?? []) seeds.push(other);
+      }
+      if (next === undefined) {
+        this.joined.delete(key);
+        continue;
+      }
+      this.joined.set(key, next);
+      for (const port of claimedPorts(next.service)) {
+        const holders = this.claims.get(port);
+        if (holders === undefined) this.claims.set(port, new Set([key]));
+        else holders.add(key);
+      }
+    }
+    const component = new Set<string>();
+    while (seeds.length > 0) {
+      const key = seeds.pop()!;
+      if (component.has(key)) continue;
+      component.add(key);
+      const j = this.joined.get(key);
+      for (const port of j ? claimedPorts(j.service) : []) {
+        for (const other of this.claims.get(port) ?? []) if (!component.has(other)) seeds.push(other);
+      }
+    }
+    const entries: [string, Service][] = [];
+    const refs = new Map<string, ObjectRef>();
+    for (const key of [...component].sort(compareStrings)) {
+      const j = this.joined.get(key);
+      if (j === undefined) continue;
+      entries.push([key, j.service]);
+      refs.set(key, j.ref);
+    }
+    const limited = applyServiceLimits(entries, refs, this.limits);
+    const keptNow = new Map(limited.kept);
+    const changed = new Set<string>();
+    for (const key of component) {
+      const now = keptNow.get(key);
+      if (now !== this.kept.get(key)) {
+        changed.add(key);
+        if (now === undefined) this.kept.delete(key);
+        else this.kept.set(key, now);
+      }
+      const rejected = limited.rejected.get(key);
+      if (rejected === undefined) this.limitProblems.delete(key);
+      else this.limitProblems.set(key, rejected);
+    }
+    return changed;
+  }
+
+  /** Every problem, in the order of a full build: source, list, kind, duplicate, object, limit, pod address. */
+  private problems(): Problem[] {
+    const groups = [...this.problemGroups].sort(compareStrings).map((name) => this.groups.get(name)!);
+    const out: Problem[] = [];
+    for (const g of groups) out.push(...g.problems);
+    for (const g of groups) out.push(...g.listProblems);
+    for (const g of groups) out.push(...g.classifyProblems);
+    out.push(...this.duplicateProblems());
+    for (const g of groups) {
+      if (!g.parseProblems) continue;
+      for (const it of g.items)
+        if (it.parsed.problems.length > 0 && this.isKept(it)) out.push(...it.parsed.problems);
+    }
+    for (const key of [...this.limitProblems.keys()].sort(compareStrings))
+      out.push(...this.limitProblems.get(key)!);
+    out.push(...this.podProblems);
+    return out;
+  }
+
+  /** A problem on each later definition of an object, naming the one before it; in object order. */
+  private duplicateProblems(): Problem[] {
+    const found: { at: Item; problem: Problem }[] = [];
+    const where = (r: ObjectRef): string => r.source ?? '(unknown source)';
+    for (const identity of this.duplicated) {
+      const same = [...(this.byIdentity.get(identity) ?? [])].sort((a, b) => (before(a, b) ? -1 : 1));
+      for (let i = 1; i < same.length; i++) {
+        const { c } = same[i]!;
+        const what = c.ref.namespace !== undefined ? `${c.ref.namespace}/${c.ref.name}` : c.ref.name;
+        found.push({
+          at: same[i]!,
+          problem: {
+            object: c.ref,
+            field: 'metadata.name',
+            reason: `duplicate ${c.kind} ${what}: defined in ${where(same[i - 1]!.c.ref)} and ${where(c.ref)}; the last one is used`,
+          },
+        });
+      }
+    }
+    return found.sort((a, b) => (before(a.at, b.at) ? -1 : 1)).map((f) => f.problem);
+  }
+}
+
+/**
+ * Builds the validated cluster state of `objects` at once. With `previous`, a value equal to its
+ * previous version is the very same object, so consumers detect changes with `!==`.
  */
 export function buildClusterState(
   objects: readonly SourceObject[],
   previous?: ClusterState,
   limits: ServiceLimits = DEFAULT_SERVICE_LIMITS,
 ): ClusterState {
-  const flat = flattenLists(objects);
-  const problems: Problem[] = [...flat.problems];
-  const classified: Classification[] = [];
-  for (const so of flat.objects) {
-    const c = classifyCached(so);
-    for (const p of c.problems) problems.push(p);
-    if (c.classified) classified.push(c);
-  }
-
-  const services = new Map<string, ParsedService>();
-  const serviceRefs = new Map<string, ObjectRef>();
-  const slicesByService = new Map<string, ParsedSlice[]>();
-  const legacy = new Map<string, ParsedEndpoints>();
-  const nodes = new Map<string, NodeInfo>();
-  const namespaces = new Map<string, NamespaceInfo>();
-  const pods = new Map<string, PodInfo>();
-  const podRefs = new Map<string, ObjectRef>();
-  const policies = new Map<string, NetworkPolicy>();
-  for (const c of dropDuplicates(classified, problems)) {
-    const parsed = parseClassified(c);
-    const key = parsed.key;
-    if (key !== undefined && parsed.value !== undefined) {
-      switch (parsed.kind) {
-        case 'Service':
-          services.set(key, parsed.value);
-          serviceRefs.set(key, c.ref);
-          break;
-        case 'EndpointSlice': {
-          const list = slicesByService.get(key);
-          if (list) list.push(parsed.value);
-          else slicesByService.set(key, [parsed.value]);
-          break;
-        }
-        case 'Endpoints':
-          legacy.set(key, parsed.value);
-          break;
-        case 'Node':
-          nodes.set(key, parsed.value);
-          break;
-        case 'Namespace':
-          namespaces.set(key, parsed.value);
-          break;
-        case 'Pod':
-          pods.set(key, parsed.value);
-          podRefs.set(key, c.ref);
-          break;
-        case 'NetworkPolicy':
-          policies.set(key, parsed.value);
-          break;
-      }
-    }
-    problems.push(...parsed.problems);
-  }
-
-  const joined: [string, Service][] = [];
-  for (const [key, { service, hasSelector }] of [...services].sort(([a], [b]) => compareStrings(a, b))) {
-    let built = service;
-    if (service.skipReason === undefined) {
-      let slices: readonly ParsedSlice[] =
-        slicesByService.get(key)?.sort((a, b) => compareStrings(a.name, b.name)) ?? [];
-      // Mirroring: a selector-less Service gets its Endpoints mirrored. The manifest source has no
-      // EndpointSlice controller, so a selector Service also falls back to its Endpoints when no slice
-      // names it (in a real cluster that controller would have written the slices).
-      const eps = legacy.get(key);
-      if (eps && (!hasSelector || slices.length === 0)) slices = [...slices, ...eps.slices];
-      const memo = joinCache.get(service);
-      if (memo && sameItems(memo.slices, slices)) {
-        built = memo.built;
-      } else {
-        built = {
-          ...service,
-          ports: service.ports.map((p) => ({ ...p, endpoints: endpointsFor(p, slices) })),
-        };
-        joinCache.set(service, { slices, built });
-      }
-    }
-    joined.push([key, built]);
-  }
-  const limited = applyServiceLimits(joined, serviceRefs, limits);
-  problems.push(...limited.problems);
-  const kept = new Set(limited.kept.map(([key]) => key));
-  const outServices: [string, Service][] = limited.kept.map(([key, built]) => {
-    const prev = previous?.services.get(key);
-    return [key, prev && (prev === built || deepEqual(prev, built)) ? prev : built];
-  });
-  const outNodes: [string, NodeInfo][] = [...nodes].map(([name, node]) => {
-    const prev = previous?.nodes.get(name);
-    return [name, prev && deepEqual(prev, node) ? prev : node];
-  });
-  // Newest trigger time per Service (for kubeproxy_network_programming_duration_seconds).
-  const triggers = new Map<string, number>();
-  for (const [key, slices] of slicesByService) {
-    if (!kept.has(key)) continue;
-    for (const sl of slices) {
-      if (sl.triggerTime !== undefined && sl.triggerTime > (triggers.get(key) ?? -Infinity)) {
-        triggers.set(key, sl.triggerTime);
-      }
-    }
-  }
-  problems.push(...podAddressConflicts(pods, podRefs));
-  return {
-    services: new Map(outServices),
-    nodes: sortedMap(outNodes),
-    namespaces: reuseEqual(namespaces, previous?.namespaces),
-    pods: reuseEqual(pods, previous?.pods),
-    networkPolicies: reuseEqual(policies, previous?.networkPolicies),
-    problems,
-    ...(triggers.size > 0 ? { endpointsTriggerTimes: sortedMap(triggers) } : {}),
-  };
-}
-
-/** Sorted by key; a value equal to its previous version is the very same object (`!==` means changed). */
-function reuseEqual<V>(
-  current: ReadonlyMap<string, V>,
-  previous: ReadonlyMap<string, V> | undefined,
-): Map<string, V> {
-  return sortedMap(
-    [...current].map(([key, value]): [string, V] => {
-      const prev = previous?.get(key);
-      return [key, prev !== undefined && (prev === value || deepEqual(prev, value)) ? prev : value];
-    }),
-  );
+  const builder = new ClusterStateBuilder(limits, previous);
+  builder.set('', objects);
+  return builder.build();
 }
 
 /**

@@ -138,15 +138,15 @@ function ownProblemsCached(svc: Service, limits: ServiceLimits): { field: string
 /**
  * Applies the limits to built Services (in key order, which decides node-port conflicts: the first
  * Service keeps the port, as the API server's allocator would have refused the later one). Returns
- * the Services that pass and a problem for each field of the others. Pure.
+ * the Services that pass and, by key in the same order, a problem for each field of the others. Pure.
  */
 export function applyServiceLimits(
   services: readonly (readonly [string, Service])[],
   refs: ReadonlyMap<string, ObjectRef>,
   limits: ServiceLimits,
-): { kept: [string, Service][]; problems: Problem[] } {
+): { kept: [string, Service][]; rejected: Map<string, Problem[]> } {
   const kept: [string, Service][] = [];
-  const problems: Problem[] = [];
+  const rejected = new Map<string, Problem[]>();
   /** Node port number → the Service key and field holding it (one allocator for every protocol). */
   const taken = new Map<number, { key: string; field: string }>();
   for (const [key, svc] of services) {
@@ -184,11 +184,14 @@ export function applyServiceLimits(
       claim('spec.healthCheckNodePort', svc.healthCheckNodePort);
     }
     if (found.length > 0) {
-      for (const f of found) problems.push({ object: ref, ...f });
+      rejected.set(
+        key,
+        found.map((f) => ({ object: ref, ...f })),
+      );
       continue;
     }
     for (const [port, field] of mine) taken.set(port, { key, field });
     kept.push([key, svc]);
   }
-  return { kept, problems };
+  return { kept, rejected };
 }

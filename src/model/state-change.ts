@@ -1,4 +1,4 @@
-import { deepEqual } from './validate.js';
+import { compareStrings, deepEqual } from './validate.js';
 import { servicePortName, type ClusterState, type Service, type ServicePort } from './types.js';
 
 /**
@@ -8,7 +8,10 @@ import { servicePortName, type ClusterState, type Service, type ServicePort } fr
  * the backends (partial syncs), the metrics and the conntrack cleaner.
  *
  * The builder keeps a Service object when nothing in it changed, so identity settles almost every
- * Service; objects that differ are compared structurally (states built without `previous`).
+ * Service; objects that differ are compared structurally (states built without `previous`). The
+ * builder also records which Services each of its maps changed (recordServiceChanges): from one of
+ * its states to a later one only those are compared, O(changed) instead of O(Services). Any other
+ * pair of states (built by hand, a record gone with its map) gets the full comparison.
  */
 export interface StateChange {
   /** The state the change starts from; undefined on the first sync (everything is new). */
@@ -52,11 +55,63 @@ export function stateChange(previous: ClusterState | undefined, next: ClusterSta
     for (const p of changedEndpointPorts(a, b)) endpointPorts.add(p);
     if (hasUDP(a) || hasUDP(b)) udpEndpoints.add(key);
   };
-  for (const [key, svc] of next.services) compare(key, before?.get(key), svc);
-  if (before !== undefined) {
-    for (const [key, svc] of before) if (!next.services.has(key)) compare(key, svc, undefined);
+  const recorded = before && changedBetween(before, next.services);
+  if (recorded !== undefined) {
+    // The builder's maps are in key order: the sets come out in the order of the full comparison.
+    const keys = [...recorded].sort(compareStrings);
+    for (const key of keys) {
+      const svc = next.services.get(key);
+      if (svc !== undefined) compare(key, before?.get(key), svc);
+    }
+    for (const key of keys) {
+      const svc = before?.get(key);
+      if (svc !== undefined && !next.services.has(key)) compare(key, svc, undefined);
+    }
+  } else {
+    for (const [key, svc] of next.services) compare(key, before?.get(key), svc);
+    if (before !== undefined) {
+      for (const [key, svc] of before) if (!next.services.has(key)) compare(key, svc, undefined);
+    }
   }
   return { previous, next, changed, removed, services, endpoints, endpointPorts, udpEndpoints };
+}
+
+type Services = ReadonlyMap<string, Service>;
+
+/** What the builder made a services map from: the map before it (weakly) and the keys whose value is not the very same object. */
+interface ServicesRecord {
+  readonly from: WeakRef<Services>;
+  readonly keys: ReadonlySet<string>;
+}
+
+/** Keyed by the map the record leads to: a record lives as long as its map, never keeps an old map alive. */
+const records = new WeakMap<Services, ServicesRecord>();
+
+/** Records that `to` differs from `from` exactly in `keys` (values not the very same object, added or removed). */
+export function recordServiceChanges(from: Services, to: Services, keys: ReadonlySet<string>): void {
+  records.set(to, { from: new WeakRef(from), keys });
+}
+
+/** Most records one comparison walks back, and most keys it collects, before comparing everything. */
+const MAX_RECORDS = 256;
+const MAX_RECORDED_KEYS = 4096;
+
+/**
+ * The keys whose value may differ between `from` and `to`, from the records of the maps in between
+ * (newest first), or undefined when they do not lead back to `from`.
+ */
+function changedBetween(from: Services, to: Services): Set<string> | undefined {
+  const keys = new Set<string>();
+  let at = to;
+  for (let hops = 0; at !== from; hops++) {
+    const rec = records.get(at);
+    const earlier = rec?.from.deref();
+    if (rec === undefined || earlier === undefined || hops >= MAX_RECORDS) return undefined;
+    for (const key of rec.keys) keys.add(key);
+    if (keys.size > MAX_RECORDED_KEYS) return undefined;
+    at = earlier;
+  }
+  return keys;
 }
 
 /**
