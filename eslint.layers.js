@@ -14,7 +14,7 @@ import { createTypeScriptImportResolver } from 'eslint-import-resolver-typescrip
 
 /** Mode folders: kernel tool wrappers (run + parse) are listed by file, the rest is the mode. */
 const MODE_FOLDERS = {
-  iptables: ['iptables', 'save-parse', 'names'],
+  iptables: ['iptables', 'commit-name', 'save-parse', 'names'],
   ipvs: ['ipvsadm', 'ipset', 'types'],
   nftables: ['listing', 'nft', 'names'],
 };

@@ -3,7 +3,7 @@
  * a summary out). Every nf_tables commit ends with `# new generation N by process PID (COMM)`, after
  * one line per object it changed (`add rule ip nat KUBE-SEP-… …`, `delete chain ip filter …`). The
  * daemon's drift check needs a kernel read only when a commit by a process that is not one of its
- * own children touched a chain it owns (a `KUBE-*` chain) or a built-in chain its jumps live in,
+ * own children (known by their process name, commit-name.ts) touched a chain it owns (a `KUBE-*` chain) or a built-in chain its jumps live in,
  * and then only of those chains; when it cannot tell (events lost, a table deleted, too many
  * chains), it compares everything. Commits to other families and tables (a CNI's own nft table,
  * Docker's chains) cost nothing. Only the iptables nf_tables backend is seen here: the legacy
@@ -33,6 +33,8 @@ export class CommitLog {
   armed = false;
   /** Commits of our own seen (a probe's shows that everything before it was read). */
   ownCommits = 0;
+  /** The PID the kernel reported for our latest commit (its initial PID namespace's). */
+  lastOwnPid: number | undefined;
   private lastGeneration: number | undefined;
   private pending = new Set<string>();
   private pendingUnscoped: string | undefined;
@@ -42,11 +44,11 @@ export class CommitLog {
 
   /**
    * @param family nft's family of the rules we write (`ip` for IPv4, `ip6` for IPv6)
-   * @param ours whether a committing process is one of svcplane's own children
+   * @param ours whether a commit by this process name (COMM) is one of svcplane's own
    */
   constructor(
     private readonly family: 'ip' | 'ip6',
-    private readonly ours: (pid: number) => boolean,
+    private readonly ours: (comm: string | undefined) => boolean,
   ) {}
 
   /** Digests one line of `nft monitor` output. */
@@ -114,11 +116,12 @@ export class CommitLog {
         ? `nft monitor missed generations ${this.lastGeneration + 1}–${generation - 1}`
         : undefined;
     this.lastGeneration = generation;
-    const own = pid !== undefined && this.ours(pid);
+    const own = this.ours(comm);
     if (gap !== undefined) this.unscoped ??= gap;
     if (own) {
       this.armed = true;
       this.ownCommits++;
+      this.lastOwnPid = pid;
     } else {
       this.foreignCommits++;
       if (this.pendingUnscoped !== undefined) {

@@ -1,5 +1,6 @@
 import type { IPFamily } from '../model/types.js';
 import { CommandError, run, startProcess, type ChildHandle, type ChildInput } from '../util/exec.js';
+import { createCommitName, namedArgv, removeCommitName, type CommitName } from './commit-name.js';
 
 /**
  * Executor for iptables / ip6tables: runs the binaries (by plain name, so whatever backend the
@@ -165,9 +166,6 @@ function checkName(kind: 'table' | 'chain', name: string): void {
 
 export const KUBE_PROXY_CANARY = 'KUBE-PROXY-CANARY';
 
-/** How long an exited child's PID still names our commits (the monitor reads them a little later). */
-const OWN_PID_MEMORY_MS = 60_000;
-
 export class Iptables {
   readonly family: IPFamily;
   readonly netns: string | undefined;
@@ -176,8 +174,8 @@ export class Iptables {
   private readonly restoreTimeoutMs: number;
   private versionPromise: Promise<IptablesVersion> | undefined;
   private restoreFlagsPromise: Promise<readonly string[]> | undefined;
-  /** PIDs of our children: running (Infinity) or until when an exited one still counts as ours. */
-  private readonly children = new Map<number, number>();
+  /** The process name our iptables and iptables-restore run under once nameCommits() set it. */
+  private commitName: CommitName | undefined;
 
   constructor(opts: IptablesOptions) {
     this.family = opts.family;
@@ -194,35 +192,52 @@ export class Iptables {
 
   private async exec(
     argv: readonly string[],
-    opts: { input?: ChildInput; allowFailure?: boolean; timeoutMs?: number } = {},
+    opts: {
+      input?: ChildInput;
+      allowFailure?: boolean;
+      timeoutMs?: number;
+      onSpawn?: (pid: number) => void;
+    } = {},
   ) {
-    let pid: number | undefined;
-    try {
-      return await run(argv, {
-        ...opts,
-        netns: this.netns,
-        timeoutMs: opts.timeoutMs ?? this.timeoutMs,
-        onSpawn: (p) => {
-          pid = p;
-          this.children.set(p, Number.POSITIVE_INFINITY);
-        },
-      });
-    } finally {
-      if (pid !== undefined) this.children.set(pid, Date.now() + OWN_PID_MEMORY_MS);
-    }
+    return run(namedArgv(this.commitName, argv), {
+      ...opts,
+      netns: this.netns,
+      timeoutMs: opts.timeoutMs ?? this.timeoutMs,
+    });
   }
 
   /**
-   * Whether `pid` is (or recently was) a child of this wrapper: its commits are svcplane's own.
-   * `ip netns exec` execs the command in place, so the PID is the iptables process's own.
+   * From now on, iptables and iptables-restore run under a process name of their own (commit-name.ts):
+   * the name nft monitor reports for every commit they make. Unavailable (and nothing changes) when
+   * the binaries are not iptables-nft's multi-call binary or do not answer under that name.
    */
-  isOwnProcess(pid: number): boolean {
-    const until = this.children.get(pid);
-    if (until === undefined) return false;
-    if (until >= Date.now()) return true;
-    // PIDs are reused (pid_max can be 32768): forget exited children after a while.
-    for (const [p, t] of this.children) if (t < Date.now()) this.children.delete(p);
-    return false;
+  async nameCommits(): Promise<{ readonly name: string } | { readonly unavailable: string }> {
+    if (this.commitName !== undefined) return { name: this.commitName.name };
+    const cn = await createCommitName([this.bin.iptables, this.bin.restore]);
+    if (typeof cn === 'string') return { unavailable: cn };
+    for (const bin of [this.bin.iptables, this.bin.restore]) {
+      const r = await run(namedArgv(cn, [bin, '--version']), { netns: this.netns, allowFailure: true });
+      if (r.exitCode !== 0 || !/nf_tables/.test(r.stdout + r.stderr)) {
+        await removeCommitName(cn);
+        return {
+          unavailable: `${bin} does not run under a name of our own: ${(r.stdout + r.stderr).trim()}`,
+        };
+      }
+    }
+    this.commitName = cn;
+    return { name: cn.name };
+  }
+
+  /** Whether a commit nft monitor reports by process name `comm` is one of ours (nameCommits). */
+  isOwnCommit(comm: string | undefined): boolean {
+    return this.commitName !== undefined && comm === this.commitName.name;
+  }
+
+  /** The tools run under their own names again; the symlinks are removed (the daemon's stop). */
+  async unnameCommits(): Promise<void> {
+    const cn = this.commitName;
+    this.commitName = undefined;
+    if (cn !== undefined) await removeCommitName(cn);
   }
 
   /**
@@ -235,16 +250,16 @@ export class Iptables {
 
   /**
    * A commit of our own that changes nothing (a rule added to the mangle canary and flushed in the
-   * same transaction): the monitor has seen it once it reports our PID.
+   * same transaction): the monitor has seen it once it reports our process name. Returns the PID
+   * the child had here (the kernel's report differs in a PID namespace of our own).
    */
-  async probeCommit(): Promise<void> {
-    await this.restore(
-      `*mangle\n:${KUBE_PROXY_CANARY} - [0:0]\n-A ${KUBE_PROXY_CANARY} -j RETURN\n:${KUBE_PROXY_CANARY} - [0:0]\nCOMMIT\n`,
-      {
-        noflush: true,
-        counters: false,
-      },
-    );
+  async probeCommit(): Promise<number | undefined> {
+    let pid: number | undefined;
+    await this.exec([this.bin.restore, ...(await this.restoreWaitFlags()), '--noflush'], {
+      input: `*mangle\n:${KUBE_PROXY_CANARY} - [0:0]\n-A ${KUBE_PROXY_CANARY} -j RETURN\n:${KUBE_PROXY_CANARY} - [0:0]\nCOMMIT\n`,
+      onSpawn: (p) => (pid = p),
+    });
+    return pid;
   }
 
   /** Version of the iptables binary (cached). */

@@ -217,12 +217,24 @@ export class IptablesProxier implements Backend {
     const w = this.watch;
     this.watch = undefined;
     await w?.handle.stop(2000);
+    await this.ipt.unnameCommits();
   }
 
   private async startWatch(): Promise<void> {
     if (!this.watching) return; // closed meanwhile
-    const commits = new CommitLog(this.config.family === 'IPv6' ? 'ip6' : 'ip', (pid) =>
-      this.ipt.isOwnProcess(pid),
+    // Our commits are known by their process name, never by PID: in a pod without hostPID the
+    // kernel reports PIDs of the initial PID namespace, which this process never sees.
+    const named = await this.ipt.nameCommits();
+    if ('unavailable' in named) {
+      log.warn('cannot tell our own iptables commits from others: drift checks read every rule', {
+        backend: this.name,
+        reason: named.unavailable,
+      });
+      return;
+    }
+    if (!this.watching) return;
+    const commits = new CommitLog(this.config.family === 'IPv6' ? 'ip6' : 'ip', (comm) =>
+      this.ipt.isOwnCommit(comm),
     );
     let handle: ChildHandle;
     try {
@@ -241,9 +253,11 @@ export class IptablesProxier implements Backend {
     });
     // Armed once it reports a commit of ours; until then every check compares everything. nft
     // subscribes a moment after it starts (longer under load): a probe it missed is sent again.
+    const probePids = new Set<number>();
     const until = performance.now() + MONITOR_READY_MS;
     while (!commits.armed && watch.alive && performance.now() < until) {
-      await this.ipt.probeCommit();
+      const pid = await this.ipt.probeCommit();
+      if (pid !== undefined) probePids.add(pid);
       const retryAt = performance.now() + PROBE_RETRY_MS;
       while (!commits.armed && watch.alive && performance.now() < retryAt) {
         await new Promise((r) => setTimeout(r, 10));
@@ -253,7 +267,18 @@ export class IptablesProxier implements Backend {
       log.warn('nft monitor did not report our probe commit; drift checks read every rule until it does', {
         backend: this.name,
       });
+      return;
     }
+    // The kernel's PID differs from the one we started the probe with in a PID namespace of our own.
+    const kernelPid = commits.lastOwnPid;
+    log.info('kernel watch armed', {
+      backend: this.name,
+      ownCommitsBy: 'process name',
+      processName: named.name,
+      pidNamespace: kernelPid === undefined || !probePids.has(kernelPid),
+      ...(kernelPid !== undefined ? { kernelPid } : {}),
+      childPids: [...probePids],
+    });
   }
 
   /**
@@ -768,11 +793,7 @@ function renderedFixedChains(family: IPFamily, facts: { localhostNodePorts: bool
   return out;
 }
 
-/**
- * How long watchKernel waits for the monitor to report its probe commit; the first sync waits as
- * long. In a PID namespace of its own (a pod without hostPID) it never does: the kernel reports
- * commits with init-namespace PIDs, so ours are not recognised and every check compares everything.
- */
+/** How long watchKernel waits for the monitor to report its probe commit; the first sync waits as long. */
 const MONITOR_READY_MS = 5_000;
 /** How long to wait for the monitor to report one probe commit before sending another. */
 const PROBE_RETRY_MS = 250;

@@ -7,10 +7,12 @@ import { chainsOfRestoreInput } from '../../../src/iptables-rules/compare.js';
  * netns): which commits are ours, which touched our chains, and when it must give up on scoping.
  */
 
-const OURS = 100;
-const log = (): CommitLog => new CommitLog('ip', (pid) => pid === OURS);
+/** Our tools' process name (commit-name.ts); the PID the kernel reports says nothing. */
+const OURS = 'svcp0123456789a';
+const log = (): CommitLog => new CommitLog('ip', (comm) => comm === OURS);
 const gen = (n: number, pid: number, comm = 'iptables'): string =>
   `# new generation ${n} by process ${pid} (${comm})`;
+const own = (n: number, pid = 100): string => gen(n, pid, OURS);
 const feed = (l: CommitLog, ...lines: string[]): void => lines.forEach((x) => l.line(x));
 
 describe('iptables/commit-log: what nft monitor says other agents changed', () => {
@@ -19,17 +21,25 @@ describe('iptables/commit-log: what nft monitor says other agents changed', () =
     feed(l, 'add rule ip nat KUBE-SEP-A counter packets 0 bytes 0 accept', gen(5, 42));
     assert.equal(l.armed, false, 'a foreign commit does not prove the monitor saw ours');
     assert.deepEqual([...l.take().chains], ['nat/KUBE-SEP-A']);
-    feed(
-      l,
-      'create chain ip nat KUBE-SVC-B',
-      'add rule ip nat KUBE-SVC-B jump KUBE-SEP-A',
-      gen(6, OURS, 'iptables-restor'),
-    );
+    feed(l, 'create chain ip nat KUBE-SVC-B', 'add rule ip nat KUBE-SVC-B jump KUBE-SEP-A', own(6));
     assert.equal(l.armed, true);
     const t = l.take();
     assert.equal(t.chains.size, 0);
     assert.equal(t.unscoped, undefined);
     assert.equal(t.foreignCommits, 0);
+  });
+
+  it('ours by process name alone: any PID (a PID namespace of our own); the same tool by others is foreign', () => {
+    const l = log();
+    feed(l, 'add rule ip nat KUBE-SEP-A accept', own(3, 15277));
+    assert.equal(l.armed, true);
+    assert.equal(l.lastOwnPid, 15277, 'the PID the kernel reported, for the log');
+    // Someone else's iptables-restore, even under the PID one of our children has here.
+    feed(l, 'add rule ip nat KUBE-SEP-A drop', gen(4, 100, 'iptables-restor'));
+    const t = l.take();
+    assert.deepEqual([...t.chains], ['nat/KUBE-SEP-A']);
+    assert.equal(t.foreignCommits, 1);
+    assert.equal(l.ownCommits, 1);
   });
 
   it("other families, other tables and other agents' chains are not ours; built-in chains are", () => {
@@ -56,11 +66,11 @@ describe('iptables/commit-log: what nft monitor says other agents changed', () =
     assert.match(deleted.take().unscoped ?? '', /table ip nat deleted.*44 nft/);
 
     const lost = log();
-    feed(lost, gen(3, OURS), '# ERROR: We lost some netlink events!', gen(4, OURS));
+    feed(lost, own(3), '# ERROR: We lost some netlink events!', own(4));
     assert.match(lost.take().unscoped ?? '', /lost some netlink events/, 'even during our own write');
 
     const gap = log();
-    feed(gap, gen(3, OURS), gen(6, OURS));
+    feed(gap, own(3), own(6));
     assert.match(gap.take().unscoped ?? '', /missed generations 4–5/);
 
     const many = log();
@@ -71,19 +81,19 @@ describe('iptables/commit-log: what nft monitor says other agents changed', () =
     const ourFlush = log();
     for (let i = 0; i <= MAX_SCOPED_CHAINS; i++)
       ourFlush.line(`delete rule ip nat KUBE-SEP-${i} handle ${i}`);
-    ourFlush.line(gen(2, OURS));
+    ourFlush.line(own(2));
     assert.equal(ourFlush.take().unscoped, undefined, 'our own big writes are fine');
   });
 
   it('take() forgets; a stopped monitor is unscoped and unarmed until our next commit', () => {
     const l = log();
-    feed(l, gen(1, OURS), 'delete rule ip filter KUBE-FORWARD handle 3', gen(2, 46));
+    feed(l, own(1), 'delete rule ip filter KUBE-FORWARD handle 3', gen(2, 46));
     assert.equal(l.take().chains.size, 1);
     assert.equal(l.take().chains.size, 0);
     l.lost('nft monitor exited (null)');
     assert.equal(l.armed, false);
     assert.equal(l.take().unscoped, 'nft monitor exited (null)');
-    feed(l, gen(9, OURS));
+    feed(l, own(9));
     assert.equal(l.armed, true);
     assert.equal(l.take().unscoped, undefined, 'no gap counted across a restart');
   });
