@@ -245,7 +245,8 @@ export class Iptables {
    * commit-log.ts). Idle costs nothing; the caller stops it by PID (`ChildHandle.stop`).
    */
   monitorCommits(nftBinary = 'nft'): ChildHandle {
-    return startProcess([nftBinary, 'monitor'], { netns: this.netns });
+    // stderr apart: nft's complaints ("XT target MASQUERADE not found") land inside stdout lines.
+    return startProcess([nftBinary, 'monitor'], { netns: this.netns, stderr: 'apart' });
   }
 
   /**

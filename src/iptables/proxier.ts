@@ -247,6 +247,7 @@ export class IptablesProxier implements Backend {
     this.watch = watch;
     this.baselineOk = false;
     handle.onLine((l) => commits.line(l));
+    handle.onErrorLine((l) => log.debug('nft monitor', { backend: this.name, stderr: l }));
     void handle.exited.then((code) => {
       watch.alive = false;
       commits.lost(`nft monitor exited (${String(code)})`);

@@ -217,30 +217,52 @@ export interface ChildHandle {
   readonly pid: number;
   /** Resolves with the exit code (or null when killed by a signal). */
   readonly exited: Promise<number | null>;
-  /** Calls `onLine` for every stdout/stderr line. */
+  /** Calls `onLine` for every stdout line, and every stderr line unless stderr is kept apart. */
   onLine(listener: (line: string) => void): void;
+  /** Calls `onErrorLine` for every stderr line when stderr is kept apart (startProcess). */
+  onErrorLine(listener: (line: string) => void): void;
   /** SIGTERM, then SIGKILL after `graceMs`; resolves when the child is gone. */
   stop(graceMs?: number): Promise<number | null>;
 }
 
-export function startProcess(argv: readonly string[], opts: { netns?: string } = {}): ChildHandle {
-  const full = withNetns(opts.netns, argv);
-  const [file, ...args] = full;
-  if (!file) throw new Error('startProcess: empty argv');
-  const child = execa(file, args, { reject: false, stdin: 'ignore', buffer: false, all: true });
-  if (child.pid === undefined) throw new CommandError(full, undefined, '', 'spawn');
-  const listeners: ((line: string) => void)[] = [];
+/** Calls every listener with each complete line of `stream`'s chunks. */
+function splitLines(stream: NodeJS.ReadableStream | undefined, listeners: ((line: string) => void)[]): void {
   let partial = '';
-  child.all?.on('data', (chunk: Buffer) => {
+  stream?.on('data', (chunk: Buffer) => {
     const lines = (partial + chunk.toString('utf8')).split('\n');
     partial = lines.pop() ?? '';
     for (const l of lines) for (const fn of listeners) fn(l);
   });
+}
+
+/**
+ * A long-lived child. `stderr: 'apart'` keeps its stderr out of `onLine` (a reader of a tool's
+ * output: chunks of the two streams interleave anywhere, even inside a line, when merged).
+ */
+export function startProcess(
+  argv: readonly string[],
+  opts: { netns?: string; stderr?: 'merged' | 'apart' } = {},
+): ChildHandle {
+  const full = withNetns(opts.netns, argv);
+  const [file, ...args] = full;
+  if (!file) throw new Error('startProcess: empty argv');
+  const apart = opts.stderr === 'apart';
+  const child = execa(file, args, { reject: false, stdin: 'ignore', buffer: false, all: !apart });
+  if (child.pid === undefined) throw new CommandError(full, undefined, '', 'spawn');
+  const listeners: ((line: string) => void)[] = [];
+  const errorListeners: ((line: string) => void)[] = [];
+  if (apart) {
+    splitLines(child.stdout, listeners);
+    splitLines(child.stderr, errorListeners);
+  } else {
+    splitLines(child.all, listeners);
+  }
   const exited = child.then((r) => (r.signal ? null : (r.exitCode ?? null)));
   return {
     pid: child.pid,
     exited,
     onLine: (fn) => listeners.push(fn),
+    onErrorLine: (fn) => errorListeners.push(fn),
     stop: async (graceMs = 5000) => {
       child.kill('SIGTERM');
       const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
