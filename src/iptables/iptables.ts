@@ -477,9 +477,10 @@ export class Iptables {
 }
 
 /**
- * Bytes and lines of a restore input as its pieces go by, and the last few pieces (at least two,
- * about 4 MB) with the number of their first line, to show the line iptables-restore blames: it
- * stops at the transaction it could not commit, which a streamed input has just written.
+ * Bytes and lines of a restore input as its pieces go by, and the last few pieces (at least two and
+ * 1 MB: those of the last two transactions, or about 4 MB) with the number of their first line, to show
+ * the line iptables-restore blames: it stops at the transaction it could not commit, which a
+ * streamed input has just written.
  */
 class InputTally {
   bytes = 0;
@@ -506,11 +507,25 @@ class InputTally {
       this.count(text);
       this.recent.push({ text, firstLine });
       this.recentBytes += text.length;
-      while (this.recent.length > 2 && this.recentBytes - this.recent[0]!.text.length >= 4 << 20) {
+      // iptables-restore may be a pipe buffer (64 KiB) and a transaction behind: keep 1 MB at least.
+      while (this.recent.length > 2) {
+        const rest = this.recentBytes - this.recent[0]!.text.length;
+        if (rest < 1 << 20 || (rest < 4 << 20 && this.startsAfterFirst() < 2)) break;
         this.recentBytes -= this.recent.shift()!.text.length;
       }
       yield text;
     }
+  }
+
+  /**
+   * Transactions that start in the kept pieces after the first one. iptables-restore fails in the
+   * transaction it commits, at most the one before the transaction being written: the pieces from
+   * the start of that one on are enough.
+   */
+  private startsAfterFirst(): number {
+    let n = 0;
+    for (let i = 1; i < this.recent.length; i++) if (this.recent[i]!.text.startsWith('*')) n++;
+    return n;
   }
 
   blame(stderr: string): ReturnType<typeof blameRestoreLine> {

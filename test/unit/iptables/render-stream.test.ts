@@ -168,6 +168,28 @@ describe('streamed chunked full sync input (pure)', () => {
     for (const c of nat.slice(0, -1)) assert.ok(!c.lines.some((l) => l.includes('STALESTALE')));
   });
 
+  it("writes the Services' chains in pieces below V8's large-object size (a transaction may span several)", () => {
+    const many = Array.from({ length: 600 }, (_, i) =>
+      service(`big/s${String(i).padStart(4, '0')}`, {
+        clusterIP: `10.97.${Math.floor(i / 200)}.${(i % 200) + 1}`,
+        ports: [
+          { port: 80, endpoints: [1, 2, 3, 4, 5].map((e) => ep(`10.245.${e}.${(i % 200) + 1}`, 8080)) },
+        ],
+      }),
+    );
+    const pieces = [
+      ...renderChunkedRestoreInput(
+        { state: state(...many), config: config(), existingServiceChains: new Set() },
+        1000,
+      ).pieces,
+    ];
+    const ownChains = pieces.filter((p) => !p.includes(':KUBE-SERVICES '));
+    assert.ok(ownChains.join('').length > 500_000, 'the input is large');
+    for (const p of ownChains) assert.ok(p.length < 64 * 1024, `a piece of ${p.length} characters`);
+    // Transactions still hold up to 1000 chains: fewer COMMITs than pieces.
+    assert.ok(ownChains.filter((p) => p.endsWith('COMMIT\n')).length < ownChains.length / 3);
+  });
+
   it('renders a transaction only when asked for it; its result is there once all were taken', () => {
     const r = renderChunkedRestoreInput(request(), 7, EXTRAS);
     const first = r.pieces.next();

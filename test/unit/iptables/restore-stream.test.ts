@@ -58,4 +58,20 @@ describe('iptables-restore of a streamed input (unshare -n)', function () {
       return true;
     });
   });
+
+  it('blames the failing line when each transaction comes in pieces of its own (a streamed full sync)', async () => {
+    const tx = (i: number): string[] => [
+      `*filter\n:KUBE-U${i} - [0:0]\n`,
+      `-A KUBE-U${i} -j ${i === 30 ? 'KUBE-NOT-THERE' : 'ACCEPT'}\n`,
+      'COMMIT\n',
+    ];
+    const all = Array.from({ length: 40 }, (_, i) => tx(i)).flat();
+    const want = all.join('').split('\n').indexOf('-A KUBE-U30 -j KUBE-NOT-THERE') + 1;
+    await assert.rejects(ipt.restore(all.values(), { noflush: true, counters: false }), (err: unknown) => {
+      assert.ok(err instanceof RestoreError, String(err));
+      assert.equal(err.line, want, err.message);
+      assert.equal(err.lineText, '-A KUBE-U30 -j KUBE-NOT-THERE');
+      return true;
+    });
+  });
 });
