@@ -1,6 +1,6 @@
-import { appendFileSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
-import { loadavg } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
@@ -34,6 +34,8 @@ interface Args {
   latencyAt: number;
   /** Sizes above this one skip the repeated full sync and its floor (30k: minutes each). */
   repeatUpTo: number;
+  /** The proxier's fullSyncPartLines (undefined: its default). */
+  partLines?: number;
   out?: string;
 }
 
@@ -55,6 +57,7 @@ function parseArgs(argv: string[]): Args {
     else if (a === '--changes' && v) args.changes = num(v);
     else if (a === '--latency-at' && v) args.latencyAt = num(v);
     else if (a === '--repeat-up-to' && v) args.repeatUpTo = num(v);
+    else if (a === '--part-lines' && v) args.partLines = num(v);
     else if (a === '--out' && v) args.out = v;
     else continue;
     i++;
@@ -70,12 +73,16 @@ interface SizeResult {
   buildMs: number;
   bytes: number;
   lines: number;
+  /** nft transactions of one full sync. */
+  transactions: number;
   fullFirstMs: number;
   fullFirstNftMs: number;
   floorFirstMs: number;
   fullRepeatMs: number;
   fullRepeatNftMs: number;
   floorRepeatMs: number;
+  /** nft's own peak RSS (the largest of one full sync's transactions, replayed as the floor#1). */
+  nftPeakRssMB: number;
   change?: {
     samples: number;
     p50Ms: number;
@@ -110,12 +117,32 @@ async function timedNft(binary: string, input: string): Promise<number> {
   return performance.now() - started;
 }
 
+/**
+ * The floor of one sync: a bare `nft -f FILE` of each of its transactions, in order (as the proxier
+ * committed them). Also nft's own peak RSS (GNU time's %M, KB) over them.
+ */
+async function timedNftFiles(
+  binary: string,
+  files: readonly string[],
+): Promise<{ ms: number; rssMB: number }> {
+  let ms = 0;
+  let rssKB = 0;
+  for (const file of files) {
+    const started = performance.now();
+    const r = await run(['/usr/bin/time', '-f', 'maxrss %M', binary, '-f', file], { timeoutMs: 1_800_000 });
+    ms += performance.now() - started;
+    rssKB = Math.max(rssKB, Number(/maxrss (\d+)/.exec(r.stderr)?.[1] ?? NaN));
+  }
+  return { ms, rssMB: Math.round(rssKB / 1024) };
+}
+
 async function measureSize(
   n: number,
   binary: string,
   changes: number,
   latencyAt: number,
   repeatUpTo: number,
+  partLines: number | undefined,
 ): Promise<SizeResult> {
   const mem = new MemoryPeak();
   const objects = clusterObjects({ services: n, endpointsPerService: ENDPOINTS });
@@ -135,15 +162,23 @@ async function measureSize(
     clusterCIDRs: ['10.128.0.0/9'],
     nodePortAddresses: [],
     nftBinary: binary,
+    ...(partLines !== undefined ? { fullSyncPartLines: partLines } : {}),
   });
   await proxier.setup();
-  // Capture what the proxier hands to nft, to replay it bare as the floor.
-  const inputs: string[] = [];
+  // Capture what the proxier hands to nft, to replay it bare as the floor: a full sync's
+  // transactions to files (not held here: the child's RSS stays the proxier's), a partial's text.
+  const dir = mkdtempSync(join(tmpdir(), 'svcplane-nft-bench-'));
+  let inputs: string[] = [];
+  let written = 0;
   const realApply = proxier.nft.apply.bind(proxier.nft);
   let partialInput = '';
   proxier.nft.apply = (lines, what) => {
-    inputs.push(lines.join('\n') + '\n');
-    if (what === 'nftables partial sync') partialInput = inputs.at(-1)!;
+    if (what === 'nftables partial sync') partialInput = lines.join('\n') + '\n';
+    else {
+      const file = join(dir, `tx-${written++}.nft`);
+      writeFileSync(file, lines.join('\n') + '\n');
+      inputs.push(file);
+    }
     return realApply(lines, what);
   };
   const clean = new Nft({ family: 'IPv4', binary });
@@ -152,19 +187,22 @@ async function measureSize(
 
   await dropTable();
   const first = await proxier.sync(state);
-  progress(`${n} ${binary}: full#1 ${Math.round(first.durationMs)} ms`);
-  const fullInput = inputs.at(-1)!;
+  const transactions = Number(first.details?.transactions ?? NaN);
+  progress(`${n} ${binary}: full#1 ${Math.round(first.durationMs)} ms (${transactions} transactions)`);
+  const fullInput = inputs;
+  inputs = [];
   await dropTable();
-  const floorFirstMs = Math.round(await timedNft(binary, fullInput));
-  progress(`${n} ${binary}: floor#1 ${floorFirstMs} ms`);
+  const floorFirst = await timedNftFiles(binary, fullInput);
+  const floorFirstMs = Math.round(floorFirst.ms);
+  progress(`${n} ${binary}: floor#1 ${floorFirstMs} ms, nft peak RSS ${floorFirst.rssMB} MB`);
   // Populated: the proxier's own full sync again (its input recreates nothing now), then the floor.
   let repeat: { durationMs: number; details?: Record<string, unknown> } = { durationMs: NaN };
   let floorRepeatMs = NaN;
   if (n <= repeatUpTo) {
     proxier.forceFullSync();
-    inputs.length = 0;
     repeat = await proxier.sync(state);
-    floorRepeatMs = Math.round(await timedNft(binary, inputs.at(-1)!));
+    floorRepeatMs = Math.round((await timedNftFiles(binary, inputs)).ms);
+    inputs = [];
     progress(`${n} ${binary}: full#2 ${Math.round(repeat.durationMs)} ms, floor#2 ${floorRepeatMs} ms`);
   }
 
@@ -215,6 +253,7 @@ async function measureSize(
   }
   const peak = mem.stop();
   await dropTable();
+  rmSync(dir, { recursive: true, force: true });
   return {
     services: n,
     nft: (await run([binary, '--version'])).stdout.trim(),
@@ -223,12 +262,14 @@ async function measureSize(
     buildMs,
     bytes: first.bytes,
     lines: first.lines,
+    transactions,
     fullFirstMs: Math.round(first.durationMs),
     fullFirstNftMs: Number(first.details?.nftMs ?? NaN),
     floorFirstMs,
     fullRepeatMs: Math.round(repeat.durationMs),
     fullRepeatNftMs: Number(repeat.details?.nftMs ?? NaN),
     floorRepeatMs,
+    nftPeakRssMB: floorFirst.rssMB,
     ...(change ? { change } : {}),
     peakRssMB: peak.rssMB,
     peakHeapMB: peak.heapMB,
@@ -242,6 +283,7 @@ function table(results: SizeResult[]): string {
     'build ms',
     'MB',
     'lines',
+    'tx',
     'full#1 ms',
     '(nft)',
     'floor#1',
@@ -250,6 +292,7 @@ function table(results: SizeResult[]): string {
     'floor#2',
     'RSS MB',
     'heap MB',
+    'nft RSS',
     'load',
   ];
   const rows = results.map((r) => [
@@ -258,6 +301,7 @@ function table(results: SizeResult[]): string {
     r.buildMs,
     Math.round((r.bytes / 1048576) * 10) / 10,
     r.lines,
+    r.transactions,
     r.fullFirstMs,
     r.fullFirstNftMs,
     r.floorFirstMs,
@@ -266,6 +310,7 @@ function table(results: SizeResult[]): string {
     r.floorRepeatMs,
     r.peakRssMB,
     r.peakHeapMB,
+    r.nftPeakRssMB,
     r.load.join('/'),
   ]);
   const all = [head, ...rows].map((row) => row.map(String));
@@ -291,6 +336,7 @@ async function main(): Promise<void> {
       args.changes,
       args.latencyAt,
       args.repeatUpTo,
+      args.partLines,
     );
     process.stdout.write(JSON.stringify(result) + '\n');
     return;
@@ -315,6 +361,7 @@ async function main(): Promise<void> {
           String(args.latencyAt),
           '--repeat-up-to',
           String(args.repeatUpTo),
+          ...(args.partLines !== undefined ? ['--part-lines', String(args.partLines)] : []),
         ],
         { timeoutMs: 3 * 3_600_000, allowFailure: true },
       );

@@ -31,6 +31,7 @@
 #          --nftables-changes N (default 50)  --nftables-out FILE
 #          --nftables-binaries LIST (default nft,.nft/bin/nft)
 #          --nftables-repeat-up-to N (sizes above N skip the repeated full sync and its floor)
+#          --nftables-part-lines N (commands per Services transaction of a full sync; default the proxier's)
 # Results: tables on stdout, JSON in bench/results/ (gitignored).
 # Env: SVCPLANE_SKIP_BUILD=1 skips scripts/setup.sh (installs, npm ci, rebuild of dist/).
 set -euo pipefail
@@ -59,6 +60,7 @@ while (($#)); do
     --nftables-out) nft_args+=(--out "${2:?--nftables-out wants a file}"); shift 2 ;;
     --nftables-binaries) nft_binaries=${2:?--nftables-binaries wants a list}; shift 2 ;;
     --nftables-repeat-up-to) nft_args+=(--repeat-up-to "${2:?--nftables-repeat-up-to wants a size}"); shift 2 ;;
+    --nftables-part-lines) nft_args+=(--part-lines "${2:?--nftables-part-lines wants a number}"); shift 2 ;;
     --netpol-changes) netpol_args+=(--changes "${2:?--netpol-changes wants a number}"); shift 2 ;;
     --netpol-out) netpol_args+=(--out "${2:?--netpol-out wants a file}"); shift 2 ;;
     --ipvs-only) run_iptables=0; run_manifests=0; run_netpol=0; run_nftables=0; shift ;;

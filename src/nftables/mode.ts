@@ -9,7 +9,7 @@ import { diffNftables, formatNftDriftText, type NftFamilyDrift } from './diff.js
 import { deleteKubeProxyTables, Nft } from './nft.js';
 import { NftablesProxier, type NftablesProxierConfig } from './proxier.js';
 import { checkNftConfig, renderState, type NftRenderConfig } from './render.js';
-import { fullTransaction } from './transaction.js';
+import { fullTransaction, fullTransactionLines } from './transaction.js';
 
 /** nftables mode (kube-proxy's nftables proxier) behind the mode contract (src/modes/contract.ts). */
 
@@ -81,6 +81,7 @@ async function desiredFamily(
     existingAffinitySets: new Map(),
     recreateBaseChains: false,
   });
+  fullTransactionLines(tx); // the model is complete once every part was generated
   return { model: tx.model, services };
 }
 

@@ -91,6 +91,25 @@ export interface NftRunResult {
   readonly durationMs: number;
 }
 
+/** About how many characters one piece of an `nft -f` input holds. */
+const INPUT_PIECE_CHARS = 64 * 1024;
+
+/** Commands as newline-terminated pieces of about INPUT_PIECE_CHARS (pure). */
+export function inputPieces(lines: readonly string[]): string[] {
+  const pieces: string[] = [];
+  let from = 0;
+  let chars = 0;
+  for (let i = 0; i < lines.length; i++) {
+    chars += lines[i]!.length + 1;
+    if (chars >= INPUT_PIECE_CHARS || i === lines.length - 1) {
+      pieces.push(lines.slice(from, i + 1).join('\n') + '\n');
+      from = i + 1;
+      chars = 0;
+    }
+  }
+  return pieces;
+}
+
 export class Nft {
   readonly family: 'ip' | 'ip6';
   private readonly bin: string;
@@ -102,7 +121,7 @@ export class Nft {
 
   private async exec(
     args: readonly string[],
-    input: string | undefined,
+    input: readonly string[] | undefined,
     what: string,
   ): Promise<{ stdout: string; durationMs: number }> {
     const argv = [this.bin, ...args];
@@ -134,11 +153,13 @@ export class Nft {
     if (problem !== undefined) throw new Error(problem);
   }
 
-  /** One atomic transaction. */
+  /** One atomic transaction, handed to nft's stdin in pieces (no joined copy of a large input). */
   async apply(lines: readonly string[], what = 'nftables transaction'): Promise<NftRunResult> {
-    const input = lines.join('\n') + '\n';
+    const input = inputPieces(lines);
     const r = await this.exec(['-f', '-'], input, what);
-    return { bytes: Buffer.byteLength(input), lines: lines.length, durationMs: r.durationMs };
+    let bytes = 0;
+    for (const piece of input) bytes += Buffer.byteLength(piece);
+    return { bytes, lines: lines.length, durationMs: r.durationMs };
   }
 
   /** `nft -j list table <family> kube-proxy`, parsed; undefined when the table does not exist. */
@@ -159,9 +180,13 @@ export class Nft {
     return [...(parseNftJson(text, { family: this.family, table: TABLE })[0]?.chains.values() ?? [])];
   }
 
-  /** Our table's sets (not maps), without elements. */
+  /**
+   * Our table's sets (not maps), without elements. Terse (`-t`): nft then does not fetch the elements
+   * of every set, one netlink dump per set, the ~11k anonymous ones included (10k Services: 8.8 s
+   * without it, a full sync waited for it; docs/performance.md).
+   */
   async listSets(): Promise<ListedContainer[]> {
-    const text = await this.listText(['list', 'sets', this.family]);
+    const text = await this.listText(['-t', 'list', 'sets', this.family]);
     if (text === undefined) return [];
     return [...(parseNftJson(text, { family: this.family, table: TABLE })[0]?.containers.values() ?? [])];
   }

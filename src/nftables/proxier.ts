@@ -19,8 +19,8 @@ import {
 
 /**
  * The nftables backend for one IP family: kube-proxy's nftables proxier. Full syncs (start, a
- * failed transaction, changed node facts, drift) write kube-proxy's whole layout in one atomic
- * `nft -f -`; partial syncs write only the chains of changed Services and the map/set elements
+ * failed transaction, changed node facts, drift) write kube-proxy's whole layout in several bounded
+ * `nft -f -` transactions in dependency order (transaction.ts); partial syncs write only the chains of changed Services and the map/set elements
  * that differ from what was written. Stale chains are flushed at once and deleted at least a second
  * later. Drift is checked on the controller's drift timer (one `nft -j list table` per sync period),
  * never on the partial-sync path.
@@ -36,6 +36,8 @@ export interface NftablesProxierConfig
   readonly serviceCIDRs?: readonly string[];
   /** kube-proxy deletes stale chains ≥ 1 s after flushing them (kernels < 6.2 free map refs lazily). */
   readonly staleChainDelayMs?: number;
+  /** About how many commands one transaction of a full sync's Services holds (FULL_SYNC_PART_LINES). */
+  readonly fullSyncPartLines?: number;
   /** Run once after the first successful sync (the other modes' leftovers go once ours serve). */
   readonly afterFirstSync?: () => Promise<void>;
 }
@@ -126,6 +128,7 @@ export class NftablesProxier implements Backend {
       let stale: readonly string[];
       let writtenServices: number;
       let listMs = 0;
+      let parts = 1;
       if (full) {
         const listStarted = performance.now();
         const [chains, sets] = await Promise.all([this.nft.listChains(), this.nft.listSets()]);
@@ -140,8 +143,23 @@ export class NftablesProxier implements Backend {
           ),
           recreateBaseChains: !this.baseChainsRecreated,
           deleteChains: inline,
+          ...(this.config.fullSyncPartLines !== undefined
+            ? { partLines: this.config.fullSyncPartLines }
+            : {}),
         });
-        result = await this.nft.apply(tx.lines, 'nftables full sync');
+        // Several bounded transactions in dependency order (transaction.ts): any one refused leaves
+        // what served serving, and the catch below makes the next sync full.
+        result = { bytes: 0, lines: 0, durationMs: 0 };
+        parts = 0;
+        for (const part of tx.parts) {
+          parts++;
+          const r = await this.nft.apply(part.lines, `nftables full sync (part ${parts}: ${part.kind})`);
+          result = {
+            bytes: result.bytes + r.bytes,
+            lines: result.lines + r.lines,
+            durationMs: result.durationMs + r.durationMs,
+          };
+        }
         this.written = tx.model;
         this.baseChainsRecreated = true;
         stale = tx.staleChains;
@@ -157,6 +175,7 @@ export class NftablesProxier implements Backend {
           written: this.written,
           deleteChains: inline,
         });
+        if (tx.lines.length === 0) parts = 0;
         result =
           tx.lines.length === 0
             ? { bytes: 0, lines: 0, durationMs: 0 }
@@ -191,6 +210,7 @@ export class NftablesProxier implements Backend {
         details: {
           nftMs: Math.round(result.durationMs),
           listMs: Math.round(listMs),
+          transactions: parts,
           cleanupFailures: this.takeCleanupFailures(),
         },
         noLocalEndpoints: { internal, external },

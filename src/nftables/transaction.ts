@@ -32,10 +32,11 @@ import type { CheckedNftConfig, NftElement, NftRenderConfig, ServiceRules } from
 
 /**
  * `nft -f` transactions from rendered Services (pure): kube-proxy's full sync (setupNFTables plus
- * every Service, map and set contents reset) and its partial sync (only the chains of changed
- * Services, map/set elements diffed against what was written, stale chains flushed now and deleted
- * at least a second later). Each builder also says what the table holds once the transaction is
- * committed (`WrittenModel`), which drift detection compares with the kernel's listing.
+ * every Service, map and set contents reset), written as several bounded transactions in
+ * dependency order, and its partial sync (only the chains of changed Services, map/set elements
+ * diffed against what was written, stale chains flushed now and deleted at least a second later).
+ * Each builder also says what the table holds once its transactions are committed (`WrittenModel`),
+ * which drift detection compares with the kernel's listing.
  */
 
 /** What svcplane's transactions left in the table (for partial syncs and drift detection). */
@@ -194,21 +195,13 @@ class Tx {
   }
 }
 
-export interface TransactionResult {
+export interface PartialTransaction {
   /** `nft -f` input, one command per line. */
   readonly lines: readonly string[];
   /** Service chains flushed by this transaction, to delete at least a second later. */
   readonly staleChains: readonly string[];
   /** Services whose chains were (re)written. */
   readonly writtenServices: number;
-}
-
-export interface FullTransaction extends TransactionResult {
-  /** What the table holds after it (svcplane's part of it). */
-  readonly model: WrittenModel;
-}
-
-export interface PartialTransaction extends TransactionResult {
   /** Applies the transaction's changes to the model of the table (after the kernel took it). */
   apply(model: WrittenModel): void;
 }
@@ -317,7 +310,6 @@ function writeSetup(tx: Tx, config: NftRenderConfig, c: CheckedNftConfig, recrea
       ? `fib daddr type local ${noLocalhost} meta l4proto . th dport vmap @${SERVICE_NODEPORTS_MAP}`
       : `${ipX} daddr @${NODEPORT_IPS_SET} meta l4proto . th dport vmap @${SERVICE_NODEPORTS_MAP}`,
   );
-  for (const container of ELEMENT_CONTAINERS) tx.flushContainer(container);
 }
 
 /** One Service's chains and affinity sets, without rules; `replaceSets`: sets whose timeout changed. */
@@ -370,63 +362,163 @@ export interface FullSyncInput {
   readonly recreateBaseChains: boolean;
   /** Chains flushed by an earlier transaction, unreferenced since, to delete now. */
   readonly deleteChains?: readonly string[];
+  /** About how many commands one Services transaction holds (default FULL_SYNC_PART_LINES). */
+  readonly partLines?: number;
 }
 
+/**
+ * About how many commands one transaction of a full sync's Services holds. The kernel's cost of a
+ * transaction grows with the square of its length (each anonymous set's bind walks the transaction
+ * so far: __nft_set_trans_bind), nft's memory with its length; each transaction also pays nft's
+ * cache fill and the kernel's validation of the whole table once. docs/performance.md ("Full syncs
+ * in parts") has the measurements this value comes from.
+ */
+export const FULL_SYNC_PART_LINES = 20_000;
+
+/** One `nft -f` of a full sync; `kind` says what it writes (see fullTransaction). */
+export interface TransactionPart {
+  readonly kind: 'setup' | 'services' | 'elements' | 'stale';
+  readonly lines: readonly string[];
+}
+
+export interface FullTransaction {
+  /**
+   * The transactions in the order they must be committed, each generated when asked for (only one
+   * part's text exists at a time). Generate them once.
+   */
+  readonly parts: Iterable<TransactionPart>;
+  /** What the table holds after every part was committed (svcplane's part of it); complete once
+   * `parts` was iterated to its end. */
+  readonly model: WrittenModel;
+  /** Service chains flushed by the sync, to delete at least a second later. */
+  readonly staleChains: readonly string[];
+  /** Services whose chains were (re)written. */
+  readonly writtenServices: number;
+}
+
+/** Every command of a full sync, in order (tests, and what `svcplane diff` compares with). */
+export function fullTransactionLines(tx: FullTransaction): string[] {
+  const out: string[] = [];
+  for (const part of tx.parts) out.push(...part.lines);
+  return out;
+}
+
+/** How many commands one Service's chains, sets and rules take (to cut parts at Service edges). */
+function serviceLines(r: ServiceRules): number {
+  let n = 2 * r.chains.size + 2 * r.affinitySets.size;
+  for (const rules of r.chains.values()) n += rules.length;
+  return n;
+}
+
+/**
+ * kube-proxy's full sync, written as several transactions in dependency order, so that no one
+ * `nft -f` grows with the cluster (the kernel's cost of one transaction is quadratic in its
+ * length; nft's memory linear):
+ *   1. setup: the table, base chains, fixed chains and their rules, the maps and sets (declared,
+ *      not flushed: they serve until part 3);
+ *   2. services: every Service's chains, affinity sets and rules, a group of whole Services per
+ *      transaction (each group: its chains and sets, then its rules holding anonymous sets, then
+ *      the other rules). A new chain is unreachable until an element points to it; an existing
+ *      one is rewritten atomically;
+ *   3. elements: every map and set flushed and refilled in one transaction (what makes the new
+ *      chains reachable; one verdict per key at any time);
+ *   4. stale: chains no Service generates any more flushed (nothing points to them now), stale
+ *      affinity sets deleted, chains flushed by an earlier sync deleted.
+ * A failure at any part leaves what served serving (the previous verdicts, plus unreachable new
+ * chains or Services already rewritten whole); the caller's next sync is full.
+ */
 export function fullTransaction(input: FullSyncInput): FullTransaction {
   const { config, checked, services } = input;
   const model = emptyModel();
-  const tx = new Tx(config.family, model);
-  writeSetup(tx, config, checked, input.recreateBaseChains);
   const active = new Set<string>();
   const activeSets = new Set<string>();
-  const existingSets = input.existingAffinitySets;
-  // Every Service's chains and affinity sets first, then the rules holding an anonymous set (the
-  // `numgen … vmap { … }` and source-range `{ … }` rules), then the other rules. Same table, and the
-  // kernel's cost of the transaction drops: binding each anonymous set walks the whole transaction
-  // so far (__nft_set_trans_bind), so the fewer commands before those rules, the less it walks
-  // (docs/performance.md, "nftables mode": at 10k Services the full sync went from ~67 to ~40 s of
-  // kernel time). A chain's rules stay together and in order.
   for (const r of services.values()) {
-    declareServiceChains(
-      tx,
-      r,
-      checked.addrType,
-      (name, t) => existingSets.has(name) && existingSets.get(name) !== t,
-    );
     for (const name of r.chains.keys()) active.add(name);
     for (const name of r.affinitySets.keys()) activeSets.add(name);
   }
-  for (const anonymous of [true, false]) {
+  const existingSets = input.existingAffinitySets;
+  const existing = new Set(input.existingServiceChains);
+  const stale = [...existing].filter((c) => !active.has(c));
+  // Only chains the table still holds (another agent may have deleted the table since they were
+  // flushed: deleting a missing chain would refuse the part).
+  const deleting = new Set((input.deleteChains ?? []).filter((c) => existing.has(c) && !active.has(c)));
+  const partLines = Math.max(1, input.partLines ?? FULL_SYNC_PART_LINES);
+
+  function* parts(): Generator<TransactionPart> {
+    let tx = new Tx(config.family, model);
+    writeSetup(tx, config, checked, input.recreateBaseChains);
+    yield { kind: 'setup', lines: tx.lines };
+
+    let group: ServiceRules[] = [];
+    let groupLines = 0;
+    const writeGroup = (): TransactionPart => {
+      tx = new Tx(config.family, model);
+      for (const r of group) {
+        declareServiceChains(
+          tx,
+          r,
+          checked.addrType,
+          (name, t) => existingSets.has(name) && existingSets.get(name) !== t,
+        );
+      }
+      // The rules holding an anonymous set (`numgen … vmap { … }`, source ranges `{ … }`) right
+      // after the declarations, then the others: binding each anonymous set walks the transaction
+      // so far (__nft_set_trans_bind). A chain's rules stay together and in order.
+      for (const anonymous of [true, false]) {
+        for (const r of group) {
+          for (const [name, rules] of r.chains) {
+            if (rules.some(holdsAnonymousSet) !== anonymous) continue;
+            for (const rule of rules) tx.rule(name, rule);
+          }
+        }
+      }
+      group = [];
+      groupLines = 0;
+      return { kind: 'services', lines: tx.lines };
+    };
     for (const r of services.values()) {
-      for (const [name, rules] of r.chains) {
-        if (rules.some(holdsAnonymousSet) !== anonymous) continue;
-        for (const rule of rules) tx.rule(name, rule);
+      group.push(r);
+      groupLines += serviceLines(r);
+      if (groupLines >= partLines) yield writeGroup();
+    }
+    if (group.length > 0) yield writeGroup();
+
+    tx = new Tx(config.family, model);
+    for (const container of ELEMENT_CONTAINERS) tx.flushContainer(container);
+    const seen = new Map<ElementContainer, Set<string>>(
+      ELEMENT_CONTAINERS.map((c) => [c, new Set<string>()]),
+    );
+    for (const r of services.values()) {
+      for (const e of r.elements) {
+        // A key claimed twice (two Services on one externalIP:port) is written once: the first wins.
+        const keys = seen.get(e.container)!;
+        if (keys.has(e.key)) continue;
+        keys.add(e.key);
+        tx.addElement(e);
       }
     }
+    yield { kind: 'elements', lines: tx.lines };
+
+    tx = new Tx(config.family, model);
+    for (const chain of stale) tx.flushChain(chain);
+    for (const name of existingSets.keys()) if (!activeSets.has(name)) tx.deleteSet(name);
+    deleteDue(tx, [...deleting], active);
+    if (tx.lines.length > 0) yield { kind: 'stale', lines: tx.lines };
   }
-  const seen = new Map<ElementContainer, Set<string>>(ELEMENT_CONTAINERS.map((c) => [c, new Set<string>()]));
-  for (const r of services.values()) {
-    for (const e of r.elements) {
-      // A key claimed twice (two Services on one externalIP:port) is written once: the first wins.
-      const keys = seen.get(e.container)!;
-      if (keys.has(e.key)) continue;
-      keys.add(e.key);
-      tx.addElement(e);
-    }
+
+  let complete = false;
+  function* all(): Generator<TransactionPart> {
+    yield* parts();
+    complete = true;
   }
-  const stale: string[] = [];
-  for (const chain of input.existingServiceChains) {
-    if (!active.has(chain)) {
-      tx.flushChain(chain);
-      stale.push(chain);
-    }
-  }
-  for (const name of existingSets.keys()) if (!activeSets.has(name)) tx.deleteSet(name);
-  const deleted = deleteDue(tx, input.deleteChains, active);
   return {
-    lines: tx.lines,
-    model,
-    staleChains: stale.filter((c) => !deleted.has(c)).sort(),
+    parts: all(),
+    get model(): WrittenModel {
+      // Filled as the parts are generated: read before that, it would be a wrong (partial) table.
+      if (!complete) throw new Error('full sync model read before every part was generated');
+      return model;
+    },
+    staleChains: stale.filter((c) => !deleting.has(c)).sort(),
     writtenServices: services.size,
   };
 }

@@ -334,6 +334,49 @@ describe('nftables mode: trace, partial syncs, drift and cleanup (real traffic)'
       assert.ok(!(await p.nft.listSets()).some((x) => x.name === setB), 'the stale affinity set is gone');
     });
 
+    it('a full sync in parts refused part-way: the previous verdicts serve, new chains are unreachable; the next sync converges', async () => {
+      const sb = env.sb;
+      await scenario();
+      // Another agent's base chain carries the name of parted's service chain: parted's Services part
+      // goes through (a rule may be added to it), the elements part pointing service-ips at it is
+      // refused (no goto to a base chain: EOPNOTSUPP).
+      const partedChain = portNames('default', 'parted', 'tcp', '').cluster;
+      const aChain = portNames('default', 'parted', 'tcp', '').endpoint(sb.podIP('a'), WEB).chain;
+      await sb.exec('node', [
+        'nft',
+        'add chain ip kube-proxy',
+        partedChain,
+        '{ type nat hook output priority 200 ; }',
+      ]);
+      const parted = [
+        serviceObject('parted', { clusterIPs: ['10.96.0.98'], ports: [{ port: 80, targetPort: WEB }] }),
+        sliceObject('parted', 'IPv4', [{ port: WEB }], podEndpoints(sb, ['a'])),
+      ];
+      const small = { fullSyncPartLines: 1 }; // every Service in a transaction of its own
+      try {
+        await scenario(small);
+        const p = h.nftProxier('IPv4');
+        assert.ok(Number(h.lastNftReports[0]!.details?.transactions) > 4, 'setup, Services…, elements');
+        p.forceFullSync();
+        await assert.rejects(scenario(small, parted), /part \d+: elements.*Operation not supported/s);
+        assert.equal(p.lastAttemptFull, true);
+        // The Services parts before it were committed (parted's endpoint chain exists), but no element
+        // points to them: the previous verdicts serve, 10.96.0.98 goes nowhere.
+        assert.ok(
+          (await p.nft.listChains()).some((c) => c.name === aChain),
+          'new chain written',
+        );
+        await expectNoAnswer(sb, 'client', tcp('10.96.0.98', 80, DROP_MS));
+        answeredPeer(await sb.request('client', tcp('10.96.0.10', 80)), BACKENDS);
+      } finally {
+        await sb.exec('node', ['nft', 'delete chain ip kube-proxy', partedChain], { allowFailure: true });
+      }
+      await scenario(small, parted);
+      assert.equal(h.lastNftReports[0]!.full, true, 'the sync after a failure is full');
+      answeredPeer(await sb.request('client', tcp('10.96.0.98', 80)), 'a');
+      answeredPeer(await sb.request('client', tcp('10.96.0.10', 80)), BACKENDS);
+    });
+
     it('cleanup removes both kube-proxy tables, and traffic is no longer steered', async () => {
       const sb = env.sb;
       await scenario();

@@ -6,7 +6,7 @@ import {
 } from '../../src/iptables/proxier.js';
 import type { SyncReport } from '../../src/modes/backend.js';
 import { buildClusterState } from '../../src/model/build.js';
-import { NftablesProxier } from '../../src/nftables/proxier.js';
+import { NftablesProxier, type NftablesProxierConfig } from '../../src/nftables/proxier.js';
 import type { ClusterState, IPFamily, Protocol } from '../../src/model/types.js';
 import { peerIP, type EchoReply, type ProbeResult, type RequestSpec } from '../../src/netns/protocol.js';
 import type { Sandbox, Where } from '../../src/netns/sandbox.js';
@@ -184,7 +184,8 @@ export type ProxierOptions = Partial<
     | 'bridgeInterface'
     | 'interfaceNamePrefix'
     | 'fullSyncMode'
-  >
+  > &
+    Pick<NftablesProxierConfig, 'fullSyncPartLines'>
 >;
 
 /** The sandbox's cluster CIDRs (its pod networks). */

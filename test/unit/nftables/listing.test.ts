@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { parseNftTable, exprText, ListingParseError } from '../../../src/nftables/listing.js';
-import { versionProblem } from '../../../src/nftables/nft.js';
+import { inputPieces, versionProblem } from '../../../src/nftables/nft.js';
 import { driftReason } from '../../../src/nftables/proxier.js';
 import { emptyModel } from '../../../src/nftables/transaction.js';
 
@@ -137,5 +137,23 @@ describe('nft and kernel version checks', () => {
     );
     assert.equal(versionProblem('nftables v1.0.1', '5.10.0', true), undefined);
     assert.match(versionProblem('garbage', '6.1', false)!, /cannot read the nft version/);
+  });
+});
+
+describe('nft -f input pieces', () => {
+  it('newline-terminated pieces of about 64 KiB whose concatenation is the input (no joined copy of it)', () => {
+    const lines = Array.from(
+      { length: 5000 },
+      (_, i) => `add rule ip kube-proxy c${i} counter comment "${'x'.repeat(i % 90)}"`,
+    );
+    const pieces = inputPieces(lines);
+    assert.equal(pieces.join(''), lines.join('\n') + '\n');
+    assert.ok(pieces.length > 3, `${pieces.length} pieces`);
+    for (const p of pieces) {
+      assert.ok(p.endsWith('\n'));
+      assert.ok(p.length < 64 * 1024 + 200, `${p.length} characters`);
+    }
+    assert.deepEqual(inputPieces([]), []);
+    assert.deepEqual(inputPieces(['a']), ['a\n']);
   });
 });

@@ -9,6 +9,7 @@ import {
 import {
   emptyModel,
   fullTransaction,
+  fullTransactionLines,
   holdsAnonymousSet,
   partialTransaction,
   type WrittenModel,
@@ -238,8 +239,9 @@ describe('nftables transactions', () => {
       existingAffinitySets: new Map([['affinity-AAAAAAAA-ns/old/tcp/p__1.2.3.4/80', 60]]),
       recreateBaseChains: true,
     });
-    const text = tx.lines.join('\n');
-    assert.ok(tx.lines[0]!.startsWith('add table ip kube-proxy { comment "rules for kube-proxy"'));
+    const lines = fullTransactionLines(tx);
+    const text = lines.join('\n');
+    assert.ok(lines[0]!.startsWith('add table ip kube-proxy { comment "rules for kube-proxy"'));
     assert.ok(
       text.includes(
         'add chain ip kube-proxy filter-prerouting\ndelete chain ip kube-proxy filter-prerouting',
@@ -297,31 +299,32 @@ describe('nftables transactions', () => {
       existingAffinitySets: new Map(),
       recreateBaseChains: false,
     });
+    const lines = fullTransactionLines(tx);
     const serviceChains = new Set([...services.values()].flatMap((r) => [...r.chains.keys()]));
-    const at = (re: RegExp): number[] => tx.lines.flatMap((l, i) => (re.test(l) ? [i] : []));
+    const at = (re: RegExp): number[] => lines.flatMap((l, i) => (re.test(l) ? [i] : []));
     const chainOf = (line: string): string => line.split(' ')[4]!;
-    const serviceRules = at(/^add rule /).filter((i) => serviceChains.has(chainOf(tx.lines[i]!)));
+    const serviceRules = at(/^add rule /).filter((i) => serviceChains.has(chainOf(lines[i]!)));
     const anonymousChains = new Set(
       [...services.values()].flatMap((r) =>
         [...r.chains].filter(([, rules]) => rules.some(holdsAnonymousSet)).map(([name]) => name),
       ),
     );
     assert.equal(anonymousChains.size, 4, 'three numgen vmaps and the source-range set');
-    const anonymous = serviceRules.filter((i) => anonymousChains.has(chainOf(tx.lines[i]!)));
+    const anonymous = serviceRules.filter((i) => anonymousChains.has(chainOf(lines[i]!)));
     const lastDeclaration = Math.max(
       ...at(/^(add chain|flush chain|add set) /).filter(
-        (i) => serviceChains.has(chainOf(tx.lines[i]!)) || tx.lines[i]!.startsWith('add set'),
+        (i) => serviceChains.has(chainOf(lines[i]!)) || lines[i]!.startsWith('add set'),
       ),
     );
     assert.ok(lastDeclaration < serviceRules[0]!, 'every Service chain and affinity set before any rule');
     const firstPlain = serviceRules.find((i) => !anonymous.includes(i))!;
-    assert.ok(Math.max(...anonymous) < firstPlain, tx.lines.join('\n'));
+    assert.ok(Math.max(...anonymous) < firstPlain, lines.join('\n'));
     // Each chain's rules: together, in the rendered order.
     for (const r of services.values()) {
       for (const [chain, rules] of r.chains) {
-        const mine = serviceRules.filter((i) => chainOf(tx.lines[i]!) === chain);
+        const mine = serviceRules.filter((i) => chainOf(lines[i]!) === chain);
         assert.deepEqual(
-          mine.map((i) => tx.lines[i]!.split(' ').slice(5).join(' ')),
+          mine.map((i) => lines[i]!.split(' ').slice(5).join(' ')),
           rules,
           chain,
         );
@@ -335,6 +338,101 @@ describe('nftables transactions', () => {
     assert.equal(holdsAnonymousSet('update @affinity-x { ip saddr }'), false);
   });
 
+  it('a full sync in parts: setup, whole Services in bounded groups, then the elements, then the stale chains', () => {
+    // One transaction per group of Services, so that no `nft -f` grows with the cluster (the kernel's
+    // cost of one is quadratic in its length: 30k Services did not fit in one). Each part only refers
+    // to what an earlier part or itself created; nothing reachable changes until the elements part.
+    const many = Array.from({ length: 40 }, (_, i) =>
+      service(`ns/s${i}`, {
+        clusterIP: `172.30.1.${i + 1}`,
+        affinity: i % 7 === 0 ? { type: 'ClientIP', timeoutSeconds: 60 } : undefined,
+        ports: [
+          { name: 'p', port: 80, endpoints: [ep(`10.180.1.${i + 1}`, 80), ep(`10.180.2.${i + 1}`, 80)] },
+        ],
+      }),
+    );
+    const services = renderState(state(...many), cfg);
+    const tx = fullTransaction({
+      config: cfg,
+      checked,
+      services,
+      existingServiceChains: ['service-AAAAAAAA-ns/old/tcp/p', 'service-BBBBBBBB-ns/older/tcp/p'],
+      existingAffinitySets: new Map([['affinity-AAAAAAAA-ns/old/tcp/p__1.2.3.4/80', 60]]),
+      recreateBaseChains: false,
+      // Flushed by an earlier sync; the second one is no longer in the table (another agent deleted
+      // the table since): deleting it would refuse the part.
+      deleteChains: ['service-BBBBBBBB-ns/older/tcp/p', 'service-CCCCCCCC-ns/gone/tcp/p'],
+      partLines: 50,
+    });
+    const parts = [...tx.parts];
+    const kinds = parts.map((p) => p.kind);
+    assert.equal(kinds[0], 'setup');
+    assert.deepEqual(kinds.slice(-2), ['elements', 'stale']);
+    const groups = parts.filter((p) => p.kind === 'services');
+    assert.ok(groups.length >= 5, `${groups.length} Services parts`);
+    const biggest = Math.max(
+      ...[...services.values()].map(
+        (r) => r.chains.size * 2 + [...r.chains.values()].flat().length + 2 * r.affinitySets.size,
+      ),
+    );
+    for (const g of groups) assert.ok(g.lines.length < 50 + biggest, `a part of ${g.lines.length} commands`);
+    // Every Service whole in one part.
+    for (const r of services.values()) {
+      const holding = groups.filter((g) =>
+        g.lines.some((l) => [...r.chains.keys()].some((c) => l.includes(` ${c}`))),
+      );
+      assert.equal(holding.length, 1, r.serviceKey);
+    }
+    // Dependency order: a chain is created before (or in the part) any rule or element refers to it.
+    const created = new Set<string>();
+    for (const part of parts) {
+      for (const l of part.lines) {
+        const m = /^add chain ip kube-proxy (\S+)/.exec(l);
+        if (m) created.add(m[1]!);
+      }
+      for (const l of part.lines) {
+        for (const [, target] of l.matchAll(/(?:goto|jump) ([^\s,}]+)/g)) {
+          assert.ok(created.has(target!), `${part.kind}: ${l} refers to ${target} before it exists`);
+        }
+      }
+    }
+    // The maps are reset in the elements part only (the verdicts keep serving until then).
+    const elements = parts.find((p) => p.kind === 'elements')!;
+    for (const p of parts) {
+      assert.equal(
+        p.lines.some((l) => /^flush (map|set) ip kube-proxy (service-ips|cluster-ips)/.test(l)),
+        p === elements,
+      );
+    }
+    assert.equal(
+      elements.lines.filter((l) => l.startsWith('add element ip kube-proxy service-ips')).length,
+      40,
+    );
+    assert.deepEqual(parts.at(-1)!.lines, [
+      'flush chain ip kube-proxy service-AAAAAAAA-ns/old/tcp/p',
+      'flush chain ip kube-proxy service-BBBBBBBB-ns/older/tcp/p',
+      'delete set ip kube-proxy affinity-AAAAAAAA-ns/old/tcp/p__1.2.3.4/80',
+      'delete chain ip kube-proxy service-BBBBBBBB-ns/older/tcp/p',
+    ]);
+    assert.deepEqual(tx.staleChains, ['service-AAAAAAAA-ns/old/tcp/p']);
+    // The model: as the single transaction's was.
+    const whole = fullTransaction({
+      config: cfg,
+      checked,
+      services,
+      existingServiceChains: [],
+      existingAffinitySets: new Map(),
+      recreateBaseChains: false,
+      partLines: 1e9,
+    });
+    assert.deepEqual(
+      [...whole.parts].map((p) => p.kind),
+      ['setup', 'services', 'elements'],
+    );
+    assert.deepEqual(tx.model.elements, whole.model.elements);
+    assert.equal(tx.model.chains.get('service-AAAAAAAA-ns/old/tcp/p'), 0, 'flushed, deleted later');
+  });
+
   it('--nodeport-addresses: the nodeport-ips set holds the node addresses (never localhost)', () => {
     const c = config({ nodePortAddresses: { matchAll: false, addresses: ['192.168.0.2', '127.0.0.1'] } });
     const tx = fullTransaction({
@@ -345,7 +443,8 @@ describe('nftables transactions', () => {
       existingAffinitySets: new Map(),
       recreateBaseChains: false,
     });
-    const text = tx.lines.join('\n');
+    const lines = fullTransactionLines(tx);
+    const text = lines.join('\n');
     assert.ok(text.includes('add element ip kube-proxy nodeport-ips { 192.168.0.2 }'));
     assert.ok(
       text.includes(
@@ -370,6 +469,8 @@ describe('nftables transactions', () => {
       existingAffinitySets: new Map(),
       recreateBaseChains: false,
     });
+    assert.throws(() => full.model, /before every part was generated/);
+    fullTransactionLines(full);
     const written: WrittenModel = full.model;
     // svc1's endpoint moves: new endpoint chain, old one stale; other is untouched.
     const svc1b = service('ns1/svc1', {
