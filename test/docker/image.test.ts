@@ -4,6 +4,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { StartedTestContainer } from 'testcontainers';
+import { run as runHost } from '../../src/util/exec.js';
 import { DockerScope, dockerUnavailable, run, runOk, type NodeContainer } from '../support/docker.js';
 import { skipBecause } from '../support/skip.js';
 
@@ -399,6 +400,8 @@ describe('container image (docker)', function () {
         '--manifests=/manifests',
         '--hostname-override=daemon',
         '--iptables-min-sync-period=100ms',
+        '--iptables-sync-period=2s',
+        '-v=2',
       ]);
       let health = '';
       await until(
@@ -413,6 +416,22 @@ describe('container image (docker)', function () {
       const body = JSON.parse(health.slice(4)) as { lastUpdated?: string };
       assert.ok(body.lastUpdated && Date.parse(body.lastUpdated) > 0, health);
       assertBothBackends(await askService(daemon, 40), 40);
+
+      // No --pid=host: the container is a PID namespace of its own, as a pod without hostPID, and
+      // the kernel reports the daemon's commits under host PIDs. The kernel watch still knows them
+      // (by process name), so its drift checks read nothing.
+      let logs = '';
+      await until(
+        async () => {
+          const r = await runHost(['/usr/bin/docker', 'logs', daemon.getId()], { allowFailure: true });
+          logs = r.stdout + r.stderr;
+          return /"drift check" backend="iptables\/IPv4" check="quiet"/.test(logs);
+        },
+        15_000,
+        () => `no quiet drift check:\n${logs.split('\n').slice(-30).join('\n')}`,
+      );
+      assert.match(logs, /"kernel watch armed" backend="iptables\/IPv4" [^\n]*pidNamespace=true/);
+      assert.doesNotMatch(logs, /"drift check" backend="iptables\/IPv4" check="full"/);
 
       // The manifest source watches its files: one backend left → only that one answers.
       const [first] = backendIps as [string, string];
