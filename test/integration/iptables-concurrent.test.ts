@@ -3,6 +3,7 @@ import { IptablesProxier } from '../../src/iptables/proxier.js';
 import type { ClusterState } from '../../src/model/types.js';
 import { run } from '../../src/util/exec.js';
 import { ep, service, state } from '../unit/iptables/fixtures.js';
+import { sandboxProxierConfig } from '../support/iptables-harness.js';
 import { useSandbox } from '../support/sandbox.js';
 
 /**
@@ -101,18 +102,12 @@ for (const mode of [undefined, 'whole-table'] as const) {
         ? `loses no foreign rule: ${SYNCS} full syncs of ${SERVICES} Services while a CNI writes`
         : `loses foreign rules only inside the write window, and every sync completes`,
       async () => {
-        const proxier = new IptablesProxier({
-          family: 'IPv4',
-          nodeName: 'node-1',
-          masqueradeBit: 14,
-          masqueradeAll: false,
-          detectLocalMode: 'ClusterCIDR',
-          clusterCIDRs: ['10.244.0.0/16'],
-          nodePortAddresses: [],
-          localhostNodePorts: false,
-          netns: env.sb.nodeNs,
-          ...(mode ? { fullSyncMode: mode } : {}),
-        });
+        const proxier = new IptablesProxier(
+          sandboxProxierConfig(env.sb, {
+            localhostNodePorts: false,
+            ...(mode ? { fullSyncMode: mode } : {}),
+          }),
+        );
         await proxier.setup();
         const s = cluster();
         await proxier.sync(s);

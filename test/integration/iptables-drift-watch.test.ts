@@ -8,7 +8,12 @@ import { buildClusterState } from '../../src/model/build.js';
 import type { ClusterState } from '../../src/model/types.js';
 import type { RunResult } from '../../src/util/exec.js';
 import { expectError, useSandbox } from '../support/sandbox.js';
-import { NODE_NAME, podEndpoints, serviceObject, sliceObject } from '../support/iptables-harness.js';
+import {
+  podEndpoints,
+  sandboxProxierConfig,
+  serviceObject,
+  sliceObject,
+} from '../support/iptables-harness.js';
 
 /**
  * The daemon's drift check with its kernel watch (`nft monitor`, iptables/commit-log.ts): after our
@@ -93,18 +98,7 @@ describe('iptables drift checks with the kernel watch (nft monitor, real traffic
     const wrapper = join(dir, 'iptables-save');
     await writeFile(wrapper, `#!/bin/sh\necho x >> ${join(dir, 'saves')}\nexec iptables-save "$@"\n`);
     await chmod(wrapper, 0o755);
-    proxier = new IptablesProxier({
-      family: 'IPv4',
-      nodeName: NODE_NAME,
-      masqueradeBit: 14,
-      masqueradeAll: false,
-      detectLocalMode: 'ClusterCIDR',
-      clusterCIDRs: ['10.244.0.0/16'],
-      nodePortAddresses: [],
-      localhostNodePorts: true,
-      netns: env.sb.nodeNs,
-      binaries: { save: wrapper },
-    });
+    proxier = new IptablesProxier(sandboxProxierConfig(env.sb, { binaries: { save: wrapper } }));
     await proxier.setup();
     await proxier.watchKernel();
     assert.ok(proxier.kernelWatchPid !== undefined, 'nft monitor runs');

@@ -14,11 +14,10 @@ import { readSysctl, writeSysctl } from '../../src/util/sysctl.js';
 import {
   answeredPeer,
   assertAnsweredBy,
-  DEFAULT_OPTIONS,
   IptablesHarness,
-  NODE_NAME,
   nodeObject,
   podEndpoints,
+  sandboxProxierConfig,
   serviceObject,
   sliceObject,
   type ProxierOptions,
@@ -144,12 +143,7 @@ describe('iptables mode: kernel paths of its own (real traffic)', function () {
       await scenario();
       const sb = env.sb;
       const fresh = async (): Promise<SavedRule[]> => {
-        const p = new IptablesProxier({
-          family: 'IPv4',
-          nodeName: NODE_NAME,
-          netns: sb.nodeNs,
-          ...DEFAULT_OPTIONS,
-        });
+        const p = new IptablesProxier(sandboxProxierConfig(sb));
         await p.setup();
         await p.sync(h.current);
         return [...rulesOf(await save('IPv4', 'filter'), 'filter', 'KUBE-FORWARD')];

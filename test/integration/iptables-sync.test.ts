@@ -12,6 +12,7 @@ import type { ClusterState, IPFamily } from '../../src/model/types.js';
 import type { Sandbox } from '../../src/netns/sandbox.js';
 import { run, type RunResult } from '../../src/util/exec.js';
 import { packageRoot } from '../../src/util/paths.js';
+import { CLUSTER_CIDRS, NODE_NAME, sandboxProxierConfig } from '../support/iptables-harness.js';
 import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
 
 /**
@@ -22,9 +23,8 @@ import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
  * `svcplane cleanup` removes it all. The tests of each describe run in order on one sandbox.
  */
 
-const NODE = 'node-1';
+const NODE = NODE_NAME;
 const TARGET = 8080;
-const CLUSTER_CIDRS = ['10.244.0.0/16', 'fd00:10:244::/64'];
 
 /** A single-port (`http`, 80 → 8080) single-family ClusterIP Service and its slice, as plain API objects. */
 function service(
@@ -123,18 +123,7 @@ describe('iptables proxier sync behaviour (real traffic)', function () {
       ].join('\n'),
     );
     await chmod(wrapper, 0o755);
-    proxier = new IptablesProxier({
-      family: 'IPv4',
-      nodeName: NODE,
-      masqueradeBit: 14,
-      masqueradeAll: false,
-      detectLocalMode: 'ClusterCIDR',
-      clusterCIDRs: CLUSTER_CIDRS,
-      nodePortAddresses: [],
-      localhostNodePorts: true,
-      netns: env.sb.nodeNs,
-      binaries: { restore: wrapper },
-    });
+    proxier = new IptablesProxier(sandboxProxierConfig(env.sb, { binaries: { restore: wrapper } }));
     const realRestore = proxier.ipt.restore.bind(proxier.ipt);
     proxier.ipt.restore = (input, opts) => {
       if (typeof input === 'string') inputs.push(input);
@@ -239,17 +228,7 @@ describe('iptables proxier sync behaviour (real traffic)', function () {
 
   it('IPv6: a partial sync moves traffic; a flushed ip6tables nat table is detected and repaired', async () => {
     const sb = env.sb;
-    const p6 = new IptablesProxier({
-      family: 'IPv6',
-      nodeName: NODE,
-      masqueradeBit: 14,
-      masqueradeAll: false,
-      detectLocalMode: 'ClusterCIDR',
-      clusterCIDRs: CLUSTER_CIDRS,
-      nodePortAddresses: [],
-      localhostNodePorts: true,
-      netns: sb.nodeNs,
-    });
+    const p6 = new IptablesProxier(sandboxProxierConfig(sb, { family: 'IPv6' }));
     await p6.setup();
     const six = (pod: string): ClusterState => state(service(sb, 'six', 'fd00:96::30:1', [pod], 'IPv6'));
     assert.equal((await p6.sync(six('a'))).full, true);

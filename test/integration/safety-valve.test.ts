@@ -12,6 +12,7 @@ import { log } from '../../src/util/log.js';
 import { until } from '../support/daemon.js';
 import { useSandbox } from '../support/sandbox.js';
 import { HandSource } from '../support/hand-source.js';
+import { NODE_NAME, sandboxProxierConfig } from '../support/iptables-harness.js';
 
 /**
  * The safety valve against the real kernel: rules written by a good state stay in the kernel (and
@@ -21,7 +22,6 @@ import { HandSource } from '../support/hand-source.js';
  * kernel holds. Deletions still apply.
  */
 
-const NODE = 'node-1';
 const PORT = 8080;
 
 interface Raw {
@@ -82,7 +82,7 @@ describe('safety valve with real rules in the kernel (sandbox)', function () {
             {
               addresses: [env.sb.podIP(i % 2 === 0 ? 'a' : 'b')],
               conditions: { ready: true },
-              nodeName: NODE,
+              nodeName: NODE_NAME,
             },
           ],
         },
@@ -96,17 +96,7 @@ describe('safety valve with real rules in the kernel (sandbox)', function () {
       .filter((l) => /^-A KUBE-SERVICES .*-j KUBE-SVC-/.test(l))
       .sort();
   const newController = (source: StateSource): Controller => {
-    const proxier = new IptablesProxier({
-      family: 'IPv4',
-      nodeName: NODE,
-      masqueradeBit: 14,
-      masqueradeAll: false,
-      detectLocalMode: 'ClusterCIDR',
-      clusterCIDRs: ['10.244.0.0/16'],
-      nodePortAddresses: [],
-      localhostNodePorts: true,
-      netns: env.sb.nodeNs,
-    });
+    const proxier = new IptablesProxier(sandboxProxierConfig(env.sb));
     const c = new Controller(source, [proxier], { minSyncPeriodMs: 10, syncPeriodMs: 600_000 });
     controllers.push(c);
     return c;
@@ -141,7 +131,7 @@ describe('safety valve with real rules in the kernel (sandbox)', function () {
     assert.deepEqual(await serviceRules(), before, 'every Service rule is still in the kernel');
     await allServed();
     assert.match(await metrics.registry.metrics(), /^svcplane_sync_refused_total 1$/m);
-    const health = healthzStatus(controllerHealth(c, { syncPeriodMs: 600_000, nodeName: NODE })());
+    const health = healthzStatus(controllerHealth(c, { syncPeriodMs: 600_000, nodeName: NODE_NAME })());
     assert.equal(health.code, 503);
     assert.equal(
       health.body.reason,

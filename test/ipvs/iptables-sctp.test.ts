@@ -5,6 +5,7 @@ import { buildClusterState } from '../../src/model/build.js';
 import type { ClusterState } from '../../src/model/types.js';
 import type { Sandbox } from '../../src/netns/sandbox.js';
 import { run } from '../../src/util/exec.js';
+import { sandboxProxierConfig } from '../support/iptables-harness.js';
 import { useSandbox } from '../support/sandbox.js';
 import { Background, requireUml, tryCmd, waitFor } from './helpers.js';
 
@@ -103,17 +104,7 @@ describe('iptables mode: SCTP through the rules (UML, real associations)', funct
       });
     }
 
-    const proxier = new IptablesProxier({
-      family: 'IPv4',
-      nodeName: 'node-1',
-      masqueradeBit: 14,
-      masqueradeAll: false,
-      detectLocalMode: 'ClusterCIDR',
-      clusterCIDRs: ['10.244.0.0/16'],
-      nodePortAddresses: [],
-      localhostNodePorts: false,
-      netns: sb.nodeNs,
-    });
+    const proxier = new IptablesProxier(sandboxProxierConfig(sb, { localhostNodePorts: false }));
     await proxier.setup();
     await proxier.sync(sctpState(sb));
     const save = await proxier.ipt.save('nat');

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { IptablesProxier } from '../../src/iptables/proxier.js';
 import { buildClusterState } from '../../src/model/build.js';
 import type { ClusterState } from '../../src/model/types.js';
+import { sandboxProxierConfig } from '../support/iptables-harness.js';
 import { expectReply, useSandbox } from '../support/sandbox.js';
 import { Background, requireUml, tryCmd, waitFor } from './helpers.js';
 
@@ -56,17 +57,7 @@ describe('iptables mode with the xtables lock held by another process (UML, lega
 
   it('fails the restore, keeps serving the previous rules, then converges with a full sync', async () => {
     const { sb } = ctx;
-    const proxier = new IptablesProxier({
-      family: 'IPv4',
-      nodeName: 'node-1',
-      masqueradeBit: 14,
-      masqueradeAll: false,
-      detectLocalMode: 'ClusterCIDR',
-      clusterCIDRs: ['10.244.0.0/16'],
-      nodePortAddresses: [],
-      localhostNodePorts: false,
-      netns: sb.nodeNs,
-    });
+    const proxier = new IptablesProxier(sandboxProxierConfig(sb, { localhostNodePorts: false }));
     await proxier.setup();
     await proxier.sync(state('a', sb.podIP('a')));
     expectReply(await sb.request('c', { proto: 'tcp', ip: '10.96.40.1', port: 80 }), 'a');

@@ -211,6 +211,17 @@ export const DEFAULT_OPTIONS: Required<
   masqueradeBit: 14,
 };
 
+/**
+ * The config of one in-process IptablesProxier programming the sandbox node: IPv4, node-1 and
+ * kube-proxy's defaults (DEFAULT_OPTIONS), with what a test changes on top (`family`, `binaries`, …).
+ */
+export function sandboxProxierConfig(
+  sb: Pick<Sandbox, 'nodeNs'>,
+  overrides: Partial<IptablesProxierConfig> = {},
+): IptablesProxierConfig {
+  return { family: 'IPv4', nodeName: NODE_NAME, netns: sb.nodeNs, ...DEFAULT_OPTIONS, ...overrides };
+}
+
 /** Which dataplane the harness programs: the same scenarios run against each mode. */
 export type HarnessMode = 'iptables' | 'nftables';
 
@@ -295,7 +306,7 @@ export class IptablesHarness {
     }
     if (key !== this.optionsKey) {
       this.proxiers = this.families.map(
-        (family) => new IptablesProxier({ family, nodeName: NODE_NAME, netns: this.sb.nodeNs, ...merged }),
+        (family) => new IptablesProxier(sandboxProxierConfig(this.sb, { ...merged, family })),
       );
       for (const p of this.proxiers) await p.setup();
       await this.flushConntrack();
