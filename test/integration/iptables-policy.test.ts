@@ -5,19 +5,23 @@ import { buildClusterState, type SourceObject } from '../../src/model/build.js';
 import type { IPFamily } from '../../src/model/types.js';
 import type { Sandbox } from '../../src/netns/sandbox.js';
 import { peerIP, type ProbeResult, type RequestSpec } from '../../src/netns/protocol.js';
-import { expectRuleCounted, type RuleRef } from '../support/rule-counters.js';
+import { NODE_NAME, sandboxProxierConfig } from '../support/iptables-harness.js';
 import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
 import { traceAgrees } from '../support/trace-check.js';
 import { traceOnNode } from '../../src/cli/trace.js';
 
 /**
- * Traffic policies through the rules IptablesProxier writes into a sandbox node (both families):
- * externalTrafficPolicy / internalTrafficPolicy Local, the terminating-endpoint fallback and
- * topology hints. Every claim is a real TCP connection from outside, a pod or the node itself.
- * One sandbox and one sync for the whole file: each Service carries one scenario.
+ * Traffic policies through the rules IptablesProxier writes into a sandbox node: what the traffic
+ * scenario table (test/support/scenarios, run by scenarios-iptables for this mode) does not prove.
+ * The table has eTP=Local from outside (NodePort IPv4/IPv6, LB IP), pods short-circuiting, iTP=Local
+ * with its counted DROP (IPv4/IPv6), and, in IPv4, eTP=Local without a local endpoint (outside
+ * dropped, pod and node served), the terminating fallback and zone hints. Here: those last three in
+ * IPv6, `svcplane trace` agreeing with zone hints, and the health-check node port's ACCEPT rule.
+ * Every claim is a real TCP connection from outside, a pod or the node itself. One sandbox and one
+ * sync for the whole file: each Service carries one scenario.
  */
 
-const NODE = 'node-1';
+const NODE = NODE_NAME;
 const TARGET = 8080;
 
 interface EpSpec {
@@ -117,8 +121,6 @@ const SERVICES: readonly SvcSpec[] = [
     eTP: 'Local',
     endpoints: [{ pod: 'b', node: 'node-2' }],
   },
-  { name: 'itp-local', index: 3, iTP: 'Local', endpoints: [{ pod: 'a' }, { pod: 'b', node: 'node-2' }] },
-  { name: 'itp-none', index: 4, iTP: 'Local', endpoints: [{ pod: 'b', node: 'node-2' }] },
   // Only terminating endpoints: the serving one is used, the not-serving one never.
   {
     name: 'terminating',
@@ -177,7 +179,7 @@ async function answers(sb: Sandbox, from: string, req: RequestSpec, n: number): 
 
 const FAMILIES: readonly IPFamily[] = ['IPv4', 'IPv6'];
 
-describe('iptables traffic policies (real traffic, both families)', function () {
+describe('iptables traffic policies beyond the scenario table (real traffic)', function () {
   this.timeout(60_000);
   const env = useSandbox({
     pods: [
@@ -193,17 +195,7 @@ describe('iptables traffic policies (real traffic, both families)', function () 
     const state = buildClusterState([NODE_OBJECT, ...SERVICES.flatMap((s) => objectsOf(sb, s))]);
     assert.deepEqual(state.problems, []);
     for (const family of FAMILIES) {
-      const proxier = new IptablesProxier({
-        family,
-        nodeName: NODE,
-        masqueradeBit: 14,
-        masqueradeAll: false,
-        detectLocalMode: 'ClusterCIDR',
-        clusterCIDRs: ['10.244.0.0/16', 'fd00:10:244::/64'],
-        nodePortAddresses: [],
-        localhostNodePorts: true,
-        netns: sb.nodeNs,
-      });
+      const proxier = new IptablesProxier(sandboxProxierConfig(sb, { family }));
       await proxier.setup();
       const report = await proxier.sync(state);
       assert.equal(report.full, true);
@@ -211,113 +203,68 @@ describe('iptables traffic policies (real traffic, both families)', function () 
   });
 
   const nodeIP = (f: IPFamily): string => (f === 'IPv4' ? env.sb.nodeIPv4 : env.sb.nodeIPv6);
-  const outsideIP = (f: IPFamily): string => (f === 'IPv4' ? env.sb.outsideIPv4 : env.sb.outsideIPv6);
   const gateway = (f: IPFamily): string => (f === 'IPv4' ? env.sb.gatewayIPv4 : env.sb.gatewayIPv6);
   const peerOf = (r: ProbeResult): string => peerIP(expectReply(r).peer);
 
-  for (const family of FAMILIES) {
-    describe(family, () => {
-      it('eTP=Local NodePort from outside: only the local endpoint answers, client IP preserved', async () => {
-        const req = { proto: 'tcp', ip: nodeIP(family), port: 30101 } as const;
-        for (let i = 0; i < 8; i++) {
-          const r = await env.sb.request('outside', req);
-          expectReply(r, 'a');
-          assert.equal(peerOf(r), outsideIP(family), 'no masquerade for eTP=Local from outside');
-        }
+  const zoneHints = (family: IPFamily): void => {
+    it("zone hints for this node's zone restrict the endpoints; hints for other zones only do not; trace agrees", async () => {
+      const topo = await answers(env.sb, 'client', { proto: 'tcp', ip: clusterIP(6, family), port: 80 }, 8);
+      assert.deepEqual(new Set(topo), new Set(['a']), topo.join(','));
+      const seen = new Set<string>();
+      for (let i = 0; i < 40 && seen.size < 3; i++) {
+        for (const p of await answers(
+          env.sb,
+          'client',
+          { proto: 'tcp', ip: clusterIP(7, family), port: 80 },
+          1,
+        ))
+          seen.add(p);
+      }
+      assert.deepEqual([...seen].sort(), ['a', 'b', 'c']);
+      // svcplane trace agrees: the zone-hinted endpoint only, then all three.
+      const hinted = await traceAgrees(env.sb, 'client', {
+        proto: 'tcp',
+        ip: clusterIP(6, family),
+        port: 80,
       });
-
-      it('eTP=Local with endpoints only elsewhere: outside DROPs, a pod short-circuits, the node is masqueraded', async () => {
-        const sb = env.sb;
-        const req = { proto: 'tcp', ip: nodeIP(family), port: 30102 } as const;
-        expectError(await sb.request('outside', { ...req, timeoutMs: 800 }), 'timeout');
-        const fromPod = await sb.request('client', req);
-        expectReply(fromPod, 'b');
-        assert.equal(peerOf(fromPod), sb.podIP('client', family), 'pod traffic is not masqueraded');
-        const fromNode = await sb.request('node', req);
-        expectReply(fromNode, 'b');
-        assert.equal(peerOf(fromNode), gateway(family), 'node traffic is masqueraded');
+      assert.deepEqual(
+        hinted.endpoints.map((e) => e.endpoint),
+        [family === 'IPv4' ? `${env.sb.podIP('a')}:${TARGET}` : `[${env.sb.podIP('a', family)}]:${TARGET}`],
+      );
+      const other = await traceAgrees(env.sb, 'client', {
+        proto: 'tcp',
+        ip: clusterIP(7, family),
+        port: 80,
       });
-
-      it('iTP=Local ClusterIP reaches only local endpoints; none local → DROP (timeout, counted), not REJECT', async () => {
-        const got = await answers(env.sb, 'client', { proto: 'tcp', ip: clusterIP(3, family), port: 80 }, 8);
-        assert.deepEqual(new Set(got), new Set(['a']), got.join(','));
-        const drop: RuleRef = {
-          family,
-          table: 'filter',
-          chain: 'KUBE-SERVICES',
-          match: (r) =>
-            ruleComment(r) === 'default/itp-none:http has no local endpoints' &&
-            getArg(r, '-d')?.split('/')[0] === clusterIP(4, family) &&
-            getArg(r, '-j') === 'DROP',
-          what: `${family} iTP=Local "has no local endpoints" DROP`,
-        };
-        // The timeout alone could be anything; the DROP rule's own counter says it was this rule.
-        await expectRuleCounted(env.sb, drop, async () => {
-          const none = await env.sb.request('client', {
-            proto: 'tcp',
-            ip: clusterIP(4, family),
-            port: 80,
-            timeoutMs: 800,
-          });
-          expectError(none, 'timeout');
-        });
-      });
-
-      it('only terminating endpoints: the serving one answers, the not-serving one never', async () => {
-        const got = await answers(env.sb, 'client', { proto: 'tcp', ip: clusterIP(5, family), port: 80 }, 8);
-        assert.deepEqual(new Set(got), new Set(['a']), got.join(','));
-      });
-
-      it("zone hints for this node's zone restrict the endpoints; hints for other zones only do not", async () => {
-        const topo = await answers(env.sb, 'client', { proto: 'tcp', ip: clusterIP(6, family), port: 80 }, 8);
-        assert.deepEqual(new Set(topo), new Set(['a']), topo.join(','));
-        const seen = new Set<string>();
-        for (let i = 0; i < 40 && seen.size < 3; i++) {
-          for (const p of await answers(
-            env.sb,
-            'client',
-            { proto: 'tcp', ip: clusterIP(7, family), port: 80 },
-            1,
-          ))
-            seen.add(p);
-        }
-        assert.deepEqual([...seen].sort(), ['a', 'b', 'c']);
-        // svcplane trace agrees: the zone-hinted endpoint only, then all three.
-        const hinted = await traceAgrees(env.sb, 'client', {
-          proto: 'tcp',
-          ip: clusterIP(6, family),
-          port: 80,
-        });
-        assert.deepEqual(
-          hinted.endpoints.map((e) => e.endpoint),
-          [family === 'IPv4' ? `${env.sb.podIP('a')}:${TARGET}` : `[${env.sb.podIP('a', family)}]:${TARGET}`],
-        );
-        const other = await traceAgrees(env.sb, 'client', {
-          proto: 'tcp',
-          ip: clusterIP(7, family),
-          port: 80,
-        });
-        assert.equal(other.endpoints.length, 3);
-      });
+      assert.equal(other.endpoints.length, 3);
     });
-  }
+  };
 
-  it('eTP=Local LoadBalancer IP from outside: local endpoint only, client IP preserved', async () => {
-    for (let i = 0; i < 6; i++) {
-      const r = await env.sb.request('outside', { proto: 'tcp', ip: '198.51.100.10', port: 80 });
-      expectReply(r, 'a');
-      assert.equal(peerOf(r), env.sb.outsideIPv4);
-    }
+  describe('IPv4', () => {
+    zoneHints('IPv4');
   });
 
-  it('eTP=Local pods short-circuit to every endpoint (local or not) without masquerade', async () => {
-    const seen = new Set<string>();
-    for (let i = 0; i < 30 && seen.size < 2; i++) {
-      const r = await env.sb.request('client', { proto: 'tcp', ip: env.sb.nodeIPv4, port: 30101 });
-      seen.add(expectReply(r).pod);
-      assert.equal(peerOf(r), env.sb.podIP('client'));
-    }
-    assert.deepEqual([...seen].sort(), ['a', 'b']);
+  describe('IPv6', () => {
+    const family: IPFamily = 'IPv6';
+
+    it('eTP=Local with endpoints only elsewhere: outside DROPs, a pod short-circuits, the node is masqueraded', async () => {
+      const sb = env.sb;
+      const req = { proto: 'tcp', ip: nodeIP(family), port: 30102 } as const;
+      expectError(await sb.request('outside', { ...req, timeoutMs: 800 }), 'timeout');
+      const fromPod = await sb.request('client', req);
+      expectReply(fromPod, 'b');
+      assert.equal(peerOf(fromPod), sb.podIP('client', family), 'pod traffic is not masqueraded');
+      const fromNode = await sb.request('node', req);
+      expectReply(fromNode, 'b');
+      assert.equal(peerOf(fromNode), gateway(family), 'node traffic is masqueraded');
+    });
+
+    it('only terminating endpoints: the serving one answers, the not-serving one never', async () => {
+      const got = await answers(env.sb, 'client', { proto: 'tcp', ip: clusterIP(5, family), port: 80 }, 8);
+      assert.deepEqual(new Set(got), new Set(['a']), got.join(','));
+    });
+
+    zoneHints(family);
   });
 
   it('healthCheckNodePort gets the filter ACCEPT rule, and outside traffic to it hits that rule', async () => {
