@@ -12,6 +12,7 @@ import { buildClusterState } from '../src/model/build.js';
 import type { ClusterState } from '../src/model/types.js';
 import { run } from '../src/util/exec.js';
 import { BENCH_LIMITS, BENCH_NODE, clusterObjects, nodeObject, serviceObjects } from './cluster.js';
+import { printChildResult, runChild, writeResults } from './child.js';
 import { MemoryPeak } from './memory.js';
 
 /**
@@ -541,32 +542,18 @@ function table(results: SizeResult[]): string {
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   if (args.child !== undefined) {
-    const result = await measureSize(args.child, args.latencyChanges, args.latencyAt);
-    process.stdout.write(JSON.stringify(result) + '\n');
+    printChildResult(await measureSize(args.child, args.latencyChanges, args.latencyAt));
     return;
   }
   const self = fileURLToPath(import.meta.url);
   const results: SizeResult[] = [];
   for (const n of args.sizes) {
     process.stderr.write(`bench: ${n} Services × ${ENDPOINTS} endpoints …\n`);
-    const res = await run(
-      [
-        process.execPath,
-        ...process.execArgv,
-        self,
-        '--child',
-        String(n),
-        '--changes',
-        String(args.latencyChanges),
-      ],
-      {
-        timeoutMs: 3_600_000,
-        allowFailure: true,
-      },
+    const r = await runChild<SizeResult>(
+      self,
+      ['--child', String(n), '--changes', String(args.latencyChanges)],
+      { what: `bench child for ${n}`, timeoutMs: 3_600_000 },
     );
-    if (res.exitCode !== 0) throw new Error(`bench child for ${n} failed (${res.exitCode}): ${res.stderr}`);
-    const line = res.stdout.trim().split('\n').pop() ?? '';
-    const r = JSON.parse(line) as SizeResult;
     results.push(r);
     process.stderr.write(table([r]).split('\n').slice(1).join('\n') + '\n');
   }
@@ -578,13 +565,7 @@ async function main(): Promise<void> {
     kernel: (await run(['uname', '-r'])).stdout.trim(),
   };
   process.stdout.write(`\n${table(results)}\n`);
-  // scripts/bench.sh runs from the repository root.
-  const out =
-    args.out ??
-    join(process.cwd(), 'bench', 'results', `${machine.date.slice(0, 19).replace(/:/g, '-')}.json`);
-  await mkdir(join(out, '..'), { recursive: true });
-  await writeFile(out, JSON.stringify({ machine, results }, null, 2) + '\n');
-  process.stdout.write(`bench: results written to ${out}\n`);
+  await writeResults({ machine, results }, { out: args.out, prefix: '', who: 'bench' });
 }
 
 main().catch((err: unknown) => {

@@ -1,4 +1,3 @@
-import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -21,6 +20,7 @@ import type { ClusterState } from '../src/model/types.js';
 import { run } from '../src/util/exec.js';
 import { parseIpAddressJson } from '../src/kernel/netif.js';
 import { BENCH_LIMITS, BENCH_NODE, BENCH_NODE_IP, clusterObjects, serviceObjects } from './cluster.js';
+import { lastJsonLine, printChildResult, writeResults } from './child.js';
 import { MemoryPeak } from './memory.js';
 
 /**
@@ -458,8 +458,7 @@ function table(results: SizeResult[]): string {
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   if (args.child !== undefined) {
-    const result = await measureChild(args.child);
-    process.stdout.write(JSON.stringify(result) + '\n');
+    printChildResult(await measureChild(args.child));
     return;
   }
   const self = fileURLToPath(import.meta.url);
@@ -497,9 +496,8 @@ async function main(): Promise<void> {
         `IPVS bench for ${n} failed in UML (exit ${res.exitCode}):\n${res.stdout}\n${res.stderr}`,
       );
     }
-    const line = res.stdout.trim().split('\n').pop() ?? '';
     const r: SizeResult = {
-      ...(JSON.parse(line) as ChildResult),
+      ...lastJsonLine<ChildResult>(res.stdout),
       hostLoadBefore,
       hostLoadAfter: loadavg().map(r1),
       umlWallMs,
@@ -517,11 +515,7 @@ async function main(): Promise<void> {
     umlMem: args.mem,
   };
   process.stdout.write(`\nIPVS (User-mode Linux)\n${table(results)}\n`);
-  const out =
-    args.out ?? join(root, 'bench', 'results', `ipvs-${machine.date.slice(0, 19).replace(/:/g, '-')}.json`);
-  await mkdir(join(out, '..'), { recursive: true });
-  await writeFile(out, JSON.stringify({ machine, results }, null, 2) + '\n');
-  process.stdout.write(`ipvs-bench: results written to ${out}\n`);
+  await writeResults({ machine, results }, { out: args.out, prefix: 'ipvs-', who: 'ipvs-bench', root });
 }
 
 main().catch((err: unknown) => {

@@ -7,6 +7,7 @@ import { ManifestSource } from '../src/kube/manifests.js';
 import { packageRoot } from '../src/util/paths.js';
 import { run, startProcess, type ChildHandle } from '../src/util/exec.js';
 import { BENCH_LIMITS, BENCH_NODE } from './cluster.js';
+import { printChildResult, runChild, writeResults } from './child.js';
 import { LAYOUTS, writeManifestDir, type Layout, type ManifestDir } from './layouts.js';
 
 /**
@@ -392,7 +393,7 @@ async function loadChild(dir: string): Promise<void> {
   const services = source.current()?.services.size ?? 0;
   await source.stop();
   const rssMB = r0(process.resourceUsage().maxRSS / 1024);
-  process.stdout.write(`${JSON.stringify({ ms: r0(ms), services, rssMB })}\n`);
+  printChildResult({ ms: r0(ms), services, rssMB });
 }
 
 async function measure(layout: Layout, n: number, args: Args): Promise<LayoutResult> {
@@ -404,8 +405,12 @@ async function measure(layout: Layout, n: number, args: Args): Promise<LayoutRes
     const self = fileURLToPath(import.meta.url);
     const loads: { ms: number; rssMB: number; services: number }[] = [];
     for (let r = 0; r < args.runs; r++) {
-      const res = await run([process.execPath, self, '--load', m.dir], { timeoutMs: 600_000 });
-      loads.push(JSON.parse(res.stdout.trim().split('\n').pop() ?? '{}') as (typeof loads)[number]);
+      loads.push(
+        await runChild<(typeof loads)[number]>(self, ['--load', m.dir], {
+          what: `bench load of ${layout} ${n}`,
+          timeoutMs: 600_000,
+        }),
+      );
     }
     if (loads.some((l) => l.services !== n)) throw new Error(`load: ${JSON.stringify(loads)}`);
     // The floor's input: what a whole-table sync renders, captured once.
@@ -508,12 +513,7 @@ async function main(): Promise<void> {
     kernel: (await run(['uname', '-r'])).stdout.trim(),
   };
   process.stdout.write(`\n${table(results)}\n`);
-  const out =
-    args.out ??
-    join(process.cwd(), 'bench', 'results', `manifests-${machine.date.slice(0, 19).replace(/:/g, '-')}.json`);
-  await mkdir(join(out, '..'), { recursive: true });
-  await writeFile(out, JSON.stringify({ machine, args, results }, null, 2) + '\n');
-  process.stdout.write(`bench: results written to ${out}\n`);
+  await writeResults({ machine, args, results }, { out: args.out, prefix: 'manifests-', who: 'bench' });
 }
 
 main().catch((err: unknown) => {

@@ -1,5 +1,4 @@
 import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -10,6 +9,7 @@ import { Nft } from '../src/nftables/nft.js';
 import { NftablesProxier } from '../src/nftables/proxier.js';
 import { run } from '../src/util/exec.js';
 import { BENCH_LIMITS, BENCH_NODE, clusterObjects, serviceObjects } from './cluster.js';
+import { printChildResult, runChild, writeResults } from './child.js';
 import { MemoryPeak } from './memory.js';
 
 /**
@@ -330,15 +330,16 @@ function table(results: SizeResult[]): string {
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   if (args.child !== undefined) {
-    const result = await measureSize(
-      args.child,
-      args.binaries[0]!,
-      args.changes,
-      args.latencyAt,
-      args.repeatUpTo,
-      args.partLines,
+    printChildResult(
+      await measureSize(
+        args.child,
+        args.binaries[0]!,
+        args.changes,
+        args.latencyAt,
+        args.repeatUpTo,
+        args.partLines,
+      ),
     );
-    process.stdout.write(JSON.stringify(result) + '\n');
     return;
   }
   const self = fileURLToPath(import.meta.url);
@@ -346,11 +347,9 @@ async function main(): Promise<void> {
   for (const n of args.sizes) {
     for (const binary of args.binaries) {
       process.stderr.write(`bench (nftables): ${n} Services × ${ENDPOINTS} endpoints, ${binary} …\n`);
-      const res = await run(
+      const r = await runChild<SizeResult>(
+        self,
         [
-          process.execPath,
-          ...process.execArgv,
-          self,
           '--child',
           String(n),
           '--nft',
@@ -363,10 +362,8 @@ async function main(): Promise<void> {
           String(args.repeatUpTo),
           ...(args.partLines !== undefined ? ['--part-lines', String(args.partLines)] : []),
         ],
-        { timeoutMs: 3 * 3_600_000, allowFailure: true },
+        { what: `bench child for ${n}`, timeoutMs: 3 * 3_600_000 },
       );
-      if (res.exitCode !== 0) throw new Error(`bench child for ${n} failed (${res.exitCode}): ${res.stderr}`);
-      const r = JSON.parse(res.stdout.trim().split('\n').pop() ?? '') as SizeResult;
       results.push(r);
       process.stderr.write(table([r]).split('\n').slice(1).join('\n') + '\n');
     }
@@ -381,12 +378,7 @@ async function main(): Promise<void> {
     kernel: (await run(['uname', '-r'])).stdout.trim(),
   };
   process.stdout.write(`\nnftables mode:\n${table(results)}\n`);
-  const out =
-    args.out ??
-    join(process.cwd(), 'bench', 'results', `nftables-${machine.date.slice(0, 19).replace(/:/g, '-')}.json`);
-  await mkdir(join(out, '..'), { recursive: true });
-  await writeFile(out, JSON.stringify({ machine, results }, null, 2) + '\n');
-  process.stdout.write(`bench: results written to ${out}\n`);
+  await writeResults({ machine, results }, { out: args.out, prefix: 'nftables-', who: 'bench' });
 }
 
 main().catch((err: unknown) => {
