@@ -1,5 +1,5 @@
-# svcplane container image: Node + the app + iptables (nft and legacy), nft, ipset, ipvsadm, conntrack,
-# iproute2. Runs with a read-only root filesystem: the entrypoint picks the iptables backend and passes
+# svcplane container image: Node + the app + iptables (nft and legacy), nft (Debian 12's 1.0.6, and
+# Debian 13's 1.1.3 in /opt/svcplane-nft), ipset, ipvsadm, conntrack, iproute2. Runs with a read-only root filesystem: the entrypoint picks the iptables backend and passes
 # it as --iptables-binary (nothing is rewritten); svcplane writes only under /tmp (mount a tmpfs). Needs BuildKit (DOCKER_BUILDKIT=1; Debian's docker.io client has it built in) because the
 # app stage is picked by a build argument and only that stage is built.
 #
@@ -46,6 +46,21 @@ RUN test -f dist/src/cli/main.js || { echo "PREBUILT=1: run 'npm run build' firs
 
 FROM app-prebuilt-${PREBUILT} AS app
 
+# --- Debian 13's nft 1.1.3 (scripts/nft-install.sh), for --nft-binary=/opt/svcplane-nft/bin/nft ------
+# Its own libraries and loader under /opt/svcplane-nft (7 MB); the image's `nft` (Debian 12's 1.0.6,
+# kube-proxy's choice: whatever nft the image has) stays the default: see docs/modes.md "Which nft".
+FROM ${BUILD_BASE} AS nft-prebuilt-0
+COPY scripts/nft-install.sh /src/scripts/nft-install.sh
+RUN bash /src/scripts/nft-install.sh /opt/svcplane-nft
+
+# Offline: the host's .nft/ (scripts/setup.sh ran scripts/nft-install.sh there).
+FROM ${BUILD_BASE} AS nft-prebuilt-1
+COPY .nft /opt/svcplane-nft
+RUN /opt/svcplane-nft/bin/nft --version | grep -q 'v1\.1\.' \
+    || { echo "PREBUILT=1: run 'bash scripts/nft-install.sh' first" >&2; exit 1; }
+
+FROM nft-prebuilt-${PREBUILT} AS nft
+
 # --- runtime ------------------------------------------------------------------------------------
 FROM ${RUNTIME_BASE}
 # The apt step runs only when the base lacks a tool (the local svcplane-node base has them all).
@@ -70,6 +85,7 @@ COPY --from=app /app/package.json ./
 COPY --from=app /app/node_modules ./node_modules
 COPY --from=app /app/bin ./bin
 COPY --from=app /app/dist/src ./dist/src
+COPY --from=nft /opt/svcplane-nft /opt/svcplane-nft
 COPY deploy/image/svcplane-entrypoint.sh /usr/local/bin/svcplane
 # kube-proxy's DaemonSet runs /usr/local/bin/kube-proxy: with this image it runs svcplane.
 COPY deploy/image/svcplane-entrypoint.sh /usr/local/bin/kube-proxy

@@ -76,6 +76,8 @@ say "engine and base images ready in $(since "$t")"
 if [[ ! -f dist/src/cli/main.js ]]; then
   npx tsc -p tsconfig.build.json || fail "tsc -p tsconfig.build.json failed"
 fi
+# …and Debian 13's nft, which the image ships in /opt/svcplane-nft (idempotent: seconds when present).
+bash scripts/nft-install.sh || fail "scripts/nft-install.sh failed"
 t=$(now)
 old_id=$("$DOCKER" image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null)
 if ! DOCKER_BUILDKIT=1 "$DOCKER" build --quiet --network=none -t "$IMAGE" \

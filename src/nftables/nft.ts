@@ -91,8 +91,8 @@ export interface NftRunResult {
   readonly durationMs: number;
 }
 
-/** About how many characters one piece of an `nft -f` input holds. */
-const INPUT_PIECE_CHARS = 64 * 1024;
+/** About how many characters one piece of an `nft -f` input holds (below V8's large-object size). */
+const INPUT_PIECE_CHARS = 32 * 1024;
 
 /** Commands as newline-terminated pieces of about INPUT_PIECE_CHARS (pure). */
 export function inputPieces(lines: readonly string[]): string[] {

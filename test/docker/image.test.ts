@@ -393,6 +393,29 @@ describe('container image (docker)', function () {
       assertBothBackends(await askService(client, 40), 40);
     });
 
+    it("nftables mode with the image's nft 1.1.3 (/opt/svcplane-nft): svcplane sync programs the Service, both backends answer", async () => {
+      const client = await startClient('nft113');
+      const nft = '/opt/svcplane-nft/bin/nft';
+      assert.match(await runOk(client, [nft, '--version']), /v1\.1\.3/);
+      const sync = await run(client, [
+        'svcplane',
+        'sync',
+        '--proxy-mode=nftables',
+        `--nft-binary=${nft}`,
+        '--manifests',
+        '/manifests',
+        '--hostname-override',
+        'nft113',
+      ]);
+      assert.equal(sync.exitCode, 0, `svcplane sync failed:\n${sync.stdout}${sync.stderr}`);
+      const table = await runOk(client, [nft, 'list', 'map', 'ip', 'kube-proxy', 'service-ips']);
+      assert.match(
+        table,
+        new RegExp(`${CLUSTER_IP.replaceAll('.', '\\.')} \\. tcp \\. ${SERVICE_PORT} : goto service-`),
+      );
+      assertBothBackends(await askService(client, 40), 40);
+    });
+
     it('svcplane run as the daemon: /healthz answers, traffic flows, manifest edits apply', async () => {
       // The image's default command is `run`; this is how the DaemonSet starts it (flags aside).
       const daemon = await startClient('daemon', [

@@ -141,7 +141,7 @@ describe('nft and kernel version checks', () => {
 });
 
 describe('nft -f input pieces', () => {
-  it('newline-terminated pieces of about 64 KiB whose concatenation is the input (no joined copy of it)', () => {
+  it('newline-terminated pieces of about 32 KiB whose concatenation is the input (no joined copy of it)', () => {
     const lines = Array.from(
       { length: 5000 },
       (_, i) => `add rule ip kube-proxy c${i} counter comment "${'x'.repeat(i % 90)}"`,
@@ -151,7 +151,7 @@ describe('nft -f input pieces', () => {
     assert.ok(pieces.length > 3, `${pieces.length} pieces`);
     for (const p of pieces) {
       assert.ok(p.endsWith('\n'));
-      assert.ok(p.length < 64 * 1024 + 200, `${p.length} characters`);
+      assert.ok(p.length < 32 * 1024 + 200, `${p.length} characters`);
     }
     assert.deepEqual(inputPieces([]), []);
     assert.deepEqual(inputPieces(['a']), ['a\n']);
