@@ -1,5 +1,5 @@
 import type { ProxyOptions } from '../config/options.js';
-import { buildClusterState } from '../model/build.js';
+import { ClusterStateBuilder } from '../model/build.js';
 import { log, redactUrlCredentials } from '../util/log.js';
 import { ApiSource } from './api-source.js';
 import type { ReflectorOptions } from './informer.js';
@@ -77,7 +77,7 @@ export function createApiSource(opts: ProxyOptions, tuning: ApiSourceTuning = {}
           healthGraceFromEnv(tuning.env ?? process.env) ??
           DEFAULT_API_HEALTH_GRACE_MS,
         reflector: tuning.reflector,
-        build: (objects, previous) => buildClusterState(objects, previous, opts.serviceLimits),
+        builder: new ClusterStateBuilder(opts.serviceLimits),
         networkPolicy: opts.networkPolicy,
       }),
     );

@@ -4,15 +4,15 @@
  * one validated ClusterState built from their stores.
  *
  * - `start()` resolves only once every initial list is complete (no sync from a partial view).
- * - Changes are batched (`debounceMs`) and a new state is emitted only when the set of
- *   (object, resourceVersion) pairs changed: a relist after a reconnect that finds the same objects
- *   emits nothing, so the dataplane sees no churn.
+ * - Changes are batched (`debounceMs`); the objects that changed (another object, at another
+ *   resourceVersion, or gone) are handed to the incremental state builder, one group per object, so a
+ *   change costs what it touches (issue 14). A new state is emitted only when something changed: a
+ *   relist after a reconnect that finds the same objects emits nothing, so the dataplane sees no churn.
  * - During an API outage the last state stays current; `health()` turns unhealthy once a reflector
  *   has been disconnected for longer than `healthGraceMs`, and recovers by itself.
  */
 import { KubeConfig } from '@kubernetes/client-node';
-import { buildClusterState } from '../model/build.js';
-import type { SourceObject } from '../model/build.js';
+import { ClusterStateBuilder } from '../model/build.js';
 import type { ClusterState } from '../model/types.js';
 import { SERVICE_PROXY_NAME_LABEL } from '../model/types.js';
 import { log } from '../util/log.js';
@@ -20,9 +20,6 @@ import { kubeTransport, Reflector } from './informer.js';
 import type { ApiErrorCategory, ApiTransport, ReflectorOptions, ResourceSpec } from './informer.js';
 import { NETWORK_POLICY_RESOURCES } from './policy-resources.js';
 import type { SourceHealth, SourceProblem, StateSource } from './source.js';
-
-/** `buildClusterState`'s signature (API objects carry no `source`). */
-export type BuildState = (objects: readonly SourceObject[], previous?: ClusterState) => ClusterState;
 
 export interface ApiSourceOptions {
   /** This node's name (kube-proxy's hostname / --hostname-override): the Node informer's field selector. */
@@ -32,8 +29,8 @@ export interface ApiSourceOptions {
   /** Disconnected longer than this → unhealthy. Default 60 s. */
   readonly healthGraceMs?: number;
   readonly reflector?: Partial<ReflectorOptions>;
-  /** Defaults to the model's `buildClusterState`. */
-  readonly build?: BuildState;
+  /** Builds the state (with the Service limits); tests pass one that records what it is handed. */
+  readonly builder?: ClusterStateBuilder;
   /** Also watch what NetworkPolicy enforcement reads (NetworkPolicies, Pods, Namespaces). Default off. */
   readonly networkPolicy?: boolean;
   readonly now?: () => number;
@@ -87,22 +84,12 @@ export function apiProblem(categories: readonly (ApiErrorCategory | undefined)[]
   return `api-${worst}`;
 }
 
-/**
- * Identity of the stores' content: kind/key@resourceVersion, sorted. Two equal fingerprints mean
- * the same objects at the same versions, hence the same state. Pure.
- */
-export function storeFingerprint(
-  stores: readonly (readonly [string, ReadonlyMap<string, unknown>])[],
-): string {
-  const parts: string[] = [];
-  for (const [kind, store] of stores) {
-    for (const [key, obj] of store) {
-      const md = (obj as { metadata?: { resourceVersion?: unknown } }).metadata;
-      const rv = md?.resourceVersion;
-      parts.push(`${kind}/${key}@${typeof rv === 'string' ? rv : ''}`);
-    }
-  }
-  return parts.sort().join('\n');
+/** Same object at the same version: a relist hands over new objects for unchanged ones. */
+function sameVersion(a: unknown, b: unknown): boolean {
+  const rv = (o: unknown): unknown =>
+    (o as { metadata?: { resourceVersion?: unknown } }).metadata?.resourceVersion;
+  const v = rv(a);
+  return typeof v === 'string' && v !== '' && v === rv(b);
 }
 
 export class ApiSource implements StateSource {
@@ -110,10 +97,11 @@ export class ApiSource implements StateSource {
   private readonly listeners = new Set<(state: ClusterState) => void>();
   private readonly debounceMs: number;
   private readonly healthGraceMs: number;
-  private readonly build: BuildState;
+  private readonly builder: ClusterStateBuilder;
+  /** Per reflector, the objects handed to the builder, by key. */
+  private readonly handed: Map<string, unknown>[];
   private readonly now: () => number;
   private state?: ClusterState;
-  private fingerprint?: string;
   private timer?: NodeJS.Timeout;
   private started = false;
   private stopped = false;
@@ -124,13 +112,14 @@ export class ApiSource implements StateSource {
     const transport = api instanceof KubeConfig ? kubeTransport(api) : api;
     this.debounceMs = options.debounceMs ?? 10;
     this.healthGraceMs = options.healthGraceMs ?? 60_000;
-    this.build = options.build ?? buildClusterState;
+    this.builder = options.builder ?? new ClusterStateBuilder();
     this.now = options.now ?? Date.now;
     const specs = resourceSpecs(options.nodeName);
     const policy = options.networkPolicy ? NETWORK_POLICY_RESOURCES : [];
     this.reflectors = [specs.services, specs.slices, specs.node, ...policy].map(
       (s) => new Reflector(transport, s, options.reflector ?? {}, this.now),
     );
+    this.handed = this.reflectors.map(() => new Map<string, unknown>());
   }
 
   async start(): Promise<void> {
@@ -195,26 +184,32 @@ export class ApiSource implements StateSource {
     }, this.debounceMs);
   }
 
-  /** Builds and emits a new state if the objects (by resourceVersion) changed. */
+  /** Hands the changed objects to the builder; emits the new state if anything changed. */
   private rebuild(initial: boolean): void {
-    const stores = this.reflectors.map((r) => [r.spec.name, r.items()] as const);
-    const fp = storeFingerprint(stores);
-    if (!initial && fp === this.fingerprint) {
-      // A relist (410, reconnect) that found the same objects at the same versions: no new state,
-      // nothing for the dataplane to do.
-      log.verbose('objects unchanged; no new state', {
-        objects: this.reflectors.map((r) => `${r.spec.name}=${r.items().size}`).join(' '),
-      });
-      return;
-    }
-    const objects: SourceObject[] = [];
-    for (const r of this.reflectors) {
-      for (const [, obj] of [...r.items()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
-        objects.push({ obj });
-    }
     let state: ClusterState;
+    let changed = false;
     try {
-      state = this.build(objects, this.state);
+      this.reflectors.forEach((r, i) => {
+        const handed = this.handed[i]!;
+        const items = r.items();
+        // One group per object, named so that the builder reads them reflector by reflector, by key.
+        const group = (key: string): string => `${i}\u0000${key}`;
+        for (const [key, obj] of items) {
+          const before = handed.get(key);
+          if (before === obj) continue;
+          handed.set(key, obj);
+          if (before !== undefined && sameVersion(before, obj)) continue;
+          this.builder.set(group(key), [{ obj }]);
+          changed = true;
+        }
+        for (const key of handed.keys()) {
+          if (items.has(key)) continue;
+          handed.delete(key);
+          this.builder.delete(group(key));
+          changed = true;
+        }
+      });
+      state = this.builder.build();
     } catch (err) {
       // Bad objects are reported as problems by the builder; an exception is a bug. Keep the last state.
       log.error('building the cluster state failed; keeping the previous state', {
@@ -222,7 +217,14 @@ export class ApiSource implements StateSource {
       });
       return;
     }
-    this.fingerprint = fp;
+    if (!initial && (!changed || state === this.state)) {
+      // A relist (410, reconnect) that found the same objects at the same versions: no new state,
+      // nothing for the dataplane to do.
+      log.verbose('objects unchanged; no new state', {
+        objects: this.reflectors.map((r) => `${r.spec.name}=${r.items().size}`).join(' '),
+      });
+      return;
+    }
     this.state = state;
     if (initial) return;
     for (const l of this.listeners) {

@@ -1,10 +1,9 @@
 import { strict as assert } from 'node:assert';
-import { ApiSource, resourceSpecs, storeFingerprint } from '../../../src/kube/api-source.js';
+import { ApiSource, resourceSpecs } from '../../../src/kube/api-source.js';
 import { backoffDelay, buildQuery, kubeTransport, Reflector } from '../../../src/kube/informer.js';
 import type { ReflectorOptions } from '../../../src/kube/informer.js';
-import { buildClusterState } from '../../../src/model/build.js';
-import type { SourceObject } from '../../../src/model/build.js';
-import type { ClusterState } from '../../../src/model/types.js';
+import { ClusterStateBuilder, type SourceObject } from '../../../src/model/build.js';
+import type { ClusterState, Problem } from '../../../src/model/types.js';
 import { FakeApiServer } from '../../support/fake-apiserver.js';
 
 const NODE = 'node-1';
@@ -76,10 +75,12 @@ describe('ApiSource against the API stand-in', function () {
       debounceMs: 5,
       healthGraceMs: opts.healthGraceMs ?? 60_000,
       reflector: opts.reflector ?? FAST,
-      build: (objects, previous) => {
-        built.push(objects);
-        return buildClusterState(objects, previous);
-      },
+      builder: new (class extends ClusterStateBuilder {
+        override set(group: string, objects: readonly SourceObject[], problems?: readonly Problem[]): void {
+          built.push(objects);
+          super.set(group, objects, problems);
+        }
+      })(),
     });
     source.onChange((s) => states.push(s));
     return source;
@@ -126,7 +127,10 @@ describe('ApiSource against the API stand-in', function () {
     api.create('EndpointSlice', slice('headless', ['10.0.1.1'], { 'service.kubernetes.io/headless': '' }));
     const s = makeSource();
     await s.start();
-    const names = built[0]!.map((o) => (o.obj as { metadata: { name: string } }).metadata.name).sort();
+    const names = built
+      .flat()
+      .map((o) => (o.obj as { metadata: { name: string } }).metadata.name)
+      .sort();
     assert.deepEqual(names, [NODE, 'web', 'web-abc']);
     const specs = resourceSpecs(NODE);
     assert.equal(
@@ -199,6 +203,19 @@ describe('ApiSource against the API stand-in', function () {
     await waitFor(() => api.openWatches === 3, 2000, 'watches re-opened');
     await sleep(100);
     assert.equal(states.length, 0, 'no state churn on an unchanged relist');
+    assert.equal(built.length, 3, 'the relisted objects (same versions) are not validated again');
+  });
+
+  it('hands the builder only the objects that changed (issue 14: O(changed) per change)', async () => {
+    const s = makeSource();
+    await s.start();
+    assert.equal(built.length, 3, 'the initial objects, one group each');
+    api.update('EndpointSlice', slice('web', ['10.0.0.7']));
+    await waitFor(() => endpointIPs(s.current(), 'default/web')[0] === '10.0.0.7', 4000, 'update');
+    api.delete('Service', 'default', 'web');
+    await waitFor(() => !s.current()!.services.has('default/web'), 4000, 'delete');
+    const names = built.slice(3).map((objs) => objs.map((o) => (o.obj as { kind: string }).kind));
+    assert.deepEqual(names, [['EndpointSlice']], 'one object set, the Service deleted by its group');
   });
 
   it('recovers a change missed during an outage through the 410 relist', async () => {
@@ -448,14 +465,6 @@ describe('Reflector helpers', () => {
       backoffDelay(50, b, () => 1),
       15_000,
     );
-  });
-
-  it('storeFingerprint depends only on keys and resourceVersions', () => {
-    const a = new Map([['ns/a', { metadata: { resourceVersion: '5' }, spec: 1 }]]);
-    const b = new Map([['ns/a', { metadata: { resourceVersion: '5' }, spec: 2 }]]);
-    const c = new Map([['ns/a', { metadata: { resourceVersion: '6' } }]]);
-    assert.equal(storeFingerprint([['services', a]]), storeFingerprint([['services', b]]));
-    assert.notEqual(storeFingerprint([['services', a]]), storeFingerprint([['services', c]]));
   });
 
   it('a reflector lists with resourceVersion=0 and limit=500, and watches with bookmarks and a timeout', async () => {
