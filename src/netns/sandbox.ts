@@ -575,7 +575,11 @@ async function killAgentPid(pid: number, id: string): Promise<void> {
   await waitGone([pid]);
 }
 
-/** Kills every process inside a sandbox namespace (they would keep it alive after `ip netns del`). */
+/**
+ * Ends every process inside a sandbox namespace (they would keep it alive after `ip netns del`):
+ * SIGTERM first, so that a daemon a test left running cleans up after itself (its kernel watch's
+ * /tmp directory, iptables/commit-name.ts), then SIGKILL for what is left after 3 s.
+ */
 async function killProcessesIn(ns: string): Promise<void> {
   const res = await run(['ip', 'netns', 'pids', ns], { allowFailure: true });
   if (res.exitCode !== 0) return;
@@ -584,14 +588,16 @@ async function killProcessesIn(ns: string): Promise<void> {
     .filter((s) => /^\d+$/.test(s))
     .map(Number)
     .filter((p) => p !== process.pid);
-  for (const pid of pids) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // already gone
+  for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
+    for (const pid of pids) {
+      try {
+        process.kill(pid, signal);
+      } catch {
+        // already gone
+      }
     }
+    await waitGone(pids);
   }
-  await waitGone(pids);
 }
 
 /** Namespaces (names) of sandbox `id`. */

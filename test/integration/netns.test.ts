@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
-import { readdir } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import {
   hostVethName,
   nextFreeIndex,
@@ -13,7 +15,7 @@ import {
 } from '../../src/netns/names.js';
 import { peerIP } from '../../src/netns/protocol.js';
 import { cleanupLeftovers, isLeftover, listSandboxes, Sandbox } from '../../src/netns/sandbox.js';
-import { run } from '../../src/util/exec.js';
+import { run, startProcess } from '../../src/util/exec.js';
 import {
   expectError,
   expectReply,
@@ -314,6 +316,31 @@ describe('netns sandbox: lifecycle', function () {
       assert.ok(!(await listSandboxes()).includes(id));
     } finally {
       if (isRoot()) await cleanupLeftovers().catch(() => undefined);
+    }
+  });
+
+  it('destroy ends what runs in its namespaces with SIGTERM first (a daemon cleans up), then SIGKILL', async () => {
+    const id = randomSandboxId();
+    const sb = await Sandbox.create({ id });
+    const dir = await mkdtemp(join(tmpdir(), 'svcp-term-'));
+    const mark = join(dir, 'terminated');
+    try {
+      const polite = startProcess(
+        ['sh', '-c', `trap 'echo term > ${mark}; exit 0' TERM; while :; do sleep 0.05; done`],
+        { netns: sb.nodeNs },
+      );
+      const stubborn = startProcess(['sh', '-c', "trap '' TERM; while :; do sleep 0.05; done"], {
+        netns: sb.nodeNs,
+      });
+      await new Promise((r) => setTimeout(r, 200));
+      await sb.destroy();
+      assert.equal(await polite.exited, 0, 'exited by its own TERM handler');
+      assert.equal(await stubborn.exited, null, 'killed by a signal');
+      assert.equal((await readFile(mark, 'utf8')).trim(), 'term');
+      assert.deepEqual(await sandboxNamespaces(id), []);
+    } finally {
+      await sb.destroy();
+      await rm(dir, { recursive: true, force: true });
     }
   });
 
