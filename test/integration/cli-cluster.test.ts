@@ -10,6 +10,7 @@ import { API_PORT, ApiStandIn } from '../support/api-stand-in.js';
 import { Daemon, newestMtime, until } from '../support/daemon.js';
 import { useSandbox } from '../support/sandbox.js';
 import { metricSum } from '../support/metrics-text.js';
+import { httpGet, type HttpAnswer } from '../support/http.js';
 
 /**
  * The cluster path as users run it: `svcplane run --kubeconfig FILE` as a real process
@@ -108,14 +109,7 @@ describe('svcplane run --kubeconfig against the API stand-in (real process, sand
 
   // ----- scraping, rules, logs -----
 
-  const http = async (from: string, url: string): Promise<{ code: number; body: string } | undefined> => {
-    const r = await env.sb.exec(from, ['curl', '-s', '--max-time', '2', '-w', '\n%{http_code}', url], {
-      allowFailure: true,
-    });
-    if (r.exitCode !== 0) return undefined;
-    const i = r.stdout.lastIndexOf('\n');
-    return { code: Number(r.stdout.slice(i + 1)), body: r.stdout.slice(0, i) };
-  };
+  const http = (from: string, url: string): Promise<HttpAnswer | undefined> => httpGet(env.sb, from, url);
   /** /healthz as a load balancer's health check sees it: from outside, at the node's address. */
   const healthz = async (): Promise<{ code: number; body: Json }> => {
     const r = await http('outside', 'http://192.0.2.1:10256/healthz');

@@ -12,6 +12,7 @@ import { renderKustomization, type KObject } from '../support/kustomize.js';
 import { NetnsListener } from '../support/netns-listener.js';
 import { useSandbox } from '../support/sandbox.js';
 import { seriesValue } from '../support/metrics-text.js';
+import { httpGet, type HttpAnswer } from '../support/http.js';
 
 /**
  * svcplane as a drop-in for kube-proxy in a kubeadm cluster: kubeadm's own kube-proxy DaemonSet
@@ -122,14 +123,7 @@ describe('drop-in: kubeadm’s kube-proxy DaemonSet and ConfigMap run svcplane (
     ],
   });
 
-  const http = async (from: string, url: string): Promise<{ code: number; body: string } | undefined> => {
-    const r = await env.sb.exec(from, ['curl', '-s', '-g', '--max-time', '2', '-w', '\n%{http_code}', url], {
-      allowFailure: true,
-    });
-    if (r.exitCode !== 0) return undefined;
-    const i = r.stdout.lastIndexOf('\n');
-    return { code: Number(r.stdout.slice(i + 1)), body: r.stdout.slice(0, i) };
-  };
+  const http = (from: string, url: string): Promise<HttpAnswer | undefined> => httpGet(env.sb, from, url);
 
   async function answeredBy(ip: string, want: readonly string[]): Promise<void> {
     const r: RequestSpec = { proto: 'tcp', ip, port: 80, timeoutMs: 1000 };

@@ -7,6 +7,7 @@ import { packageRoot } from '../../src/util/paths.js';
 import { startProcess, type ChildHandle } from '../../src/util/exec.js';
 import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
 import { seriesValue } from '../support/metrics-text.js';
+import { httpGet, type HttpAnswer } from '../support/http.js';
 
 /**
  * The daemon (`svcplane run`, from source through tsx) inside a sandbox node: health, metrics,
@@ -81,14 +82,7 @@ describe('hardening: the daemon under failures (sandbox)', function () {
   const raw: string[] = [];
 
   const write = (file: string, objs: Json[]) => writeFile(join(manifests, file), JSON.stringify(objs));
-  const http = async (from: string, url: string): Promise<{ code: number; body: string } | undefined> => {
-    const r = await env.sb.exec(from, ['curl', '-s', '--max-time', '2', '-w', '\n%{http_code}', url], {
-      allowFailure: true,
-    });
-    if (r.exitCode !== 0) return undefined;
-    const i = r.stdout.lastIndexOf('\n');
-    return { code: Number(r.stdout.slice(i + 1)), body: r.stdout.slice(0, i) };
-  };
+  const http = (from: string, url: string): Promise<HttpAnswer | undefined> => httpGet(env.sb, from, url);
   const metricsText = async (): Promise<string> =>
     (await http('node', 'http://127.0.0.1:10249/metrics'))?.body ?? '';
   /** A series' value; a counter without a sample yet is 0 (Prometheus' rate() reads it so too). */

@@ -8,6 +8,7 @@ import { Daemon, until } from '../support/daemon.js';
 import { aliasBomb, deepYaml } from '../support/hostile-text.js';
 import { expectReply, useSandbox } from '../support/sandbox.js';
 import { seriesValue } from '../support/metrics-text.js';
+import { httpGet, type HttpAnswer } from '../support/http.js';
 
 /**
  * Hostile files in the manifest directory of the real daemon (`svcplane run --manifests` in a sandbox
@@ -71,22 +72,10 @@ describe('hardening: hostile files in the manifest directory (real daemon, sandb
     '-v',
     '2',
   ];
-  const healthz = async (): Promise<{ code: number; body: string } | undefined> => {
-    const r = await env.sb.exec(
-      'node',
-      ['curl', '-s', '--max-time', '2', '-w', '\n%{http_code}', 'http://127.0.0.1:10256/healthz'],
-      { allowFailure: true },
-    );
-    if (r.exitCode !== 0) return undefined;
-    const i = r.stdout.lastIndexOf('\n');
-    return { code: Number(r.stdout.slice(i + 1)), body: r.stdout.slice(0, i) };
-  };
-  const metric = async (name: string): Promise<number> => {
-    const r = await env.sb.exec('node', ['curl', '-s', '--max-time', '2', 'http://127.0.0.1:10249/metrics'], {
-      allowFailure: true,
-    });
-    return seriesValue(r.stdout, name) ?? NaN;
-  };
+  const healthz = (): Promise<HttpAnswer | undefined> =>
+    httpGet(env.sb, 'node', 'http://127.0.0.1:10256/healthz');
+  const metric = async (name: string): Promise<number> =>
+    seriesValue((await httpGet(env.sb, 'node', 'http://127.0.0.1:10249/metrics'))?.body ?? '', name) ?? NaN;
   const served = (ip: string, pod: string) =>
     until(`${ip} served by ${pod}`, async () => {
       const r = await env.sb.request('client', { proto: 'tcp', ip, port: 80, timeoutMs: 500 });

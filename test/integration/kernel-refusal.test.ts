@@ -7,6 +7,7 @@ import type { Sandbox } from '../../src/netns/sandbox.js';
 import { Daemon, eventually, type LogLine } from '../support/daemon.js';
 import { useSandbox } from '../support/sandbox.js';
 import { seriesValue } from '../support/metrics-text.js';
+import { scrapeMetrics } from '../support/http.js';
 
 /**
  * A write the kernel itself refuses, through the running daemon (no wrapper around iptables-restore):
@@ -59,9 +60,9 @@ describe('a write the kernel refuses (real EBUSY, running daemon)', function () 
   };
   /** A counter's value (0 before its first sample, as Prometheus reads a labelled counter). */
   const metric = async (name: string): Promise<number> => {
-    const r = await env.sb.exec('node', ['curl', '-s', '--max-time', '2', 'http://127.0.0.1:10249/metrics']);
-    assert.match(r.stdout, new RegExp(`^# TYPE ${name.replace(/\{.*/, '')} `, 'm'), `${name} in /metrics`);
-    return seriesValue(r.stdout, name) ?? 0;
+    const text = await scrapeMetrics(env.sb);
+    assert.match(text, new RegExp(`^# TYPE ${name.replace(/\{.*/, '')} `, 'm'), `${name} in /metrics`);
+    return seriesValue(text, name) ?? 0;
   };
   const nat = (...args: string[]) => env.sb.exec('node', ['iptables', '-w', '-t', 'nat', ...args]);
 

@@ -16,6 +16,7 @@ import {
   sliceObject,
 } from '../support/iptables-harness.js';
 import { requireRoot, useSandbox } from '../support/sandbox.js';
+import { httpGet, scrapeMetrics } from '../support/http.js';
 
 /**
  * `--proxy-mode nftables` the way users run it: `svcplane sync` and `svcplane run` as real processes
@@ -155,7 +156,7 @@ describe('svcplane --proxy-mode nftables (real processes, real traffic)', functi
     );
     await sb.exec('node', ['conntrack', '-F'], { allowFailure: true });
     for (let i = 0; i < 6; i++) answeredPeer(await sb.request('client', tcp('10.96.70.10', 80)), 'b');
-    const metrics = (await sb.exec('node', ['curl', '-s', 'http://127.0.0.1:10449/metrics'])).stdout;
+    const metrics = await scrapeMetrics(sb, '127.0.0.1:10449');
     assert.match(metrics, /kubeproxy_sync_proxy_rules_nftables_sync_failures_total/);
     assert.match(metrics, /kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total/);
     assert.match(
@@ -163,18 +164,7 @@ describe('svcplane --proxy-mode nftables (real processes, real traffic)', functi
       /kubeproxy_sync_partial_proxy_rules_duration_seconds_count\{ip_family="IPv4"\} [1-9]/,
     );
     assert.doesNotMatch(metrics, /kubeproxy_sync_proxy_rules_iptables_total/);
-    const health = (
-      await sb.exec('node', [
-        'curl',
-        '-s',
-        '-o',
-        '/dev/null',
-        '-w',
-        '%{http_code}',
-        'http://127.0.0.1:10456/healthz',
-      ])
-    ).stdout;
-    assert.equal(health, '200');
+    assert.equal((await httpGet(sb, 'node', 'http://127.0.0.1:10456/healthz'))?.code, 200);
     assert.equal(await daemon.stop(5000), 0);
     daemon = undefined;
     answeredPeer(await sb.request('client', tcp('10.96.70.10', 80)), 'b');

@@ -6,6 +6,7 @@ import type { Sandbox } from '../../src/netns/sandbox.js';
 import { Daemon, eventually, type LogLine } from '../support/daemon.js';
 import { useSandbox } from '../support/sandbox.js';
 import { Background, requireUml, tryCmd, waitFor } from './helpers.js';
+import { scrapeMetrics } from '../support/http.js';
 
 /**
  * The daemon (`svcplane run`, from the build) against kernel failures only User-mode Linux can stage
@@ -64,11 +65,11 @@ describe('the daemon against real kernel failures: xtables lock, missing module 
     return r.ok ? r.reply.pod : r.error;
   };
   const failures = async (): Promise<number> => {
-    const r = await env.sb.exec('node', ['curl', '-s', '--max-time', '5', 'http://127.0.0.1:10249/metrics']);
+    const text = await scrapeMetrics(env.sb);
     // Per family (kube-proxy's ip_family label); a family without a failure yet has no sample.
-    assert.match(r.stdout, /^# TYPE kubeproxy_sync_proxy_rules_iptables_restore_failures_total counter$/m);
+    assert.match(text, /^# TYPE kubeproxy_sync_proxy_rules_iptables_restore_failures_total counter$/m);
     let sum = 0;
-    for (const m of r.stdout.matchAll(
+    for (const m of text.matchAll(
       /^kubeproxy_sync_proxy_rules_iptables_restore_failures_total\{ip_family="IPv[46]"\} (\S+)$/gm,
     ))
       sum += Number(m[1]);

@@ -7,6 +7,7 @@ import { Daemon, eventually } from '../support/daemon.js';
 import { metricSum, seriesValue } from '../support/metrics-text.js';
 import { expectReply, useSandbox } from '../support/sandbox.js';
 import { requireUml } from './helpers.js';
+import { httpGet, scrapeMetrics, type HttpAnswer } from '../support/http.js';
 
 /**
  * `svcplane run --proxy-mode=ipvs --metrics-bind-address …` (the daemon, from the build, real IPVS):
@@ -114,19 +115,9 @@ describe('IPVS mode daemon metrics: kube-proxy names, every sync observed, /heal
   let daemon: Daemon | undefined;
   let startedAt = 0;
 
-  const http = async (from: string, url: string): Promise<{ code: number; body: string } | undefined> => {
-    const r = await env.sb.exec(from, ['curl', '-s', '--max-time', '5', '-w', '\n%{http_code}', url], {
-      allowFailure: true,
-    });
-    if (r.exitCode !== 0) return undefined;
-    const i = r.stdout.lastIndexOf('\n');
-    return { code: Number(r.stdout.slice(i + 1)), body: r.stdout.slice(0, i) };
-  };
-  const scrape = async (): Promise<string> => {
-    const r = await http('node', 'http://127.0.0.1:10249/metrics');
-    assert.equal(r?.code, 200, 'GET /metrics');
-    return r.body;
-  };
+  // The single UML CPU is slow: 5 s per request.
+  const http = (from: string, url: string): Promise<HttpAnswer | undefined> => httpGet(env.sb, from, url, 5);
+  const scrape = (): Promise<string> => scrapeMetrics(env.sb);
   const noLocal = (text: string, policy: string): number | undefined =>
     seriesValue(
       text,
