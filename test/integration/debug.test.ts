@@ -20,6 +20,7 @@ import { peerIP, type EchoReply, type RequestSpec } from '../../src/netns/protoc
 import { joinHostPort } from '../../src/model/ip.js';
 import type { Where } from '../../src/netns/sandbox.js';
 import { run } from '../../src/util/exec.js';
+import { svcplaneArgv } from '../support/daemon.js';
 import { expectReply, requireRoot, useSandbox } from '../support/sandbox.js';
 import { diffRulesets } from '../../src/iptables-rules/compare.js';
 import { formatDriftText } from '../../src/debug/diff.js';
@@ -869,18 +870,7 @@ describe('svcplane diff / trace / explain on a real node', function () {
   });
 
   it('the real CLI: diff exits 0 in sync and 2 on error, trace --output json gives verdict/endpoints/masquerade/service', async () => {
-    const cli = (args: string[]) =>
-      run(
-        [
-          'node',
-          '--import=tsx',
-          '--input-type=module',
-          '-e',
-          "import { main } from './src/cli/main.ts'; process.exitCode = await main(['node', 'svcplane', ...process.argv.slice(1)]);",
-          ...args,
-        ],
-        { allowFailure: true, timeoutMs: 30_000 },
-      );
+    const cli = (args: string[]) => run(svcplaneArgv(args), { allowFailure: true, timeoutMs: 30_000 });
     const d = await cli([
       'diff',
       '--manifests',

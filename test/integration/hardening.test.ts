@@ -3,8 +3,7 @@ import { mkdir, mkdtemp, rename, rm, unlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { endpointChainName } from '../../src/iptables/names.js';
-import { packageRoot } from '../../src/util/paths.js';
-import { startProcess, type ChildHandle } from '../../src/util/exec.js';
+import { Daemon, type LogLine } from '../support/daemon.js';
 import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
 import { seriesValue } from '../support/metrics-text.js';
 import { httpGet, type HttpAnswer } from '../support/http.js';
@@ -77,9 +76,10 @@ describe('hardening: the daemon under failures (sandbox)', function () {
   });
   let dir: string;
   let manifests: string;
-  let daemon: ChildHandle | undefined;
-  const lines: Json[] = [];
-  const raw: string[] = [];
+  /** The running daemon; `last`: the one started last (its log, also once it stopped). */
+  let daemon: Daemon | undefined;
+  let last: Daemon | undefined;
+  const lines = (): LogLine[] => last?.lines ?? [];
 
   const write = (file: string, objs: Json[]) => writeFile(join(manifests, file), JSON.stringify(objs));
   const http = (from: string, url: string): Promise<HttpAnswer | undefined> => httpGet(env.sb, from, url);
@@ -91,7 +91,7 @@ describe('hardening: the daemon under failures (sandbox)', function () {
     if (v !== undefined) return v;
     return name.endsWith('_total{ip_family="IPv4"}') ? 0 : NaN;
   };
-  const logged = (pred: (l: Json) => boolean, from = 0): Json | undefined => lines.slice(from).find(pred);
+  const logged = (pred: (l: Json) => boolean, from = 0): Json | undefined => lines().slice(from).find(pred);
   const nat = (...args: string[]) => env.sb.exec('node', ['iptables', '-w', '-t', 'nat', ...args]);
   /** Another agent's rule jumps to web's KUBE-SEP chain of `pod`: the kernel refuses to delete it. */
   const holdEndpointChain = async (pod: string): Promise<void> => {
@@ -103,21 +103,11 @@ describe('hardening: the daemon under failures (sandbox)', function () {
     await nat('-X', 'FOREIGN');
   };
 
-  /** `svcplane run` from source (tsx) inside the sandbox node; its JSON log lines land in `lines`. */
-  const startDaemon = (): ChildHandle => {
-    const code = `const { main } = await import(${JSON.stringify(join(packageRoot(), 'src/cli/main.ts'))}); process.exitCode = await main(process.argv);`;
-    const child = startProcess(
+  /** `svcplane run` from source (tsx) inside the sandbox node; its JSON log lines are `lines()`. */
+  const startDaemon = (): Daemon =>
+    (last = Daemon.start(
       [
-        'node',
-        '--import=tsx',
-        '--input-type=module',
-        '-e',
-        code,
-        'svcplane',
         'run',
-        // Tests read JSON lines; -v=2 logs every sync, as kube-proxy's.
-        '--logging-format=json',
-        '-v=2',
         '--manifests',
         manifests,
         '--hostname-override',
@@ -130,21 +120,9 @@ describe('hardening: the daemon under failures (sandbox)', function () {
         '100ms',
         '--iptables-sync-period',
         `${SYNC_PERIOD_MS}ms`,
-        '-v',
-        '2',
       ],
       { netns: env.sb.nodeNs },
-    );
-    child.onLine((l) => {
-      raw.push(l);
-      try {
-        lines.push(JSON.parse(l) as Json);
-      } catch {
-        /* not a log line */
-      }
-    });
-    return child;
-  };
+    ));
 
   before(async function () {
     dir = await mkdtemp(join(tmpdir(), 'svcp-hard-'));
@@ -164,13 +142,7 @@ describe('hardening: the daemon under failures (sandbox)', function () {
       slice('lb', [{ ip: env.sb.podIP('b') }]),
     ]);
     daemon = startDaemon();
-    await waitFor(
-      'the first sync',
-      () => Promise.resolve(logged((l) => l.message === 'synced')),
-      30_000,
-    ).catch((err: unknown) => {
-      throw new Error(`${String(err)}\n${raw.join('\n')}`);
-    });
+    await daemon.waitFor('the first sync', 0, (l) => l.message === 'synced', 30_000);
   });
 
   after(async function () {
@@ -290,7 +262,7 @@ describe('hardening: the daemon under failures (sandbox)', function () {
   it('a restore the kernel refuses keeps the previous rules serving, is counted and logged with stderr, retried, then full', async () => {
     const web = { proto: 'tcp', ip: '10.96.8.80', port: 80 } as const;
     expectReply(await env.sb.request('client', web), 'a');
-    const from = lines.length;
+    const from = lines().length;
     const failuresBefore = await metric(
       'kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv4"}',
     );
@@ -322,12 +294,12 @@ describe('hardening: the daemon under failures (sandbox)', function () {
       )) >= 1,
     );
     assert.ok((await metric('kubeproxy_sync_proxy_rules_endpoint_changes_pending')) >= 1);
-    const retries = lines
+    const retries = lines()
       .slice(from)
       .filter((l) => l.level === 'error' && l.message === 'sync failed; previous rules stay in place');
     await releaseEndpointChain();
     // After the failure: a periodic sync (every 2 s) may have logged a partial 'synced' before it.
-    const failedAt = lines.indexOf(err);
+    const failedAt = lines().indexOf(err);
     const synced = await waitFor('the retried sync', () =>
       Promise.resolve(logged((l) => l.message === 'synced', failedAt)),
     );
@@ -382,13 +354,13 @@ describe('hardening: the daemon under failures (sandbox)', function () {
       'kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family="IPv4"}',
     );
     // Flush right after a drift check: the worst case, a whole period until the next one.
-    const before = lines.length;
+    const before = lines().length;
     const check = await waitFor(
       'a periodic drift check',
       () => Promise.resolve(logged((l) => l.message === 'checked the kernel rules for drift', before)),
       SYNC_PERIOD_MS + 2000,
     );
-    const from = lines.length;
+    const from = lines().length;
     await env.sb.exec('node', ['iptables', '-t', 'filter', '-F']);
     const flushedAt = Date.now();
     const r = await env.sb.request('client', empty);
@@ -405,7 +377,7 @@ describe('hardening: the daemon under failures (sandbox)', function () {
       3 * SYNC_PERIOD_MS,
     );
     const took = Date.parse(String(repair.timestamp)) - flushedAt;
-    const trail = lines
+    const trail = lines()
       .slice(before)
       .map(
         (l) =>
@@ -465,14 +437,14 @@ describe('hardening: the daemon under failures (sandbox)', function () {
     const saved = (await env.sb.exec('node', ['iptables-save', '-t', 'nat'])).stdout;
     assert.match(saved, /-A KUBE-SERVICES .*-d 10\.96\.8\.80/);
 
-    const from = lines.length;
     daemon = startDaemon();
-    const first = await waitFor(
+    const [first] = await daemon.waitFor(
       'the first sync after the restart',
-      () => Promise.resolve(logged((l) => l.message === 'synced', from)),
+      0,
+      (l) => l.message === 'synced',
       30_000,
     );
-    assert.equal(first.full, true);
+    assert.equal(first!.full, true);
     expectReply(await conn.send(), 'b');
     await conn.close();
     expectReply(await env.sb.request('client', { proto: 'tcp', ip: '10.96.8.80', port: 80 }), 'b');

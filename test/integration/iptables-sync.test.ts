@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { RestoreError } from '../../src/iptables/iptables.js';
 import { endpointChainName, serviceChainName } from '../../src/iptables/names.js';
 import { IptablesProxier } from '../../src/iptables/proxier.js';
@@ -10,8 +9,8 @@ import { parseIptablesSave, ruleComment, rulesOf, serviceChainsOf } from '../../
 import { buildClusterState, type SourceObject } from '../../src/model/build.js';
 import type { ClusterState, IPFamily } from '../../src/model/types.js';
 import type { Sandbox } from '../../src/netns/sandbox.js';
-import { run, type RunResult } from '../../src/util/exec.js';
-import { packageRoot } from '../../src/util/paths.js';
+import type { RunResult } from '../../src/util/exec.js';
+import { runSvcplane } from '../support/daemon.js';
 import { CLUSTER_CIDRS, NODE_NAME, sandboxProxierConfig } from '../support/iptables-harness.js';
 import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
 
@@ -68,17 +67,6 @@ async function natChains(sb: Sandbox): Promise<Set<string>> {
 async function answerer(sb: Sandbox, ip: string, timeoutMs = 800): Promise<string | undefined> {
   const r = await sb.request('client', { proto: 'tcp', ip, port: 80, timeoutMs });
   return r.ok ? r.reply.pod : undefined;
-}
-
-/** `node --import=tsx` on src/cli/main.ts: the CLI as built from the current source, inside `netns`. */
-function cli(netns: string, args: readonly string[]): Promise<RunResult> {
-  const main = pathToFileURL(join(packageRoot(), 'src', 'cli', 'main.ts')).href;
-  const entry = `import(${JSON.stringify(main)}).then(async (m) => { process.exitCode = await m.main(['node', 'svcplane', ...process.argv.slice(1)]); }, (e) => { console.error(e); process.exitCode = 2; });`;
-  return run([process.execPath, '--import=tsx', '-e', entry, ...args], {
-    netns,
-    allowFailure: true,
-    timeoutMs: 60_000,
-  });
 }
 
 describe('iptables proxier sync behaviour (real traffic)', function () {
@@ -377,7 +365,7 @@ describe('svcplane sync / cleanup (CLI, real traffic)', function () {
       ...service(sb, 'old2', '10.96.40.2', ['b']),
       ...service(sb, 'old6', 'fd00:96::40:1', ['a'], 'IPv6'),
     ]);
-    const first = await cli(sb.nodeNs, ['sync', ...flags()]);
+    const first = await runSvcplane(sb.nodeNs, ['sync', ...flags()]);
     assert.equal(first.exitCode, 0, first.stderr);
     assert.equal(await answerer(sb, '10.96.40.1'), 'a');
     assert.equal(await answerer(sb, 'fd00:96::40:1'), 'a');
@@ -387,7 +375,7 @@ describe('svcplane sync / cleanup (CLI, real traffic)', function () {
       ...service(sb, 'new6', 'fd00:96::40:2', ['c'], 'IPv6'),
     ]);
 
-    const second = await cli(sb.nodeNs, ['sync', ...flags()]);
+    const second = await runSvcplane(sb.nodeNs, ['sync', ...flags()]);
     assert.equal(second.exitCode, 0, second.stderr);
     assert.match(second.stdout, /iptables\/IPv4: full sync/);
     const chains = await natChains(sb);
@@ -411,7 +399,7 @@ describe('svcplane sync / cleanup (CLI, real traffic)', function () {
     assert.equal(await answerer(sb, '10.96.99.1'), 'c');
     expectError(await sb.request('client', { proto: 'tcp', ip: '10.96.99.2', port: 80 }), 'refused');
 
-    const res = await cli(sb.nodeNs, ['sync', ...flags()]);
+    const res = await runSvcplane(sb.nodeNs, ['sync', ...flags()]);
     assert.equal(res.exitCode, 0, res.stderr);
     const saved = parseIptablesSave((await sb.exec('node', ['iptables-save'])).stdout);
     assert.ok(!serviceChainsOf(saved).has('KUBE-SVC-OLDOLDOLDOLDOLD01'));
@@ -427,7 +415,7 @@ describe('svcplane sync / cleanup (CLI, real traffic)', function () {
 
   it('`svcplane cleanup` removes every KUBE chain of both families; the foreign rule stays', async () => {
     const sb = env.sb;
-    const res = await cli(sb.nodeNs, ['cleanup']);
+    const res = await runSvcplane(sb.nodeNs, ['cleanup']);
     assert.equal(res.exitCode, 0, res.stderr);
     for (const save of ['iptables-save', 'ip6tables-save']) {
       const text = (await sb.exec('node', [save])).stdout;
