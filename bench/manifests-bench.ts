@@ -1,4 +1,15 @@
-import { chmod, mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  realpath,
+  rename,
+  rm,
+  symlink,
+  writeFile,
+} from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -118,18 +129,32 @@ function proxyArgs(dir: string): string[] {
 /** iptables wrappers that keep a copy of every restore input in `dir` (full-N.txt, partial-N.txt). */
 async function recordingBinaries(dir: string): Promise<string> {
   const bin = join(dir, 'bin');
+  const named = join(dir, 'named');
   await mkdir(join(dir, 'inputs'), { recursive: true });
   await mkdir(bin);
-  // exec: iptables-restore keeps the PID svcplane spawned, so the daemon's kernel watch tells its
-  // commits for its own (iptables/commit-log.ts); a forked one would look like another agent's.
-  const restore = `#!/bin/bash
-case " $* " in *" --noflush "*) kind=partial ;; *) kind=full ;; esac
-exec iptables-restore "$@" < <(tee "${join(dir, 'inputs')}/$kind-$(date +%s%N).txt")
+  await mkdir(named);
+  // A stand-in for iptables-nft's multi-call binary (by that name, so the daemon names its commits
+  // through it, src/iptables/commit-name.ts) that records every restore input. Run under svcplane's
+  // process name (argv[0] that name, argv[1] the tool), it runs the real binary under the same name
+  // (a link of that name): the kernel reports the commits as svcplane's own, and the daemon's kernel
+  // watch stays armed as without the recorder.
+  const real = await realpath((await run(['sh', '-c', 'command -v iptables-restore'])).stdout.trim());
+  const multi = `#!/bin/bash
+self=$(basename "$0")
+case $self in
+  iptables | iptables-restore | iptables-save) tool=$self run=${real} ;;
+  *) tool=$1 run=${named}/$self; shift; [[ -e $run ]] || ln -sf ${real} "$run" ;;
+esac
+if [[ $tool == *-restore ]]; then
+  case " $* " in *" --noflush "*) kind=partial ;; *) kind=full ;; esac
+  exec "$run" "$tool" "$@" < <(tee "${join(dir, 'inputs')}/$kind-$(date +%s%N).txt")
+fi
+exec "$run" "$tool" "$@"
 `;
-  await writeFile(join(bin, 'iptables-restore'), restore);
-  await writeFile(join(bin, 'iptables'), '#!/bin/sh\nexec iptables "$@"\n');
-  await writeFile(join(bin, 'iptables-save'), '#!/bin/sh\nexec iptables-save "$@"\n');
-  for (const f of ['iptables-restore', 'iptables', 'iptables-save']) await chmod(join(bin, f), 0o755);
+  await writeFile(join(bin, 'xtables-nft-multi'), multi);
+  await chmod(join(bin, 'xtables-nft-multi'), 0o755);
+  for (const f of ['iptables-restore', 'iptables', 'iptables-save'])
+    await symlink('xtables-nft-multi', join(bin, f));
   return join(bin, 'iptables');
 }
 
@@ -302,7 +327,9 @@ async function daemonRun(m: ManifestDir, work: string, changes: number, idleMs: 
     '--iptables-binary',
     iptables,
   ]);
+  let armed = false;
   child.onLine((line) => {
+    if (line.includes('"message":"kernel watch armed"')) armed = true;
     if (!line.includes('"message":"synced"')) return;
     const rec = JSON.parse(line) as { full?: boolean; durationMs?: number };
     synced.push({ at: performance.now(), full: rec.full === true, durationMs: Number(rec.durationMs) });
@@ -326,6 +353,8 @@ async function daemonRun(m: ManifestDir, work: string, changes: number, idleMs: 
   try {
     await nextSynced(0, 600_000);
     const startMs = performance.now() - started;
+    // Without it every drift check reads every rule: not the daemon users run.
+    if (!armed) throw new Error('the daemon did not arm its kernel watch (no "kernel watch armed" line)');
     // Settle (the first sync's tail: conntrack, metrics), then idle.
     await new Promise((r) => setTimeout(r, 2000));
     const c0 = await cpuMs(child.pid);
