@@ -433,7 +433,11 @@ export class IptablesProxier implements Backend {
   async sync(state: ClusterState, given?: StateChange): Promise<IptablesSyncReport> {
     const started = performance.now();
     const change = changeSinceApplied(given, this.applied, state);
-    const facts = await this.gatherFacts(state);
+    const factsRead = this.gatherFacts(state);
+    // While `ip` lists the addresses, a partial sync's input is rendered with the last sync's facts:
+    // a partial sync needs them unchanged (changed facts force a full sync, which renders anew).
+    const early = this.renderPartialEarly(state, change);
+    const facts = await factsRead;
     const factsChanged = this.lastFacts === undefined || !sameFacts(this.lastFacts, facts);
     const full = fullSyncDue({
       forced: this.needFullSync || factsChanged,
@@ -454,7 +458,7 @@ export class IptablesProxier implements Backend {
           ? await this.wholeTableSync(state, facts)
           : strategy === 'chunked'
             ? await this.chunkedSync(state, facts)
-            : await this.noflushSync(state, facts, full, change);
+            : await this.noflushSync(state, facts, full, change, full ? undefined : early);
       const { rendered, restore } = applied;
       this.applied = state;
       this.lastFacts = facts;
@@ -500,6 +504,7 @@ export class IptablesProxier implements Backend {
     facts: NodeFacts,
     full: boolean,
     change?: StateChange,
+    early?: RenderResult,
   ): Promise<AppliedSync> {
     // A partial sync writes the change from the state whose rules the kernel holds (a failed write
     // forces the next sync to be full, so `applied`, where the change starts, is what the kernel has).
@@ -509,13 +514,15 @@ export class IptablesProxier implements Backend {
       // One iptables-save shows leftover service chains, missing jumps and canaries at once.
       saved = parseIptablesSave(await this.ipt.save());
     }
-    const rendered = renderRestoreInput({
-      state,
-      config: this.renderConfig(facts),
-      ...(partial === undefined
-        ? { existingServiceChains: serviceChainsOf(saved!, 'nat') }
-        : { changedServices: partial.changed, previous: partial.previous }),
-    });
+    const rendered =
+      (partial !== undefined ? early : undefined) ??
+      renderRestoreInput({
+        state,
+        config: this.renderConfig(facts),
+        ...(partial === undefined
+          ? { existingServiceChains: serviceChainsOf(saved!, 'nat') }
+          : { changedServices: partial.changed, previous: partial.previous }),
+      });
     const input = saved
       ? mergeExtraLines(
           rendered.restoreInput,
@@ -700,6 +707,25 @@ export class IptablesProxier implements Backend {
       staleChains: rendered.staleChains.length,
       listMs,
     };
+  }
+
+  /**
+   * The partial sync's render with the last sync's facts, when this sync can be partial; used only
+   * if the facts read meanwhile are the same (else the sync is full). A render that fails here is
+   * done again, and fails, inside the sync, which then handles it.
+   */
+  private renderPartialEarly(state: ClusterState, change: StateChange): RenderResult | undefined {
+    if (this.lastFacts === undefined || this.needFullSync || change.previous === undefined) return undefined;
+    try {
+      return renderRestoreInput({
+        state,
+        config: this.renderConfig(this.lastFacts),
+        changedServices: change.changed,
+        previous: change.previous,
+      });
+    } catch {
+      return undefined;
+    }
   }
 
   private renderConfig(facts: NodeFacts): IptablesRenderConfig {

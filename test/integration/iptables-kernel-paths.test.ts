@@ -300,6 +300,36 @@ describe('iptables mode: kernel paths of its own (real traffic)', function () {
     assert.equal(h.lastReports[0]!.largeClusterMode, false);
   });
 
+  it('a node address added between syncs makes the next sync full, with NodePorts on it (no partial render made before the addresses were read)', async () => {
+    // The proxier renders a partial sync while `ip` reads the addresses, with the last sync's; an
+    // address that came meanwhile must give the full sync's render, not that one.
+    const added = '198.51.100.77';
+    const opts: ProxierOptions = { nodePortAddresses: ['198.51.100.0/24'] };
+    const nodePortJumps = async (): Promise<string[]> =>
+      rulesOf(await save('IPv4', 'nat'), 'nat', 'KUBE-SERVICES')
+        .filter((r) => getArg(r, '-j') === 'KUBE-NODEPORTS')
+        .map((r) => getArg(r, '-d') ?? 'any');
+    const another = [
+      serviceObject('another', {
+        clusterIPs: ['10.96.20.99'],
+        ports: [{ name: 'http', port: 80, targetPort: WEB }],
+      }),
+      sliceObject('another', 'IPv4', http, podEndpoints(env.sb, ['a'])),
+    ];
+    await scenario(opts);
+    try {
+      assert.deepEqual(await nodePortJumps(), [], 'no address of the node in 198.51.100.0/24 yet');
+      await h.addAddresses('node', 'lo', [`${added}/32`]);
+      // A new Service alone would be a partial sync.
+      await scenario(opts, another);
+      assert.equal(h.lastReports[0]!.full, true, 'the node facts changed: full sync');
+      assert.deepEqual(await nodePortJumps(), [`${added}/32`]);
+    } finally {
+      await h.removeAddresses('node', 'lo', [`${added}/32`]);
+      await scenario();
+    }
+  });
+
   it('SCTP: the kernel accepts the rules (the sandbox agent speaks no SCTP; IPVS runs SCTP traffic in UML)', async () => {
     await scenario();
     const saved = await save('IPv4', 'nat');
