@@ -3,8 +3,8 @@
  * a summary out). Every nf_tables commit ends with `# new generation N by process PID (COMM)`, after
  * one line per object it changed (`add rule ip nat KUBE-SEP-… …`, `delete chain ip filter …`). The
  * daemon's drift check needs a kernel read only when a commit by a process that is not one of its
- * own children (known by their process name, commit-name.ts) touched a chain it owns (a `KUBE-*` chain) or a built-in chain its jumps live in,
- * and then only of those chains; when it cannot tell (events lost, a table deleted, too many
+ * own children (known by their process name, commit-name.ts) touched a chain it owns (a `KUBE-*`
+ * chain) or a built-in chain its jumps live in, and then only of those chains; when it cannot tell (events lost, a table deleted, too many
  * chains), it compares everything. Commits to other families and tables (a CNI's own nft table,
  * Docker's chains) cost nothing. Only the iptables nf_tables backend is seen here: the legacy
  * backend does not go through nf_tables.

@@ -26,7 +26,7 @@ export interface RunOptions {
   /** Do not throw on a non-zero exit; the caller inspects `exitCode`. */
   readonly allowFailure?: boolean;
   readonly env?: Readonly<Record<string, string>>;
-  /** Told the child's PID as soon as it runs (whether the kernel reports it under another: iptables/proxier.ts). */
+  /** Told the child's PID as soon as it runs (the kernel watch compares it with the PID the kernel reports). */
   readonly onSpawn?: (pid: number) => void;
 }
 
