@@ -123,8 +123,50 @@ function parseYamlDocuments(text: string): { docs: unknown[] } | { error: string
       budget -= measured.values;
     }
   }
+  detachStrings(docs, shape.aliases);
   return { docs };
 }
+
+/**
+ * js-yaml's scalars are slices of the file's text, and V8 keeps a substring of 13 characters or more
+ * as a view of its parent: one kept name or address kept the whole text alive (12 MB for 10k files
+ * in a watching daemon; in `svcplane sync`, every text until the state was built and whatever the
+ * state kept after). Such strings are copied out, in place. With aliases (shared values) each
+ * collection is visited once.
+ */
+function detachStrings(docs: unknown[], shared: boolean): void {
+  const seen = shared ? new Set<object>() : undefined;
+  const stack: object[] = [docs];
+  for (let v = stack.pop(); v !== undefined; v = stack.pop()) {
+    if (seen !== undefined) {
+      if (seen.has(v)) continue;
+      seen.add(v);
+    }
+    if (Array.isArray(v)) {
+      const a = v as unknown[];
+      for (let i = 0; i < a.length; i++) {
+        const x = a[i];
+        if (typeof x === 'string') {
+          if (x.length >= SLICE_MIN_LENGTH) a[i] = copied(x);
+        } else if (typeof x === 'object' && x !== null) stack.push(x);
+      }
+    } else {
+      const o = v as Record<string, unknown>;
+      for (const k of Object.keys(o)) {
+        const x = o[k];
+        if (typeof x === 'string') {
+          if (x.length >= SLICE_MIN_LENGTH) o[k] = copied(x);
+        } else if (typeof x === 'object' && x !== null) stack.push(x);
+      }
+    }
+  }
+}
+
+/** V8's shortest sliced string (SlicedString::kMinLength); shorter substrings are copies already. */
+const SLICE_MIN_LENGTH = 13;
+
+/** A copy of `s` whose characters live in a string of its own (flattening the pair copies them). */
+const copied = (s: string): string => (' ' + s).slice(1);
 
 const yamlReason = (err: unknown): string => (err instanceof YAMLException ? err.reason : errorMessage(err));
 

@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import v8 from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import fc from 'fast-check';
 import { Document, isCollection, parseAllDocuments, visit } from 'yaml';
 import { parseManifestText } from '../../../src/kube/manifest-parse.js';
@@ -152,5 +154,28 @@ describe('manifest parser', () => {
     assert.equal(Object.getPrototypeOf(obj), Object.prototype);
     assert.equal(({} as Record<string, unknown>).polluted, undefined);
     assert.deepEqual(Object.keys(obj), ['__proto__', 'kind']);
+  });
+
+  it('the objects do not keep the file text alive (no substrings of it are kept)', () => {
+    v8.setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    // 100 files of ~200 KB each (a long comment), each with a 20-character value and an alias.
+    const kept: unknown[] = [];
+    const heapAfterGc = (): number => {
+      gc();
+      gc();
+      return process.memoryUsage().heapUsed;
+    };
+    const before = heapAfterGc();
+    for (let i = 0; i < 100; i++) {
+      const text = `# ${'x'.repeat(200_000)}\nkind: Service\nmetadata: &m\n  name: service-name-${String(i).padStart(6, '0')}\ncopy: *m\n`;
+      const parsed = parseManifestText(text, `f${i}.yaml`, false);
+      assert.ok('objects' in parsed);
+      kept.push(parsed.objects[0]!.obj);
+    }
+    const retained = heapAfterGc() - before;
+    assert.equal((kept[7] as { metadata: { name: string } }).metadata.name, 'service-name-000007');
+    // Views into the texts would keep 100 x 200 KB (20 MB).
+    assert.ok(retained < 5_000_000, `${Math.round(retained / 1e6)} MB retained`);
   });
 });

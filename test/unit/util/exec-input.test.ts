@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CommandError, run } from '../../../src/util/exec.js';
@@ -38,14 +38,23 @@ describe('run: stdin from a lazy producer', () => {
         yield piece(i);
       }
     }
-    // The child reads nothing for 600 ms: the pipe (64 KiB) and the stream's buffer fill, and the
-    // producer must wait (200 pieces are 20 MB; unbounded, all of them would be produced at once).
-    let producedWhileBlocked = -1;
-    const timer = setTimeout(() => (producedWhileBlocked = produced), 400);
-    const r = await run(['sh', '-c', 'sleep 0.6; wc -c'], { input: gen() });
-    clearTimeout(timer);
-    assert.equal(r.stdout.trim(), String(200 * 100_000));
-    assert.ok(producedWhileBlocked >= 1 && producedWhileBlocked <= 3, `produced ${producedWhileBlocked}`);
+    // The child reads nothing until the test lets it: the pipe (64 KiB) and the stream's buffer
+    // fill, and the producer must wait (200 pieces are 20 MB; unbounded, all would be produced).
+    const dir = mkdtempSync(join(tmpdir(), 'svcplane-exec-'));
+    try {
+      const go = join(dir, 'go');
+      const child = run(['sh', '-c', 'while [ ! -e "$0" ]; do sleep 0.02; done; wc -c', go], {
+        input: gen(),
+      });
+      await new Promise((r) => setTimeout(r, 300));
+      const producedWhileBlocked = produced;
+      writeFileSync(go, '');
+      const r = await child;
+      assert.equal(r.stdout.trim(), String(200 * 100_000));
+      assert.ok(producedWhileBlocked >= 1 && producedWhileBlocked <= 3, `produced ${producedWhileBlocked}`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
     assert.equal(produced, 200);
   });
 
