@@ -96,14 +96,20 @@ describe('log redaction by content', () => {
     };
     for (const seed of seeds) {
       time(seed, 20_000); // warm-up
-      const small = time(seed, 100_000);
-      const big = time(seed, 800_000);
       // 80 KB took ~4.8 s with the former pattern; here 800 KB must take well under that.
       assert.ok(time(seed, 80_000) < 250, `${JSON.stringify(seed)}: 80 KB`);
-      assert.ok(
-        big < Math.max(small, 2) * 24,
-        `${JSON.stringify(seed)}: 100 KB ${small.toFixed(1)} ms, 800 KB ${big.toFixed(1)} ms`,
-      );
+      // Linear: 8x the input within 24x the time. A pause of the loaded machine or a major GC (the
+      // heap of the whole unit run) can land in one measurement: up to three tries, each measuring
+      // both sizes afresh. A quadratic pattern (64x) fails every try.
+      const tries: string[] = [];
+      let linear = false;
+      for (let attempt = 0; attempt < 3 && !linear; attempt++) {
+        const small = time(seed, 100_000);
+        const big = time(seed, 800_000);
+        tries.push(`100 KB ${small.toFixed(1)} ms, 800 KB ${big.toFixed(1)} ms`);
+        linear = big < Math.max(small, 2) * 24;
+      }
+      assert.ok(linear, `${JSON.stringify(seed)}: ${tries.join('; ')}`);
     }
   });
 });
