@@ -125,30 +125,37 @@ describe('Controller drift checks', () => {
   });
 
   it('run every sync period on their own timer: a change-driven sync does not postpone them', async () => {
-    const PERIOD = 400;
+    // Waits on what happened, never on a window of time: a loaded machine delays every timer.
+    const PERIOD = 1000;
     const t0 = performance.now();
     const source = new HandSource();
     const backend = new TimedBackend(t0);
     const c = new Controller(source, [backend], { minSyncPeriodMs: 10, syncPeriodMs: PERIOD });
     await c.start();
     try {
-      // A change just before the period ends: the runner's periodic sync is re-armed from it, but
-      // the drift check is not (it used to wait for the next periodic sync, ~2 periods).
-      await sleep(PERIOD - 80);
+      // A change half a period before the drift timer fires: the runner's periodic sync is re-armed
+      // from it, the drift check is not (it used to wait for the next periodic sync: one whole
+      // period after the change's sync).
+      await sleep(PERIOD / 2);
+      const before = backend.syncs.length;
       source.change();
-      await sleep(200);
+      await poll('the change synced', () => backend.syncs.length > before);
+      const changeSynced = backend.syncs[before]!;
+      await poll('a drift check', () => backend.driftChecks.length >= 1);
+      const first = backend.driftChecks[0]!;
       assert.ok(
-        backend.syncs.some((t) => t > PERIOD - 80 && t < PERIOD),
-        `change synced: ${backend.syncs.join()}`,
+        changeSynced < first,
+        `the change synced at ${changeSynced} ms, before the check at ${first} ms`,
       );
-      assert.equal(backend.driftChecks.length, 1, `drift checks at ${backend.driftChecks.join()}`);
       assert.ok(
-        backend.driftChecks[0]! >= PERIOD - 20 && backend.driftChecks[0]! < PERIOD + 100,
-        `first drift check at ${Math.round(backend.driftChecks[0]!)} ms, period ${PERIOD} ms`,
+        first - changeSynced < PERIOD * 0.8,
+        `first drift check ${Math.round(first - changeSynced)} ms after the change's sync (period ${PERIOD} ms)`,
       );
-      await sleep(PERIOD);
-      assert.equal(backend.driftChecks.length, 2, `drift checks at ${backend.driftChecks.join()}`);
-      assert.ok(backend.driftChecks[1]! - backend.driftChecks[0]! < PERIOD + 100);
+      await poll('a second drift check', () => backend.driftChecks.length >= 2);
+      assert.ok(
+        backend.driftChecks[1]! - first < PERIOD * 1.5,
+        `drift checks at ${backend.driftChecks.join()}`,
+      );
     } finally {
       await c.stop();
     }
@@ -157,6 +164,15 @@ describe('Controller drift checks', () => {
     assert.equal(backend.driftChecks.length, n, 'no drift check after stop()');
   });
 });
+
+/** Polls `cond` every 10 ms; fails after 10 s. */
+async function poll(what: string, cond: () => boolean): Promise<void> {
+  const deadline = performance.now() + 10_000;
+  while (!cond()) {
+    if (performance.now() > deadline) assert.fail(`${what}: not within 10 s`);
+    await sleep(10);
+  }
+}
 
 describe('Controller stop() during start()', () => {
   it('start() returns when stop() is called while the source never completes its first state', async () => {
