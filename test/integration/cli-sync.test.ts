@@ -11,7 +11,6 @@ import {
   serviceChainsOf,
 } from '../../src/iptables/save-parse.js';
 import type { IPFamily } from '../../src/model/types.js';
-import type { RequestSpec } from '../../src/netns/protocol.js';
 import type { Sandbox } from '../../src/netns/sandbox.js';
 import { run, startProcess, type ChildHandle } from '../../src/util/exec.js';
 import {
@@ -23,7 +22,7 @@ import {
   sliceObject,
 } from '../support/iptables-harness.js';
 import { runSvcplane, svcplaneArgv, until as waitUntil } from '../support/daemon.js';
-import { useSandbox } from '../support/sandbox.js';
+import { tcp, useSandbox } from '../support/sandbox.js';
 
 /**
  * The CLI end to end, built from the current source, inside a sandbox node: `svcplane sync` and
@@ -38,13 +37,6 @@ const MASQ_V6 = 'fd00:10:244::1';
 const POD_CIDRS = ['10.244.0.0/24', 'fd00:10:244::/64'];
 /** A --cluster-cidr that contains no pod: NodeCIDR must not use it. */
 const DECOY_CLUSTER_CIDR = '10.99.0.0/16';
-
-const tcp = (ip: string, port: number, timeoutMs?: number): RequestSpec => ({
-  proto: 'tcp',
-  ip,
-  port,
-  ...(timeoutMs !== undefined ? { timeoutMs } : {}),
-});
 
 function nodeManifest(sb: Sandbox, podCIDRs: readonly string[] | undefined): unknown {
   return {

@@ -9,7 +9,6 @@ import {
   type SavedRule,
 } from '../../src/iptables/save-parse.js';
 import type { IPFamily } from '../../src/model/types.js';
-import type { RequestSpec } from '../../src/netns/protocol.js';
 import { readSysctl, writeSysctl } from '../../src/util/sysctl.js';
 import {
   answeredPeer,
@@ -25,7 +24,7 @@ import {
 } from '../support/iptables-harness.js';
 import { sendTcpFrame, TCP_ACK, TCP_FIN, TCP_SYN } from '../support/raw-packets.js';
 import { expectRuleCounted, type RuleRef } from '../support/rule-counters.js';
-import { requireRoot, useSandbox } from '../support/sandbox.js';
+import { requireRoot, tcp, useSandbox } from '../support/sandbox.js';
 import { skipBecause } from '../support/skip.js';
 import { traceAgrees } from '../support/trace-check.js';
 import { traceOnNode } from '../../src/cli/trace.js';
@@ -47,13 +46,6 @@ const WEB_IP = '10.96.20.10';
 const WEB_IP6 = 'fd00:10:96::2010';
 const WEB_NODEPORT = 30210;
 const SCTP_IP = '10.96.20.80';
-
-const tcp = (ip: string, port: number, timeoutMs?: number): RequestSpec => ({
-  proto: 'tcp',
-  ip,
-  port,
-  ...(timeoutMs !== undefined ? { timeoutMs } : {}),
-});
 
 const http = [{ name: 'http', port: WEB }];
 

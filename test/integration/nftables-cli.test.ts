@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { RequestSpec } from '../../src/netns/protocol.js';
 import type { Sandbox } from '../../src/netns/sandbox.js';
 import { run } from '../../src/util/exec.js';
 import { packageRoot } from '../../src/util/paths.js';
@@ -15,7 +14,7 @@ import {
   serviceObject,
   sliceObject,
 } from '../support/iptables-harness.js';
-import { requireRoot, useSandbox } from '../support/sandbox.js';
+import { requireRoot, tcp, useSandbox } from '../support/sandbox.js';
 import { httpGet, scrapeMetrics } from '../support/http.js';
 
 /**
@@ -27,13 +26,6 @@ import { httpGet, scrapeMetrics } from '../support/http.js';
 
 const WEB = 8080;
 const MASQ_V4 = '10.244.0.1';
-
-const tcp = (ip: string, port: number, timeoutMs?: number): RequestSpec => ({
-  proto: 'tcp',
-  ip,
-  port,
-  ...(timeoutMs !== undefined ? { timeoutMs } : {}),
-});
 
 function manifest(sb: Sandbox, pods: readonly string[]): unknown {
   const http = [{ name: 'http', port: WEB }];

@@ -15,7 +15,7 @@ import {
   sliceObject,
   type ProxierOptions,
 } from '../support/iptables-harness.js';
-import { requireRoot, useSandbox } from '../support/sandbox.js';
+import { requireRoot, tcp, useSandbox } from '../support/sandbox.js';
 import { clusterObjects, OUTSIDE_OTHER_IP, TOPOLOGY } from '../support/scenarios/table.js';
 import { traceAgrees } from '../support/trace-check.js';
 
@@ -38,12 +38,6 @@ const TRACE_CLIENT_IP = '192.0.2.140';
 const DROP_MS = 600;
 const LONG_MS = 3000;
 
-const tcp = (ip: string, port: number, timeoutMs?: number): RequestSpec => ({
-  proto: 'tcp',
-  ip,
-  port,
-  ...(timeoutMs !== undefined ? { timeoutMs } : {}),
-});
 const udp = (ip: string, port: number, timeoutMs?: number): RequestSpec => ({
   proto: 'udp',
   ip,

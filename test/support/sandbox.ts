@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import type { Context } from 'mocha';
-import type { EchoReply, ProbeResult } from '../../src/netns/protocol.js';
+import type { EchoReply, ProbeResult, RequestSpec } from '../../src/netns/protocol.js';
 import { Sandbox, type CreateOptions } from '../../src/netns/sandbox.js';
 import { skipBecause } from './skip.js';
 
@@ -62,3 +62,11 @@ export function expectError(r: ProbeResult, error: Extract<ProbeResult, { ok: fa
   if (r.ok) assert.fail(`expected ${error}, got a reply from ${r.reply.pod} (${r.reply.ip}:${r.reply.port})`);
   assert.equal(r.error, error, `expected ${error}, got ${r.error}: ${r.detail}`);
 }
+
+/** A TCP request to `ip:port` for `Sandbox.request` (its default timeout unless `timeoutMs`). */
+export const tcp = (ip: string, port: number, timeoutMs?: number): RequestSpec => ({
+  proto: 'tcp',
+  ip,
+  port,
+  ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+});
