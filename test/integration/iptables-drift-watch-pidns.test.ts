@@ -30,39 +30,42 @@ describe('iptables drift watch of a daemon in its own PID namespace (a pod witho
   // whatever still runs in its namespaces.
   after(async function () {
     this.timeout(20_000);
-    const d = daemon;
-    daemon = undefined;
-    if (d !== undefined) {
-      // unshare waits for its child (the daemon, PID 1 inside): end the daemon by its PID here, and
-      // unshare exits with it; the kernel ends the rest of the namespace (nft monitor) with its PID 1.
-      const inner = await readFile(`/proc/${d.child.pid}/task/${d.child.pid}/children`, 'utf8').catch(
-        () => '',
-      );
-      const pid = Number(inner.trim().split(/\s+/)[0]);
-      if (Number.isInteger(pid) && pid > 0) {
-        try {
-          process.kill(pid, 'SIGTERM');
-        } catch {
-          /* gone */
-        }
-        const killed = setTimeout(() => {
+    try {
+      const d = daemon;
+      daemon = undefined;
+      if (d !== undefined) {
+        // unshare waits for its child (the daemon, PID 1 inside): end the daemon by its PID here, and
+        // unshare exits with it; the kernel ends the rest of the namespace (nft monitor) with its PID 1.
+        const inner = await readFile(`/proc/${d.child.pid}/task/${d.child.pid}/children`, 'utf8').catch(
+          () => '',
+        );
+        const pid = Number(inner.trim().split(/\s+/)[0]);
+        if (Number.isInteger(pid) && pid > 0) {
           try {
-            process.kill(pid, 'SIGKILL');
+            process.kill(pid, 'SIGTERM');
           } catch {
             /* gone */
           }
-        }, 8000);
-        const code = await d.child.exited;
-        clearTimeout(killed);
-        assert.equal(code, 0, `the daemon stopped on SIGTERM\n${d.tail()}`);
-        // Its process name's symlinks (commit-name.ts) went with it.
-        const left = (await readdir(join(dir, 'tmp'))).filter((f) => f.startsWith('svcplane-commits-'));
-        assert.deepEqual(left, []);
-      } else {
-        await d.stop(2000);
+          const killed = setTimeout(() => {
+            try {
+              process.kill(pid, 'SIGKILL');
+            } catch {
+              /* gone */
+            }
+          }, 8000);
+          const code = await d.child.exited;
+          clearTimeout(killed);
+          assert.equal(code, 0, `the daemon stopped on SIGTERM\n${d.tail()}`);
+          // Its process name's symlinks (commit-name.ts) went with it.
+          const left = (await readdir(join(dir, 'tmp'))).filter((f) => f.startsWith('svcplane-commits-'));
+          assert.deepEqual(left, []);
+        } else {
+          await d.stop(2000);
+        }
       }
+    } finally {
+      if (dir) await rm(dir, { recursive: true, force: true });
     }
-    if (dir) await rm(dir, { recursive: true, force: true });
   });
 
   const env = useSandbox({
