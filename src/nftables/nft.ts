@@ -77,9 +77,10 @@ export interface NftOptions {
 }
 
 /**
- * How long one `nft` may run. A full sync at 10k Services x 5 endpoints took 65-100 s of kernel time
- * on a loaded 2-core machine (docs/performance.md) and a repeated one longer: the former 120 s killed
- * it, the sync failed, and every retry was killed the same way. As iptables-restore's (10 min).
+ * How long one `nft` may run. When a full sync was one transaction, at 10k Services x 5 endpoints it
+ * took 65-100 s of kernel time on a loaded 2-core machine and a repeated one longer: the former 120 s
+ * killed it, and every retry was killed the same way. A full sync is in parts now (transaction.ts),
+ * each a few seconds; the limit stays iptables-restore's (10 min) for a slow kernel or a large partial.
  */
 export const NFT_TRANSACTION_TIMEOUT_MS = 600_000;
 /** `nft -j list table` at 10k: ~21 s on that machine (60 MB of JSON). */
