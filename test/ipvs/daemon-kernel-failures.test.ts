@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import type { Sandbox } from '../../src/netns/sandbox.js';
 import { Daemon, eventually, type LogLine } from '../support/daemon.js';
 import { useSandbox } from '../support/sandbox.js';
-import { Background, requireUml, tryCmd, waitFor } from './helpers.js';
+import { Background, requireUml, startUmlDaemon, tryCmd, UML_NODE, waitFor } from './helpers.js';
 import { scrapeMetrics } from '../support/http.js';
 
 /**
@@ -17,7 +17,7 @@ import { scrapeMetrics } from '../support/http.js';
  * module, through the kernel's own module autoload.
  */
 
-const NODE = 'node-1';
+const NODE = UML_NODE;
 const PORT = 8080;
 const WEB = '10.96.80.1';
 const STICKY = '10.96.80.2';
@@ -97,20 +97,12 @@ describe('the daemon against real kernel failures: xtables lock, missing module 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'svcp-kfail-'));
     await write(service(env.sb, 'web', WEB, ['a']));
-    daemon = Daemon.start(
-      [
-        'run',
-        `--manifests=${dir}`,
-        `--hostname-override=${NODE}`,
-        '--cluster-cidr=10.244.0.0/16',
-        '--ip-families=IPv4',
-        '--iptables-sync-period=1h',
-        '--iptables-min-sync-period=100ms',
-        '--healthz-bind-address=127.0.0.1:10256',
-        '--metrics-bind-address=127.0.0.1:10249',
-      ],
-      { netns: env.sb.nodeNs, fromBuild: true },
-    );
+    daemon = startUmlDaemon(env.sb, dir, [
+      '--cluster-cidr=10.244.0.0/16',
+      '--iptables-sync-period=1h',
+      '--iptables-min-sync-period=100ms',
+      '--healthz-bind-address=127.0.0.1:10256',
+    ]);
     await daemon.waitFor('the first sync', 0, (l) => l.message === 'synced', 60_000);
   });
 

@@ -2,7 +2,9 @@
 // SVCPLANE_IN_UML=1). Inside, the root network namespace belongs to the UML kernel, so tests may use it as
 // the "node"; nothing reaches the host's network.
 import { spawn, type ChildProcess } from 'node:child_process';
+import type { Sandbox } from '../../src/netns/sandbox.js';
 import { run, type RunResult } from '../../src/util/exec.js';
+import { Daemon } from '../support/daemon.js';
 import { skipBecause } from '../support/skip.js';
 
 export const inUml = process.env.SVCPLANE_IN_UML === '1';
@@ -70,4 +72,26 @@ export async function waitFor(
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** The node the UML daemon tests' manifests place local endpoints on. */
+export const UML_NODE = 'node-1';
+
+/**
+ * `svcplane run` from the build (the TS loader is too slow under UML) in the sandbox node: node-1,
+ * IPv4, the manifests in `dir`, /metrics on 127.0.0.1:10249; `flags` on top (mode, sync periods,
+ * the healthz address, …).
+ */
+export function startUmlDaemon(sb: Pick<Sandbox, 'nodeNs'>, dir: string, flags: readonly string[]): Daemon {
+  return Daemon.start(
+    [
+      'run',
+      `--manifests=${dir}`,
+      `--hostname-override=${UML_NODE}`,
+      '--ip-families=IPv4',
+      '--metrics-bind-address=127.0.0.1:10249',
+      ...flags,
+    ],
+    { netns: sb.nodeNs, fromBuild: true },
+  );
 }

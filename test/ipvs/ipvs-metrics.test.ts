@@ -6,7 +6,7 @@ import type { Sandbox } from '../../src/netns/sandbox.js';
 import { Daemon, eventually } from '../support/daemon.js';
 import { metricSum, seriesValue } from '../support/metrics-text.js';
 import { expectReply, useSandbox } from '../support/sandbox.js';
-import { requireUml } from './helpers.js';
+import { requireUml, startUmlDaemon, UML_NODE } from './helpers.js';
 import { httpGet, scrapeMetrics, type HttpAnswer } from '../support/http.js';
 
 /**
@@ -20,7 +20,7 @@ import { httpGet, scrapeMetrics, type HttpAnswer } from '../support/http.js';
  * listeners after the metrics (health-check node ports) never ran.
  */
 
-const NODE = 'node-1';
+const NODE = UML_NODE;
 const PORT = 8080;
 const WEB = '10.96.82.1';
 const ITP = '10.96.82.2';
@@ -143,21 +143,13 @@ describe('IPVS mode daemon metrics: kube-proxy names, every sync observed, /heal
     dir = await mkdtemp(join(tmpdir(), 'svcp-ipvs-metrics-'));
     await writeFile(join(dir, 'cluster.json'), JSON.stringify(cluster(env.sb, 'node-2')));
     startedAt = Date.now();
-    daemon = Daemon.start(
-      [
-        'run',
-        '--proxy-mode=ipvs',
-        `--manifests=${dir}`,
-        `--hostname-override=${NODE}`,
-        '--cluster-cidr=10.244.0.0/16',
-        '--ip-families=IPv4',
-        '--ipvs-sync-period=1h',
-        '--ipvs-min-sync-period=100ms',
-        '--healthz-bind-address=0.0.0.0:10256',
-        '--metrics-bind-address=127.0.0.1:10249',
-      ],
-      { netns: env.sb.nodeNs, fromBuild: true },
-    );
+    daemon = startUmlDaemon(env.sb, dir, [
+      '--proxy-mode=ipvs',
+      '--cluster-cidr=10.244.0.0/16',
+      '--ipvs-sync-period=1h',
+      '--ipvs-min-sync-period=100ms',
+      '--healthz-bind-address=0.0.0.0:10256',
+    ]);
     // Logged once the first sync is in the kernel, with the mode in effect.
     await daemon.waitFor('svcplane running', 0, (l) => l.message === 'svcplane running', 90_000);
   });

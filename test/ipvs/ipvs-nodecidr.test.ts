@@ -3,9 +3,9 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { peerIP } from '../../src/netns/protocol.js';
-import { Daemon } from '../support/daemon.js';
+import type { Daemon } from '../support/daemon.js';
 import { expectReply, useSandbox } from '../support/sandbox.js';
-import { requireUml } from './helpers.js';
+import { requireUml, startUmlDaemon, UML_NODE } from './helpers.js';
 
 /**
  * `svcplane run --proxy-mode ipvs --detect-local-mode NodeCIDR` (the daemon, from the build): the
@@ -15,7 +15,7 @@ import { requireUml } from './helpers.js';
  * start ("--detect-local-mode=NodeCIDR: the Node's pod CIDRs were not resolved").
  */
 
-const NODE = 'node-1';
+const NODE = UML_NODE;
 const PORT = 8080;
 const WEB = '10.96.81.1';
 /** The node's bridge address: the source a masqueraded connection arrives from. */
@@ -57,19 +57,11 @@ describe('IPVS mode with --detect-local-mode NodeCIDR (daemon, UML)', function (
       },
     ];
     await writeFile(join(dir, 'cluster.json'), JSON.stringify(objects));
-    daemon = Daemon.start(
-      [
-        'run',
-        '--proxy-mode=ipvs',
-        '--detect-local-mode=NodeCIDR',
-        `--manifests=${dir}`,
-        `--hostname-override=${NODE}`,
-        '--ip-families=IPv4',
-        '--healthz-bind-address=127.0.0.1:10256',
-        '--metrics-bind-address=127.0.0.1:10249',
-      ],
-      { netns: sb.nodeNs, fromBuild: true },
-    );
+    daemon = startUmlDaemon(sb, dir, [
+      '--proxy-mode=ipvs',
+      '--detect-local-mode=NodeCIDR',
+      '--healthz-bind-address=127.0.0.1:10256',
+    ]);
     // Logged once the first sync is in the kernel (after the 'synced' line), with the mode in effect.
     await daemon.waitFor('svcplane running', 0, (l) => l.message === 'svcplane running', 90_000);
   });
