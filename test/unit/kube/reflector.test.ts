@@ -290,10 +290,20 @@ describe('Reflector parts', () => {
       return best;
     };
     time(2); // warm-up
-    const small = Math.max(time(4), 2);
-    const big = time(32);
     // The old splitter (string += chunk, indexOf from the start) was quadratic: 64 MB took 36 s.
-    assert.ok(big < small * 24, `4 MB: ${small.toFixed(0)} ms, 32 MB: ${big.toFixed(0)} ms`);
+    // A major GC of the whole unit run's heap or page faults of the 32 MB line can still land in one
+    // measurement (4 MB 5 ms, 32 MB 133 ms seen at load 9): up to three tries, both sizes measured
+    // afresh each time. A quadratic splitter (64x) fails every try.
+    const tries: string[] = [];
+    let linear = false;
+    let big = Infinity;
+    for (let attempt = 0; attempt < 3 && !linear; attempt++) {
+      const small = Math.max(time(4), 2);
+      big = time(32);
+      tries.push(`4 MB: ${small.toFixed(0)} ms, 32 MB: ${big.toFixed(0)} ms`);
+      linear = big < small * 24;
+    }
+    assert.ok(linear, tries.join('; '));
     assert.ok(big < 5000, `32 MB line split in ${big.toFixed(0)} ms`);
   });
 
