@@ -128,6 +128,12 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
 
   const web: RequestSpec = { proto: 'tcp', ip: WEB_IP, port: 80, timeoutMs: 1000 };
 
+  /**
+   * Connections that must reach every one of two endpoints chosen at random: with 10 the kernel's
+   * coin sent all of them to one endpoint 1 time in 512 (seen once in CI); 30 makes it 1 in 5·10^8.
+   */
+  const SPREAD = 30;
+
   /** `n` new connections from `from`; every one must be answered; returns who answered. */
   async function answering(n: number, req: RequestSpec = web, from = 'client'): Promise<Set<string>> {
     const pods = new Set<string>();
@@ -369,7 +375,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
       timeoutMs: 500,
     });
     assert.equal(o.ok, false, 'nothing answers the deleted NodePort');
-    assert.deepEqual([...(await answering(10))].sort(), ['a', 'b']);
+    assert.deepEqual([...(await answering(SPREAD))].sort(), ['a', 'b']);
   });
 
   it('watches closed by the server and 410 Gone (relist): no rule churn', async () => {
@@ -408,7 +414,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
       'a partial sync writing the sentinel Service only (no rule churn from the relist)',
     );
     assert.equal(health(), 200);
-    assert.deepEqual([...(await answering(10))].sort(), ['a', 'b']);
+    assert.deepEqual([...(await answering(SPREAD))].sort(), ['a', 'b']);
     api!.delete('Service', 'default', 'sentinel');
     await until("the sentinel's removal synced", () => syncs === before.syncs + 2, 5000);
     await settled();
@@ -484,7 +490,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
     assert.equal(healthz().body.nodeEligible, false);
     assert.match(healthz().body.reason ?? '', /has the taint ToBeDeletedByClusterAutoscaler/);
     // Load balancers drain the node; svcplane keeps serving what still arrives.
-    assert.deepEqual([...(await answering(10))].sort(), ['a', 'c']);
+    assert.deepEqual([...(await answering(SPREAD))].sort(), ['a', 'c']);
     api!.update('Node', node('zone-a'));
     await until('eligible again without the taint', () => health() === 200, 5000);
 
@@ -505,7 +511,7 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
     // Re-registered: eligible again.
     api!.create('Node', node('zone-a'));
     await until('eligible after the Node is back', () => health() === 200, 5000);
-    assert.deepEqual([...(await answering(10))].sort(), ['a', 'c']);
+    assert.deepEqual([...(await answering(SPREAD))].sort(), ['a', 'c']);
   });
 
   it('needs no single-object GET (the RBAC verbs are list and watch)', () => {
