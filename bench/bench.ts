@@ -14,6 +14,7 @@ import { run } from '../src/util/exec.js';
 import { BENCH_LIMITS, BENCH_NODE, clusterObjects, nodeObject, serviceObjects } from './cluster.js';
 import { printChildResult, runChild, writeResults } from './child.js';
 import { MemoryPeak } from './memory.js';
+import { recordRestoreInputs } from './restore-inputs.js';
 
 /**
  * `npm run bench`: svcplane's iptables mode at 1k–30k Services × 5 endpoints, on the real kernel of a
@@ -358,14 +359,7 @@ async function partialSync(
 ): Promise<PartialSync> {
   const n = (objects.length - 1) / 2;
   const inputs: string[] = [];
-  const realRestore = proxier.ipt.restore.bind(proxier.ipt);
-  proxier.ipt.restore = (input, opts) => {
-    if (typeof input === 'string') inputs.push(input);
-    return realRestore(
-      typeof input === 'string' ? input : keptWhole(input, (text) => inputs.push(text)),
-      opts,
-    );
-  };
+  const unrecord = recordRestoreInputs(proxier.ipt, inputs);
   const ms: number[] = [];
   const restore: number[] = [];
   const floor: number[] = [];
@@ -392,7 +386,7 @@ async function partialSync(
       floor.push(await timedRestore(inputs.at(-1)!, ['--noflush', '--counters']));
     }
   } finally {
-    proxier.ipt.restore = realRestore;
+    unrecord();
   }
   // And back, so later measurements start from the original state.
   await proxier.sync(
@@ -572,16 +566,3 @@ main().catch((err: unknown) => {
   process.stderr.write(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   process.exitCode = 1;
 });
-
-/** The pieces of a streamed restore input passed on as they come, and the whole text kept at the end. */
-async function* keptWhole(
-  pieces: Iterable<string> | AsyncIterable<string>,
-  keep: (text: string) => void,
-): AsyncGenerator<string> {
-  const seen: string[] = [];
-  for await (const p of pieces) {
-    seen.push(p);
-    yield p;
-  }
-  keep(seen.join(''));
-}

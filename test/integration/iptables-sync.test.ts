@@ -12,6 +12,7 @@ import type { Sandbox } from '../../src/netns/sandbox.js';
 import type { RunResult } from '../../src/util/exec.js';
 import { runSvcplane } from '../support/daemon.js';
 import { CLUSTER_CIDRS, NODE_NAME, sandboxProxierConfig } from '../support/iptables-harness.js';
+import { recordRestoreInputs } from '../../bench/restore-inputs.js';
 import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
 
 /**
@@ -112,14 +113,7 @@ describe('iptables proxier sync behaviour (real traffic)', function () {
     );
     await chmod(wrapper, 0o755);
     proxier = new IptablesProxier(sandboxProxierConfig(env.sb, { binaries: { restore: wrapper } }));
-    const realRestore = proxier.ipt.restore.bind(proxier.ipt);
-    proxier.ipt.restore = (input, opts) => {
-      if (typeof input === 'string') inputs.push(input);
-      return realRestore(
-        typeof input === 'string' ? input : keptWhole(input, (text) => inputs.push(text)),
-        opts,
-      );
-    };
+    recordRestoreInputs(proxier.ipt, inputs);
     await proxier.setup();
   });
 
@@ -426,16 +420,3 @@ describe('svcplane sync / cleanup (CLI, real traffic)', function () {
     assert.equal(await answerer(sb, '10.96.40.3', 500), undefined, 'no Service is served any more');
   });
 });
-
-/** The pieces of a streamed restore input passed on as they come, and the whole text kept at the end. */
-async function* keptWhole(
-  pieces: Iterable<string> | AsyncIterable<string>,
-  keep: (text: string) => void,
-): AsyncGenerator<string> {
-  const seen: string[] = [];
-  for await (const p of pieces) {
-    seen.push(p);
-    yield p;
-  }
-  keep(seen.join(''));
-}
