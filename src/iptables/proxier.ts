@@ -1,3 +1,4 @@
+import { AddressWatch } from '../kernel/address-watch.js';
 import { gatherNodeFacts, type NodeFacts } from '../modes/node-facts.js';
 import { localTrafficDetector, type DetectLocalMode } from '../modes/local-traffic.js';
 import { programmedServiceKeys } from './programmed.js';
@@ -149,10 +150,13 @@ export class IptablesProxier implements Backend {
   lastAttemptFull = true;
   /** Set when route_localnet cannot be enabled (read-only /proc/sys). */
   private localhostNodePortsUnavailable = false;
+  /** The node's addresses, re-read only when `ip monitor` saw them change (once watchKernel ran). */
+  readonly addresses: AddressWatch;
 
   constructor(private readonly config: IptablesProxierConfig) {
     this.name = `iptables/${config.family}`;
     this.ipt = new Iptables({ family: config.family, netns: config.netns, binaries: config.binaries });
+    this.addresses = new AddressWatch({ netns: config.netns });
   }
 
   get lastSync(): IptablesSyncReport | undefined {
@@ -191,12 +195,14 @@ export class IptablesProxier implements Backend {
 
   /**
    * Watches the kernel for other agents' commits (`nft monitor`, iptables/commit-log.ts) so that a
-   * drift check reads the kernel only when one touched our chains. The daemon calls it once before
+   * drift check reads the kernel only when one touched our chains, and the node's addresses
+   * (kernel/address-watch.ts) so that a sync reads them only when they changed. The daemon calls it once before
    * its first sync; without it (or on the legacy backend, or without `nft`) every drift check
    * compares everything.
    */
   async watchKernel(): Promise<void> {
     this.watching = true;
+    this.addresses.watch();
     if ((await this.ipt.version()).backend !== 'nf_tables') {
       log.info('legacy iptables: drift checks read every rule (nft monitor cannot see them)', {
         backend: this.name,
@@ -217,6 +223,7 @@ export class IptablesProxier implements Backend {
     const w = this.watch;
     this.watch = undefined;
     await w?.handle.stop(2000);
+    await this.addresses.close();
     await this.ipt.unnameCommits();
   }
 
@@ -735,12 +742,12 @@ export class IptablesProxier implements Backend {
     });
   }
 
-  /** Node name/zone, node IPs and NodePort addresses, re-read every sync as kube-proxy does. */
+  /** Node name/zone, node IPs and NodePort addresses, every sync (the addresses from the watch's cache). */
   private gatherFacts(state: ClusterState | undefined): Promise<NodeFacts> {
     const config = this.localhostNodePortsUnavailable
       ? { ...this.config, localhostNodePorts: false }
       : this.config;
-    return gatherNodeFacts(config, state);
+    return gatherNodeFacts(config, state, this.addresses);
   }
 }
 

@@ -1,3 +1,4 @@
+import type { AddressWatch } from '../kernel/address-watch.js';
 import { addressesInCIDRs, listAddresses, type InterfaceAddress } from '../kernel/netif.js';
 import { cidrContains } from '../model/ip.js';
 import { nodeContext, type NodeContext } from '../model/selection.js';
@@ -33,14 +34,18 @@ export interface NodeFacts {
 /**
  * Node name/zone, node IPs and NodePort addresses, re-read every sync as kube-proxy does, by every
  * mode that renders them (iptables, nftables), and by `svcplane diff` with exactly the facts the
- * proxier would use.
+ * proxier would use. A daemon's proxier passes its AddressWatch (the addresses of `c.netns`), which
+ * reads them only when they changed.
  */
 export async function gatherNodeFacts(
   c: NodeFactsInput,
   state: ClusterState | undefined,
+  addresses?: AddressWatch,
 ): Promise<NodeFacts> {
   const nodeObj: NodeInfo | undefined = state?.nodes.get(c.nodeName);
-  const addrs: InterfaceAddress[] = await listAddresses({ netns: c.netns });
+  const addrs: InterfaceAddress[] = addresses
+    ? await addresses.addresses()
+    : await listAddresses({ netns: c.netns });
   const nodeIPs = primaryNodeIPs(c, nodeObj, addrs);
   const wanted = nodePortAddressesOf(c.nodePortAddresses, c.family);
   let nodePortAddresses: NodePortAddressMatch;

@@ -1,3 +1,4 @@
+import { AddressWatch } from '../kernel/address-watch.js';
 import type { Backend, SyncReport } from '../modes/backend.js';
 import { localTrafficDetector, type LocalDetectorInput } from '../modes/local-traffic.js';
 import { gatherNodeFacts, type NodeFacts, type NodeFactsInput } from '../modes/node-facts.js';
@@ -68,14 +69,28 @@ export class NftablesProxier implements Backend {
   private served = false;
   /** Stale chains are deleted inside the sync's transaction until one such transaction is refused. */
   private inlineCleanup = true;
+  /** The node's addresses, re-read only when `ip monitor` saw them change (once watchKernel ran). */
+  readonly addresses: AddressWatch;
 
   constructor(private readonly config: NftablesProxierConfig) {
     this.name = `nftables/${config.family}`;
     this.nft = new Nft({ family: config.family, netns: config.netns, binary: config.nftBinary });
+    this.addresses = new AddressWatch({ netns: config.netns });
   }
 
   get lastSync(): NftablesSyncReport | undefined {
     return this.lastReport;
+  }
+
+  /** The daemon's: the node's addresses are read again only when `ip monitor` saw them change. */
+  watchKernel(): Promise<void> {
+    this.addresses.watch();
+    return Promise.resolve();
+  }
+
+  /** Stops the address monitor. */
+  close(): Promise<void> {
+    return this.addresses.close();
   }
 
   /** nft ≥ 1.0.1 and kernel ≥ 5.13, as kube-proxy checks them; throws with the reason. */
@@ -109,7 +124,7 @@ export class NftablesProxier implements Backend {
 
   async sync(state: ClusterState, given?: StateChange): Promise<NftablesSyncReport> {
     const started = performance.now();
-    const facts = await gatherNodeFacts({ ...this.config, localhostNodePorts: false }, state);
+    const facts = await gatherNodeFacts({ ...this.config, localhostNodePorts: false }, state, this.addresses);
     const factsChanged =
       this.lastFacts === undefined || JSON.stringify(this.lastFacts) !== JSON.stringify(facts);
     const full = this.needFullSync || factsChanged || this.applied === undefined;

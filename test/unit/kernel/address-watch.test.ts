@@ -1,0 +1,26 @@
+import assert from 'node:assert/strict';
+import { AddressWatch, subscribedSockets } from '../../../src/kernel/address-watch.js';
+
+describe('address watch (kernel/address-watch.ts)', () => {
+  it('finds the NETLINK_ROUTE sockets that joined a multicast group in /proc/net/netlink', () => {
+    const text = [
+      'sk               Eth Pid        Groups   Rmem     Wmem     Dump  Locks    Drops    Inode',
+      '0000000073eee78c 0   0          00000000 0        0        0     2        0        4       ',
+      '00000000e17289fd 0   2583368450 00000110 0        0        0     2        0        9161174 ',
+      '00000000e17289fe 0   2583368451 00000000 0        0        0     2        0        9161175 ',
+      '00000000e17289ff 9   0          00000001 0        0        0     2        0        9161176 ',
+      '',
+    ].join('\n');
+    assert.deepEqual(subscribedSockets(text), ['9161174']);
+  });
+
+  it('without watch() (one-shot commands) every call reads', async () => {
+    let n = 0;
+    const w = new AddressWatch({ read: () => Promise.resolve((n++, [])) });
+    await w.addresses();
+    await w.addresses();
+    assert.equal(n, 2);
+    assert.equal(w.reads, 2);
+    assert.equal(w.fresh, false);
+  });
+});
