@@ -1,11 +1,9 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFile, writeFile } from 'node:fs/promises';
 import type { Sandbox } from '../../src/netns/sandbox.js';
-import { Daemon, eventually, type LogLine } from '../support/daemon.js';
-import { useSandbox } from '../support/sandbox.js';
-import { Background, requireUml, startUmlDaemon, tryCmd, UML_NODE, waitFor } from './helpers.js';
+import { eventually, type LogLine } from '../support/daemon.js';
+import { podEndpoints, serviceObject, sliceObject } from '../support/iptables-harness.js';
+import { Background, tryCmd, useUmlDaemon, waitFor } from './helpers.js';
 import { scrapeMetrics } from '../support/http.js';
 
 /**
@@ -17,7 +15,6 @@ import { scrapeMetrics } from '../support/http.js';
  * module, through the kernel's own module autoload.
  */
 
-const NODE = UML_NODE;
 const PORT = 8080;
 const WEB = '10.96.80.1';
 const STICKY = '10.96.80.2';
@@ -27,45 +24,26 @@ const FAILED = 'sync failed; previous rules stay in place';
 
 function service(sb: Sandbox, name: string, ip: string, pods: readonly string[], affinity = false): object[] {
   return [
-    {
-      apiVersion: 'v1',
-      kind: 'Service',
-      metadata: { name, namespace: 'default' },
-      spec: {
-        clusterIP: ip,
-        ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: PORT }],
-        ...(affinity ? { sessionAffinity: 'ClientIP' } : {}),
-      },
-    },
-    {
-      apiVersion: 'discovery.k8s.io/v1',
-      kind: 'EndpointSlice',
-      metadata: { name: `${name}-x`, namespace: 'default', labels: { 'kubernetes.io/service-name': name } },
-      addressType: 'IPv4',
-      ports: [{ name: 'http', protocol: 'TCP', port: PORT }],
-      endpoints: pods.map((p) => ({ addresses: [sb.podIP(p)], conditions: { ready: true }, nodeName: NODE })),
-    },
+    serviceObject(name, {
+      clusterIPs: [ip],
+      ports: [{ name: 'http', port: 80, targetPort: PORT }],
+      ...(affinity ? { sessionAffinity: { timeoutSeconds: 10800 } } : {}),
+    }),
+    sliceObject(name, 'IPv4', [{ name: 'http', port: PORT }], podEndpoints(sb, pods)),
   ];
 }
 
 describe('the daemon against real kernel failures: xtables lock, missing module (UML, legacy)', function () {
   this.timeout(180_000);
-  before(function () {
-    requireUml(this);
-  });
-  const env = useSandbox({
-    pods: [{ name: 'a', tcpPorts: [PORT] }, { name: 'b', tcpPorts: [PORT] }, { name: 'client' }],
-  });
-  let dir = '';
-  let daemon: Daemon | undefined;
+  const uml = useUmlDaemon(PORT);
   let holder: Background | undefined;
 
   const answer = async (ip: string): Promise<string> => {
-    const r = await env.sb.request('client', { proto: 'tcp', ip, port: 80, timeoutMs: 1000 });
+    const r = await uml.sb.request('client', { proto: 'tcp', ip, port: 80, timeoutMs: 1000 });
     return r.ok ? r.reply.pod : r.error;
   };
   const failures = async (): Promise<number> => {
-    const text = await scrapeMetrics(env.sb);
+    const text = await scrapeMetrics(uml.sb);
     // Per family (kube-proxy's ip_family label); a family without a failure yet has no sample.
     assert.match(text, /^# TYPE kubeproxy_sync_proxy_rules_iptables_restore_failures_total counter$/m);
     let sum = 0;
@@ -75,9 +53,6 @@ describe('the daemon against real kernel failures: xtables lock, missing module 
       sum += Number(m[1]);
     return sum;
   };
-  const write = (objects: object[]): Promise<void> =>
-    writeFile(join(dir, 'svc.json'), JSON.stringify(objects));
-
   /** Backoff: the announced retry delays double, and each retry waited at least as announced. */
   function assertBackoff(lines: readonly LogLine[]): void {
     const delays = lines.map((l) => Number(l.retryInMs));
@@ -95,9 +70,7 @@ describe('the daemon against real kernel failures: xtables lock, missing module 
   }
 
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'svcp-kfail-'));
-    await write(service(env.sb, 'web', WEB, ['a']));
-    daemon = startUmlDaemon(env.sb, dir, [
+    const daemon = await uml.start(service(uml.sb, 'web', WEB, ['a']), [
       '--cluster-cidr=10.244.0.0/16',
       '--iptables-sync-period=1h',
       '--iptables-min-sync-period=100ms',
@@ -110,12 +83,10 @@ describe('the daemon against real kernel failures: xtables lock, missing module 
     this.timeout(30_000);
     await holder?.stop();
     await writeFile(HIDDEN, '').catch(() => undefined);
-    await daemon?.stop();
-    if (dir) await rm(dir, { recursive: true, force: true });
   });
 
   it('the xtables lock held by another process: refused after -w 5, previous rules serve, counted, backoff, then converged', async () => {
-    const d = daemon!;
+    const d = uml.daemon;
     assert.equal(await answer(WEB), 'a');
     const before = await failures();
     // One process that holds the lock itself (flock(1) would pass it to its child), ended by PID.
@@ -128,7 +99,7 @@ describe('the daemon against real kernel failures: xtables lock, missing module 
     await waitFor('lock held', async () => (await tryCmd(['flock', '-n', LOCK, 'true'])).exitCode !== 0);
 
     const from = d.lines.length;
-    await write(service(env.sb, 'web', WEB, ['b']));
+    await uml.write(service(uml.sb, 'web', WEB, ['b']));
     const failed = await d.waitFor('two refused restores', from, (l) => l.message === FAILED, 60_000, 2);
     assert.match(JSON.stringify(failed[0]), /xtables lock/, JSON.stringify(failed[0]).slice(0, 600));
     assert.equal(await answer(WEB), 'a', 'the previous rules serve');
@@ -149,7 +120,7 @@ describe('the daemon against real kernel failures: xtables lock, missing module 
   });
 
   it('a kernel module missing (xt_recent, for ClientIP affinity): refused, previous rules serve, counted, backoff; loaded on demand once available', async () => {
-    const d = daemon!;
+    const d = uml.daemon;
     assert.equal(await answer(WEB), 'b');
     // Hide xt_recent from the module loader, then unload it (rules of earlier tests may hold it a moment).
     await writeFile(HIDDEN, 'xt_recent\n');
@@ -161,9 +132,9 @@ describe('the daemon against real kernel failures: xtables lock, missing module 
 
     // web moves back to a, and a Service with ClientIP affinity (rules with -m recent) arrives.
     const from = d.lines.length;
-    await write([
-      ...service(env.sb, 'web', WEB, ['a']),
-      ...service(env.sb, 'sticky', STICKY, ['a', 'b'], true),
+    await uml.write([
+      ...service(uml.sb, 'web', WEB, ['a']),
+      ...service(uml.sb, 'sticky', STICKY, ['a', 'b'], true),
     ]);
     const failed = await d.waitFor('three refused restores', from, (l) => l.message === FAILED, 30_000, 3);
     assert.match(JSON.stringify(failed[0]), /recent/, JSON.stringify(failed[0]).slice(0, 600));

@@ -2,9 +2,13 @@
 // SVCPLANE_IN_UML=1). Inside, the root network namespace belongs to the UML kernel, so tests may use it as
 // the "node"; nothing reaches the host's network.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Sandbox } from '../../src/netns/sandbox.js';
 import { run, type RunResult } from '../../src/util/exec.js';
 import { Daemon } from '../support/daemon.js';
+import { useSandbox } from '../support/sandbox.js';
 import { skipBecause } from '../support/skip.js';
 
 export const inUml = process.env.SVCPLANE_IN_UML === '1';
@@ -94,4 +98,55 @@ export function startUmlDaemon(sb: Pick<Sandbox, 'nodeNs'>, dir: string, flags: 
     ],
     { netns: sb.nodeNs, fromBuild: true },
   );
+}
+
+/** One suite's sandbox and the UML daemon watching its manifests directory (see useUmlDaemon). */
+export interface UmlDaemonSuite {
+  readonly sb: Sandbox;
+  /** The daemon `start` started. */
+  readonly daemon: Daemon;
+  /** Writes the first manifests (cluster.json) to a fresh directory and starts the daemon on it. */
+  start(objects: readonly object[], flags: readonly string[]): Promise<Daemon>;
+  /** Replaces the manifests (cluster.json) the daemon watches. */
+  write(objects: readonly object[]): Promise<void>;
+}
+
+/**
+ * The setup the UML daemon suites share: inside UML only; a sandbox with pods a and b serving TCP
+ * `port` and a client pod; `start` (from the suite's before hook) writes the manifests and starts
+ * `startUmlDaemon` on them. After the suite the daemon is stopped (before its sandbox goes) and the
+ * directory removed.
+ */
+export function useUmlDaemon(port: number): UmlDaemonSuite {
+  let dir = '';
+  let daemon: Daemon | undefined;
+  before(function () {
+    requireUml(this);
+  });
+  after(async function () {
+    this.timeout(30_000);
+    await daemon?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+  const env = useSandbox({
+    pods: [{ name: 'a', tcpPorts: [port] }, { name: 'b', tcpPorts: [port] }, { name: 'client' }],
+  });
+  const write = (objects: readonly object[]): Promise<void> =>
+    writeFile(join(dir, 'cluster.json'), JSON.stringify(objects));
+  return {
+    get sb(): Sandbox {
+      return env.sb;
+    },
+    get daemon(): Daemon {
+      if (!daemon) throw new Error('the UML daemon was not started (before hook failed or was skipped)');
+      return daemon;
+    },
+    async start(objects, flags) {
+      dir = await mkdtemp(join(tmpdir(), 'svcp-uml-daemon-'));
+      await write(objects);
+      daemon = startUmlDaemon(env.sb, dir, flags);
+      return daemon;
+    },
+    write,
+  };
 }

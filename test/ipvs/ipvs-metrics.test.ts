@@ -1,12 +1,10 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { Sandbox } from '../../src/netns/sandbox.js';
-import { Daemon, eventually } from '../support/daemon.js';
+import { eventually } from '../support/daemon.js';
+import { serviceObject, sliceObject, type ServiceSpec } from '../support/iptables-harness.js';
 import { metricSum, seriesValue } from '../support/metrics-text.js';
-import { expectReply, useSandbox } from '../support/sandbox.js';
-import { requireUml, startUmlDaemon, UML_NODE } from './helpers.js';
+import { expectReply } from '../support/sandbox.js';
+import { UML_NODE, useUmlDaemon } from './helpers.js';
 import { httpGet, scrapeMetrics, type HttpAnswer } from '../support/http.js';
 
 /**
@@ -28,32 +26,17 @@ const LB = '10.96.82.3';
 const HC_PORT = 30556;
 const FAILED = 'sync failed; previous rules stay in place';
 
-function service(name: string, ip: string, spec: object = {}, port: object = {}): object {
-  return {
-    apiVersion: 'v1',
-    kind: 'Service',
-    metadata: { name, namespace: 'default' },
-    spec: {
-      clusterIP: ip,
-      ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: PORT, ...port }],
-      ...spec,
-    },
-  };
+function service(name: string, ip: string, spec: Partial<ServiceSpec> = {}, nodePort?: number): object {
+  return serviceObject(name, {
+    clusterIPs: [ip],
+    ports: [{ name: 'http', port: 80, targetPort: PORT, nodePort }],
+    ...spec,
+  });
 }
 
 function slice(sb: Sandbox, name: string, eps: readonly { pod: string; node: string }[]): object {
-  return {
-    apiVersion: 'discovery.k8s.io/v1',
-    kind: 'EndpointSlice',
-    metadata: { name: `${name}-x`, namespace: 'default', labels: { 'kubernetes.io/service-name': name } },
-    addressType: 'IPv4',
-    ports: [{ name: 'http', protocol: 'TCP', port: PORT }],
-    endpoints: eps.map((e) => ({
-      addresses: [sb.podIP(e.pod)],
-      conditions: { ready: true },
-      nodeName: e.node,
-    })),
-  };
+  const endpoints = eps.map((e) => ({ ip: sb.podIP(e.pod), nodeName: e.node }));
+  return sliceObject(name, 'IPv4', [{ name: 'http', port: PORT }], endpoints);
 }
 
 /**
@@ -70,7 +53,7 @@ function cluster(sb: Sandbox, itpNode: string): object[] {
       'lb',
       LB,
       { type: 'LoadBalancer', externalTrafficPolicy: 'Local', healthCheckNodePort: HC_PORT },
-      { nodePort: 30582 },
+      30582,
     ),
     slice(sb, 'lb', [{ pod: 'b', node: 'node-2' }]),
   ];
@@ -105,19 +88,12 @@ const V4 = '{ip_family="IPv4"}';
 
 describe('IPVS mode daemon metrics: kube-proxy names, every sync observed, /healthz (UML)', function () {
   this.timeout(180_000);
-  before(function () {
-    requireUml(this);
-  });
-  const env = useSandbox({
-    pods: [{ name: 'a', tcpPorts: [PORT] }, { name: 'b', tcpPorts: [PORT] }, { name: 'client' }],
-  });
-  let dir = '';
-  let daemon: Daemon | undefined;
+  const uml = useUmlDaemon(PORT);
   let startedAt = 0;
 
   // The single UML CPU is slow: 5 s per request.
-  const http = (from: string, url: string): Promise<HttpAnswer | undefined> => httpGet(env.sb, from, url, 5);
-  const scrape = (): Promise<string> => scrapeMetrics(env.sb);
+  const http = (from: string, url: string): Promise<HttpAnswer | undefined> => httpGet(uml.sb, from, url, 5);
+  const scrape = (): Promise<string> => scrapeMetrics(uml.sb);
   const noLocal = (text: string, policy: string): number | undefined =>
     seriesValue(
       text,
@@ -125,7 +101,7 @@ describe('IPVS mode daemon metrics: kube-proxy names, every sync observed, /heal
     );
   /** No sync failed: none logged, none counted (by svcplane's result label or kube-proxy's counter). */
   const assertNoFailure = (text: string): void => {
-    const d = daemon!;
+    const d = uml.daemon;
     assert.deepEqual(
       d.logged(0, (l) => l.message === FAILED).map((l) => JSON.stringify(l).slice(0, 400)),
       [],
@@ -140,10 +116,8 @@ describe('IPVS mode daemon metrics: kube-proxy names, every sync observed, /heal
   };
 
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'svcp-ipvs-metrics-'));
-    await writeFile(join(dir, 'cluster.json'), JSON.stringify(cluster(env.sb, 'node-2')));
     startedAt = Date.now();
-    daemon = startUmlDaemon(env.sb, dir, [
+    const daemon = await uml.start(cluster(uml.sb, 'node-2'), [
       '--proxy-mode=ipvs',
       '--cluster-cidr=10.244.0.0/16',
       '--ipvs-sync-period=1h',
@@ -154,14 +128,8 @@ describe('IPVS mode daemon metrics: kube-proxy names, every sync observed, /heal
     await daemon.waitFor('svcplane running', 0, (l) => l.message === 'svcplane running', 90_000);
   });
 
-  after(async function () {
-    this.timeout(30_000);
-    await daemon?.stop();
-    if (dir) await rm(dir, { recursive: true, force: true });
-  });
-
   it("the first sync is observed under kube-proxy's IPVS-mode names; none failed; /healthz, /livez 200", async () => {
-    const d = daemon!;
+    const d = uml.daemon;
     assert.equal(d.lines.find((l) => l.message === 'svcplane running')?.mode, 'ipvs', d.tail());
     const text = await scrape();
     assertNoFailure(text);
@@ -186,22 +154,22 @@ describe('IPVS mode daemon metrics: kube-proxy names, every sync observed, /heal
     assert.equal(noLocal(text, 'internal'), 1);
     assert.equal(noLocal(text, 'external'), 1);
 
-    const healthz = await http('outside', `http://${env.sb.nodeIPv4}:10256/healthz`);
+    const healthz = await http('outside', `http://${uml.sb.nodeIPv4}:10256/healthz`);
     assert.equal(healthz?.code, 200, healthz?.body);
     const body = JSON.parse(healthz.body) as Record<string, unknown>;
     assert.equal(typeof body.lastUpdated, 'string');
-    assert.equal((await http('outside', `http://${env.sb.nodeIPv4}:10256/livez`))?.code, 200);
+    assert.equal((await http('outside', `http://${uml.sb.nodeIPv4}:10256/livez`))?.code, 200);
     assert.equal((await http('node', 'http://127.0.0.1:10249/proxyMode'))?.body, 'ipvs');
     // The 'synced' listeners after the metrics ran: lb's health-check node port serves (no local endpoint).
     const hc = await eventually('the health-check node port', 10_000, () =>
-      http('outside', `http://${env.sb.nodeIPv4}:${HC_PORT}/`),
+      http('outside', `http://${uml.sb.nodeIPv4}:${HC_PORT}/`),
     );
     assert.equal(hc.code, 503, hc.body);
     assert.equal((JSON.parse(hc.body) as { localEndpoints: number }).localEndpoints, 0);
   });
 
   it('a change is synced and observed: count and timestamp advance, changes counted, no-local counts follow', async () => {
-    const d = daemon!;
+    const d = uml.daemon;
     const before = await scrape();
     const count = (t: string): number =>
       seriesValue(t, `kubeproxy_sync_proxy_rules_duration_seconds_count${V4}`) ?? 0;
@@ -212,7 +180,7 @@ describe('IPVS mode daemon metrics: kube-proxy names, every sync observed, /heal
 
     // itp's endpoint moves to this node: it serves from here, and it is no longer counted.
     const from = d.lines.length;
-    await writeFile(join(dir, 'cluster.json'), JSON.stringify(cluster(env.sb, NODE)));
+    await uml.write(cluster(uml.sb, NODE));
     await d.waitFor('the sync of the change', from, (l) => l.message === 'synced', 60_000);
     const after = await eventually('the sync observed', 10_000, async () => {
       const t = await scrape();
@@ -223,7 +191,7 @@ describe('IPVS mode daemon metrics: kube-proxy names, every sync observed, /heal
     assert.ok(endpointChanges(after) > endpointChanges(before), 'the endpoint change is counted');
     assert.equal(noLocal(after, 'internal'), 0);
     assert.equal(noLocal(after, 'external'), 1);
-    const reply = expectReply(await env.sb.request('client', { proto: 'tcp', ip: ITP, port: 80 }));
+    const reply = expectReply(await uml.sb.request('client', { proto: 'tcp', ip: ITP, port: 80 }));
     assert.equal(reply.pod, 'a');
   });
 });

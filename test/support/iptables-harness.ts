@@ -53,6 +53,7 @@ export interface ServiceSpec {
   readonly sessionAffinity?: { readonly timeoutSeconds: number };
   readonly externalTrafficPolicy?: 'Cluster' | 'Local';
   readonly internalTrafficPolicy?: 'Cluster' | 'Local';
+  readonly healthCheckNodePort?: number;
   readonly namespace?: string;
 }
 
@@ -89,6 +90,7 @@ export function serviceObject(name: string, spec: ServiceSpec): Record<string, u
         : {}),
       ...(spec.externalTrafficPolicy ? { externalTrafficPolicy: spec.externalTrafficPolicy } : {}),
       ...(spec.internalTrafficPolicy ? { internalTrafficPolicy: spec.internalTrafficPolicy } : {}),
+      ...(spec.healthCheckNodePort !== undefined ? { healthCheckNodePort: spec.healthCheckNodePort } : {}),
     },
     status: { loadBalancer: spec.ingress ? { ingress: spec.ingress } : {} },
   };
