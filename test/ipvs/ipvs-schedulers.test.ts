@@ -4,7 +4,7 @@ import { buildClusterState } from '../../src/model/build.js';
 import type { ClusterState } from '../../src/model/types.js';
 import type { Sandbox } from '../../src/netns/sandbox.js';
 import type { OpenConnection } from '../../src/netns/sandbox.js';
-import { IptablesHarness } from '../support/iptables-harness.js';
+import { IptablesHarness, podEndpoints, serviceObject, sliceObject } from '../support/iptables-harness.js';
 import { expectReply, useSandbox } from '../support/sandbox.js';
 import { requireUml } from './helpers.js';
 
@@ -27,33 +27,15 @@ const CLIENTS = ['192.0.2.101', '192.0.2.102', '192.0.2.103', '192.0.2.104', '19
 
 function stateOf(sb: Sandbox, index: number, pods: readonly string[]): ClusterState {
   const name = `sched-${index}`;
-  const s = buildClusterState([
-    {
-      obj: {
-        apiVersion: 'v1',
-        kind: 'Service',
-        metadata: { name, namespace: 'default' },
-        spec: {
-          clusterIP: `10.96.90.${index}`,
-          ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: PORT }],
-        },
-      },
-    },
-    {
-      obj: {
-        apiVersion: 'discovery.k8s.io/v1',
-        kind: 'EndpointSlice',
-        metadata: { name: `${name}-x`, namespace: 'default', labels: { 'kubernetes.io/service-name': name } },
-        addressType: 'IPv4',
-        ports: [{ name: 'http', protocol: 'TCP', port: PORT }],
-        endpoints: pods.map((p) => ({
-          addresses: [sb.podIP(p)],
-          conditions: { ready: true },
-          nodeName: NODE,
-        })),
-      },
-    },
-  ]);
+  const s = buildClusterState(
+    [
+      serviceObject(name, {
+        clusterIPs: [`10.96.90.${index}`],
+        ports: [{ name: 'http', port: 80, targetPort: PORT }],
+      }),
+      sliceObject(name, 'IPv4', [{ name: 'http', port: PORT }], podEndpoints(sb, pods)),
+    ].map((obj) => ({ obj })),
+  );
   assert.deepEqual(s.problems, []);
   return s;
 }
