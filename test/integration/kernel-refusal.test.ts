@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { serviceChainName } from '../../src/iptables/names.js';
 import type { Sandbox } from '../../src/netns/sandbox.js';
 import { Daemon, eventually, type LogLine } from '../support/daemon.js';
+import { NODE_NAME, podEndpoints, serviceObject, sliceObject } from '../support/iptables-harness.js';
 import { useSandbox } from '../support/sandbox.js';
 import { seriesValue } from '../support/metrics-text.js';
 import { scrapeMetrics } from '../support/http.js';
@@ -18,27 +19,15 @@ import { scrapeMetrics } from '../support/http.js';
  * retry converge.
  */
 
-const NODE = 'node-1';
+const NODE = NODE_NAME;
 const PORT = 8080;
 const WEB = '10.96.70.1';
 const OLD = '10.96.70.2';
 
 function service(sb: Sandbox, name: string, ip: string, pod: string): object[] {
   return [
-    {
-      apiVersion: 'v1',
-      kind: 'Service',
-      metadata: { name, namespace: 'default' },
-      spec: { clusterIP: ip, ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: PORT }] },
-    },
-    {
-      apiVersion: 'discovery.k8s.io/v1',
-      kind: 'EndpointSlice',
-      metadata: { name: `${name}-x`, namespace: 'default', labels: { 'kubernetes.io/service-name': name } },
-      addressType: 'IPv4',
-      ports: [{ name: 'http', protocol: 'TCP', port: PORT }],
-      endpoints: [{ addresses: [sb.podIP(pod)], conditions: { ready: true }, nodeName: NODE }],
-    },
+    serviceObject(name, { clusterIPs: [ip], ports: [{ name: 'http', port: 80, targetPort: PORT }] }),
+    sliceObject(name, 'IPv4', [{ name: 'http', port: PORT }], podEndpoints(sb, [pod])),
   ];
 }
 
