@@ -116,12 +116,13 @@ export async function loadManifestObjects(
   return { objects: flat.objects, problems: [...problems, ...flat.problems] };
 }
 
+/**
+ * What is kept of a file: its stamp and how to look at it again. Its objects are in the builder, as
+ * validated models only (its group): the raw objects are let go once validated (issue 14: memory).
+ */
 interface FileEntry {
   /** Stamp of the file as last read (or refused). */
   readonly stamp: Stamp;
-  /** Last good content (kept while the file is broken). */
-  readonly objects: readonly SourceObject[];
-  readonly problem?: Problem;
   /** Listed as a symbolic link: its target may change without an event for its name. */
   readonly symlink: boolean;
 }
@@ -538,10 +539,10 @@ export class ManifestSource implements StateSource {
     return true;
   }
 
-  private remember(name: string, entry: FileEntry): void {
+  /** A file read: its objects are validated now, while other files are still being read, and let go. */
+  private remember(name: string, entry: FileEntry, objects: readonly SourceObject[]): void {
     this.files.set(name, entry);
-    // Validated now, while other files are still being read.
-    this.builder.set(name, entry.objects, entry.problem ? [entry.problem] : []);
+    this.builder.set(name, objects);
   }
 
   /**
@@ -597,7 +598,7 @@ export class ManifestSource implements StateSource {
     if ('failed' in r) return this.refused(name, known, file, `cannot read: ${r.failed}`, '');
     if ('error' in r.content) return this.refused(name, known, file, r.content.error, r.stamp);
     const symlink = this.listedFiles?.get(name)?.symlink ?? known?.symlink ?? false;
-    this.remember(name, { stamp: r.stamp, objects: r.content.objects, symlink });
+    this.remember(name, { stamp: r.stamp, symlink }, r.content.objects);
     return 'changed';
   }
 
@@ -611,12 +612,12 @@ export class ManifestSource implements StateSource {
   ): 'changed' {
     log.warn('manifest file rejected', { file, reason });
     const problem = fileProblem(file, `${reason}; keeping its last good content`);
-    this.remember(name, {
+    this.files.set(name, {
       stamp,
-      objects: known?.objects ?? [],
-      problem,
       symlink: this.listedFiles?.get(name)?.symlink ?? known?.symlink ?? false,
     });
+    // The builder keeps the file's last good objects (validated) and takes the problem beside them.
+    this.builder.setProblems(name, [problem]);
     return 'changed';
   }
 

@@ -166,34 +166,6 @@ function classify(so: SourceObject, problems: Problem[]): Classified | undefined
   return { kind: o.kind, obj: o, ref };
 }
 
-/**
- * classify() per raw object and source, with the raw identity: sources hand over the same raw objects
- * of unchanged files on every rebuild (20k of them at 10k Services), so only new objects are looked at.
- */
-interface Classification {
-  readonly source: string | undefined;
-  readonly classified: Classified | undefined;
-  readonly identity: string | undefined;
-  readonly problems: readonly Problem[];
-}
-const classifyCache = new WeakMap<object, Classification>();
-
-function classifyCached(so: SourceObject): Classification {
-  const key = isRecord(so.obj) ? so.obj : undefined;
-  const hit = key && classifyCache.get(key);
-  if (hit && hit.source === so.source) return hit;
-  const problems: Problem[] = [];
-  const classified = classify(so, problems);
-  const result: Classification = {
-    source: so.source,
-    classified,
-    identity: classified && rawIdentity(classified),
-    problems,
-  };
-  if (key) classifyCache.set(key, result);
-  return result;
-}
-
 /** Raw identity for duplicate detection, before validation. */
 function rawIdentity(c: Classified): string | undefined {
   const md = isRecord(c.obj.metadata) ? c.obj.metadata : undefined;
@@ -238,18 +210,14 @@ type Parsed = { readonly problems: readonly Problem[]; readonly key?: string } &
   | { kind: 'NetworkPolicy'; value: NetworkPolicy | undefined }
 );
 
-/**
- * Parsing is pure in (raw object, reference). Sources keep the raw objects of unchanged files, so a
- * rebuild after one file changed re-validates only that file's objects (issue 7: event-to-rules).
- * Raw objects are never mutated; the cache is weak, so dropped objects free their entries.
- */
-const parseCache = new WeakMap<object, { ref: ObjectRef; parsed: Parsed }>();
 /** A Service joined with the very same slices is the very same built Service. */
 const joinCache = new WeakMap<Service, { slices: readonly ParsedSlice[]; built: Service }>();
 
+/**
+ * Validates a classified object. Each object is validated once, when its group is set; the builder
+ * keeps what this gives (and the reference), never the raw object (issue 14: memory).
+ */
 function parseClassified(c: Classified): Parsed {
-  const hit = parseCache.get(c.obj);
-  if (hit && hit.ref.source === c.ref.source && hit.ref.kind === c.ref.kind) return hit.parsed;
   const iss = new Issues(c.ref);
   let parsed: Parsed;
   // Keys are computed once per object: the same string each rebuild keeps its hash for the maps.
@@ -296,7 +264,6 @@ function parseClassified(c: Classified): Parsed {
       break;
     }
   }
-  parseCache.set(c.obj, { ref: c.ref, parsed });
   return parsed;
 }
 
@@ -333,7 +300,9 @@ interface Item {
   readonly group: string;
   /** Position among the group's classified objects: groups in name order, then this. */
   readonly index: number;
-  readonly c: Classified;
+  readonly kind: Kind;
+  /** The object's reference, for problems (its raw object is not kept). */
+  readonly ref: ObjectRef;
   readonly identity: string | undefined;
   readonly parsed: Parsed;
   /** The key it is filed under (with its kind), when it is valid. */
@@ -342,7 +311,6 @@ interface Item {
 
 /** A group's objects (a file's, or one API object) and what they gave. */
 interface Group {
-  readonly objects: readonly SourceObject[];
   /** The source's own problems for the group (a file that cannot be read), first in the state. */
   readonly problems: readonly Problem[];
   readonly listProblems: readonly Problem[];
@@ -461,37 +429,49 @@ export class ClusterStateBuilder {
     private readonly seed?: ClusterState,
   ) {}
 
-  /** Sets (or replaces) a group's objects and the source's problems for it. */
+  /**
+   * Sets (or replaces) a group's objects and the source's problems for it. The objects are validated
+   * now and not kept: a source may let them go once this returns (issue 14: a 10k-file load never
+   * holds every file's raw objects at once).
+   */
   set(group: string, objects: readonly SourceObject[], problems: readonly Problem[] = []): void {
     const old = this.groups.get(group);
-    if (old !== undefined && old.objects === objects && deepEqual(old.problems, problems)) return;
     if (old !== undefined) this.removeItems(old);
     const flat = flattenLists(objects);
     const classifyProblems: Problem[] = [];
     const items: Item[] = [];
     let parseProblems = false;
     for (const so of flat.objects) {
-      const cl = classifyCached(so);
-      for (const p of cl.problems) classifyProblems.push(p);
-      if (cl.classified === undefined) continue;
-      const parsed = parseClassified(cl.classified);
+      const classified = classify(so, classifyProblems);
+      if (classified === undefined) continue;
+      const parsed = parseClassified(classified);
       if (parsed.problems.length > 0) parseProblems = true;
       const key = parsed.value !== undefined ? parsed.key : undefined;
-      items.push({ group, index: items.length, c: cl.classified, identity: cl.identity, parsed, key });
+      const { kind, ref } = classified;
+      const identity = rawIdentity(classified);
+      items.push({ group, index: items.length, kind, ref, identity, parsed, key });
     }
-    this.groups.set(group, {
-      objects,
-      problems,
-      listProblems: flat.problems,
-      classifyProblems,
-      items,
-      parseProblems,
-    });
+    this.setGroup(group, { problems, listProblems: flat.problems, classifyProblems, items, parseProblems });
+    for (const it of items) this.addItem(it);
+  }
+
+  /**
+   * Replaces the source's problems for a group and keeps its objects' validated models (a file that
+   * cannot be read keeps its last good content). An unknown group is set with no objects.
+   */
+  setProblems(group: string, problems: readonly Problem[]): void {
+    const old = this.groups.get(group);
+    if (old === undefined) return this.set(group, [], problems);
+    if (deepEqual(old.problems, problems)) return;
+    this.setGroup(group, { ...old, problems });
+  }
+
+  private setGroup(group: string, g: Group): void {
+    this.groups.set(group, g);
     const hasProblems =
-      problems.length > 0 || flat.problems.length > 0 || classifyProblems.length > 0 || parseProblems;
+      g.problems.length > 0 || g.listProblems.length > 0 || g.classifyProblems.length > 0 || g.parseProblems;
     if (hasProblems) this.problemGroups.add(group);
     else this.problemGroups.delete(group);
-    for (const it of items) this.addItem(it);
   }
 
   delete(group: string): void {
@@ -642,7 +622,7 @@ export class ClusterStateBuilder {
     if (!incremental || podMap !== previous?.pods) {
       const refs = new Map<string, ObjectRef>();
       for (const key of podMap.keys()) {
-        const ref = this.lastKept('Pod', key)?.c.ref;
+        const ref = this.lastKept('Pod', key)?.ref;
         if (ref !== undefined) refs.set(key, ref);
       }
       this.podProblems = podAddressConflicts(podMap, refs);
@@ -699,7 +679,7 @@ export class ClusterStateBuilder {
         const slices = this.sliceItems(key).sort((a, b) => compareStrings(a.name, b.name));
         const eps = this.lastKept('Endpoints', key)?.parsed;
         const service = joinService(parsed, slices, eps?.kind === 'Endpoints' ? eps.value : undefined);
-        next = { service, ref: item.c.ref };
+        next = { service, ref: item.ref };
       }
       // The Services that shared a port this one let go of decide again too.
       for (const port of before ? claimedPorts(before.service) : []) {
@@ -780,14 +760,14 @@ export class ClusterStateBuilder {
     for (const identity of this.duplicated) {
       const same = [...(this.byIdentity.get(identity) ?? [])].sort((a, b) => (before(a, b) ? -1 : 1));
       for (let i = 1; i < same.length; i++) {
-        const { c } = same[i]!;
-        const what = c.ref.namespace !== undefined ? `${c.ref.namespace}/${c.ref.name}` : c.ref.name;
+        const it = same[i]!;
+        const what = it.ref.namespace !== undefined ? `${it.ref.namespace}/${it.ref.name}` : it.ref.name;
         found.push({
           at: same[i]!,
           problem: {
-            object: c.ref,
+            object: it.ref,
             field: 'metadata.name',
-            reason: `duplicate ${c.kind} ${what}: defined in ${where(same[i - 1]!.c.ref)} and ${where(c.ref)}; the last one is used`,
+            reason: `duplicate ${it.kind} ${what}: defined in ${where(same[i - 1]!.ref)} and ${where(it.ref)}; the last one is used`,
           },
         });
       }

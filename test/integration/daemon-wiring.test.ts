@@ -4,7 +4,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Sandbox } from '../../src/netns/sandbox.js';
 import { Daemon, eventually } from '../support/daemon.js';
-import { NODE_NAME, podEndpoints, serviceObject, sliceObject } from '../support/iptables-harness.js';
 import { expectReply, useSandbox } from '../support/sandbox.js';
 
 /**
@@ -16,7 +15,7 @@ import { expectReply, useSandbox } from '../support/sandbox.js';
  *   "synced" log lines, not inferred from timing.
  */
 
-const NODE = NODE_NAME;
+const NODE = 'node-1';
 const UDP_PORT = 5353;
 const TCP_PORT = 8080;
 
@@ -24,18 +23,39 @@ type Json = Record<string, unknown>;
 
 function udpService(sb: Sandbox, name: string, ip: string, pods: readonly string[]): Json[] {
   return [
-    serviceObject(name, {
-      clusterIPs: [ip],
-      ports: [{ name: 'dns', protocol: 'UDP', port: 53, targetPort: UDP_PORT }],
-    }),
-    sliceObject(name, 'IPv4', [{ name: 'dns', protocol: 'UDP', port: UDP_PORT }], podEndpoints(sb, pods)),
+    {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name, namespace: 'default' },
+      spec: { clusterIP: ip, ports: [{ name: 'dns', protocol: 'UDP', port: 53, targetPort: UDP_PORT }] },
+    },
+    {
+      apiVersion: 'discovery.k8s.io/v1',
+      kind: 'EndpointSlice',
+      metadata: { name: `${name}-x`, namespace: 'default', labels: { 'kubernetes.io/service-name': name } },
+      addressType: 'IPv4',
+      ports: [{ name: 'dns', protocol: 'UDP', port: UDP_PORT }],
+      endpoints: pods.map((p) => ({ addresses: [sb.podIP(p)], conditions: { ready: true }, nodeName: NODE })),
+    },
   ];
 }
 
 function tcpService(sb: Sandbox, name: string, ip: string, pod: string): Json[] {
   return [
-    serviceObject(name, { clusterIPs: [ip], ports: [{ name: 'http', port: 80, targetPort: TCP_PORT }] }),
-    sliceObject(name, 'IPv4', [{ name: 'http', port: TCP_PORT }], podEndpoints(sb, [pod])),
+    {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name, namespace: 'default' },
+      spec: { clusterIP: ip, ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: TCP_PORT }] },
+    },
+    {
+      apiVersion: 'discovery.k8s.io/v1',
+      kind: 'EndpointSlice',
+      metadata: { name: `${name}-x`, namespace: 'default', labels: { 'kubernetes.io/service-name': name } },
+      addressType: 'IPv4',
+      ports: [{ name: 'http', protocol: 'TCP', port: TCP_PORT }],
+      endpoints: [{ addresses: [sb.podIP(pod)], conditions: { ready: true }, nodeName: NODE }],
+    },
   ];
 }
 

@@ -8,7 +8,6 @@ import { parseIptablesSave, ruleComment, rulesOf, serviceChainsOf } from '../../
 import type { Sandbox } from '../../src/netns/sandbox.js';
 import { startProcess, type ChildHandle } from '../../src/util/exec.js';
 import { packageRoot } from '../../src/util/paths.js';
-import { NODE_NAME, podEndpoints, serviceObject, sliceObject } from '../support/iptables-harness.js';
 import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
 
 /**
@@ -17,7 +16,7 @@ import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
  * can be stopped and restarted under an established connection. Tests run in order on one daemon.
  */
 
-const NODE = NODE_NAME;
+const NODE = 'node-1';
 const TARGET = 8080;
 const SYNC_PERIOD_MS = 2000;
 /**
@@ -31,8 +30,24 @@ function serviceObjects(sb: Sandbox, name: string, ip: string, pods: readonly st
     apiVersion: 'v1',
     kind: 'List',
     items: [
-      serviceObject(name, { clusterIPs: [ip], ports: [{ name: 'http', port: 80, targetPort: TARGET }] }),
-      sliceObject(name, 'IPv4', [{ name: 'http', port: TARGET }], podEndpoints(sb, pods)),
+      {
+        apiVersion: 'v1',
+        kind: 'Service',
+        metadata: { name, namespace: 'default' },
+        spec: { clusterIP: ip, ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: TARGET }] },
+      },
+      {
+        apiVersion: 'discovery.k8s.io/v1',
+        kind: 'EndpointSlice',
+        metadata: { name: `${name}-x`, namespace: 'default', labels: { 'kubernetes.io/service-name': name } },
+        addressType: 'IPv4',
+        ports: [{ name: 'http', protocol: 'TCP', port: TARGET }],
+        endpoints: pods.map((p) => ({
+          addresses: [sb.podIP(p)],
+          conditions: { ready: true },
+          nodeName: NODE,
+        })),
+      },
     ],
   };
 }

@@ -11,14 +11,7 @@ import type { ClusterState, IPFamily } from '../../src/model/types.js';
 import type { Sandbox } from '../../src/netns/sandbox.js';
 import type { RunResult } from '../../src/util/exec.js';
 import { runSvcplane } from '../support/daemon.js';
-import {
-  CLUSTER_CIDRS,
-  NODE_NAME,
-  podEndpoints,
-  sandboxProxierConfig,
-  serviceObject,
-  sliceObject,
-} from '../support/iptables-harness.js';
+import { CLUSTER_CIDRS, NODE_NAME, sandboxProxierConfig } from '../support/iptables-harness.js';
 import { recordRestoreInputs } from '../../bench/restore-inputs.js';
 import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
 
@@ -42,8 +35,24 @@ function service(
   family: IPFamily = 'IPv4',
 ): SourceObject[] {
   return [
-    serviceObject(name, { clusterIPs: [ip], ports: [{ name: 'http', port: 80, targetPort: TARGET }] }),
-    sliceObject(name, family, [{ name: 'http', port: TARGET }], podEndpoints(sb, pods, family)),
+    {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name, namespace: 'default' },
+      spec: { clusterIP: ip, ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: TARGET }] },
+    },
+    {
+      apiVersion: 'discovery.k8s.io/v1',
+      kind: 'EndpointSlice',
+      metadata: { name: `${name}-x`, namespace: 'default', labels: { 'kubernetes.io/service-name': name } },
+      addressType: family,
+      ports: [{ name: 'http', protocol: 'TCP', port: TARGET }],
+      endpoints: pods.map((p) => ({
+        addresses: [sb.podIP(p, family)],
+        conditions: { ready: true },
+        nodeName: NODE,
+      })),
+    },
   ].map((obj, i) => ({ obj, source: `${name}#${i}` }));
 }
 

@@ -5,7 +5,6 @@ import { join } from 'node:path';
 import { serviceChainName } from '../../src/iptables/names.js';
 import type { Sandbox } from '../../src/netns/sandbox.js';
 import { Daemon, eventually, type LogLine } from '../support/daemon.js';
-import { NODE_NAME, podEndpoints, serviceObject, sliceObject } from '../support/iptables-harness.js';
 import { useSandbox } from '../support/sandbox.js';
 import { seriesValue } from '../support/metrics-text.js';
 import { scrapeMetrics } from '../support/http.js';
@@ -19,15 +18,27 @@ import { scrapeMetrics } from '../support/http.js';
  * retry converge.
  */
 
-const NODE = NODE_NAME;
+const NODE = 'node-1';
 const PORT = 8080;
 const WEB = '10.96.70.1';
 const OLD = '10.96.70.2';
 
 function service(sb: Sandbox, name: string, ip: string, pod: string): object[] {
   return [
-    serviceObject(name, { clusterIPs: [ip], ports: [{ name: 'http', port: 80, targetPort: PORT }] }),
-    sliceObject(name, 'IPv4', [{ name: 'http', port: PORT }], podEndpoints(sb, [pod])),
+    {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name, namespace: 'default' },
+      spec: { clusterIP: ip, ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: PORT }] },
+    },
+    {
+      apiVersion: 'discovery.k8s.io/v1',
+      kind: 'EndpointSlice',
+      metadata: { name: `${name}-x`, namespace: 'default', labels: { 'kubernetes.io/service-name': name } },
+      addressType: 'IPv4',
+      ports: [{ name: 'http', protocol: 'TCP', port: PORT }],
+      endpoints: [{ addresses: [sb.podIP(pod)], conditions: { ready: true }, nodeName: NODE }],
+    },
   ];
 }
 

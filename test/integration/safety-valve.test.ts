@@ -12,13 +12,7 @@ import { log } from '../../src/util/log.js';
 import { until } from '../support/daemon.js';
 import { useSandbox } from '../support/sandbox.js';
 import { HandSource } from '../support/hand-source.js';
-import {
-  NODE_NAME,
-  podEndpoints,
-  sandboxProxierConfig,
-  serviceObject,
-  sliceObject,
-} from '../support/iptables-harness.js';
+import { NODE_NAME, sandboxProxierConfig } from '../support/iptables-harness.js';
 
 /**
  * The safety valve against the real kernel: rules written by a good state stay in the kernel (and
@@ -63,13 +57,35 @@ describe('safety valve with real rules in the kernel (sandbox)', function () {
     names.flatMap((name) => {
       const i = NAMES.indexOf(name);
       return [
-        serviceObject(name, { clusterIPs: [ip(i)], ports: [{ name: 'http', port: 80 }] }),
-        sliceObject(
-          name,
-          'IPv4',
-          [{ name: 'http', port: PORT }],
-          podEndpoints(env.sb, [i % 2 === 0 ? 'a' : 'b']),
-        ),
+        {
+          apiVersion: 'v1',
+          kind: 'Service',
+          metadata: { name, namespace: 'default' },
+          spec: {
+            type: 'ClusterIP',
+            clusterIP: ip(i),
+            clusterIPs: [ip(i)],
+            ports: [{ name: 'http', port: 80, protocol: 'TCP' }],
+          },
+        },
+        {
+          apiVersion: 'discovery.k8s.io/v1',
+          kind: 'EndpointSlice',
+          metadata: {
+            name: `${name}-x`,
+            namespace: 'default',
+            labels: { 'kubernetes.io/service-name': name },
+          },
+          addressType: 'IPv4',
+          ports: [{ name: 'http', port: PORT, protocol: 'TCP' }],
+          endpoints: [
+            {
+              addresses: [env.sb.podIP(i % 2 === 0 ? 'a' : 'b')],
+              conditions: { ready: true },
+              nodeName: NODE_NAME,
+            },
+          ],
+        },
       ];
     });
   const build = (objs: Raw[]): ClusterState => buildClusterState(objs.map((obj) => ({ obj })));

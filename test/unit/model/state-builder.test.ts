@@ -4,6 +4,7 @@ import type { ServiceLimits } from '../../../src/model/limits.js';
 import { stateChange, type StateChange } from '../../../src/model/state-change.js';
 import type { ClusterState, Problem } from '../../../src/model/types.js';
 import { deepEqual } from '../../../src/model/validate.js';
+import { fullGc } from '../../support/gc.js';
 import { namespace, pod, policy, type Obj } from '../netpol/objects.js';
 
 /**
@@ -178,6 +179,11 @@ describe('ClusterStateBuilder: the incremental cluster state', () => {
           const problems = rand() < 0.5 ? [fileProblem(group)] : [];
           builder.set(group, g.objects, problems);
           groups.set(group, { objects: g.objects, problems });
+        } else if (what < 0.36) {
+          // The file cannot be read now (or can again): its last objects stay, with the problem.
+          const problems = rand() < 0.7 ? [fileProblem(group)] : [];
+          builder.setProblems(group, problems);
+          groups.set(group, { objects: groups.get(group)?.objects ?? [], problems });
         } else {
           const objs = objects(rand).map((obj, i): SourceObject => ({ obj, source: `${group}#${i}` }));
           const problems = rand() < 0.1 ? [fileProblem(group)] : [];
@@ -248,6 +254,52 @@ describe('ClusterStateBuilder: the incremental cluster state', () => {
     assert.deepEqual(next.services.get('a/s7')?.clusterIPs, ['10.96.2.7']);
     assert.equal(next.services.get('a/s8'), first.services.get('a/s8'));
     assert.deepEqual([...stateChange(first, next).changed], ['a/s7']);
+  });
+
+  it('keeps no raw object: once a group is set its objects can be collected (issue 14: memory)', async () => {
+    const builder = new ClusterStateBuilder(LIMITS);
+    const refs: WeakRef<object>[] = [];
+    const weakly = (o: Obj): Obj => {
+      refs.push(new WeakRef(o));
+      return o;
+    };
+    const setFile = (i: number, ip: string): void => {
+      const name = `s${i}`;
+      builder.set(`f${i}.yaml`, [
+        {
+          obj: weakly(svc('a', name, { clusterIP: `10.96.1.${i + 1}`, ports: [{ name: 'http', port: 80 }] })),
+          source: `f${i}.yaml#0`,
+        },
+        {
+          obj: weakly({
+            apiVersion: 'discovery.k8s.io/v1',
+            kind: 'EndpointSlice',
+            metadata: { name: `${name}-x`, namespace: 'a', labels: { 'kubernetes.io/service-name': name } },
+            addressType: 'IPv4',
+            ports: [{ name: 'http', port: 8080 }],
+            endpoints: [{ addresses: [ip] }],
+          }),
+          source: `f${i}.yaml#1`,
+        },
+        // Broken and duplicated objects too: their problems keep references, not the objects.
+        { obj: weakly({ apiVersion: 'v1', kind: 'Service', metadata: { name } }), source: `f${i}.yaml#2` },
+        { obj: weakly({ kind: 'Servise', metadata: { name } }), source: `f${i}.yaml#3` },
+      ]);
+    };
+    for (let i = 0; i < 20; i++) setFile(i, `10.244.0.${i + 1}`);
+    builder.build();
+    setFile(3, '10.244.1.1');
+    builder.setProblems('f4.yaml', [fileProblem('f4.yaml')]);
+    const state = builder.build();
+    assert.deepEqual(
+      state.services.get('a/s3')?.ports[0]?.endpoints.map((e) => e.ip),
+      ['10.244.1.1'],
+    );
+    assert.ok(state.services.has('a/s4'), 'an unreadable file keeps its objects');
+    assert.ok(state.problems.some((p) => p.object.kind === 'File'));
+    await fullGc();
+    const kept = refs.filter((r) => r.deref() !== undefined).length;
+    assert.equal(kept, 0, `${kept} of ${refs.length} raw objects are still reachable`);
   });
 
   it('never keeps a stale object: a Service whose own file did not change is rebuilt when what it depends on did', () => {
