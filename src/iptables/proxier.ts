@@ -113,6 +113,8 @@ interface AppliedSync {
   readonly staleChains: number;
   /** Time spent listing the kernel's chains (whole-table mode). */
   readonly listMs?: number;
+  /** A partial render totalled from the last render's totals and the changed Services alone. */
+  readonly fromTotals?: boolean;
 }
 
 export interface IptablesSyncReport extends SyncReport {
@@ -486,6 +488,7 @@ export class IptablesProxier implements Backend {
           restoreMs: Math.round(restore.durationMs),
           mode: applied.mode,
           ...(applied.listMs !== undefined ? { listMs: Math.round(applied.listMs) } : {}),
+          ...(applied.fromTotals === true ? { renderFromTotals: true } : {}),
         },
         ruleCounts: rendered.counts,
         noLocalEndpoints: rendered.noLocalEndpoints,
@@ -528,7 +531,11 @@ export class IptablesProxier implements Backend {
         config: this.renderConfig(facts),
         ...(partial === undefined
           ? { existingServiceChains: serviceChainsOf(saved!, 'nat') }
-          : { changedServices: partial.changed, previous: partial.previous }),
+          : {
+              changedServices: partial.changed,
+              previous: partial.previous,
+              removedServices: partial.removed,
+            }),
       });
     const input = saved
       ? mergeExtraLines(
@@ -555,6 +562,7 @@ export class IptablesProxier implements Backend {
       restore,
       mode: 'noflush',
       staleChains: rendered.staleChains.length,
+      fromTotals: rendered.fromTotals,
     };
   }
 
@@ -728,6 +736,7 @@ export class IptablesProxier implements Backend {
         state,
         config: this.renderConfig(this.lastFacts),
         changedServices: change.changed,
+        removedServices: change.removed,
         previous: change.previous,
       });
     } catch {

@@ -67,6 +67,12 @@ export interface RenderRequest {
    * fixed chain (KUBE-SERVICES …) differs from what it rendered to, they are left out of the input.
    */
   previous?: ClusterState;
+  /**
+   * With `previous` and `changedServices`: the Services `previous` had and `state` has not. Given,
+   * a partial render totals its counts from `previous`'s (when that render kept them, see
+   * RenderTotals) plus the changed and removed Services' contributions: O(changed), not O(Services).
+   */
+  removedServices?: ReadonlySet<string>;
 }
 
 export interface RenderResult {
@@ -97,6 +103,8 @@ export interface RenderResult {
   skipped: readonly string[];
   lines: number;
   bytes: number;
+  /** The totals came from `previous`'s and the changed Services' (O(changed)), not from every Service. */
+  fromTotals: boolean;
 }
 
 /**
@@ -127,6 +135,43 @@ interface ServiceContribution {
 /** Per family: a dual-stack Service is rendered by both proxiers. */
 const contributions = new WeakMap<Service, Partial<Record<IPFamily, ServiceContribution>>>();
 const familyViews = new WeakMap<Service, Partial<Record<IPFamily, FamilyView>>>();
+
+/**
+ * What a render summed over every Service of a state (per family), kept with its services map so
+ * that a partial render of the next state adds the changed Services' contributions and subtracts
+ * their old ones instead of summing 10k memoised contributions again. A full render is the reference
+ * (the property test in render-incremental.test.ts holds one against the other).
+ */
+interface RenderTotals {
+  /** The render config (JSON) they were summed with. */
+  readonly configKey: string;
+  /** contributionKey: the config and large-cluster mode. */
+  readonly memoKey: string;
+  /** Endpoints of this family over the candidates (large-cluster mode). */
+  readonly endpoints: number;
+  /** Filter rules of every contribution (the fixed head and tail apart). */
+  readonly filterRules: number;
+  /** Nat rules of every contribution: fixed-chain lines and own chains (the fixed head and tail apart). */
+  readonly natRules: number;
+  readonly noLocalInternal: number;
+  readonly noLocalExternal: number;
+  /** Pass 1's problems by Service key (only non-empty lists). */
+  readonly viewSkipped: ReadonlyMap<string, readonly string[]>;
+  /** The contributions' problems by Service key (only non-empty lists). */
+  readonly partSkipped: ReadonlyMap<string, readonly string[]>;
+}
+const renderTotals = new WeakMap<ReadonlyMap<string, Service>, Partial<Record<IPFamily, RenderTotals>>>();
+
+function keepTotals(services: ReadonlyMap<string, Service>, family: IPFamily, totals: RenderTotals): void {
+  renderTotals.set(services, { ...renderTotals.get(services), [family]: totals });
+}
+
+/** The lists of a by-key map in key order, flattened (the order a full pass gives). */
+function flatByKey(m: ReadonlyMap<string, readonly string[]>): string[] {
+  const out: string[] = [];
+  for (const k of [...m.keys()].sort()) for (const x of m.get(k)!) out.push(x);
+  return out;
+}
 
 /** Pass 1 for one Service and family: whether it renders, and with which (checked) frontends. */
 interface FamilyView {
@@ -306,10 +351,19 @@ function checkEndpoints(port: ServicePort, where: string, skipped: string[]): Se
 export function renderRestoreInput(req: RenderRequest): RenderResult {
   const { state, config, changedServices, previous } = req;
   const cc = checkConfig(config);
+  const configKey = JSON.stringify(config);
+  const fast = renderFromTotals(req, cc, configKey);
+  if (fast !== undefined) return fast;
   const skipped: string[] = [];
 
   // Pass 1: the Services of this family (kube-proxy's svcPortMap) and their endpoint total.
-  const { candidates, largeClusterMode } = candidatesOf(state, config.family, skipped);
+  const viewSkipped = new Map<string, readonly string[]>();
+  const { candidates, largeClusterMode, endpoints } = candidatesOf(
+    state,
+    config.family,
+    skipped,
+    viewSkipped,
+  );
   const ctx = serviceContext(config, cc, largeClusterMode);
   const memoKey = contributionKey(config, largeClusterMode);
 
@@ -336,25 +390,167 @@ export function renderRestoreInput(req: RenderRequest): RenderResult {
 
   let noLocalInternal = 0;
   let noLocalExternal = 0;
-  let totalFilterRules = 0;
-  let totalNatRules = 0;
+  let filterRules = 0;
+  let natRules = 0;
+  const partSkipped = new Map<string, readonly string[]>();
   for (const part of parts) {
     for (const sk of part.skipped) skipped.push(sk);
+    if (part.skipped.length > 0) partSkipped.set(part.serviceKey, part.skipped);
     noLocalInternal += part.noLocalInternal;
     noLocalExternal += part.noLocalExternal;
-    totalFilterRules += part.filter.rules;
-    totalNatRules += part.natTop.rules + part.chainRuleCount;
+    filterRules += part.filter.rules;
+    natRules += part.natTop.rules + part.chainRuleCount;
   }
+  keepTotals(state.services, config.family, {
+    configKey,
+    memoKey,
+    endpoints,
+    filterRules,
+    natRules,
+    noLocalInternal,
+    noLocalExternal,
+    viewSkipped,
+    partSkipped,
+  });
   const active = lazyActiveChains(parts);
 
   // Stale chains: ours, in the kernel, no longer generated. Declaring flushes them; -X deletes.
   const delta =
     changedServices !== undefined && previous !== undefined
-      ? partialDelta(previous, state, changedServices, written, config, ctx, memoKey)
+      ? partialDelta(previous, state, changedServices, written, config, ctx, memoKey, undefined)
       : undefined;
   const staleChains =
     delta?.staleChains ??
     [...(req.existingServiceChains ?? [])].filter((c) => isServiceChainName(c) && !active().has(c)).sort();
+  return assemble({
+    config,
+    cc,
+    written,
+    parts: delta?.fixedChainsUnchanged === true ? undefined : parts,
+    staleChains,
+    largeClusterMode,
+    totals: { filterRules, natRules, noLocalInternal, noLocalExternal },
+    skipped,
+    active,
+    fromTotals: false,
+  });
+}
+
+/**
+ * A partial render from `previous`'s totals (RenderTotals) and the changed and removed Services
+ * alone, when it can be one: `previous` was rendered with this config and kept its totals,
+ * large-cluster mode stays as it was, and no fixed chain changes (so the input is the changed
+ * Services' chains only). Otherwise undefined: the full pass decides.
+ */
+function renderFromTotals(
+  req: RenderRequest,
+  cc: CheckedConfig,
+  configKey: string,
+): RenderResult | undefined {
+  const { state, config, changedServices: changed, previous, removedServices: removed } = req;
+  if (changed === undefined || previous === undefined || removed === undefined) return undefined;
+  const family = config.family;
+  const before = renderTotals.get(previous.services)?.[family];
+  if (before === undefined || before.configKey !== configKey) return undefined;
+  const viewOf = (key: string, svc: Service | undefined): FamilyView | undefined =>
+    svc === undefined || svc.skipReason !== undefined ? undefined : familyView(key, svc, family);
+
+  // Pass 1 for the changed and removed Services: the endpoint total, pass 1's problems.
+  const keys = [...changed].sort();
+  let endpoints = before.endpoints;
+  const viewSkipped = new Map(before.viewSkipped);
+  for (const key of [...keys, ...removed]) {
+    const was = viewOf(key, previous.services.get(key));
+    if (was?.fe !== undefined) endpoints -= was.endpoints;
+    const now = viewOf(key, state.services.get(key));
+    if (now?.fe !== undefined) endpoints += now.endpoints;
+    if (now !== undefined && now.skipped.length > 0) viewSkipped.set(key, now.skipped);
+    else viewSkipped.delete(key);
+  }
+  const largeClusterMode = endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
+  const memoKey = contributionKey(config, largeClusterMode);
+  // Large-cluster mode flipped: every contribution renders anew (comments differ).
+  if (memoKey !== before.memoKey) return undefined;
+  const ctx = serviceContext(config, cc, largeClusterMode);
+
+  // Pass 2 for them: old contributions out, new ones in.
+  let { filterRules, natRules, noLocalInternal, noLocalExternal } = before;
+  const partSkipped = new Map(before.partSkipped);
+  const add = (part: ServiceContribution, sign: 1 | -1): void => {
+    filterRules += sign * part.filter.rules;
+    natRules += sign * (part.natTop.rules + part.chainRuleCount);
+    noLocalInternal += sign * part.noLocalInternal;
+    noLocalExternal += sign * part.noLocalExternal;
+  };
+  const old = (key: string): ServiceContribution | undefined => {
+    const svc = previous.services.get(key);
+    const fe = viewOf(key, svc)?.fe;
+    if (svc === undefined || fe === undefined) return undefined;
+    return (
+      contributionOf(svc, family, key, memoKey) ??
+      renderService(ctx, { key, svc, fe }, memoKey, 'nat').contribution
+    );
+  };
+  const written = new Map<string, RenderedService>();
+  for (const key of [...keys, ...removed]) {
+    const was = old(key);
+    if (was !== undefined) add(was, -1);
+    partSkipped.delete(key);
+  }
+  for (const key of keys) {
+    const svc = state.services.get(key);
+    const fe = viewOf(key, svc)?.fe;
+    if (svc === undefined || fe === undefined) continue;
+    const r = renderService(ctx, { key, svc, fe }, memoKey, 'nat+chains');
+    add(r.contribution, 1);
+    if (r.contribution.skipped.length > 0) partSkipped.set(key, r.contribution.skipped);
+    written.set(key, r);
+  }
+  const gone = [...removed, ...keys.filter((k) => !written.has(k) && previous.services.has(k))];
+  const delta = partialDelta(previous, state, changed, written, config, ctx, memoKey, gone);
+  if (!delta.fixedChainsUnchanged) return undefined;
+  keepTotals(state.services, family, {
+    configKey,
+    memoKey,
+    endpoints,
+    filterRules,
+    natRules,
+    noLocalInternal,
+    noLocalExternal,
+    viewSkipped,
+    partSkipped,
+  });
+  return assemble({
+    config,
+    cc,
+    written,
+    parts: undefined,
+    staleChains: delta.staleChains,
+    largeClusterMode,
+    totals: { filterRules, natRules, noLocalInternal, noLocalExternal },
+    skipped: [...flatByKey(viewSkipped), ...flatByKey(partSkipped)],
+    active: lazyActiveChainsOf(state, family, ctx, memoKey),
+    fromTotals: true,
+  });
+}
+
+/**
+ * The restore input and result. `parts`: every contribution in key order (the fixed chains are
+ * written); undefined: none of them changed, only the written Services' own chains go out.
+ */
+function assemble(a: {
+  config: IptablesRenderConfig;
+  cc: CheckedConfig;
+  written: ReadonlyMap<string, RenderedService>;
+  parts: readonly ServiceContribution[] | undefined;
+  staleChains: readonly string[];
+  largeClusterMode: boolean;
+  totals: { filterRules: number; natRules: number; noLocalInternal: number; noLocalExternal: number };
+  skipped: readonly string[];
+  active: () => ReadonlySet<string>;
+  fromTotals: boolean;
+}): RenderResult {
+  const { written, parts, staleChains } = a;
   const staleDecls = new LineBuffer();
   const staleDeletes = new LineBuffer();
   for (const c of staleChains) {
@@ -362,15 +558,15 @@ export function renderRestoreInput(req: RenderRequest): RenderResult {
     staleDeletes.addUncounted(`-X ${c}`);
   }
 
-  const { head, tail } = fixedRules(config, cc);
-  totalFilterRules += head.filterRules.count + tail.filterRules.count;
-  totalNatRules += head.natRules.count + tail.natRules.count;
+  const { head, tail } = fixedRules(a.config, a.cc);
+  const totalFilterRules = a.totals.filterRules + head.filterRules.count + tail.filterRules.count;
+  const totalNatRules = a.totals.natRules + head.natRules.count + tail.natRules.count;
 
   const filterChains = new Section();
   const filter = new Section();
   const natChains = new Section();
   const natRules = new Section();
-  const omitFixed = delta?.fixedChainsUnchanged === true;
+  const omitFixed = parts === undefined;
   if (omitFixed) {
     // Nothing the fixed chains hold changed: write only the changed Services' own chains. With
     // --noflush, undeclared chains keep what the kernel has (what `previous` rendered to).
@@ -415,12 +611,12 @@ export function renderRestoreInput(req: RenderRequest): RenderResult {
   all.push('COMMIT');
   const restoreInput = all.join('\n') + '\n';
 
-  return withActiveChains(active, {
+  return withActiveChains(a.active, {
     restoreInput,
     fixedChainsOmitted: omitFixed,
     writtenServices: new Set(written.keys()),
     staleChains,
-    largeClusterMode,
+    largeClusterMode: a.largeClusterMode,
     counts: {
       filterRules: filter.rules,
       totalFilterRules,
@@ -428,11 +624,12 @@ export function renderRestoreInput(req: RenderRequest): RenderResult {
       natChains: natChains.lines,
       totalNatRules,
     },
-    noLocalEndpoints: { internal: noLocalInternal, external: noLocalExternal },
-    skipped,
+    noLocalEndpoints: { internal: a.totals.noLocalInternal, external: a.totals.noLocalExternal },
+    skipped: a.skipped,
     lines: 4 + filterChains.lines + filter.lines + natChains.lines + natRules.lines,
     // Every character is checked ASCII (names, addresses, fixed text), so length is the byte count.
     bytes: restoreInput.length,
+    fromTotals: a.fromTotals,
   });
 }
 
@@ -480,7 +677,10 @@ export interface StreamedRender {
   result(): StreamedRenderResult;
 }
 
-export type StreamedRenderResult = Omit<RenderResult, 'restoreInput' | 'fixedChainsOmitted'> & {
+export type StreamedRenderResult = Omit<
+  RenderResult,
+  'restoreInput' | 'fixedChainsOmitted' | 'fromTotals'
+> & {
   /** The fixed chains' declarations and rules as restore text (for fixedChainContents). */
   readonly fixedChains: string;
 };
@@ -510,7 +710,13 @@ export function renderChunkedRestoreInput(
     const { state, config } = req;
     const cc = checkConfig(config);
     const skipped: string[] = [];
-    const { candidates, largeClusterMode } = candidatesOf(state, config.family, skipped);
+    const viewSkipped = new Map<string, readonly string[]>();
+    const { candidates, largeClusterMode, endpoints } = candidatesOf(
+      state,
+      config.family,
+      skipped,
+      viewSkipped,
+    );
     const ctx = serviceContext(config, cc, largeClusterMode);
     const memoKey = contributionKey(config, largeClusterMode);
     const { head, tail } = fixedRules(config, cc);
@@ -585,8 +791,14 @@ export function renderChunkedRestoreInput(
     natRulesCount += otherHeadNat.length + tail.natRules.count;
     const filterLines: string[] = [...head.filterChains.lines, ...head.filterRules.lines];
     const natTop: string[] = [];
+    const partSkipped = new Map<string, readonly string[]>();
+    let partsFilterRules = 0;
+    let partsNatRules = 0;
     for (const part of parts) {
       for (const sk of part.skipped) skipped.push(sk);
+      if (part.skipped.length > 0) partSkipped.set(part.serviceKey, part.skipped);
+      partsFilterRules += part.filter.rules;
+      partsNatRules += part.natTop.rules + part.chainRuleCount;
       noLocalInternal += part.noLocalInternal;
       noLocalExternal += part.noLocalExternal;
       totalFilterRules += part.filter.rules;
@@ -597,6 +809,18 @@ export function renderChunkedRestoreInput(
       if (part.natTop.text !== '') natTop.push(part.natTop.text);
     }
     for (const l of tail.filterRules.lines) filterLines.push(l);
+    // The next partial render starts from these (renderFromTotals).
+    keepTotals(state.services, config.family, {
+      configKey: JSON.stringify(config),
+      memoKey,
+      endpoints,
+      filterRules: partsFilterRules,
+      natRules: partsNatRules,
+      noLocalInternal,
+      noLocalExternal,
+      viewSkipped,
+      partSkipped,
+    });
     const active = lazyActiveChains(parts);
     const staleChains = [...(req.existingServiceChains ?? [])]
       .filter((c) => isServiceChainName(c) && !active().has(c))
@@ -686,7 +910,8 @@ function candidatesOf(
   state: ClusterState,
   family: IPFamily,
   skipped: string[],
-): { candidates: Candidate[]; largeClusterMode: boolean } {
+  skippedByKey?: Map<string, readonly string[]>,
+): { candidates: Candidate[]; largeClusterMode: boolean; endpoints: number } {
   const candidates: Candidate[] = [];
   let totalEndpoints = 0;
   for (const key of sortedKeys(state.services)) {
@@ -694,11 +919,37 @@ function candidatesOf(
     if (svc.skipReason !== undefined) continue;
     const view = familyView(key, svc, family);
     for (const sk of view.skipped) skipped.push(sk);
+    if (view.skipped.length > 0) skippedByKey?.set(key, view.skipped);
     if (view.fe === undefined) continue;
     candidates.push({ key, svc, fe: view.fe });
     totalEndpoints += view.endpoints;
   }
-  return { candidates, largeClusterMode: totalEndpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD };
+  return {
+    candidates,
+    largeClusterMode: totalEndpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD,
+    endpoints: totalEndpoints,
+  };
+}
+
+/** Every chain name of a state's contributions, built on first use (a partial render from totals). */
+function lazyActiveChainsOf(
+  state: ClusterState,
+  family: IPFamily,
+  ctx: ServiceRenderContext,
+  memoKey: string,
+): () => ReadonlySet<string> {
+  let set: Set<string> | undefined;
+  return () => {
+    if (set !== undefined) return set;
+    set = new Set<string>();
+    for (const cand of candidatesOf(state, family, []).candidates) {
+      const part =
+        contributionOf(cand.svc, family, cand.key, memoKey) ??
+        renderService(ctx, cand, memoKey, 'nat').contribution;
+      for (const c of part.active) set.add(c);
+    }
+    return set;
+  };
 }
 
 function serviceContext(
@@ -735,6 +986,8 @@ function partialDelta(
   config: IptablesRenderConfig,
   ctx: ServiceRenderContext,
   memoKey: string,
+  /** The Services of `previous` no longer rendered (removed, or changed out of this family); undefined: find them. */
+  gone: readonly string[] | undefined,
 ): { staleChains: string[]; fixedChainsUnchanged: boolean } {
   // Only a contribution's fixed-chain lines and chain names are compared, and those do not depend on
   // large-cluster mode (comments do): one rendered in either mode will do.
@@ -768,6 +1021,10 @@ function partialDelta(
     }
   };
   for (const [key, r] of written) compare(key, r.contribution);
+  if (gone !== undefined) {
+    for (const key of gone) compare(key, undefined);
+    return { staleChains: stale.sort(), fixedChainsUnchanged: unchanged };
+  }
   for (const key of previous.services.keys()) {
     // Unchanged Services render the same; written ones were compared above. The rest were removed,
     // or changed and are no longer rendered in this family.

@@ -137,6 +137,9 @@ describe('iptables proxier sync behaviour (real traffic)', function () {
     assert.equal(partial.full, false);
     assert.equal(partial.writtenServices, 1);
     assert.equal(partial.staleChains, 1);
+    // Its rule totals came from the full sync's and the changed Service's, not from every Service.
+    assert.equal(partial.details?.renderFromTotals, true);
+    assert.equal(partial.ruleCounts.totalNatRules, full.ruleCounts.totalNatRules);
     assert.equal(inputs.length, 1, 'one restore');
     const input = inputs[0]!;
     // Only "one"'s chains are declared or filled; "two" appears only as a jump target in KUBE-SERVICES.

@@ -24,16 +24,30 @@ type Change =
   | { kind: 'remove'; i: number }
   | { kind: 'restore'; i: number }
   | { kind: 'external-ip'; i: number }
+  | { kind: 'internal-local'; i: number }
   | { kind: 'add'; i: number };
 
-function apply(objects: Raw[], change: Change): Raw[] {
+function apply(objects: Raw[], change: Change, per = PER): Raw[] {
   const out = [...objects];
   const at = 1 + 2 * change.i;
   switch (change.kind) {
     case 'endpoint': {
-      const [svc, slice] = serviceObjects(change.i, PER, change.generation);
-      out[at] = svc!;
-      out[at + 1] = slice!;
+      const [svc, slice] = serviceObjects(change.i, per, change.generation);
+      const current = out[at + 1] as { kind: string; endpoints?: { addresses: string[] }[] };
+      const moved = (slice as { endpoints: { addresses: string[] }[] }).endpoints.at(-1)!.addresses;
+      if (
+        current.kind === 'EndpointSlice' &&
+        current.endpoints !== undefined &&
+        current.endpoints.length > 0
+      ) {
+        // One endpoint moves; the rest of the Service and its slice stay as they are.
+        const next = structuredClone(current) as { endpoints: { addresses: string[] }[] };
+        next.endpoints.at(-1)!.addresses = moved;
+        out[at + 1] = next;
+      } else {
+        out[at] = svc!;
+        out[at + 1] = slice!;
+      }
       break;
     }
     case 'no-endpoints': {
@@ -48,7 +62,7 @@ function apply(objects: Raw[], change: Change): Raw[] {
       out[at + 1] = { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: `gone-s-${change.i}` } };
       break;
     case 'restore': {
-      const [svc, slice] = serviceObjects(change.i, PER);
+      const [svc, slice] = serviceObjects(change.i, per);
       out[at] = svc!;
       out[at + 1] = slice!;
       break;
@@ -59,8 +73,18 @@ function apply(objects: Raw[], change: Change): Raw[] {
       out[at] = svc;
       break;
     }
+    case 'internal-local': {
+      // No endpoint on this node: the Service counts in the no-local-endpoints gauge.
+      const svc = structuredClone(out[at]!) as { kind: string; spec?: Record<string, unknown> };
+      if (svc.kind === 'Service' && svc.spec) svc.spec.internalTrafficPolicy = 'Local';
+      out[at] = svc;
+      const slice = structuredClone(out[at + 1]!) as { endpoints?: { nodeName?: string }[] };
+      for (const e of slice.endpoints ?? []) e.nodeName = 'node-elsewhere';
+      out[at + 1] = slice;
+      break;
+    }
     case 'add':
-      out.push(...serviceObjects(N + change.i, PER));
+      out.push(...serviceObjects(N + change.i, per));
       break;
   }
   return out;
@@ -79,6 +103,7 @@ const changeArb: fc.Arbitrary<Change> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('remove' as const), i: fc.nat(N - 1) }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('restore' as const), i: fc.nat(N - 1) }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('external-ip' as const), i: fc.nat(N - 1) }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('internal-local' as const), i: fc.nat(N - 1) }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('add' as const), i: fc.nat(20) }) },
 );
 
@@ -161,5 +186,74 @@ describe('renderRestoreInput: partial syncs that leave the fixed chains out', ()
     const emptied = render({ kind: 'no-endpoints', i: 5 });
     assert.equal(emptied.fixedChainsOmitted, false);
     assert.match(emptied.restoreInput, /has no endpoints/);
+  });
+
+  it('totals a partial render from the last render totals and the changed Services as a full render does, over random change sequences', () => {
+    const cfg = config();
+    /** The same state in a map of its own: its render keeps no totals where the one under test looks. */
+    const copy = (st: ClusterState): ClusterState => ({ ...st, services: new Map(st.services) });
+    const paths = { fromTotals: 0, full: 0 };
+    // 3 endpoints per Service: 180 in all; 17: 1,020, so removals and additions cross the large-cluster
+    // threshold (1,000), whose comments change every Service's rules.
+    for (const [per, seed] of [
+      [PER, 11],
+      [17, 12],
+    ] as const) {
+      fc.assert(
+        fc.property(fc.array(fc.tuple(changeArb, fc.boolean()), { minLength: 1, maxLength: 16 }), (steps) => {
+          let objects = clusterObjects({ services: N, endpointsPerService: per });
+          let applied: ClusterState = buildClusterState(objects.map((obj) => ({ obj })));
+          renderRestoreInput({ state: applied, config: cfg, existingServiceChains: new Set() });
+          for (const [change, fresh] of steps) {
+            objects = apply(objects, change, per);
+            const raw = objects.map((obj) => ({ obj: fresh ? structuredClone(obj) : obj }));
+            const next = buildClusterState(raw, fresh ? undefined : applied);
+            const { changed, removed } = stateChange(applied, next);
+            const inc = renderRestoreInput({
+              state: next,
+              config: cfg,
+              changedServices: changed,
+              removedServices: removed,
+              previous: applied,
+            });
+            paths[inc.fromTotals ? 'fromTotals' : 'full']++;
+            const where = `${change.kind} ${change.i} (${per} per Service)`;
+            // The partial render that sums every Service, and the full render of the same state.
+            const reference = renderRestoreInput({
+              state: copy(next),
+              config: cfg,
+              changedServices: changed,
+              previous: copy(applied),
+            });
+            const whole = renderRestoreInput({
+              state: copy(next),
+              config: cfg,
+              existingServiceChains: new Set(),
+            });
+            assert.equal(reference.fromTotals, false);
+            assert.equal(inc.restoreInput, reference.restoreInput, where);
+            const { restoreInput: _a, activeServiceChains: _b, fromTotals: _c, ...incRest } = inc;
+            const { restoreInput: _d, activeServiceChains: _e, fromTotals: _f, ...refRest } = reference;
+            assert.deepEqual(incRest, refRest, where);
+            assert.deepEqual(
+              [...inc.activeServiceChains].sort(),
+              [...whole.activeServiceChains].sort(),
+              where,
+            );
+            assert.equal(inc.counts.totalNatRules, whole.counts.totalNatRules, where);
+            assert.equal(inc.counts.totalFilterRules, whole.counts.totalFilterRules, where);
+            assert.deepEqual(inc.noLocalEndpoints, whole.noLocalEndpoints, where);
+            assert.equal(inc.largeClusterMode, whole.largeClusterMode, where);
+            assert.deepEqual(inc.skipped, whole.skipped, where);
+            applied = next;
+          }
+        }),
+        { numRuns: 40, seed },
+      );
+    }
+    // Both paths ran: most changes keep the fixed chains, some (external IPs, emptied Services, mode
+    // flips) do not.
+    assert.ok(paths.fromTotals > 100, JSON.stringify(paths));
+    assert.ok(paths.full > 10, JSON.stringify(paths));
   });
 });
