@@ -126,7 +126,7 @@ export interface ProxyConfig {
     readonly minSyncPeriodMs: number;
     readonly syncPeriodMs: number;
   };
-  /** The conntrack sysctls set at start-up (conntrack/sysctls.ts). */
+  /** The conntrack sysctls set at start-up (conntrack/sysctls.ts); 0 = leave the sysctl as it is. */
   readonly conntrack: {
     readonly maxPerCore: number;
     readonly min: number;

@@ -42,16 +42,8 @@ export interface IpvsOptions {
   readonly udpTimeoutMs: number;
 }
 
-/** kube-proxy's conntrack settings (0 = leave the sysctl as it is). */
-export interface ConntrackOptions {
-  readonly maxPerCore: number;
-  readonly min: number;
-  readonly tcpEstablishedTimeoutMs: number;
-  readonly tcpCloseWaitTimeoutMs: number;
-  readonly tcpBeLiberal: boolean;
-  readonly udpTimeoutMs: number;
-  readonly udpStreamTimeoutMs: number;
-}
+/** kube-proxy's conntrack settings, as the configuration holds them. */
+export type ConntrackOptions = ProxyConfig['conntrack'];
 
 export interface LoggingOptions {
   readonly format: LoggingFormat;
