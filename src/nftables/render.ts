@@ -252,15 +252,7 @@ function renderServiceUncached(
       return emptyRules(key, [`${key}: spec.sessionAffinityConfig: bad timeout ${t}`]);
     }
   }
-  const out: MutableRules = {
-    serviceKey: key,
-    chains: new Map(),
-    affinitySets: new Map(),
-    elements: [],
-    skipped,
-    noLocalInternal: 0,
-    noLocalExternal: 0,
-  };
+  const out = emptyRules(key, skipped);
   const seen = new Set<string>();
   svc.ports.forEach((port, i) => {
     const where = `${key}: spec.ports[${i}]`;
@@ -301,7 +293,8 @@ type MutableRules = Omit<
   noLocalExternal: number;
 };
 
-function emptyRules(key: string, skipped: string[]): ServiceRules {
+/** A Service's rules before any port is rendered (and what a Service that cannot be rendered gets). */
+function emptyRules(key: string, skipped: string[]): MutableRules {
   return {
     serviceKey: key,
     chains: new Map(),
