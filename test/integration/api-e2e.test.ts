@@ -11,11 +11,18 @@ import { controllerHealth } from '../../src/controller/servers-factory.js';
 import { IptablesProxier } from '../../src/iptables/proxier.js';
 import { createApiSource } from '../../src/kube/api-source-factory.js';
 import type { ReflectorOptions } from '../../src/kube/informer.js';
-import type { ProbeResult, RequestSpec } from '../../src/netns/protocol.js';
+import type { RequestSpec } from '../../src/netns/protocol.js';
 import { log } from '../../src/util/log.js';
 import { until } from '../support/daemon.js';
 import { FakeApiServer } from '../support/fake-apiserver.js';
-import { expectError, requireRoot, useSandbox } from '../support/sandbox.js';
+import {
+  assertAllAnswered,
+  backgroundTraffic,
+  expectError,
+  requireRoot,
+  useSandbox,
+  type BackgroundTraffic,
+} from '../support/sandbox.js';
 
 /**
  * svcplane end to end against the Kubernetes API stand-in, with real traffic in a netns sandbox.
@@ -173,28 +180,17 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
   }
 
   /** Connections in a loop until stopped: proves traffic keeps flowing while things change. */
-  function background(req: RequestSpec = web): {
-    stop: () => Promise<ProbeResult[]>;
+  function background(req: RequestSpec = web): BackgroundTraffic & {
     follows: (pods: readonly string[]) => Promise<void>;
   } {
-    const results: ProbeResult[] = [];
-    let running = true;
-    const loop = (async () => {
-      while (running) {
-        results.push(await env.sb.request('client', req));
-        await sleep(20);
-      }
-    })();
+    const traffic = backgroundTraffic(env.sb, 'client', req);
     return {
-      stop: async () => {
-        running = false;
-        await loop;
-        return results;
-      },
+      ...traffic,
       // Once the rules of a phase are in (trafficReaches passed), the background's next connections
       // must all land on that phase's pods. Waiting for them makes the check independent of how many
       // background probes happened to fall inside a short phase.
       follows: async (pods) => {
+        const { results } = traffic;
         const from = results.length;
         await until('three background probes', () => results.length >= from + 3, 8000);
         const got = results.slice(from).map((r) => (r.ok ? r.reply.pod : `(${r.error})`));
@@ -204,17 +200,6 @@ describe('svcplane against the API stand-in (end to end, real traffic)', functio
         );
       },
     };
-  }
-
-  function assertAllAnswered(results: readonly ProbeResult[], what: string): Set<string> {
-    assert.ok(results.length >= 5, `${what}: only ${results.length} probes ran`);
-    const failed = results.filter((r) => !r.ok);
-    assert.equal(
-      failed.length,
-      0,
-      `${what}: ${failed.length}/${results.length} failed: ${JSON.stringify(failed[0])}`,
-    );
-    return new Set(results.map((r) => (r.ok ? r.reply.pod : '')));
   }
 
   /**

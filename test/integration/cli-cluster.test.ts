@@ -2,13 +2,13 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ProbeResult, RequestSpec } from '../../src/netns/protocol.js';
+import type { RequestSpec } from '../../src/netns/protocol.js';
 import { run } from '../../src/util/exec.js';
 import { packageRoot } from '../../src/util/paths.js';
 import { FakeApiServer, type FakeKind } from '../support/fake-apiserver.js';
 import { API_PORT, ApiStandIn } from '../support/api-stand-in.js';
 import { Daemon, newestMtime, until } from '../support/daemon.js';
-import { useSandbox } from '../support/sandbox.js';
+import { assertAllAnswered, backgroundTraffic, useSandbox } from '../support/sandbox.js';
 import { metricSum } from '../support/metrics-text.js';
 import { httpGet, type HttpAnswer } from '../support/http.js';
 
@@ -151,37 +151,6 @@ describe('svcplane run --kubeconfig against the API stand-in (real process, sand
     });
   }
 
-  /** Connections in a loop until stopped: every one must be answered. */
-  function background(r: RequestSpec): { stop: () => Promise<ProbeResult[]>; count: () => number } {
-    const results: ProbeResult[] = [];
-    let running = true;
-    const loop = (async () => {
-      while (running) {
-        results.push(await env.sb.request('client', r));
-        await new Promise((res) => setTimeout(res, 20));
-      }
-    })();
-    return {
-      count: () => results.length,
-      stop: async () => {
-        running = false;
-        await loop;
-        return results;
-      },
-    };
-  }
-
-  function assertAllAnswered(results: readonly ProbeResult[], what: string): Set<string> {
-    assert.ok(results.length >= 5, `${what}: only ${results.length} probes ran`);
-    const failed = results.filter((r) => !r.ok);
-    assert.equal(
-      failed.length,
-      0,
-      `${what}: ${failed.length}/${results.length} failed: ${JSON.stringify(failed[0])}`,
-    );
-    return new Set(results.map((r) => (r.ok ? r.reply.pod : '')));
-  }
-
   /** Waits until the daemon has an open watch on every resource again (after `since`). */
   const watchesBack = (since: number): Promise<true> =>
     until('the three watches re-established', () =>
@@ -315,7 +284,7 @@ describe('svcplane run --kubeconfig against the API stand-in (real process, sand
   });
 
   it('Services and EndpointSlices created, scaled and deleted while traffic flows', async () => {
-    const traffic = background(req('web'));
+    const traffic = backgroundTraffic(env.sb, 'client', req('web'));
     api!.create('Service', service('extra'));
     api!.create('EndpointSlice', slice('extra', ['b', 'c'], podIP));
     await trafficReaches(['b', 'c'], req('extra'));
@@ -339,7 +308,7 @@ describe('svcplane run --kubeconfig against the API stand-in (real process, sand
     await steady();
     const syncs = await okSyncs();
     const lastSync = await metric('kubeproxy_sync_proxy_rules_last_timestamp_seconds');
-    const traffic = background(req('web'));
+    const traffic = backgroundTraffic(env.sb, 'client', req('web'));
     await api!.stop();
     const down = await until('/healthz 503 once the API is gone past the grace period', async () => {
       const h = await healthz();
@@ -373,7 +342,7 @@ describe('svcplane run --kubeconfig against the API stand-in (real process, sand
     await steady();
     const syncs = await okSyncs();
     const from = lines.length;
-    const traffic = background(req('web'));
+    const traffic = backgroundTraffic(env.sb, 'client', req('web'));
     // The watches go silent (no bookmark can advance them), the resourceVersion moves on, etcd
     // compacts: each re-watch from the old resourceVersion gets an ERROR event with 410 Expired.
     api!.stallWatches(true);

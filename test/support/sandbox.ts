@@ -70,3 +70,43 @@ export const tcp = (ip: string, port: number, timeoutMs?: number): RequestSpec =
   port,
   ...(timeoutMs !== undefined ? { timeoutMs } : {}),
 });
+
+/** Requests in a loop until stopped (see backgroundTraffic). */
+export interface BackgroundTraffic {
+  /** Every result so far, in order; grows while the loop runs. */
+  readonly results: readonly ProbeResult[];
+  /** Ends the loop after the request in flight; resolves with every result. */
+  stop(): Promise<ProbeResult[]>;
+}
+
+/** Requests from `from`, 20 ms apart, until stopped: proves traffic keeps flowing while things change. */
+export function backgroundTraffic(sb: Sandbox, from: string, req: RequestSpec): BackgroundTraffic {
+  const results: ProbeResult[] = [];
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      results.push(await sb.request(from, req));
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  return {
+    results,
+    stop: async () => {
+      running = false;
+      await loop;
+      return results;
+    },
+  };
+}
+
+/** Asserts that background traffic ran (5 requests at least) and every request was answered; returns who answered. */
+export function assertAllAnswered(results: readonly ProbeResult[], what: string): Set<string> {
+  assert.ok(results.length >= 5, `${what}: only ${results.length} probes ran`);
+  const failed = results.filter((r) => !r.ok);
+  assert.equal(
+    failed.length,
+    0,
+    `${what}: ${failed.length}/${results.length} failed: ${JSON.stringify(failed[0])}`,
+  );
+  return new Set(results.map((r) => (r.ok ? r.reply.pod : '')));
+}
