@@ -5,7 +5,7 @@ import { buildClusterState, type SourceObject } from '../../src/model/build.js';
 import type { IPFamily } from '../../src/model/types.js';
 import type { Sandbox } from '../../src/netns/sandbox.js';
 import { peerIP, type ProbeResult, type RequestSpec } from '../../src/netns/protocol.js';
-import { NODE_NAME, sandboxProxierConfig } from '../support/iptables-harness.js';
+import { NODE_NAME, sandboxProxierConfig, serviceObject, sliceObject } from '../support/iptables-harness.js';
 import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
 import { traceAgrees } from '../support/trace-check.js';
 import { traceOnNode } from '../../src/cli/trace.js';
@@ -50,53 +50,29 @@ const clusterIP = (i: number, family: IPFamily): string =>
 
 /** One dual-stack Service and its two EndpointSlices, as plain API objects. */
 function objectsOf(sb: Sandbox, s: SvcSpec): SourceObject[] {
-  const type = s.type ?? 'ClusterIP';
-  const service = {
-    apiVersion: 'v1',
-    kind: 'Service',
-    metadata: { name: s.name, namespace: 'default' },
-    spec: {
-      type,
-      clusterIP: clusterIP(s.index, 'IPv4'),
-      clusterIPs: [clusterIP(s.index, 'IPv4'), clusterIP(s.index, 'IPv6')],
-      ipFamilies: ['IPv4', 'IPv6'],
-      ipFamilyPolicy: 'RequireDualStack',
-      ports: [
-        {
-          name: 'http',
-          protocol: 'TCP',
-          port: 80,
-          targetPort: TARGET,
-          ...(s.nodePort ? { nodePort: s.nodePort } : {}),
-        },
-      ],
-      ...(type !== 'ClusterIP' ? { externalTrafficPolicy: s.eTP ?? 'Cluster' } : {}),
-      ...(s.iTP ? { internalTrafficPolicy: s.iTP } : {}),
-      ...(s.healthCheckNodePort ? { healthCheckNodePort: s.healthCheckNodePort } : {}),
-    },
-    ...(s.lbIP ? { status: { loadBalancer: { ingress: [{ ip: s.lbIP }] } } } : {}),
-  };
-  const slice = (family: IPFamily): unknown => ({
-    apiVersion: 'discovery.k8s.io/v1',
-    kind: 'EndpointSlice',
-    metadata: {
-      name: `${s.name}-${family.toLowerCase()}`,
-      namespace: 'default',
-      labels: { 'kubernetes.io/service-name': s.name },
-    },
-    addressType: family,
-    ports: [{ name: 'http', protocol: 'TCP', port: TARGET }],
-    endpoints: s.endpoints.map((e) => ({
-      addresses: [sb.podIP(e.pod, family)],
-      conditions: {
-        ready: e.ready ?? true,
-        ...(e.serving !== undefined ? { serving: e.serving } : {}),
-        ...(e.terminating !== undefined ? { terminating: e.terminating } : {}),
-      },
-      nodeName: e.node ?? NODE,
-      ...(e.zoneHints ? { hints: { forZones: e.zoneHints.map((name) => ({ name })) } } : {}),
-    })),
+  const service = serviceObject(s.name, {
+    type: s.type,
+    clusterIPs: [clusterIP(s.index, 'IPv4'), clusterIP(s.index, 'IPv6')],
+    ports: [{ name: 'http', port: 80, targetPort: TARGET, nodePort: s.nodePort }],
+    externalTrafficPolicy: s.eTP,
+    internalTrafficPolicy: s.iTP,
+    healthCheckNodePort: s.healthCheckNodePort,
+    ingress: s.lbIP ? [{ ip: s.lbIP }] : undefined,
   });
+  const slice = (family: IPFamily): unknown =>
+    sliceObject(
+      s.name,
+      family,
+      [{ name: 'http', port: TARGET }],
+      s.endpoints.map((e) => ({
+        ip: sb.podIP(e.pod, family),
+        ready: e.ready,
+        serving: e.serving,
+        terminating: e.terminating,
+        nodeName: e.node,
+        forZones: e.zoneHints,
+      })),
+    );
   return [service, slice('IPv4'), slice('IPv6')].map((obj, i) => ({ obj, source: `${s.name}#${i}` }));
 }
 

@@ -110,6 +110,9 @@ export interface SliceEndpoint {
   readonly terminating?: boolean;
   readonly nodeName?: string;
   readonly zone?: string;
+  /** Topology hints, as the EndpointSlice controller writes them. */
+  readonly forNodes?: readonly string[];
+  readonly forZones?: readonly string[];
 }
 
 /** One EndpointSlice (`<service>-<v4|v6>`) of one address family for a Service. */
@@ -139,6 +142,14 @@ export function sliceObject(
       },
       nodeName: e.nodeName ?? NODE_NAME,
       ...(e.zone !== undefined ? { zone: e.zone } : {}),
+      ...(e.forNodes || e.forZones
+        ? {
+            hints: {
+              ...(e.forNodes ? { forNodes: e.forNodes.map((name) => ({ name })) } : {}),
+              ...(e.forZones ? { forZones: e.forZones.map((name) => ({ name })) } : {}),
+            },
+          }
+        : {}),
     })),
   };
 }

@@ -169,21 +169,12 @@ interface HintedPod {
 
 /** An EndpointSlice whose endpoints carry topology hints, as the EndpointSlice controller writes them. */
 function hintedSlice(sb: Sandbox, service: string, eps: readonly HintedPod[]): unknown {
-  const slice = sliceObject(
+  return sliceObject(
     service,
     'IPv4',
     http,
-    eps.map((e) => ({ ip: sb.podIP(e.pod), ...(e.nodeName ? { nodeName: e.nodeName } : {}) })),
+    eps.map(({ pod, ...rest }) => ({ ip: sb.podIP(pod), ...rest })),
   );
-  const endpoints = (slice.endpoints as Record<string, unknown>[]).map((ep, i) => {
-    const e = eps[i]!;
-    const hints = {
-      ...(e.forNodes ? { forNodes: e.forNodes.map((name) => ({ name })) } : {}),
-      ...(e.forZones ? { forZones: e.forZones.map((name) => ({ name })) } : {}),
-    };
-    return Object.keys(hints).length > 0 ? { ...ep, hints } : ep;
-  });
-  return { ...slice, endpoints };
 }
 
 export const ZONE = 'zone-a';
