@@ -102,6 +102,14 @@ export function isFullSyncMode(v: string): v is FullSyncMode {
  */
 export const CHUNK_CHAINS = 1000;
 
+/**
+ * Rules per transaction of a long fixed chain that does not exist yet (KUBE-SERVICES and
+ * KUBE-NODEPORTS on a new node, render-chunks.ts): in one transaction, each of KUBE-SERVICES' 20k
+ * rules at 10k Services walks iptables-nft's sorted list of the transaction's chain names (one per
+ * jump target), 3.5-4.3 s of CPU; in parts of 1,000 rules, 0.2-0.4 s (docs/performance.md).
+ */
+export const CHUNK_RULES = 1000;
+
 /** What one sync wrote. */
 interface AppliedSync {
   readonly rendered: Pick<
@@ -699,6 +707,9 @@ export class IptablesProxier implements Backend {
     ];
     // Rendered while iptables-restore reads: each transaction is produced when the previous ones
     // were taken, so rendering overlaps the kernel's work and no joined input exists.
+    const existing = new Map(
+      [...kernel].map(([table, chains]) => [table, new Set(chains.map((c) => c.name))]),
+    );
     const render = renderChunkedRestoreInput(
       {
         state,
@@ -707,7 +718,12 @@ export class IptablesProxier implements Backend {
           (kernel.get('nat') ?? []).filter((c) => isServiceChainName(c.name)).map((c) => c.name),
         ),
       },
-      CHUNK_CHAINS,
+      {
+        maxChains: CHUNK_CHAINS,
+        maxRules: CHUNK_RULES,
+        // A chain the listing did not show cannot be reached before this sync's last transaction.
+        exists: (table, chain) => existing.get(table)?.has(chain) === true,
+      },
       ...extras,
     );
     const restore = await this.ipt.restore(render.pieces, { noflush: true, counters: true });

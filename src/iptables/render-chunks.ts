@@ -10,7 +10,12 @@
  * Every chunk is a consistent state: a chain is declared (flushed) and refilled in the same
  * transaction, after every chain it jumps to (dependencies first, so KUBE-SEP before KUBE-SVC before
  * KUBE-SERVICES), and chains that are deleted (`-X`) go last with the jumps from built-in chains, when
- * nothing references them any more. Pure: text in, text pieces out.
+ * nothing references them any more. One exception, when the caller says which chains exist: a long
+ * chain that does not exist yet and that only other new chains jump to (KUBE-SERVICES and
+ * KUBE-NODEPORTS on a new node) is filled over several transactions (`maxRules` rules each). No
+ * packet can reach it until the last transaction adds the jumps from the built-in chains, and one
+ * transaction of its 20k rules costs seconds at 10k Services (each rule's jump target goes into the
+ * same sorted list, docs/performance.md). Pure: text in, text pieces out.
  */
 
 import type { ExtraLines } from '../iptables-rules/jump-plan.js';
@@ -127,6 +132,48 @@ function dependencyOrder(t: TableParts, skip: ReadonlySet<string>): string[] {
   return order;
 }
 
+/** How a chunked input is cut. */
+export interface ChunkLimits {
+  /** Declared chains per transaction. */
+  readonly maxChains: number;
+  /**
+   * Whether a chain exists in the kernel before the restore. Without it every chain is taken to
+   * exist, and each is written whole in one transaction.
+   */
+  readonly exists?: (table: string, chain: string) => boolean;
+  /** Rules per transaction of a new, unreachable chain filled in parts (default 1,000). */
+  readonly maxRules?: number;
+}
+
+/**
+ * The chains of `t` that may be filled over several transactions: they do not exist yet, and every
+ * declared chain that jumps to them is such a chain too (rules of undeclared chains, the built-in
+ * jumps among them, go in the table's last transaction). Nothing can reach them before that.
+ * `order` has every chain after the chains it jumps to, so walking it backwards sees the jumpers first.
+ */
+function unreachedChains(
+  t: TableParts,
+  order: readonly string[],
+  exists: (table: string, chain: string) => boolean,
+): Set<string> {
+  const jumpers = new Map<string, string[]>();
+  for (const chain of order) {
+    for (const r of t.rules.get(chain) ?? []) {
+      const target = targetOf(r);
+      if (target === undefined || target === chain) continue;
+      const list = jumpers.get(target);
+      if (list) list.push(chain);
+      else jumpers.set(target, [chain]);
+    }
+  }
+  const out = new Set<string>();
+  for (let i = order.length - 1; i >= 0; i--) {
+    const chain = order[i]!;
+    if (!exists(t.table, chain) && (jumpers.get(chain) ?? []).every((j) => out.has(j))) out.add(chain);
+  }
+  return out;
+}
+
 /**
  * The `--noflush` restore input `input` plus `extras` (as mergeExtraLines would add them, without
  * that copy of the input) as transactions of at most `maxChains` declared chains each, in pieces to
@@ -135,21 +182,37 @@ function dependencyOrder(t: TableParts, skip: ReadonlySet<string>): string[] {
  */
 export function chunkedRestoreInput(
   input: string,
-  maxChains: number,
+  limits: number | ChunkLimits,
   ...extras: readonly ExtraLines[]
 ): string[] {
+  const { maxChains, exists, maxRules = 1000 } = typeof limits === 'number' ? { maxChains: limits } : limits;
   if (!Number.isInteger(maxChains) || maxChains < 1) throw new ChunkingError(`maxChains ${maxChains}`);
+  if (!Number.isInteger(maxRules) || maxRules < 1) throw new ChunkingError(`maxRules ${maxRules}`);
   const out: string[] = [];
   for (const t of splitTables(input, extras)) {
     const deleted = new Set(t.deletes.map((l) => l.slice(3).trim()));
     const order = dependencyOrder(t, deleted);
+    const inParts = exists === undefined ? new Set<string>() : unreachedChains(t, order, exists);
     for (let i = 0; i < order.length; i += maxChains) {
       const lines = [`*${t.table}`];
       const part = order.slice(i, i + maxChains);
       for (const c of part) lines.push(t.decls.get(c)!);
-      for (const c of part) for (const r of t.rules.get(c) ?? []) lines.push(r);
+      const later: string[] = [];
+      for (const c of part) {
+        const rules = t.rules.get(c) ?? [];
+        if (inParts.has(c) && rules.length > maxRules) {
+          for (let r = 0; r < maxRules; r++) lines.push(rules[r]!);
+          for (let r = maxRules; r < rules.length; r++) later.push(rules[r]!);
+        } else {
+          for (const r of rules) lines.push(r);
+        }
+      }
       lines.push('COMMIT');
       out.push(lines.join('\n') + '\n');
+      // The rest of the new chains' rules, appended in order (declared above, so not flushed again).
+      for (let r = 0; r < later.length; r += maxRules) {
+        out.push([`*${t.table}`, ...later.slice(r, r + maxRules), 'COMMIT'].join('\n') + '\n');
+      }
     }
     // Rules of chains that are not declared here (built-in chains, chains that already exist) and
     // the deletions: last, when every chain they name exists and nothing jumps to a deleted chain.

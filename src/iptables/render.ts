@@ -10,7 +10,7 @@ import { servicePortName } from '../model/types.js';
 import { isServiceChainName } from './names.js';
 import { masqueradeMark } from '../iptables-rules/masquerade-mark.js';
 import { NAT_LEAF_CHAINS, renderFixedHead, renderFixedTail } from './render-fixed.js';
-import { ChunkingError, chunkedRestoreInput } from './render-chunks.js';
+import { ChunkingError, chunkedRestoreInput, type ChunkLimits } from './render-chunks.js';
 import { mergeExtraLines, type ExtraLines } from '../iptables-rules/jump-plan.js';
 import {
   isPort,
@@ -695,15 +695,18 @@ export type StreamedRenderResult = Omit<
  *    most `maxChains` chains (more only if one Service alone has more), declarations first;
  * 3. the fixed chains of both tables (KUBE-SERVICES … with every Service's lines in them), the
  *    stale chains and `extras`, ordered by chunkedRestoreInput: they jump to the chains above, and
- *    stale chains are flushed and deleted last, when nothing jumps to them any more.
+ *    stale chains are flushed and deleted last, when nothing jumps to them any more. With
+ *    `limits.exists`, a new fixed chain nothing can reach yet (KUBE-SERVICES on a new node) is
+ *    filled over several transactions (render-chunks.ts).
  *
  * Same rules as renderRestoreInput for the same request (tests compare them chain by chain).
  */
 export function renderChunkedRestoreInput(
   req: Pick<RenderRequest, 'state' | 'config' | 'existingServiceChains'>,
-  maxChains: number,
+  limits: number | ChunkLimits,
   ...extras: readonly ExtraLines[]
 ): StreamedRender {
+  const maxChains = typeof limits === 'number' ? limits : limits.maxChains;
   if (!Number.isInteger(maxChains) || maxChains < 1) throw new ChunkingError(`maxChains ${maxChains}`);
   let result: StreamedRenderResult | undefined;
   function* pieces(): Generator<string, void, undefined> {
@@ -839,7 +842,7 @@ export function renderChunkedRestoreInput(
       ].join('\n')}\nCOMMIT\n`;
     let fixedPieces: string[];
     try {
-      fixedPieces = chunkedRestoreInput(fixedInput, maxChains, ...extras);
+      fixedPieces = chunkedRestoreInput(fixedInput, limits, ...extras);
     } catch (err) {
       if (!(err instanceof ChunkingError)) throw err;
       // Fixed chains that cannot be ordered (a jump cycle): one transaction per table.

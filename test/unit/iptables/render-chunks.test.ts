@@ -97,6 +97,46 @@ describe('chunked --noflush full sync input (pure)', () => {
     for (const c of nat.slice(0, -1)) assert.ok(!c.lines.some((l) => l.includes('STALESTALE')));
   });
 
+  it('fills a new chain that only new chains reach in parts of maxRules rules (a new node)', () => {
+    const input = sampleInput();
+    const chunks = parseChunks(
+      chunkedRestoreInput(input, { maxChains: 100, maxRules: 2, exists: () => false }),
+    );
+    const body = (text: string) =>
+      text.split('\n').filter((l) => l !== '' && l !== 'COMMIT' && !l.startsWith('*'));
+    assert.deepEqual(chunks.flatMap((c) => c.lines).sort(), body(input).sort());
+    const nat = chunks.filter((c) => c.table === 'nat');
+    const declaring = nat.findIndex((c) => c.lines.includes(':KUBE-SERVICES - [0:0]'));
+    const jumps = nat.findIndex((c) => c.lines.some((l) => l.startsWith('-I PREROUTING ')));
+    const original = body(input.slice(input.indexOf('*nat\n')).split('COMMIT')[0]!);
+    for (const chain of ['KUBE-SERVICES', 'KUBE-NODEPORTS']) {
+      const pick = (ls: readonly string[]) => ls.filter((l) => l.startsWith(`-A ${chain} `));
+      assert.ok(pick(original).length > 4, `${chain} has ${pick(original).length} rules`);
+      // Declared with its first rules, the rest appended in order, in transactions that declare
+      // nothing (so flush nothing), all before the built-in jumps make it reachable.
+      const holding = nat.map((c, i) => [i, pick(c.lines).length] as const).filter(([, n]) => n > 0);
+      assert.ok(holding.length > 1, `${chain} in ${holding.length} transactions`);
+      assert.equal(holding[0]![0], declaring);
+      for (const [i, n] of holding) {
+        assert.ok(n <= 2, `transaction ${i}: ${n} rules of ${chain}`);
+        assert.ok(i < jumps, `transaction ${i} after the built-in jumps (${jumps})`);
+        if (i !== declaring) assert.ok(!nat[i]!.lines.some((l) => l.startsWith(':')));
+      }
+      assert.deepEqual(pick(nat.flatMap((c) => c.lines)), pick(original), `rule order of ${chain}`);
+    }
+  });
+
+  it('keeps a chain whole when it exists, or when an existing chain jumps to it', () => {
+    const input = sampleInput();
+    const whole = chunkedRestoreInput(input, 100);
+    const limits = { maxChains: 100, maxRules: 2 };
+    assert.deepEqual(chunkedRestoreInput(input, limits), whole);
+    assert.deepEqual(chunkedRestoreInput(input, { ...limits, exists: () => true }), whole);
+    // Only KUBE-NODEPORTS is new, but KUBE-SERVICES (reachable, perhaps) jumps to it: whole.
+    const newNodePorts = (t: string, c: string) => !(t === 'nat' && c === 'KUBE-NODEPORTS');
+    assert.deepEqual(chunkedRestoreInput(input, { ...limits, exists: newNodePorts }), whole);
+  });
+
   it('takes the extras apart from the input, as if merged (no copy of the input)', () => {
     assert.deepEqual(chunkedRestoreInput(sampleRendered(), 5, EXTRAS), chunkedRestoreInput(sampleInput(), 5));
   });

@@ -243,4 +243,50 @@ iptables-save | grep -v '^#' > "$D/save-streamed"
       await rm(dir, { recursive: true, force: true });
     }
   });
+  it('fills new fixed chains in parts into an empty kernel, whole into a populated one: same kernel as one transaction', async () => {
+    const one = mergeExtraLines(renderRestoreInput(request()).restoreInput, EXTRAS);
+    const limits = { maxChains: 5, maxRules: 2 };
+    // A new node: no chain of ours exists, so KUBE-SERVICES and KUBE-NODEPORTS are filled in parts.
+    const fresh = [
+      ...renderChunkedRestoreInput(request(), { ...limits, exists: () => false }, EXTRAS).pieces,
+    ];
+    const appended = fresh.filter((p) => p.includes('\n-A KUBE-SERVICES ') && !p.includes('\n:'));
+    assert.ok(appended.length > 2, `${appended.length} transactions append to KUBE-SERVICES`);
+    // The second sync sees every chain: each is written whole.
+    const again = [...renderChunkedRestoreInput(request(), { ...limits, exists: () => true }, EXTRAS).pieces];
+    assert.deepEqual(again, [...renderChunkedRestoreInput(request(), 5, EXTRAS).pieces]);
+    const script = `
+set -e
+iptables -t nat -N FOREIGN; iptables -t nat -A FOREIGN -j RETURN
+iptables-restore --noflush < "$D/one"
+iptables-save | grep -v '^#' > "$D/save-one"
+iptables-restore --noflush < "$D/one"
+iptables-save | grep -v '^#' > "$D/save-one-again"
+iptables -t nat -F; iptables -t nat -X; iptables -F; iptables -X; iptables -t mangle -X
+iptables -t nat -N FOREIGN; iptables -t nat -A FOREIGN -j RETURN
+iptables-restore --noflush < "$D/fresh"
+iptables-save | grep -v '^#' > "$D/save-fresh"
+iptables-restore --noflush < "$D/again"
+iptables-save | grep -v '^#' > "$D/save-again"
+`;
+    const dir = await mkdtemp(join(tmpdir(), 'svcplane-stream-'));
+    try {
+      await writeFile(join(dir, 'one'), one);
+      await writeFile(join(dir, 'fresh'), fresh.join(''));
+      await writeFile(join(dir, 'again'), again.join(''));
+      const res = await run(['unshare', '-n', 'bash', '-c', script], { env: { D: dir }, allowFailure: true });
+      assert.equal(res.exitCode, 0, res.stderr);
+      const saved = await readFile(join(dir, 'save-one'), 'utf8');
+      assert.match(saved, /^-A KUBE-SERVICES .*-j KUBE-SVC-/m);
+      assert.match(saved, /^-A KUBE-NODEPORTS .*-j KUBE-EXT-/m);
+      assert.match(saved, /^-A FOREIGN -j RETURN$/m);
+      assert.equal(await readFile(join(dir, 'save-fresh'), 'utf8'), saved);
+      assert.equal(
+        await readFile(join(dir, 'save-again'), 'utf8'),
+        await readFile(join(dir, 'save-one-again'), 'utf8'),
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });
