@@ -8,7 +8,8 @@ import { nodeContext } from '../model/selection.js';
 import type { ClusterState, IPFamily, NodeInfo } from '../model/types.js';
 import { CommandError, run, type RunResult } from '../util/exec.js';
 import { log } from '../util/log.js';
-import { parseIpAddressJson, type InterfaceAddress } from '../kernel/netif.js';
+import { AddressWatch } from '../kernel/address-watch.js';
+import type { InterfaceAddress } from '../kernel/netif.js';
 import { ensureSysctl } from '../util/sysctl.js';
 import { diffIpvs } from './diff.js';
 import { diffIpsets, parseIpsetSave } from './ipset.js';
@@ -104,6 +105,11 @@ export class IpvsProxier implements Backend {
   /** The rules of the last successful iptables write, and our chains as iptables-save showed them after it. */
   private writtenRules: string | undefined;
   private writtenChains: string | undefined;
+  /**
+   * The node's addresses and links, re-read only when `ip monitor` saw them change (once watchKernel
+   * ran): at 10k Services kube-ipvs0 holds 11k addresses, a large listing to read and parse.
+   */
+  readonly addresses: AddressWatch;
 
   constructor(private readonly config: IpvsProxierConfig) {
     this.name = `ipvs/${config.family}`;
@@ -112,6 +118,18 @@ export class IpvsProxier implements Backend {
       netns: config.netns,
       binaries: config.iptablesBinaries,
     });
+    this.addresses = new AddressWatch({ netns: config.netns, links: true });
+  }
+
+  /** The daemon's: the node's addresses and links are read again only when `ip monitor` saw a change. */
+  watchKernel(): Promise<void> {
+    this.addresses.watch();
+    return Promise.resolve();
+  }
+
+  /** Stops the address monitor. */
+  close(): Promise<void> {
+    return this.addresses.close();
   }
 
   get lastSync(): IpvsSyncReport | undefined {
@@ -198,13 +216,10 @@ export class IpvsProxier implements Backend {
     });
   }
 
+  /** The node's addresses and whether kube-ipvs0 exists (the watch's cache, when nothing changed). */
   private async gatherFacts(): Promise<Facts> {
-    const r = await this.exec(['ip', '-j', 'address', 'show']);
-    const links = JSON.parse(r.stdout) as { ifname?: unknown }[];
-    return {
-      addrs: parseIpAddressJson(r.stdout),
-      dummyExists: links.some((l) => l.ifname === DUMMY_DEVICE),
-    };
+    const show = await this.addresses.show();
+    return { addrs: show.addresses, dummyExists: show.links.includes(DUMMY_DEVICE) };
   }
 
   private plan(state: ClusterState, facts: Facts): IpvsDesired {
@@ -285,6 +300,7 @@ export class IpvsProxier implements Backend {
 
     // 1. kube-ipvs0 and the sets (rules below name them).
     if (!facts.dummyExists) {
+      this.addresses.invalidate();
       // The other family's proxier may create it at the same moment: EEXIST is fine.
       const r = await run(['ip', 'link', 'add', DUMMY_DEVICE, 'type', 'dummy'], {
         netns: c.netns,
@@ -310,6 +326,7 @@ export class IpvsProxier implements Backend {
     const toBind = desired.bindAddresses.filter((ip) => !bound.has(ip));
     const nodad = c.family === 'IPv6' ? ' nodad' : '';
     if (toBind.length > 0) {
+      this.addresses.invalidate();
       await this.exec(
         ['ip', '-batch', '-'],
         toBind.map((ip) => `address add ${ip}/${plen} dev ${DUMMY_DEVICE}${nodad}`).join('\n') + '\n',
@@ -371,6 +388,7 @@ export class IpvsProxier implements Backend {
     // 5. Unbind what no frontend uses any more.
     const toUnbind = [...bound].filter((ip) => !want.has(ip));
     if (toUnbind.length > 0) {
+      this.addresses.invalidate();
       await this.exec(
         ['ip', '-batch', '-'],
         toUnbind.map((ip) => `address del ${ip}/${plen} dev ${DUMMY_DEVICE}`).join('\n') + '\n',

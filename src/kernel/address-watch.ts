@@ -1,14 +1,15 @@
 import { readdir, readFile, readlink } from 'node:fs/promises';
 import { startProcess, type ChildHandle } from '../util/exec.js';
 import { log } from '../util/log.js';
-import { listAddresses, type InterfaceAddress } from './netif.js';
+import { readAddressShow, type AddressShow, type InterfaceAddress } from './netif.js';
 
 /**
- * A network namespace's addresses, read with `ip -j address` only when they may have changed.
+ * A network namespace's addresses (and links' names), read with `ip -j address` only when they may have changed.
  *
  * kube-proxy reads the node's addresses every sync (in-process, over netlink); a fork of a large
  * daemon for `ip` costs 8–15 ms per sync at 10k Services. Here a long-lived `ip monitor address`
- * reports every address added, removed or changed (tentative → usable too), and the last read is
+ * reports every address added, removed or changed (tentative → usable too; with `links`, every link
+ * added, removed or changed), and the last read is
  * reused until it reports something. The cache is trusted only while the monitor is known to be
  * subscribed (its netlink socket has joined the address groups, seen in /proc) since before the read
  * started, and no line arrived while the read ran. Otherwise, and whenever the monitor is down,
@@ -20,7 +21,7 @@ export class AddressWatch {
   private subscribed = false;
   /** Bumped by every monitor line and every monitor start or exit: a cached read is for one generation. */
   private generation = 0;
-  private cached: { readonly generation: number; readonly addrs: InterfaceAddress[] } | undefined;
+  private cached: { readonly generation: number; readonly show: AddressShow } | undefined;
   private watching = false;
   private lastStart = Number.NEGATIVE_INFINITY;
   /** `ip -j address` reads so far (tests, logs). */
@@ -30,8 +31,10 @@ export class AddressWatch {
     private readonly opts: {
       readonly netns?: string;
       readonly restartMs?: number;
+      /** Watch links too (`ip monitor address link`): for callers that read the links' names. */
+      readonly links?: boolean;
       /** The read (default: `ip -j address show` in `netns`). */
-      readonly read?: () => Promise<InterfaceAddress[]>;
+      readonly read?: () => Promise<AddressShow>;
     } = {},
   ) {}
 
@@ -53,15 +56,28 @@ export class AddressWatch {
 
   /** The namespace's inet/inet6 addresses, from the cache when nothing changed since the last read. */
   async addresses(): Promise<InterfaceAddress[]> {
+    return (await this.show()).addresses;
+  }
+
+  /** `ip -j address show`: its addresses and its links' names (the cache's, when nothing changed). */
+  async show(): Promise<AddressShow> {
     if (this.watching && this.child === undefined) this.start();
     const cached = this.cached;
-    if (this.subscribed && cached?.generation === this.generation) return cached.addrs;
+    if (this.subscribed && cached?.generation === this.generation) return cached.show;
     const trusted = this.subscribed;
     const generation = this.generation;
-    const addrs = await (this.opts.read ?? (() => listAddresses({ netns: this.opts.netns })))();
+    const show = await (this.opts.read ?? (() => readAddressShow(this.opts.netns)))();
     this.reads++;
-    if (trusted && this.subscribed && generation === this.generation) this.cached = { generation, addrs };
-    return addrs;
+    if (trusted && this.subscribed && generation === this.generation) this.cached = { generation, show };
+    return show;
+  }
+
+  /**
+   * The caller changed addresses or links itself: the next call reads (the monitor's report of it
+   * may come after the caller's next read).
+   */
+  invalidate(): void {
+    this.generation++;
   }
 
   /** Stops the monitor; later calls read every time. */
@@ -80,7 +96,10 @@ export class AddressWatch {
     this.lastStart = now;
     let child: ChildHandle;
     try {
-      child = startProcess(['ip', 'monitor', 'address'], { netns: this.opts.netns, stderr: 'apart' });
+      child = startProcess(['ip', 'monitor', 'address', ...(this.opts.links === true ? ['link'] : [])], {
+        netns: this.opts.netns,
+        stderr: 'apart',
+      });
     } catch (err) {
       log.warn('cannot start ip monitor: node addresses are read every sync', { error: err });
       return;
@@ -89,7 +108,11 @@ export class AddressWatch {
     this.subscribed = false;
     this.generation++;
     child.onLine(() => this.generation++);
-    child.onErrorLine((l) => log.debug('ip monitor', { stderr: l }));
+    // A complaint (e.g. "No buffer space available": events were dropped) invalidates as well.
+    child.onErrorLine((l) => {
+      this.generation++;
+      log.debug('ip monitor', { stderr: l });
+    });
     void child.exited.then((code) => {
       if (this.child !== child) return;
       this.child = undefined;

@@ -75,8 +75,31 @@ export function parseIpAddressJson(json: string): InterfaceAddress[] {
 
 /** All inet/inet6 addresses of the namespace (default: ours). */
 export async function listAddresses(opts: { netns?: string } = {}): Promise<InterfaceAddress[]> {
-  const r = await run(['ip', '-j', 'address', 'show'], { netns: opts.netns });
-  return parseIpAddressJson(r.stdout);
+  return (await readAddressShow(opts.netns)).addresses;
+}
+
+/** One `ip -j address show`: the addresses, and the names of every link (with or without one). */
+export interface AddressShow {
+  readonly addresses: InterfaceAddress[];
+  readonly links: readonly string[];
+}
+
+/** Pure: parse `ip -j address show` output into addresses and link names. */
+export function parseAddressShow(json: string): AddressShow {
+  const addresses = parseIpAddressJson(json);
+  const links = (JSON.parse(json) as IpJsonLink[])
+    .map((l) => (typeof l === 'object' && l !== null ? l.ifname : undefined))
+    .filter((n): n is string => typeof n === 'string');
+  return { addresses, links };
+}
+
+/**
+ * `ip -j address show` in a namespace (default: ours). The timeout is that of the kernel writers'
+ * (an IPVS node holds one address per Service IP on kube-ipvs0: 11k at 10k Services).
+ */
+export async function readAddressShow(netns: string | undefined): Promise<AddressShow> {
+  const r = await run(['ip', '-j', 'address', 'show'], { netns, timeoutMs: 600_000 });
+  return parseAddressShow(r.stdout);
 }
 
 function usable(a: InterfaceAddress): boolean {

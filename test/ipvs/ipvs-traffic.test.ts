@@ -320,6 +320,7 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
     proxier?.stop();
     proxier6?.stop();
     await Promise.all([proxier?.idle(), proxier6?.idle(), ...servers.map((s) => s.stop())]);
+    await Promise.all([proxier?.close(), proxier6?.close()]);
     if (proxier && proxier6) {
       const { removed } = await cleanupIpvs([proxier.ipt, proxier6.ipt], { netns: proxier.ipt.netns });
       assert.ok(removed.includes('ip link del kube-ipvs0'), removed.join('\n'));
@@ -447,6 +448,8 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
     firstReports = await Promise.all(
       [proxier, proxier6].map(async (p) => {
         await p.setup();
+        // As the daemon does: node addresses and links from `ip monitor`, read only when they change.
+        await p.watchKernel();
         const report = await p.sync(state);
         assert.ok(report.writtenServices > 10, `${p.name}: ${report.writtenServices} virtual servers`);
         return report;
@@ -645,6 +648,31 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
   });
 
   describe('syncs and graceful termination', () => {
+    it("the daemon's address watch: a sync without a change reads no addresses; its own bind and unbind make the next sync read", async () => {
+      const w = px().addresses;
+      await waitFor(
+        'a subscribed `ip monitor` and a cached read',
+        async () => {
+          if (!w.fresh) await w.show();
+          return w.fresh;
+        },
+        30_000,
+      );
+      const reads = w.reads;
+      await px().sync(stateOf(specs));
+      assert.equal(w.reads, reads, 'nothing changed: no `ip -j address`');
+      const extra = { name: 'extra', index: 31, endpoints: [{ pod: 'c' as const }] };
+      const bound = await px().sync(stateOf([...specs, extra]));
+      assert.equal(bound.details?.bound, 1);
+      assert.equal(w.fresh, false, 'the sync bound an address: the next one reads');
+      expectReply(await env.sb.request('client', tcp(clusterIP(31), 80)), 'c');
+      const unbound = await px().sync(stateOf(specs));
+      assert.equal(unbound.details?.unbound, 1, 'the bound address was seen, and unbound');
+      assert.equal(w.reads, reads + 1);
+      const addrs = (await env.sb.exec('node', ['ip', '-o', 'addr', 'show', 'dev', 'kube-ipvs0'])).stdout;
+      assert.doesNotMatch(addrs, /10\.96\.20\.31\//);
+    });
+
     it('an established connection survives a sync that changes another Service; unchanged VSs are not touched', async () => {
       const conn = await env.sb.openConnection('client', { ip: clusterIP(1), port: 80 });
       try {
