@@ -1,4 +1,4 @@
-import fs, { constants, type BigIntStats, type Dirent } from 'node:fs';
+import fs, { constants, type BigIntStats, type Dirent, type FSWatcher } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { extname } from 'node:path';
 
@@ -51,6 +51,8 @@ export interface ManifestFs {
    * out (the open is non-blocking and its fstat checks again).
    */
   read(path: string, maxBytes: number, listedRegular?: boolean): Promise<ReadResult>;
+  /** Watches a directory, as watchDirectory (the default); tests make it fail. */
+  watch?(dir: string, onEvent: (event: string, name: string | null) => void): FSWatcher;
 }
 
 export const MANIFEST_EXTENSIONS: ReadonlySet<string> = new Set(['.yaml', '.yml', '.json']);
@@ -150,6 +152,14 @@ export const nodeManifestFs: ManifestFs = {
   },
   read: (path, maxBytes, listedRegular = false) => readRegular(path, maxBytes, listedRegular),
 };
+
+/** Watches a directory (fs.watch, not keeping the process alive). Throws as fs.watch does. */
+export function watchDirectory(
+  dir: string,
+  onEvent: (event: string, name: string | null) => void,
+): FSWatcher {
+  return fs.watch(dir, { persistent: false }, onEvent);
+}
 
 /**
  * The text of a regular file (a symlink is followed), at most `maxBytes`, or why it is not read;

@@ -1,4 +1,4 @@
-import { watch, type FSWatcher } from 'node:fs';
+import type { FSWatcher } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { ClusterStateBuilder, flattenLists, type SourceObject } from '../model/build.js';
 import type { ServiceLimits } from '../model/limits.js';
@@ -12,6 +12,7 @@ import {
   type ListedFile,
   type ManifestFs,
   type Stamp,
+  watchDirectory,
 } from './manifest-files.js';
 import { parseManifestText } from './manifest-parse.js';
 import { readManifestFiles, type FileRead, type ReadRequest } from './manifest-read.js';
@@ -33,8 +34,12 @@ import type { SourceHealth, StateSource } from './source.js';
  * Events for other names (an editor's temporary file, a ConfigMap volume's `..data` swap) only make
  * the known symbolic links be looked at, whose targets may have moved.
  * The poll (every `pollMs`) is the fallback for missed events: the directory's stamp (a new or removed
- * name changes it) and, round-robin, a slice of the files so that each is stat'ed once per `sweepMs`
- * (writes through a hard link or over NFS raise no event here). Nothing else lists or stats every file
+ * name changes it) and, round-robin, a slice of the files so that each is stat'ed once per sweep
+ * (writes through a hard link or over NFS raise no event here). The sweep is what idle costs at scale
+ * (issue 14: 10k stats a minute were ~0.75% of a core), so its period depends on the watch: with the
+ * directory watched, every `sweepMs` (default 10 min: only writes that raise no event wait for it);
+ * without (the watch cannot be armed, e.g. inotify's limits reached), every UNWATCHED_SWEEP_MS at most,
+ * since in-place writes are then found by the sweep alone. Nothing else lists or stats every file
  * after the start, except refresh() and a re-created watcher (events may have been missed).
  */
 
@@ -44,8 +49,10 @@ export { parseManifestText, readRegularFile };
 const FAST_MS = 5;
 /** Files read and parsed at once while scanning (fs calls run on libuv's thread pool). */
 const READ_CONCURRENCY = 32;
-/** The sweep looks at least this many files per poll: small directories are stat'ed every poll. */
-const SWEEP_MIN_PER_POLL = 100;
+/** Default sweep period while the directory is watched. */
+const SWEEP_MS = 600_000;
+/** The sweep period at most while the directory is not watched (every in-place write waits for it). */
+const UNWATCHED_SWEEP_MS = 60_000;
 
 const fileProblem = (file: string, reason: string): Problem => ({
   object: { kind: 'File', name: basename(file), source: file },
@@ -135,7 +142,10 @@ export interface ManifestSourceOptions {
   readonly debounceMs?: number;
   /** Period of the fallback for missed watch events: the directory's stamp, a slice of the files (default 1000 ms). */
   readonly pollMs?: number;
-  /** Every file is stat'ed at least once per sweep by the poll (default 60 s). */
+  /**
+   * Every file is stat'ed once per sweep by the poll: the bound for a write that raises no watch
+   * event (default 10 min; at most 60 s while the directory cannot be watched).
+   */
   readonly sweepMs?: number;
   /**
    * A scan running longer than this (a read hanging on a network or FUSE filesystem) makes the
@@ -192,6 +202,8 @@ export class ManifestSource implements StateSource {
   private listError: string | undefined;
   private watcher: FSWatcher | undefined;
   private watchedStamp: Stamp | undefined;
+  /** Why the last attempt to watch failed (logged once per reason). */
+  private watchError: string | undefined;
   private quietTimer: NodeJS.Timeout | undefined;
   private fastTimer: NodeJS.Timeout | undefined;
   private pollTimer: NodeJS.Timeout | undefined;
@@ -207,7 +219,7 @@ export class ManifestSource implements StateSource {
     this.debounceMs = opts.debounceMs ?? 200;
     this.fastMs = Math.min(FAST_MS, this.debounceMs);
     this.pollMs = opts.pollMs ?? 1000;
-    this.sweepMs = opts.sweepMs ?? 60_000;
+    this.sweepMs = opts.sweepMs ?? SWEEP_MS;
     this.stuckAfterMs = opts.stuckAfterMs ?? 60_000;
     this.limits = opts.limits;
     this.fs = opts.fs ?? nodeManifestFs;
@@ -384,10 +396,14 @@ export class ManifestSource implements StateSource {
     await this.sweep();
   }
 
-  /** Stats the next files of the round-robin sweep; a changed stamp marks the file. */
+  /**
+   * Stats the next files of the round-robin sweep, files × pollMs / period of them (at least one);
+   * a changed stamp marks the file.
+   */
   private async sweep(): Promise<void> {
     if (this.sweepQueue.length === 0) this.sweepQueue = [...this.files.keys()];
-    const n = Math.max(SWEEP_MIN_PER_POLL, Math.ceil((this.files.size * this.pollMs) / this.sweepMs));
+    const period = this.watcher ? this.sweepMs : Math.min(this.sweepMs, UNWATCHED_SWEEP_MS);
+    const n = Math.ceil((this.files.size * this.pollMs) / Math.max(period, this.pollMs));
     const slice = this.sweepQueue.splice(0, n);
     await eachLimited(slice, READ_CONCURRENCY, async (name) => {
       const entry = this.files.get(name);
@@ -423,7 +439,8 @@ export class ManifestSource implements StateSource {
     this.dir = dir;
     this.only = isDir ? undefined : basename(this.path);
     try {
-      const w = watch(dir, { persistent: false }, (event, name) => this.onWatchEvent(event, name));
+      const onEvent = (event: string, name: string | null): void => this.onWatchEvent(event, name);
+      const w = this.fs.watch ? this.fs.watch(dir, onEvent) : watchDirectory(dir, onEvent);
       w.on('error', () => this.closeWatcher());
       this.watcher = w;
       this.watchedStamp = st.stamp;
@@ -432,8 +449,17 @@ export class ManifestSource implements StateSource {
         this.rescanAll = true;
         this.scheduleQuiet(false);
       }
-    } catch {
-      // Gone meanwhile: the next poll tries again.
+      this.watchError = undefined;
+    } catch (err) {
+      // Gone meanwhile, or inotify's limits reached: the next poll tries again.
+      const reason = errorText(err);
+      if (!isGone(err) && reason !== this.watchError) {
+        log.warn('cannot watch the manifest directory; the poll stats every file at least once a minute', {
+          dir,
+          reason,
+        });
+      }
+      this.watchError = reason;
     }
     return st.stamp;
   }

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
-import { nodeManifestFs, type ManifestFs } from '../../../src/kube/manifest-files.js';
+import { nodeManifestFs, watchDirectory, type ManifestFs } from '../../../src/kube/manifest-files.js';
 import { ManifestSource } from '../../../src/kube/manifests.js';
 import type { ClusterState } from '../../../src/model/types.js';
 
@@ -28,6 +28,8 @@ class CountingFs implements ManifestFs {
   reads = new Map<string, number>();
   stats = new Map<string, number>();
   lists = 0;
+  /** The watch cannot be armed (as when inotify's limits are reached). */
+  watchFails = false;
   reset(): void {
     this.reads.clear();
     this.stats.clear();
@@ -47,6 +49,10 @@ class CountingFs implements ManifestFs {
   read: ManifestFs['read'] = (path, max, listed) => {
     CountingFs.bump(this.reads, path);
     return nodeManifestFs.read(path, max, listed);
+  };
+  watch: ManifestFs['watch'] = (dir, onEvent) => {
+    if (this.watchFails) throw Object.assign(new Error('ENOSPC: inotify watches'), { code: 'ENOSPC' });
+    return watchDirectory(dir, onEvent);
   };
   /** Files (not the directory itself) stat'ed. */
   fileStats(dir: string): number {
@@ -164,16 +170,46 @@ describe('manifest source at scale: O(changed files) per change', function () {
     ]);
   });
 
-  it('idle: the poll stats the directory and a slice of the sweep, and reads nothing', async () => {
-    // 50 ms polls, every file once per 10 s: 2 files per poll, at least SWEEP_MIN_PER_POLL (100).
-    await start({ pollMs: 50, sweepMs: 10_000 });
-    await sleep(520);
-    assert.equal(fs.reads.size, 0);
-    const polls = fs.stats.get(basename(dir)) ?? 0;
-    assert.ok(polls >= 5 && polls <= 12, `${polls} polls`);
-    const perPoll = fs.fileStats(dir) / polls;
-    assert.ok(perPoll <= 100, `${perPoll} of ${FILES} files stat'ed per poll`);
+  /** Polls (stats of the directory itself) and file stats over `ms` of idle. */
+  async function idleFor(ms: number): Promise<{ polls: number; perPoll: number }> {
+    fs.reset();
+    await sleep(ms);
+    assert.equal(fs.reads.size, 0, 'nothing changed: nothing read');
     assert.equal(fs.lists, 0, 'the directory did not change: not listed');
+    const polls = fs.stats.get(basename(dir)) ?? 0;
+    return { polls, perPoll: fs.fileStats(dir) / polls };
+  }
+
+  it(`idle, watched, default sweep: each file is stat'ed once per 10 min, a few per poll, nothing read`, async () => {
+    // The default sweep (no sweepMs): at 10k files and 1 s polls, 17 stats a second (was 167 with
+    // a 60 s sweep, and at least 100 per poll whatever the size: 6,000 a minute at 101 files).
+    source = new ManifestSource(dir, { fs, debounceMs: 50, pollMs: 300 });
+    await source.start();
+    const { polls, perPoll } = await idleFor(1600);
+    assert.ok(polls >= 3 && polls <= 6, `${polls} polls`);
+    // ceil(400 files × 300 ms / 600 s) = 1.
+    assert.equal(perPoll, 1, `${perPoll} of ${FILES} files stat'ed per poll`);
+  });
+
+  it(`idle, the watch cannot be armed: each file is stat'ed once a minute, and a write in place is found`, async () => {
+    fs.watchFails = true;
+    source = new ManifestSource(dir, { fs, debounceMs: 50, pollMs: 300 });
+    await source.start();
+    const { polls, perPoll } = await idleFor(1600);
+    assert.ok(polls >= 3 && polls <= 6, `${polls} polls`);
+    // ceil(400 × 300 ms / 60 s) = 2: the 10 min default does not apply without a watch.
+    assert.equal(perPoll, 2, `${perPoll} of ${FILES} files stat'ed per poll`);
+    await source.stop();
+    // A small directory, to see the sweep find the write quickly (5 files, 20 ms polls: 0.1 s).
+    rmSync(dir, { recursive: true });
+    mkdirSync(dir);
+    for (let i = 0; i < 5; i++) writeFileSync(join(dir, `s${i}.yaml`), svc(i));
+    source = new ManifestSource(dir, { fs, debounceMs: 50, pollMs: 20 });
+    await source.start();
+    fs.reset();
+    writeFileSync(join(dir, 's2.yaml'), svc(2, 84));
+    await waitFor(source, (s) => portOf(s, 2) === 84);
+    assert.deepEqual([...fs.reads], [['s2.yaml', 1]]);
   });
 
   it('a write that raises no event (through a hard link elsewhere) is found by the sweep', async () => {

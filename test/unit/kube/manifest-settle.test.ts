@@ -70,8 +70,9 @@ describe('manifest source: no half state from files being written; bursts coales
     rmSync(root, { recursive: true, force: true });
   });
 
+  /** Every file is stat'ed at every poll (sweepMs = pollMs): the stat poll tests rely on it. */
   async function start(debounceMs: number, pollMs: number): Promise<void> {
-    source = new ManifestSource(dir, { debounceMs, pollMs });
+    source = new ManifestSource(dir, { debounceMs, pollMs, sweepMs: pollMs });
     await source.start();
     source.onChange((s) => states.push(shape(s)));
   }
