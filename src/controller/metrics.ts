@@ -44,6 +44,8 @@ export interface ProxyMetricsOptions {
   readonly processMetrics?: boolean;
 }
 
+/** How often the event-loop lag (nodejs_eventloop_lag_*) is sampled. */
+const LAG_SAMPLE_MS = 1000;
 /** kube-proxy's buckets for sync durations: 1 ms … ~16 s. */
 const SYNC_BUCKETS = exponentialBuckets(0.001, 2, 15);
 /** kube-proxy's network-programming buckets: 0.25 s … 5 min. */
@@ -67,7 +69,11 @@ export class ProxyMetrics {
     const fullPartialRegistries = [...new Set([...this.iptablesRegistries, ...nftRegistries])];
     // kube-proxy's IPVS mode restores iptables too and counts its failures.
     this.restoreRegistries = [this.registry];
-    if (opts.processMetrics !== false) collectDefaultMetrics({ register: this.registry });
+    // The event-loop lag histogram samples once a second, not every 10 ms (prom-client's default):
+    // its timer was 100 wake-ups a second of an otherwise idle daemon (issue 14).
+    if (opts.processMetrics !== false) {
+      collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: LAG_SAMPLE_MS });
+    }
     this.syncFullDuration = this.histogram(
       'kubeproxy_sync_full_proxy_rules_duration_seconds',
       'SyncProxyRules latency in seconds for full resyncs',
