@@ -34,25 +34,19 @@ interface Writer {
 export async function explainMain(args: readonly string[], out: Writer, err: Writer): Promise<number> {
   const specs = [...RENDER_FLAGS, ...INSPECT_FLAGS];
   if (args[0] === 'pod') return explainPodMain(args.slice(1), specs, out, err);
-  if (args.includes('-h') || args.includes('--help')) {
-    out.write(
-      commandUsage(
+  try {
+    const target = await explainTarget(
+      args,
+      specs,
+      'Service',
+      [
         'svcplane explain NAMESPACE/NAME [flags]',
         "Explain one Service on this node: frontends, endpoints, the kernel's rules and counters, warnings.",
-        specs,
-      ),
+      ],
+      out,
     );
-    return 0;
-  }
-  try {
-    const loaded = await loadConfiguration(args, specs, { positionals: 1 });
-    const key = loaded.flags.positionals[0];
-    if (key === undefined || !SERVICE_KEY.test(key)) {
-      throw new Error(`expected the Service as NAMESPACE/NAME, got ${JSON.stringify(key ?? '')}`);
-    }
-    configureLogging(loaded.options.logging);
-    logNotices(loaded.notices);
-    return await explainWith(key, loaded.options, loaded.flags.values, out, err);
+    if (target === undefined) return 0;
+    return await explainWith(target.key, target.loaded.options, target.loaded.flags.values, out, err);
   } catch (e) {
     err.write(`svcplane explain: ${describeFailure(e)}\n`);
     return 2;
@@ -103,6 +97,33 @@ async function explainWith(
   }
 }
 
+type FlagSpecs = Parameters<typeof loadConfiguration>[1];
+
+/**
+ * What `explain` and `explain pod` share before they differ: --help (printed; then undefined), the
+ * flags and the one NAMESPACE/NAME positional (the Service's or the pod's), logging configured.
+ */
+async function explainTarget(
+  args: readonly string[],
+  specs: FlagSpecs,
+  what: 'Service' | 'pod',
+  [usage, summary]: readonly [string, string],
+  out: Writer,
+): Promise<{ loaded: Awaited<ReturnType<typeof loadConfiguration>>; key: string } | undefined> {
+  if (args.includes('-h') || args.includes('--help')) {
+    out.write(commandUsage(usage, summary, specs));
+    return undefined;
+  }
+  const loaded = await loadConfiguration(args, specs, { positionals: 1 });
+  const key = loaded.flags.positionals[0];
+  if (key === undefined || !SERVICE_KEY.test(key)) {
+    throw new Error(`expected the ${what} as NAMESPACE/NAME, got ${JSON.stringify(key ?? '')}`);
+  }
+  configureLogging(loaded.options.logging);
+  logNotices(loaded.notices);
+  return { loaded, key };
+}
+
 /**
  * `svcplane explain pod NAMESPACE/NAME [flags]`: the NetworkPolicies selecting the pod, what they
  * allow, and whether the kernel's policy table (inet svcplane-netpol) says the same. Exit 0 when
@@ -110,28 +131,23 @@ async function explainWith(
  */
 async function explainPodMain(
   args: readonly string[],
-  specs: Parameters<typeof loadConfiguration>[1],
+  specs: FlagSpecs,
   out: Writer,
   err: Writer,
 ): Promise<number> {
-  if (args.includes('-h') || args.includes('--help')) {
-    out.write(
-      commandUsage(
+  try {
+    const target = await explainTarget(
+      args,
+      specs,
+      'pod',
+      [
         'svcplane explain pod NAMESPACE/NAME [flags]',
         "Explain NetworkPolicy for one pod: the policies selecting it, what they allow, the kernel's table.",
-        specs,
-      ),
+      ],
+      out,
     );
-    return 0;
-  }
-  try {
-    const loaded = await loadConfiguration(args, specs, { positionals: 1 });
-    const key = loaded.flags.positionals[0];
-    if (key === undefined || !SERVICE_KEY.test(key)) {
-      throw new Error(`expected the pod as NAMESPACE/NAME, got ${JSON.stringify(key ?? '')}`);
-    }
-    configureLogging(loaded.options.logging);
-    logNotices(loaded.notices);
+    if (target === undefined) return 0;
+    const { loaded, key } = target;
     const opts = { ...loaded.options, networkPolicy: true };
     const netns =
       typeof loaded.flags.values.netns === 'string' && loaded.flags.values.netns !== ''
