@@ -74,6 +74,23 @@ class GatedBackend implements Backend {
   }
 }
 
+/** A controller with metrics over a GatedBackend; `start` runs it through its first (gated) sync. */
+function gatedController(initial: ClusterState) {
+  const src = new HandSource(initial);
+  const be = new GatedBackend();
+  const c = new Controller(src, [be], { minSyncPeriodMs: 10, syncPeriodMs: 60_000 });
+  const metrics = new ProxyMetrics();
+  attachMetrics(metrics, c);
+  const start = async (): Promise<void> => {
+    const entered = be.waitEntered();
+    const started = c.start();
+    await entered;
+    be.release();
+    await started;
+  };
+  return { src, be, c, metrics, start };
+}
+
 const udp = (ips: string[]) =>
   service('ns/dns', {
     clusterIP: '10.96.0.53',
@@ -226,16 +243,8 @@ describe('hardening: /healthz nodeEligible (KEP-3836)', () => {
 
 describe('hardening: controller queue bookkeeping and metrics', () => {
   it('a change arriving during a sync stays queued; the next sync clears it', async () => {
-    const src = new HandSource(state(udp(['10.0.0.1'])));
-    const be = new GatedBackend();
-    const c = new Controller(src, [be], { minSyncPeriodMs: 10, syncPeriodMs: 60_000 });
-    const metrics = new ProxyMetrics();
-    attachMetrics(metrics, c);
-    const entered = be.waitEntered();
-    const started = c.start();
-    await entered;
-    be.release();
-    await started;
+    const { src, be, c, metrics, start } = gatedController(state(udp(['10.0.0.1'])));
+    await start();
     assert.equal(c.health().queuedSince, 0, 'initial state synced');
 
     src.set(state(udp(['10.0.0.2'])));
@@ -274,16 +283,8 @@ describe('hardening: controller queue bookkeeping and metrics', () => {
   });
 
   it('counts restore failures, partial ones apart, and keeps the change queued', async () => {
-    const src = new HandSource(state(udp(['10.0.0.1'])));
-    const be = new GatedBackend();
-    const c = new Controller(src, [be], { minSyncPeriodMs: 10, syncPeriodMs: 60_000 });
-    const metrics = new ProxyMetrics();
-    attachMetrics(metrics, c);
-    const entered = be.waitEntered();
-    const started = c.start();
-    await entered;
-    be.release();
-    await started;
+    const { src, be, c, metrics, start } = gatedController(state(udp(['10.0.0.1'])));
+    await start();
     be.fail = new RestoreError(['iptables-restore'], 1, 'iptables-restore: line 3 failed', 'exit', 3, 'x', 3);
     const failed = new Promise((r) => c.once('syncError', r));
     const next = be.waitEntered();
@@ -303,22 +304,14 @@ describe('hardening: controller queue bookkeeping and metrics', () => {
   });
 
   it('network programming latency comes from the EndpointSlice trigger-time annotation', async () => {
-    const src = new HandSource(state());
-    const be = new GatedBackend();
-    const c = new Controller(src, [be], { minSyncPeriodMs: 10, syncPeriodMs: 60_000 });
-    const metrics = new ProxyMetrics();
-    attachMetrics(metrics, c);
+    const { src, be, c, metrics, start } = gatedController(state());
     const withTrigger = (ips: string[], trigger: number): ClusterState => ({
       ...state(udp(ips)),
       endpointsTriggerTimes: new Map([['ns/dns', trigger]]),
     });
     // Older than svcplane (the initial list): not observed.
     src.set(withTrigger(['10.0.0.1'], Date.now() - 3_600_000));
-    const entered = be.waitEntered();
-    const started = c.start();
-    await entered;
-    be.release();
-    await started;
+    await start();
     const count = async (): Promise<string> =>
       /kubeproxy_network_programming_duration_seconds_count\{ip_family="IPv4"\} (\d+)/.exec(
         await metrics.registry.metrics(),
@@ -340,16 +333,8 @@ describe('hardening: controller queue bookkeeping and metrics', () => {
   });
 
   it('network programming latency: one observation per trigger time, each in the sync that carried it', async () => {
-    const src = new HandSource(state(udp(['10.0.0.1'])));
-    const be = new GatedBackend();
-    const c = new Controller(src, [be], { minSyncPeriodMs: 10, syncPeriodMs: 60_000 });
-    const metrics = new ProxyMetrics();
-    attachMetrics(metrics, c);
-    const entered = be.waitEntered();
-    const started = c.start();
-    await entered;
-    be.release();
-    await started;
+    const { src, be, c, metrics, start } = gatedController(state(udp(['10.0.0.1'])));
+    await start();
     await new Promise((r) => setTimeout(r, 20));
     const at = (ips: string[], trigger: number): ClusterState => ({
       ...state(udp(ips)),
