@@ -4,6 +4,7 @@ import { ClusterStateBuilder, flattenLists, type SourceObject } from '../model/b
 import type { ServiceLimits } from '../model/limits.js';
 import type { ClusterState, Problem } from '../model/types.js';
 import { log } from '../util/log.js';
+import { releaseMemory } from '../util/memory.js';
 import {
   isManifestName,
   nodeManifestFs,
@@ -45,6 +46,11 @@ import type { SourceHealth, StateSource } from './source.js';
 
 export { parseManifestText, readRegularFile };
 
+/**
+ * A first load of at least this many objects is followed by a memory-reducing collection
+ * (util/memory.ts): below it, the load's garbage is a few MB and the collection not worth its time.
+ */
+const RELEASE_AFTER_OBJECTS = 5000;
 /** How long a renamed name waits for a following write event before it is read. */
 const FAST_MS = 5;
 /** Files read and parsed at once while scanning (fs calls run on libuv's thread pool). */
@@ -244,11 +250,14 @@ export class ManifestSource implements StateSource {
     this.wakeStart = undefined;
     if (first === 'stopped' || this.stopped)
       throw new Error(`manifest source ${this.path}: stopped while starting`);
+    const loaded = this.builder.objectCount;
     if (this.readOnce) {
       this.files.clear();
       this.builder = new ClusterStateBuilder(this.limits);
-      return;
     }
+    // The load's garbage is collected before the first sync allocates on top of it.
+    if (loaded >= RELEASE_AFTER_OBJECTS) releaseMemory();
+    if (this.readOnce) return;
     this.pollTimer = setInterval(() => void this.poll(), this.pollMs);
     this.pollTimer.unref();
   }

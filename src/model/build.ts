@@ -423,6 +423,14 @@ export class ClusterStateBuilder {
   private podProblems: readonly Problem[] = [];
   private last: ClusterState | undefined;
 
+  /** Objects of every group (classified ones, valid or not). */
+  private items = 0;
+
+  /** How many objects the groups hold (classified ones, valid or not). */
+  get objectCount(): number {
+    return this.items;
+  }
+
   /** `previous`: the state the first build reuses equal values of (a state built elsewhere). */
   constructor(
     private readonly limits: ServiceLimits = DEFAULT_SERVICE_LIMITS,
@@ -452,6 +460,7 @@ export class ClusterStateBuilder {
       items.push({ group, index: items.length, kind, ref, identity, parsed, key });
     }
     this.setGroup(group, { problems, listProblems: flat.problems, classifyProblems, items, parseProblems });
+    this.items += items.length;
     for (const it of items) this.addItem(it);
   }
 
@@ -503,6 +512,7 @@ export class ClusterStateBuilder {
   }
 
   private removeItems(g: Group): void {
+    this.items -= g.items.length;
     for (const it of g.items) {
       if (it.identity !== undefined) {
         const same = this.byIdentity.get(it.identity) ?? [];
