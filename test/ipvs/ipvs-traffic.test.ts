@@ -15,6 +15,8 @@ import {
   assertAnsweredBy,
   expectNoAnswer,
   IptablesHarness,
+  serviceObject,
+  sliceObject,
 } from '../support/iptables-harness.js';
 import { expectError, expectReply, useSandbox } from '../support/sandbox.js';
 import { run } from '../../src/util/exec.js';
@@ -110,56 +112,32 @@ function portsOf(s: SvcSpec): readonly PortDef[] {
 }
 
 function objectsOf(sb: Sandbox, s: SvcSpec): SourceObject[] {
-  const type = s.type ?? 'ClusterIP';
   const ports = portsOf(s);
-  const service = {
-    apiVersion: 'v1',
-    kind: 'Service',
-    metadata: { name: s.name, namespace: 'default' },
-    spec: {
-      type,
-      clusterIP: clusterIP(s.index),
-      clusterIPs: [clusterIP(s.index), clusterIP6(s.index)],
-      ipFamilies: ['IPv4', 'IPv6'],
-      ipFamilyPolicy: 'RequireDualStack',
-      ports: ports.map((p) => ({
-        name: p.name,
-        protocol: p.protocol,
-        port: p.port,
-        targetPort: p.targetPort,
-        ...(p.nodePort ? { nodePort: p.nodePort } : {}),
-      })),
-      ...(type !== 'ClusterIP' ? { externalTrafficPolicy: s.eTP ?? 'Cluster' } : {}),
-      ...(s.iTP ? { internalTrafficPolicy: s.iTP } : {}),
-      ...(s.externalIPs ? { externalIPs: s.externalIPs } : {}),
-      ...(s.sourceRanges ? { loadBalancerSourceRanges: s.sourceRanges } : {}),
-      ...(s.healthCheckNodePort ? { healthCheckNodePort: s.healthCheckNodePort } : {}),
-      ...(s.affinity
-        ? { sessionAffinity: 'ClientIP', sessionAffinityConfig: { clientIP: { timeoutSeconds: 60 } } }
-        : {}),
-    },
-    ...(s.lbIPs ? { status: { loadBalancer: { ingress: s.lbIPs.map((ip) => ({ ip })) } } } : {}),
-  };
-  const slice = (family: IPFamily): unknown => ({
-    apiVersion: 'discovery.k8s.io/v1',
-    kind: 'EndpointSlice',
-    metadata: {
-      name: `${s.name}-${family.toLowerCase()}`,
-      namespace: 'default',
-      labels: { 'kubernetes.io/service-name': s.name },
-    },
-    addressType: family,
-    ports: ports.map((p) => ({ name: p.name, protocol: p.protocol, port: p.endpointPort })),
-    endpoints: s.endpoints.map((e) => ({
-      addresses: [sb.podIP(e.pod, family)],
-      conditions: {
-        ready: e.ready ?? true,
-        ...(e.serving !== undefined ? { serving: e.serving } : {}),
-        ...(e.terminating !== undefined ? { terminating: e.terminating } : {}),
-      },
-      nodeName: e.node ?? NODE,
-    })),
+  const service = serviceObject(s.name, {
+    type: s.type,
+    clusterIPs: [clusterIP(s.index), clusterIP6(s.index)],
+    ports,
+    externalIPs: s.externalIPs,
+    loadBalancerSourceRanges: s.sourceRanges,
+    ingress: s.lbIPs?.map((ip) => ({ ip })),
+    sessionAffinity: s.affinity ? { timeoutSeconds: 60 } : undefined,
+    externalTrafficPolicy: s.eTP,
+    internalTrafficPolicy: s.iTP,
+    healthCheckNodePort: s.healthCheckNodePort,
   });
+  const slice = (family: IPFamily): unknown =>
+    sliceObject(
+      s.name,
+      family,
+      ports.map((p) => ({ name: p.name, protocol: p.protocol, port: p.endpointPort })),
+      s.endpoints.map((e) => ({
+        ip: sb.podIP(e.pod, family),
+        ready: e.ready,
+        serving: e.serving,
+        terminating: e.terminating,
+        nodeName: e.node,
+      })),
+    );
   return [service, slice('IPv4'), slice('IPv6')].map((obj, i) => ({ obj, source: `${s.name}#${i}` }));
 }
 
