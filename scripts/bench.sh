@@ -10,7 +10,7 @@
 # process in its own `unshare -n`: load time, whole command vs the restore floor, idle CPU,
 # event-to-rules vs the partial-restore floor, RSS. Default 1k,10k (≈10 min). Options:
 #   --no-manifests  skip it     --manifests-only  only it     --manifest-sizes LIST (e.g. 1k,10k)
-#   --manifest-changes N (default 30)   --manifest-out FILE (default bench/results/manifests-<date>.json)
+#   --manifest-changes N (default 30)   --manifest-idle-ms MS (default 90000: the daemon's idle window)   --manifest-out FILE (default bench/results/manifests-<date>.json)
 #
 # IPVS part (after the manifest part): one User-mode Linux boot per size (scripts/uml-run.sh; the
 # host's network is never touched), default 1k,10k (≈10 min, most of it the 10k size). Options:
@@ -68,6 +68,7 @@ while (($#)); do
     --manifests-only) run_iptables=0; run_ipvs=0; run_netpol=0; run_nftables=0; shift ;;
     --manifest-sizes) manifest_args+=(--sizes "${2:?--manifest-sizes wants a list}"); shift 2 ;;
     --manifest-changes) manifest_args+=(--changes "${2:?--manifest-changes wants a number}"); shift 2 ;;
+    --manifest-idle-ms) manifest_args+=(--idle-ms "${2:?--manifest-idle-ms wants a number}"); shift 2 ;;
     --manifest-out) manifest_args+=(--out "${2:?--manifest-out wants a file}"); shift 2 ;;
     --ipvs-sizes) ipvs_args+=(--sizes "${2:?--ipvs-sizes wants a list}"); shift 2 ;;
     --ipvs-mem) ipvs_args+=(--mem "${2:?--ipvs-mem wants a size}"); shift 2 ;;
