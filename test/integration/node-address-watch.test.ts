@@ -116,7 +116,8 @@ for (const mode of ['iptables', 'nftables'] as const satisfies readonly HarnessM
       await expectNoAnswer(env.sb, 'outside', nodePort, 'refused');
       await waitFor('the monitor to report the new address', () => !w.fresh);
       assert.equal(await sync(), true, 'the node facts changed: full sync');
-      assert.equal(w.reads, reads + 1);
+      assert.ok(w.reads > reads, 'the sync read the addresses');
+      const afterAdd = w.reads;
       assertAnsweredBy(await h.answers('outside', nodePort, { until: ['a'], max: 3 }), ['a']);
 
       // Gone from the node, the address is still sent to it (a static neighbour outside): the rule
@@ -127,7 +128,7 @@ for (const mode of ['iptables', 'nftables'] as const satisfies readonly HarnessM
       await waitFor('the monitor to report the removal', () => !w.fresh);
       assert.equal(await sync(), true, 'the node facts changed again: full sync');
       await expectNoAnswer(env.sb, 'outside', nodePort);
-      assert.equal(w.reads, reads + 2);
+      assert.ok(w.reads > afterAdd, 'the sync read the addresses');
       await env.sb.exec('outside', ['ip', 'neigh', 'del', ADDED, 'dev', 'eth0'], { allowFailure: true });
     });
 

@@ -628,25 +628,31 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
   describe('syncs and graceful termination', () => {
     it("the daemon's address watch: a sync without a change reads no addresses; its own bind and unbind make the next sync read", async () => {
       const w = px().addresses;
-      await waitFor(
-        'a subscribed `ip monitor` and a cached read',
-        async () => {
-          if (!w.fresh) await w.show();
-          return w.fresh;
-        },
-        30_000,
-      );
-      const reads = w.reads;
+      // The monitor also reports link changes (the bridge's ports among them): start each step from a
+      // cached read.
+      const cached = (): Promise<void> =>
+        waitFor(
+          'a subscribed `ip monitor` and a cached read',
+          async () => {
+            if (!w.fresh) await w.show();
+            return w.fresh;
+          },
+          30_000,
+        );
+      await cached();
+      let reads = w.reads;
       await px().sync(stateOf(specs));
       assert.equal(w.reads, reads, 'nothing changed: no `ip -j address`');
       const extra = { name: 'extra', index: 31, endpoints: [{ pod: 'c' as const }] };
+      await cached();
       const bound = await px().sync(stateOf([...specs, extra]));
       assert.equal(bound.details?.bound, 1);
       assert.equal(w.fresh, false, 'the sync bound an address: the next one reads');
       expectReply(await env.sb.request('client', tcp(clusterIP(31), 80)), 'c');
+      reads = w.reads;
       const unbound = await px().sync(stateOf(specs));
       assert.equal(unbound.details?.unbound, 1, 'the bound address was seen, and unbound');
-      assert.equal(w.reads, reads + 1);
+      assert.ok(w.reads > reads, 'the sync read the addresses');
       const addrs = (await env.sb.exec('node', ['ip', '-o', 'addr', 'show', 'dev', 'kube-ipvs0'])).stdout;
       assert.doesNotMatch(addrs, /10\.96\.20\.31\//);
     });
