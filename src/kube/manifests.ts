@@ -10,6 +10,7 @@ import {
   nodeManifestFs,
   notRegular,
   readRegularFile,
+  type FileStat,
   type ListedFile,
   type ManifestFs,
   type Stamp,
@@ -208,6 +209,10 @@ export class ManifestSource implements StateSource {
   private listError: string | undefined;
   private watcher: FSWatcher | undefined;
   private watchedStamp: Stamp | undefined;
+  /** Wall-clock time (ms) of the last watch event, or of the watch's start. */
+  private lastEventAt = 0;
+  /** The watched path's mtime seen newer than the last event by the previous poll. */
+  private unseenMtime: number | undefined;
   /** Why the last attempt to watch failed (logged once per reason). */
   private watchError: string | undefined;
   private quietTimer: NodeJS.Timeout | undefined;
@@ -373,6 +378,7 @@ export class ManifestSource implements StateSource {
   }
 
   private onWatchEvent(event: string, name: string | null): void {
+    this.lastEventAt = Date.now();
     if (name === null) {
       // The platform did not say which file: look at all of them.
       this.rescanAll = true;
@@ -392,17 +398,47 @@ export class ManifestSource implements StateSource {
 
   /**
    * The fallback for missed events, every pollMs: re-creates a lost watcher, relists the directory
-   * when its stamp changed, and stats the next slice of the sweep.
+   * when its stamp changed, looks at every file when events were lost, and stats the next slice of
+   * the sweep.
    */
   private async poll(): Promise<void> {
     if (this.stopped || this.scanning) return;
-    const stamp = await this.ensureWatcher();
+    const st = await this.ensureWatcher();
     if (this.stopped || this.scanning) return;
-    if (stamp !== this.listedStamp) {
+    if (st?.stamp !== this.listedStamp) {
       this.relist = true;
       this.scheduleQuiet(false);
     }
+    if (st && this.eventsLost(st)) {
+      this.rescanAll = true;
+      this.scheduleQuiet(false);
+    }
     await this.sweep();
+  }
+
+  /**
+   * Whether the watch lost events: the watched path was modified after the last event received, and
+   * still no event came one poll later. A file renamed over another name changes the directory's
+   * mtime, and its event comes after that; inotify drops events when its queue overflows (a burst such
+   * as a `git checkout` of thousands of files) and libuv does not report it, while a relist only sees
+   * new and removed names. Without this the sweep (every `sweepMs`) would be the only bound.
+   */
+  private eventsLost(st: FileStat): boolean {
+    if (!this.watcher || st.mtimeMs <= this.lastEventAt) {
+      this.unseenMtime = undefined;
+      return false;
+    }
+    if (this.unseenMtime !== st.mtimeMs) {
+      this.unseenMtime = st.mtimeMs; // its event may still be on its way
+      return false;
+    }
+    log.warn('manifest directory changed without a watch event (events lost); looking at every file', {
+      dir: this.dir,
+    });
+    this.unseenMtime = undefined;
+    // Seen: a clock stepped back must not make every poll a full rescan.
+    this.lastEventAt = Math.max(this.lastEventAt, st.mtimeMs);
+    return true;
   }
 
   /**
@@ -427,8 +463,8 @@ export class ManifestSource implements StateSource {
     });
   }
 
-  /** (Re-)creates the watcher when the path's inode changed; resolves with the path's stamp. */
-  private async ensureWatcher(): Promise<Stamp | undefined> {
+  /** (Re-)creates the watcher when the path's inode changed; resolves with the path's stat. */
+  private async ensureWatcher(): Promise<FileStat | undefined> {
     if (this.stopped) return undefined;
     let st;
     try {
@@ -437,10 +473,10 @@ export class ManifestSource implements StateSource {
       this.closeWatcher();
       return undefined;
     }
-    if (this.stopped) return st.stamp;
+    if (this.stopped) return st;
     // The watched inode changed (path deleted and re-created): the old watcher sees nothing any more.
     const inode = (s: Stamp | undefined): string | undefined => s?.split(':')[0];
-    if (this.watcher && inode(this.watchedStamp) === inode(st.stamp)) return st.stamp;
+    if (this.watcher && inode(this.watchedStamp) === inode(st.stamp)) return st;
     this.closeWatcher();
     // A single file is watched through its directory: editors replace files by rename.
     const isDir = st.kind === 'directory';
@@ -453,6 +489,7 @@ export class ManifestSource implements StateSource {
       w.on('error', () => this.closeWatcher());
       this.watcher = w;
       this.watchedStamp = st.stamp;
+      this.lastEventAt = Date.now();
       // Events before this one were missed: look at everything once.
       if (this.state !== undefined) {
         this.rescanAll = true;
@@ -470,7 +507,7 @@ export class ManifestSource implements StateSource {
       }
       this.watchError = reason;
     }
-    return st.stamp;
+    return st;
   }
 
   private closeWatcher(): void {

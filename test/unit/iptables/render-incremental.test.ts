@@ -107,7 +107,11 @@ const changeArb: fc.Arbitrary<Change> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('add' as const), i: fc.nat(20) }) },
 );
 
-describe('renderRestoreInput: partial syncs that leave the fixed chains out', () => {
+describe('renderRestoreInput: partial syncs that leave the fixed chains out', function () {
+  // Property runs: ~1 s and ~4 s alone, CPU-bound; a full unit run on a loaded 2-core machine took
+  // one over mocha's 20 s default (seen twice). Nothing here waits on time, so a longer bound hides
+  // nothing.
+  this.timeout(120_000);
   it('writes exactly what comparing every fixed chain would, over random change sequences', () => {
     const cfg = config();
     fc.assert(

@@ -30,6 +30,8 @@ class CountingFs implements ManifestFs {
   lists = 0;
   /** The watch cannot be armed (as when inotify's limits are reached). */
   watchFails = false;
+  /** The watch is armed but its events are lost (as when inotify's queue overflows). */
+  dropEvents = false;
   reset(): void {
     this.reads.clear();
     this.stats.clear();
@@ -52,7 +54,9 @@ class CountingFs implements ManifestFs {
   };
   watch: ManifestFs['watch'] = (dir, onEvent) => {
     if (this.watchFails) throw Object.assign(new Error('ENOSPC: inotify watches'), { code: 'ENOSPC' });
-    return watchDirectory(dir, onEvent);
+    return watchDirectory(dir, (event, name) => {
+      if (!this.dropEvents) onEvent(event, name);
+    });
   };
   /** Files (not the directory itself) stat'ed. */
   fileStats(dir: string): number {
@@ -222,6 +226,19 @@ describe('manifest source at scale: O(changed files) per change', function () {
     writeFileSync(outside, svc(11, 83));
     await waitFor(source!, (s) => portOf(s, 11) === 83);
     assert.deepEqual([...fs.reads], [['s11.yaml', 1]]);
+  });
+
+  it('events lost (inotify overflow): a file renamed over another is found by the directory mtime, not the 10 min sweep', async () => {
+    fs.dropEvents = true;
+    await start({ pollMs: 50 });
+    replace('s7.yaml', svc(7, 85));
+    // Two polls see the directory modified after the last event: every file is looked at once.
+    await waitFor(source!, (s) => portOf(s, 7) === 85, 5000);
+    assert.deepEqual([...fs.reads], [['s7.yaml', 1]]);
+    // Then quiet again: no file stat'ed beyond the sweep's share (1 per poll at 400 files).
+    fs.reset();
+    await sleep(500);
+    assert.ok(fs.fileStats(dir) <= 12, `files stat'ed while quiet: ${fs.fileStats(dir)}`);
   });
 
   it('a ConfigMap volume (symlinks into ..data, swapped by rename) is re-read through its links', async () => {
