@@ -6,6 +6,7 @@ import {
   MIN_EXPANSION_BUDGET,
   measureValue,
 } from './manifest-limits.js';
+import { parseBlockYaml } from './manifest-yaml-block.js';
 
 /**
  * Manifest text to objects: JSON (`.json`, and YAML files whose text is JSON) through JSON.parse,
@@ -92,11 +93,15 @@ function position(err: unknown): string {
 }
 
 /**
- * Multi-document YAML: events first (js-yaml's recursion bounded by its maxDepth), the collections'
- * nesting measured on them, then values built from them without recursion; documents with aliases
- * are measured as expanded, within one budget for the file.
+ * Multi-document YAML: the block YAML generated manifests are written in through the front of
+ * manifest-yaml-block.ts (the same values, no aliases, depth bounded); anything else through
+ * js-yaml: events first (its recursion bounded by its maxDepth), the collections' nesting measured
+ * on them, then values built from them without recursion; documents with aliases are measured as
+ * expanded, within one budget for the file.
  */
 function parseYamlDocuments(text: string): { docs: unknown[] } | { error: string } {
+  const block = parseBlockYaml(text);
+  if (block !== undefined) return { docs: block };
   let events: Event[];
   try {
     events = parseEvents(text, { maxDepth: PARSER_MAX_DEPTH });
