@@ -10,6 +10,8 @@
  * backend does not go through nf_tables.
  */
 
+import type { CommitCount } from './iptables.js';
+
 /** The tables svcplane's iptables mode writes (mangle: its canary only). */
 const OUR_TABLES = new Set(['nat', 'filter', 'mangle']);
 const BUILTIN_CHAINS = new Set(['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING']);
@@ -27,6 +29,9 @@ export interface ForeignChanges {
 }
 
 const GENERATION = /^# new generation (\d+)(?: by process (\d+)(?: \(([^)]*)\))?)?\s*$/;
+/** The probe commit's rule (iptables.ts probeCommit) carries its nonce as a mark. */
+const PROBE_MARK = / meta mark 0x([0-9a-f]+) /;
+const PROBE_CHAIN = 'KUBE-PROXY-CANARY';
 
 export class CommitLog {
   /** Set once a commit of our own was seen: the monitor listens since before it. */
@@ -36,6 +41,11 @@ export class CommitLog {
   /** The PID the kernel reported for our latest commit (its initial PID namespace's). */
   lastOwnPid: number | undefined;
   private lastGeneration: number | undefined;
+  /** Events lost (nft's socket overflowed, generations never reported), not yet settled or taken. */
+  private loss: { reason: string; lastSeen: number } | undefined;
+  /** The generation each recent probe commit of ours made, by nonce. */
+  private probes = new Map<number, number>();
+  private pendingProbe: number | undefined;
   private pending = new Set<string>();
   private pendingUnscoped: string | undefined;
   private chains = new Set<string>();
@@ -57,8 +67,9 @@ export class CommitLog {
     if (text.charCodeAt(0) === 35 /* # */) {
       const m = GENERATION.exec(text);
       if (m) this.commit(Number(m[1]), m[2] === undefined ? undefined : Number(m[2]), m[3]);
-      // nft says "# ERROR: We lost some netlink events!" when its socket overflowed: whose, unknown.
-      else this.unscoped ??= `nft monitor: ${text.slice(1).trim()}`;
+      // nft says "# ERROR: We lost some netlink events!" when its socket overflowed: whose, unknown
+      // until a probe's generation settles it (settleLoss).
+      else this.lose(`nft monitor: ${text.slice(1).trim()}`, this.lastGeneration ?? -1);
       return;
     }
     this.event(text);
@@ -71,19 +82,54 @@ export class CommitLog {
     this.lastGeneration = undefined;
     this.pending.clear();
     this.pendingUnscoped = undefined;
+    this.pendingProbe = undefined;
+    this.probes.clear();
+  }
+
+  /** The generation our probe commit `nonce` made, once the monitor reported it. */
+  probeGeneration(nonce: number): number | undefined {
+    return this.probes.get(nonce);
+  }
+
+  /** Whether events were lost since the last take() and are not settled. */
+  get lossPending(): boolean {
+    return this.loss !== undefined;
+  }
+
+  /**
+   * Forgets the lost events reported before generation `upTo` was seen: the caller proved every
+   * generation up to it since an earlier probe was a commit of our own (generationsAllOurs), so
+   * nothing another agent did is among them. A loss reported after that stays. Returns the
+   * settled loss's reason.
+   */
+  settleLoss(upTo: number): string | undefined {
+    if (this.loss === undefined || this.loss.lastSeen >= upTo) return undefined;
+    const { reason } = this.loss;
+    this.loss = undefined;
+    return reason;
   }
 
   /** Foreign changes since the last call, and forget them. */
   take(): ForeignChanges {
+    const unscoped = this.unscoped ?? this.loss?.reason;
     const out: ForeignChanges = {
       chains: this.chains,
-      ...(this.unscoped !== undefined ? { unscoped: this.unscoped } : {}),
+      ...(unscoped !== undefined ? { unscoped } : {}),
       foreignCommits: this.foreignCommits,
     };
     this.chains = new Set();
     this.unscoped = undefined;
+    this.loss = undefined;
     this.foreignCommits = 0;
     return out;
+  }
+
+  /** A loss; `lastSeen`: the newest generation read when it was reported (before the losses). */
+  private lose(reason: string, lastSeen: number): void {
+    this.loss = {
+      reason: this.loss?.reason ?? reason,
+      lastSeen: Math.max(lastSeen, this.loss?.lastSeen ?? -1),
+    };
   }
 
   private event(text: string): void {
@@ -97,6 +143,10 @@ export class CommitLog {
       return;
     }
     if (object !== 'chain' && object !== 'rule') return; // sets, maps, objects: not iptables rules
+    if (verb === 'add' && object === 'rule' && table === 'mangle' && name === PROBE_CHAIN) {
+      const mark = PROBE_MARK.exec(text);
+      if (mark) this.pendingProbe = parseInt(mark[1]!, 16);
+    }
     if (name === undefined) {
       this.pendingUnscoped ??= `unreadable event: ${text.slice(0, 200)}`;
       return;
@@ -115,13 +165,19 @@ export class CommitLog {
       this.lastGeneration !== undefined && generation !== this.lastGeneration + 1
         ? `nft monitor missed generations ${this.lastGeneration + 1}–${generation - 1}`
         : undefined;
+    // The missing generations are before this one: a probe seen at or after it can settle them.
+    if (gap !== undefined) this.lose(gap, generation - 1);
     this.lastGeneration = generation;
     const own = this.ours(comm);
-    if (gap !== undefined) this.unscoped ??= gap;
     if (own) {
       this.armed = true;
       this.ownCommits++;
       this.lastOwnPid = pid;
+      if (this.pendingProbe !== undefined) {
+        this.probes.set(this.pendingProbe, generation);
+        // A few are enough: a barrier waits for its own probe only.
+        if (this.probes.size > 16) this.probes.delete(this.probes.keys().next().value!);
+      }
     } else {
       this.foreignCommits++;
       if (this.pendingUnscoped !== undefined) {
@@ -134,5 +190,24 @@ export class CommitLog {
     }
     this.pending.clear();
     this.pendingUnscoped = undefined;
+    this.pendingProbe = undefined;
   }
+}
+
+/**
+ * Whether every nf_tables generation after the probe `from` up to the probe `to` was a commit of
+ * ours: the kernel numbers every commit (every agent's, every table's and family's), so when the
+ * generations between them are exactly as many as the commits we made between them, and each of
+ * those is known to have made exactly one or none, no other agent committed in between, and
+ * whatever events the monitor lost there were ours. An iptables-restore that replays a batch after
+ * another agent's commit (-EAGAIN) makes the count differ, as does any foreign commit: then false.
+ */
+export function generationsAllOurs(
+  from: { readonly generation: number; readonly made: CommitCount },
+  to: { readonly generation: number; readonly made: CommitCount },
+): boolean {
+  return (
+    to.made.uncertain === from.made.uncertain &&
+    to.generation - from.generation === to.made.exact - from.made.exact
+  );
 }

@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import type { IPFamily } from '../model/types.js';
 import { CommandError, run, startProcess, type ChildHandle, type ChildInput } from '../util/exec.js';
 import { createCommitName, namedArgv, removeCommitName, type CommitName } from './commit-name.js';
@@ -50,6 +51,25 @@ export interface RestoreResult {
   /** Size of the input in bytes (UTF-8). */
   readonly bytes: number;
   readonly lines: number;
+}
+
+/**
+ * The nf_tables commits (each one a new generation) our iptables processes made so far: `exact` are
+ * known to have made exactly one each (a transaction that adds a rule) or none (an empty one);
+ * `uncertain` counts runs whose number is not known (a failed restore, a transaction that only
+ * declares or deletes chains, a single write command). The kernel watch settles events it lost by
+ * comparing generations with these counts (commit-log.ts): an uncertain one makes it fall back.
+ */
+export interface CommitCount {
+  readonly exact: number;
+  readonly uncertain: number;
+}
+
+/** A probe commit (probeCommit): its nonce, the PID it ran as here, and our commits once it was made. */
+export interface ProbeCommit {
+  readonly nonce: number;
+  readonly pid: number | undefined;
+  readonly made: CommitCount;
 }
 
 export type TableName = 'filter' | 'nat' | 'mangle' | 'raw' | 'security' | (string & {});
@@ -176,6 +196,10 @@ export class Iptables {
   private restoreFlagsPromise: Promise<readonly string[]> | undefined;
   /** The process name our iptables and iptables-restore run under once nameCommits() set it. */
   private commitName: CommitName | undefined;
+  /** Our commits so far (see CommitCount); writes run one at a time so that they stay in order. */
+  private made = { exact: 0, uncertain: 0 };
+  private writes: Promise<void> = Promise.resolve();
+  private probes = 0;
 
   constructor(opts: IptablesOptions) {
     this.family = opts.family;
@@ -254,13 +278,56 @@ export class Iptables {
    * same transaction): the monitor has seen it once it reports our process name. Returns the PID
    * the child had here (the kernel's report differs in a PID namespace of our own).
    */
-  async probeCommit(): Promise<number | undefined> {
+  async probeCommit(): Promise<ProbeCommit> {
     let pid: number | undefined;
-    await this.exec([this.bin.restore, ...(await this.restoreWaitFlags()), '--noflush'], {
-      input: `*mangle\n:${KUBE_PROXY_CANARY} - [0:0]\n-A ${KUBE_PROXY_CANARY} -j RETURN\n:${KUBE_PROXY_CANARY} - [0:0]\nCOMMIT\n`,
-      onSpawn: (p) => (pid = p),
+    // The rule's mark is the probe's nonce: nft monitor prints it (`meta mark 0x…`), so the log
+    // knows which generation this probe made (probeNonceOf in commit-log.ts).
+    const nonce = (this.probes = (this.probes % 0x7fffffff) + 1);
+    const flags = await this.restoreWaitFlags();
+    return this.serialWrite(async () => {
+      try {
+        await this.exec([this.bin.restore, ...flags, '--noflush'], {
+          input:
+            `*mangle\n:${KUBE_PROXY_CANARY} - [0:0]\n` +
+            `-A ${KUBE_PROXY_CANARY} -m mark --mark 0x${nonce.toString(16)} -j RETURN\n` +
+            `:${KUBE_PROXY_CANARY} - [0:0]\nCOMMIT\n`,
+          onSpawn: (p) => (pid = p),
+        });
+        this.made.exact++;
+      } catch (err) {
+        this.made.uncertain++;
+        throw err;
+      }
+      return { nonce, pid, made: this.commitsMade };
     });
-    return pid;
+  }
+
+  /** Our commits so far (CommitCount). */
+  get commitsMade(): CommitCount {
+    return { exact: this.made.exact, uncertain: this.made.uncertain };
+  }
+
+  /** Runs one write after the previous ones finished: our commits' generations follow their order. */
+  private async serialWrite<T>(fn: () => Promise<T>): Promise<T> {
+    const before = this.writes;
+    let done!: () => void;
+    this.writes = new Promise((r) => (done = r));
+    await before;
+    try {
+      return await fn();
+    } finally {
+      done();
+    }
+  }
+
+  /**
+   * The netlink event socket of process `pid` (our `nft monitor`) as /proc/PID/net/netlink shows it
+   * (its network namespace's): bytes queued and events the kernel dropped so far (a socket that
+   * overflowed); undefined when not found.
+   */
+  async monitorSocket(pid: number): Promise<NetlinkEventSocket | undefined> {
+    const text = await readFile(`/proc/${pid}/net/netlink`, 'utf8').catch(() => undefined);
+    return text === undefined ? undefined : netlinkEventSocket(text, pid);
   }
 
   /** Version of the iptables binary (cached). */
@@ -324,6 +391,10 @@ export class Iptables {
       ...(opts.noflush ? ['--noflush'] : []),
       ...(opts.counters ? ['--counters'] : []),
     ];
+    return this.serialWrite(() => this.restoreNow(argv, input));
+  }
+
+  private async restoreNow(argv: readonly string[], input: ChildInput): Promise<RestoreResult> {
     const started = performance.now();
     const tally = new InputTally();
     let res;
@@ -334,6 +405,7 @@ export class Iptables {
         timeoutMs: this.restoreTimeoutMs,
       });
     } catch (err) {
+      this.made.uncertain++;
       if (err instanceof CommandError) {
         throw new RestoreError(
           err.argv,
@@ -349,6 +421,7 @@ export class Iptables {
     }
     if (typeof input === 'string') tally.count(input);
     if (res.exitCode !== 0) {
+      this.made.uncertain++;
       const blame = typeof input === 'string' ? blameRestoreLine(input, res.stderr) : tally.blame(res.stderr);
       throw new RestoreError(
         res.argv,
@@ -360,6 +433,9 @@ export class Iptables {
         blame.reportedLine,
       );
     }
+    const commits = tally.commits.result();
+    this.made.exact += commits.exact;
+    this.made.uncertain += commits.uncertain;
     return {
       durationMs: performance.now() - started,
       bytes: tally.bytes,
@@ -396,8 +472,12 @@ export class Iptables {
 
   private async cmd(table: string, args: readonly string[], allowFailure = false) {
     checkName('table', table);
-    return this.exec([this.bin.iptables, ...(await this.waitFlags()), '-t', table, ...args], {
-      allowFailure,
+    const argv = [this.bin.iptables, ...(await this.waitFlags()), '-t', table, ...args];
+    if (!args.some((a) => WRITE_COMMANDS.has(a))) return this.exec(argv, { allowFailure });
+    // A write may commit once or not at all (a chain that exists, an empty chain flushed).
+    return this.serialWrite(async () => {
+      this.made.uncertain++;
+      return this.exec(argv, { allowFailure });
     });
   }
 
@@ -484,6 +564,7 @@ export class Iptables {
  */
 class InputTally {
   bytes = 0;
+  readonly commits = new TransactionTally();
   /** Newlines so far. */
   private newlines = 0;
   private endsWithNewline = true;
@@ -496,6 +577,7 @@ class InputTally {
 
   count(text: string): void {
     if (text === '') return;
+    this.commits.feed(text);
     this.bytes += Buffer.byteLength(text, 'utf8');
     for (let i = text.indexOf('\n'); i !== -1; i = text.indexOf('\n', i + 1)) this.newlines++;
     this.endsWithNewline = text.endsWith('\n');
@@ -534,4 +616,91 @@ class InputTally {
       ? blameRestoreLine('', stderr, 1)
       : blameRestoreLine(this.recent.map((p) => p.text).join(''), stderr, first.firstLine);
   }
+}
+
+/** iptables commands that write (the others list or check). */
+const WRITE_COMMANDS = new Set(['-A', '-I', '-R', '-D', '-N', '-X', '-F', '-P', '-E', '-Z']);
+
+/**
+ * The commits an iptables-restore input makes once it succeeded, transaction by transaction: one
+ * that adds a rule (`-A`, `-I`) makes exactly one (the kernel's transaction is not empty); one with
+ * nothing between `*table` and `COMMIT` (or only `-S` listings) makes none (nf_tables ignores an
+ * empty transaction, checked on 6.18); any other (chains declared, flushed or deleted only) may
+ * make one or none: uncertain. Fed the input in pieces as it is written.
+ */
+export class TransactionTally {
+  private exact = 0;
+  private uncertain = 0;
+  private inTransaction = false;
+  private adds = false;
+  private other = false;
+  /** The start of a line split between two pieces. */
+  private carry = '';
+
+  feed(text: string): void {
+    let start = 0;
+    for (let nl = text.indexOf('\n'); nl !== -1; nl = text.indexOf('\n', start)) {
+      if (this.carry !== '') {
+        this.line(this.carry + text.slice(0, nl));
+        this.carry = '';
+      } else {
+        this.line(text, start, nl);
+      }
+      start = nl + 1;
+    }
+    if (start < text.length) this.carry += text.slice(start);
+  }
+
+  result(): CommitCount {
+    const exact = this.exact;
+    let uncertain = this.uncertain;
+    // A last line without a newline, or a transaction never committed: iptables-restore decides.
+    if (this.carry !== '' || this.inTransaction) uncertain++;
+    return { exact, uncertain };
+  }
+
+  private line(text: string, from = 0, to = text.length): void {
+    if (to === from) return;
+    const c = text.charCodeAt(from);
+    if (c === 42 /* * */) {
+      this.inTransaction = true;
+      this.adds = false;
+      this.other = false;
+    } else if (c === 45 /* - */) {
+      const flag = text.charCodeAt(from + 1);
+      const spaced = text.charCodeAt(from + 2) === 32;
+      if (spaced && (flag === 65 /* A */ || flag === 73) /* I */) this.adds = true;
+      else if (!(spaced && flag === 83 /* S */)) this.other = true;
+    } else if (c === 35 /* # */) {
+      // a comment
+    } else if (to - from === 6 && text.startsWith('COMMIT', from)) {
+      if (this.adds) this.exact++;
+      else if (this.other) this.uncertain++;
+      this.inTransaction = false;
+    } else {
+      this.other = true;
+    }
+  }
+}
+
+/** A netlink socket's receive queue: bytes queued now, messages dropped since it was opened. */
+export interface NetlinkEventSocket {
+  readonly queued: number;
+  readonly drops: number;
+}
+
+/**
+ * From /proc/net/netlink: the NETLINK_NETFILTER socket of port `portid` that subscribes to multicast
+ * groups (nft monitor's event socket; nft binds it to its PID). Undefined when there is none.
+ */
+export function netlinkEventSocket(text: string, portid: number): NetlinkEventSocket | undefined {
+  // sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
+  for (const line of text.split('\n')) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 9 || f[1] !== '12' || f[2] !== String(portid) || /^0+$/.test(f[3]!)) continue;
+    const queued = Number(f[4]);
+    const drops = Number(f[8]);
+    if (Number.isFinite(queued) && Number.isFinite(drops)) return { queued, drops };
+  }
+  return undefined;
 }

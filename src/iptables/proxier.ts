@@ -8,8 +8,14 @@ import type { ClusterState, IPFamily } from '../model/types.js';
 import { CommandError, type ChildHandle } from '../util/exec.js';
 import { log } from '../util/log.js';
 import { ensureSysctl, readSysctl } from '../util/sysctl.js';
-import { Iptables, KUBE_PROXY_CANARY, RestoreError, type RestoreResult } from './iptables.js';
-import { CommitLog } from './commit-log.js';
+import {
+  Iptables,
+  KUBE_PROXY_CANARY,
+  RestoreError,
+  type CommitCount,
+  type RestoreResult,
+} from './iptables.js';
+import { CommitLog, generationsAllOurs } from './commit-log.js';
 import {
   chainsOfRestoreInput,
   diffRulesets,
@@ -260,7 +266,7 @@ export class IptablesProxier implements Backend {
       log.warn('cannot start nft monitor: drift checks read every rule', { backend: this.name, error: err });
       return;
     }
-    const watch: KernelWatch = { handle, commits, alive: true };
+    const watch: KernelWatch = { handle, commits, alive: true, barrier: undefined };
     this.watch = watch;
     this.baselineOk = false;
     handle.onLine((l) => commits.line(l));
@@ -274,12 +280,14 @@ export class IptablesProxier implements Backend {
     const probePids = new Set<number>();
     const until = performance.now() + MONITOR_READY_MS;
     while (!commits.armed && watch.alive && performance.now() < until) {
-      const pid = await this.ipt.probeCommit();
-      if (pid !== undefined) probePids.add(pid);
+      const probe = await this.ipt.probeCommit();
+      if (probe.pid !== undefined) probePids.add(probe.pid);
       const retryAt = performance.now() + PROBE_RETRY_MS;
       while (!commits.armed && watch.alive && performance.now() < retryAt) {
         await new Promise((r) => setTimeout(r, 10));
       }
+      const generation = commits.probeGeneration(probe.nonce);
+      if (generation !== undefined) watch.barrier = { generation, made: probe.made };
     }
     if (!commits.armed) {
       log.warn('nft monitor did not report our probe commit; drift checks read every rule until it does', {
@@ -316,20 +324,26 @@ export class IptablesProxier implements Backend {
     const armed = w !== undefined && w.alive && w.commits.armed;
     // A barrier: once the monitor reports a commit of ours made now, every earlier commit (another
     // agent's a moment ago included) has been read.
-    const caughtUp = armed && this.baselineOk ? await this.caughtUp(w) : false;
+    const caughtUp = armed && this.baselineOk ? await this.caughtUp(w) : undefined;
     const changes = w?.commits.take();
     let check: Omit<DriftCheck, 'durationMs'>;
-    if (caughtUp && changes !== undefined && changes.unscoped === undefined) {
+    if (caughtUp !== undefined && changes !== undefined && changes.unscoped === undefined) {
+      const settled = caughtUp.settled !== undefined ? { settled: caughtUp.settled } : {};
       check =
         changes.chains.size === 0
-          ? { kind: 'quiet' }
-          : { kind: 'scoped', chains: [...changes.chains], reason: await this.compareChains(changes.chains) };
+          ? { kind: 'quiet', ...settled }
+          : {
+              kind: 'scoped',
+              chains: [...changes.chains],
+              reason: await this.compareChains(changes.chains),
+              ...settled,
+            };
     } else {
       const why = !armed
         ? 'no kernel watch'
         : !this.baselineOk
           ? 'no baseline yet'
-          : !caughtUp
+          : caughtUp === undefined
             ? 'nft monitor lagging'
             : changes?.unscoped;
       check = { kind: 'full', why: why ?? 'unknown', reason: await this.compareAll() };
@@ -341,6 +355,7 @@ export class IptablesProxier implements Backend {
       check: check.kind,
       ...(check.chains !== undefined ? { chains: check.chains.length } : {}),
       ...(check.why !== undefined ? { why: check.why } : {}),
+      ...(check.settled !== undefined ? { settled: check.settled } : {}),
       durationMs: this.lastDriftCheck.durationMs,
     });
     if (check.reason === undefined) return false;
@@ -353,15 +368,55 @@ export class IptablesProxier implements Backend {
     return true;
   }
 
-  /** A probe commit of ours, and whether the monitor reported it in time. */
-  private async caughtUp(w: KernelWatch): Promise<boolean> {
-    const before = w.commits.ownCommits;
-    await this.ipt.probeCommit();
-    const until = performance.now() + MONITOR_READY_MS;
-    while (w.commits.ownCommits === before && w.alive && performance.now() < until) {
+  /**
+   * A probe commit of ours, and whether the monitor reported it in time. Events the monitor lost
+   * since the last probe are settled here when every generation between the two probes was a
+   * commit of ours (generationsAllOurs: the 10k full sync's restore overflows nft's socket).
+   */
+  private async caughtUp(w: KernelWatch): Promise<{ settled?: string } | undefined> {
+    // The kernel counts the events it drops on nft's socket (a silent drop too: it reports an
+    // overflow once until the queue drains). No drop between just before our probe and once the
+    // monitor reported it means that every event lost was of a commit before the probe.
+    const before = await this.ipt.monitorSocket(w.handle.pid);
+    const probe = await this.ipt.probeCommit();
+    const started = performance.now();
+    let generation: number | undefined;
+    while ((generation = w.commits.probeGeneration(probe.nonce)) === undefined && w.alive) {
+      // Reading the events of a write that overflowed nft's socket takes nft seconds under load:
+      // waiting is cheaper than the full comparison that giving up means.
+      const wait = w.commits.lossPending ? MONITOR_DRAIN_MS : MONITOR_READY_MS;
+      if (performance.now() - started >= wait) return undefined;
       await new Promise((r) => setTimeout(r, 5));
     }
-    return w.commits.ownCommits > before;
+    if (generation === undefined) return undefined;
+    const to = { generation, made: probe.made };
+    const from = w.barrier;
+    w.barrier = to;
+    if (!w.commits.lossPending) return {};
+    const after = await this.ipt.monitorSocket(w.handle.pid);
+    const noDrops = before !== undefined && after !== undefined && after.drops === before.drops;
+    const allOurs = from !== undefined && generationsAllOurs(from, to);
+    const settled = noDrops && allOurs ? w.commits.settleLoss(generation) : undefined;
+    if (settled === undefined) {
+      log.verbose('nft monitor lost events that may be another agent’s: this check compares everything', {
+        backend: this.name,
+        dropsMeanwhile: before !== undefined && after !== undefined ? after.drops - before.drops : 'unknown',
+        ...(from !== undefined
+          ? {
+              generations: generation - from.generation,
+              ourCommits: probe.made.exact - from.made.exact,
+              uncertainCommits: probe.made.uncertain - from.made.uncertain,
+            }
+          : {}),
+      });
+      return {};
+    }
+    log.verbose('nft monitor lost events of our own commits only; the kernel watch stays trusted', {
+      backend: this.name,
+      generations: `${from!.generation + 1}–${generation}`,
+      lost: settled,
+    });
+    return { settled };
   }
 
   /** Everything compared: iptables-save against the full render of what we last applied. */
@@ -854,6 +909,13 @@ function renderedFixedChains(family: IPFamily, facts: { localhostNodePorts: bool
 
 /** How long watchKernel waits for the monitor to report its probe commit; the first sync waits as long. */
 const MONITOR_READY_MS = 5_000;
+/**
+ * How long a drift check waits for its probe when nft lost events (the events of a write that
+ * overflowed its socket are still being read: a check right after a 10k full sync that took longer
+ * than the sync period, under load): ~33 MB of events take nft about a second of CPU; the full
+ * comparison the wait avoids takes 5-10 s.
+ */
+const MONITOR_DRAIN_MS = 30_000;
 /** How long to wait for the monitor to report one probe commit before sending another. */
 const PROBE_RETRY_MS = 250;
 const BUILTIN_CHAINS = new Set(['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING']);
@@ -862,6 +924,8 @@ interface KernelWatch {
   readonly handle: ChildHandle;
   readonly commits: CommitLog;
   alive: boolean;
+  /** The last probe the monitor reported: its generation and our commits once it was made. */
+  barrier: { readonly generation: number; readonly made: CommitCount } | undefined;
 }
 
 /**
@@ -873,5 +937,7 @@ export interface DriftCheck {
   readonly chains?: readonly string[];
   readonly why?: string;
   readonly reason?: string;
+  /** Events nft monitor lost that the generations showed were all of our own commits. */
+  readonly settled?: string;
   readonly durationMs: number;
 }

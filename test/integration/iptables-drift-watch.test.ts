@@ -192,4 +192,53 @@ describe('iptables drift checks with the kernel watch (nft monitor, real traffic
     assert.ok(proxier.kernelWatchPid !== undefined && proxier.kernelWatchPid !== pid, 'a new monitor');
     await repaired();
   });
+
+  /**
+   * One restore of ours whose events overflow nft's socket (~33 MB here): 60k rules with long
+   * comments in a chain that is not ours to compare, written while the monitor is stopped (SIGSTOP),
+   * so that the kernel drops events for sure, as the 10k full sync's restore makes it do under load.
+   * `meanwhile` runs before the monitor reads again; the monitor then catches up.
+   */
+  async function overflow(meanwhile: () => Promise<unknown>): Promise<void> {
+    const pid = proxier.kernelWatchPid;
+    assert.ok(pid !== undefined);
+    const comment = 'x'.repeat(250);
+    const rules: string[] = ['*filter', ':FLOOD - [0:0]'];
+    for (let i = 0; i < 60_000; i++)
+      rules.push(
+        `-A FLOOD -s 10.${i >> 16}.${(i >> 8) & 255}.${i & 255}/32 -m comment --comment "${comment}" -j RETURN`,
+      );
+    rules.push('COMMIT', '');
+    process.kill(pid, 'SIGSTOP');
+    try {
+      await proxier.ipt.restore(rules.join('\n'), { noflush: true, counters: false });
+      await meanwhile();
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    // The daemon checks a sync period later, when nft has read the 33 MB of events.
+    for (let i = 0; i < 600 && (await proxier.ipt.monitorSocket(pid))?.queued !== 0; i++)
+      await new Promise((r) => setTimeout(r, 100));
+  }
+
+  it('events nft monitor lost during our own restore: the generations were all ours, the check reads nothing', async function () {
+    this.timeout(180_000);
+    await quiet();
+    await overflow(async () => {});
+    await quiet();
+    assert.match(proxier.lastDriftCheck?.settled ?? '', /lost some netlink events/, 'events were lost');
+    await quiet();
+  });
+
+  it('another agent deletes a rule while nft monitor loses events of ours: found by a full check, repaired', async function () {
+    this.timeout(180_000);
+    await quiet();
+    const before = await saves();
+    await overflow(() => ipt('-t', 'nat', '-D', sep('one', 'a'), '2'));
+    await drifted('full');
+    assert.match(proxier.lastDriftCheck?.why ?? '', /lost some netlink events|missed generations/);
+    assert.match(proxier.lastDriftCheck?.reason ?? '', /1 missing rule/);
+    assert.equal(await saves(), before + 1);
+    await repaired();
+  });
 });

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { CommitLog, MAX_SCOPED_CHAINS } from '../../../src/iptables/commit-log.js';
+import { CommitLog, generationsAllOurs, MAX_SCOPED_CHAINS } from '../../../src/iptables/commit-log.js';
+import { netlinkEventSocket, TransactionTally } from '../../../src/iptables/iptables.js';
 import { chainsOfRestoreInput } from '../../../src/iptables-rules/compare.js';
 
 /**
@@ -83,6 +84,90 @@ describe('iptables/commit-log: what nft monitor says other agents changed', () =
       ourFlush.line(`delete rule ip nat KUBE-SEP-${i} handle ${i}`);
     ourFlush.line(own(2));
     assert.equal(ourFlush.take().unscoped, undefined, 'our own big writes are fine');
+  });
+
+  it("a probe's generation is known by its nonce (the mark of its rule)", () => {
+    const l = log();
+    const probe = (nonce: number): string[] => [
+      `add rule ip mangle KUBE-PROXY-CANARY meta mark 0x${nonce.toString(16).padStart(8, '0')} counter packets 0 bytes 0 return`,
+      'delete rule ip mangle KUBE-PROXY-CANARY handle 9',
+    ];
+    feed(l, ...probe(41), own(7), 'add rule ip nat KUBE-SEP-A accept', own(8), ...probe(42), own(9));
+    assert.equal(l.probeGeneration(41), 7);
+    assert.equal(l.probeGeneration(42), 9);
+    assert.equal(l.probeGeneration(43), undefined);
+    // Another agent's rule with that mark in that chain is no probe of ours.
+    feed(l, ...probe(43), gen(10, 5));
+    assert.equal(l.probeGeneration(43), undefined);
+    assert.deepEqual([...l.take().chains], ['mangle/KUBE-PROXY-CANARY']);
+  });
+
+  it('lost events are settled only up to the probe that proved the generations ours', () => {
+    const l = log();
+    // Lost during our write: generations 4-9 never reported, the probe's 10 is.
+    feed(l, own(3), '# ERROR: We lost some netlink events!', own(10));
+    assert.equal(l.lossPending, true);
+    assert.equal(l.settleLoss(3), undefined, 'a probe before the loss proves nothing');
+    assert.match(l.settleLoss(10) ?? '', /lost some netlink events/);
+    assert.equal(l.take().unscoped, undefined);
+    // A loss reported after the probe's generation stays.
+    feed(l, own(11), '# ERROR: We lost some netlink events!');
+    assert.equal(l.settleLoss(11), undefined);
+    assert.match(l.take().unscoped ?? '', /lost some netlink events/);
+    // A gap counts as lost before the generation that shows it.
+    feed(l, own(12), own(15));
+    assert.equal(l.settleLoss(14), undefined);
+    assert.match(l.settleLoss(15) ?? '', /missed generations 13–14/);
+    assert.equal(l.take().unscoped, undefined);
+  });
+
+  it('generations are all ours when they are exactly as many as our exact commits', () => {
+    const from = { generation: 10, made: { exact: 5, uncertain: 2 } };
+    // A 72-transaction restore and the probe: generations 11-83.
+    assert.equal(generationsAllOurs(from, { generation: 83, made: { exact: 78, uncertain: 2 } }), true);
+    assert.equal(
+      generationsAllOurs(from, { generation: 84, made: { exact: 78, uncertain: 2 } }),
+      false,
+      'one more generation: another agent committed in between',
+    );
+    assert.equal(
+      generationsAllOurs(from, { generation: 83, made: { exact: 77, uncertain: 3 } }),
+      false,
+      'a commit of ours that may have made none: a foreign one could fill its place',
+    );
+  });
+
+  it('counts the commits of a restore input by transaction, in pieces', () => {
+    const count = (...pieces: string[]): unknown => {
+      const t = new TransactionTally();
+      for (const p of pieces) t.feed(p);
+      return t.result();
+    };
+    const input =
+      '*filter\n:KUBE-A - [0:0]\n-A KUBE-A -j RETURN\nCOMMIT\n' + // adds a rule: exactly one
+      '*nat\nCOMMIT\n' + // empty: none
+      '*nat\n-S KUBE-A\nCOMMIT\n' + // a listing: none
+      '*nat\n:KUBE-B - [0:0]\n-X KUBE-C\nCOMMIT\n' + // chains only: one or none
+      '# a comment\n*mangle\n-I KUBE-D 1 -j RETURN\nCOMMIT\n';
+    assert.deepEqual(count(input), { exact: 2, uncertain: 1 });
+    // Split anywhere, the same.
+    for (const at of [1, 9, 30, 48, input.length - 3])
+      assert.deepEqual(count(input.slice(0, at), input.slice(at)), { exact: 2, uncertain: 1 });
+    assert.deepEqual(count('*nat\n-A KUBE-A -j RETURN\n'), { exact: 0, uncertain: 1 }, 'never committed');
+    assert.deepEqual(count('*nat\n-A KUBE-A -j RETURN\nCOMMIT'), { exact: 0, uncertain: 1 }, 'no newline');
+  });
+
+  it("reads the monitor's queued bytes and drops from /proc/net/netlink", () => {
+    const text = [
+      'sk               Eth Pid        Groups   Rmem     Wmem     Dump  Locks    Drops    Inode',
+      '00000000fe7d4652 12  0          00000000 0        0        0     2        0        47132',
+      '0000000098657716 12  12926      00000140 33551232 0        0     2        2294     47138',
+      '0000000098657799 0   12926      00000001 77       0        0     2        0        47139',
+      '',
+    ].join('\n');
+    assert.deepEqual(netlinkEventSocket(text, 12926), { queued: 33551232, drops: 2294 });
+    assert.equal(netlinkEventSocket(text, 999), undefined);
+    assert.equal(netlinkEventSocket(text, 0), undefined, 'a socket without groups is no event socket');
   });
 
   it('take() forgets; a stopped monitor is unscoped and unarmed until our next commit', () => {
