@@ -83,7 +83,8 @@ describe('manifest reads: reader thread and libuv pool', () => {
     assert.deepEqual(thread, pool);
     assert.ok(batches.length >= 3 && batches.every((n) => n <= 256), `batches ${batches.join(',')}`);
     const at = (name: string): FileRead => thread.get(join(dir, name))!;
-    assert.ok('content' in at('svc-0001.yaml') && 'objects' in at('svc-0001.yaml').content);
+    const svc = at('svc-0001.yaml');
+    assert.ok('content' in svc && 'objects' in svc.content);
     assert.deepEqual(at('zero.yaml'), {
       content: { error: 'a character device: only regular files are read' },
       stamp: (at('zero.yaml') as { stamp: string }).stamp,
