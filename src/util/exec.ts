@@ -1,5 +1,5 @@
 import type { Writable } from 'node:stream';
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { execa } from 'execa';
 
@@ -124,42 +124,90 @@ export function withNetns(netns: string | undefined, argv: readonly string[]): s
   return netns ? ['ip', 'netns', 'exec', netns, ...argv] : [...argv];
 }
 
+/**
+ * Children of `run` still running; the process's exit ends them (SIGTERM), as execa's cleanup did for
+ * them before: a `svcplane sync` stopped by a signal leaves no restore or listing behind.
+ */
+const running = new Set<ChildProcess>();
+let exitHook = false;
+
+/** SIGTERM, then SIGKILL after this long, for a child past its timeout (execa's default before). */
+const KILL_GRACE_MS = 5000;
+
+/**
+ * One short-lived child, stdin written (see ChildInput), stdout and stderr collected. On
+ * node:child_process directly, not execa: execa's per-child machinery cost 2-6 ms of the main thread
+ * per spawn at 10k (issue 14, event-to-rules: the one-endpoint restore is a few ms over the floor).
+ */
 export async function run(argv: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
   const full = withNetns(opts.netns, argv);
   const [file, ...args] = full;
   if (!file) throw new Error('run: empty argv');
   const started = performance.now();
   const input = opts.input ?? '';
-  const child = execa(file, args, {
-    ...(typeof input === 'string' ? { input } : { stdin: 'pipe' as const }),
-    timeout: opts.timeoutMs ?? 60_000,
-    reject: false,
-    stripFinalNewline: false,
-    env: opts.env ? { ...opts.env } : undefined,
-    extendEnv: true,
-    maxBuffer: 1024 * 1024 * 1024,
+  let child: ChildProcess;
+  try {
+    child = spawn(file, args, {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      ...(opts.env ? { env: { ...process.env, ...opts.env } } : {}),
+    });
+  } catch (err) {
+    throw new CommandError(full, undefined, err instanceof Error ? err.message : String(err), 'spawn');
+  }
+  if (child.pid !== undefined) {
+    opts.onSpawn?.(child.pid);
+    running.add(child);
+    if (!exitHook) {
+      exitHook = true;
+      process.once('exit', () => {
+        for (const c of running) c.kill('SIGTERM');
+      });
+    }
+  }
+  const stdout: Buffer[] = [];
+  const stderr: Buffer[] = [];
+  child.stdout!.on('data', (b: Buffer) => stdout.push(b));
+  child.stderr!.on('data', (b: Buffer) => stderr.push(b));
+  let timedOut = false;
+  let killTimer: NodeJS.Timeout | undefined;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    child.kill('SIGTERM');
+    killTimer = setTimeout(() => child.kill('SIGKILL'), KILL_GRACE_MS);
+  }, opts.timeoutMs ?? 60_000);
+  const closed = new Promise<{ code: number | null; error?: NodeJS.ErrnoException }>((resolve) => {
+    child.once('error', (error: NodeJS.ErrnoException) => resolve({ code: null, error }));
+    child.once('close', (code: number | null) => resolve({ code }));
   });
-  if (child.pid !== undefined) opts.onSpawn?.(child.pid);
-  const fed =
-    typeof input === 'string' || child.stdin === null
-      ? Promise.resolve(undefined)
-      : feedStdin(child.stdin, input, () => child.kill('SIGKILL'));
-  const [result, producerError] = await Promise.all([child, fed]);
+  const stdin = child.stdin!;
+  let fed: Promise<{ error: unknown } | undefined>;
+  if (typeof input === 'string') {
+    // EPIPE when the child exits before reading it all: its exit status is what to report.
+    stdin.on('error', () => undefined);
+    stdin.end(input);
+    fed = Promise.resolve(undefined);
+  } else {
+    fed = feedStdin(stdin, input, () => child.kill('SIGKILL'));
+  }
+  const [{ code, error }, producerError] = await Promise.all([closed, fed]);
+  clearTimeout(timer);
+  clearTimeout(killTimer);
+  running.delete(child);
   if (producerError !== undefined) throw producerError.error;
   const durationMs = performance.now() - started;
-  if (result.timedOut) throw new CommandError(full, result.exitCode, String(result.stderr ?? ''), 'timeout');
-  const code = (result as { code?: string }).code;
-  if (code === 'ENOENT') throw new CommandError(full, undefined, '', 'not-found');
-  if (result.failed && result.exitCode === undefined) {
-    throw new CommandError(full, undefined, String(result.stderr ?? result.message ?? ''), 'spawn');
-  }
+  const err = Buffer.concat(stderr).toString('utf8');
+  if (error?.code === 'ENOENT') throw new CommandError(full, undefined, '', 'not-found');
+  if (error !== undefined) throw new CommandError(full, undefined, err || error.message, 'spawn');
+  if (timedOut) throw new CommandError(full, code ?? undefined, err, 'timeout');
+  // Ended by a signal: no exit status (as execa reported it before).
+  if (code === null) throw new CommandError(full, undefined, err, 'spawn');
   const res: RunResult = {
     argv: full,
-    exitCode: result.exitCode ?? 0,
-    stdout: String(result.stdout ?? ''),
-    stderr: String(result.stderr ?? ''),
+    exitCode: code,
+    stdout: Buffer.concat(stdout).toString('utf8'),
+    stderr: err,
     durationMs,
-    ...(result.exitCode !== 0 ? { failure: classifyFailure(String(result.stderr ?? '')) } : {}),
+    ...(code !== 0 ? { failure: classifyFailure(err) } : {}),
   };
   if (res.exitCode !== 0 && !opts.allowFailure) {
     throw new CommandError(full, res.exitCode, res.stderr, 'exit');
