@@ -16,7 +16,8 @@ export interface RunnerOptions {
 export type RunFn = () => Promise<void>;
 
 export class BoundedFrequencyRunner {
-  private timer: NodeJS.Timeout | undefined;
+  /** The scheduled run: a timer, or an immediate when no wait is due. */
+  private timer: { cancel(): void } | undefined;
   private periodic: NodeJS.Timeout | undefined;
   private running = false;
   private pending = false;
@@ -43,7 +44,7 @@ export class BoundedFrequencyRunner {
 
   stop(): void {
     this.stopped = true;
-    clearTimeout(this.timer);
+    this.timer?.cancel();
     clearTimeout(this.periodic);
     this.timer = undefined;
     this.periodic = undefined;
@@ -71,10 +72,20 @@ export class BoundedFrequencyRunner {
       // Keep the earlier of the two deadlines.
       return;
     }
-    this.timer = setTimeout(() => {
+    const fire = (): void => {
       this.timer = undefined;
       void this.execute();
-    }, delayMs);
+    };
+    // No wait due (--iptables-min-sync-period=0s, or its time passed): at the end of this turn of the
+    // event loop, not on a timer's minimum of 1 ms plus the loop's wake-up (issue 14, event-to-rules);
+    // changes published in the same turn still make one run.
+    if (delayMs <= 0) {
+      const immediate = setImmediate(fire);
+      this.timer = { cancel: () => clearImmediate(immediate) };
+    } else {
+      const timeout = setTimeout(fire, delayMs);
+      this.timer = { cancel: () => clearTimeout(timeout) };
+    }
   }
 
   private armPeriodic(): void {

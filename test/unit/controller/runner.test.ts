@@ -28,6 +28,32 @@ describe('BoundedFrequencyRunner', () => {
     assert.ok(runs[1]! - runs[0]! >= 140, 'second run waited for the minimum interval');
   });
 
+  it('with no wait due, a request runs in the same turn of the event loop (no 1 ms timer)', async () => {
+    let n = 0;
+    const r = new BoundedFrequencyRunner(
+      () => {
+        n++;
+        return Promise.resolve();
+      },
+      { minIntervalMs: 0, maxIntervalMs: 10_000 },
+    );
+    r.start();
+    await r.idle();
+    assert.equal(n, 1);
+    // Asked for from a callback, as a source's change is: the run comes with the immediates queued
+    // after it, not on a timer (1 ms at least, then the loop's wake-up).
+    await new Promise<void>((resolve) =>
+      setImmediate(() => {
+        r.request();
+        setImmediate(() => {
+          assert.equal(n, 2, 'ran in the turn it was asked for');
+          resolve();
+        });
+      }),
+    );
+    r.stop();
+  });
+
   it('runs periodically at the maximum interval', async () => {
     let n = 0;
     const r = new BoundedFrequencyRunner(
