@@ -17,7 +17,7 @@ import {
   watchDirectory,
 } from './manifest-files.js';
 import { parseManifestText } from './manifest-parse.js';
-import { readManifestFiles, type FileRead, type ReadRequest } from './manifest-read.js';
+import { readManifestFile, readManifestFiles, type FileRead, type ReadRequest } from './manifest-read.js';
 import type { SourceHealth, StateSource } from './source.js';
 
 /**
@@ -29,7 +29,10 @@ import type { SourceHealth, StateSource } from './source.js';
  * file is stat'ed and, if its stamp changed, read and parsed. Two timers decide when:
  * - a name that was only renamed (an atomic replacement, a new file moved in) is looked at after
  *   FAST_MS: its content is complete. Unless it is gone or empty then: a deletion or a file just
- *   created and not yet written waits like an in-place write;
+ *   created and not yet written waits like an in-place write. It is read and parsed at once, while
+ *   FAST_MS runs (issue 14: event-to-rules); that read is used only if no write event came for
+ *   the name meanwhile and the file's stamp after FAST_MS is the one read, so the content taken is
+ *   the file's after FAST_MS, as without it;
  * - a name written in place ('change' events) waits until the directory was quiet for `debounceMs`,
  *   and a file modified less than `debounceMs` ago is left for the next round, so a file still being
  *   written is never read half-way; a burst of writes is one state.
@@ -217,6 +220,8 @@ export class ManifestSource implements StateSource {
   private watchError: string | undefined;
   private quietTimer: NodeJS.Timeout | undefined;
   private fastTimer: NodeJS.Timeout | undefined;
+  /** Renamed names read while FAST_MS runs (dropped by a write event for the name). */
+  private readonly early = new Map<string, Promise<FileRead | undefined>>();
   private pollTimer: NodeJS.Timeout | undefined;
   private scanning: Promise<void> | undefined;
   private rescanRequested = false;
@@ -308,6 +313,7 @@ export class ManifestSource implements StateSource {
     clearTimeout(this.quietTimer);
     clearTimeout(this.fastTimer);
     clearInterval(this.pollTimer);
+    this.early.clear();
     this.closeWatcher();
     // A read hanging in the kernel cannot be cancelled: stopping does not wait for it forever.
     if (this.scanning) {
@@ -334,10 +340,16 @@ export class ManifestSource implements StateSource {
   private markDirty(name: string, urgency: Urgency, restart: boolean): void {
     if (this.stopped) return;
     if (urgency === 'quiet' || this.dirty.get(name) === 'quiet') {
+      this.early.delete(name);
       this.dirty.set(name, 'quiet');
       this.scheduleQuiet(restart);
     } else {
       this.dirty.set(name, 'fast');
+      // Read now, checked after FAST_MS (check()); a later rename of the name reads it again. A
+      // burst (a ConfigMap volume's swap makes every symlink dirty) waits and reads as before.
+      if (this.early.size < READ_CONCURRENCY || this.early.has(name)) {
+        this.early.set(name, this.readEarly(join(this.dir, name)));
+      }
       this.fastTimer ??= setTimeout(() => {
         this.fastTimer = undefined;
         void this.requestScan(true);
@@ -563,7 +575,10 @@ export class ManifestSource implements StateSource {
     await eachLimited(names, READ_CONCURRENCY, async ([name, urgency]) => {
       const r = await this.check(name, urgency, settle);
       if (r === 'changed') changed = true;
-      else if (r !== 'same' && r !== 'later') reads.push(r);
+      else if (r === 'same' || r === 'later') return;
+      else if ('early' in r) {
+        if (this.accept(name, r.early) === 'changed') changed = true;
+      } else reads.push(r);
     });
     // What changed is read and parsed.
     await readManifestFiles(
@@ -625,9 +640,12 @@ export class ManifestSource implements StateSource {
     name: string,
     urgency: Urgency,
     settle: boolean,
-  ): Promise<'changed' | 'same' | 'later' | ReadRequest> {
+  ): Promise<'changed' | 'same' | 'later' | ReadRequest | { early: FileRead }> {
     const file = join(this.dir, name);
     const known = this.files.get(name);
+    // A renamed name's read while FAST_MS ran: used below if it read what the file holds now.
+    const early = urgency === 'fast' && settle ? this.early.get(name) : undefined;
+    this.early.delete(name);
     const listed = this.listedFiles?.get(name);
     const later = (): 'later' => {
       this.dirty.set(name, 'quiet');
@@ -654,8 +672,23 @@ export class ManifestSource implements StateSource {
         const age = Date.now() - st.mtimeMs;
         if (age >= 0 && age < this.debounceMs) return later();
       }
+      if (early !== undefined) {
+        const r = await early;
+        if (r !== undefined && 'content' in r && r.stamp === st.stamp) return { early: r };
+      }
     }
     return { path: file, listedRegular: readNow };
+  }
+
+  /** A renamed name's early read: a regular, non-empty file's content (else none: gone, being created). */
+  private async readEarly(file: string): Promise<FileRead | undefined> {
+    try {
+      const st = await this.fs.stat(file);
+      if (st.kind !== 'file' || st.size === 0) return undefined;
+    } catch {
+      return undefined;
+    }
+    return readManifestFile(this.fs, { path: file, listedRegular: true });
   }
 
   /** What reading a name gave: its new content, a problem, or to be looked at again. */

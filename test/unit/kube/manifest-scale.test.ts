@@ -48,9 +48,13 @@ class CountingFs implements ManifestFs {
     CountingFs.bump(this.stats, path);
     return nodeManifestFs.stat(path);
   };
-  read: ManifestFs['read'] = (path, max, listed) => {
+  /** Called once a read is done, before the reader sees its result. */
+  afterRead: ((path: string) => void) | undefined;
+  read: ManifestFs['read'] = async (path, max, listed) => {
     CountingFs.bump(this.reads, path);
-    return nodeManifestFs.read(path, max, listed);
+    const r = await nodeManifestFs.read(path, max, listed);
+    this.afterRead?.(path);
+    return r;
   };
   watch: ManifestFs['watch'] = (dir, onEvent) => {
     if (this.watchFails) throw Object.assign(new Error('ENOSPC: inotify watches'), { code: 'ENOSPC' });
@@ -139,6 +143,24 @@ describe('manifest source at scale: O(changed files) per change', function () {
     assert.deepEqual([...fs.reads], [['s7.yaml', 1]]);
     assert.ok(fs.fileStats(dir) <= 2, `files stat'ed: ${JSON.stringify([...fs.stats])}`);
     assert.equal(fs.lists, 0);
+  });
+
+  it('a renamed file is read while the rename settles; written to right after, that read is not used', async () => {
+    await start({ debounceMs: 300 });
+    const states: number[] = [];
+    source!.onChange((s) => states.push(portOf(s, 5) ?? 0));
+    // Renamed over s5.yaml, then written in place right after the read made at the rename (which
+    // thus holds the renamed content): that read must never be published; the write's settle decides.
+    fs.afterRead = (path) => {
+      fs.afterRead = undefined;
+      writeFileSync(path, svc(5, 84));
+    };
+    const tmp = join(dir, '.s5.yaml.tmp');
+    writeFileSync(tmp, svc(5, 83));
+    renameSync(tmp, join(dir, 's5.yaml'));
+    await waitFor(source!, (s) => portOf(s, 5) === 84);
+    assert.deepEqual(states, [84], 'every state published');
+    assert.equal(fs.reads.get('s5.yaml'), 2, 'read at the rename (not used), then once settled');
   });
 
   it('a file written in place is read once it settled, and no other', async () => {
