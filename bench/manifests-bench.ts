@@ -1,5 +1,6 @@
 import {
   chmod,
+  copyFile,
   mkdir,
   mkdtemp,
   readdir,
@@ -34,11 +35,19 @@ import { LAYOUTS, writeManifestDir, type Layout, type ManifestDir } from './layo
  * - daemon: `svcplane run --iptables-min-sync-period=0s`; CPU of the process over `--idle-ms` from
  *   10 s after convergence (default 90 s: three 30 s sync periods, so every window holds the same
  *   number of periodic syncs and drift checks; 31 s windows varied 1.7-3.3% with what they held),
- *   its main thread's share, and its children's, the running ones (`nft monitor`) included; then `--changes` one-endpoint changes, each an atomic rename of the Service's file
- *   (a hidden temporary file renamed over it): event-to-rules is from the rename to the daemon's
- *   `synced` line; its floor is a bare `iptables-restore --noflush --counters` of each partial input
- *   the daemon wrote (captured by a wrapper: a shell and `tee` before iptables-restore, which the shell execs, ~2 ms),
- *   replayed into the daemon's kernel; the daemon's VmHWM at the end.
+ *   its main thread's share, and its children's, the running ones (`nft monitor`) included; then
+ *   `--changes` one-endpoint changes, each an atomic rename of the Service's file (a hidden
+ *   temporary file renamed over it). Event-to-rules: from just before that rename() to the moment
+ *   this process reads the daemon's `synced` line, which the daemon logs once iptables-restore has
+ *   exited (its commit is in the kernel): the watch event, the read and parse of the one file, the
+ *   state build, the controller, the render, the spawn of iptables-restore from the daemon, its run,
+ *   and the line through the pipe. The daemon runs the real iptables binary meanwhile (a copy of
+ *   it, by its multi-call name; nothing of the bench's in front of it). Its floor: `--changes` more
+ *   changes of the same kind (other Services), untimed, with a recorder in front of iptables-restore
+ *   (a shell and `tee`) keeping each partial input; each is then replayed into the daemon's kernel
+ *   as a bare `nsenter --net=… iptables-restore --noflush --counters` started from this (small)
+ *   process, timed from its spawn to its exit; p50 / floor is the ratio of the medians. Then the
+ *   daemon's VmHWM.
  *
  *   node dist/bench/manifests-bench.js [--sizes 1000,10000] [--layouts list-json,file-yaml]
  *     [--runs 3] [--changes 30] [--idle-ms 90000] [--out FILE]
@@ -127,22 +136,29 @@ function proxyArgs(dir: string): string[] {
   ];
 }
 
-/** iptables wrappers that keep a copy of every restore input in `dir` (full-N.txt, partial-N.txt). */
-async function recordingBinaries(dir: string): Promise<string> {
+/**
+ * iptables binaries for svcplane's `--iptables-binary` (`iptables`): a stand-in for iptables-nft's
+ * multi-call binary that is either the real one (a copy) or a recorder that keeps a copy of every
+ * restore input in `dir/inputs` (full-N.txt, partial-N.txt). `record(on)` swaps the two (an atomic
+ * rename over the file the links point to; the daemon resolves it at every spawn).
+ */
+async function recordingBinaries(
+  dir: string,
+  opts: { record: boolean },
+): Promise<{ iptables: string; record: (on: boolean) => Promise<void> }> {
   const bin = join(dir, 'bin');
   const named = join(dir, 'named');
   await mkdir(join(dir, 'inputs'), { recursive: true });
   await mkdir(bin);
   await mkdir(named);
-  // A stand-in for iptables-nft's multi-call binary (by that name, so the daemon names its commits
-  // through it, src/iptables/commit-name.ts) that records every restore input. Run under svcplane's
-  // process name (argv[0] that name, argv[1] the tool), it runs the real binary under the same name
-  // (a link of that name): the kernel reports the commits as svcplane's own, and the daemon's kernel
-  // watch stays armed as without the recorder.
+  // By the multi-call binary's name, so the daemon names its commits through it
+  // (src/iptables/commit-name.ts). Run under svcplane's process name (argv[0] that name, argv[1] the
+  // tool), the recorder runs the real binary under the same name (a link of that name): the kernel
+  // reports the commits as svcplane's own, and the daemon's kernel watch stays armed as without it.
   const real = await realpath((await run(['sh', '-c', 'command -v iptables-restore'])).stdout.trim());
   // Bash builtins only ($0's name, EPOCHREALTIME): a `basename` and a `date` fork per restore added
-  // ~5-10 ms of the bench's own to every event-to-rules figure under load (tee is still one process).
-  const multi = `#!/bin/bash
+  // ~5-10 ms under load (tee is still one process, and bash's start: never in a timed path).
+  const recorder = `#!/bin/bash
 self=\${0##*/}
 case $self in
   iptables | iptables-restore | iptables-save) tool=$self run=${real} ;;
@@ -154,11 +170,18 @@ if [[ $tool == *-restore ]]; then
 fi
 exec "$run" "$tool" "$@"
 `;
-  await writeFile(join(bin, 'xtables-nft-multi'), multi);
-  await chmod(join(bin, 'xtables-nft-multi'), 0o755);
+  const multi = join(bin, 'xtables-nft-multi');
+  const record = async (on: boolean): Promise<void> => {
+    const next = join(bin, '.next');
+    if (on) await writeFile(next, recorder);
+    else await copyFile(real, next);
+    await chmod(next, 0o755);
+    await rename(next, multi);
+  };
+  await record(opts.record);
   for (const f of ['iptables-restore', 'iptables', 'iptables-save'])
     await symlink('xtables-nft-multi', join(bin, f));
-  return join(bin, 'iptables');
+  return { iptables: join(bin, 'iptables'), record };
 }
 
 async function inputs(dir: string, kind: 'full' | 'partial'): Promise<string[]> {
@@ -310,7 +333,8 @@ interface SyncedLine {
 }
 
 async function daemonRun(m: ManifestDir, work: string, changes: number, idleMs: number) {
-  const iptables = await recordingBinaries(work);
+  // The real binary while the daemon is timed (idle, event-to-rules); the recorder only afterwards.
+  const { iptables, record } = await recordingBinaries(work, { record: false });
   const started = performance.now();
   const synced: SyncedLine[] = [];
   let waiter: (() => void) | undefined;
@@ -372,11 +396,8 @@ async function daemonRun(m: ManifestDir, work: string, changes: number, idleMs: 
     const c1 = await cpuMs(child.pid);
     const m1 = await cpuTicks(child.pid, child.pid);
     const idleWall = performance.now() - t0;
-    for (const f of await inputs(work, 'partial')) await rm(f);
-    for (const f of await inputs(work, 'full')) await rm(f);
-    const latencies: number[] = [];
-    const syncs: number[] = [];
-    for (let k = 0; k < changes; k++) {
+    /** One-endpoint change k (an atomic rename of its Service's file): its `synced` line. */
+    const change = async (k: number): Promise<{ ms: number; sync: SyncedLine }> => {
       const i = (k * 97 + 13) % m.services;
       const file = m.fileOf(i);
       const tmp = join(m.dir, `.bench-${k}.tmp`);
@@ -385,15 +406,27 @@ async function daemonRun(m: ManifestDir, work: string, changes: number, idleMs: 
       await rename(tmp, file);
       const s = await nextSynced(t, 60_000);
       if (s.full) throw new Error('expected a partial sync for a one-endpoint change');
-      latencies.push(s.at - t);
-      syncs.push(s.durationMs);
       // One change at a time: the next once the daemon has been quiet for 300 ms.
       for (let quiet = 0; quiet < 40; quiet++) {
         const last = synced.at(-1)?.at ?? 0;
         if (performance.now() - last >= 300) break;
         await new Promise((r) => setTimeout(r, 50));
       }
+      return { ms: s.at - t, sync: s };
+    };
+    const latencies: number[] = [];
+    const syncs: number[] = [];
+    for (let k = 0; k < changes; k++) {
+      const { ms, sync } = await change(k);
+      latencies.push(ms);
+      syncs.push(sync.durationMs);
     }
+    // The floor's inputs: as many changes of the same kind (other Services), untimed, through the
+    // recorder, whose shell and tee are thus never in a timed restore.
+    await record(true);
+    for (const f of await inputs(work, 'partial')) await rm(f);
+    for (let k = changes; k < 2 * changes; k++) await change(k);
+    await record(false);
     // Floors: each partial input replayed into the daemon's kernel, as it is now.
     const floors: number[] = [];
     for (const f of await inputs(work, 'partial')) {
@@ -455,7 +488,7 @@ async function measure(layout: Layout, n: number, args: Args): Promise<LayoutRes
     if (loads.some((l) => l.services !== n)) throw new Error(`load: ${JSON.stringify(loads)}`);
     // The floor's input: what a whole-table sync renders, captured once.
     const capture = join(work, 'capture');
-    const iptables = await recordingBinaries(capture);
+    const { iptables } = await recordingBinaries(capture, { record: true });
     await run(
       ['unshare', '-n', process.execPath, SVCPLANE(), 'sync', ...proxyArgs(m.dir)].concat([
         '--iptables-full-sync-mode',
