@@ -6,6 +6,7 @@ import { diffMain, registerDiffCommand } from './diff.js';
 import { registerTraceCommand } from './trace.js';
 import { explainMain, registerExplainCommand } from './explain.js';
 import { registerDemoCommand } from './demo.js';
+import { isDaemonForm } from './relaunch.js';
 import { packageVersion } from './version.js';
 
 /**
@@ -49,7 +50,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   const program = buildProgram();
   const [first, ...rest] = argv.slice(2);
   // `svcplane [flags]` (no command) is kube-proxy [flags]; -V/--version and help stay svcplane's.
-  if (first === undefined || (first.startsWith('-') && first !== '-V' && first !== '--version')) {
+  if (first === undefined || isDaemonForm(first)) {
     return daemonMain(argv.slice(2), commandList(program));
   }
   const flagCommand = FLAG_COMMANDS[first];

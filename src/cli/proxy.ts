@@ -10,6 +10,7 @@ import { createSource } from '../kube/open-source.js';
 import { cleanupEveryMode, startDataplane } from '../modes/registry.js';
 import { describeProblem, type ClusterState } from '../model/types.js';
 import { configureLogging, log, logVerbosity, redactText, STACK_VERBOSITY } from '../util/log.js';
+import { defaultHeapGrowth, startupHeapGrowth } from '../util/memory.js';
 import { setOomScoreAdj } from '../util/process.js';
 import { applyConntrackSysctls } from '../conntrack/sysctls.js';
 import {
@@ -258,8 +259,14 @@ async function runDaemon(initial: ProxyOptions): Promise<number> {
         stop.request(1);
       });
     }
+    // The first full sync is the daemon's peak of memory (issue 14): V8 collects its garbage on the
+    // way, from the end of the load (the source starts once; a failure is the controller's to report)
+    // to the end of the first sync, then goes back to its own pace (util/memory.ts).
+    await source.start().catch(() => undefined);
+    startupHeapGrowth();
     // Resolves after the first sync, or as soon as controller.stop() is called.
     await controller.start();
+    defaultHeapGrowth();
     if (!aborted.signal.aborted) {
       log.info('svcplane running', { mode: opts.proxyMode, node: opts.hostnameOverride });
     }
