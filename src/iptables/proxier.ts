@@ -13,6 +13,8 @@ import {
   KUBE_PROXY_CANARY,
   RestoreError,
   type CommitCount,
+  type NetlinkEventSocket,
+  type ProbeCommit,
   type RestoreResult,
 } from './iptables.js';
 import { CommitLog, generationsAllOurs } from './commit-log.js';
@@ -374,21 +376,43 @@ export class IptablesProxier implements Backend {
    * commit of ours (generationsAllOurs: the 10k full sync's restore overflows nft's socket).
    */
   private async caughtUp(w: KernelWatch): Promise<{ settled?: string } | undefined> {
-    // The kernel counts the events it drops on nft's socket (a silent drop too: it reports an
-    // overflow once until the queue drains). No drop between just before our probe and once the
-    // monitor reported it means that every event lost was of a commit before the probe.
-    const before = await this.ipt.monitorSocket(w.handle.pid);
-    const probe = await this.ipt.probeCommit();
     const started = performance.now();
-    let generation: number | undefined;
-    while ((generation = w.commits.probeGeneration(probe.nonce)) === undefined && w.alive) {
-      // Reading the events of a write that overflowed nft's socket takes nft seconds under load:
-      // waiting is cheaper than the full comparison that giving up means.
-      const wait = w.commits.lossPending ? MONITOR_DRAIN_MS : MONITOR_READY_MS;
-      if (performance.now() - started >= wait) return undefined;
-      await new Promise((r) => setTimeout(r, 5));
+    // Reading the events of a write that overflowed nft's socket takes nft seconds under load:
+    // waiting is cheaper than the full comparison that giving up means.
+    const patience = (): number => (w.commits.lossPending ? MONITOR_DRAIN_MS : MONITOR_READY_MS);
+    for (;;) {
+      // The kernel counts the events it drops on nft's socket (a silent drop too: it reports an
+      // overflow once until the queue drains). No drop between just before our probe and once the
+      // monitor reported it means that every event lost was of a commit before the probe.
+      const before = await this.ipt.monitorSocket(w.handle.pid);
+      const probe = await this.ipt.probeCommit();
+      let generation: number | undefined;
+      let emptySince: number | undefined;
+      while ((generation = w.commits.probeGeneration(probe.nonce)) === undefined && w.alive) {
+        const now = performance.now();
+        if (now - started >= patience()) return undefined;
+        if (w.commits.lossPending) {
+          // A probe made while the socket was still full was dropped with the rest: once nft has
+          // read everything (and we its lines) without it, probe again.
+          const socket = await this.ipt.monitorSocket(w.handle.pid);
+          emptySince = socket?.queued === 0 ? (emptySince ?? now) : undefined;
+          if (emptySince !== undefined && now - emptySince >= REPROBE_AFTER_EMPTY_MS) break;
+        }
+        await new Promise((r) => setTimeout(r, w.commits.lossPending ? 20 : 5));
+      }
+      if (!w.alive) return undefined;
+      if (generation === undefined) continue;
+      return this.settle(w, generation, probe, before);
     }
-    if (generation === undefined) return undefined;
+  }
+
+  /** After the barrier's probe made `generation`: settles lost events when the numbers allow it. */
+  private async settle(
+    w: KernelWatch,
+    generation: number,
+    probe: ProbeCommit,
+    before: NetlinkEventSocket | undefined,
+  ): Promise<{ settled?: string }> {
     const to = { generation, made: probe.made };
     const from = w.barrier;
     w.barrier = to;
@@ -916,6 +940,8 @@ const MONITOR_READY_MS = 5_000;
  * comparison the wait avoids takes 5-10 s.
  */
 const MONITOR_DRAIN_MS = 30_000;
+/** How long nft's socket stays empty without our probe's line before the probe is sent again. */
+const REPROBE_AFTER_EMPTY_MS = 200;
 /** How long to wait for the monitor to report one probe commit before sending another. */
 const PROBE_RETRY_MS = 250;
 const BUILTIN_CHAINS = new Set(['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING']);
