@@ -66,7 +66,7 @@ FROM ${RUNTIME_BASE}
 # The apt step runs only when the base lacks a tool (the local svcplane-node base has them all).
 RUN --mount=type=secret,id=apt_sources,target=/run/apt-sources/build.sources \
     set -e; need=; \
-    for c in iptables-nft iptables-legacy nft ipset ipvsadm conntrack ip modprobe; do \
+    for c in iptables-nft iptables-legacy nft ipset ipvsadm conntrack ip modprobe setpriv; do \
       command -v "$c" >/dev/null 2>&1 || need="$need $c"; \
     done; \
     if [ -n "$need" ]; then \
@@ -76,7 +76,7 @@ RUN --mount=type=secret,id=apt_sources,target=/run/apt-sources/build.sources \
       export DEBIAN_FRONTEND=noninteractive; \
       apt-get $src update -qq; \
       apt-get $src install -y -qq --no-install-recommends \
-        iptables nftables ipset ipvsadm conntrack iproute2 kmod ca-certificates >/dev/null; \
+        iptables nftables ipset ipvsadm conntrack iproute2 kmod util-linux ca-certificates >/dev/null; \
       rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
     fi
 ENV NODE_ENV=production

@@ -270,7 +270,7 @@ export class Iptables {
    */
   monitorCommits(nftBinary = 'nft'): ChildHandle {
     // stderr apart: nft's complaints ("XT target MASQUERADE not found") land inside stdout lines.
-    return startProcess([nftBinary, 'monitor'], { netns: this.netns, stderr: 'apart' });
+    return startProcess([nftBinary, 'monitor'], { netns: this.netns, stderr: 'apart', diesWithParent: true });
   }
 
   /**

@@ -99,6 +99,7 @@ export class AddressWatch {
       child = startProcess(['ip', 'monitor', 'address', ...(this.opts.links === true ? ['link'] : [])], {
         netns: this.opts.netns,
         stderr: 'apart',
+        diesWithParent: true,
       });
     } catch (err) {
       log.warn('cannot start ip monitor: node addresses are read every sync', { error: err });

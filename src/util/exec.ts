@@ -120,6 +120,11 @@ export class CommandError extends Error {
   }
 }
 
+/** `argv` run by `setpriv`, which asks for SIGKILL at this process's death and execs it. */
+export function withParentDeathSignal(argv: readonly string[]): string[] {
+  return ['setpriv', '--pdeathsig', 'KILL', '--', ...argv];
+}
+
 export function withNetns(netns: string | undefined, argv: readonly string[]): string[] {
   return netns ? ['ip', 'netns', 'exec', netns, ...argv] : [...argv];
 }
@@ -286,12 +291,15 @@ function splitLines(stream: NodeJS.ReadableStream | undefined, listeners: ((line
 /**
  * A long-lived child. `stderr: 'apart'` keeps its stderr out of `onLine` (a reader of a tool's
  * output: chunks of the two streams interleave anywhere, even inside a line, when merged).
+ * `diesWithParent`: the kernel SIGKILLs the child when this process dies, however it dies (a
+ * SIGKILLed daemon's `nft monitor` would otherwise live on until its next write fails). util-linux's
+ * `setpriv --pdeathsig` sets it and execs the tool, so the PID is the tool's own.
  */
 export function startProcess(
   argv: readonly string[],
-  opts: { netns?: string; stderr?: 'merged' | 'apart' } = {},
+  opts: { netns?: string; stderr?: 'merged' | 'apart'; diesWithParent?: boolean } = {},
 ): ChildHandle {
-  const full = withNetns(opts.netns, argv);
+  const full = withNetns(opts.netns, opts.diesWithParent === true ? withParentDeathSignal(argv) : argv);
   const [file, ...args] = full;
   if (!file) throw new Error('startProcess: empty argv');
   const apart = opts.stderr === 'apart';

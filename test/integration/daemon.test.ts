@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -282,4 +282,60 @@ describe('svcplane run (daemon in the node namespace)', function () {
       'timeout',
     );
   });
+
+  it('SIGKILLed, it leaves no child behind: its nft monitor and ip monitor die with it', async function () {
+    this.timeout(30_000);
+    const pid = daemon!.pid;
+    // The kernel watch's `nft monitor` and the address watch's `ip monitor` (after setpriv's exec).
+    let kids: ProcStat[] = [];
+    await eventually('the daemon runs nft monitor and ip monitor', 10_000, async () => {
+      kids = (await childrenOf(pid)).filter((k) => k.comm === 'nft' || k.comm === 'ip');
+      return new Set(kids.map((k) => k.comm)).size === 2;
+    });
+    process.kill(pid, 'SIGKILL');
+    await daemon!.exited;
+    daemon = undefined;
+    try {
+      // Nothing commits in this namespace now: without a parent-death signal they would wait for an
+      // event to fail writing it.
+      await eventually('the monitors to exit with the daemon', 3_000, async () => {
+        const alive = await Promise.all(kids.map(async (k) => (await procStat(k.pid))?.start === k.start));
+        return !alive.includes(true);
+      });
+    } finally {
+      for (const k of kids) if ((await procStat(k.pid))?.start === k.start) process.kill(k.pid, 'SIGKILL');
+    }
+  });
 });
+
+interface ProcStat {
+  pid: number;
+  comm: string;
+  ppid: number;
+  /** Start time in clock ticks: tells a reused PID apart. */
+  start: string;
+}
+
+async function procStat(pid: number): Promise<ProcStat | undefined> {
+  let text: string;
+  try {
+    text = await readFile(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const close = text.lastIndexOf(')');
+  const rest = text.slice(close + 2).split(' ');
+  if (rest[0] === 'Z') return undefined;
+  return {
+    pid,
+    comm: text.slice(text.indexOf('(') + 1, close),
+    ppid: Number(rest[1]),
+    start: rest[19] ?? '',
+  };
+}
+
+async function childrenOf(parent: number): Promise<ProcStat[]> {
+  const pids = (await readdir('/proc')).filter((n) => /^\d+$/.test(n)).map(Number);
+  const stats = await Promise.all(pids.map((p) => procStat(p)));
+  return stats.filter((s): s is ProcStat => s !== undefined && s.ppid === parent);
+}
