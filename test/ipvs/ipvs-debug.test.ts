@@ -404,12 +404,9 @@ describe('svcplane diff/explain --proxy-mode ipvs (UML)', function () {
     await waitFor('the SCTP server', async () => {
       const r = await sb.exec(
         'client',
-        ['socat', '-T', '10', 'STDIO', `SCTP-CONNECT:10.96.30.6:${SCTP_PORT},shut-none`],
-        {
-          input: '',
-          allowFailure: true,
-          timeoutMs: 20_000,
-        },
+        // -u: only the server's line (STDIO's empty stdin would start the 0.5 s half-close timeout).
+        ['socat', '-T', '10', '-u', `SCTP-CONNECT:10.96.30.6:${SCTP_PORT}`, 'STDOUT'],
+        { allowFailure: true, timeoutMs: 20_000 },
       );
       const m = /^(\S+) (\S+)$/m.exec(r.stdout);
       if (!m) return false;

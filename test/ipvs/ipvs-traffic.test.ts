@@ -574,11 +574,13 @@ describe('IPVS proxy mode (real traffic in User-mode Linux)', function () {
 
   describe('SCTP', () => {
     /** One SCTP association through socat; the server answers "<pod> <peer address>". */
+    // Reads the server's line, nothing sent (-u). With STDIO, the empty stdin's EOF started socat's
+    // 0.5 s half-close timeout (-t): under load the answer came later and socat exited 0 without it.
     const sctp = async (from: Where, ip: string, port: number, bind?: string) => {
       const r = await env.sb.exec(
         from,
-        ['socat', '-T', '10', 'STDIO', `SCTP-CONNECT:${ip}:${port},shut-none${bind ? `,bind=${bind}` : ''}`],
-        { input: '', allowFailure: true, timeoutMs: 20_000 },
+        ['socat', '-T', '10', '-u', `SCTP-CONNECT:${ip}:${port}${bind ? `,bind=${bind}` : ''}`, 'STDOUT'],
+        { allowFailure: true, timeoutMs: 20_000 },
       );
       const m = /^(\S+) (\S+)$/m.exec(r.stdout);
       if (r.exitCode !== 0 || !m)
