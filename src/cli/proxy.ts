@@ -8,9 +8,7 @@ import type { ProxyOptions } from '../config/options.js';
 import { formatFlagHelp } from '../config/reference.js';
 import { createSource } from '../kube/open-source.js';
 import { cleanupEveryMode, startDataplane } from '../modes/registry.js';
-import { LoadPartFeed } from '../model/load-parts.js';
 import { describeProblem, type ClusterState } from '../model/types.js';
-import type { Backend } from '../modes/backend.js';
 import { configureLogging, log, logVerbosity, redactText, STACK_VERBOSITY } from '../util/log.js';
 import { defaultHeapGrowth, startupHeapGrowth } from '../util/memory.js';
 import { setOomScoreAdj } from '../util/process.js';
@@ -145,30 +143,18 @@ export async function syncMain(args: readonly string[]): Promise<number> {
 }
 
 async function syncOnce(opts: ProxyOptions): Promise<number> {
-  const feed = new LoadPartFeed();
   let source: StartOnceSource;
   try {
-    source = new StartOnceSource(await createSource(opts, true, (part) => feed.push(part)));
+    source = new StartOnceSource(await createSource(opts, true));
   } catch (err) {
     process.stderr.write(`svcplane sync: ${describeFailure(err)}\n`);
     return 1;
   }
-  let backends: readonly Backend[] = [];
   try {
-    let resolved: ProxyOptions;
-    if (opts.detectLocalMode === 'NodeCIDR' || opts.manifests === undefined) {
-      // NodeCIDR: the detector needs the Node's pod CIDRs, which are in the state: load first. The
-      // API source has no load in parts (its first lists may also take long): the usual order.
-      await source.start();
-      resolved = await resolveNodePodCIDRs(opts, source, 0);
-      backends = (await startDataplane(resolved)).backends;
-    } else {
-      resolved = opts;
-      backends = (await startDataplane(resolved)).backends;
-      await loadWithEarlySync(source, backends, feed);
-    }
+    await source.start();
     refuseBrokenFiles(source.current());
-    const controller = new Controller(source, backends, resolved);
+    const resolved = await resolveNodePodCIDRs(opts, source, 0);
+    const controller = new Controller(source, (await startDataplane(resolved)).backends, resolved);
     const reports = await controller.syncOnce();
     for (const r of reports) {
       process.stdout.write(
@@ -182,41 +168,7 @@ async function syncOnce(opts: ProxyOptions): Promise<number> {
     process.stderr.write(`svcplane sync failed: ${describeFailure(err)}\n`);
     await source.stop().catch(() => undefined);
     return 1;
-  } finally {
-    // An early full sync that no sync finished (a refused or failed load) ends here.
-    for (const b of backends) await b.close?.().catch(() => undefined);
   }
-}
-
-/**
- * Starts the source's first load and offers every backend the first full sync meanwhile
- * (Backend.startFullSyncEarly, the contract's piece 11): the load's parts go to each backend that
- * takes them. Resolves once the load completed and every backend decided; rejects as the load does.
- */
-async function loadWithEarlySync(
-  source: StartOnceSource,
-  backends: readonly Backend[],
-  feed: LoadPartFeed,
-): Promise<void> {
-  const offers = backends.map(async (b) => {
-    if (b.startFullSyncEarly === undefined) return;
-    try {
-      await b.startFullSyncEarly(feed.subscribe());
-    } catch (err) {
-      log.warn('cannot start the first full sync while loading; it starts after the load', {
-        backend: b.name,
-        error: err,
-      });
-    }
-  });
-  const loaded = source.start().then(
-    () => feed.end(),
-    (err: unknown) => {
-      feed.fail(err);
-      throw err;
-    },
-  );
-  await Promise.all([loaded, ...offers]);
 }
 
 /**

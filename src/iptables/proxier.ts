@@ -4,8 +4,7 @@ import { localTrafficDetector, type DetectLocalMode } from '../modes/local-traff
 import { programmedServiceKeys } from './programmed.js';
 import type { Backend, SyncReport } from '../modes/backend.js';
 import { changeSinceApplied, type StateChange } from '../model/state-change.js';
-import type { LoadPart } from '../model/load-parts.js';
-import type { ClusterState, IPFamily, NodeInfo } from '../model/types.js';
+import type { ClusterState, IPFamily } from '../model/types.js';
 import { CommandError, type ChildHandle } from '../util/exec.js';
 import { log } from '../util/log.js';
 import { ensureSysctl, readSysctl } from '../util/sysctl.js';
@@ -32,9 +31,6 @@ import { FILTER_CHAINS, NAT_CHAINS } from './render-fixed.js';
 import {
   renderChunkedRestoreInput,
   renderRestoreInput,
-  renderServiceChainsInParts,
-  type ConfiguredPart,
-  type StreamedServices,
   type IptablesRenderConfig,
   type LocalDetector,
   type RenderResult,
@@ -185,18 +181,7 @@ export class IptablesProxier implements Backend {
     return this.lastReport;
   }
 
-  /** Runs once (startFullSyncEarly needs it before the controller's first sync); retried after a failure. */
-  setup(): Promise<void> {
-    this.setupDone ??= this.doSetup().catch((err: unknown) => {
-      this.setupDone = undefined;
-      throw err;
-    });
-    return this.setupDone;
-  }
-
-  private setupDone: Promise<void> | undefined;
-
-  private async doSetup(): Promise<void> {
+  async setup(): Promise<void> {
     const flags = await readKernelFlags(this.ipt, this.config.netns);
     this.randomFully = flags.randomFully;
     this.beLiberal = flags.conntrackTCPBeLiberal;
@@ -250,90 +235,8 @@ export class IptablesProxier implements Backend {
     return this.watch?.alive === true ? this.watch.handle.pid : undefined;
   }
 
-  /**
-   * The first full sync, started while the source loads (Backend.startFullSyncEarly): on a new node
-   * (no KUBE-SERVICES, KUBE-NODEPORTS or Service chain in nat), chunked full syncs, one
-   * iptables-restore takes the Services' own chains as the parts arrive (renderServiceChainsInParts)
-   * while node reads the rest; sync(state) then writes the rest of the chunked full sync into the same
-   * process: what differs from what was streamed, KUBE-SERVICES and KUBE-NODEPORTS in parts, the
-   * stale chains (streamed ones no longer rendered among them) and, last, the jumps from the
-   * built-in chains. Until that last transaction nothing reaches a streamed chain. If the sync
-   * never comes (the load failed, close()), the stream ends at a transaction's end and what it
-   * wrote stays unreachable; the next full sync deletes it (its chains are then stale).
-   */
-  async startFullSyncEarly(parts: AsyncIterable<LoadPart>): Promise<boolean> {
-    if (this.earlyClosed || this.early !== undefined || this.applied !== undefined || !this.needFullSync) {
-      return false;
-    }
-    if ((await this.fullSyncStrategy()) !== 'chunked') return false;
-    await this.setup();
-    let kernel: Map<string, KernelChain[]>;
-    try {
-      kernel = parseNftChains(await this.ipt.listNftChains(), this.config.family === 'IPv6' ? 'ip6' : 'ip');
-    } catch (err) {
-      log.verbose('cannot list the chains: the first full sync starts with the complete state', {
-        backend: this.name,
-        error: err,
-      });
-      return false;
-    }
-    const ours = (kernel.get('nat') ?? []).filter(
-      (c) => c.name === 'KUBE-SERVICES' || c.name === 'KUBE-NODEPORTS' || isServiceChainName(c.name),
-    );
-    if (ours.length > 0) return false;
-    // A sync or close() that came meanwhile decided without it.
-    if (this.earlyClosed || this.early !== undefined) return false;
-    const streamed: StreamedServices = { services: new Map(), chains: new Set() };
-    let finish: (rest: Iterable<string> | undefined) => void = () => undefined;
-    const rest = new Promise<Iterable<string> | undefined>((resolve) => (finish = resolve));
-    // The node facts as sync(state) gathers them, from this node's Node object as read so far.
-    const configured = async function* (this: IptablesProxier): AsyncGenerator<ConfiguredPart> {
-      let node: NodeInfo | undefined;
-      let config: IptablesRenderConfig | undefined;
-      for await (const part of parts) {
-        const now = part.nodes.get(this.config.nodeName);
-        if (config === undefined || now !== node) {
-          node = now;
-          config = this.renderConfig(await this.gatherFacts(part));
-        }
-        yield { config, services: part.services };
-      }
-    }.call(this);
-    async function* input(): AsyncGenerator<string, void, undefined> {
-      yield* renderServiceChainsInParts(configured, CHUNK_CHAINS, streamed);
-      const pieces = await rest;
-      if (pieces !== undefined) yield* pieces;
-    }
-    const restore = this.ipt.restore(input(), { noflush: true, counters: true });
-    // Awaited by sync() or close(); a failure before then is theirs to report.
-    restore.catch(() => undefined);
-    this.early = { kernel, streamed, finish, restore };
-    log.verbose('first full sync started while the source loads', { backend: this.name });
-    return true;
-  }
-
-  /** The early full sync in progress (startFullSyncEarly), until sync() or close() ends it. */
-  private early: EarlyFullSync | undefined;
-  /** A sync started or close() was called: no early full sync from now on. */
-  private earlyClosed = false;
-
-  /** Ends an early full sync that no sync finished: its input ends after the last whole transaction. */
-  private async abandonEarly(): Promise<void> {
-    const early = this.early;
-    if (early === undefined) return;
-    this.early = undefined;
-    early.finish(undefined);
-    try {
-      await early.restore;
-    } catch (err) {
-      log.verbose('the abandoned early full sync failed', { backend: this.name, error: err });
-    }
-  }
-
   /** Stops the kernel watch (the daemon's stop). */
   async close(): Promise<void> {
-    this.earlyClosed = true;
-    await this.abandonEarly();
     this.watching = false;
     const w = this.watch;
     this.watch = undefined;
@@ -625,7 +528,6 @@ export class IptablesProxier implements Backend {
 
   async sync(state: ClusterState, given?: StateChange): Promise<IptablesSyncReport> {
     const started = performance.now();
-    this.earlyClosed = true;
     const change = changeSinceApplied(given, this.applied, state);
     const factsRead = this.gatherFacts(state);
     // While `ip` lists the addresses, a partial sync's input is rendered with the last sync's facts:
@@ -647,7 +549,6 @@ export class IptablesProxier implements Backend {
 
     try {
       const strategy = full ? await this.fullSyncStrategy() : 'noflush';
-      if (strategy !== 'chunked') await this.abandonEarly();
       const applied =
         strategy === 'whole-table'
           ? await this.wholeTableSync(state, facts)
@@ -858,32 +759,10 @@ export class IptablesProxier implements Backend {
    * it reads the chain names (`nft list chains`) and the rules of the built-in chains only.
    */
   private async chunkedSync(state: ClusterState, facts: NodeFacts): Promise<AppliedSync> {
-    const early = this.early;
-    this.early = undefined;
-    if (early === undefined) return this.chunkedSyncWith(state, facts, undefined);
-    try {
-      return await this.chunkedSyncWith(state, facts, early);
-    } catch (err) {
-      // Failed before its transactions were handed over: the stream ends, what it wrote is stale.
-      early.finish(undefined);
-      await early.restore.catch(() => undefined);
-      throw err;
-    }
-  }
-
-  private async chunkedSyncWith(
-    state: ClusterState,
-    facts: NodeFacts,
-    early: EarlyFullSync | undefined,
-  ): Promise<AppliedSync> {
     const listStarted = performance.now();
     let kernel: Map<string, KernelChain[]>;
     try {
-      // After an early start, its listing (the chains before the stream, which added only ours): a
-      // listing now would hold every streamed chain (seconds and tens of MB at 10k Services).
-      kernel =
-        early?.kernel ??
-        parseNftChains(await this.ipt.listNftChains(), this.config.family === 'IPv6' ? 'ip6' : 'ip');
+      kernel = parseNftChains(await this.ipt.listNftChains(), this.config.family === 'IPv6' ? 'ip6' : 'ip');
     } catch (err) {
       // Without nft, one --noflush transaction (an iptables-save first). Any other failure (a
       // timeout: see "Foreign rules and full syncs" in docs/performance.md) fails this sync; the
@@ -910,16 +789,13 @@ export class IptablesProxier implements Backend {
     const existing = new Map(
       [...kernel].map(([table, chains]) => [table, new Set(chains.map((c) => c.name))]),
     );
-    // Chains the early restore streamed are ours too, listed or not yet committed.
-    const existingServiceChains = new Set(early?.streamed.chains);
-    for (const c of kernel.get('nat') ?? [])
-      if (isServiceChainName(c.name)) existingServiceChains.add(c.name);
     const render = renderChunkedRestoreInput(
       {
         state,
         config: this.renderConfig(facts),
-        existingServiceChains,
-        ...(early !== undefined ? { streamed: early.streamed } : {}),
+        existingServiceChains: new Set(
+          (kernel.get('nat') ?? []).filter((c) => isServiceChainName(c.name)).map((c) => c.name),
+        ),
       },
       {
         maxChains: CHUNK_CHAINS,
@@ -929,13 +805,7 @@ export class IptablesProxier implements Backend {
       },
       ...extras,
     );
-    let restore: RestoreResult;
-    if (early !== undefined) {
-      early.finish(render.pieces);
-      restore = await early.restore;
-    } else {
-      restore = await this.ipt.restore(render.pieces, { noflush: true, counters: true });
-    }
+    const restore = await this.ipt.restore(render.pieces, { noflush: true, counters: true });
     const rendered = render.result();
     // What the drift model and the partial syncs compare with: our chains (the jumps and canaries
     // are checked by existence), as the whole-table path keeps them.
@@ -977,7 +847,7 @@ export class IptablesProxier implements Backend {
   }
 
   /** Node name/zone, node IPs and NodePort addresses, every sync (the addresses from the watch's cache). */
-  private gatherFacts(state: Pick<ClusterState, 'nodes'> | undefined): Promise<NodeFacts> {
+  private gatherFacts(state: ClusterState | undefined): Promise<NodeFacts> {
     const config = this.localhostNodePortsUnavailable
       ? { ...this.config, localhostNodePorts: false }
       : this.config;
@@ -1075,15 +945,6 @@ const REPROBE_AFTER_EMPTY_MS = 200;
 /** How long to wait for the monitor to report one probe commit before sending another. */
 const PROBE_RETRY_MS = 250;
 const BUILTIN_CHAINS = new Set(['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING']);
-
-interface EarlyFullSync {
-  /** The chains listed before the stream started (none of ours in nat). */
-  readonly kernel: Map<string, KernelChain[]>;
-  readonly streamed: StreamedServices;
-  /** The rest of the input (the complete state's transactions), or undefined: end it here. */
-  readonly finish: (rest: Iterable<string> | undefined) => void;
-  readonly restore: Promise<RestoreResult>;
-}
 
 interface KernelWatch {
   readonly handle: ChildHandle;

@@ -5,7 +5,6 @@ import {
   type FamilyFrontends,
   type NodeContext,
 } from '../model/selection.js';
-import type { LoadPart } from '../model/load-parts.js';
 import type { ClusterState, IPFamily, Service, ServicePort } from '../model/types.js';
 import { servicePortName } from '../model/types.js';
 import { isServiceChainName } from './names.js';
@@ -703,14 +702,7 @@ export type StreamedRenderResult = Omit<
  * Same rules as renderRestoreInput for the same request (tests compare them chain by chain).
  */
 export function renderChunkedRestoreInput(
-  req: Pick<RenderRequest, 'state' | 'config' | 'existingServiceChains'> & {
-    /**
-     * What renderServiceChainsInParts already wrote in this restore: a Service rendered then from
-     * the same object with the same config and large-cluster mode is not written again (its chains
-     * hold exactly this text). Its chain names must be in `existingServiceChains`.
-     */
-    readonly streamed?: StreamedServices;
-  },
+  req: Pick<RenderRequest, 'state' | 'config' | 'existingServiceChains'>,
   limits: number | ChunkLimits,
   ...extras: readonly ExtraLines[]
 ): StreamedRender {
@@ -733,18 +725,35 @@ export function renderChunkedRestoreInput(
     const { head, tail } = fixedRules(config, cc);
     let lines = 0;
     let bytes = 0;
+    // A transaction goes out in pieces of at most PIECE_CHARS: V8 allocates a longer string in its
+    // large-object space, which only a full collection frees (21 MB of them at 10k Services).
+    function* transaction(table: string, body: readonly string[]): Generator<string, void, undefined> {
+      let parts: string[] = [`*${table}`];
+      let size = parts[0]!.length;
+      for (const b of body) {
+        if (size + b.length >= PIECE_CHARS && parts.length > 0) {
+          yield counted(parts.join('\n') + '\n');
+          parts = [];
+          size = 0;
+        }
+        parts.push(b);
+        size += b.length + 1;
+      }
+      parts.push('COMMIT');
+      yield counted(parts.join('\n') + '\n');
+    }
     const counted = (text: string): string => {
       bytes += text.length;
       lines += countNewlines(text);
       return text;
     };
-    function* transaction(table: string, body: readonly string[]): Generator<string, void, undefined> {
-      for (const text of transactionPieces(table, body)) yield counted(text);
-    }
 
     // 1. The leaf chains, with their head rules (they have no others).
-    const { leafDecls, prelude, otherHeadNat } = leafChains(head.natRules.lines);
-    const leafRules = prelude.slice(leafDecls.length);
+    const isLeaf = (line: string): boolean => NAT_LEAF_CHAINS.some((c) => line.startsWith(`-A ${c} `));
+    const leafDecls = NAT_LEAF_CHAINS.map((c) => chainLine(c));
+    const leafRules = head.natRules.lines.filter(isLeaf);
+    const otherHeadNat = head.natRules.lines.filter((l) => !isLeaf(l));
+    const prelude = [...leafDecls, ...leafRules];
     let natChainsCount = leafDecls.length;
     let natRulesCount = leafRules.length;
     yield* transaction('nat', prelude);
@@ -756,28 +765,9 @@ export function renderChunkedRestoreInput(
     let rules: string[] = [];
     let chains = 0;
     for (const cand of candidates) {
-      const prior = req.streamed?.services.get(cand.key);
-      const kept =
-        prior !== undefined && prior.svc === cand.svc && prior.memoKey === memoKey
-          ? contributionOf(cand.svc, config.family, cand.key, memoKey)
-          : undefined;
-      if (kept !== undefined) {
-        // Written by the streamed render from this very Service and render key: same text.
-        parts.push(kept);
-        written.add(cand.key);
-        natChainsCount += kept.active.length;
-        natRulesCount += kept.chainRuleCount;
-        continue;
-      }
       const r = renderService(ctx, cand, memoKey, 'chains');
       parts.push(r.contribution);
       written.add(cand.key);
-      if (prior !== undefined && prior.svc === cand.svc && prior.memoKey === memoKey) {
-        // Its chains are in the kernel already (the streamed render did not keep its contribution).
-        natChainsCount += r.decls.lines;
-        natRulesCount += r.chains?.rules ?? 0;
-        continue;
-      }
       if (r.decls.lines === 0) continue;
       if (chains > 0 && chains + r.decls.lines > maxChains) {
         yield* transaction('nat', [...decls, ...rules]);
@@ -888,140 +878,6 @@ export function renderChunkedRestoreInput(
 
 /** Characters per streamed piece: below V8's large-object threshold (128 KiB), a few pipe buffers. */
 const PIECE_CHARS = 48 * 1024;
-
-/**
- * One transaction's text in pieces of at most PIECE_CHARS: V8 allocates a longer string in its
- * large-object space, which only a full collection frees (21 MB of them at 10k Services).
- */
-function* transactionPieces(table: string, body: readonly string[]): Generator<string, void, undefined> {
-  let parts: string[] = [`*${table}`];
-  let size = parts[0]!.length;
-  for (const b of body) {
-    if (size + b.length >= PIECE_CHARS && parts.length > 0) {
-      yield parts.join('\n') + '\n';
-      parts = [];
-      size = 0;
-    }
-    parts.push(b);
-    size += b.length + 1;
-  }
-  parts.push('COMMIT');
-  yield parts.join('\n') + '\n';
-}
-
-/** The fixed nat chains the Services' chains jump to (NAT_LEAF_CHAINS), declared and filled. */
-function leafChains(headNatRules: readonly string[]): {
-  leafDecls: string[];
-  prelude: string[];
-  otherHeadNat: string[];
-} {
-  const isLeaf = (line: string): boolean => NAT_LEAF_CHAINS.some((c) => line.startsWith(`-A ${c} `));
-  const leafDecls = NAT_LEAF_CHAINS.map((c) => chainLine(c));
-  return {
-    leafDecls,
-    prelude: [...leafDecls, ...headNatRules.filter(isLeaf)],
-    otherHeadNat: headNatRules.filter((l) => !isLeaf(l)),
-  };
-}
-
-/** A part of the state being loaded, with the render config of the node facts known then. */
-export interface ConfiguredPart {
-  readonly config: IptablesRenderConfig;
-  readonly services: LoadPart['services'];
-}
-
-/** What renderServiceChainsInParts wrote (renderChunkedRestoreInput's `streamed`). */
-export interface StreamedServices {
-  /** Per Service key: the Service object its chains were last rendered from, and the render key. */
-  readonly services: Map<string, { readonly svc: Service; readonly memoKey: string }>;
-  /** Every chain name written (older versions of a Service's chains too): stale unless rendered again. */
-  readonly chains: Set<string>;
-}
-
-/**
- * The Services' own chains (KUBE-SVC, KUBE-SEP, KUBE-EXT, KUBE-FW …) while the state is still being
- * loaded (model/load-parts.ts), as `--noflush` transactions of at most `maxChains` chains, after
- * the leaf chains they jump to. Only for a node where nothing can reach them yet: no fixed chain
- * jumps to them until renderChunkedRestoreInput's last transactions (the same argument that lets it
- * fill KUBE-SERVICES over several transactions), so a part that turns out wrong is harmless; the
- * complete state's render rewrites whatever differs and deletes what is not rendered again.
- *
- * A Service is rendered as renderChunkedRestoreInput would with large-cluster mode on, once the
- * Services so far have more endpoints than its threshold (before that, the parts are kept and
- * rendered then; a smaller state renders nothing here). A Service that comes again (its slices were
- * in a later file) is rendered again: its chains are declared (flushed) and refilled. Records what it
- * wrote in `streamed`: references to the Services and the chain names, not the text.
- */
-export async function* renderServiceChainsInParts(
-  parts: AsyncIterable<ConfiguredPart>,
-  maxChains: number,
-  streamed: StreamedServices,
-): AsyncGenerator<string, void, undefined> {
-  let config: IptablesRenderConfig | undefined;
-  let memoKey = '';
-  let ctx: ServiceRenderContext | undefined;
-  /** Services not rendered yet (large-cluster mode not known to be on). */
-  const pending = new Map<string, Service>();
-  const current = new Map<string, number>();
-  let endpoints = 0;
-  let large = false;
-  let decls: string[] = [];
-  let rules: string[] = [];
-  let chains = 0;
-  function* flush(): Generator<string, void, undefined> {
-    if (chains === 0) return;
-    yield* transactionPieces('nat', [...decls, ...rules]);
-    decls = [];
-    rules = [];
-    chains = 0;
-  }
-  function* render(key: string, svc: Service): Generator<string, void, undefined> {
-    const prior = streamed.services.get(key);
-    if (prior !== undefined && prior.svc === svc && prior.memoKey === memoKey) return;
-    const fe = svc.skipReason === undefined ? familyView(key, svc, config!.family).fe : undefined;
-    if (fe === undefined) return;
-    // Not memoised: the contributions of 10k Services (~18 MB) would be live at the load's peak.
-    const r = renderService(ctx!, { key, svc, fe }, memoKey, 'chains', false);
-    streamed.services.set(key, { svc, memoKey });
-    for (const c of r.contribution.active) streamed.chains.add(c);
-    if (r.decls.lines === 0) return;
-    if (chains > 0 && chains + r.decls.lines > maxChains) yield* flush();
-    decls.push(r.decls.text);
-    if (r.chains !== undefined && r.chains.text !== '') rules.push(r.chains.text);
-    chains += r.decls.lines;
-  }
-  for await (const part of parts) {
-    if (part.config !== config) {
-      // The node facts changed (this node's Node object was read): later Services take the new
-      // config; those written before are rewritten by the complete state's render if they differ.
-      const first = config === undefined;
-      config = part.config;
-      const cc = checkConfig(config);
-      memoKey = contributionKey(config, true);
-      ctx = serviceContext(config, cc, true);
-      if (first)
-        yield* transactionPieces('nat', leafChains(fixedRules(config, cc).head.natRules.lines).prelude);
-    }
-    for (const [key, svc] of part.services) {
-      endpoints -= current.get(key) ?? 0;
-      current.delete(key);
-      pending.delete(key);
-      if (svc === undefined) continue;
-      const view = svc.skipReason === undefined ? familyView(key, svc, config.family) : undefined;
-      const n = view?.fe !== undefined ? view.endpoints : 0;
-      current.set(key, n);
-      endpoints += n;
-      if (large) yield* render(key, svc);
-      else pending.set(key, svc);
-    }
-    if (!large && endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD) {
-      large = true;
-      for (const [key, svc] of pending) yield* render(key, svc);
-      pending.clear();
-    }
-    yield* flush();
-  }
-}
 
 function countNewlines(text: string): number {
   let n = 0;
@@ -1250,8 +1106,6 @@ function renderService(
   cand: Candidate,
   memoKey: string,
   want: NatText,
-  /** Keep the contribution for later renders of the same Service object (contributionOf). */
-  memo = true,
 ): RenderedService {
   const { key, svc, fe } = cand;
   const filterRules = new LineBuffer();
@@ -1323,7 +1177,7 @@ function renderService(
     noLocalInternal,
     noLocalExternal,
   };
-  if (memo) contributions.set(svc, { ...contributions.get(svc), [ctx.family]: contribution });
+  contributions.set(svc, { ...contributions.get(svc), [ctx.family]: contribution });
   return {
     contribution,
     decls: blockOf(natChains),

@@ -2,8 +2,7 @@ import type { FSWatcher } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { ClusterStateBuilder, flattenLists, type SourceObject } from '../model/build.js';
 import type { ServiceLimits } from '../model/limits.js';
-import type { LoadPart } from '../model/load-parts.js';
-import type { ClusterState, Problem, Service } from '../model/types.js';
+import type { ClusterState, Problem } from '../model/types.js';
 import { log } from '../util/log.js';
 import { releaseMemory } from '../util/memory.js';
 import {
@@ -56,13 +55,6 @@ export { parseManifestText, readRegularFile };
  * (util/memory.ts): below it, the load's garbage is a few MB and the collection not worth its time.
  */
 const RELEASE_AFTER_OBJECTS = 5000;
-/**
- * Files read between two parts of the first load (onLoadPart): a part is one incremental build of
- * the files read so far (a new sorted Service map: a few ms at 10k Services).
- */
-const LOAD_PART_FILES = 250;
-/** Or objects: a layout of 100 Services per file (list-json) makes a part every 13 files. */
-const LOAD_PART_OBJECTS = 2500;
 /** How long a renamed name waits for a following write event before it is read. */
 const FAST_MS = 5;
 /** Files read and parsed at once while scanning (fs calls run on libuv's thread pool). */
@@ -180,14 +172,6 @@ export interface ManifestSourceOptions {
    * of a 10k sync's peak).
    */
   readonly readOnce?: boolean;
-  /**
-   * Called during the first load with the Services of the files read so far that came or changed
-   * since the last call (model/load-parts.ts), every LOAD_PART_FILES files; never after start().
-   * The complete state is still what start() publishes.
-   */
-  readonly onLoadPart?: (part: LoadPart) => void;
-  /** Files between two load parts (default LOAD_PART_FILES; tests). */
-  readonly loadPartFiles?: number;
 }
 
 /** How long stop() waits for a scan in progress before it gives up on it. */
@@ -202,12 +186,6 @@ export class ManifestSource implements StateSource {
   private readonly limits: ServiceLimits | undefined;
   private readonly fs: ManifestFs;
   private readonly readOnce: boolean;
-  private readonly onLoadPart: ((part: LoadPart) => void) | undefined;
-  private readonly loadPartFiles: number;
-  /** The Services of the last load part, and files accepted since it (first load only). */
-  private partServices: ReadonlyMap<string, Service> | undefined;
-  private filesSincePart = 0;
-  private objectsAtPart = 0;
   /** Wall-clock start of the scan in progress (0 when none). */
   private scanStartedAt = 0;
   /** The directory read (the path, or a single file's directory) and that file's name. */
@@ -262,8 +240,6 @@ export class ManifestSource implements StateSource {
     this.limits = opts.limits;
     this.fs = opts.fs ?? nodeManifestFs;
     this.readOnce = opts.readOnce ?? false;
-    this.onLoadPart = opts.onLoadPart;
-    this.loadPartFiles = opts.loadPartFiles ?? LOAD_PART_FILES;
     this.dir = path;
     this.builder = new ClusterStateBuilder(this.limits);
   }
@@ -608,16 +584,7 @@ export class ManifestSource implements StateSource {
     await readManifestFiles(
       reads,
       (req, read) => {
-        if (this.accept(basename(req.path), read) === 'changed') {
-          changed = true;
-          if (
-            this.state === undefined &&
-            (++this.filesSincePart >= this.loadPartFiles ||
-              this.builder.objectCount - this.objectsAtPart >= LOAD_PART_OBJECTS)
-          ) {
-            this.emitLoadPart();
-          }
-        }
+        if (this.accept(basename(req.path), read) === 'changed') changed = true;
       },
       { fs: this.fs },
     );
@@ -759,27 +726,7 @@ export class ManifestSource implements StateSource {
     return 'changed';
   }
 
-  /** A part of the first load: the Services that came or changed since the last part. */
-  private emitLoadPart(): void {
-    this.filesSincePart = 0;
-    this.objectsAtPart = this.builder.objectCount;
-    if (this.onLoadPart === undefined) return;
-    const { services, nodes } = this.builder.build();
-    const before = this.partServices;
-    const part = new Map<string, Service | undefined>();
-    for (const [key, svc] of services) if (before?.get(key) !== svc) part.set(key, svc);
-    for (const key of before?.keys() ?? []) if (!services.has(key)) part.set(key, undefined);
-    this.partServices = services;
-    if (part.size === 0) return;
-    try {
-      this.onLoadPart({ services: part, nodes });
-    } catch (err) {
-      log.error('manifest load part listener failed', { err });
-    }
-  }
-
   private publish(): void {
-    this.partServices = undefined;
     // The builder returns its last state when nothing changed (a file rewritten with the same content).
     const next = this.builder.build();
     if (next === this.state) return;

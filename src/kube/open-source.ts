@@ -1,26 +1,19 @@
 import type { ProxyOptions } from '../config/options.js';
-import type { LoadPart } from '../model/load-parts.js';
 import type { ClusterState } from '../model/types.js';
 import { ManifestSource } from './manifests.js';
 import type { StateSource } from './source.js';
 
 /**
  * The state source the configuration names: --manifests, else the API (kubeconfig / in-cluster).
- * `readOnce` for commands that use one state and exit (sync, diff, explain, trace). `onLoadPart`
- * gets the first load in parts where the source has them (manifests: model/load-parts.ts).
+ * `readOnce` for commands that use one state and exit (sync, diff, explain, trace).
  */
-export async function createSource(
-  opts: ProxyOptions,
-  readOnce = false,
-  onLoadPart?: (part: LoadPart) => void,
-): Promise<StateSource> {
+export async function createSource(opts: ProxyOptions, readOnce = false): Promise<StateSource> {
   if (opts.manifests !== undefined) {
     // A scan hanging longer than kube-proxy's health timeout (2 × sync period) turns /healthz unhealthy.
     return new ManifestSource(opts.manifests, {
       limits: opts.serviceLimits,
       stuckAfterMs: 2 * opts.syncPeriodMs,
       readOnce,
-      ...(onLoadPart !== undefined ? { onLoadPart } : {}),
     });
   }
   const { createApiSource } = await import('./api-source-factory.js');

@@ -1,4 +1,3 @@
-import type { LoadPart } from '../model/load-parts.js';
 import type { StateChange } from '../model/state-change.js';
 import type { ClusterState } from '../model/types.js';
 
@@ -52,15 +51,7 @@ export interface Backend {
    * watching the kernel so that detectDrift reads it only when something moved. Optional.
    */
   watchKernel?(): Promise<void>;
-  /**
-   * Starts the first full sync while the source still loads the first state (`parts`,
-   * model/load-parts.ts), where nothing it writes can be reached before the sync completes (a new
-   * node). Resolves true when it started: the next `sync(state)` finishes it with the complete state
-   * (a part is a hint, never what is served) and `close()` abandons it; false: nothing started, the
-   * first sync is the usual one. Optional (the contract's piece 11, src/modes/contract.ts).
-   */
-  startFullSyncEarly?(parts: AsyncIterable<LoadPart>): Promise<boolean>;
-  /** Stops what watchKernel or startFullSyncEarly started (child processes). Optional. */
+  /** Stops what watchKernel started (child processes). Optional. */
   close?(): Promise<void>;
   /** The next sync rewrites everything. */
   forceFullSync(): void;

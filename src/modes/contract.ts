@@ -50,12 +50,6 @@ import type { Backend } from './backend.js';
  *    (what of this mode's kernel objects the packet walk reads), `inspect()` for `svcplane diff`.
  * 10. Metrics — `metrics.iptablesSyncFamilies`: whether kube-proxy registers the iptables-mode-only
  *    metric families in this mode.
- * 11. Optional: the first full sync started while the source loads — `Backend.startFullSyncEarly`
- *    with the first state in parts (model/load-parts.ts; the manifest source has them). Only where
- *    nothing written before the complete state can be reached: iptables mode on a new node streams
- *    the Services' own chains into its chunked restore (iptables/render.ts,
- *    renderServiceChainsInParts) and adds the jumps to them last. `run` and `sync` offer it to every
- *    backend; a mode without it (IPVS, nftables) syncs as usual.
  */
 export interface DataplaneMode {
   /** The --proxy-mode value (and `/proxyMode`'s answer). */

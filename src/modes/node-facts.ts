@@ -39,7 +39,7 @@ export interface NodeFacts {
  */
 export async function gatherNodeFacts(
   c: NodeFactsInput,
-  state: Pick<ClusterState, 'nodes'> | undefined,
+  state: ClusterState | undefined,
   addresses?: AddressWatch,
 ): Promise<NodeFacts> {
   const nodeObj: NodeInfo | undefined = state?.nodes.get(c.nodeName);
