@@ -229,6 +229,14 @@ async function initOnly(opts: ProxyOptions): Promise<number> {
   return 0;
 }
 
+/** Resolves once `signal` is aborted. */
+function abortion(signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) resolve();
+    else signal.addEventListener('abort', () => resolve(), { once: true });
+  });
+}
+
 async function runDaemon(initial: ProxyOptions): Promise<number> {
   const source = new StartOnceSource(await createSource(initial));
   // Listen for signals before anything waits for the source: the API may never answer the first
@@ -262,7 +270,9 @@ async function runDaemon(initial: ProxyOptions): Promise<number> {
     // The first full sync is the daemon's peak of memory (issue 14): V8 collects its garbage on the
     // way, from the end of the load (the source starts once; a failure is the controller's to report)
     // to the end of the first sync, then goes back to its own pace (util/memory.ts).
-    await source.start().catch(() => undefined);
+    // A stop ends this wait too: a first scan stuck in the kernel (a FUSE read) never resolves.
+    await Promise.race([source.start().catch(() => undefined), abortion(aborted.signal)]);
+    if (aborted.signal.aborted) return;
     startupHeapGrowth();
     // Resolves after the first sync, or as soon as controller.stop() is called.
     await controller.start();
